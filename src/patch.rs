@@ -1,0 +1,638 @@
+//! RFC 6902 JSON Patch (plus the `incr` extension) over `serde_json::Value`.
+//!
+//! Pure and synchronous. [`apply`] is atomic: either every op applies, or the document is left
+//! exactly as it was (rolled back with the inverse ops collected so far; no whole-document clone).
+//! It returns an [`Applied`]: the inverse patch (applying it undoes the change exactly) and the
+//! concrete paths the change touched, which `room` uses for `paths`-mode conflict detection.
+//!
+//! Invariants: integers stay integers (`incr` on two integers is exact, overflow is an error);
+//! `test` compares numbers by value (`1` equals `1.0`); array indices follow RFC 6901 strictly
+//! (no leading zeros, no signs, `-` only where the RFC allows it).
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Number, Value};
+
+/// Why a patch did not apply. `code()` is the stable reject code clients see.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PatchError {
+    /// Malformed op, bad pointer, missing target, overflow, …
+    #[error("op {index}: {message}")]
+    Invalid { index: usize, message: String },
+    /// A `test` op did not match.
+    #[error("op {index}: test failed at {path}")]
+    TestFailed { index: usize, path: String },
+}
+
+impl PatchError {
+    /// Stable code used in `reject` messages.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PatchError::Invalid { .. } => "invalid",
+            PatchError::TestFailed { .. } => "test_failed",
+        }
+    }
+    fn invalid(index: usize, message: impl Into<String>) -> Self {
+        PatchError::Invalid { index, message: message.into() }
+    }
+}
+
+/// An RFC 6901 JSON Pointer, parsed once into unescaped reference tokens.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Pointer {
+    tokens: Vec<String>,
+}
+
+impl Pointer {
+    /// The whole document (`""`).
+    pub fn root() -> Self {
+        Pointer { tokens: Vec::new() }
+    }
+
+    /// Parses `""` or `/a/b~1c`.
+    ///
+    /// # Errors
+    /// A non-empty pointer that does not start with `/`, or a `~` not followed by `0` or `1`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Ok(Pointer::root());
+        }
+        let Some(rest) = s.strip_prefix('/') else {
+            return Err(format!("JSON Pointer {s:?} must start with '/'"));
+        };
+        let mut tokens = Vec::new();
+        for raw in rest.split('/') {
+            if !raw.contains('~') {
+                tokens.push(raw.to_owned());
+                continue;
+            }
+            let mut tok = String::with_capacity(raw.len());
+            let mut chars = raw.chars();
+            while let Some(c) = chars.next() {
+                if c == '~' {
+                    match chars.next() {
+                        Some('0') => tok.push('~'),
+                        Some('1') => tok.push('/'),
+                        _ => return Err(format!("JSON Pointer {s:?} has a bad '~' escape")),
+                    }
+                } else {
+                    tok.push(c);
+                }
+            }
+            tokens.push(tok);
+        }
+        Ok(Pointer { tokens })
+    }
+
+    pub fn tokens(&self) -> &[String] {
+        &self.tokens
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// True when one pointer equals the other or lies above or below it.
+    pub fn overlaps(&self, other: &Pointer) -> bool {
+        self.tokens.iter().zip(&other.tokens).all(|(a, b)| a == b)
+    }
+
+    /// True when `self` is a proper ancestor of `other`.
+    fn is_proper_prefix_of(&self, other: &Pointer) -> bool {
+        self.tokens.len() < other.tokens.len() && self.overlaps(other)
+    }
+
+    fn parent(&self) -> Pointer {
+        Pointer { tokens: self.tokens[..self.tokens.len().saturating_sub(1)].to_vec() }
+    }
+
+    fn with_last(&self, last: String) -> Pointer {
+        let mut p = self.parent();
+        p.tokens.push(last);
+        p
+    }
+}
+
+impl fmt::Display for Pointer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for t in &self.tokens {
+            f.write_str("/")?;
+            if t.contains(['~', '/']) {
+                f.write_str(&t.replace('~', "~0").replace('/', "~1"))?;
+            } else {
+                f.write_str(t)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Pointer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pointer({self})")
+    }
+}
+
+impl Serialize for Pointer {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Pointer {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Pointer::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One operation. Serialises to and from the RFC 6902 object form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Op {
+    Add {
+        path: Pointer,
+        value: Value,
+    },
+    Remove {
+        path: Pointer,
+    },
+    Replace {
+        path: Pointer,
+        value: Value,
+    },
+    Move {
+        from: Pointer,
+        path: Pointer,
+    },
+    Copy {
+        from: Pointer,
+        path: Pointer,
+    },
+    Test {
+        path: Pointer,
+        value: Value,
+    },
+    /// Extension: add `value` to the number at `path` (created with `value` when absent).
+    Incr {
+        path: Pointer,
+        value: Number,
+    },
+}
+
+/// The kind of an op, for metrics labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    Add,
+    Remove,
+    Replace,
+    Move,
+    Copy,
+    Test,
+    Incr,
+}
+
+impl OpKind {
+    pub const ALL: [OpKind; 7] = [
+        OpKind::Add,
+        OpKind::Remove,
+        OpKind::Replace,
+        OpKind::Move,
+        OpKind::Copy,
+        OpKind::Test,
+        OpKind::Incr,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Add => "add",
+            OpKind::Remove => "remove",
+            OpKind::Replace => "replace",
+            OpKind::Move => "move",
+            OpKind::Copy => "copy",
+            OpKind::Test => "test",
+            OpKind::Incr => "incr",
+        }
+    }
+}
+
+impl Op {
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Op::Add { .. } => OpKind::Add,
+            Op::Remove { .. } => OpKind::Remove,
+            Op::Replace { .. } => OpKind::Replace,
+            Op::Move { .. } => OpKind::Move,
+            Op::Copy { .. } => OpKind::Copy,
+            Op::Test { .. } => OpKind::Test,
+            Op::Incr { .. } => OpKind::Incr,
+        }
+    }
+
+    /// Every path the op reads or writes (`from` and `path`; `test` counts as a read).
+    pub fn paths(&self) -> impl Iterator<Item = &Pointer> {
+        let (a, b) = match self {
+            Op::Move { from, path } | Op::Copy { from, path } => (path, Some(from)),
+            Op::Add { path, .. }
+            | Op::Remove { path }
+            | Op::Replace { path, .. }
+            | Op::Test { path, .. }
+            | Op::Incr { path, .. } => (path, None),
+        };
+        std::iter::once(a).chain(b)
+    }
+}
+
+/// Parses a patch document (a JSON array of op objects).
+///
+/// # Errors
+/// `Invalid` naming the first malformed op.
+pub fn parse_patch(v: Value) -> Result<Vec<Op>, PatchError> {
+    let Value::Array(items) = v else {
+        return Err(PatchError::invalid(0, "a patch must be a JSON array of operations"));
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| serde_json::from_value(item).map_err(|e| PatchError::invalid(i, e.to_string())))
+        .collect()
+}
+
+/// What a successful [`apply`] produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Applied {
+    /// Applying these ops in order to the new document yields the old one.
+    pub inverse: Vec<Op>,
+    /// Paths written or read, with "-" resolved; an insert into or removal from an array records
+    /// the array itself, because it shifts every later index.
+    pub touched: Vec<Pointer>,
+}
+
+/// Applies `ops` atomically.
+///
+/// # Errors
+/// The first failing op's error; `doc` is then unchanged.
+pub fn apply(doc: &mut Value, ops: &[Op]) -> Result<Applied, PatchError> {
+    let mut applied = Applied::default();
+    // Inverse groups are pushed in reverse order of their own application and the whole list is
+    // reversed at the end, so each group stays internally ordered.
+    let mut undo: Vec<Op> = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        if let Err(e) = apply_one(doc, op, i, &mut undo, &mut applied.touched) {
+            undo.reverse();
+            for inv in &undo {
+                let rolled_back = apply_one(doc, inv, 0, &mut Vec::new(), &mut Vec::new());
+                debug_assert!(rolled_back.is_ok(), "rollback failed: {rolled_back:?}");
+            }
+            return Err(e);
+        }
+    }
+    undo.reverse();
+    applied.inverse = undo;
+    Ok(applied)
+}
+
+fn apply_one(
+    doc: &mut Value,
+    op: &Op,
+    i: usize,
+    undo: &mut Vec<Op>,
+    touched: &mut Vec<Pointer>,
+) -> Result<(), PatchError> {
+    match op {
+        Op::Add { path, value } => {
+            let (concrete, old, shifted) = add_at(doc, path, value.clone(), i).map_err(|(e, _)| e)?;
+            touched.push(if shifted { path.parent() } else { concrete.clone() });
+            push_add_inverse(undo, concrete, old);
+        }
+        Op::Remove { path } => {
+            let (old, shifted) = remove_at(doc, path, i)?;
+            touched.push(if shifted { path.parent() } else { path.clone() });
+            undo.push(Op::Add { path: path.clone(), value: old });
+        }
+        Op::Replace { path, value } => {
+            let target = get_mut(doc, path, i)?;
+            let old = std::mem::replace(target, value.clone());
+            touched.push(path.clone());
+            undo.push(Op::Replace { path: path.clone(), value: old });
+        }
+        Op::Move { from, path } => {
+            get_ref(doc, from, i)?;
+            if from == path {
+                touched.push(path.clone());
+                return Ok(());
+            }
+            if from.is_proper_prefix_of(path) {
+                return Err(PatchError::invalid(i, format!("cannot move {from} into its own child {path}")));
+            }
+            let (value, from_shifted) = remove_at(doc, from, i)?;
+            // The inverse re-adds an explicit copy: a `move` back is not always possible (the
+            // destination may be the root, or may have overwritten an ancestor of `from`).
+            let moved = value.clone();
+            let (concrete, old, shifted) = match add_at(doc, path, value, i) {
+                Ok(done) => done,
+                Err((e, value)) => {
+                    // Put the removed value back where it was before reporting.
+                    let restored = add_at(doc, from, value, i);
+                    debug_assert!(restored.is_ok());
+                    return Err(e);
+                }
+            };
+            touched.push(if from_shifted { from.parent() } else { from.clone() });
+            touched.push(if shifted { path.parent() } else { concrete.clone() });
+            undo.push(Op::Add { path: from.clone(), value: moved });
+            push_add_inverse(undo, concrete, old);
+        }
+        Op::Copy { from, path } => {
+            let value = get_ref(doc, from, i)?.clone();
+            let (concrete, old, shifted) = add_at(doc, path, value, i).map_err(|(e, _)| e)?;
+            touched.push(from.clone());
+            touched.push(if shifted { path.parent() } else { concrete.clone() });
+            push_add_inverse(undo, concrete, old);
+        }
+        Op::Test { path, value } => {
+            let actual = get_ref(doc, path, i)?;
+            if !json_eq(actual, value) {
+                return Err(PatchError::TestFailed { index: i, path: path.to_string() });
+            }
+            touched.push(path.clone());
+        }
+        Op::Incr { path, value } => {
+            let n = Value::Number(value.clone());
+            match get_ref(doc, path, i) {
+                Ok(Value::Number(old)) => {
+                    let sum = add_numbers(old, value)
+                        .ok_or_else(|| PatchError::invalid(i, format!("incr at {path} overflows")))?;
+                    let target = get_mut(doc, path, i)?;
+                    let old = std::mem::replace(target, Value::Number(sum));
+                    touched.push(path.clone());
+                    undo.push(Op::Replace { path: path.clone(), value: old });
+                }
+                Ok(_) => return Err(PatchError::invalid(i, format!("incr target {path} is not a number"))),
+                Err(_) => {
+                    let (concrete, old, shifted) = add_at(doc, path, n, i).map_err(|(e, _)| e)?;
+                    touched.push(if shifted { path.parent() } else { concrete.clone() });
+                    push_add_inverse(undo, concrete, old);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn push_add_inverse(undo: &mut Vec<Op>, concrete: Pointer, old: Option<Value>) {
+    undo.push(match old {
+        Some(old) => Op::Replace { path: concrete, value: old },
+        None => Op::Remove { path: concrete },
+    });
+}
+
+/// Parses an array index token strictly (RFC 6901: `0` or no leading zero, digits only).
+fn array_index(tok: &str, i: usize) -> Result<usize, PatchError> {
+    let ok =
+        !tok.is_empty() && tok.bytes().all(|b| b.is_ascii_digit()) && (tok == "0" || !tok.starts_with('0'));
+    if !ok {
+        return Err(PatchError::invalid(i, format!("{tok:?} is not an array index")));
+    }
+    tok.parse().map_err(|_| PatchError::invalid(i, format!("array index {tok} is too large")))
+}
+
+fn get_ref<'a>(doc: &'a Value, path: &Pointer, i: usize) -> Result<&'a Value, PatchError> {
+    let mut cur = doc;
+    for tok in path.tokens() {
+        cur = match cur {
+            Value::Object(m) => m.get(tok.as_str()),
+            Value::Array(a) => a.get(array_index(tok, i)?),
+            _ => None,
+        }
+        .ok_or_else(|| PatchError::invalid(i, format!("path {path} does not exist")))?;
+    }
+    Ok(cur)
+}
+
+fn get_mut<'a>(doc: &'a mut Value, path: &Pointer, i: usize) -> Result<&'a mut Value, PatchError> {
+    let mut cur = doc;
+    for tok in path.tokens() {
+        cur = match cur {
+            Value::Object(m) => m.get_mut(tok.as_str()),
+            Value::Array(a) => a.get_mut(array_index(tok, i)?),
+            _ => None,
+        }
+        .ok_or_else(|| PatchError::invalid(i, format!("path {path} does not exist")))?;
+    }
+    Ok(cur)
+}
+
+/// RFC 6902 `add`. Returns the concrete path ("-" resolved), the value it replaced (object
+/// member or root), and whether it shifted an array.
+/// On error the value is handed back, so a `move` can restore it.
+fn add_at(
+    doc: &mut Value,
+    path: &Pointer,
+    value: Value,
+    i: usize,
+) -> Result<(Pointer, Option<Value>, bool), (PatchError, Value)> {
+    let Some((last, parent_tokens)) = path.tokens().split_last() else {
+        let old = std::mem::replace(doc, value);
+        return Ok((Pointer::root(), Some(old), false));
+    };
+    let parent = match get_mut(doc, &Pointer { tokens: parent_tokens.to_vec() }, i) {
+        Ok(p) => p,
+        Err(e) => return Err((e, value)),
+    };
+    match parent {
+        Value::Object(m) => {
+            let old = m.insert(last.clone(), value);
+            Ok((path.clone(), old, false))
+        }
+        Value::Array(a) => {
+            let idx = if last == "-" {
+                a.len()
+            } else {
+                match array_index(last, i) {
+                    Ok(idx) => idx,
+                    Err(e) => return Err((e, value)),
+                }
+            };
+            if idx > a.len() {
+                return Err((
+                    PatchError::invalid(i, format!("index {idx} is out of bounds at {path}")),
+                    value,
+                ));
+            }
+            a.insert(idx, value);
+            Ok((path.with_last(idx.to_string()), None, true))
+        }
+        _ => Err((PatchError::invalid(i, format!("parent of {path} is not a container")), value)),
+    }
+}
+
+/// RFC 6902 `remove`. Returns the removed value and whether it shifted an array.
+fn remove_at(doc: &mut Value, path: &Pointer, i: usize) -> Result<(Value, bool), PatchError> {
+    let Some((last, parent_tokens)) = path.tokens().split_last() else {
+        return Err(PatchError::invalid(i, "cannot remove the whole document"));
+    };
+    let parent = get_mut(doc, &Pointer { tokens: parent_tokens.to_vec() }, i)?;
+    let missing = || PatchError::invalid(i, format!("path {path} does not exist"));
+    match parent {
+        Value::Object(m) => m.remove(last.as_str()).map(|v| (v, false)).ok_or_else(missing),
+        Value::Array(a) => {
+            let idx = array_index(last, i)?;
+            if idx >= a.len() {
+                return Err(missing());
+            }
+            Ok((a.remove(idx), true))
+        }
+        _ => Err(missing()),
+    }
+}
+
+/// JSON equality with numbers compared by value (`1 == 1.0`), as RFC 6902 `test` requires.
+pub fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => number_eq(x, y),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q))
+        }
+        (Value::Object(x), Value::Object(y)) => objects_eq(x, y),
+        _ => a == b,
+    }
+}
+
+fn objects_eq(x: &Map<String, Value>, y: &Map<String, Value>) -> bool {
+    x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+}
+
+fn as_i128(n: &Number) -> Option<i128> {
+    n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from))
+}
+
+fn number_eq(x: &Number, y: &Number) -> bool {
+    match (as_i128(x), as_i128(y)) {
+        (Some(a), Some(b)) => a == b,
+        _ => x.as_f64() == y.as_f64(),
+    }
+}
+
+/// Exact integer addition (None on overflow of both i64 and u64), else finite float addition.
+pub fn add_numbers(x: &Number, y: &Number) -> Option<Number> {
+    if let (Some(a), Some(b)) = (as_i128(x), as_i128(y)) {
+        let s = a + b;
+        return i64::try_from(s).map(Number::from).ok().or_else(|| u64::try_from(s).ok().map(Number::from));
+    }
+    Number::from_f64(x.as_f64()? + y.as_f64()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ops(v: Value) -> Vec<Op> {
+        parse_patch(v).unwrap()
+    }
+
+    #[test]
+    fn pointer_escapes_round_trip() {
+        let p = Pointer::parse("/a~1b/c~0d/").unwrap();
+        assert_eq!(p.tokens(), ["a/b", "c~d", ""]);
+        assert_eq!(p.to_string(), "/a~1b/c~0d/");
+        assert!(Pointer::parse("a").is_err());
+        assert!(Pointer::parse("/a~2").is_err());
+    }
+
+    #[test]
+    fn overlap_is_prefix_either_way() {
+        let a = Pointer::parse("/board/e2").unwrap();
+        let b = Pointer::parse("/board").unwrap();
+        let c = Pointer::parse("/board/e4").unwrap();
+        assert!(a.overlaps(&b) && b.overlaps(&a) && a.overlaps(&a));
+        assert!(!a.overlaps(&c));
+        assert!(Pointer::root().overlaps(&a));
+    }
+
+    #[test]
+    fn failed_patch_leaves_document_unchanged() {
+        let mut doc = json!({"a": [1, 2, 3], "b": {"c": 1}});
+        let before = doc.clone();
+        let err = apply(
+            &mut doc,
+            &ops(json!([
+                {"op": "remove", "path": "/a/0"},
+                {"op": "move", "from": "/b/c", "path": "/a/-"},
+                {"op": "add", "path": "/b/x", "value": 1},
+                {"op": "test", "path": "/a/0", "value": 99}
+            ])),
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), "test_failed");
+        assert_eq!(doc, before);
+    }
+
+    #[test]
+    fn inverse_restores_original() {
+        let mut doc = json!({"a": [1, 2, 3], "b": {"c": 1, "d": "x"}, "n": 5});
+        let before = doc.clone();
+        let applied = apply(
+            &mut doc,
+            &ops(json!([
+                {"op": "add", "path": "/a/1", "value": "new"},
+                {"op": "move", "from": "/b/d", "path": "/b/c"},
+                {"op": "copy", "from": "/a", "path": "/z"},
+                {"op": "incr", "path": "/n", "value": 2},
+                {"op": "incr", "path": "/m", "value": 1},
+                {"op": "replace", "path": "", "value": {"root": true, "k": [0]}},
+                {"op": "add", "path": "/k/-", "value": 1}
+            ])),
+        )
+        .unwrap();
+        apply(&mut doc, &applied.inverse).unwrap();
+        assert_eq!(doc, before);
+    }
+
+    #[test]
+    fn incr_is_exact_and_checked() {
+        let mut doc = json!({"i": 9007199254740993_i64, "u": u64::MAX - 1, "f": 1.5});
+        apply(&mut doc, &ops(json!([{"op": "incr", "path": "/i", "value": 2}]))).unwrap();
+        assert_eq!(doc["i"], json!(9007199254740995_i64));
+        apply(&mut doc, &ops(json!([{"op": "incr", "path": "/u", "value": 1}]))).unwrap();
+        assert_eq!(doc["u"], json!(u64::MAX));
+        let err = apply(&mut doc, &ops(json!([{"op": "incr", "path": "/u", "value": 1}]))).unwrap_err();
+        assert_eq!(err.code(), "invalid");
+        assert_eq!(doc["u"], json!(u64::MAX));
+        apply(&mut doc, &ops(json!([{"op": "incr", "path": "/f", "value": 1}]))).unwrap();
+        assert_eq!(doc["f"], json!(2.5));
+        let err = apply(&mut doc, &ops(json!([{"op": "incr", "path": "/x/y", "value": 1}]))).unwrap_err();
+        assert_eq!(err.code(), "invalid");
+        let mut s = json!({"s": "x"});
+        assert!(apply(&mut s, &ops(json!([{"op": "incr", "path": "/s", "value": 1}]))).is_err());
+        let mut neg = json!({"n": i64::MIN});
+        assert!(apply(&mut neg, &ops(json!([{"op": "incr", "path": "/n", "value": -1}]))).is_err());
+    }
+
+    #[test]
+    fn array_shifts_touch_the_array() {
+        let mut doc = json!({"l": [1, 2], "o": {}});
+        let a = apply(
+            &mut doc,
+            &ops(
+                json!([{"op": "add", "path": "/l/-", "value": 3}, {"op": "add", "path": "/o/k", "value": 1}]),
+            ),
+        )
+        .unwrap();
+        assert_eq!(a.touched, vec![Pointer::parse("/l").unwrap(), Pointer::parse("/o/k").unwrap()]);
+    }
+
+    #[test]
+    fn test_compares_numbers_by_value() {
+        assert!(json_eq(&json!({"a": [1, 2.0]}), &json!({"a": [1.0, 2]})));
+        assert!(!json_eq(&json!(1), &json!("1")));
+    }
+
+    #[test]
+    fn move_into_own_child_is_invalid() {
+        let mut doc = json!({"a": {"b": {}}});
+        assert!(apply(&mut doc, &ops(json!([{"op": "move", "from": "/a", "path": "/a/b/c"}]))).is_err());
+        assert_eq!(doc, json!({"a": {"b": {}}}));
+    }
+}
