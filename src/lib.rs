@@ -11,11 +11,24 @@
 //! - [`ids`]: newtypes for revisions, request ids, client ids, epochs, room names;
 //! - [`protocol`]: the only encoder/decoder of wire messages;
 //! - [`room`]: one room's ordering point: commit, catch-up, snapshots (synchronous);
-//! - [`rooms`]: the registry of rooms.
+//! - [`presence`]: a room's ephemeral lane: presence and broadcasts (synchronous);
+//! - [`rooms`]: the registry of rooms;
+//! - [`session`]: sessions (identity, dedupe, takeover, expiry);
+//! - [`connection`]: one WebSocket: reader loop → room, writer loop ← room (where each client
+//!   message is handled: `connection::handle_message`);
+//! - [`http_api`]: HTTP endpoints for back-ends;
+//! - [`server`]: accept loop, routing, shutdown; [`config`] and [`metrics`] beside it.
 
+pub mod config;
+pub mod connection;
+pub mod http_api;
 pub mod ids;
+pub mod metrics;
 pub mod patch;
+pub mod presence;
 pub mod protocol;
 pub mod ring;
 pub mod room;
 pub mod rooms;
+pub mod server;
+pub mod session;

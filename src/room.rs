@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 use crate::ids::{ClientId, ClientReqId, Epoch, Rev, RoomId};
 use crate::patch::{self, Op, Pointer};
+use crate::presence::Presence;
 use crate::protocol::{self, Mode, Reject, RejectCode};
 use crate::ring::Ring;
 
@@ -36,11 +37,18 @@ pub struct RoomConfig {
     pub max_state_bytes: usize,
     /// Most ops in one change; 0 = unlimited.
     pub max_ops_per_change: usize,
+    /// Broadcasts kept for slow readers.
+    pub broadcast_buffer: usize,
 }
 
 impl Default for RoomConfig {
     fn default() -> Self {
-        RoomConfig { history: 1024, max_state_bytes: 16 << 20, max_ops_per_change: 1000 }
+        RoomConfig {
+            history: 1024,
+            max_state_bytes: 16 << 20,
+            max_ops_per_change: 1000,
+            broadcast_buffer: 64,
+        }
     }
 }
 
@@ -134,6 +142,8 @@ pub struct Room {
     /// Approximate encoded size of the state; exact after each snapshot encode. Written only
     /// while `inner` is locked (write lock in `commit`, read lock in `snapshot`).
     state_bytes: AtomicUsize,
+    /// Presence and broadcasts: the ephemeral lane beside the change stream.
+    pub presence: Presence,
     /// Live connections in this room (maintained by the session layer).
     pub connections: AtomicUsize,
     /// Unix millis of the last commit or connection change, for idle eviction.
@@ -161,6 +171,7 @@ impl Room {
                 ring: Ring::new(config.history.max(1)),
             }),
             state_bytes: AtomicUsize::new(2),
+            presence: Presence::new(config.broadcast_buffer),
             config,
             rev: AtomicU64::new(0),
             rev_tx,
@@ -558,7 +569,7 @@ mod tests {
     fn limits() {
         let r = Room::new(
             RoomId::parse("t").unwrap(),
-            RoomConfig { history: 4, max_state_bytes: 100, max_ops_per_change: 2 },
+            RoomConfig { history: 4, max_state_bytes: 100, max_ops_per_change: 2, broadcast_buffer: 4 },
         );
         let e = r.commit(req(Mode::Overwrite, 0, json!([{"op":"test","path":"","value":{}},{"op":"test","path":"","value":{}},{"op":"test","path":"","value":{}}]))).unwrap_err();
         assert_eq!(e.code, RejectCode::TooLarge);

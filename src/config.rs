@@ -1,0 +1,193 @@
+//! Server configuration: every flag, its default and unit, settable by `--flag` or `RINGSYNC_*`.
+//!
+//! `Config::default()` is what `cargo run --release` uses, and what tests start from. Values are
+//! validated once at start ([`Config::validate`]); an invalid one stops the server with a message
+//! that names the flag.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::room::RoomConfig;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// ringsync: an in-memory delta-sync server (rooms of JSON state, deltas or snapshots per client).
+#[derive(Debug, Clone, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, env = "RINGSYNC_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Extra listener serving only /metrics (so the main port need not expose it).
+    #[arg(long, env = "RINGSYNC_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Changes kept per room for delta catch-up (ring size, entries).
+    #[arg(long, env = "RINGSYNC_HISTORY", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub history: u64,
+
+    /// How long a disconnected session can be resumed (seconds).
+    #[arg(long, env = "RINGSYNC_SESSION_TTL", default_value = "300", value_parser = parse_secs)]
+    pub session_ttl: Duration,
+
+    /// Server ping interval on idle connections (seconds).
+    #[arg(long, env = "RINGSYNC_PING_INTERVAL", default_value = "15", value_parser = parse_secs)]
+    pub ping_interval: Duration,
+
+    /// Close a connection that sent nothing for this long (seconds).
+    #[arg(long, env = "RINGSYNC_IDLE_TIMEOUT", default_value = "45", value_parser = parse_secs)]
+    pub idle_timeout: Duration,
+
+    /// Close a connection whose socket has not accepted a write for this long (seconds).
+    #[arg(long, env = "RINGSYNC_WRITE_TIMEOUT", default_value = "30", value_parser = parse_secs)]
+    pub write_timeout: Duration,
+
+    /// Largest WebSocket message or HTTP body accepted (bytes).
+    #[arg(long, env = "RINGSYNC_MAX_MESSAGE_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(64..=(1 << 30)))]
+    pub max_message_bytes: u64,
+
+    /// Largest presence object per session (bytes, encoded JSON).
+    #[arg(long, env = "RINGSYNC_MAX_PRESENCE_BYTES", default_value_t = 4096)]
+    pub max_presence_bytes: usize,
+
+    /// At most one presence message per client per interval (milliseconds; 0 = immediately).
+    #[arg(long, env = "RINGSYNC_PRESENCE_INTERVAL", default_value = "50", value_parser = parse_millis)]
+    pub presence_interval: Duration,
+
+    /// Presence of a dropped connection is kept this long for a quick resume (seconds).
+    #[arg(long, env = "RINGSYNC_PRESENCE_GRACE", default_value = "10", value_parser = parse_secs)]
+    pub presence_grace: Duration,
+
+    /// Undelivered broadcasts kept per room for slow readers (messages); older ones are dropped
+    /// and counted.
+    #[arg(long, env = "RINGSYNC_BROADCAST_BUFFER", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub broadcast_buffer: u64,
+
+    /// Most simultaneous WebSocket connections (0 = unlimited).
+    #[arg(long, env = "RINGSYNC_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// Most connections in one room (0 = unlimited).
+    #[arg(long, env = "RINGSYNC_MAX_ROOM_CLIENTS", default_value_t = 0)]
+    pub max_room_clients: usize,
+
+    /// Most rooms in memory (0 = unlimited).
+    #[arg(long, env = "RINGSYNC_MAX_ROOMS", default_value_t = 0)]
+    pub max_rooms: usize,
+
+    /// Largest room state (bytes of encoded JSON, approximate between snapshots; 0 = unlimited).
+    #[arg(long, env = "RINGSYNC_MAX_STATE_BYTES", default_value_t = 16 << 20)]
+    pub max_state_bytes: usize,
+
+    /// Most operations in one change (0 = unlimited).
+    #[arg(long, env = "RINGSYNC_MAX_OPS_PER_CHANGE", default_value_t = 1000)]
+    pub max_ops_per_change: usize,
+
+    /// Drop rooms with no connection and no write for this long (seconds; 0 = keep forever).
+    #[arg(long, env = "RINGSYNC_ROOM_IDLE_TTL", default_value = "0", value_parser = parse_secs)]
+    pub room_idle_ttl: Duration,
+
+    /// A WebSocket upgrade (request headers to upgraded socket) must complete within this (seconds).
+    #[arg(long, env = "RINGSYNC_HANDSHAKE_TIMEOUT", default_value = "10", value_parser = parse_secs)]
+    pub handshake_timeout: Duration,
+
+    /// Time given to clients to drain on SIGTERM/SIGINT before exit (seconds).
+    #[arg(long, env = "RINGSYNC_SHUTDOWN_TIMEOUT", default_value = "10", value_parser = parse_secs)]
+    pub shutdown_timeout: Duration,
+
+    /// Log format.
+    #[arg(long, env = "RINGSYNC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::parse_from(["ringsync"])
+    }
+}
+
+/// Seconds as a decimal number (`0.5`, `30`).
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.0..=86_400.0 * 365.0).contains(&v) {
+        return Err(format!("{s} seconds is out of range"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn parse_millis(s: &str) -> Result<Duration, String> {
+    let v: u64 = s.parse().map_err(|_| format!("{s:?} is not a whole number of milliseconds"))?;
+    Ok(Duration::from_millis(v))
+}
+
+impl Config {
+    /// Cross-field checks that clap cannot express.
+    ///
+    /// # Errors
+    /// A message naming the offending flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.idle_timeout.is_zero() {
+            return Err("--idle-timeout must be positive".into());
+        }
+        if self.ping_interval.is_zero() {
+            return Err("--ping-interval must be positive".into());
+        }
+        if self.ping_interval >= self.idle_timeout {
+            return Err("--ping-interval must be shorter than --idle-timeout".into());
+        }
+        if self.write_timeout.is_zero() {
+            return Err("--write-timeout must be positive".into());
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err("--handshake-timeout must be positive".into());
+        }
+        if self.max_presence_bytes < 2 {
+            return Err("--max-presence-bytes must be at least 2".into());
+        }
+        Ok(())
+    }
+
+    pub fn room_config(&self) -> RoomConfig {
+        RoomConfig {
+            history: self.history as usize,
+            max_state_bytes: self.max_state_bytes,
+            max_ops_per_change: self.max_ops_per_change,
+            broadcast_buffer: self.broadcast_buffer as usize,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.history, 1024);
+        assert_eq!(c.presence_interval, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let e = Config::try_parse_from(["ringsync", "--history", "0"]).unwrap_err().to_string();
+        assert!(e.contains("--history"), "{e}");
+        let e = Config::try_parse_from(["ringsync", "--idle-timeout", "x"]).unwrap_err().to_string();
+        assert!(e.contains("--idle-timeout"), "{e}");
+        let c = Config::try_parse_from(["ringsync", "--ping-interval", "50"]).unwrap();
+        assert!(c.validate().unwrap_err().contains("--ping-interval"));
+    }
+}

@@ -1,0 +1,665 @@
+//! One WebSocket connection: a reader loop and a writer loop, in one task.
+//!
+//! The reader decodes each message (`protocol`), and hands changes to the room (`Room::commit`),
+//! presence and broadcasts to the room's lane; its replies (rejects, pongs, errors, close codes)
+//! go to the writer through a small bounded channel, so a client that sends without reading is
+//! slowed down by TCP, never buffered without bound.
+//!
+//! The writer is pull-based: it remembers `last_sent` (the revision the client holds) and, when
+//! the room's revision moves, sends everything after it in one `delta` frame (a single change to
+//! a caught-up non-author is the frame the room encoded once for everyone), or a `snapshot` when
+//! the ring no longer holds what the client is missing. Presence and broadcasts are pulled the
+//! same way. A connection therefore holds O(1) memory however far behind it is. A write that
+//! does not complete within `--write-timeout` closes the connection.
+//!
+//! `read_frame` is not cancel-safe, so it is never raced in a `select!` loop: the reader and
+//! writer are two futures polled side by side; when one ends, the other gets a bounded time to
+//! finish its close handshake.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use rand::Rng;
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+
+use crate::ids::{ClientReqId, Rev};
+use crate::metrics as m;
+use crate::protocol::{self, ClientMsg, Reject, RejectCode};
+use crate::room::{Change, ChangeRequest, Room};
+use crate::server::App;
+use crate::session::{Attached, Session};
+
+type Io = TokioIo<Upgraded>;
+
+/// Replies queued per connection before the reader waits for the writer.
+const CONTROL_QUEUE: usize = 32;
+/// Time given to the other half to finish once one half has ended.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// WebSocket close codes ringsync sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// 1000: the client closed, we echo.
+    Normal,
+    /// 1001: idle timeout.
+    Idle,
+    /// 1001: server shutting down.
+    Shutdown,
+    /// 1002: WebSocket protocol violation.
+    Protocol,
+    /// 1007: invalid UTF-8 in a text message.
+    BadUtf8,
+    /// 1009: message over `--max-message-bytes`.
+    TooBig,
+    /// 4001: another connection took the session over.
+    TakenOver,
+    /// 4005: `--max-room-clients` reached.
+    RoomFull,
+    /// The socket did not accept a write within `--write-timeout` (no close frame can be sent).
+    SlowClient,
+    /// The socket failed (reset, closed under us).
+    Gone,
+}
+
+impl CloseReason {
+    pub fn close_code(self) -> u16 {
+        match self {
+            CloseReason::Normal => 1000,
+            CloseReason::Idle | CloseReason::Shutdown => 1001,
+            CloseReason::Protocol => 1002,
+            CloseReason::BadUtf8 => 1007,
+            CloseReason::TooBig => 1009,
+            CloseReason::TakenOver => 4001,
+            CloseReason::RoomFull => 4005,
+            CloseReason::SlowClient | CloseReason::Gone => 1006,
+        }
+    }
+    pub fn text(self) -> &'static str {
+        match self {
+            CloseReason::Normal => "bye",
+            CloseReason::Idle => "idle timeout",
+            CloseReason::Shutdown => "server shutting down",
+            CloseReason::Protocol => "protocol error",
+            CloseReason::BadUtf8 => "invalid UTF-8",
+            CloseReason::TooBig => "message too big",
+            CloseReason::TakenOver => "session taken over",
+            CloseReason::RoomFull => "room full",
+            CloseReason::SlowClient => "write timeout",
+            CloseReason::Gone => "connection lost",
+        }
+    }
+    /// Metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::Normal => "client_close",
+            CloseReason::Idle => "idle_timeout",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Protocol => "protocol_error",
+            CloseReason::BadUtf8 => "bad_utf8",
+            CloseReason::TooBig => "too_big",
+            CloseReason::TakenOver => "taken_over",
+            CloseReason::RoomFull => "room_full",
+            CloseReason::SlowClient => "write_timeout",
+            CloseReason::Gone => "connection_lost",
+        }
+    }
+}
+
+/// What the reader asks the writer to send.
+#[derive(Debug)]
+enum Outgoing {
+    /// A control message (reject, error, pong).
+    Text(Bytes),
+    /// Reply to a client ping.
+    Pong(Vec<u8>),
+    /// Echo of the client's close frame; the writer stops after it.
+    CloseEcho(Vec<u8>),
+    /// Close with our own code; the writer stops after it.
+    Close(CloseReason),
+}
+
+/// Frame kinds, for metrics.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Delta,
+    Snapshot,
+    Presence,
+    Broadcast,
+    Control,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Delta => "delta",
+            Kind::Snapshot => "snapshot",
+            Kind::Presence => "presence",
+            Kind::Broadcast => "broadcast",
+            Kind::Control => "control",
+        }
+    }
+}
+
+/// Where a resuming client says it is.
+#[derive(Debug, Default, Clone)]
+pub struct ResumeFrom {
+    pub session: Option<String>,
+    pub epoch: Option<String>,
+    pub since: Option<Rev>,
+}
+
+/// How the connection ended, as far as presence is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The client sent a close frame: leave at once.
+    Clean,
+    /// Dropped, timed out, or closed by us: leave after the grace period.
+    Abrupt,
+    /// Taken over by another connection: not a leave.
+    TakenOver,
+}
+
+/// Serves an upgraded WebSocket until it closes.
+pub async fn serve(ws: WebSocket<Io>, app: Arc<App>, room: Arc<Room>, from: ResumeFrom) {
+    let _open = OpenGuard::new(&room);
+    let mut ws = ws;
+    ws.set_max_message_size(app.config.max_message_bytes as usize);
+    ws.set_auto_close(true);
+    ws.set_auto_pong(true);
+    let room_full = app.config.max_room_clients > 0
+        && room.connections.load(std::sync::atomic::Ordering::Relaxed) > app.config.max_room_clients;
+    let (read, mut write) = ws.split(tokio::io::split);
+    if room_full {
+        metrics::counter!(m::CONNECTIONS_REFUSED, "limit" => "max_room_clients").increment(1);
+        close_now(&mut write, CloseReason::RoomFull).await;
+        return;
+    }
+
+    let attached = app.sessions.attach(&room, from.session.as_deref());
+    let Attached { session, conn, resumed, kicked } = attached;
+    room.presence.join(session.client);
+    let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+
+    let mut writer = Writer::new(write, &app, &room, &session);
+    let writer_fut = writer.run(from, resumed, rx, kicked);
+    let reader_fut = read_loop(read, &app, &room, &session, tx);
+    tokio::pin!(writer_fut, reader_fut);
+    let (end, reason) = tokio::select! {
+        end = &mut reader_fut => {
+            // Let the writer send whatever close the reader queued.
+            let reason = tokio::time::timeout(CLOSE_GRACE, &mut writer_fut).await.ok();
+            (end, reason.unwrap_or(CloseReason::Gone))
+        }
+        reason = &mut writer_fut => {
+            // Give the client a moment to answer our close frame.
+            let end = tokio::time::timeout(CLOSE_GRACE, &mut reader_fut).await.unwrap_or(End::Abrupt);
+            (if reason == CloseReason::TakenOver { End::TakenOver } else { end }, reason)
+        }
+    };
+    metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => if end == End::Clean { "client_close" } else { reason.label() })
+        .increment(1);
+    if end != End::TakenOver && app.sessions.detach(&session, conn) {
+        let cfg = &app.config;
+        tokio::spawn(app.sessions.clone().expire_later(
+            session.clone(),
+            conn,
+            end == End::Clean,
+            cfg.presence_grace,
+            cfg.session_ttl,
+        ));
+    }
+}
+
+/// Counts the connection in its room and in the open-connections gauge while it lives.
+struct OpenGuard<'a>(&'a Room);
+
+impl<'a> OpenGuard<'a> {
+    fn new(room: &'a Room) -> Self {
+        room.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        room.touch();
+        metrics::gauge!(m::CONNECTIONS_OPEN).increment(1.0);
+        OpenGuard(room)
+    }
+}
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.touch();
+        metrics::gauge!(m::CONNECTIONS_OPEN).decrement(1.0);
+    }
+}
+
+async fn close_now(write: &mut WebSocketWrite<WriteHalf<Io>>, reason: CloseReason) {
+    let frame = Frame::close(reason.close_code(), reason.text().as_bytes());
+    let _ = tokio::time::timeout(CLOSE_GRACE, write.write_frame(frame)).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reader
+
+async fn read_loop(
+    mut read: WebSocketRead<ReadHalf<Io>>,
+    app: &App,
+    room: &Room,
+    session: &Session,
+    tx: mpsc::Sender<Outgoing>,
+) -> End {
+    let max = app.config.max_message_bytes as usize;
+    let mut fragments: Option<(OpCode, Vec<u8>)> = None;
+    let obligated = tx.clone();
+    let mut send_fn = move |f: Frame<'_>| {
+        let out = match f.opcode {
+            OpCode::Close => Outgoing::CloseEcho(f.payload.to_vec()),
+            _ => Outgoing::Pong(f.payload.to_vec()),
+        };
+        let tx = obligated.clone();
+        async move { tx.send(out).await.map_err(|_| std::io::Error::other("writer gone")) }
+    };
+    loop {
+        let frame = match tokio::time::timeout(app.config.idle_timeout, read.read_frame(&mut send_fn)).await {
+            Err(_) => {
+                let _ = tx.send(Outgoing::Close(CloseReason::Idle)).await;
+                return End::Abrupt;
+            }
+            Ok(Err(e)) => {
+                let reason = match e {
+                    WebSocketError::FrameTooLarge => Some(CloseReason::TooBig),
+                    WebSocketError::InvalidUTF8 => Some(CloseReason::BadUtf8),
+                    WebSocketError::UnexpectedEOF
+                    | WebSocketError::IoError(_)
+                    | WebSocketError::SendError(_) => None,
+                    _ => Some(CloseReason::Protocol),
+                };
+                if let Some(r) = reason {
+                    let _ = tx.send(Outgoing::Close(r)).await;
+                }
+                return End::Abrupt;
+            }
+            Ok(Ok(frame)) => frame,
+        };
+        let message: Vec<u8>;
+        let (opcode, payload): (OpCode, &[u8]) = match frame.opcode {
+            OpCode::Close => return End::Clean,
+            OpCode::Ping | OpCode::Pong => continue,
+            OpCode::Text | OpCode::Binary if frame.fin => {
+                if fragments.is_some() {
+                    let _ = tx.send(Outgoing::Close(CloseReason::Protocol)).await;
+                    return End::Abrupt;
+                }
+                (frame.opcode, &frame.payload)
+            }
+            OpCode::Text | OpCode::Binary => {
+                if fragments.is_some() {
+                    let _ = tx.send(Outgoing::Close(CloseReason::Protocol)).await;
+                    return End::Abrupt;
+                }
+                fragments = Some((frame.opcode, frame.payload.to_vec()));
+                continue;
+            }
+            OpCode::Continuation => {
+                let Some((op, buf)) = fragments.as_mut() else {
+                    let _ = tx.send(Outgoing::Close(CloseReason::Protocol)).await;
+                    return End::Abrupt;
+                };
+                buf.extend_from_slice(&frame.payload);
+                if buf.len() > max {
+                    let _ = tx.send(Outgoing::Close(CloseReason::TooBig)).await;
+                    return End::Abrupt;
+                }
+                if !frame.fin {
+                    continue;
+                }
+                let op = *op;
+                message = fragments.take().map(|(_, b)| b).unwrap_or_default();
+                if op == OpCode::Text && std::str::from_utf8(&message).is_err() {
+                    let _ = tx.send(Outgoing::Close(CloseReason::BadUtf8)).await;
+                    return End::Abrupt;
+                }
+                (op, &message)
+            }
+        };
+        metrics::counter!(m::BYTES_RECEIVED).increment(payload.len() as u64);
+        let reply = if opcode == OpCode::Binary {
+            metrics::counter!(m::DECODE_ERRORS, "code" => "bad_message").increment(1);
+            Some(protocol::error_msg("bad_message", "binary frames are not supported; send JSON text", None))
+        } else {
+            handle_message(payload, app, room, session)
+        };
+        if let Some(reply) = reply
+            && tx.send(Outgoing::Text(reply)).await.is_err()
+        {
+            return End::Abrupt;
+        }
+    }
+}
+
+/// Handles one decoded text message; returns the reply for the sender, if any. Synchronous:
+/// locks taken here are released before the caller awaits.
+fn handle_message(text: &[u8], app: &App, room: &Room, session: &Session) -> Option<Bytes> {
+    match protocol::decode_client(text) {
+        Err(e) => {
+            metrics::counter!(m::DECODE_ERRORS, "code" => e.code()).increment(1);
+            Some(protocol::error_msg(e.code(), &e.message, None))
+        }
+        Ok(ClientMsg::Ping { t }) => Some(protocol::pong_msg(&t)),
+        Ok(ClientMsg::Change(c)) => {
+            let mut st = session.state.lock();
+            if c.client_req_id <= st.last_req {
+                let msg = format!(
+                    "clientReqId {} was already processed (lastClientReqId {}); not applied again",
+                    c.client_req_id.0, st.last_req.0
+                );
+                return Some(protocol::error_msg("duplicate", &msg, Some(c.client_req_id)));
+            }
+            st.last_req = c.client_req_id;
+            let req = match (c.mode, c.ops) {
+                (Ok(mode), Ok(ops)) => ChangeRequest {
+                    author: session.client,
+                    client_req_id: Some(c.client_req_id),
+                    base_rev: c.base_rev,
+                    mode,
+                    ops,
+                },
+                (Err(message), _) => {
+                    return Some(reject(room, c.client_req_id, RejectCode::Invalid, message));
+                }
+                (_, Err(e)) => return Some(reject(room, c.client_req_id, e.clone().into(), e.to_string())),
+            };
+            // The session lock is held across the commit so a snapshot never reports a
+            // lastClientReqId its revision does not contain yet.
+            let result = commit(room, req);
+            drop(st);
+            result.err().map(|r| protocol::reject_msg(c.client_req_id, &r))
+        }
+        Ok(ClientMsg::Presence { data }) => {
+            metrics::counter!(m::PRESENCE_UPDATES).increment(1);
+            let serde_json::Value::Object(patch) = data else { unreachable!("decoder checks") };
+            match room.presence.update(session.client, patch, app.config.max_presence_bytes) {
+                Ok(()) => None,
+                Err(e) => Some(protocol::error_msg("too_large", &e.to_string(), None)),
+            }
+        }
+        Ok(ClientMsg::Broadcast { data }) => {
+            metrics::counter!(m::BROADCASTS).increment(1);
+            room.presence.broadcast(session.client, &data);
+            None
+        }
+    }
+}
+
+fn reject(room: &Room, id: ClientReqId, code: RejectCode, message: String) -> Bytes {
+    metrics::counter!(m::CHANGES_REJECTED, "code" => code.as_str()).increment(1);
+    protocol::reject_msg(id, &Reject { code, message, rev: room.rev().0, conflicts: Vec::new() })
+}
+
+/// Commits with metrics; shared by the WebSocket reader and the HTTP API.
+pub fn commit(room: &Room, req: ChangeRequest) -> Result<Arc<Change>, Reject> {
+    let started = Instant::now();
+    let result = room.commit(req);
+    match &result {
+        Ok(change) => {
+            metrics::histogram!(m::COMMIT_DURATION).record(started.elapsed().as_secs_f64());
+            metrics::counter!(m::CHANGES_COMMITTED).increment(1);
+            for op in &change.ops {
+                metrics::counter!(m::OPS_APPLIED, "op" => op.kind().as_str()).increment(1);
+            }
+        }
+        Err(r) => metrics::counter!(m::CHANGES_REJECTED, "code" => r.code.as_str()).increment(1),
+    }
+    result
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writer
+
+struct Writer<'a> {
+    ws: WebSocketWrite<WriteHalf<Io>>,
+    app: &'a App,
+    room: &'a Room,
+    session: &'a Session,
+    /// The revision the client holds.
+    last_sent: Rev,
+    presence_seq: u64,
+    broadcast_seq: u64,
+    /// Reused between catch-ups (allocated on first need).
+    changes: Vec<Arc<Change>>,
+}
+
+/// Why the writer stopped on its own.
+type WriteResult = Result<(), CloseReason>;
+
+impl<'a> Writer<'a> {
+    fn new(ws: WebSocketWrite<WriteHalf<Io>>, app: &'a App, room: &'a Room, session: &'a Session) -> Self {
+        Writer {
+            ws,
+            app,
+            room,
+            session,
+            last_sent: Rev(0),
+            presence_seq: 0,
+            broadcast_seq: 0,
+            changes: Vec::new(),
+        }
+    }
+
+    async fn run(
+        &mut self,
+        from: ResumeFrom,
+        resumed: bool,
+        mut rx: mpsc::Receiver<Outgoing>,
+        mut kicked: tokio::sync::oneshot::Receiver<()>,
+    ) -> CloseReason {
+        let mut revs = self.room.subscribe();
+        let mut presence = self.room.presence.subscribe();
+        let mut broadcasts = self.room.presence.subscribe_broadcasts();
+        let mut shutdown = self.app.shutdown_signal();
+        revs.mark_unchanged();
+        presence.mark_unchanged();
+        broadcasts.mark_unchanged();
+        if let Err(reason) = self.hello(from, resumed).await {
+            return reason;
+        }
+        let interval = self.app.config.presence_interval;
+        let mut next_presence = tokio::time::Instant::now();
+        let mut presence_pending = false;
+        let mut ping = tokio::time::interval(self.app.config.ping_interval);
+        ping.reset();
+        let result: WriteResult = loop {
+            let step = tokio::select! {
+                biased;
+                out = rx.recv() => match out {
+                    Some(Outgoing::Text(b)) => self.send(&b, Kind::Control).await,
+                    Some(Outgoing::Pong(p)) => self.write(Frame::pong(Payload::Owned(p))).await,
+                    Some(Outgoing::CloseEcho(p)) => {
+                        let _ = self.write(Frame::close_raw(Payload::Owned(p))).await;
+                        Err(CloseReason::Normal)
+                    }
+                    Some(Outgoing::Close(reason)) => Err(reason),
+                    None => Err(CloseReason::Gone),
+                },
+                _ = &mut kicked => Err(CloseReason::TakenOver),
+                _ = shutdown.changed() => {
+                    // Spread closes over most of the drain window so clients do not all
+                    // reconnect at the same instant.
+                    let window = self.app.config.shutdown_timeout.mul_f64(0.8);
+                    let delay = window.mul_f64(rand::rng().random::<f64>());
+                    tokio::time::sleep(delay).await;
+                    Err(CloseReason::Shutdown)
+                }
+                r = revs.changed() => match r {
+                    Ok(()) => self.catch_up().await,
+                    Err(_) => Err(CloseReason::Shutdown),
+                },
+                _ = broadcasts.changed() => self.send_broadcasts().await,
+                _ = presence.changed(), if !presence_pending => {
+                    presence_pending = true;
+                    Ok(())
+                }
+                _ = tokio::time::sleep_until(next_presence), if presence_pending => {
+                    presence_pending = false;
+                    next_presence = tokio::time::Instant::now() + interval;
+                    self.send_presence().await
+                }
+                _ = ping.tick() => self.write(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))).await,
+            };
+            if let Err(reason) = step {
+                break Err(reason);
+            }
+        };
+        let reason = result.err().unwrap_or(CloseReason::Protocol);
+        let can_close = !matches!(reason, CloseReason::Normal | CloseReason::SlowClient | CloseReason::Gone);
+        if can_close && !self.ws.is_closed() {
+            let frame = Frame::close(reason.close_code(), reason.text().as_bytes());
+            let _ = tokio::time::timeout(CLOSE_GRACE, self.ws.write_frame(frame)).await;
+        }
+        reason
+    }
+
+    /// `welcome`, then exactly one `delta` or `snapshot` bringing the client to `welcome.rev`.
+    async fn hello(&mut self, from: ResumeFrom, resumed: bool) -> WriteResult {
+        let room = self.room;
+        self.broadcast_seq = room.presence.broadcast_seq();
+        let (presence_seq, peers) = room.presence.online();
+        self.presence_seq = presence_seq;
+        let usable_since = match (from.since, from.epoch.as_deref()) {
+            (Some(since), Some(epoch)) if epoch == room.epoch().as_str() => Some(since),
+            _ => None,
+        };
+        let mut delta_from = None;
+        if let Some(since) = usable_since
+            && room.changes_after(since, &mut self.changes)
+        {
+            delta_from = Some(since);
+        }
+        let (frame, kind, to, outcome) = match delta_from {
+            Some(since) => {
+                let to = self.changes.last().map_or(since, |c| c.rev);
+                (self.delta_frame(since, to), Kind::Delta, to, "delta")
+            }
+            None => {
+                let reason = match (from.since, from.epoch.as_deref()) {
+                    (Some(_), Some(e)) if e != room.epoch().as_str() => "epoch",
+                    (Some(_), _) => "behind_ring",
+                    (None, _) if resumed => "resume",
+                    _ => "join",
+                };
+                let (frame, rev) = self.snapshot_frame();
+                metrics::counter!(m::SNAPSHOTS_SENT, "reason" => reason).increment(1);
+                (frame, Kind::Snapshot, rev, "snapshot")
+            }
+        };
+        metrics::counter!(m::SESSION_CONNECTS, "outcome" => if resumed { outcome } else { "new" })
+            .increment(1);
+        let last_req = self.session.state.lock().last_req;
+        let welcome = protocol::encode(&protocol::Welcome {
+            client: self.session.client.to_string(),
+            session: &self.session.token,
+            epoch: room.epoch().as_str(),
+            rev: to.0,
+            resumed,
+            last_client_req_id: last_req.0,
+            presence: &serde_json::Value::Object(peers),
+        });
+        self.send(&welcome, Kind::Control).await?;
+        self.send(&frame, kind).await?;
+        self.last_sent = to;
+        self.changes.clear();
+        Ok(())
+    }
+
+    /// Sends everything after `last_sent` in one frame.
+    async fn catch_up(&mut self) -> WriteResult {
+        let head = self.room.rev();
+        if head <= self.last_sent {
+            return Ok(());
+        }
+        metrics::histogram!(m::CATCHUP_LAG).record((head.0 - self.last_sent.0) as f64);
+        if !self.room.changes_after(self.last_sent, &mut self.changes) {
+            let (frame, rev) = self.snapshot_frame();
+            metrics::counter!(m::SNAPSHOTS_SENT, "reason" => "behind_ring").increment(1);
+            self.send(&frame, Kind::Snapshot).await?;
+            self.last_sent = rev;
+            return Ok(());
+        }
+        let Some(newest) = self.changes.last() else { return Ok(()) };
+        let (to, committed_at) = (newest.rev, newest.committed_at);
+        let frame = self.delta_frame(self.last_sent, to);
+        self.changes.clear();
+        self.send(&frame, Kind::Delta).await?;
+        metrics::histogram!(m::DELIVERY_LAG).record(committed_at.elapsed().as_secs_f64());
+        self.last_sent = to;
+        Ok(())
+    }
+
+    /// The delta frame for `self.changes` (which run from `from+1` to `to`).
+    fn delta_frame(&self, from: Rev, to: Rev) -> Bytes {
+        let me = self.session.client;
+        if let [only] = &self.changes[..]
+            && only.author != me
+        {
+            return only.delta_frame.clone();
+        }
+        let size: usize = self.changes.iter().map(|c| c.wire.len() + 1).sum();
+        protocol::delta_frame(from, to, self.changes.iter().map(|c| c.entry_for(me)), size)
+    }
+
+    /// A snapshot frame at the current revision with this session's `lastClientReqId` as of that
+    /// revision (the session lock is taken first, so no commit of ours is half-way).
+    fn snapshot_frame(&self) -> (Bytes, Rev) {
+        let st = self.session.state.lock();
+        let snap = self.room.snapshot();
+        let frame = protocol::snapshot_frame(snap.rev, st.last_req, &snap.state);
+        (frame, snap.rev)
+    }
+
+    async fn send_presence(&mut self) -> WriteResult {
+        let Some((to, frame)) = self.room.presence.changes_since(self.presence_seq) else { return Ok(()) };
+        let skipped = to - self.presence_seq;
+        self.presence_seq = to;
+        if frame.is_empty() {
+            return Ok(());
+        }
+        if skipped > 1 {
+            metrics::counter!(m::PRESENCE_COALESCED).increment(skipped - 1);
+        }
+        self.send(&frame, Kind::Presence).await
+    }
+
+    async fn send_broadcasts(&mut self) -> WriteResult {
+        let mut seq = self.broadcast_seq;
+        let batch = self.room.presence.broadcasts_after(&mut seq, self.session.client);
+        self.broadcast_seq = seq;
+        if batch.dropped > 0 {
+            metrics::counter!(m::BROADCASTS_DROPPED).increment(batch.dropped);
+            self.send(&protocol::dropped_msg(batch.dropped), Kind::Control).await?;
+        }
+        for frame in &batch.frames {
+            self.send(frame, Kind::Broadcast).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, bytes: &Bytes, kind: Kind) -> WriteResult {
+        self.write(Frame::text(Payload::Borrowed(bytes))).await?;
+        metrics::counter!(m::FRAMES_SENT, "kind" => kind.label()).increment(1);
+        metrics::counter!(m::BYTES_SENT, "kind" => kind.label()).increment(bytes.len() as u64);
+        Ok(())
+    }
+
+    async fn write(&mut self, frame: Frame<'_>) -> WriteResult {
+        match tokio::time::timeout(self.app.config.write_timeout, self.ws.write_frame(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(CloseReason::Gone),
+            Err(_) => {
+                metrics::counter!(m::SLOW_CLIENT_CLOSES).increment(1);
+                Err(CloseReason::SlowClient)
+            }
+        }
+    }
+}

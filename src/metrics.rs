@@ -1,0 +1,114 @@
+//! Prometheus metrics: every name, its description, unit and buckets, in one place.
+//!
+//! [`install`] installs the `metrics` recorder once per process (later calls return the same
+//! handle), then describes every metric — in that order, because handles taken before the
+//! recorder exists stay no-ops forever. Call sites use the `metrics` macros with the constants
+//! below, and only ever label by bounded enums (reason, kind, code, op): never a room, client or
+//! session id. `/metrics` is rendered from the returned handle by our own HTTP route.
+
+use std::sync::OnceLock;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const CONNECTIONS_OPEN: &str = "ringsync_connections_open";
+pub const CONNECTIONS_ACCEPTED: &str = "ringsync_connections_accepted_total";
+pub const CONNECTIONS_CLOSED: &str = "ringsync_connections_closed_total";
+pub const CONNECTIONS_REFUSED: &str = "ringsync_connections_refused_total";
+pub const SLOW_CLIENT_CLOSES: &str = "ringsync_slow_client_closes_total";
+pub const SESSIONS_LIVE: &str = "ringsync_sessions_live";
+pub const SESSION_CONNECTS: &str = "ringsync_session_connects_total";
+pub const ROOMS: &str = "ringsync_rooms";
+pub const ROOMS_EVICTED: &str = "ringsync_rooms_evicted_total";
+pub const CHANGES_COMMITTED: &str = "ringsync_changes_committed_total";
+pub const CHANGES_REJECTED: &str = "ringsync_changes_rejected_total";
+pub const OPS_APPLIED: &str = "ringsync_ops_applied_total";
+pub const FRAMES_SENT: &str = "ringsync_frames_sent_total";
+pub const BYTES_SENT: &str = "ringsync_sent_bytes_total";
+pub const BYTES_RECEIVED: &str = "ringsync_received_bytes_total";
+pub const SNAPSHOTS_SENT: &str = "ringsync_snapshots_sent_total";
+pub const COMMIT_DURATION: &str = "ringsync_commit_duration_seconds";
+pub const DELIVERY_LAG: &str = "ringsync_delivery_lag_seconds";
+pub const CATCHUP_LAG: &str = "ringsync_catchup_lag_revisions";
+pub const RING_ENTRIES: &str = "ringsync_ring_entries";
+pub const RING_CAPACITY: &str = "ringsync_ring_capacity_entries";
+pub const RING_FULL_ROOMS: &str = "ringsync_ring_full_rooms";
+pub const PRESENCE_UPDATES: &str = "ringsync_presence_updates_total";
+pub const PRESENCE_COALESCED: &str = "ringsync_presence_updates_coalesced_total";
+pub const BROADCASTS: &str = "ringsync_broadcasts_total";
+pub const BROADCASTS_DROPPED: &str = "ringsync_broadcasts_dropped_total";
+pub const DECODE_ERRORS: &str = "ringsync_decode_errors_total";
+pub const HTTP_REQUESTS: &str = "ringsync_http_requests_total";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the recorder (once per process) and describes every metric.
+///
+/// # Panics
+/// When another `metrics` recorder was installed first by someone else.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(COMMIT_DURATION.into()),
+                    &[1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 5e-3, 0.025],
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(DELIVERY_LAG.into()),
+                        &[1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0],
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(CATCHUP_LAG.into()),
+                        &[1.0, 2.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0],
+                    )
+                })
+                .expect("bucket lists are non-empty")
+                .install_recorder()
+                .expect("ringsync installs the only metrics recorder");
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_gauge!(CONNECTIONS_OPEN, "WebSocket connections currently open");
+    describe_counter!(CONNECTIONS_ACCEPTED, "WebSocket connections accepted");
+    describe_counter!(CONNECTIONS_CLOSED, "WebSocket connections closed, by close reason");
+    describe_counter!(CONNECTIONS_REFUSED, "Connections refused by a limit, by limit");
+    describe_counter!(SLOW_CLIENT_CLOSES, "Connections closed because the client stopped accepting writes");
+    describe_gauge!(SESSIONS_LIVE, "Sessions held (connected or resumable)");
+    describe_counter!(
+        SESSION_CONNECTS,
+        "Connections by how the session started: new, or resumed with a delta or a snapshot"
+    );
+    describe_gauge!(ROOMS, "Rooms in memory");
+    describe_counter!(ROOMS_EVICTED, "Idle rooms dropped from memory");
+    describe_counter!(CHANGES_COMMITTED, "Changes committed");
+    describe_counter!(CHANGES_REJECTED, "Changes rejected, by reject code");
+    describe_counter!(OPS_APPLIED, "Operations applied in committed changes, by op");
+    describe_counter!(FRAMES_SENT, "WebSocket frames sent, by kind");
+    describe_counter!(BYTES_SENT, Unit::Bytes, "WebSocket payload bytes sent, by kind");
+    describe_counter!(BYTES_RECEIVED, Unit::Bytes, "WebSocket payload bytes received");
+    describe_counter!(SNAPSHOTS_SENT, "Snapshots sent, by reason");
+    describe_histogram!(COMMIT_DURATION, Unit::Seconds, "Time to validate, apply and record one change");
+    describe_histogram!(
+        DELIVERY_LAG,
+        Unit::Seconds,
+        "Time from commit to the frame carrying it being written"
+    );
+    describe_histogram!(CATCHUP_LAG, "Revisions a connection was behind when its writer caught it up");
+    describe_gauge!(RING_ENTRIES, "Changes held in all rooms' rings");
+    describe_gauge!(RING_CAPACITY, "Total ring capacity over all rooms");
+    describe_gauge!(RING_FULL_ROOMS, "Rooms whose ring is full (older changes need snapshots)");
+    describe_counter!(PRESENCE_UPDATES, "Presence updates received");
+    describe_counter!(PRESENCE_COALESCED, "Presence updates superseded before a slow reader saw them");
+    describe_counter!(BROADCASTS, "Broadcasts received");
+    describe_counter!(BROADCASTS_DROPPED, "Broadcasts a slow reader never received");
+    describe_counter!(DECODE_ERRORS, "Client messages that could not be decoded, by code");
+    describe_counter!(HTTP_REQUESTS, "HTTP API requests, by route and status class");
+}

@@ -1,0 +1,368 @@
+//! A room's ephemeral lane: presence (who is here, cursors) and broadcasts. Nothing here enters
+//! the room's state, ring or revision.
+//!
+//! Both halves are pull-based like the change stream, so a slow reader costs O(1) memory:
+//! - Presence keeps, per peer, its current object and the presence sequence number of its last
+//!   change, plus a bounded log of `(seq, peer)`. A connection remembers the last sequence it was
+//!   sent and asks for everything after it: it gets each changed peer's *current* value once
+//!   (or `null` for a peer that left), never a backlog of stale positions. A reader further behind
+//!   than the log gets every known peer. The frame for a given `(from, to)` range is encoded once
+//!   and shared by every connection at the same position.
+//! - Broadcasts go into a ring of the last `broadcast_buffer` messages, each encoded once. A
+//!   connection's cursor that fell behind the ring learns how many it missed.
+//!
+//! Locking: two `parking_lot::Mutex`es, held only for map/ring updates and reads, never across
+//! `.await`. Invariant: `seq` only grows, and each peer's `changed` is ≤ `seq`.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+
+use crate::ids::ClientId;
+use crate::protocol;
+
+/// Presence changes remembered for incremental catch-up.
+const LOG_CAPACITY: usize = 4096;
+
+/// The merged presence would exceed `--max-presence-bytes`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("presence would be {size} bytes, over the limit of {limit}")]
+pub struct PresenceTooLarge {
+    pub size: usize,
+    pub limit: usize,
+}
+
+#[derive(Debug)]
+struct Peer {
+    data: Map<String, Value>,
+    online: bool,
+    changed: u64,
+}
+
+#[derive(Debug, Default)]
+struct PresenceInner {
+    seq: u64,
+    peers: HashMap<ClientId, Peer>,
+    log: VecDeque<(u64, ClientId)>,
+    /// The last frame built, keyed by the range it covers.
+    cached: Option<(u64, u64, Bytes)>,
+}
+
+impl PresenceInner {
+    fn bump(&mut self, client: ClientId) -> u64 {
+        self.seq += 1;
+        if self.log.len() == LOG_CAPACITY {
+            self.log.pop_front();
+        }
+        self.log.push_back((self.seq, client));
+        self.seq
+    }
+}
+
+#[derive(Debug)]
+struct Broadcasts {
+    seq: u64,
+    ring: VecDeque<(u64, ClientId, Bytes)>,
+    capacity: usize,
+}
+
+/// What a connection gets when it catches up on broadcasts.
+#[derive(Debug, Default)]
+pub struct BroadcastBatch {
+    /// Broadcasts this connection will never see (they left the ring before it read them).
+    pub dropped: u64,
+    /// Encoded `broadcast` messages, oldest first.
+    pub frames: Vec<Bytes>,
+}
+
+/// The ephemeral lane of one room.
+#[derive(Debug)]
+pub struct Presence {
+    inner: Mutex<PresenceInner>,
+    seq_tx: watch::Sender<u64>,
+    broadcasts: Mutex<Broadcasts>,
+    bcast_tx: watch::Sender<u64>,
+}
+
+impl Presence {
+    pub fn new(broadcast_capacity: usize) -> Self {
+        Presence {
+            inner: Mutex::new(PresenceInner::default()),
+            seq_tx: watch::channel(0).0,
+            broadcasts: Mutex::new(Broadcasts {
+                seq: 0,
+                ring: VecDeque::new(),
+                capacity: broadcast_capacity.max(1),
+            }),
+            bcast_tx: watch::channel(0).0,
+        }
+    }
+
+    /// Marks `client` present (a join for everyone else unless it already was). Returns the
+    /// presence sequence after the join.
+    pub fn join(&self, client: ClientId) -> u64 {
+        let mut g = self.inner.lock();
+        let seq = match g.peers.get(&client) {
+            Some(p) if p.online => g.seq,
+            _ => {
+                let seq = g.bump(client);
+                let peer =
+                    g.peers.entry(client).or_insert(Peer { data: Map::new(), online: true, changed: seq });
+                peer.online = true;
+                peer.changed = seq;
+                seq
+            }
+        };
+        drop(g);
+        self.notify(seq);
+        seq
+    }
+
+    /// Merges `patch` into `client`'s presence (a `null` member removes the key).
+    ///
+    /// # Errors
+    /// [`PresenceTooLarge`] when the merged object would exceed `limit` encoded bytes; nothing
+    /// changes then.
+    pub fn update(
+        &self,
+        client: ClientId,
+        patch: Map<String, Value>,
+        limit: usize,
+    ) -> Result<(), PresenceTooLarge> {
+        let mut g = self.inner.lock();
+        let Some(peer) = g.peers.get(&client) else { return Ok(()) };
+        let mut merged = peer.data.clone();
+        for (k, v) in patch {
+            if v.is_null() {
+                merged.remove(&k);
+            } else {
+                merged.insert(k, v);
+            }
+        }
+        let size = serde_json::to_vec(&merged).map(|v| v.len()).unwrap_or(usize::MAX);
+        if size > limit {
+            return Err(PresenceTooLarge { size, limit });
+        }
+        let seq = g.bump(client);
+        let peer = g.peers.get_mut(&client).expect("checked above");
+        peer.data = merged;
+        peer.changed = seq;
+        let online = peer.online;
+        drop(g);
+        if online {
+            self.notify(seq);
+        }
+        Ok(())
+    }
+
+    /// Marks `client` gone: peers see `null` once. Its data is kept for a later resume.
+    pub fn leave(&self, client: ClientId) {
+        let mut g = self.inner.lock();
+        if !g.peers.get(&client).is_some_and(|p| p.online) {
+            return;
+        }
+        let seq = g.bump(client);
+        let peer = g.peers.get_mut(&client).expect("checked above");
+        peer.online = false;
+        peer.changed = seq;
+        drop(g);
+        self.notify(seq);
+    }
+
+    /// Drops everything known of `client` (its session ended).
+    pub fn forget(&self, client: ClientId) {
+        self.leave(client);
+        self.inner.lock().peers.remove(&client);
+    }
+
+    fn notify(&self, seq: u64) {
+        self.seq_tx.send_if_modified(|v| {
+            let newer = seq > *v;
+            if newer {
+                *v = seq;
+            }
+            newer
+        });
+    }
+
+    /// Every present peer with its presence (for `welcome` and the HTTP API), and the sequence
+    /// it corresponds to.
+    pub fn online(&self) -> (u64, Map<String, Value>) {
+        let g = self.inner.lock();
+        let peers = g
+            .peers
+            .iter()
+            .filter(|(_, p)| p.online)
+            .map(|(c, p)| (c.to_string(), Value::Object(p.data.clone())));
+        (g.seq, peers.collect())
+    }
+
+    pub fn online_count(&self) -> usize {
+        self.inner.lock().peers.values().filter(|p| p.online).count()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.seq_tx.subscribe()
+    }
+
+    /// The `presence` frame for a reader at `since`, and the sequence it brings it to; `None`
+    /// when nothing changed.
+    pub fn changes_since(&self, since: u64) -> Option<(u64, Bytes)> {
+        let mut g = self.inner.lock();
+        if since >= g.seq {
+            return None;
+        }
+        let to = g.seq;
+        if let Some((f, t, frame)) = &g.cached
+            && (*f, *t) == (since, to)
+        {
+            return Some((to, frame.clone()));
+        }
+        let in_log = g.log.front().is_some_and(|(first, _)| *first <= since + 1);
+        let value = |p: &Peer| if p.online { Value::Object(p.data.clone()) } else { Value::Null };
+        let mut peers = Map::new();
+        if in_log {
+            for (_, c) in g.log.iter().rev().take_while(|(s, _)| *s > since) {
+                let key = c.to_string();
+                if let Some(p) = g.peers.get(c)
+                    && !peers.contains_key(&key)
+                {
+                    peers.insert(key, value(p));
+                }
+            }
+        } else {
+            for (c, p) in &g.peers {
+                if p.changed > since {
+                    peers.insert(c.to_string(), value(p));
+                }
+            }
+        }
+        if peers.is_empty() {
+            return Some((to, Bytes::new()));
+        }
+        let frame = protocol::presence_msg(&peers);
+        g.cached = Some((since, to, frame.clone()));
+        Some((to, frame))
+    }
+
+    /// Queues a broadcast from `from` (encoded once for every recipient).
+    pub fn broadcast(&self, from: ClientId, data: &Value) {
+        let frame = protocol::broadcast_msg(from, data);
+        let mut b = self.broadcasts.lock();
+        b.seq += 1;
+        let seq = b.seq;
+        if b.ring.len() == b.capacity {
+            b.ring.pop_front();
+        }
+        b.ring.push_back((seq, from, frame));
+        drop(b);
+        self.bcast_tx.send_replace(seq);
+    }
+
+    /// The broadcast sequence now (a new connection starts here: it gets no old broadcasts).
+    pub fn broadcast_seq(&self) -> u64 {
+        self.broadcasts.lock().seq
+    }
+
+    pub fn subscribe_broadcasts(&self) -> watch::Receiver<u64> {
+        self.bcast_tx.subscribe()
+    }
+
+    /// Broadcasts after `since` not sent by `me`; advances `since`.
+    pub fn broadcasts_after(&self, since: &mut u64, me: ClientId) -> BroadcastBatch {
+        let b = self.broadcasts.lock();
+        let mut batch = BroadcastBatch::default();
+        if *since >= b.seq {
+            return batch;
+        }
+        let oldest = b.ring.front().map_or(b.seq + 1, |(s, _, _)| *s);
+        if oldest > *since + 1 {
+            batch.dropped = oldest - *since - 1;
+        }
+        batch.frames = b
+            .ring
+            .iter()
+            .filter(|(s, from, _)| *s > *since && *from != me)
+            .map(|(_, _, f)| f.clone())
+            .collect();
+        *since = b.seq;
+        batch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    fn peers(frame: &Bytes) -> Value {
+        serde_json::from_slice::<Value>(frame).unwrap()["peers"].clone()
+    }
+
+    #[test]
+    fn merge_and_coalesce() {
+        let p = Presence::new(4);
+        let (a, b) = (ClientId(1), ClientId(2));
+        p.join(a);
+        let (s0, _) = p.online();
+        p.join(b);
+        for x in 0..100 {
+            p.update(a, obj(json!({"x": x, "name": "ann"})), 4096).unwrap();
+        }
+        p.update(a, obj(json!({"name": null})), 4096).unwrap();
+        let (to, frame) = p.changes_since(s0).unwrap();
+        assert_eq!(peers(&frame), json!({"c1": {"x": 99}, "c2": {}}));
+        assert!(p.changes_since(to).is_none());
+        p.leave(b);
+        let (_, frame) = p.changes_since(to).unwrap();
+        assert_eq!(peers(&frame), json!({"c2": null}));
+        assert_eq!(p.online().1, obj(json!({"c1": {"x": 99}})));
+    }
+
+    #[test]
+    fn far_behind_readers_get_every_peer() {
+        let p = Presence::new(4);
+        p.join(ClientId(1));
+        p.join(ClientId(2));
+        p.leave(ClientId(2));
+        for x in 0..(LOG_CAPACITY + 10) {
+            p.update(ClientId(1), obj(json!({"x": x})), 4096).unwrap();
+        }
+        let (_, frame) = p.changes_since(0).unwrap();
+        assert_eq!(peers(&frame), json!({"c1": {"x": LOG_CAPACITY + 9}, "c2": null}));
+    }
+
+    #[test]
+    fn size_limit() {
+        let p = Presence::new(4);
+        p.join(ClientId(1));
+        let e = p.update(ClientId(1), obj(json!({"x": "y".repeat(100)})), 50).unwrap_err();
+        assert_eq!(e.limit, 50);
+        assert_eq!(p.online().1, obj(json!({"c1": {}})));
+    }
+
+    #[test]
+    fn broadcasts_drop_oldest_and_skip_own() {
+        let p = Presence::new(3);
+        let mut cur = p.broadcast_seq();
+        p.broadcast(ClientId(1), &json!(1));
+        p.broadcast(ClientId(2), &json!(2));
+        let batch = p.broadcasts_after(&mut cur, ClientId(2));
+        assert_eq!((batch.dropped, batch.frames.len()), (0, 1));
+        for i in 0..5 {
+            p.broadcast(ClientId(1), &json!(i));
+        }
+        let batch = p.broadcasts_after(&mut cur, ClientId(2));
+        assert_eq!((batch.dropped, batch.frames.len()), (2, 3));
+        let last: Value = serde_json::from_slice(&batch.frames[2]).unwrap();
+        assert_eq!(last, json!({"type": "broadcast", "client": "c1", "data": 4}));
+        assert_eq!(p.broadcasts_after(&mut cur, ClientId(2)).frames.len(), 0);
+    }
+}

@@ -1,0 +1,357 @@
+//! The server: accept loop, hyper HTTP/1 with upgrades, routing, background sweeps, shutdown.
+//!
+//! [`run`] takes an already-bound listener (tests bind port 0) and a shutdown future. Every
+//! request is routed here: the demo page and client library (embedded in the binary), health and
+//! metrics, the WebSocket upgrade (handed to `connection`), and the HTTP API (`http_api`).
+//!
+//! Shutdown: stop accepting, mark not ready, ask every HTTP connection to finish gracefully and
+//! every WebSocket to close with 1001 at a random moment in the drain window, then return when
+//! all are gone or `--shutdown-timeout` has passed.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::connection::{self, ResumeFrom};
+use crate::http_api::{self, json_error};
+use crate::ids::{Rev, RoomId};
+use crate::metrics as m;
+use crate::rooms::Rooms;
+use crate::session::Sessions;
+
+pub type Body = Full<Bytes>;
+
+const INDEX_HTML: &str = include_str!("web/index.html");
+const CLIENT_JS: &str = include_str!("web/client.js");
+const DEMO_JS: &str = include_str!("web/demo.js");
+
+/// Everything the request handlers share.
+pub struct App {
+    pub config: Config,
+    pub rooms: Rooms,
+    pub sessions: Arc<Sessions>,
+    pub metrics: PrometheusHandle,
+    shutdown_tx: watch::Sender<bool>,
+    draining: AtomicBool,
+    /// Open HTTP connections plus upgraded WebSockets, so shutdown knows when it is done.
+    active: AtomicUsize,
+    /// WebSockets open or being upgraded, for `--max-connections`.
+    websockets: AtomicUsize,
+}
+
+impl App {
+    pub fn new(config: Config) -> Arc<App> {
+        Arc::new(App {
+            rooms: Rooms::new(config.room_config(), config.max_rooms),
+            sessions: Arc::new(Sessions::default()),
+            metrics: m::install(),
+            shutdown_tx: watch::channel(false).0,
+            draining: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+            websockets: AtomicUsize::new(0),
+            config,
+        })
+    }
+
+    /// A receiver that changes once, when shutdown begins.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown_tx.subscribe()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// Counts something in an `AtomicUsize` while alive.
+struct Count<'a>(&'a AtomicUsize);
+
+impl<'a> Count<'a> {
+    fn new(c: &'a AtomicUsize) -> Self {
+        c.fetch_add(1, Ordering::AcqRel);
+        Count(c)
+    }
+}
+
+impl Drop for Count<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves `listener` until `shutdown` resolves, then drains.
+///
+/// # Errors
+/// Never today; the signature leaves room for fatal listener errors.
+pub async fn run(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    tokio::spawn(sweep(app.clone()));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve_http(app.clone(), stream));
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: draining connections");
+    app.draining.store(true, Ordering::Release);
+    app.shutdown_tx.send_replace(true);
+    let deadline = tokio::time::Instant::now() + app.config.shutdown_timeout;
+    while app.active.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!(remaining = app.active.load(Ordering::Acquire), "shutdown complete");
+    Ok(())
+}
+
+/// Serves only `GET /metrics` on a separate listener (`--metrics-listen`).
+pub async fn run_metrics(listener: TcpListener, app: Arc<App>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let resp = if req.uri().path() == "/metrics" {
+                    metrics_response(&app)
+                } else {
+                    json_error(StatusCode::NOT_FOUND, "not_found", "this listener serves /metrics only")
+                };
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = conn.await;
+        });
+    }
+}
+
+/// Serves one HTTP/1 connection (which may upgrade to a WebSocket).
+async fn serve_http(app: Arc<App>, stream: tokio::net::TcpStream) {
+    let _active = Count::new(&app.active);
+    let mut shutdown = app.shutdown_signal();
+    let svc_app = app.clone();
+    let service = service_fn(move |req| route(svc_app.clone(), req));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(app.config.handshake_timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "http connection ended");
+            }
+        }
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(app.config.shutdown_timeout, conn).await;
+        }
+    }
+}
+
+async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let resp = match (method.clone(), path.as_str()) {
+        (Method::GET, "/") => asset(INDEX_HTML, "text/html; charset=utf-8"),
+        (Method::GET, "/client.js") => asset(CLIENT_JS, "text/javascript; charset=utf-8"),
+        (Method::GET, "/demo.js") => asset(DEMO_JS, "text/javascript; charset=utf-8"),
+        (Method::GET, "/healthz") => http_api::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        (Method::GET, "/readyz") if app.is_draining() => {
+            json_error(StatusCode::SERVICE_UNAVAILABLE, "draining", "the server is shutting down")
+        }
+        (Method::GET, "/readyz") => http_api::json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
+        (Method::GET, "/metrics") => metrics_response(&app),
+        _ => match path.strip_prefix("/v1/rooms/") {
+            Some(rest) => room_route(app, req, rest).await,
+            None => json_error(StatusCode::NOT_FOUND, "not_found", &format!("no route for {method} {path}")),
+        },
+    };
+    let class = match resp.status().as_u16() {
+        100..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!(m::HTTP_REQUESTS, "status" => class).increment(1);
+    Ok(resp)
+}
+
+fn asset(body: &'static str, content_type: &'static str) -> Response<Body> {
+    Response::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .expect("static response")
+}
+
+/// Renders `/metrics`, refreshing the gauges that are cheaper to compute at scrape time.
+pub fn metrics_response(app: &App) -> Response<Body> {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+        .body(Full::new(Bytes::from(app.metrics.render())))
+        .expect("static response")
+}
+
+async fn room_route(app: Arc<App>, req: Request<Incoming>, rest: &str) -> Response<Body> {
+    let (name, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let Ok(room_id) = RoomId::parse(name) else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_room",
+            "room name must be 1-128 characters of A-Z a-z 0-9 . _ - :",
+        );
+    };
+    match (req.method().clone(), tail) {
+        (Method::GET, "ws") => websocket(app, req, room_id),
+        (_, "ws") => json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "use GET with a WebSocket upgrade",
+        ),
+        _ => http_api::handle(&app, req, &room_id, tail).await,
+    }
+}
+
+/// Query parameters as (name, value) pairs, percent-decoded.
+pub fn query_pairs(req: &Request<Incoming>) -> Vec<(String, String)> {
+    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect()
+}
+
+fn websocket(app: Arc<App>, mut req: Request<Incoming>, room_id: RoomId) -> Response<Body> {
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        return json_error(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "this endpoint speaks WebSocket: send an Upgrade request",
+        );
+    }
+    if app.is_draining() {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "draining", "the server is shutting down");
+    }
+    let mut from = ResumeFrom::default();
+    for (k, v) in query_pairs(&req) {
+        match k.as_str() {
+            "session" => from.session = Some(v),
+            "epoch" => from.epoch = Some(v),
+            "since" => match v.parse() {
+                Ok(n) => from.since = Some(Rev(n)),
+                Err(_) => {
+                    return json_error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_since",
+                        "since must be a revision number",
+                    );
+                }
+            },
+            _ => {}
+        }
+    }
+    let max = app.config.max_connections;
+    let slot = Count::new(&app.websockets);
+    if max > 0 && app.websockets.load(Ordering::Acquire) > max {
+        metrics::counter!(m::CONNECTIONS_REFUSED, "limit" => "max_connections").increment(1);
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            "the server is at --max-connections",
+        );
+    }
+    let room = match app.rooms.get_or_create(&room_id) {
+        Ok(r) => r,
+        Err(e) => {
+            metrics::counter!(m::CONNECTIONS_REFUSED, "limit" => "max_rooms").increment(1);
+            return json_error(StatusCode::SERVICE_UNAVAILABLE, "too_many_rooms", &e.to_string());
+        }
+    };
+    let (resp, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(x) => x,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_upgrade", &e.to_string()),
+    };
+    drop(slot);
+    let task_app = app.clone();
+    tokio::spawn(async move {
+        let app = task_app;
+        let _slot = Count::new(&app.websockets);
+        let _active = Count::new(&app.active);
+        match tokio::time::timeout(app.config.handshake_timeout, upgrade).await {
+            Ok(Ok(ws)) => {
+                metrics::counter!(m::CONNECTIONS_ACCEPTED).increment(1);
+                connection::serve(ws, app.clone(), room, from).await;
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "websocket upgrade failed"),
+            Err(_) => tracing::debug!("websocket upgrade timed out"),
+        }
+    });
+    resp.map(|_| Full::new(Bytes::new()))
+}
+
+/// Once a second: room gauges, ring occupancy, and idle-room eviction.
+async fn sweep(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut shutdown = app.shutdown_signal();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let ttl = app.config.room_idle_ttl;
+        if !ttl.is_zero() {
+            let now = crate::room::now_ms();
+            let dropped = app.rooms.evict(|r| {
+                r.connections.load(Ordering::Acquire) == 0
+                    && now.saturating_sub(r.last_active_ms.load(Ordering::Relaxed)) >= ttl.as_millis() as u64
+            });
+            if dropped > 0 {
+                metrics::counter!(m::ROOMS_EVICTED).increment(dropped as u64);
+            }
+        }
+        let (mut entries, mut capacity, mut full) = (0usize, 0usize, 0usize);
+        for room in app.rooms.all() {
+            let (len, cap) = room.ring_occupancy();
+            entries += len;
+            capacity += cap;
+            full += usize::from(len == cap);
+        }
+        metrics::gauge!(m::ROOMS).set(app.rooms.len() as f64);
+        metrics::gauge!(m::RING_ENTRIES).set(entries as f64);
+        metrics::gauge!(m::RING_CAPACITY).set(capacity as f64);
+        metrics::gauge!(m::RING_FULL_ROOMS).set(full as f64);
+    }
+}

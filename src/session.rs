@@ -1,0 +1,178 @@
+//! Sessions: who a client is across reconnects.
+//!
+//! A session belongs to one room. It has a secret token (only its owner ever sees it), a public
+//! client id (`c7`, the author id others see), the highest `clientReqId` it has had processed
+//! (dedupe: a change is never applied twice), and at most one live connection. A new connection
+//! naming a live session takes it over: the previous connection is told to close with 4001.
+//! A session outlives its connection for `--session-ttl`; its presence for `--presence-grace`
+//! (unless the client closed cleanly, which is an immediate leave).
+//!
+//! Locking: `SessionState` is a `parking_lot::Mutex` never held across `.await`. When both are
+//! needed, the session lock is taken before the room lock (commit, and snapshots that must report
+//! a `lastClientReqId` consistent with their revision).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::ids::{ClientId, ClientReqId, random_hex};
+use crate::metrics as m;
+use crate::room::Room;
+
+/// Mutable per-session state.
+#[derive(Debug)]
+pub struct SessionState {
+    /// Highest `clientReqId` processed (committed or rejected).
+    pub last_req: ClientReqId,
+    /// Generation of the connection that currently owns the session.
+    conn: u64,
+    /// Whether that connection is still open.
+    attached: bool,
+    /// Tells the owning connection it has been taken over.
+    kick: Option<oneshot::Sender<()>>,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub token: Arc<str>,
+    pub client: ClientId,
+    pub room: Arc<Room>,
+    pub state: Mutex<SessionState>,
+}
+
+/// A connection's claim on a session.
+#[derive(Debug)]
+pub struct Attached {
+    pub session: Arc<Session>,
+    /// This connection's generation.
+    pub conn: u64,
+    pub resumed: bool,
+    /// Resolves when another connection takes the session over.
+    pub kicked: oneshot::Receiver<()>,
+}
+
+/// Every session held by the server.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    map: DashMap<Arc<str>, Arc<Session>>,
+    next_client: AtomicU64,
+    next_conn: AtomicU64,
+}
+
+impl Sessions {
+    /// Resumes the session named by `token` when it is live and belongs to `room`, else starts a
+    /// new one. Never fails: an unknown or expired token simply gets a new session.
+    pub fn attach(&self, room: &Arc<Room>, token: Option<&str>) -> Attached {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
+        let (kick, kicked) = oneshot::channel();
+        let existing = token.and_then(|t| self.map.get(t).map(|s| s.value().clone()));
+        if let Some(session) = existing.filter(|s| Arc::ptr_eq(&s.room, room)) {
+            let mut st = session.state.lock();
+            if let Some(old) = st.kick.replace(kick) {
+                let _ = old.send(());
+            }
+            st.conn = conn;
+            st.attached = true;
+            drop(st);
+            return Attached { session, conn, resumed: true, kicked };
+        }
+        let client = ClientId(self.next_client.fetch_add(1, Ordering::Relaxed) + 1);
+        let token: Arc<str> = random_hex(16).into();
+        let session = Arc::new(Session {
+            token: token.clone(),
+            client,
+            room: room.clone(),
+            state: Mutex::new(SessionState {
+                last_req: ClientReqId(0),
+                conn,
+                attached: true,
+                kick: Some(kick),
+            }),
+        });
+        self.map.insert(token, session.clone());
+        metrics::gauge!(m::SESSIONS_LIVE).set(self.map.len() as f64);
+        Attached { session, conn, resumed: false, kicked }
+    }
+
+    /// Marks the session detached if `conn` still owns it. Returns false when another
+    /// connection took it over (which is not a leave).
+    pub fn detach(&self, session: &Session, conn: u64) -> bool {
+        let mut st = session.state.lock();
+        if st.conn != conn {
+            return false;
+        }
+        st.attached = false;
+        st.kick = None;
+        true
+    }
+
+    /// Presence grace then expiry for a session whose connection `conn` just ended. Runs as
+    /// its own task; stops as soon as the session is resumed.
+    pub async fn expire_later(
+        self: Arc<Self>,
+        session: Arc<Session>,
+        conn: u64,
+        clean: bool,
+        grace: Duration,
+        ttl: Duration,
+    ) {
+        let still_detached = || {
+            let st = session.state.lock();
+            st.conn == conn && !st.attached
+        };
+        if clean {
+            session.room.presence.leave(session.client);
+        } else {
+            tokio::time::sleep(grace.min(ttl)).await;
+            if !still_detached() {
+                return;
+            }
+            session.room.presence.leave(session.client);
+        }
+        tokio::time::sleep(ttl.saturating_sub(if clean { Duration::ZERO } else { grace })).await;
+        if still_detached() {
+            self.map.remove(&session.token);
+            session.room.presence.forget(session.client);
+            metrics::gauge!(m::SESSIONS_LIVE).set(self.map.len() as f64);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::RoomId;
+    use crate::room::RoomConfig;
+
+    #[test]
+    fn resume_and_takeover() {
+        let sessions = Sessions::default();
+        let room = Arc::new(Room::new(RoomId::parse("r").unwrap(), RoomConfig::default()));
+        let other = Arc::new(Room::new(RoomId::parse("o").unwrap(), RoomConfig::default()));
+        let mut a = sessions.attach(&room, None);
+        assert!(!a.resumed);
+        let b = sessions.attach(&room, Some(&a.session.token));
+        assert!(b.resumed);
+        assert_eq!(b.session.client, a.session.client);
+        assert!(a.kicked.try_recv().is_ok(), "the first connection is kicked");
+        assert!(!sessions.detach(&a.session, a.conn), "a superseded connection does not detach");
+        assert!(sessions.detach(&b.session, b.conn));
+        let c = sessions.attach(&room, Some("no-such-token"));
+        assert!(!c.resumed);
+        assert_ne!(c.session.client, a.session.client);
+        let d = sessions.attach(&other, Some(&a.session.token));
+        assert!(!d.resumed, "a session belongs to one room");
+    }
+}
