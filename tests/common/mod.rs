@@ -1,0 +1,298 @@
+//! Shared harness for integration tests: the real server, in-process on a free port, and a
+//! WebSocket client (tokio-tungstenite: an independent WebSocket implementation) that checks the
+//! stream as it reads it. Every wait is bounded.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use ringsync::config::Config;
+use ringsync::patch;
+use ringsync::server::{self, App};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct Server {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+    pub fn ws_url(&self, room: &str, query: &str) -> String {
+        format!("ws://{}/v1/rooms/{room}/ws{}{query}", self.addr, if query.is_empty() { "" } else { "?" })
+    }
+    /// Begins graceful shutdown and waits for `run` to return.
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task).await.expect("server stops").unwrap();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A config for tests: defaults with the given flags.
+pub fn config(flags: &[&str]) -> Config {
+    use clap::Parser;
+    let mut args =
+        vec!["ringsync", "--listen", "127.0.0.1:0", "--presence-interval", "0", "--shutdown-timeout", "1"];
+    args.extend_from_slice(flags);
+    Config::parse_from(args)
+}
+
+pub async fn start(config: Config) -> Server {
+    config.validate().expect("test config is valid");
+    let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = App::new(config);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::run(listener, app.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let task = tokio::spawn(async move {
+        task.await.unwrap().unwrap();
+    });
+    Server { addr, app, stop: Some(stop), task: Some(task) }
+}
+
+/// A minimal HTTP/1.1 client over a raw socket (no extra dependency; one request per connection).
+pub async fn http(server: &Server, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await.expect("http response in time").unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    let status: u16 = text.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status line");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A protocol client that tracks its state and checks the stream is gapless.
+pub struct Client {
+    pub ws: Ws,
+    pub welcome: Value,
+    pub client: String,
+    pub session: String,
+    pub epoch: String,
+    pub rev: u64,
+    pub state: Value,
+    next_req: u64,
+    /// Ops of my changes not yet acked, by clientReqId.
+    pending: Vec<(u64, Value)>,
+    pub acks: Vec<(u64, u64)>,
+    pub rejects: Vec<Value>,
+    pub others: Vec<Value>,
+    pub snapshots: usize,
+    pub deltas: usize,
+}
+
+impl Client {
+    pub async fn connect(server: &Server, room: &str) -> Client {
+        Self::connect_query(server, room, "").await
+    }
+
+    /// Connects and consumes `welcome` plus the first delta/snapshot.
+    pub async fn connect_query(server: &Server, room: &str, query: &str) -> Client {
+        let (ws, _) =
+            tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(server.ws_url(room, query)))
+                .await
+                .expect("connect in time")
+                .expect("websocket connects");
+        let mut c = Client {
+            ws,
+            welcome: Value::Null,
+            client: String::new(),
+            session: String::new(),
+            epoch: String::new(),
+            rev: 0,
+            state: json!({}),
+            next_req: 1,
+            pending: Vec::new(),
+            acks: Vec::new(),
+            rejects: Vec::new(),
+            others: Vec::new(),
+            snapshots: 0,
+            deltas: 0,
+        };
+        let w = c.recv_raw().await;
+        assert_eq!(w["type"], "welcome", "{w}");
+        c.client = w["client"].as_str().unwrap().to_owned();
+        c.session = w["session"].as_str().unwrap().to_owned();
+        c.epoch = w["epoch"].as_str().unwrap().to_owned();
+        c.next_req = w["lastClientReqId"].as_u64().unwrap() + 1;
+        c.welcome = w.clone();
+        // Resume: the client says what it holds; tests pass it in the query and set state after.
+        if let Some(since) = query.split('&').find_map(|kv| kv.strip_prefix("since=")) {
+            c.rev = since.parse().unwrap();
+        }
+        let first = c.recv_raw().await;
+        assert!(first["type"] == "delta" || first["type"] == "snapshot", "{first}");
+        c.absorb(&first);
+        assert_eq!(c.rev, w["rev"].as_u64().unwrap(), "welcome.rev is what the first frame brings us to");
+        c
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    /// Sends a change with a fresh clientReqId; returns the id.
+    pub async fn change(&mut self, mode: &str, ops: Value) -> u64 {
+        let base = self.rev;
+        self.change_base(mode, base, ops).await
+    }
+
+    /// Sends a change claiming `base` as the revision it was planned on.
+    pub async fn change_base(&mut self, mode: &str, base: u64, ops: Value) -> u64 {
+        let id = self.next_req;
+        self.next_req += 1;
+        self.pending.push((id, ops.clone()));
+        self.send(json!({"type": "change", "clientReqId": id, "baseRev": base, "mode": mode, "ops": ops}))
+            .await;
+        id
+    }
+
+    /// Next text message, whatever it is.
+    pub async fn recv_raw(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next()).await.expect("a message in time");
+            match msg.expect("stream open").expect("no websocket error") {
+                Message::Text(t) => return serde_json::from_str(&t).expect("server sends JSON"),
+                Message::Close(f) => panic!("closed: {f:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Next message, with deltas and snapshots applied to `state`.
+    pub async fn recv(&mut self) -> Value {
+        let m = self.recv_raw().await;
+        self.absorb(&m);
+        m
+    }
+
+    pub fn absorb(&mut self, m: &Value) {
+        match m["type"].as_str() {
+            Some("delta") => {
+                self.deltas += 1;
+                assert_eq!(m["from"].as_u64().unwrap(), self.rev, "delta stream has no gaps: {m}");
+                for e in m["changes"].as_array().unwrap() {
+                    let rev = e["rev"].as_u64().unwrap();
+                    assert_eq!(rev, self.rev + 1, "entries are consecutive");
+                    self.rev = rev;
+                    let ops = if let Some(id) = e.get("clientReqId") {
+                        let id = id.as_u64().unwrap();
+                        assert_eq!(e["client"], self.client.as_str());
+                        assert!(!self.acks.iter().any(|(a, _)| *a == id), "ack {id} appears once");
+                        self.acks.push((id, rev));
+                        let i = self
+                            .pending
+                            .iter()
+                            .position(|(p, _)| *p == id)
+                            .expect("ack for a pending change");
+                        self.pending.remove(i).1
+                    } else {
+                        assert!(e.get("ops").is_some(), "others' entries carry ops: {e}");
+                        self.others.push(e.clone());
+                        e["ops"].clone()
+                    };
+                    let ops = patch::parse_patch(ops).unwrap();
+                    patch::apply(&mut self.state, &ops).expect("server changes apply");
+                }
+                assert_eq!(m["to"].as_u64().unwrap(), self.rev);
+            }
+            Some("snapshot") => {
+                self.snapshots += 1;
+                self.rev = m["rev"].as_u64().unwrap();
+                self.state = m["state"].clone();
+                let last = m["lastClientReqId"].as_u64().unwrap();
+                self.pending.retain(|(id, _)| *id > last);
+            }
+            Some("reject") => {
+                let id = m["clientReqId"].as_u64().unwrap();
+                self.pending.retain(|(p, _)| *p != id);
+                self.rejects.push(m.clone());
+            }
+            _ => {}
+        }
+    }
+
+    /// Reads until the client holds `rev` (or later) and has no pending changes.
+    pub async fn sync_to(&mut self, rev: u64) {
+        while self.rev < rev || !self.pending.is_empty() {
+            self.recv().await;
+        }
+    }
+
+    /// Reads until a message of this type arrives (absorbing everything on the way).
+    pub async fn until(&mut self, ty: &str) -> Value {
+        loop {
+            let m = self.recv().await;
+            if m["type"] == ty {
+                return m;
+            }
+        }
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Waits for the server to close the connection; returns the close code.
+    pub async fn closed(&mut self) -> u16 {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("close in time") {
+                Some(Ok(Message::Close(Some(f)))) => return f.code.into(),
+                Some(Ok(Message::Close(None))) => return 1005,
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return 1006,
+            }
+        }
+    }
+}
