@@ -599,14 +599,7 @@ impl<'a> Writer<'a> {
 
     /// The delta frame for `self.changes` (which run from `from+1` to `to`).
     fn delta_frame(&self, from: Rev, to: Rev) -> Bytes {
-        let me = self.session.client;
-        if let [only] = &self.changes[..]
-            && only.author != me
-        {
-            return only.delta_frame.clone();
-        }
-        let size: usize = self.changes.iter().map(|c| c.wire.len() + 1).sum();
-        protocol::delta_frame(from, to, self.changes.iter().map(|c| c.entry_for(me)), size)
+        crate::room::delta_for(&self.changes, from, to, self.session.client)
     }
 
     /// A snapshot frame at the current revision with this session's `lastClientReqId` as of that

@@ -415,6 +415,19 @@ impl Room {
     }
 }
 
+/// The `delta` frame that brings `recipient` from `from` to `to` with `changes` (which must be
+/// exactly the changes `from+1 ..= to`). A single change to someone other than its author is the
+/// frame the room encoded once at commit; otherwise the pre-encoded entries are concatenated.
+pub fn delta_for(changes: &[Arc<Change>], from: Rev, to: Rev, recipient: ClientId) -> Bytes {
+    if let [only] = changes
+        && only.author != recipient
+    {
+        return only.delta_frame.clone();
+    }
+    let size: usize = changes.iter().map(|c| c.wire.len() + 1).sum();
+    protocol::delta_frame(from, to, changes.iter().map(|c| c.entry_for(recipient)), size)
+}
+
 fn sorted(mut v: Vec<u64>) -> Vec<u64> {
     v.sort_unstable();
     v

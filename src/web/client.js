@@ -110,13 +110,17 @@ function child(node, token) {
   return isObject(node) && Object.hasOwn(node, token) ? node[token] : undefined;
 }
 
+/** The value at `tokens`, or `undefined` when the path does not exist. */
+function lookup(doc, tokens) {
+  let node = doc;
+  for (let i = 0; i < tokens.length && node !== undefined; i++) node = child(node, tokens[i]);
+  return node;
+}
+
 /** The value at `tokens`; throws `invalid` when the path does not exist. */
 function getAt(doc, tokens, path) {
-  let node = doc;
-  for (const t of tokens) {
-    node = child(node, t);
-    if (node === undefined) throw invalid(`path ${path} does not exist`);
-  }
+  const node = lookup(doc, tokens);
+  if (node === undefined) throw invalid(`path ${path} does not exist`);
   return node;
 }
 
@@ -228,12 +232,8 @@ function applyOp(doc, op) {
     case "incr": {
       const n = needValue();
       if (typeof n !== "number" || !Number.isFinite(n)) throw invalid(`"incr" needs a numeric value`);
-      let old;
-      try {
-        old = getAt(doc, tokens, path);
-      } catch {
-        return addAt(doc, tokens, path, n); // absent: created with n (its parent must exist)
-      }
+      const old = lookup(doc, tokens);
+      if (old === undefined) return addAt(doc, tokens, path, n); // created with n (its parent must exist)
       if (typeof old !== "number") throw invalid(`incr target ${path} is not a number`);
       return replaceAt(doc, tokens, path, old + n);
     }
@@ -257,7 +257,10 @@ export function applyPatch(doc, ops) {
     try {
       result = applyOp(result, ops[i]);
     } catch (e) {
-      if (e instanceof PatchError) throw new PatchError(e.code, e.message, i);
+      if (e instanceof PatchError && e.index === undefined) {
+        e.index = i;
+        e.message = `op ${i}: ${e.message}`;
+      }
       throw e;
     }
   }
@@ -934,10 +937,9 @@ export class Room {
       try {
         fn(...args);
       } catch (e) {
-        // One broken listener must not break the sync loop.
-        setTimeout(() => {
-          throw e;
-        });
+        // One broken listener must not break the sync loop: report it like an uncaught error.
+        if (typeof globalThis.reportError === "function") globalThis.reportError(e);
+        else console.error(e);
       }
     }
   }
