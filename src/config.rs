@@ -23,7 +23,7 @@ pub enum LogFormat {
 
 /// ringsync: an in-memory delta-sync server (rooms of JSON state, deltas or snapshots per client).
 #[derive(Debug, Clone, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, args_override_self = true)]
 pub struct Config {
     /// Address to listen on (port 0 picks a free port; the chosen address is printed).
     #[arg(long, env = "RINGSYNC_LISTEN", default_value = "127.0.0.1:8080")]
