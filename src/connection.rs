@@ -168,7 +168,8 @@ enum End {
 pub async fn serve(ws: WebSocket<Io>, app: Arc<App>, room: Arc<Room>, from: ResumeFrom) {
     let _open = OpenGuard::new(&room);
     let mut ws = ws;
-    ws.set_max_message_size(app.config.max_message_bytes as usize);
+    // fastwebsockets refuses a frame whose length is >= this; we allow exactly the limit.
+    ws.set_max_message_size(app.config.max_message_bytes as usize + 1);
     ws.set_auto_close(true);
     ws.set_auto_pong(true);
     let room_full = app.config.max_room_clients > 0

@@ -13,10 +13,15 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("error: {e}");
         std::process::exit(2);
     }
+    // Logs go to stderr; stdout carries only the "listening on" line, for scripts.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match config.log_format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
-        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+        LogFormat::Text => {
+            tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init()
+        }
+        LogFormat::Json => {
+            tracing_subscriber::fmt().json().with_writer(std::io::stderr).with_env_filter(filter).init()
+        }
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -33,7 +33,8 @@ use crate::ring::Ring;
 pub struct RoomConfig {
     /// Ring capacity: how many recent changes can be replayed as deltas.
     pub history: usize,
-    /// Largest state (approximate encoded JSON bytes) a change may produce; 0 = unlimited.
+    /// Largest state (encoded JSON bytes) a change may produce; 0 = unlimited. Tracked by an
+    /// estimate far from the limit and measured exactly within 10 % of it.
     pub max_state_bytes: usize,
     /// Most ops in one change; 0 = unlimited.
     pub max_ops_per_change: usize,
@@ -239,16 +240,18 @@ impl Room {
             undo(&mut g);
             return Err(self.reject(RejectCode::Invalid, "the room state's root must stay an object".into()));
         }
-        let new_bytes =
+        let mut new_bytes =
             estimate_size(self.state_bytes.load(Ordering::Relaxed), &req.ops, &applied.inverse, &g.state);
-        if self.config.max_state_bytes > 0 && new_bytes > self.config.max_state_bytes {
+        let limit = self.config.max_state_bytes;
+        if limit > 0 && new_bytes > limit - limit / 10 {
+            // Near the limit the estimate is not good enough: measure exactly.
+            new_bytes = json_size(&g.state);
+        }
+        if limit > 0 && new_bytes > limit {
             undo(&mut g);
             return Err(self.reject(
                 RejectCode::TooLarge,
-                format!(
-                    "the state would grow to ~{new_bytes} bytes, over the limit of {}",
-                    self.config.max_state_bytes
-                ),
+                format!("the state would be {new_bytes} bytes, over the limit of {limit}"),
             ));
         }
         self.state_bytes.store(new_bytes, Ordering::Relaxed);

@@ -4,9 +4,10 @@
 //! request is routed here: the demo page and client library (embedded in the binary), health and
 //! metrics, the WebSocket upgrade (handed to `connection`), and the HTTP API (`http_api`).
 //!
-//! Shutdown: stop accepting, mark not ready, ask every HTTP connection to finish gracefully and
-//! every WebSocket to close with 1001 at a random moment in the drain window, then return when
-//! all are gone or `--shutdown-timeout` has passed.
+//! Shutdown: mark not ready and stop accepting work (new upgrades and API calls get 503 while the
+//! listener stays open for probes), ask every HTTP connection to finish gracefully and every
+//! WebSocket to close with 1001 at a random moment in the drain window, then return when all are
+//! gone or `--shutdown-timeout` has passed.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -122,13 +123,25 @@ pub async fn run(
             () = &mut shutdown => break,
         }
     }
-    drop(listener);
     tracing::info!("shutting down: draining connections");
     app.draining.store(true, Ordering::Release);
     app.shutdown_tx.send_replace(true);
+    // Keep answering during the drain so load balancers see `/readyz` 503 (and new WebSocket
+    // upgrades a clear 503) instead of refused connections; no new work is accepted.
     let deadline = tokio::time::Instant::now() + app.config.shutdown_timeout;
-    while app.active.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    tokio::spawn(serve_http(app.clone(), stream));
+                }
+            }
+            () = tokio::time::sleep(Duration::from_millis(20)) => {
+                if app.active.load(Ordering::Acquire) == 0 || tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+            }
+        }
     }
     tracing::info!(remaining = app.active.load(Ordering::Acquire), "shutdown complete");
     Ok(())
@@ -169,6 +182,8 @@ async fn serve_http(app: Arc<App>, stream: tokio::net::TcpStream) {
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(app.config.handshake_timeout)
+        // While draining, answer one request per connection and close it.
+        .keep_alive(!app.is_draining())
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);
@@ -204,7 +219,8 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, 
         },
     };
     let class = match resp.status().as_u16() {
-        100..=299 => "2xx",
+        100..=199 => "1xx",
+        200..=299 => "2xx",
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
@@ -230,6 +246,9 @@ pub fn metrics_response(app: &App) -> Response<Body> {
 }
 
 async fn room_route(app: Arc<App>, req: Request<Incoming>, rest: &str) -> Response<Body> {
+    if app.is_draining() {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "draining", "the server is shutting down");
+    }
     let (name, tail) = rest.split_once('/').unwrap_or((rest, ""));
     let Ok(room_id) = RoomId::parse(name) else {
         return json_error(
@@ -261,9 +280,6 @@ fn websocket(app: Arc<App>, mut req: Request<Incoming>, room_id: RoomId) -> Resp
             "upgrade_required",
             "this endpoint speaks WebSocket: send an Upgrade request",
         );
-    }
-    if app.is_draining() {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "draining", "the server is shutting down");
     }
     let mut from = ResumeFrom::default();
     for (k, v) in query_pairs(&req) {

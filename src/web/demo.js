@@ -59,7 +59,7 @@ for (let rank = 8; rank >= 1; rank--) {
   for (let f = 0; f < 8; f++) {
     const sq = `${FILES[f]}${rank}`;
     const el = document.createElement("div");
-    el.className = `square ${(f + rank) % 2 === 1 ? "light" : "dark"}`;
+    el.className = `square ${(f + rank) % 2 === 1 ? "dark" : "light"}`; // a1 is dark
     el.dataset.square = sq;
     squares[sq] = el;
     boardEl.append(el);
@@ -286,8 +286,9 @@ function addLog({ rev, client, html, reject = false }) {
   while (log.children.length > MAX_LOG) log.lastElementChild.remove();
 }
 
-function noteReject({ code, from, to, piece, local }) {
+function noteReject({ code, from, to, piece, local = false }) {
   window.demo.rejects++;
+  window.demo.lastReject = { code, from, to, local };
   if (from) bounce(from);
   const what = from ? `${glyph(piece)} ${from} → ${to}` : "change";
   const why = code === "conflict" || code === "test_failed" || local ? "someone moved first" : code;
