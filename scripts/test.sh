@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every check and test ringsync has, installing what is missing first. CI runs exactly this.
+# Every check and test ringsync has, installing what is missing first. CI runs exactly this
+# (.ci/run), on a clean clone: nothing here may rely on a tool installed by hand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,11 +9,16 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 apt_updated=""
 apt_install() {
     [ -n "$apt_updated" ] || { as_root apt-get update -qq; apt_updated=1; }
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
 step "test dependencies"
-command -v npm >/dev/null || apt_install nodejs npm
+command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+# promtool (Debian package prometheus) checks the /metrics exposition.
+command -v promtool >/dev/null || apt_install prometheus
+# Debian's Chromium drives the demo page in the browser tests.
+[ -x /usr/bin/chromium ] || apt_install chromium
+[ -x /usr/bin/chromium ] || { echo "chromium did not install" >&2; exit 1; }
 # Pinned in tests/js/package-lock.json: the JSON Patch conformance suite and the browser driver.
 if [ ! -d tests/js/node_modules/json-patch-test-suite ] || [ ! -d tests/js/node_modules/playwright-core ]; then
     (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
@@ -24,8 +30,25 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
-step "cargo test"
+step "cargo test (unit, conformance, property, integration)"
 cargo test --locked
+
+step "promtool check metrics (scrape taken after the metrics scenario test)"
+scrape=target/tmp/metrics-scrape.prom
+[ -s "$scrape" ] || { echo "missing $scrape (written by tests/metrics.rs)" >&2; exit 1; }
+promtool check metrics < "$scrape"
+# Every metric the Grafana dashboard queries must exist in a real scrape.
+missing=0
+for name in $(grep -o 'ringsync_[a-z_]*' scripts/grafana-dashboard.json | sort -u); do
+    base=${name%_bucket}; base=${base%_count}; base=${base%_sum}
+    grep -q "^# TYPE $base " "$scrape" || { echo "dashboard uses unknown metric $name" >&2; missing=1; }
+done
+[ "$missing" = 0 ]
+node -e 'JSON.parse(require("fs").readFileSync("scripts/grafana-dashboard.json", "utf8"))'
+
+step "client library unit tests and headless-Chromium tests (node --test)"
+# The browser tests start target/debug/ringsync (built by cargo test above) on a free port.
+RINGSYNC_BIN=target/debug/ringsync RINGSYNC_REQUIRE_BROWSER=1 node --test --test-timeout=300000 tests/js/
 
 echo
 echo "scripts/test.sh: all checks passed"

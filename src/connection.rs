@@ -67,6 +67,19 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    pub const ALL: [CloseReason; 10] = [
+        CloseReason::Normal,
+        CloseReason::Idle,
+        CloseReason::Shutdown,
+        CloseReason::Protocol,
+        CloseReason::BadUtf8,
+        CloseReason::TooBig,
+        CloseReason::TakenOver,
+        CloseReason::RoomFull,
+        CloseReason::SlowClient,
+        CloseReason::Gone,
+    ];
+
     pub fn close_code(self) -> u16 {
         match self {
             CloseReason::Normal => 1000,

@@ -70,9 +70,55 @@ pub fn install() -> PrometheusHandle {
                 .install_recorder()
                 .expect("ringsync installs the only metrics recorder");
             describe();
+            initialise();
             handle
         })
         .clone()
+}
+
+/// Registers every counter with each of its label values at zero, so a scrape shows the whole
+/// catalogue (rates work from the first sample, dashboards never query a missing series).
+fn initialise() {
+    use crate::connection::CloseReason;
+    use crate::patch::OpKind;
+    use crate::protocol::RejectCode;
+    for name in [
+        CONNECTIONS_ACCEPTED,
+        SLOW_CLIENT_CLOSES,
+        ROOMS_EVICTED,
+        CHANGES_COMMITTED,
+        BYTES_RECEIVED,
+        PRESENCE_UPDATES,
+        PRESENCE_COALESCED,
+        BROADCASTS,
+        BROADCASTS_DROPPED,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for reason in CloseReason::ALL {
+        metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason.label()).increment(0);
+    }
+    for limit in ["max_connections", "max_room_clients", "max_rooms"] {
+        metrics::counter!(CONNECTIONS_REFUSED, "limit" => limit).increment(0);
+    }
+    for outcome in ["new", "delta", "snapshot"] {
+        metrics::counter!(SESSION_CONNECTS, "outcome" => outcome).increment(0);
+    }
+    for code in RejectCode::ALL {
+        metrics::counter!(CHANGES_REJECTED, "code" => code.as_str()).increment(0);
+    }
+    for op in OpKind::ALL {
+        metrics::counter!(OPS_APPLIED, "op" => op.as_str()).increment(0);
+    }
+    for kind in ["delta", "snapshot", "presence", "broadcast", "control"] {
+        metrics::counter!(FRAMES_SENT, "kind" => kind).increment(0);
+        metrics::counter!(BYTES_SENT, "kind" => kind).increment(0);
+    }
+    for reason in ["join", "resume", "behind_ring", "epoch"] {
+        metrics::counter!(SNAPSHOTS_SENT, "reason" => reason).increment(0);
+    }
+    metrics::counter!(DECODE_ERRORS, "code" => "bad_message").increment(0);
+    metrics::gauge!(CONNECTIONS_OPEN).set(0.0);
 }
 
 fn describe() {
