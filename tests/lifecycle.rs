@@ -268,3 +268,35 @@ fn invalid_configuration_names_the_flag() {
     }
     assert!(help.contains("[default: 127.0.0.1:8080]") && help.contains("[env: RINGSYNC_HISTORY="));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_accepting_writes_is_disconnected() {
+    let server = start(config(&["--write-timeout", "0.5"])).await;
+    let stuck = Client::connect(&server, "wt").await;
+    let mut writer = Client::connect(&server, "wt").await;
+    let blob = "w".repeat(200_000);
+    // ~40 MB of changes: far more than the stuck client's socket buffers hold.
+    for i in 0..200u64 {
+        writer
+            .change("overwrite", json!([{"op": "add", "path": "/blob", "value": format!("{i}{blob}")}]))
+            .await;
+    }
+    writer.sync_to(200).await;
+    // The stuck connection is dropped by the server within a bounded time; others carry on.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server
+        .app
+        .rooms
+        .get(&ringsync::ids::RoomId::parse("wt").unwrap())
+        .unwrap()
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed)
+        > 1
+    {
+        assert!(Instant::now() < deadline, "stuck client still connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    writer.change("overwrite", json!([{"op": "add", "path": "/after", "value": 1}])).await;
+    writer.sync_to(201).await;
+    drop(stuck);
+}
