@@ -28,7 +28,7 @@ use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
 use crate::ids::{ClientReqId, Rev};
-use crate::metrics as m;
+use crate::metrics::{self as m, FrameKind as Kind};
 use crate::protocol::{self, ClientMsg, Reject, RejectCode};
 use crate::room::{Change, ChangeRequest, Room};
 use crate::server::App;
@@ -134,28 +134,6 @@ enum Outgoing {
     CloseEcho(Vec<u8>),
     /// Close with our own code; the writer stops after it.
     Close(CloseReason),
-}
-
-/// Frame kinds, for metrics.
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Delta,
-    Snapshot,
-    Presence,
-    Broadcast,
-    Control,
-}
-
-impl Kind {
-    fn label(self) -> &'static str {
-        match self {
-            Kind::Delta => "delta",
-            Kind::Snapshot => "snapshot",
-            Kind::Presence => "presence",
-            Kind::Broadcast => "broadcast",
-            Kind::Control => "control",
-        }
-    }
 }
 
 /// Where a resuming client says it is.
@@ -593,7 +571,7 @@ impl<'a> Writer<'a> {
         if head <= self.last_sent {
             return Ok(());
         }
-        metrics::histogram!(m::CATCHUP_LAG).record((head.0 - self.last_sent.0) as f64);
+        m::hot().catchup_lag.record((head.0 - self.last_sent.0) as f64);
         if !self.room.changes_after(self.last_sent, &mut self.changes) {
             let (frame, rev) = self.snapshot_frame();
             metrics::counter!(m::SNAPSHOTS_SENT, "reason" => "behind_ring").increment(1);
@@ -606,7 +584,7 @@ impl<'a> Writer<'a> {
         let frame = self.delta_frame(self.last_sent, to);
         self.changes.clear();
         self.send(&frame, Kind::Delta).await?;
-        metrics::histogram!(m::DELIVERY_LAG).record(committed_at.elapsed().as_secs_f64());
+        m::hot().delivery_lag.record(committed_at.elapsed().as_secs_f64());
         self.last_sent = to;
         Ok(())
     }
@@ -654,8 +632,7 @@ impl<'a> Writer<'a> {
 
     async fn send(&mut self, bytes: &Bytes, kind: Kind) -> WriteResult {
         self.write(Frame::text(Payload::Borrowed(bytes))).await?;
-        metrics::counter!(m::FRAMES_SENT, "kind" => kind.label()).increment(1);
-        metrics::counter!(m::BYTES_SENT, "kind" => kind.label()).increment(bytes.len() as u64);
+        m::hot().sent(kind, bytes.len());
         Ok(())
     }
 

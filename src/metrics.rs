@@ -8,7 +8,7 @@
 
 use std::sync::OnceLock;
 
-use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics::{Counter, Histogram, Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const CONNECTIONS_OPEN: &str = "ringsync_connections_open";
@@ -41,6 +41,59 @@ pub const DECODE_ERRORS: &str = "ringsync_decode_errors_total";
 pub const HTTP_REQUESTS: &str = "ringsync_http_requests_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static HOT: OnceLock<Hot> = OnceLock::new();
+static NOOP: Hot = Hot::noop();
+
+/// Handles for the metrics touched once per frame per recipient, registered once after the
+/// recorder is installed, so the writer's hot path does no registry look-up.
+pub struct Hot {
+    /// Frames and bytes sent, indexed like [`FrameKind`].
+    pub frames: [Counter; 5],
+    pub bytes: [Counter; 5],
+    pub delivery_lag: Histogram,
+    pub catchup_lag: Histogram,
+}
+
+/// Frame kinds, the `kind` label of frames and bytes sent.
+#[derive(Debug, Clone, Copy)]
+pub enum FrameKind {
+    Delta = 0,
+    Snapshot = 1,
+    Presence = 2,
+    Broadcast = 3,
+    Control = 4,
+}
+
+impl FrameKind {
+    pub const LABELS: [&'static str; 5] = ["delta", "snapshot", "presence", "broadcast", "control"];
+}
+
+impl Hot {
+    const fn noop() -> Self {
+        const C: Counter = Counter::noop();
+        Hot { frames: [C; 5], bytes: [C; 5], delivery_lag: Histogram::noop(), catchup_lag: Histogram::noop() }
+    }
+
+    fn register() -> Self {
+        Hot {
+            frames: FrameKind::LABELS.map(|k| metrics::counter!(FRAMES_SENT, "kind" => k)),
+            bytes: FrameKind::LABELS.map(|k| metrics::counter!(BYTES_SENT, "kind" => k)),
+            delivery_lag: metrics::histogram!(DELIVERY_LAG),
+            catchup_lag: metrics::histogram!(CATCHUP_LAG),
+        }
+    }
+
+    /// Counts one frame of `kind` carrying `len` payload bytes.
+    pub fn sent(&self, kind: FrameKind, len: usize) {
+        self.frames[kind as usize].increment(1);
+        self.bytes[kind as usize].increment(len as u64);
+    }
+}
+
+/// The hot-path handles (no-ops until [`install`] has run).
+pub fn hot() -> &'static Hot {
+    HOT.get().unwrap_or(&NOOP)
+}
 
 /// Installs the recorder (once per process) and describes every metric.
 ///
@@ -71,6 +124,7 @@ pub fn install() -> PrometheusHandle {
                 .expect("ringsync installs the only metrics recorder");
             describe();
             initialise();
+            let _ = HOT.set(Hot::register());
             handle
         })
         .clone()
@@ -110,7 +164,7 @@ fn initialise() {
     for op in OpKind::ALL {
         metrics::counter!(OPS_APPLIED, "op" => op.as_str()).increment(0);
     }
-    for kind in ["delta", "snapshot", "presence", "broadcast", "control"] {
+    for kind in FrameKind::LABELS {
         metrics::counter!(FRAMES_SENT, "kind" => kind).increment(0);
         metrics::counter!(BYTES_SENT, "kind" => kind).increment(0);
     }

@@ -460,6 +460,9 @@ export class SyncCore {
       this.epoch = msg.epoch;
       this.hasState = false; // our rev means nothing in this epoch: only a snapshot can follow
     }
+    // Until that snapshot, new changes are based on the welcome's rev (the server copy is not
+    // meaningful before it arrives anyway).
+    if (!this.hasState) this.rev = msg.rev;
     /** @type {Effect[]} */
     const out = [];
     for (const p of this.pending) {
@@ -482,21 +485,21 @@ export class SyncCore {
     if (msg.from !== this.rev || !Number.isInteger(msg.to) || !Array.isArray(msg.changes)) {
       return this.#protocolError(`gap: delta from ${msg.from} but we hold rev ${this.rev}`);
     }
+    // Nothing is modified until the whole delta has been checked and applied.
     let server = this.server;
     let rev = this.rev;
     /** @type {ChangeInfo[]} */
     const changes = [];
-    let acked = false;
+    const acked = new Set();
     for (const entry of msg.changes) {
       if (!isObject(entry) || entry.rev !== rev + 1) return this.#protocolError(`delta entry out of order after rev ${rev}`);
       const own = entry.client === this.client && Number.isInteger(entry.clientReqId);
       let ops = entry.ops;
       if (own) {
-        const i = this.pending.findIndex((p) => p.clientReqId === entry.clientReqId);
-        if (i < 0) return this.#protocolError(`ack for unknown change ${entry.clientReqId}`);
-        ops ??= this.pending[i].ops;
-        this.pending.splice(i, 1);
-        acked = true;
+        const p = this.pending.find((q) => q.clientReqId === entry.clientReqId);
+        if (!p || acked.has(p.clientReqId)) return this.#protocolError(`ack for unknown change ${entry.clientReqId}`);
+        ops ??= p.ops;
+        acked.add(p.clientReqId);
       }
       try {
         server = applyPatch(server, ops);
@@ -509,6 +512,7 @@ export class SyncCore {
     if (rev !== msg.to) return this.#protocolError(`delta ends at ${rev}, not ${msg.to}`);
     this.server = server;
     this.rev = rev;
+    if (acked.size) this.pending = this.pending.filter((p) => !acked.has(p.clientReqId));
     /** @type {Effect[]} */
     const out = [];
     if (!this.synced) {
@@ -516,7 +520,7 @@ export class SyncCore {
       out.push(...this.#dropProcessed(this.welcomeLastReqId));
     }
     this.#rebuild();
-    out.unshift({ emit: "state", args: [this.view, { source: "delta", rev, changes, acked }] });
+    out.unshift({ emit: "state", args: [this.view, { source: "delta", rev, changes }] });
     return out;
   }
 
@@ -627,7 +631,8 @@ const CLOSE_TAKEN_OVER = 4001;
 const CLOSE_RESYNC = 4000; // ours: "I am dropping this socket on purpose"
 
 /**
- * Connects to a room. The connection is kept up until `room.close()`.
+ * Connects to a room. The connection is kept up until `room.close()`. Local changes, presence and
+ * listeners can be used at once; changes are sent when the connection is up.
  * @param {string|URL|null|undefined} url the server's base URL (http, https, ws or wss); omitted →
  *   the page's origin
  * @param {string} roomName
@@ -686,7 +691,8 @@ export class Room {
     this.#WebSocket = options.WebSocket ?? globalThis.WebSocket;
     if (typeof this.#WebSocket !== "function") throw new TypeError("no WebSocket implementation available");
     globalThis.addEventListener?.("online", this.#onOnline);
-    this.#open();
+    // Connect on the next microtask, so listeners added right after connect() see every event.
+    queueMicrotask(() => this.#open());
   }
 
   /** @returns {Json} the materialised view (server state + pending local changes); read-only */
@@ -795,6 +801,7 @@ export class Room {
   }
 
   #open() {
+    if (this.#closed || this.#ws) return;
     this.#timers.retry = 0;
     this.#setStatus("connecting", { attempt: this.#attempt });
     const url = new URL(this.#url);
