@@ -129,13 +129,21 @@ pub fn encode_ops(ops: &[Op]) -> Vec<u8> {
     serde_json::to_vec(ops).expect("ops always serialise")
 }
 
-/// `{"rev":41,"client":"c3","ops":[...]}`: a change as others see it.
-pub fn entry_full(rev: Rev, client: ClientId, ops_json: &[u8]) -> Bytes {
-    let mut b = Vec::with_capacity(40 + ops_json.len());
+/// The one-change `delta` frame `rev-1 → rev` that every caught-up non-author is sent, and the
+/// entry inside it (`{"rev":..,"client":..,"ops":..}`) as a zero-copy slice of the same bytes,
+/// so a committed change is encoded and stored once.
+pub fn change_frame(rev: Rev, client: ClientId, ops_json: &[u8]) -> (Bytes, Bytes) {
+    let mut b = Vec::with_capacity(96 + ops_json.len());
+    write!(b, "{{\"type\":\"delta\",\"from\":{},\"to\":{rev},\"changes\":[", rev.0 - 1).expect("vec write");
+    let start = b.len();
     write!(b, "{{\"rev\":{rev},\"client\":\"{client}\",\"ops\":").expect("vec write");
     b.extend_from_slice(ops_json);
     b.push(b'}');
-    b.into()
+    let end = b.len();
+    b.extend_from_slice(b"]}");
+    let frame = Bytes::from(b);
+    let entry = frame.slice(start..end);
+    (frame, entry)
 }
 
 /// `{"rev":42,"client":"c7","clientReqId":17}`: a change as its author sees it (an ack).
@@ -348,7 +356,11 @@ mod tests {
     #[test]
     fn frames_are_valid_json() {
         let ops = encode_ops(&patch::parse_patch(json!([{"op":"add","path":"/a","value":1}])).unwrap());
-        let full = entry_full(Rev(4), ClientId(3), &ops);
+        let (single, full) = change_frame(Rev(4), ClientId(3), &ops);
+        assert_eq!(
+            parse(&single),
+            json!({"type":"delta","from":3,"to":4,"changes":[{"rev":4,"client":"c3","ops":[{"op":"add","path":"/a","value":1}]}]})
+        );
         let ack = entry_ack(Rev(5), ClientId(7), ClientReqId(17));
         let d = delta_frame(Rev(3), Rev(5), [&full[..], &ack[..]].into_iter(), 0);
         assert_eq!(

@@ -77,7 +77,7 @@ pub struct Change {
     /// Paths read or written, for `paths`-mode conflict checks.
     pub touched: Vec<Pointer>,
     pub committed_at: Instant,
-    /// `{"rev":..,"client":..,"ops":..}`, encoded once.
+    /// `{"rev":..,"client":..,"ops":..}`, encoded once (a slice of `delta_frame`).
     pub wire: Bytes,
     /// `{"rev":..,"client":..,"clientReqId":..}` for the author (when it has a request id).
     pub wire_ack: Option<Bytes>,
@@ -256,8 +256,7 @@ impl Room {
         }
         self.state_bytes.store(new_bytes, Ordering::Relaxed);
         let rev = Rev(cur + 1);
-        let wire = protocol::entry_full(rev, req.author, &ops_json);
-        let delta_frame = protocol::delta_frame(Rev(cur), rev, std::iter::once(&wire[..]), wire.len());
+        let (delta_frame, wire) = protocol::change_frame(rev, req.author, &ops_json);
         let change = Arc::new(Change {
             rev,
             author: req.author,
