@@ -936,7 +936,8 @@ export class Room {
   #setStatus(status, detail) {
     const changed = status !== this.#status;
     this.#status = status;
-    if (changed || status === "offline") this.#emit("status", [status, detail]);
+    // "connecting" and "offline" repeat with each attempt (their details change); "open" does not.
+    if (changed || status !== "open") this.#emit("status", [status, detail]);
   }
 
   #emit(event, args) {

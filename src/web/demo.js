@@ -72,7 +72,7 @@ let lastMove = null;
 function renderBoard() {
   const board = room.state?.board ?? {};
   for (const [sq, el] of Object.entries(squares)) {
-    const piece = board[sq] ?? null;
+    const piece = isPiece(board[sq]) ? board[sq] : null;
     let pieceEl = el.querySelector(".piece");
     if ((pieceEl?.dataset.piece ?? null) !== piece) {
       pieceEl?.remove();
@@ -90,6 +90,8 @@ function renderBoard() {
   }
   renderHeld();
 }
+
+const isPiece = (v) => typeof v === "string" && /^[wb][KQRBNP]$/.test(v);
 
 /** Squares other people are holding a piece on, outlined in their colour. */
 function renderHeld() {
@@ -175,8 +177,8 @@ function endDrag() {
 function move(from, to) {
   const board = room.state?.board ?? {};
   const piece = board[from];
-  const target = board[to];
-  if (!piece) return;
+  const target = isPiece(board[to]) ? board[to] : undefined;
+  if (!isPiece(piece)) return;
   if (target && target[0] === piece[0]) {
     bounce(from);
     return;
@@ -451,5 +453,11 @@ function escapeHtml(s) {
 const round3 = (v) => Math.round(v * 1000) / 1000;
 
 window.addEventListener("resize", renderPresence);
+// Leave cleanly when the tab goes away, so others see us go at once rather than after the
+// server's grace period; a page restored from the back/forward cache starts afresh.
+window.addEventListener("pagehide", () => room.close());
+window.addEventListener("pageshow", (ev) => {
+  if (ev.persisted) location.reload();
+});
 renderBoard();
 renderPresence();

@@ -58,6 +58,10 @@ export class SimServer {
     this.ringSize = ringSize;
     this.epochCounter = 0;
     this.sessionCounter = 0;
+    /** counts by outcome, for the tests' sanity checks */
+    this.stats = { committed: 0, rejected: 0, duplicates: 0, snapshots: 0, deltas: 0 };
+    /** "code:mode" → count, to tune the random workload */
+    this.rejectCodes = {};
     this.restart();
   }
 
@@ -74,10 +78,8 @@ export class SimServer {
     this.log = [];
     /** session token → {client, lastClientReqId, conn} */
     this.sessions = new Map();
-    /** "origin:clientReqId" of every change committed in this epoch: nothing may commit twice */
-    this.committedKeys = new Set();
-    /** counts by outcome, for the tests' sanity checks */
-    this.stats = { committed: 0, rejected: 0, duplicates: 0, snapshots: 0, deltas: 0 };
+    /** "origin:clientReqId" → rev, for every change committed in this epoch: nothing commits twice */
+    this.committedAt = new Map();
   }
 
   /** The oldest rev a delta can start from (the ring holds the changes after it). */
@@ -144,6 +146,7 @@ export class SimServer {
     s.lastClientReqId = msg.clientReqId;
     const reject = (code, extra = {}) => {
       this.stats.rejected++;
+      this.rejectCodes[`${code}:${msg.mode}`] = (this.rejectCodes[`${code}:${msg.mode}`] ?? 0) + 1;
       conn.outbox.push({ type: "reject", clientReqId: msg.clientReqId, code, message: code, rev: this.rev, ...extra });
     };
     const mine = touchedPaths(msg.ops);
@@ -163,9 +166,9 @@ export class SimServer {
       return reject(e.code);
     }
     const key = `${s.origin}:${msg.clientReqId}`;
-    if (this.committedKeys.has(key)) throw new Error(`change ${key} committed twice in epoch ${this.epoch}`);
-    this.committedKeys.add(key);
+    if (this.committedAt.has(key)) throw new Error(`change ${key} committed twice in epoch ${this.epoch}`);
     this.rev++;
+    this.committedAt.set(key, this.rev);
     this.state = next;
     this.states.push(next);
     this.log.push({
