@@ -5,12 +5,7 @@
 //! go to the writer through a small bounded channel, so a client that sends without reading is
 //! slowed down by TCP, never buffered without bound.
 //!
-//! The writer is pull-based: it remembers `last_sent` (the revision the client holds) and, when
-//! the room's revision moves, sends everything after it in one `delta` frame (a single change to
-//! a caught-up non-author is the frame the room encoded once for everyone), or a `snapshot` when
-//! the ring no longer holds what the client is missing. Presence and broadcasts are pulled the
-//! same way. A connection therefore holds O(1) memory however far behind it is. A write that
-//! does not complete within `--write-timeout` closes the connection.
+//! The writer (`writer.rs`) pulls from the room and sends; see its module doc.
 //!
 //! `read_frame` is not cancel-safe, so it is never raced in a `select!` loop: the reader and
 //! writer are two futures polled side by side; when one ends, the other gets a bounded time to
@@ -20,26 +15,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use rand::Rng;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
 use crate::ids::{ClientReqId, Rev};
-use crate::metrics::{self as m, FrameKind as Kind};
+use crate::metrics as m;
 use crate::protocol::{self, ClientMsg, Reject, RejectCode};
 use crate::room::{Change, ChangeRequest, Room};
 use crate::server::App;
 use crate::session::{Attached, Session};
+use crate::writer::{Outgoing, Writer};
 
-type Io = TokioIo<Upgraded>;
+pub(crate) type Io = TokioIo<Upgraded>;
 
 /// Replies queued per connection before the reader waits for the writer.
 const CONTROL_QUEUE: usize = 32;
 /// Time given to the other half to finish once one half has ended.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// WebSocket close codes ringsync sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,19 +116,6 @@ impl CloseReason {
             CloseReason::Gone => "connection_lost",
         }
     }
-}
-
-/// What the reader asks the writer to send.
-#[derive(Debug)]
-enum Outgoing {
-    /// A control message (reject, error, pong).
-    Text(Bytes),
-    /// Reply to a client ping.
-    Pong(Vec<u8>),
-    /// Echo of the client's close frame; the writer stops after it.
-    CloseEcho(Vec<u8>),
-    /// Close with our own code; the writer stops after it.
-    Close(CloseReason),
 }
 
 /// Where a resuming client says it is.
@@ -405,245 +387,4 @@ pub fn commit(room: &Room, req: ChangeRequest) -> Result<Arc<Change>, Reject> {
         Err(r) => metrics::counter!(m::CHANGES_REJECTED, "code" => r.code.as_str()).increment(1),
     }
     result
-}
-
-// ---------------------------------------------------------------------------------------------
-// Writer
-
-struct Writer<'a> {
-    ws: WebSocketWrite<WriteHalf<Io>>,
-    app: &'a App,
-    room: &'a Room,
-    session: &'a Session,
-    /// The revision the client holds.
-    last_sent: Rev,
-    presence_seq: u64,
-    broadcast_seq: u64,
-    /// Reused between catch-ups (allocated on first need).
-    changes: Vec<Arc<Change>>,
-}
-
-/// Why the writer stopped on its own.
-type WriteResult = Result<(), CloseReason>;
-
-impl<'a> Writer<'a> {
-    fn new(ws: WebSocketWrite<WriteHalf<Io>>, app: &'a App, room: &'a Room, session: &'a Session) -> Self {
-        Writer {
-            ws,
-            app,
-            room,
-            session,
-            last_sent: Rev(0),
-            presence_seq: 0,
-            broadcast_seq: 0,
-            changes: Vec::new(),
-        }
-    }
-
-    async fn run(
-        &mut self,
-        from: ResumeFrom,
-        resumed: bool,
-        mut rx: mpsc::Receiver<Outgoing>,
-        mut kicked: tokio::sync::oneshot::Receiver<()>,
-    ) -> CloseReason {
-        let mut revs = self.room.subscribe();
-        let mut presence = self.room.presence.subscribe();
-        let mut broadcasts = self.room.presence.subscribe_broadcasts();
-        let mut shutdown = self.app.shutdown_signal();
-        revs.mark_unchanged();
-        presence.mark_unchanged();
-        broadcasts.mark_unchanged();
-        if let Err(reason) = self.hello(from, resumed).await {
-            return reason;
-        }
-        let interval = self.app.config.presence_interval;
-        let mut next_presence = tokio::time::Instant::now();
-        let mut presence_pending = false;
-        let mut ping = tokio::time::interval(self.app.config.ping_interval);
-        ping.reset();
-        let result: WriteResult = loop {
-            let step = tokio::select! {
-                biased;
-                out = rx.recv() => match out {
-                    Some(Outgoing::Text(b)) => self.send(&b, Kind::Control).await,
-                    Some(Outgoing::Pong(p)) => self.write(Frame::pong(Payload::Owned(p))).await,
-                    Some(Outgoing::CloseEcho(p)) => {
-                        let _ = self.write(Frame::close_raw(Payload::Owned(p))).await;
-                        Err(CloseReason::Normal)
-                    }
-                    Some(Outgoing::Close(reason)) => Err(reason),
-                    None => Err(CloseReason::Gone),
-                },
-                _ = &mut kicked => Err(CloseReason::TakenOver),
-                _ = shutdown.changed() => {
-                    // Spread closes over most of the drain window so clients do not all
-                    // reconnect at the same instant.
-                    let window = self.app.config.shutdown_timeout.mul_f64(0.8);
-                    let delay = window.mul_f64(rand::rng().random::<f64>());
-                    tokio::time::sleep(delay).await;
-                    Err(CloseReason::Shutdown)
-                }
-                r = revs.changed() => match r {
-                    Ok(()) => self.catch_up().await,
-                    Err(_) => Err(CloseReason::Shutdown),
-                },
-                _ = broadcasts.changed() => self.send_broadcasts().await,
-                _ = presence.changed(), if !presence_pending => {
-                    presence_pending = true;
-                    Ok(())
-                }
-                _ = tokio::time::sleep_until(next_presence), if presence_pending => {
-                    presence_pending = false;
-                    next_presence = tokio::time::Instant::now() + interval;
-                    self.send_presence().await
-                }
-                _ = ping.tick() => self.write(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))).await,
-            };
-            if let Err(reason) = step {
-                break Err(reason);
-            }
-        };
-        let reason = result.err().unwrap_or(CloseReason::Protocol);
-        let can_close = !matches!(reason, CloseReason::Normal | CloseReason::SlowClient | CloseReason::Gone);
-        if can_close && !self.ws.is_closed() {
-            let frame = Frame::close(reason.close_code(), reason.text().as_bytes());
-            let _ = tokio::time::timeout(CLOSE_GRACE, self.ws.write_frame(frame)).await;
-        }
-        reason
-    }
-
-    /// `welcome`, then exactly one `delta` or `snapshot` bringing the client to `welcome.rev`.
-    async fn hello(&mut self, from: ResumeFrom, resumed: bool) -> WriteResult {
-        let room = self.room;
-        self.broadcast_seq = room.presence.broadcast_seq();
-        let (presence_seq, peers) = room.presence.online();
-        self.presence_seq = presence_seq;
-        let usable_since = match (from.since, from.epoch.as_deref()) {
-            (Some(since), Some(epoch)) if epoch == room.epoch().as_str() => Some(since),
-            _ => None,
-        };
-        let mut delta_from = None;
-        if let Some(since) = usable_since
-            && room.changes_after(since, &mut self.changes)
-        {
-            delta_from = Some(since);
-        }
-        let (frame, kind, to, outcome) = match delta_from {
-            Some(since) => {
-                let to = self.changes.last().map_or(since, |c| c.rev);
-                (self.delta_frame(since, to), Kind::Delta, to, "delta")
-            }
-            None => {
-                let reason = match (from.since, from.epoch.as_deref()) {
-                    (Some(_), Some(e)) if e != room.epoch().as_str() => "epoch",
-                    (Some(_), _) => "behind_ring",
-                    (None, _) if resumed => "resume",
-                    _ => "join",
-                };
-                let (frame, rev) = self.snapshot_frame();
-                metrics::counter!(m::SNAPSHOTS_SENT, "reason" => reason).increment(1);
-                (frame, Kind::Snapshot, rev, "snapshot")
-            }
-        };
-        metrics::counter!(m::SESSION_CONNECTS, "outcome" => if resumed { outcome } else { "new" })
-            .increment(1);
-        let last_req = self.session.state.lock().last_req;
-        let welcome = protocol::encode(&protocol::Welcome {
-            client: self.session.client.to_string(),
-            session: &self.session.token,
-            epoch: room.epoch().as_str(),
-            rev: to.0,
-            resumed,
-            last_client_req_id: last_req.0,
-            presence: &serde_json::Value::Object(peers),
-        });
-        self.send(&welcome, Kind::Control).await?;
-        self.send(&frame, kind).await?;
-        self.last_sent = to;
-        self.changes.clear();
-        Ok(())
-    }
-
-    /// Sends everything after `last_sent` in one frame.
-    async fn catch_up(&mut self) -> WriteResult {
-        let head = self.room.rev();
-        if head <= self.last_sent {
-            return Ok(());
-        }
-        m::hot().catchup_lag.record((head.0 - self.last_sent.0) as f64);
-        if !self.room.changes_after(self.last_sent, &mut self.changes) {
-            let (frame, rev) = self.snapshot_frame();
-            metrics::counter!(m::SNAPSHOTS_SENT, "reason" => "behind_ring").increment(1);
-            self.send(&frame, Kind::Snapshot).await?;
-            self.last_sent = rev;
-            return Ok(());
-        }
-        let Some(newest) = self.changes.last() else { return Ok(()) };
-        let (to, committed_at) = (newest.rev, newest.committed_at);
-        let frame = self.delta_frame(self.last_sent, to);
-        self.changes.clear();
-        self.send(&frame, Kind::Delta).await?;
-        m::hot().delivery_lag.record(committed_at.elapsed().as_secs_f64());
-        self.last_sent = to;
-        Ok(())
-    }
-
-    /// The delta frame for `self.changes` (which run from `from+1` to `to`).
-    fn delta_frame(&self, from: Rev, to: Rev) -> Bytes {
-        crate::room::delta_for(&self.changes, from, to, self.session.client)
-    }
-
-    /// A snapshot frame at the current revision with this session's `lastClientReqId` as of that
-    /// revision (the session lock is taken first, so no commit of ours is half-way).
-    fn snapshot_frame(&self) -> (Bytes, Rev) {
-        let st = self.session.state.lock();
-        let snap = self.room.snapshot();
-        let frame = protocol::snapshot_frame(snap.rev, st.last_req, &snap.state);
-        (frame, snap.rev)
-    }
-
-    async fn send_presence(&mut self) -> WriteResult {
-        let Some((to, frame)) = self.room.presence.changes_since(self.presence_seq) else { return Ok(()) };
-        let skipped = to - self.presence_seq;
-        self.presence_seq = to;
-        if frame.is_empty() {
-            return Ok(());
-        }
-        if skipped > 1 {
-            metrics::counter!(m::PRESENCE_COALESCED).increment(skipped - 1);
-        }
-        self.send(&frame, Kind::Presence).await
-    }
-
-    async fn send_broadcasts(&mut self) -> WriteResult {
-        let mut seq = self.broadcast_seq;
-        let batch = self.room.presence.broadcasts_after(&mut seq, self.session.client);
-        self.broadcast_seq = seq;
-        if batch.dropped > 0 {
-            metrics::counter!(m::BROADCASTS_DROPPED).increment(batch.dropped);
-            self.send(&protocol::dropped_msg(batch.dropped), Kind::Control).await?;
-        }
-        for frame in &batch.frames {
-            self.send(frame, Kind::Broadcast).await?;
-        }
-        Ok(())
-    }
-
-    async fn send(&mut self, bytes: &Bytes, kind: Kind) -> WriteResult {
-        self.write(Frame::text(Payload::Borrowed(bytes))).await?;
-        m::hot().sent(kind, bytes.len());
-        Ok(())
-    }
-
-    async fn write(&mut self, frame: Frame<'_>) -> WriteResult {
-        match tokio::time::timeout(self.app.config.write_timeout, self.ws.write_frame(frame)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(CloseReason::Gone),
-            Err(_) => {
-                metrics::counter!(m::SLOW_CLIENT_CLOSES).increment(1);
-                Err(CloseReason::SlowClient)
-            }
-        }
-    }
 }

@@ -14,8 +14,8 @@
 //! - [`presence`]: a room's ephemeral lane: presence and broadcasts (synchronous);
 //! - [`rooms`]: the registry of rooms;
 //! - [`session`]: sessions (identity, dedupe, takeover, expiry);
-//! - [`connection`]: one WebSocket: reader loop → room, writer loop ← room (where each client
-//!   message is handled: `connection::handle_message`);
+//! - [`connection`]: one WebSocket: the reader loop → room (each client message is handled in
+//!   `connection::handle_message`), run beside [`writer`] ← room;
 //! - [`http_api`]: HTTP endpoints for back-ends;
 //! - [`server`]: accept loop, routing, shutdown; [`config`] and [`metrics`] beside it.
 
@@ -32,3 +32,4 @@ pub mod room;
 pub mod rooms;
 pub mod server;
 pub mod session;
+pub mod writer;
