@@ -225,12 +225,13 @@ impl Presence {
         let value = |p: &Peer| if p.online { Value::Object(p.data.clone()) } else { Value::Null };
         let mut peers = Map::new();
         if in_log {
-            for (_, c) in g.log.iter().rev().take_while(|(s, _)| *s > since) {
-                let key = c.to_string();
+            // A peer's latest change is the log entry whose seq equals its `changed`: taking
+            // only that entry lists each changed peer once, with no set to dedupe.
+            for (seq, c) in g.log.iter().rev().take_while(|(s, _)| *s > since) {
                 if let Some(p) = g.peers.get(c)
-                    && !peers.contains_key(&key)
+                    && p.changed == *seq
                 {
-                    peers.insert(key, value(p));
+                    peers.insert(c.to_string(), value(p));
                 }
             }
         } else {
