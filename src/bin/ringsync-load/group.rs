@@ -2,8 +2,10 @@
 //!
 //! A group owns up to `--group-size` connections. Its task is a single `poll_fn` that, on every
 //! wake-up, takes new connections from its channel, runs its ticker (writers and cursor movers
-//! send what is due), then reads every readable socket into one shared 64 KiB scratch buffer and
-//! scans the frames in place (`scan`): nothing is allocated per message. A connection holds only
+//! send what is due), then reads the sockets that became readable into one shared 64 KiB scratch
+//! buffer and scans the frames in place (`scan`): nothing is allocated per message. Each
+//! connection registers its own waker with the runtime, which queues the connection's index and
+//! wakes the group, so a wake-up costs the ready connections only, not a scan of all of them. A connection holds only
 //! its `TcpStream` plus a carry buffer and an output buffer, both empty (unallocated) until a
 //! frame straddles two reads or a write does not complete at once.
 //!
@@ -16,7 +18,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -199,6 +201,8 @@ pub struct Conn {
     resuming: bool,
     /// Not yet seen by its group (its carry holds what came with the upgrade response).
     fresh: bool,
+    /// Queues this connection on its group's ready list (set when the group takes it).
+    waker: Option<(Arc<ConnWake>, Waker)>,
     converged: bool,
     pub session: Resume,
 }
@@ -244,10 +248,11 @@ pub async fn open(
                 started,
                 resuming: resume.is_some(),
                 fresh: true,
+                waker: None,
                 converged: false,
                 session: resume.unwrap_or_default(),
             };
-            let _ = group.send(GroupMsg::Add(conn));
+            let _ = group.send(GroupMsg::Add(Box::new(conn)));
         }
         Err(e) => {
             ctx.c.connect_errors.fetch_add(1, Relaxed);
@@ -258,9 +263,11 @@ pub async fn open(
 
 /// Commands to a group.
 pub enum GroupMsg {
-    Add(Conn),
+    Add(Box<Conn>),
     /// Drop every reader's socket and resume its session after `offline`.
-    Reconnect { offline: Duration },
+    Reconnect {
+        offline: Duration,
+    },
     Stop(oneshot::Sender<GroupReport>),
 }
 
@@ -278,6 +285,34 @@ pub struct GroupReport {
 /// The handle a driver keeps for each group.
 pub type GroupTx = mpsc::UnboundedSender<GroupMsg>;
 
+/// The connections of one group whose sockets became ready, and the group task's waker.
+#[derive(Default)]
+struct ReadyList {
+    idx: Mutex<Vec<usize>>,
+    task: Mutex<Option<Waker>>,
+}
+
+/// A connection's waker: queues its index (once until polled) and wakes the group task.
+struct ConnWake {
+    idx: usize,
+    queued: AtomicBool,
+    list: Arc<ReadyList>,
+}
+
+impl Wake for ConnWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.queued.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            self.list.idx.lock().expect("not poisoned").push(self.idx);
+            if let Some(w) = self.list.task.lock().expect("not poisoned").as_ref() {
+                w.wake_by_ref();
+            }
+        }
+    }
+}
+
 /// Starts a group task; `tick` drives its writers or movers.
 pub fn spawn_group(ctx: Arc<Ctx>, tick: Option<Duration>) -> GroupTx {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -286,6 +321,8 @@ pub fn spawn_group(ctx: Arc<Ctx>, tick: Option<Duration>) -> GroupTx {
         rx,
         me: tx.clone(),
         conns: Vec::new(),
+        ready: Arc::new(ReadyList::default()),
+        polling: Vec::new(),
         scratch: vec![0; 64 << 10].into_boxed_slice(),
         msg: Vec::with_capacity(256),
         lat: histogram(),
@@ -307,7 +344,11 @@ struct Group {
     rx: mpsc::UnboundedReceiver<GroupMsg>,
     /// For resumed connections to come back to this group.
     me: GroupTx,
+    /// Indexed by `ConnWake::idx`; a dropped connection stays as a dead slot (no socket).
     conns: Vec<Conn>,
+    ready: Arc<ReadyList>,
+    /// The ready list being worked through (swapped with `ready.idx`, so no allocation).
+    polling: Vec<usize>,
     scratch: Box<[u8]>,
     /// Reused for building outgoing messages.
     msg: Vec<u8>,
@@ -333,10 +374,16 @@ struct Sink<'a> {
 
 impl Group {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        {
+            let mut task = self.ready.task.lock().expect("not poisoned");
+            if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *task = Some(cx.waker().clone());
+            }
+        }
         let now = Instant::now();
         loop {
             match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(GroupMsg::Add(c))) => self.conns.push(c),
+                Poll::Ready(Some(GroupMsg::Add(c))) => self.push(*c),
                 Poll::Ready(Some(GroupMsg::Reconnect { offline })) => self.reconnect(offline),
                 Poll::Ready(Some(GroupMsg::Stop(reply))) => {
                     self.local.flush(&self.ctx.c);
@@ -344,7 +391,7 @@ impl Group {
                         lat: std::mem::replace(&mut self.lat, histogram()),
                         sync: std::mem::replace(&mut self.sync, histogram()),
                         resync: std::mem::replace(&mut self.resync, histogram()),
-                        conns: std::mem::take(&mut self.conns),
+                        conns: std::mem::take(&mut self.conns).into_iter().filter(Conn::live).collect(),
                     });
                     return Poll::Ready(());
                 }
@@ -372,21 +419,41 @@ impl Group {
             measuring: self.ctx.measuring.load(Relaxed),
             target_rev: self.ctx.target_rev.load(Relaxed),
         };
-        for conn in &mut self.conns {
+        std::mem::swap(&mut self.polling, &mut *self.ready.idx.lock().expect("not poisoned"));
+        for &i in &self.polling {
+            let Some(conn) = self.conns.get_mut(i) else { continue };
+            let Some((wake, waker)) = conn.waker.clone() else { continue };
+            // Cleared before polling: a readiness change from here on queues it again.
+            wake.queued.store(false, std::sync::atomic::Ordering::Release);
             if !conn.live() {
                 continue;
             }
+            let mut cx = Context::from_waker(&waker);
             if conn.fresh {
                 // Bytes read with the upgrade response.
                 conn.fresh = false;
                 let first = std::mem::take(&mut conn.carry);
                 conn.ingest(&first, &mut sink);
             }
-            conn.read_ready(cx, &mut self.scratch, &mut sink);
-            conn.flush(cx, sink.ctx);
+            conn.read_ready(&mut cx, &mut self.scratch, &mut sink);
+            conn.flush(&mut cx, sink.ctx);
         }
+        self.polling.clear();
         self.local.flush(&self.ctx.c);
         Poll::Pending
+    }
+
+    /// Takes a connection into the group; it is polled on the next pass.
+    fn push(&mut self, mut conn: Conn) {
+        let wake = Arc::new(ConnWake {
+            idx: self.conns.len(),
+            queued: AtomicBool::new(false),
+            list: self.ready.clone(),
+        });
+        let waker = Waker::from(wake.clone());
+        waker.wake_by_ref();
+        conn.waker = Some((wake, waker));
+        self.conns.push(conn);
     }
 
     fn on_tick(&mut self, now: Instant) {
@@ -403,7 +470,7 @@ impl Group {
                     if due <= *sent {
                         continue;
                     }
-                    let intended = t0 + Duration::from_secs_f64(*sent as f64 / *rate);
+                    let intended = t0 + Duration::from_secs_f64((*sent + 1) as f64 / *rate);
                     let lag = now.saturating_duration_since(intended).as_micros() as u64;
                     self.ctx.max_send_lag_us.fetch_max(lag, Relaxed);
                     if conn.out.len() > MAX_PENDING_OUT {
@@ -447,19 +514,24 @@ impl Group {
                     *next = Some(if at + *period > now { at + *period } else { now + *period });
                 }
             }
+            if !conn.out.is_empty()
+                && let Some((_, waker)) = conn.waker.clone()
+            {
+                conn.flush(&mut Context::from_waker(&waker), &self.ctx);
+            }
         }
     }
 
     fn reconnect(&mut self, offline: Duration) {
-        let mut keep = Vec::new();
-        for mut conn in std::mem::take(&mut self.conns) {
-            if !matches!(conn.role, Role::Reader) {
-                keep.push(conn);
+        for conn in &mut self.conns {
+            if !matches!(conn.role, Role::Reader) || !conn.live() {
                 continue;
             }
-            // Abrupt: no close frame, as when a network path or a proxy drops.
+            // Abrupt: no close frame, as when a network path or a proxy drops. The slot stays
+            // (dead), so the other connections keep their indices.
             drop(conn.stream.take());
-            let (ctx, me, room, resume) = (self.ctx.clone(), self.me.clone(), conn.room.clone(), conn.session);
+            let (ctx, me, room) = (self.ctx.clone(), self.me.clone(), conn.room.clone());
+            let resume = std::mem::take(&mut conn.session);
             tokio::spawn(async move {
                 if !offline.is_zero() {
                     tokio::time::sleep(offline).await;
@@ -467,7 +539,6 @@ impl Group {
                 open(ctx, room, Role::Reader, Some(resume), me).await;
             });
         }
-        self.conns = keep;
     }
 }
 
@@ -574,7 +645,8 @@ impl Conn {
             OP_PING => ws::encode_frame(&mut self.out, OP_PONG, payload),
             OP_PONG => {}
             OP_CLOSE => {
-                let code = if payload.len() >= 2 { u16::from_be_bytes([payload[0], payload[1]]) } else { 1005 };
+                let code =
+                    if payload.len() >= 2 { u16::from_be_bytes([payload[0], payload[1]]) } else { 1005 };
                 sink.local.closes += 1;
                 *sink.ctx.close_codes.lock().expect("not poisoned").entry(code).or_default() += 1;
                 self.close();

@@ -43,6 +43,17 @@ pub fn status_kb(pid: &str, key: &str) -> Option<u64> {
     line[key.len()..].split_whitespace().next()?.parse().ok()
 }
 
+/// Busy CPU seconds of the whole machine since boot (every core: user, nice, system, irq,
+/// softirq and steal time from the `cpu` line of `/proc/stat`).
+pub fn machine_busy_s() -> Option<f64> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().unwrap_or(0)).collect();
+    // user nice system idle iowait irq softirq steal (guest time is already inside user).
+    let busy = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum::<u64>();
+    Some(busy as f64 / USER_HZ)
+}
+
 /// This process's soft limit on open files.
 pub fn open_files_limit() -> Option<u64> {
     let limits = fs::read_to_string("/proc/self/limits").ok()?;
@@ -58,6 +69,7 @@ mod tests {
             let s = super::sample("self").expect("linux has /proc");
             assert!(s.rss_kb > 0 && s.cpu_s >= 0.0);
             assert!(super::open_files_limit().is_some());
+            assert!(super::machine_busy_s().is_some_and(|b| b > 0.0));
         }
     }
 }

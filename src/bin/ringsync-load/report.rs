@@ -1,0 +1,247 @@
+//! Results: one JSON object per run (appended as a line to `--json FILE`), printed as a table,
+//! and the `report` subcommand, which turns JSON lines into Markdown tables with the median of
+//! the runs that share a label (and the min–max range where noise matters).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+/// One run's figures, in the order they are printed.
+pub type Run = Map<String, Value>;
+
+/// Prints a run as an aligned two-column table.
+pub fn print_run(run: &Run) {
+    let width = run.keys().map(String::len).max().unwrap_or(0);
+    println!("{}", "-".repeat(width + 24));
+    for (k, v) in run {
+        if v.is_null() {
+            continue;
+        }
+        let shown = match v {
+            Value::Number(n) if n.is_f64() => fmt_num(n.as_f64().unwrap_or(0.0)),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        println!("{k:<width$}  {shown}");
+    }
+}
+
+/// Appends a run to a JSON-lines file.
+///
+/// # Errors
+/// When the file cannot be opened or written.
+pub fn append(path: &Path, run: &Run) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    writeln!(f, "{}", Value::Object(run.clone()))
+}
+
+fn fmt_num(x: f64) -> String {
+    let a = x.abs();
+    if x.fract() == 0.0 || a >= 1000.0 {
+        format!("{x:.0}")
+    } else if a >= 10.0 {
+        format!("{x:.1}")
+    } else if a >= 0.1 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+/// Thousands separators for big figures (`1,234,567`).
+fn fmt_big(x: f64) -> String {
+    if x.abs() < 10_000.0 {
+        return fmt_num(x);
+    }
+    let s = format!("{:.0}", x.abs());
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if x < 0.0 { format!("-{out}") } else { out }
+}
+
+/// A column: header, JSON key, how to show it.
+struct Col(&'static str, &'static str, Show);
+
+#[derive(Clone, Copy)]
+enum Show {
+    Num,
+    Big,
+    /// Median with the runs' min–max range.
+    Range,
+    /// A fraction shown as a percentage.
+    Pct,
+}
+
+const FANOUT: &[Col] = &[
+    Col("clients", "clients", Show::Big),
+    Col("rooms", "rooms", Show::Num),
+    Col("offered changes/s", "offered_per_s", Show::Big),
+    Col("delivered/s", "delivered_per_s", Show::Range),
+    Col("frames/s", "frames_per_s", Show::Big),
+    Col("changes/frame", "changes_per_frame", Show::Num),
+    Col("p50 ms", "lat_p50_ms", Show::Num),
+    Col("p99 ms", "lat_p99_ms", Show::Range),
+    Col("max ms", "lat_max_ms", Show::Num),
+    Col("server CPU", "server_cpu_util", Show::Pct),
+    Col("µs CPU/delivery", "server_cpu_us_per_delivery", Show::Range),
+    Col("server RSS MB", "server_rss_mb", Show::Num),
+    Col("connect+sync s", "connect_s", Show::Num),
+    Col("loadgen CPU", "client_cpu_util", Show::Pct),
+    Col("other CPU", "other_cpu_util", Show::Pct),
+    Col("snapshots", "snapshots", Show::Num),
+    Col("errors", "errors", Show::Num),
+];
+
+const PRESENCE: &[Col] = &[
+    Col("clients", "clients", Show::Big),
+    Col("Hz each", "hz", Show::Num),
+    Col("updates sent/s", "sent_per_s", Show::Big),
+    Col("entries delivered/s", "presence_entries_per_s", Show::Range),
+    Col("frames/s", "frames_per_s", Show::Big),
+    Col("p50 ms", "lat_p50_ms", Show::Num),
+    Col("p99 ms", "lat_p99_ms", Show::Range),
+    Col("max ms", "lat_max_ms", Show::Num),
+    Col("server CPU", "server_cpu_util", Show::Pct),
+    Col("µs CPU/entry", "server_cpu_us_per_delivery", Show::Num),
+    Col("loadgen CPU", "client_cpu_util", Show::Pct),
+    Col("other CPU", "other_cpu_util", Show::Pct),
+    Col("errors", "errors", Show::Num),
+];
+
+const RECONNECT: &[Col] = &[
+    Col("clients", "clients", Show::Big),
+    Col("changes/s", "rate", Show::Num),
+    Col("offline ms", "offline_ms", Show::Num),
+    Col("resumed", "resumed_share", Show::Pct),
+    Col("got delta", "delta_share", Show::Pct),
+    Col("converge ms", "converge_ms", Show::Range),
+    Col("resync p50 ms", "resync_p50_ms", Show::Num),
+    Col("resync p99 ms", "resync_p99_ms", Show::Num),
+    Col("server CPU s", "server_cpu_s", Show::Num),
+    Col("other CPU", "other_cpu_util", Show::Pct),
+    Col("errors", "errors", Show::Num),
+];
+
+const IDLE: &[Col] = &[
+    Col("clients", "clients", Show::Big),
+    Col("rooms", "rooms", Show::Num),
+    Col("connect+sync s", "connect_s", Show::Range),
+    Col("sync p99 ms", "connect_p99_ms", Show::Num),
+    Col("server CPU s", "server_cpu_connect_s", Show::Num),
+    Col("RSS before MB", "rss_before_mb", Show::Num),
+    Col("RSS after MB", "rss_after_mb", Show::Num),
+    Col("KiB/connection", "kib_per_conn", Show::Range),
+    Col("errors", "errors", Show::Num),
+];
+
+/// Markdown tables for every run in `files`: one table per scenario kind, one row per label
+/// (median of its runs).
+///
+/// # Errors
+/// When a file cannot be read or a line is not a JSON object.
+pub fn markdown(files: &[std::path::PathBuf]) -> anyhow::Result<String> {
+    let mut runs: Vec<Run> = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f)?;
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            match serde_json::from_str(line) {
+                Ok(Value::Object(m)) => runs.push(m),
+                _ => anyhow::bail!("{}:{}: not a JSON object", f.display(), i + 1),
+            }
+        }
+    }
+    let mut out = String::new();
+    for (title, kinds, cols) in [
+        ("Fan-out", &["fanout", "rooms"][..], FANOUT),
+        ("Presence", &["presence"][..], PRESENCE),
+        ("Reconnect storm", &["reconnect"][..], RECONNECT),
+        ("Idle connections", &["idle"][..], IDLE),
+    ] {
+        let mine: Vec<&Run> = runs.iter().filter(|r| kinds.contains(&text(r, "scenario").as_str())).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let mut labels: Vec<String> = Vec::new();
+        for r in &mine {
+            let l = text(r, "label");
+            if !labels.contains(&l) {
+                labels.push(l);
+            }
+        }
+        let _ = writeln!(out, "### {title}\n");
+        let _ = write!(out, "| run | n ");
+        for c in cols {
+            let _ = write!(out, "| {} ", c.0);
+        }
+        let _ = writeln!(out, "|");
+        let _ = writeln!(out, "|---|---{}|", "|---".repeat(cols.len()));
+        for l in &labels {
+            let group: Vec<&&Run> = mine.iter().filter(|r| &text(r, "label") == l).collect();
+            let _ = write!(out, "| {l} | {} ", group.len());
+            for Col(_, key, show) in cols {
+                let mut xs: Vec<f64> = group.iter().filter_map(|r| r.get(*key)?.as_f64()).collect();
+                xs.sort_by(f64::total_cmp);
+                let cell = match (show, median(&xs)) {
+                    (_, None) => "–".into(),
+                    (Show::Num, Some(m)) => fmt_num(m),
+                    (Show::Big, Some(m)) => fmt_big(m),
+                    (Show::Pct, Some(m)) => format!("{:.0} %", m * 100.0),
+                    (Show::Range, Some(m)) if xs.len() > 1 && xs[0] != xs[xs.len() - 1] => {
+                        let (lo, hi) = (xs[0], xs[xs.len() - 1]);
+                        if m.abs() >= 10_000.0 {
+                            format!("{} ({}–{})", fmt_big(m), fmt_big(lo), fmt_big(hi))
+                        } else {
+                            format!("{} ({}–{})", fmt_num(m), fmt_num(lo), fmt_num(hi))
+                        }
+                    }
+                    (Show::Range, Some(m)) if m.abs() >= 10_000.0 => fmt_big(m),
+                    (Show::Range, Some(m)) => fmt_num(m),
+                };
+                let _ = write!(out, "| {cell} ");
+            }
+            let _ = writeln!(out, "|");
+        }
+        let _ = writeln!(out);
+    }
+    Ok(out)
+}
+
+fn text(r: &Run, key: &str) -> String {
+    match r.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(v) => v.to_string(),
+    }
+}
+
+fn median(sorted: &[f64]) -> Option<f64> {
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers() {
+        assert_eq!(fmt_big(1_234_567.0), "1,234,567");
+        assert_eq!(fmt_big(123_456.0), "123,456");
+        assert_eq!(fmt_num(0.0123), "0.012");
+        assert_eq!(fmt_num(100.0), "100");
+        assert_eq!(fmt_num(12.34), "12.3");
+        assert_eq!(median(&[1.0, 2.0, 10.0]), Some(2.0));
+        assert_eq!(median(&[1.0, 3.0]), Some(2.0));
+    }
+}
