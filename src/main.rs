@@ -23,16 +23,13 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::fmt().json().with_writer(std::io::stderr).with_env_filter(filter).init()
         }
     }
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = server::bind(config.listen)
         .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
     let addr = listener.local_addr()?;
     let metrics_listen = config.metrics_listen;
     let app = App::new(config);
     if let Some(addr) = metrics_listen {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} (--metrics-listen)"))?;
+        let l = server::bind(addr).with_context(|| format!("cannot listen on {addr} (--metrics-listen)"))?;
         tokio::spawn(server::run_metrics(l, app.clone()));
         tracing::info!(%addr, "metrics listener");
     }

@@ -94,6 +94,19 @@ impl Drop for Count<'_> {
     }
 }
 
+/// Binds a listener with a deep accept queue: with the usual 128, a burst of connects overflows
+/// it and the kernel retries each dropped SYN only after a second.
+///
+/// # Errors
+/// When the address cannot be bound.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 /// Serves `listener` until `shutdown` resolves, then drains.
 ///
 /// # Errors
