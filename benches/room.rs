@@ -186,7 +186,7 @@ fn presence(c: &mut Criterion) {
                 }
                 seq
             },
-            |seq| black_box(p.changes_since(seq)),
+            |seq| black_box(p.changes_since(seq, None)),
             BatchSize::SmallInput,
         );
     });
@@ -196,8 +196,8 @@ fn presence(c: &mut Criterion) {
         for c in 1..=PEERS {
             p.update(ClientId(c), cursor(c, 0), 4096).expect("small");
         }
-        black_box(p.changes_since(seq));
-        b.iter(|| black_box(p.changes_since(seq)));
+        black_box(p.changes_since(seq, None));
+        b.iter(|| black_box(p.changes_since(seq, None)));
     });
     g.finish();
 }

@@ -2,12 +2,14 @@
 //! the room's state, ring or revision.
 //!
 //! Both halves are pull-based like the change stream, so a slow reader costs O(1) memory:
-//! - Presence keeps, per peer, its current object and the presence sequence number of its last
-//!   change, plus a bounded log of `(seq, peer)`. A connection remembers the last sequence it was
-//!   sent and asks for everything after it: it gets each changed peer's *current* value once
-//!   (or `null` for a peer that left), never a backlog of stale positions. A reader further behind
-//!   than the log gets every known peer. The frame for a given `(from, to)` range is encoded once
-//!   and shared by every connection at the same position.
+//! - Presence keeps, per peer, its current object, the same encoded once as JSON, and the
+//!   presence sequence number of its last change, plus a bounded log of `(seq, peer)`. A
+//!   connection remembers the last sequence it was sent and asks for everything after it: it gets
+//!   each changed peer's *current* value once (or `null` for a peer that left), never a backlog of
+//!   stale positions. A reader further behind than the log gets every known peer. Frames are
+//!   concatenations of the pre-encoded entries. Readers ask on a room-wide tick (`tick`), and a
+//!   tick pins the range's end for everyone who asks in it, so connections that were caught up
+//!   share one frame: a join storm costs one frame per tick, not one per connection.
 //! - Broadcasts go into a ring of the last `broadcast_buffer` messages, each encoded once. A
 //!   connection's cursor that fell behind the ring learns how many it missed.
 //!
@@ -15,6 +17,7 @@
 //! `.await`. Invariant: `seq` only grows, and each peer's `changed` is ≤ `seq`.
 
 use std::collections::{HashMap, VecDeque};
+use std::io::Write as _;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -40,15 +43,35 @@ struct Peer {
     data: Map<String, Value>,
     online: bool,
     changed: u64,
+    /// `"c7":{...}` (or `"c7":null` while offline), encoded once per change.
+    entry: Bytes,
 }
+
+impl Peer {
+    fn encode(&mut self, client: ClientId) {
+        let mut b = Vec::with_capacity(16);
+        write!(b, "\"{client}\":").expect("vec write");
+        if self.online {
+            serde_json::to_writer(&mut b, &self.data).expect("presence serialises");
+        } else {
+            b.extend_from_slice(b"null");
+        }
+        self.entry = b.into();
+    }
+}
+
+/// Most recent presence frames kept for sharing.
+const FRAME_CACHE: usize = 4;
 
 #[derive(Debug, Default)]
 struct PresenceInner {
     seq: u64,
     peers: HashMap<ClientId, Peer>,
     log: VecDeque<(u64, ClientId)>,
-    /// The last frame built, keyed by the range it covers.
-    cached: Option<(u64, u64, Bytes)>,
+    /// Recent frames, keyed by the range `(since, to)` they cover.
+    cached: VecDeque<(u64, u64, Bytes)>,
+    /// The current tick and the sequence its readers read up to.
+    tick: (u64, u64),
 }
 
 impl PresenceInner {
@@ -109,10 +132,15 @@ impl Presence {
             Some(p) if p.online => g.seq,
             _ => {
                 let seq = g.bump(client);
-                let peer =
-                    g.peers.entry(client).or_insert(Peer { data: Map::new(), online: true, changed: seq });
+                let peer = g.peers.entry(client).or_insert(Peer {
+                    data: Map::new(),
+                    online: true,
+                    changed: seq,
+                    entry: Bytes::new(),
+                });
                 peer.online = true;
                 peer.changed = seq;
+                peer.encode(client);
                 seq
             }
         };
@@ -150,6 +178,7 @@ impl Presence {
         let peer = g.peers.get_mut(&client).expect("checked above");
         peer.data = merged;
         peer.changed = seq;
+        peer.encode(client);
         let online = peer.online;
         drop(g);
         if online {
@@ -168,6 +197,7 @@ impl Presence {
         let peer = g.peers.get_mut(&client).expect("checked above");
         peer.online = false;
         peer.changed = seq;
+        peer.encode(client);
         drop(g);
         self.notify(seq);
     }
@@ -200,6 +230,14 @@ impl Presence {
         (g.seq, peers.collect())
     }
 
+    /// Every present peer as an encoded JSON object (for `welcome`), and the sequence it
+    /// corresponds to. Built by concatenating the pre-encoded entries.
+    pub fn online_json(&self) -> (u64, Bytes) {
+        let g = self.inner.lock();
+        let entries = g.peers.values().filter(|p| p.online).map(|p| &p.entry[..]);
+        (g.seq, join_object(entries))
+    }
+
     pub fn online_count(&self) -> usize {
         self.inner.lock().peers.values().filter(|p| p.online).count()
     }
@@ -209,43 +247,48 @@ impl Presence {
     }
 
     /// The `presence` frame for a reader at `since`, and the sequence it brings it to; `None`
-    /// when nothing changed.
-    pub fn changes_since(&self, since: u64) -> Option<(u64, Bytes)> {
+    /// when nothing changed. `tick` (a room-wide time slot, see the module doc) pins the end of
+    /// the range for every reader that asks during that slot; `None` reads up to now.
+    pub fn changes_since(&self, since: u64, tick: Option<u64>) -> Option<(u64, Bytes)> {
         let mut g = self.inner.lock();
-        if since >= g.seq {
+        let to = match tick {
+            Some(t) if t > g.tick.0 => {
+                g.tick = (t, g.seq);
+                g.seq
+            }
+            Some(t) if t == g.tick.0 => g.tick.1,
+            _ => g.seq,
+        };
+        if since >= to {
             return None;
         }
-        let to = g.seq;
-        if let Some((f, t, frame)) = &g.cached
-            && (*f, *t) == (since, to)
-        {
+        if let Some((_, _, frame)) = g.cached.iter().find(|(f, t, _)| (*f, *t) == (since, to)) {
             return Some((to, frame.clone()));
         }
         let in_log = g.log.front().is_some_and(|(first, _)| *first <= since + 1);
-        let value = |p: &Peer| if p.online { Value::Object(p.data.clone()) } else { Value::Null };
-        let mut peers = Map::new();
+        let mut entries: Vec<&[u8]> = Vec::new();
         if in_log {
-            // A peer's latest change is the log entry whose seq equals its `changed`: taking
-            // only that entry lists each changed peer once, with no set to dedupe.
-            for (seq, c) in g.log.iter().rev().take_while(|(s, _)| *s > since) {
+            // A peer's latest change is the log entry whose seq equals its `changed`: taking only
+            // that entry lists each changed peer once. A peer that changed again after `to` is
+            // left to the next range, which will include it.
+            for (seq, c) in g.log.iter().rev().skip_while(|(s, _)| *s > to).take_while(|(s, _)| *s > since) {
                 if let Some(p) = g.peers.get(c)
                     && p.changed == *seq
                 {
-                    peers.insert(c.to_string(), value(p));
+                    entries.push(&p.entry);
                 }
             }
         } else {
-            for (c, p) in &g.peers {
-                if p.changed > since {
-                    peers.insert(c.to_string(), value(p));
-                }
-            }
+            entries.extend(g.peers.values().filter(|p| p.changed > since).map(|p| &p.entry[..]));
         }
-        if peers.is_empty() {
+        if entries.is_empty() {
             return Some((to, Bytes::new()));
         }
-        let frame = protocol::presence_msg(&peers);
-        g.cached = Some((since, to, frame.clone()));
+        let frame = protocol::presence_frame(&join_object(entries.into_iter()));
+        if g.cached.len() == FRAME_CACHE {
+            g.cached.pop_front();
+        }
+        g.cached.push_back((since, to, frame.clone()));
         Some((to, frame))
     }
 
@@ -294,6 +337,20 @@ impl Presence {
     }
 }
 
+/// `{` + entries joined by `,` + `}`.
+fn join_object<'a>(entries: impl Iterator<Item = &'a [u8]>) -> Bytes {
+    let mut b = Vec::with_capacity(64);
+    b.push(b'{');
+    for (i, e) in entries.enumerate() {
+        if i > 0 {
+            b.push(b',');
+        }
+        b.extend_from_slice(e);
+    }
+    b.push(b'}');
+    b.into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,13 +375,31 @@ mod tests {
             p.update(a, obj(json!({"x": x, "name": "ann"})), 4096).unwrap();
         }
         p.update(a, obj(json!({"name": null})), 4096).unwrap();
-        let (to, frame) = p.changes_since(s0).unwrap();
+        let (to, frame) = p.changes_since(s0, None).unwrap();
         assert_eq!(peers(&frame), json!({"c1": {"x": 99}, "c2": {}}));
-        assert!(p.changes_since(to).is_none());
+        assert!(p.changes_since(to, None).is_none());
         p.leave(b);
-        let (_, frame) = p.changes_since(to).unwrap();
+        let (_, frame) = p.changes_since(to, None).unwrap();
         assert_eq!(peers(&frame), json!({"c2": null}));
         assert_eq!(p.online().1, obj(json!({"c1": {"x": 99}})));
+        assert_eq!(&p.online_json().1[..], br#"{"c1":{"x":99}}"#);
+    }
+
+    #[test]
+    fn a_tick_pins_the_range_so_readers_share_one_frame() {
+        let p = Presence::new(4);
+        p.join(ClientId(1));
+        let (s0, _) = p.online();
+        p.update(ClientId(1), obj(json!({"x": 1})), 4096).unwrap();
+        let (to_a, a) = p.changes_since(s0, Some(7)).unwrap();
+        // A change after the first reader of tick 7 does not move the range for tick 7.
+        p.update(ClientId(1), obj(json!({"x": 2})), 4096).unwrap();
+        let (to_b, b) = p.changes_since(s0, Some(7)).unwrap();
+        assert_eq!(to_a, to_b);
+        assert_eq!(a.as_ptr(), b.as_ptr(), "the second reader got the cached frame");
+        // The next tick delivers the newer value.
+        let (_, c) = p.changes_since(to_a, Some(8)).unwrap();
+        assert_eq!(peers(&c), json!({"c1": {"x": 2}}));
     }
 
     #[test]
@@ -336,7 +411,7 @@ mod tests {
         for x in 0..(LOG_CAPACITY + 10) {
             p.update(ClientId(1), obj(json!({"x": x})), 4096).unwrap();
         }
-        let (_, frame) = p.changes_since(0).unwrap();
+        let (_, frame) = p.changes_since(0, None).unwrap();
         assert_eq!(peers(&frame), json!({"c1": {"x": LOG_CAPACITY + 9}, "c2": null}));
     }
 

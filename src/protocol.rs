@@ -189,17 +189,35 @@ pub fn encode<T: Serialize>(msg: &T) -> Bytes {
     serde_json::to_vec(msg).expect("messages always serialise").into()
 }
 
-/// The first message on every connection.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase", tag = "type", rename = "welcome")]
+/// The first message on every connection. `presence_json` is the encoded peers object.
 pub struct Welcome<'a> {
-    pub client: String,
+    pub client: ClientId,
     pub session: &'a str,
     pub epoch: &'a str,
-    pub rev: u64,
+    pub rev: Rev,
     pub resumed: bool,
-    pub last_client_req_id: u64,
-    pub presence: &'a Value,
+    pub last_client_req_id: ClientReqId,
+    pub presence_json: &'a [u8],
+}
+
+impl Welcome<'_> {
+    pub fn encode(&self) -> Bytes {
+        let mut b = Vec::with_capacity(160 + self.presence_json.len());
+        write!(
+            b,
+            "{{\"type\":\"welcome\",\"client\":\"{}\",\"session\":{},\"epoch\":{},\"rev\":{},\"resumed\":{},\"lastClientReqId\":{},\"presence\":",
+            self.client,
+            Value::from(self.session),
+            Value::from(self.epoch),
+            self.rev,
+            self.resumed,
+            self.last_client_req_id.0,
+        )
+        .expect("vec write");
+        b.extend_from_slice(self.presence_json);
+        b.push(b'}');
+        b.into()
+    }
 }
 
 /// Why a change was not committed.
@@ -288,9 +306,13 @@ pub fn pong_msg(t: &Value) -> Bytes {
     encode(&serde_json::json!({"type": "pong", "t": t}))
 }
 
-/// `{"type":"presence","peers":{..}}`.
-pub fn presence_msg(peers: &serde_json::Map<String, Value>) -> Bytes {
-    encode(&serde_json::json!({"type": "presence", "peers": peers}))
+/// `{"type":"presence","peers":{..}}` around an already encoded peers object.
+pub fn presence_frame(peers_json: &[u8]) -> Bytes {
+    let mut b = Vec::with_capacity(30 + peers_json.len());
+    b.extend_from_slice(br#"{"type":"presence","peers":"#);
+    b.extend_from_slice(peers_json);
+    b.push(b'}');
+    b.into()
 }
 
 /// `{"type":"broadcast","client":"c3","data":..}`, encoded once for all recipients.
@@ -377,16 +399,16 @@ mod tests {
             json!({"type":"reject","clientReqId":18,"code":"conflict","message":"m","rev":43,"conflicts":[43]})
         );
         let w = Welcome {
-            client: "c7".into(),
+            client: ClientId(7),
             session: "s",
             epoch: "e",
-            rev: 42,
+            rev: Rev(42),
             resumed: false,
-            last_client_req_id: 0,
-            presence: &json!({}),
+            last_client_req_id: ClientReqId(0),
+            presence_json: b"{}",
         };
         assert_eq!(
-            parse(&encode(&w)),
+            parse(&w.encode()),
             json!({"type":"welcome","client":"c7","session":"s","epoch":"e","rev":42,"resumed":false,"lastClientReqId":0,"presence":{}})
         );
     }

@@ -123,12 +123,12 @@ impl<'a> Writer<'a> {
                 _ = broadcasts.changed() => self.send_broadcasts().await,
                 _ = presence.changed(), if !presence_pending => {
                     presence_pending = true;
+                    next_presence = PresenceClock::next_boundary(interval);
                     Ok(())
                 }
                 _ = tokio::time::sleep_until(next_presence), if presence_pending => {
                     presence_pending = false;
-                    next_presence = tokio::time::Instant::now() + interval;
-                    self.send_presence().await
+                    self.send_presence(PresenceClock::tick(interval)).await
                 }
                 _ = ping.tick() => self.write(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))).await,
             };
@@ -149,7 +149,7 @@ impl<'a> Writer<'a> {
     async fn hello(&mut self, from: ResumeFrom, resumed: bool) -> WriteResult {
         let room = self.room;
         self.broadcast_seq = room.presence.broadcast_seq();
-        let (presence_seq, peers) = room.presence.online();
+        let (presence_seq, peers_json) = room.presence.online_json();
         self.presence_seq = presence_seq;
         let usable_since = match (from.since, from.epoch.as_deref()) {
             (Some(since), Some(epoch)) if epoch == room.epoch().as_str() => Some(since),
@@ -181,15 +181,16 @@ impl<'a> Writer<'a> {
         metrics::counter!(m::SESSION_CONNECTS, "outcome" => if resumed { outcome } else { "new" })
             .increment(1);
         let last_req = self.session.state.lock().last_req;
-        let welcome = protocol::encode(&protocol::Welcome {
-            client: self.session.client.to_string(),
+        let welcome = protocol::Welcome {
+            client: self.session.client,
             session: &self.session.token,
             epoch: room.epoch().as_str(),
-            rev: to.0,
+            rev: to,
             resumed,
-            last_client_req_id: last_req.0,
-            presence: &serde_json::Value::Object(peers),
-        });
+            last_client_req_id: last_req,
+            presence_json: &peers_json,
+        }
+        .encode();
         self.send(&welcome, Kind::Control).await?;
         self.send(&frame, kind).await?;
         self.last_sent = to;
@@ -235,8 +236,10 @@ impl<'a> Writer<'a> {
         (frame, snap.rev)
     }
 
-    async fn send_presence(&mut self) -> WriteResult {
-        let Some((to, frame)) = self.room.presence.changes_since(self.presence_seq) else { return Ok(()) };
+    async fn send_presence(&mut self, tick: Option<u64>) -> WriteResult {
+        let Some((to, frame)) = self.room.presence.changes_since(self.presence_seq, tick) else {
+            return Ok(());
+        };
         let skipped = to - self.presence_seq;
         self.presence_seq = to;
         if frame.is_empty() {
@@ -276,6 +279,38 @@ impl<'a> Writer<'a> {
                 metrics::counter!(m::SLOW_CLIENT_CLOSES).increment(1);
                 Err(CloseReason::SlowClient)
             }
+        }
+    }
+}
+
+/// The grid presence messages are sent on: boundaries every `--presence-interval` from one
+/// process-wide origin. Connections that wake on the same boundary ask for the same range and
+/// share one encoded frame (see `presence`). An interval of 0 means "immediately", with no grid.
+struct PresenceClock;
+
+impl PresenceClock {
+    fn origin() -> tokio::time::Instant {
+        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        tokio::time::Instant::from_std(*ORIGIN.get_or_init(std::time::Instant::now))
+    }
+
+    /// The slot number now, or `None` without a grid.
+    fn tick(interval: std::time::Duration) -> Option<u64> {
+        if interval.is_zero() {
+            return None;
+        }
+        let elapsed = tokio::time::Instant::now().saturating_duration_since(Self::origin());
+        Some((elapsed.as_nanos() / interval.as_nanos()) as u64)
+    }
+
+    /// The next boundary after now (now itself without a grid).
+    fn next_boundary(interval: std::time::Duration) -> tokio::time::Instant {
+        match Self::tick(interval) {
+            Some(t) => {
+                let nanos = interval.as_nanos().saturating_mul(u128::from(t) + 1);
+                Self::origin() + std::time::Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+            }
+            None => tokio::time::Instant::now(),
         }
     }
 }
