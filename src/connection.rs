@@ -15,10 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode, Role, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{ReadHalf, WriteHalf};
+use tokio::io::AsyncReadExt as _;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::ids::{ClientReqId, Rev};
@@ -29,7 +30,10 @@ use crate::server::App;
 use crate::session::{Attached, Session};
 use crate::writer::{Outgoing, Writer};
 
-pub(crate) type Io = TokioIo<Upgraded>;
+/// The socket's read side, after any bytes hyper had already read past the handshake.
+pub(crate) type ReadIo = tokio::io::Chain<std::io::Cursor<Bytes>, tokio::net::tcp::OwnedReadHalf>;
+/// The socket's write side.
+pub(crate) type WriteIo = tokio::net::tcp::OwnedWriteHalf;
 
 /// Replies queued per connection before the reader waits for the writer.
 const CONTROL_QUEUE: usize = 32;
@@ -137,17 +141,28 @@ enum End {
     TakenOver,
 }
 
+/// Takes the TCP stream back from hyper and splits it into owned halves, so reading and writing
+/// share no lock (`tokio::io::split` would put one on every read and write).
+fn into_halves(ws: WebSocket<TokioIo<Upgraded>>) -> Option<(WebSocketRead<ReadIo>, WebSocketWrite<WriteIo>)> {
+    let parts = ws.into_inner().into_inner().downcast::<TokioIo<TcpStream>>().ok()?;
+    let (read, write) = parts.io.into_inner().into_split();
+    let read = std::io::Cursor::new(parts.read_buf).chain(read);
+    Some(fastwebsockets::after_handshake_split(read, write, Role::Server))
+}
+
 /// Serves an upgraded WebSocket until it closes.
-pub async fn serve(ws: WebSocket<Io>, app: Arc<App>, room: Arc<Room>, from: ResumeFrom) {
+pub async fn serve(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<App>, room: Arc<Room>, from: ResumeFrom) {
     let _open = OpenGuard::new(&room);
-    let mut ws = ws;
+    let Some((mut read, mut write)) = into_halves(ws) else {
+        tracing::error!("upgraded connection is not a TCP stream");
+        return;
+    };
     // fastwebsockets refuses a frame whose length is >= this; we allow exactly the limit.
-    ws.set_max_message_size(app.config.max_message_bytes as usize + 1);
-    ws.set_auto_close(true);
-    ws.set_auto_pong(true);
+    read.set_max_message_size(app.config.max_message_bytes as usize + 1);
+    read.set_auto_close(true);
+    read.set_auto_pong(true);
     let room_full = app.config.max_room_clients > 0
         && room.connections.load(std::sync::atomic::Ordering::Relaxed) > app.config.max_room_clients;
-    let (read, mut write) = ws.split(tokio::io::split);
     if room_full {
         metrics::counter!(m::CONNECTIONS_REFUSED, "limit" => "max_room_clients").increment(1);
         close_now(&mut write, CloseReason::RoomFull).await;
@@ -157,7 +172,9 @@ pub async fn serve(ws: WebSocket<Io>, app: Arc<App>, room: Arc<Room>, from: Resu
     let attached = app.sessions.attach(&room, from.session.as_deref());
     let Attached { session, conn, resumed, kicked } = attached;
     room.presence.join(session.client);
-    let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+    // Boxed messages keep the channel's first block (CONTROL_QUEUE slots, allocated up front)
+    // small: replies are rare next to the frames the writer pulls.
+    let (tx, rx) = mpsc::channel::<Box<Outgoing>>(CONTROL_QUEUE);
 
     let mut writer = Writer::new(write, &app, &room, &session);
     let writer_fut = writer.run(from, resumed, rx, kicked);
@@ -209,7 +226,7 @@ impl Drop for OpenGuard<'_> {
     }
 }
 
-async fn close_now(write: &mut WebSocketWrite<WriteHalf<Io>>, reason: CloseReason) {
+async fn close_now(write: &mut WebSocketWrite<WriteIo>, reason: CloseReason) {
     let frame = Frame::close(reason.close_code(), reason.text().as_bytes());
     let _ = tokio::time::timeout(CLOSE_GRACE, write.write_frame(frame)).await;
 }
@@ -218,11 +235,11 @@ async fn close_now(write: &mut WebSocketWrite<WriteHalf<Io>>, reason: CloseReaso
 // Reader
 
 async fn read_loop(
-    mut read: WebSocketRead<ReadHalf<Io>>,
+    mut read: WebSocketRead<ReadIo>,
     app: &App,
     room: &Room,
     session: &Session,
-    tx: mpsc::Sender<Outgoing>,
+    tx: mpsc::Sender<Box<Outgoing>>,
 ) -> End {
     let max = app.config.max_message_bytes as usize;
     let mut fragments: Option<(OpCode, Vec<u8>)> = None;
@@ -233,12 +250,12 @@ async fn read_loop(
             _ => Outgoing::Pong(f.payload.to_vec()),
         };
         let tx = obligated.clone();
-        async move { tx.send(out).await.map_err(|_| std::io::Error::other("writer gone")) }
+        async move { tx.send(Box::new(out)).await.map_err(|_| std::io::Error::other("writer gone")) }
     };
     loop {
         let frame = match tokio::time::timeout(app.config.idle_timeout, read.read_frame(&mut send_fn)).await {
             Err(_) => {
-                let _ = tx.send(Outgoing::Close(CloseReason::Idle)).await;
+                let _ = tx.send(Box::new(Outgoing::Close(CloseReason::Idle))).await;
                 return End::Abrupt;
             }
             Ok(Err(e)) => {
@@ -251,7 +268,7 @@ async fn read_loop(
                     _ => Some(CloseReason::Protocol),
                 };
                 if let Some(r) = reason {
-                    let _ = tx.send(Outgoing::Close(r)).await;
+                    let _ = tx.send(Box::new(Outgoing::Close(r))).await;
                 }
                 return End::Abrupt;
             }
@@ -263,14 +280,14 @@ async fn read_loop(
             OpCode::Ping | OpCode::Pong => continue,
             OpCode::Text | OpCode::Binary if frame.fin => {
                 if fragments.is_some() {
-                    let _ = tx.send(Outgoing::Close(CloseReason::Protocol)).await;
+                    let _ = tx.send(Box::new(Outgoing::Close(CloseReason::Protocol))).await;
                     return End::Abrupt;
                 }
                 (frame.opcode, &frame.payload)
             }
             OpCode::Text | OpCode::Binary => {
                 if fragments.is_some() {
-                    let _ = tx.send(Outgoing::Close(CloseReason::Protocol)).await;
+                    let _ = tx.send(Box::new(Outgoing::Close(CloseReason::Protocol))).await;
                     return End::Abrupt;
                 }
                 fragments = Some((frame.opcode, frame.payload.to_vec()));
@@ -278,12 +295,12 @@ async fn read_loop(
             }
             OpCode::Continuation => {
                 let Some((op, buf)) = fragments.as_mut() else {
-                    let _ = tx.send(Outgoing::Close(CloseReason::Protocol)).await;
+                    let _ = tx.send(Box::new(Outgoing::Close(CloseReason::Protocol))).await;
                     return End::Abrupt;
                 };
                 buf.extend_from_slice(&frame.payload);
                 if buf.len() > max {
-                    let _ = tx.send(Outgoing::Close(CloseReason::TooBig)).await;
+                    let _ = tx.send(Box::new(Outgoing::Close(CloseReason::TooBig))).await;
                     return End::Abrupt;
                 }
                 if !frame.fin {
@@ -292,7 +309,7 @@ async fn read_loop(
                 let op = *op;
                 message = fragments.take().map(|(_, b)| b).unwrap_or_default();
                 if op == OpCode::Text && std::str::from_utf8(&message).is_err() {
-                    let _ = tx.send(Outgoing::Close(CloseReason::BadUtf8)).await;
+                    let _ = tx.send(Box::new(Outgoing::Close(CloseReason::BadUtf8))).await;
                     return End::Abrupt;
                 }
                 (op, &message)
@@ -306,7 +323,7 @@ async fn read_loop(
             handle_message(payload, app, room, session)
         };
         if let Some(reply) = reply
-            && tx.send(Outgoing::Text(reply)).await.is_err()
+            && tx.send(Box::new(Outgoing::Text(reply))).await.is_err()
         {
             return End::Abrupt;
         }

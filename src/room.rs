@@ -138,6 +138,9 @@ pub struct Room {
     /// Wakes writers when the revision advances (holds the highest committed revision).
     rev_tx: watch::Sender<Rev>,
     snapshot: Mutex<Option<Arc<Snapshot>>>,
+    /// The last multi-change delta frame built for a non-author, shared by every connection
+    /// catching up over the same range.
+    coalesced: Mutex<Option<(Rev, Rev, Bytes)>>,
     /// Serialises snapshot encoding, so a revision is never encoded twice.
     snapshot_encode: Mutex<()>,
     /// Approximate encoded size of the state; exact after each snapshot encode. Written only
@@ -177,6 +180,7 @@ impl Room {
             rev: AtomicU64::new(0),
             rev_tx,
             snapshot: Mutex::new(None),
+            coalesced: Mutex::new(None),
             snapshot_encode: Mutex::new(()),
             connections: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(now_ms()),
@@ -378,6 +382,27 @@ impl Room {
         } else {
             CatchUp::Snapshot(self.snapshot(), SnapshotReason::BehindRing)
         }
+    }
+
+    /// The `delta` frame that brings `recipient` from `from` to `to` with `changes` (exactly the
+    /// changes `from+1 ..= to`). Frames without an ack for the recipient are the same for every
+    /// recipient at the same range, so the last one is cached and shared.
+    pub fn delta_frame(&self, changes: &[Arc<Change>], from: Rev, to: Rev, recipient: ClientId) -> Bytes {
+        if changes.len() < 2 {
+            return delta_for(changes, from, to, recipient);
+        }
+        let personal = changes.iter().any(|c| c.author == recipient && c.wire_ack.is_some());
+        if !personal
+            && let Some((f, t, frame)) = &*self.coalesced.lock()
+            && (*f, *t) == (from, to)
+        {
+            return frame.clone();
+        }
+        let frame = delta_for(changes, from, to, recipient);
+        if !personal {
+            *self.coalesced.lock() = Some((from, to, frame.clone()));
+        }
+        frame
     }
 
     /// The state encoded at the current revision; encoded at most once per revision and shared.
@@ -607,6 +632,25 @@ mod tests {
         r.commit(req(Mode::Overwrite, 0, json!([{"op": "add", "path": "/a", "value": 1}]))).unwrap();
         let c = r.snapshot();
         assert_eq!((c.rev, &c.state[..]), (Rev(1), &br#"{"a":1}"#[..]));
+    }
+
+    #[test]
+    fn coalesced_frames_are_shared_but_acks_stay_personal() {
+        let r = room(8);
+        let mut q = req(Mode::Overwrite, 0, json!([{"op": "add", "path": "/a", "value": 1}]));
+        q.client_req_id = Some(ClientReqId(5));
+        r.commit(q).unwrap();
+        r.commit(req(Mode::Overwrite, 0, json!([{"op": "add", "path": "/b", "value": 2}]))).unwrap();
+        let mut cs = Vec::new();
+        assert!(r.changes_after(Rev(0), &mut cs));
+        let author = r.delta_frame(&cs, Rev(0), Rev(2), ClientId(1));
+        let other = r.delta_frame(&cs, Rev(0), Rev(2), ClientId(2));
+        let third = r.delta_frame(&cs, Rev(0), Rev(2), ClientId(3));
+        assert_eq!(other.as_ptr(), third.as_ptr(), "shared");
+        let author: Value = serde_json::from_slice(&author).unwrap();
+        assert_eq!(author["changes"][0], json!({"rev": 1, "client": "c1", "clientReqId": 5}));
+        let other: Value = serde_json::from_slice(&other).unwrap();
+        assert_eq!(other["changes"][0]["ops"][0]["path"], "/a");
     }
 
     #[test]

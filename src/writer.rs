@@ -13,10 +13,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketWrite};
 use rand::Rng;
-use tokio::io::WriteHalf;
 use tokio::sync::mpsc;
 
-use crate::connection::{CLOSE_GRACE, CloseReason, Io, ResumeFrom};
+use crate::connection::{CLOSE_GRACE, CloseReason, ResumeFrom, WriteIo};
 use crate::ids::Rev;
 use crate::metrics::{self as m, FrameKind as Kind};
 use crate::protocol;
@@ -38,7 +37,7 @@ pub(crate) enum Outgoing {
 }
 
 pub(crate) struct Writer<'a> {
-    ws: WebSocketWrite<WriteHalf<Io>>,
+    ws: WebSocketWrite<WriteIo>,
     app: &'a App,
     room: &'a Room,
     session: &'a Session,
@@ -55,7 +54,7 @@ type WriteResult = Result<(), CloseReason>;
 
 impl<'a> Writer<'a> {
     pub(crate) fn new(
-        ws: WebSocketWrite<WriteHalf<Io>>,
+        ws: WebSocketWrite<WriteIo>,
         app: &'a App,
         room: &'a Room,
         session: &'a Session,
@@ -76,7 +75,7 @@ impl<'a> Writer<'a> {
         &mut self,
         from: ResumeFrom,
         resumed: bool,
-        mut rx: mpsc::Receiver<Outgoing>,
+        mut rx: mpsc::Receiver<Box<Outgoing>>,
         mut kicked: tokio::sync::oneshot::Receiver<()>,
     ) -> CloseReason {
         let mut revs = self.room.subscribe();
@@ -97,7 +96,7 @@ impl<'a> Writer<'a> {
         let result: WriteResult = loop {
             let step = tokio::select! {
                 biased;
-                out = rx.recv() => match out {
+                out = rx.recv() => match out.map(|b| *b) {
                     Some(Outgoing::Text(b)) => self.send(&b, Kind::Control).await,
                     Some(Outgoing::Pong(p)) => self.write(Frame::pong(Payload::Owned(p))).await,
                     Some(Outgoing::CloseEcho(p)) => {
@@ -224,7 +223,7 @@ impl<'a> Writer<'a> {
 
     /// The delta frame for `self.changes` (which run from `from+1` to `to`).
     fn delta_frame(&self, from: Rev, to: Rev) -> Bytes {
-        crate::room::delta_for(&self.changes, from, to, self.session.client)
+        self.room.delta_frame(&self.changes, from, to, self.session.client)
     }
 
     /// A snapshot frame at the current revision with this session's `lastClientReqId` as of that
@@ -271,15 +270,23 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
+    /// Writes one frame. Most writes complete at once, so the `--write-timeout` timer is only
+    /// armed for a write that has to wait for the socket.
     async fn write(&mut self, frame: Frame<'_>) -> WriteResult {
-        match tokio::time::timeout(self.app.config.write_timeout, self.ws.write_frame(frame)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(CloseReason::Gone),
-            Err(_) => {
-                metrics::counter!(m::SLOW_CLIENT_CLOSES).increment(1);
-                Err(CloseReason::SlowClient)
-            }
-        }
+        use std::task::Poll;
+        let mut fut = std::pin::pin!(self.ws.write_frame(frame));
+        let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+        let result = match first {
+            Poll::Ready(r) => r,
+            Poll::Pending => match tokio::time::timeout(self.app.config.write_timeout, fut).await {
+                Ok(r) => r,
+                Err(_) => {
+                    metrics::counter!(m::SLOW_CLIENT_CLOSES).increment(1);
+                    return Err(CloseReason::SlowClient);
+                }
+            },
+        };
+        result.map_err(|_| CloseReason::Gone)
     }
 }
 
