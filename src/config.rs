@@ -37,6 +37,12 @@ pub struct Config {
     #[arg(long, env = "RINGSYNC_HISTORY", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub history: u64,
 
+    /// Most bytes of history per room (encoded changes plus the values their inverses keep); the
+    /// oldest changes are dropped beyond it, so clients that far behind get a snapshot (bytes; 0 =
+    /// unlimited).
+    #[arg(long, env = "RINGSYNC_HISTORY_BYTES", default_value_t = 64 << 20)]
+    pub history_bytes: usize,
+
     /// How long a disconnected session can be resumed (seconds).
     #[arg(long, env = "RINGSYNC_SESSION_TTL", default_value = "300", value_parser = parse_secs)]
     pub session_ttl: Duration,
@@ -152,6 +158,9 @@ impl Config {
         if self.handshake_timeout.is_zero() {
             return Err("--handshake-timeout must be positive".into());
         }
+        if self.session_ttl < self.presence_grace {
+            return Err("--session-ttl must be at least --presence-grace".into());
+        }
         if self.max_presence_bytes < 2 {
             return Err("--max-presence-bytes must be at least 2".into());
         }
@@ -162,6 +171,7 @@ impl Config {
         RoomConfig {
             history: self.history as usize,
             max_state_bytes: self.max_state_bytes,
+            history_bytes: self.history_bytes,
             max_ops_per_change: self.max_ops_per_change,
             broadcast_buffer: self.broadcast_buffer as usize,
         }

@@ -258,6 +258,11 @@ pub fn parse_patch(v: Value) -> Result<Vec<Op>, PatchError> {
         .collect()
 }
 
+/// Deepest nesting a document may reach (containers from the root, as serde_json's parser
+/// allows). Keeping every state within it keeps every recursive walk (clone, encode, drop) far
+/// from the stack's end, whatever a client sends.
+pub const MAX_DEPTH: usize = 128;
+
 /// What a successful [`apply`] produced.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Applied {
@@ -266,6 +271,10 @@ pub struct Applied {
     /// Paths written or read, with "-" resolved; an insert into or removal from an array records
     /// the array itself, because it shifts every later index.
     pub touched: Vec<Pointer>,
+    /// Exact change of the document's compact JSON encoding, in bytes.
+    pub size_delta: i64,
+    /// Encoded size of the values the inverse holds (what undo keeps alive).
+    pub inverse_bytes: usize,
 }
 
 /// Applies `ops` atomically.
@@ -276,60 +285,114 @@ pub fn apply(doc: &mut Value, ops: &[Op]) -> Result<Applied, PatchError> {
     let mut applied = Applied::default();
     // Inverse groups are pushed in reverse order of their own application and the whole list is
     // reversed at the end, so each group stays internally ordered.
-    let mut undo: Vec<Op> = Vec::new();
     for (i, op) in ops.iter().enumerate() {
-        if let Err(e) = apply_one(doc, op, i, &mut undo, &mut applied.touched) {
-            undo.reverse();
-            for inv in &undo {
-                let rolled_back = apply_one(doc, inv, 0, &mut Vec::new(), &mut Vec::new());
+        if let Err(e) = apply_one(doc, op, i, &mut applied) {
+            applied.inverse.reverse();
+            let mut scratch = Applied::default();
+            for inv in &applied.inverse {
+                let rolled_back = apply_one(doc, inv, 0, &mut scratch);
                 debug_assert!(rolled_back.is_ok(), "rollback failed: {rolled_back:?}");
             }
             return Err(e);
         }
     }
-    undo.reverse();
-    applied.inverse = undo;
+    applied.inverse.reverse();
     Ok(applied)
 }
 
-fn apply_one(
-    doc: &mut Value,
-    op: &Op,
-    i: usize,
-    undo: &mut Vec<Op>,
-    touched: &mut Vec<Pointer>,
-) -> Result<(), PatchError> {
+/// Length of `v` encoded as compact JSON, without allocating it.
+pub fn json_size<T: Serialize + ?Sized>(v: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    serde_json::to_writer(&mut c, v).expect("counting never fails");
+    c.0
+}
+
+/// Nesting depth of a value (0 for a scalar), walked with an explicit stack.
+pub fn depth(v: &Value) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(v, 1usize)];
+    while let Some((v, d)) = stack.pop() {
+        match v {
+            Value::Array(a) => {
+                max = max.max(d);
+                stack.extend(a.iter().map(|c| (c, d + 1)));
+            }
+            Value::Object(m) => {
+                max = max.max(d);
+                stack.extend(m.values().map(|c| (c, d + 1)));
+            }
+            _ => {}
+        }
+    }
+    max
+}
+
+fn check_depth(path: &Pointer, value: &Value, i: usize) -> Result<(), PatchError> {
+    if !value.is_array() && !value.is_object() {
+        return Ok(());
+    }
+    if path.tokens().len() + depth(value) > MAX_DEPTH {
+        return Err(PatchError::invalid(
+            i,
+            format!("the document would nest deeper than {MAX_DEPTH} levels"),
+        ));
+    }
+    Ok(())
+}
+
+fn apply_one(doc: &mut Value, op: &Op, i: usize, acc: &mut Applied) -> Result<(), PatchError> {
     match op {
         Op::Add { path, value } => {
-            let (concrete, old, shifted) = add_at(doc, path, value.clone(), i).map_err(|(e, _)| e)?;
-            touched.push(if shifted { path.parent() } else { concrete.clone() });
-            push_add_inverse(undo, concrete, old);
+            check_depth(path, value, i)?;
+            let size = json_size(value) as i64;
+            let added = add_at(doc, path, value.clone(), i).map_err(|(e, _)| e)?;
+            acc.touched.push(if added.shifted { path.parent() } else { added.concrete.clone() });
+            acc.size_delta += size;
+            acc.record_add(added);
         }
         Op::Remove { path } => {
-            let (old, shifted) = remove_at(doc, path, i)?;
-            touched.push(if shifted { path.parent() } else { path.clone() });
-            undo.push(Op::Add { path: path.clone(), value: old });
+            let removed = remove_at(doc, path, i)?;
+            acc.touched.push(if removed.shifted { path.parent() } else { path.clone() });
+            let size = json_size(&removed.value);
+            acc.size_delta -= (size + removed.overhead) as i64;
+            acc.inverse_bytes += size;
+            acc.inverse.push(Op::Add { path: path.clone(), value: removed.value });
         }
         Op::Replace { path, value } => {
+            check_depth(path, value, i)?;
             let target = get_mut(doc, path, i)?;
             let old = std::mem::replace(target, value.clone());
-            touched.push(path.clone());
-            undo.push(Op::Replace { path: path.clone(), value: old });
+            acc.touched.push(path.clone());
+            let old_size = json_size(&old);
+            acc.size_delta += json_size(value) as i64 - old_size as i64;
+            acc.inverse_bytes += old_size;
+            acc.inverse.push(Op::Replace { path: path.clone(), value: old });
         }
         Op::Move { from, path } => {
-            get_ref(doc, from, i)?;
+            let moving = get_ref(doc, from, i)?;
             if from == path {
-                touched.push(path.clone());
+                acc.touched.push(path.clone());
                 return Ok(());
             }
             if from.is_proper_prefix_of(path) {
                 return Err(PatchError::invalid(i, format!("cannot move {from} into its own child {path}")));
             }
-            let (value, from_shifted) = remove_at(doc, from, i)?;
+            check_depth(path, moving, i)?;
+            let removed = remove_at(doc, from, i)?;
             // The inverse re-adds an explicit copy: a `move` back is not always possible (the
             // destination may be the root, or may have overwritten an ancestor of `from`).
-            let moved = value.clone();
-            let (concrete, old, shifted) = match add_at(doc, path, value, i) {
+            let moved = removed.value.clone();
+            let added = match add_at(doc, path, removed.value, i) {
                 Ok(done) => done,
                 Err((e, value)) => {
                     // Put the removed value back where it was before reporting.
@@ -338,53 +401,94 @@ fn apply_one(
                     return Err(e);
                 }
             };
-            touched.push(if from_shifted { from.parent() } else { from.clone() });
-            touched.push(if shifted { path.parent() } else { concrete.clone() });
-            undo.push(Op::Add { path: from.clone(), value: moved });
-            push_add_inverse(undo, concrete, old);
+            acc.touched.push(if removed.shifted { from.parent() } else { from.clone() });
+            acc.touched.push(if added.shifted { path.parent() } else { added.concrete.clone() });
+            // The moved value's own bytes leave one place and arrive at another.
+            acc.size_delta -= removed.overhead as i64;
+            acc.inverse_bytes += json_size(&moved);
+            acc.inverse.push(Op::Add { path: from.clone(), value: moved });
+            acc.record_add(added);
         }
         Op::Copy { from, path } => {
-            let value = get_ref(doc, from, i)?.clone();
-            let (concrete, old, shifted) = add_at(doc, path, value, i).map_err(|(e, _)| e)?;
-            touched.push(from.clone());
-            touched.push(if shifted { path.parent() } else { concrete.clone() });
-            push_add_inverse(undo, concrete, old);
+            let value = get_ref(doc, from, i)?;
+            check_depth(path, value, i)?;
+            let value = value.clone();
+            let size = json_size(&value) as i64;
+            let added = add_at(doc, path, value, i).map_err(|(e, _)| e)?;
+            acc.touched.push(from.clone());
+            acc.touched.push(if added.shifted { path.parent() } else { added.concrete.clone() });
+            acc.size_delta += size;
+            acc.record_add(added);
         }
         Op::Test { path, value } => {
             let actual = get_ref(doc, path, i)?;
             if !json_eq(actual, value) {
                 return Err(PatchError::TestFailed { index: i, path: path.to_string() });
             }
-            touched.push(path.clone());
+            acc.touched.push(path.clone());
         }
-        Op::Incr { path, value } => {
-            let n = Value::Number(value.clone());
-            match get_ref(doc, path, i) {
-                Ok(Value::Number(old)) => {
-                    let sum = add_numbers(old, value)
-                        .ok_or_else(|| PatchError::invalid(i, format!("incr at {path} overflows")))?;
-                    let target = get_mut(doc, path, i)?;
-                    let old = std::mem::replace(target, Value::Number(sum));
-                    touched.push(path.clone());
-                    undo.push(Op::Replace { path: path.clone(), value: old });
-                }
-                Ok(_) => return Err(PatchError::invalid(i, format!("incr target {path} is not a number"))),
-                Err(_) => {
-                    let (concrete, old, shifted) = add_at(doc, path, n, i).map_err(|(e, _)| e)?;
-                    touched.push(if shifted { path.parent() } else { concrete.clone() });
-                    push_add_inverse(undo, concrete, old);
-                }
+        Op::Incr { path, value } => match get_ref(doc, path, i) {
+            Ok(Value::Number(old)) => {
+                let sum = add_numbers(old, value)
+                    .ok_or_else(|| PatchError::invalid(i, format!("incr at {path} overflows")))?;
+                let new_size = json_size(&sum) as i64;
+                let target = get_mut(doc, path, i)?;
+                let old = std::mem::replace(target, Value::Number(sum));
+                acc.touched.push(path.clone());
+                let old_size = json_size(&old);
+                acc.size_delta += new_size - old_size as i64;
+                acc.inverse_bytes += old_size;
+                acc.inverse.push(Op::Replace { path: path.clone(), value: old });
             }
-        }
+            Ok(_) => return Err(PatchError::invalid(i, format!("incr target {path} is not a number"))),
+            Err(_) => {
+                let n = Value::Number(value.clone());
+                let size = json_size(&n) as i64;
+                let added = add_at(doc, path, n, i).map_err(|(e, _)| e)?;
+                acc.touched.push(if added.shifted { path.parent() } else { added.concrete.clone() });
+                acc.size_delta += size;
+                acc.record_add(added);
+            }
+        },
     }
     Ok(())
 }
 
-fn push_add_inverse(undo: &mut Vec<Op>, concrete: Pointer, old: Option<Value>) {
-    undo.push(match old {
-        Some(old) => Op::Replace { path: concrete, value: old },
-        None => Op::Remove { path: concrete },
-    });
+impl Applied {
+    /// Records an add's inverse and its size effect beyond the new value's own bytes (which
+    /// the caller counted): member-name and separator bytes, minus what it overwrote.
+    fn record_add(&mut self, added: Added) {
+        self.size_delta += added.overhead as i64;
+        self.inverse.push(match added.old {
+            Some(old) => {
+                let old_size = json_size(&old);
+                self.size_delta -= old_size as i64;
+                self.inverse_bytes += old_size;
+                Op::Replace { path: added.concrete, value: old }
+            }
+            None => Op::Remove { path: added.concrete },
+        });
+    }
+}
+
+/// What [`add_at`] did.
+struct Added {
+    /// The path written, with "-" resolved to an index.
+    concrete: Pointer,
+    /// The value it replaced (an existing object member, or the root).
+    old: Option<Value>,
+    /// Whether it inserted into an array (shifting later indices).
+    shifted: bool,
+    /// Encoded bytes added besides the value itself: `"name":` and a separating comma.
+    overhead: usize,
+}
+
+/// What [`remove_at`] did.
+struct Removed {
+    value: Value,
+    shifted: bool,
+    /// Encoded bytes removed besides the value itself.
+    overhead: usize,
 }
 
 /// Parses an array index token strictly (RFC 6901: `0` or no leading zero, digits only).
@@ -423,18 +527,11 @@ fn get_mut<'a>(doc: &'a mut Value, path: &Pointer, i: usize) -> Result<&'a mut V
     Ok(cur)
 }
 
-/// RFC 6902 `add`. Returns the concrete path ("-" resolved), the value it replaced (object
-/// member or root), and whether it shifted an array.
-/// On error the value is handed back, so a `move` can restore it.
-fn add_at(
-    doc: &mut Value,
-    path: &Pointer,
-    value: Value,
-    i: usize,
-) -> Result<(Pointer, Option<Value>, bool), (PatchError, Value)> {
+/// RFC 6902 `add`. On error the value is handed back, so a `move` can restore it.
+fn add_at(doc: &mut Value, path: &Pointer, value: Value, i: usize) -> Result<Added, (PatchError, Value)> {
     let Some((last, parent_tokens)) = path.tokens().split_last() else {
         let old = std::mem::replace(doc, value);
-        return Ok((Pointer::root(), Some(old), false));
+        return Ok(Added { concrete: Pointer::root(), old: Some(old), shifted: false, overhead: 0 });
     };
     let parent = match get_mut(doc, &Pointer { tokens: parent_tokens.to_vec() }, i) {
         Ok(p) => p,
@@ -442,8 +539,10 @@ fn add_at(
     };
     match parent {
         Value::Object(m) => {
+            let comma = usize::from(!m.is_empty());
             let old = m.insert(last.clone(), value);
-            Ok((path.clone(), old, false))
+            let overhead = if old.is_some() { 0 } else { json_size(last.as_str()) + 1 + comma };
+            Ok(Added { concrete: path.clone(), old, shifted: false, overhead })
         }
         Value::Array(a) => {
             let idx = if last == "-" {
@@ -460,28 +559,34 @@ fn add_at(
                     value,
                 ));
             }
+            let comma = usize::from(!a.is_empty());
             a.insert(idx, value);
-            Ok((path.with_last(idx.to_string()), None, true))
+            Ok(Added { concrete: path.with_last(idx.to_string()), old: None, shifted: true, overhead: comma })
         }
         _ => Err((PatchError::invalid(i, format!("parent of {path} is not a container")), value)),
     }
 }
 
-/// RFC 6902 `remove`. Returns the removed value and whether it shifted an array.
-fn remove_at(doc: &mut Value, path: &Pointer, i: usize) -> Result<(Value, bool), PatchError> {
+/// RFC 6902 `remove`.
+fn remove_at(doc: &mut Value, path: &Pointer, i: usize) -> Result<Removed, PatchError> {
     let Some((last, parent_tokens)) = path.tokens().split_last() else {
         return Err(PatchError::invalid(i, "cannot remove the whole document"));
     };
     let parent = get_mut(doc, &Pointer { tokens: parent_tokens.to_vec() }, i)?;
     let missing = || PatchError::invalid(i, format!("path {path} does not exist"));
     match parent {
-        Value::Object(m) => m.remove(last.as_str()).map(|v| (v, false)).ok_or_else(missing),
+        Value::Object(m) => {
+            let value = m.remove(last.as_str()).ok_or_else(missing)?;
+            let overhead = json_size(last.as_str()) + 1 + usize::from(!m.is_empty());
+            Ok(Removed { value, shifted: false, overhead })
+        }
         Value::Array(a) => {
             let idx = array_index(last, i)?;
             if idx >= a.len() {
                 return Err(missing());
             }
-            Ok((a.remove(idx), true))
+            let value = a.remove(idx);
+            Ok(Removed { value, shifted: true, overhead: usize::from(!a.is_empty()) })
         }
         _ => Err(missing()),
     }
@@ -627,6 +732,51 @@ mod tests {
     fn test_compares_numbers_by_value() {
         assert!(json_eq(&json!({"a": [1, 2.0]}), &json!({"a": [1.0, 2]})));
         assert!(!json_eq(&json!(1), &json!("1")));
+    }
+
+    #[test]
+    fn nesting_is_bounded_whatever_the_ops() {
+        // A value nested to the limit is fine; one level more is refused, by every op.
+        let mut deep = json!(1);
+        for _ in 0..MAX_DEPTH {
+            deep = json!({ "a": deep });
+        }
+        let mut doc = json!({});
+        // /a at depth 127 makes the document 128 deep: exactly the limit.
+        apply(&mut doc, &ops(json!([{"op": "add", "path": "/a", "value": deep["a"].clone()}]))).unwrap();
+        assert_eq!(depth(&doc), MAX_DEPTH);
+        let err = apply(&mut doc, &ops(json!([{"op": "add", "path": "/b", "value": deep}]))).unwrap_err();
+        assert!(err.to_string().contains("nest"), "{err}");
+        // Doubling the depth with copy (the classic stack-overflow attack) is refused too.
+        let mut p = String::from("/a");
+        for _ in 0..40 {
+            p.push_str("/a");
+        }
+        let err = apply(&mut doc, &ops(json!([{"op": "copy", "from": "/a", "path": format!("{p}/x")}])))
+            .unwrap_err();
+        assert_eq!(err.code(), "invalid");
+        let err = apply(&mut doc, &ops(json!([{"op": "move", "from": "/a/a", "path": "/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/z"}]))).unwrap_err();
+        assert_eq!(err.code(), "invalid");
+        assert_eq!(depth(&doc), MAX_DEPTH);
+    }
+
+    #[test]
+    fn size_delta_is_exact() {
+        let cases = [
+            json!([{"op": "add", "path": "/a", "value": {"x": [1, 2]}}]),
+            json!([{"op": "add", "path": "/l/-", "value": "s"}, {"op": "remove", "path": "/l/0"}]),
+            json!([{"op": "move", "from": "/o/k", "path": "/o/m"}, {"op": "copy", "from": "/o", "path": "/p"}]),
+            json!([{"op": "remove", "path": "/o/k"}, {"op": "remove", "path": "/l/0"}]),
+            json!([{"op": "incr", "path": "/n", "value": 1000}, {"op": "incr", "path": "/new", "value": -1}]),
+            json!([{"op": "add", "path": "/q\"\u{1}", "value": "é\n"}]),
+            json!([{"op": "replace", "path": "", "value": {"z": 1}}]),
+        ];
+        for case in cases {
+            let mut doc = json!({"l": [1], "o": {"k": "v"}, "n": 5});
+            let before = serde_json::to_vec(&doc).unwrap().len() as i64;
+            let a = apply(&mut doc, &ops(case.clone())).unwrap();
+            assert_eq!(before + a.size_delta, serde_json::to_vec(&doc).unwrap().len() as i64, "{case}");
+        }
     }
 
     #[test]

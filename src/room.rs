@@ -33,9 +33,12 @@ use crate::ring::Ring;
 pub struct RoomConfig {
     /// Ring capacity: how many recent changes can be replayed as deltas.
     pub history: usize,
-    /// Largest state (encoded JSON bytes) a change may produce; 0 = unlimited. Tracked by an
-    /// estimate far from the limit and measured exactly within 10 % of it.
+    /// Largest state (encoded JSON bytes) a change may produce; 0 = unlimited. Tracked exactly,
+    /// op by op, by the patch engine.
     pub max_state_bytes: usize,
+    /// Most bytes the ring may hold (encoded changes plus the values their inverses keep); the
+    /// oldest changes are dropped beyond it. 0 = unlimited.
+    pub history_bytes: usize,
     /// Most ops in one change; 0 = unlimited.
     pub max_ops_per_change: usize,
     /// Broadcasts kept for slow readers.
@@ -47,6 +50,7 @@ impl Default for RoomConfig {
         RoomConfig {
             history: 1024,
             max_state_bytes: 16 << 20,
+            history_bytes: 64 << 20,
             max_ops_per_change: 1000,
             broadcast_buffer: 64,
         }
@@ -143,8 +147,7 @@ pub struct Room {
     coalesced: Mutex<Option<(Rev, Rev, Bytes)>>,
     /// Serialises snapshot encoding, so a revision is never encoded twice.
     snapshot_encode: Mutex<()>,
-    /// Approximate encoded size of the state; exact after each snapshot encode. Written only
-    /// while `inner` is locked (write lock in `commit`, read lock in `snapshot`).
+    /// Exact encoded size of the state (maintained by `commit` under the write lock).
     state_bytes: AtomicUsize,
     /// Presence and broadcasts: the ephemeral lane beside the change stream.
     pub presence: Presence,
@@ -172,7 +175,7 @@ impl Room {
             epoch: Epoch::random(),
             inner: RwLock::new(Inner {
                 state: Value::Object(Default::default()),
-                ring: Ring::new(config.history.max(1)),
+                ring: Ring::with_budget(config.history.max(1), config.history_bytes),
             }),
             state_bytes: AtomicUsize::new(2),
             presence: Presence::new(config.broadcast_buffer),
@@ -244,13 +247,9 @@ impl Room {
             undo(&mut g);
             return Err(self.reject(RejectCode::Invalid, "the room state's root must stay an object".into()));
         }
-        let mut new_bytes =
-            estimate_size(self.state_bytes.load(Ordering::Relaxed), &req.ops, &applied.inverse, &g.state);
+        let new_bytes =
+            (self.state_bytes.load(Ordering::Relaxed) as i64 + applied.size_delta).max(0) as usize;
         let limit = self.config.max_state_bytes;
-        if limit > 0 && new_bytes > limit - limit / 10 {
-            // Near the limit the estimate is not good enough: measure exactly.
-            new_bytes = json_size(&g.state);
-        }
         if limit > 0 && new_bytes > limit {
             undo(&mut g);
             return Err(self.reject(
@@ -261,6 +260,7 @@ impl Room {
         self.state_bytes.store(new_bytes, Ordering::Relaxed);
         let rev = Rev(cur + 1);
         let (delta_frame, wire) = protocol::change_frame(rev, req.author, &ops_json);
+        let applied_inverse_bytes = applied.inverse_bytes;
         let change = Arc::new(Change {
             rev,
             author: req.author,
@@ -273,7 +273,11 @@ impl Room {
             wire,
             delta_frame,
         });
-        g.ring.push(rev.0, change.clone());
+        let held = change.delta_frame.len()
+            + change.wire_ack.as_ref().map_or(0, Bytes::len)
+            + ops_json.len()
+            + applied_inverse_bytes;
+        g.ring.push(rev.0, change.clone(), held);
         self.rev.store(rev.0, Ordering::Release);
         drop(g);
         self.touch();
@@ -419,7 +423,11 @@ impl Room {
             rev: Rev(g.ring.head()),
             state: serde_json::to_vec(&g.state).expect("state always serialises").into(),
         });
-        self.state_bytes.store(snap.state.len(), Ordering::Relaxed);
+        debug_assert_eq!(
+            self.state_bytes.load(Ordering::Relaxed),
+            snap.state.len(),
+            "size accounting is exact"
+        );
         drop(g);
         *self.snapshot.lock() = Some(snap.clone());
         snap
@@ -428,6 +436,16 @@ impl Room {
     fn cached_snapshot(&self) -> Option<Arc<Snapshot>> {
         let cached = self.snapshot.lock();
         cached.as_ref().filter(|s| s.rev == self.rev()).cloned()
+    }
+
+    /// Exact encoded size of the current state.
+    pub fn state_bytes(&self) -> usize {
+        self.state_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Bytes the ring holds.
+    pub fn history_bytes(&self) -> usize {
+        self.inner.read().ring.bytes()
     }
 
     /// A copy of the current state with its revision (for the HTTP API and tests).
@@ -460,58 +478,44 @@ fn sorted(mut v: Vec<u64>) -> Vec<u64> {
     v
 }
 
+/// A connection's place in a room, counted in `Room::connections` from admission (under the
+/// registry's shard lock) until dropped, so the idle sweep never drops a room that is being
+/// joined.
+#[derive(Debug)]
+pub struct Lease(Arc<Room>);
+
+impl Lease {
+    /// Counts one more connection if the room has space (`max` 0 = unlimited). Meant to run
+    /// inside `Rooms::acquire`.
+    pub fn admit(room: &Room, max: usize) -> bool {
+        room.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (max == 0 || n < max).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Wraps a connection already counted by [`Lease::admit`].
+    pub fn adopt(room: Arc<Room>) -> Self {
+        Lease(room)
+    }
+
+    pub fn room(&self) -> &Arc<Room> {
+        &self.0
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+        self.0.touch();
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// Serialised length of a value, without allocating it.
-pub fn json_size(v: &Value) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0 += b.len();
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut c = Count(0);
-    serde_json::to_writer(&mut c, v).expect("counting never fails");
-    c.0
-}
-
-/// New approximate state size: values written by the forward ops are added, values the inverse
-/// restores (what was overwritten or removed) are subtracted. Member names and separators are
-/// counted roughly; `Room::snapshot` resets the figure to the exact size.
-fn estimate_size(prev: usize, ops: &[Op], inverse: &[Op], state: &Value) -> usize {
-    let mut added = 0usize;
-    for op in ops {
-        added += match op {
-            Op::Add { path, value } | Op::Replace { path, value } => json_size(value) + key_len(path),
-            Op::Copy { path, .. } => state.pointer(&path.to_string()).map_or(0, json_size) + key_len(path),
-            Op::Incr { path, .. } => 24 + key_len(path),
-            Op::Move { path, .. } => key_len(path),
-            Op::Remove { .. } | Op::Test { .. } => 0,
-        };
-    }
-    let mut removed = 0usize;
-    for op in inverse {
-        removed += match op {
-            Op::Add { path, value } | Op::Replace { path, value } => json_size(value) + key_len(path),
-            Op::Remove { path } | Op::Move { path, .. } => key_len(path),
-            _ => 0,
-        };
-    }
-    (prev + added).saturating_sub(removed).max(2)
-}
-
-fn key_len(p: &Pointer) -> usize {
-    p.tokens().last().map_or(0, |t| t.len() + 4)
 }
 
 #[cfg(test)]
@@ -609,7 +613,7 @@ mod tests {
     fn limits() {
         let r = Room::new(
             RoomId::parse("t").unwrap(),
-            RoomConfig { history: 4, max_state_bytes: 100, max_ops_per_change: 2, broadcast_buffer: 4 },
+            RoomConfig { history: 4, max_state_bytes: 100, max_ops_per_change: 2, ..RoomConfig::default() },
         );
         let e = r.commit(req(Mode::Overwrite, 0, json!([{"op":"test","path":"","value":{}},{"op":"test","path":"","value":{}},{"op":"test","path":"","value":{}}]))).unwrap_err();
         assert_eq!(e.code, RejectCode::TooLarge);
@@ -621,6 +625,31 @@ mod tests {
         r.commit(req(Mode::Overwrite, 0, json!([{"op":"add","path":"/a","value":"x".repeat(50)}]))).unwrap();
         r.commit(req(Mode::Overwrite, 0, json!([{"op":"remove","path":"/a"}]))).unwrap();
         r.commit(req(Mode::Overwrite, 0, json!([{"op":"add","path":"/b","value":"x".repeat(50)}]))).unwrap();
+    }
+
+    #[test]
+    fn history_byte_budget_sends_far_readers_to_a_snapshot() {
+        let r = Room::new(
+            RoomId::parse("t").unwrap(),
+            RoomConfig { history: 100, history_bytes: 10_000, ..RoomConfig::default() },
+        );
+        for i in 0..10 {
+            r.commit(req(
+                Mode::Overwrite,
+                0,
+                json!([{"op": "add", "path": "/s", "value": "x".repeat(1000 + i)}]),
+            ))
+            .unwrap();
+        }
+        assert!(r.history_bytes() <= 10_000, "{}", r.history_bytes());
+        let (held, _) = r.ring_occupancy();
+        assert!((1..10).contains(&held));
+        assert!(matches!(
+            r.since(Rev(0), r.epoch().as_str()),
+            CatchUp::Snapshot(_, SnapshotReason::BehindRing)
+        ));
+        assert!(matches!(r.since(Rev(9), r.epoch().as_str()), CatchUp::Changes(_)));
+        assert_eq!(r.state_bytes(), serde_json::to_vec(&r.state().1).unwrap().len());
     }
 
     #[test]

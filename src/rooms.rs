@@ -36,14 +36,27 @@ impl Rooms {
         self.map.get(id).map(|r| r.value().clone())
     }
 
+    /// The room, created if needed, marked active while the map's shard lock is held, so the
+    /// idle sweep cannot drop it between this call and the caller's use of it.
+    ///
     /// # Errors
     /// [`TooManyRooms`] when the room does not exist and the limit is reached.
     pub fn get_or_create(&self, id: &RoomId) -> Result<Arc<Room>, TooManyRooms> {
-        if let Some(r) = self.get(id) {
-            return Ok(r);
-        }
+        self.acquire(id, |_| ())
+    }
+
+    /// Like [`Rooms::get_or_create`], also running `hold` on the room under the shard lock (the
+    /// WebSocket path counts its connection there, so the sweep sees it at once).
+    ///
+    /// # Errors
+    /// [`TooManyRooms`] when the room does not exist and the limit is reached.
+    pub fn acquire(&self, id: &RoomId, hold: impl FnOnce(&Room)) -> Result<Arc<Room>, TooManyRooms> {
         match self.map.entry(id.clone()) {
-            Entry::Occupied(e) => Ok(e.get().clone()),
+            Entry::Occupied(e) => {
+                e.get().touch();
+                hold(e.get());
+                Ok(e.get().clone())
+            }
             Entry::Vacant(e) => {
                 let reserved = self.count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                     (self.max_rooms == 0 || n < self.max_rooms).then_some(n + 1)
@@ -52,6 +65,7 @@ impl Rooms {
                     return Err(TooManyRooms);
                 }
                 let room = Arc::new(Room::new(id.clone(), self.config.clone()));
+                hold(&room);
                 e.insert(room.clone());
                 Ok(room)
             }
@@ -68,9 +82,12 @@ impl Rooms {
 
     /// Removes rooms for which `idle` returns true. Returns how many were dropped.
     pub fn evict(&self, mut idle: impl FnMut(&Room) -> bool) -> usize {
-        let before = self.map.len();
-        self.map.retain(|_, r| !idle(r));
-        let dropped = before.saturating_sub(self.map.len());
+        let mut dropped = 0;
+        self.map.retain(|_, r| {
+            let drop = idle(r);
+            dropped += usize::from(drop);
+            !drop
+        });
         self.count.fetch_sub(dropped, Ordering::AcqRel);
         dropped
     }

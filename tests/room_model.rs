@@ -57,6 +57,8 @@ fn arb_path() -> impl Strategy<Value = String> {
         Just("/l/1".to_owned()),
         Just("/l/-".to_owned()),
         Just("/n".to_owned()),
+        Just("/q~1\"é".to_owned()),
+        Just("/l/0/x".to_owned()),
         Just("".to_owned()),
     ]
 }
@@ -117,6 +119,8 @@ proptest! {
             let (rev, state) = room.state();
             prop_assert_eq!(rev.0 as usize, states.len() - 1);
             prop_assert_eq!(&state, &model);
+            // The size the room tracks op by op is exactly the encoded state's.
+            prop_assert_eq!(room.state_bytes(), serde_json::to_vec(&model).unwrap().len());
         }
         // Catch-up: for every rev the ring can answer for, replaying since(r) on the state at r
         // yields the current state; and the inverses walk back to it.
@@ -154,6 +158,8 @@ proptest! {
         let before = doc.clone();
         match patch::apply(&mut doc, &ops) {
             Ok(applied) => {
+                let size = |d: &Value| serde_json::to_vec(d).unwrap().len() as i64;
+                prop_assert_eq!(size(&before) + applied.size_delta, size(&doc), "exact size delta");
                 patch::apply(&mut doc, &applied.inverse).unwrap();
                 prop_assert_eq!(doc, before);
             }
