@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use crate::ids::{ClientReqId, Rev};
 use crate::metrics as m;
 use crate::protocol::{self, ClientMsg, Reject, RejectCode};
-use crate::room::{Change, ChangeRequest, Room};
+use crate::room::{Change, ChangeRequest, Lease, Room};
 use crate::server::App;
 use crate::session::{Attached, Session};
 use crate::writer::{Outgoing, Writer};
@@ -146,13 +146,25 @@ enum End {
 fn into_halves(ws: WebSocket<TokioIo<Upgraded>>) -> Option<(WebSocketRead<ReadIo>, WebSocketWrite<WriteIo>)> {
     let parts = ws.into_inner().into_inner().downcast::<TokioIo<TcpStream>>().ok()?;
     let (read, write) = parts.io.into_inner().into_split();
-    let read = std::io::Cursor::new(parts.read_buf).chain(read);
+    // `read_buf` is a view into hyper's whole read buffer; keeping it would pin that buffer for
+    // the connection's life. Copy out the (usually empty) rest instead.
+    let early =
+        if parts.read_buf.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(&parts.read_buf) };
+    let read = std::io::Cursor::new(early).chain(read);
     Some(fastwebsockets::after_handshake_split(read, write, Role::Server))
 }
 
 /// Serves an upgraded WebSocket until it closes.
-pub async fn serve(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<App>, room: Arc<Room>, from: ResumeFrom) {
-    let _open = OpenGuard::new(&room);
+///
+/// `lease` is the connection's admission to the room; `None` means the room was full.
+pub async fn serve(
+    ws: WebSocket<TokioIo<Upgraded>>,
+    app: Arc<App>,
+    room: Arc<Room>,
+    lease: Option<Lease>,
+    from: ResumeFrom,
+) {
+    let _open = OpenGauge::new();
     let Some((mut read, mut write)) = into_halves(ws) else {
         tracing::error!("upgraded connection is not a TCP stream");
         return;
@@ -161,13 +173,11 @@ pub async fn serve(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<App>, room: Arc<Ro
     read.set_max_message_size(app.config.max_message_bytes as usize + 1);
     read.set_auto_close(true);
     read.set_auto_pong(true);
-    let room_full = app.config.max_room_clients > 0
-        && room.connections.load(std::sync::atomic::Ordering::Relaxed) > app.config.max_room_clients;
-    if room_full {
+    let Some(_lease) = lease else {
         metrics::counter!(m::CONNECTIONS_REFUSED, "limit" => "max_room_clients").increment(1);
         close_now(&mut write, CloseReason::RoomFull).await;
         return;
-    }
+    };
 
     let attached = app.sessions.attach(&room, from.session.as_deref());
     let Attached { session, conn, resumed, kicked } = attached;
@@ -178,7 +188,7 @@ pub async fn serve(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<App>, room: Arc<Ro
 
     let mut writer = Writer::new(write, &app, &room, &session);
     let writer_fut = writer.run(from, resumed, rx, kicked);
-    let reader_fut = read_loop(read, &app, &room, &session, tx);
+    let reader_fut = read_loop(read, &app, &room, &session, conn, tx);
     tokio::pin!(writer_fut, reader_fut);
     let (end, reason) = tokio::select! {
         end = &mut reader_fut => {
@@ -194,7 +204,7 @@ pub async fn serve(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<App>, room: Arc<Ro
     };
     metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => if end == End::Clean { "client_close" } else { reason.label() })
         .increment(1);
-    if end != End::TakenOver && app.sessions.detach(&session, conn) {
+    if end != End::TakenOver && app.sessions.detach(&session, conn, end == End::Clean) {
         let cfg = &app.config;
         tokio::spawn(app.sessions.clone().expire_later(
             session.clone(),
@@ -206,22 +216,18 @@ pub async fn serve(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<App>, room: Arc<Ro
     }
 }
 
-/// Counts the connection in its room and in the open-connections gauge while it lives.
-struct OpenGuard<'a>(&'a Room);
+/// Counts the connection in the open-connections gauge while it lives.
+struct OpenGauge;
 
-impl<'a> OpenGuard<'a> {
-    fn new(room: &'a Room) -> Self {
-        room.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        room.touch();
+impl OpenGauge {
+    fn new() -> Self {
         metrics::gauge!(m::CONNECTIONS_OPEN).increment(1.0);
-        OpenGuard(room)
+        OpenGauge
     }
 }
 
-impl Drop for OpenGuard<'_> {
+impl Drop for OpenGauge {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        self.0.touch();
         metrics::gauge!(m::CONNECTIONS_OPEN).decrement(1.0);
     }
 }
@@ -239,6 +245,7 @@ async fn read_loop(
     app: &App,
     room: &Room,
     session: &Session,
+    conn: u64,
     tx: mpsc::Sender<Box<Outgoing>>,
 ) -> End {
     let max = app.config.max_message_bytes as usize;
@@ -320,7 +327,11 @@ async fn read_loop(
             metrics::counter!(m::DECODE_ERRORS, "code" => "bad_message").increment(1);
             Some(protocol::error_msg("bad_message", "binary frames are not supported; send JSON text", None))
         } else {
-            handle_message(payload, app, room, session)
+            match handle_message(payload, app, room, session, conn) {
+                Ok(reply) => reply,
+                // Taken over: this connection must not act for the session any more.
+                Err(Superseded) => return End::TakenOver,
+            }
         };
         if let Some(reply) = reply
             && tx.send(Box::new(Outgoing::Text(reply))).await.is_err()
@@ -330,17 +341,44 @@ async fn read_loop(
     }
 }
 
+/// The connection no longer owns its session.
+struct Superseded;
+
 /// Handles one decoded text message; returns the reply for the sender, if any. Synchronous:
 /// locks taken here are released before the caller awaits.
-fn handle_message(text: &[u8], app: &App, room: &Room, session: &Session) -> Option<Bytes> {
-    match protocol::decode_client(text) {
+fn handle_message(
+    text: &[u8],
+    app: &App,
+    room: &Room,
+    session: &Session,
+    conn: u64,
+) -> Result<Option<Bytes>, Superseded> {
+    let msg = match protocol::decode_client(text) {
+        Ok(msg) => msg,
         Err(e) => {
             metrics::counter!(m::DECODE_ERRORS, "code" => e.code()).increment(1);
-            Some(protocol::error_msg(e.code(), &e.message, None))
+            return Ok(Some(protocol::error_msg(e.code(), &e.message, None)));
         }
-        Ok(ClientMsg::Ping { t }) => Some(protocol::pong_msg(&t)),
-        Ok(ClientMsg::Change(c)) => {
-            let mut st = session.state.lock();
+    };
+    let st = session.state.lock();
+    if !st.owned_by(conn) {
+        return Err(Superseded);
+    }
+    Ok(handle_owned(msg, app, room, session, st))
+}
+
+/// [`handle_message`] for a connection that owns its session (`st` is its locked state; it is
+/// held across a commit so a snapshot never reports a lastClientReqId its revision lacks).
+fn handle_owned(
+    msg: ClientMsg,
+    app: &App,
+    room: &Room,
+    session: &Session,
+    mut st: parking_lot::MutexGuard<'_, crate::session::SessionState>,
+) -> Option<Bytes> {
+    match msg {
+        ClientMsg::Ping { t } => Some(protocol::pong_msg(&t)),
+        ClientMsg::Change(c) => {
             if c.client_req_id <= st.last_req {
                 let msg = format!(
                     "clientReqId {} was already processed (lastClientReqId {}); not applied again",
@@ -368,7 +406,8 @@ fn handle_message(text: &[u8], app: &App, room: &Room, session: &Session) -> Opt
             drop(st);
             result.err().map(|r| protocol::reject_msg(c.client_req_id, &r))
         }
-        Ok(ClientMsg::Presence { data }) => {
+        ClientMsg::Presence { data } => {
+            drop(st);
             metrics::counter!(m::PRESENCE_UPDATES).increment(1);
             let serde_json::Value::Object(patch) = data else { unreachable!("decoder checks") };
             match room.presence.update(session.client, patch, app.config.max_presence_bytes) {
@@ -376,7 +415,8 @@ fn handle_message(text: &[u8], app: &App, room: &Room, session: &Session) -> Opt
                 Err(e) => Some(protocol::error_msg("too_large", &e.to_string(), None)),
             }
         }
-        Ok(ClientMsg::Broadcast { data }) => {
+        ClientMsg::Broadcast { data } => {
+            drop(st);
             metrics::counter!(m::BROADCASTS).increment(1);
             room.presence.broadcast(session.client, &data);
             None

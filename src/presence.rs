@@ -45,6 +45,9 @@ struct Peer {
     changed: u64,
     /// `"c7":{...}` (or `"c7":null` while offline), encoded once per change.
     entry: Bytes,
+    /// The session ended: the entry stays (as `null`) only until its last change leaves the
+    /// log, so readers that have not caught up still see the leave.
+    forgotten: bool,
 }
 
 impl Peer {
@@ -77,8 +80,11 @@ struct PresenceInner {
 impl PresenceInner {
     fn bump(&mut self, client: ClientId) -> u64 {
         self.seq += 1;
-        if self.log.len() == LOG_CAPACITY {
-            self.log.pop_front();
+        if self.log.len() == LOG_CAPACITY
+            && let Some((seq, old)) = self.log.pop_front()
+            && self.peers.get(&old).is_some_and(|p| p.forgotten && p.changed <= seq)
+        {
+            self.peers.remove(&old);
         }
         self.log.push_back((self.seq, client));
         self.seq
@@ -137,6 +143,7 @@ impl Presence {
                     online: true,
                     changed: seq,
                     entry: Bytes::new(),
+                    forgotten: false,
                 });
                 peer.online = true;
                 peer.changed = seq;
@@ -202,10 +209,20 @@ impl Presence {
         self.notify(seq);
     }
 
-    /// Drops everything known of `client` (its session ended).
+    /// Drops everything known of `client` (its session ended). Peers that have not caught up
+    /// still get its `null`: the entry lingers as a tombstone until the log moves past it.
     pub fn forget(&self, client: ClientId) {
         self.leave(client);
-        self.inner.lock().peers.remove(&client);
+        let mut g = self.inner.lock();
+        let in_log = g.log.iter().any(|(_, c)| *c == client);
+        if in_log {
+            if let Some(p) = g.peers.get_mut(&client) {
+                p.forgotten = true;
+                p.data = Map::new();
+            }
+        } else {
+            g.peers.remove(&client);
+        }
     }
 
     fn notify(&self, seq: u64) {

@@ -31,6 +31,7 @@ use crate::connection::{self, ResumeFrom};
 use crate::http_api::{self, json_error};
 use crate::ids::{Rev, RoomId};
 use crate::metrics as m;
+use crate::room::Lease;
 use crate::rooms::Rooms;
 use crate::session::Sessions;
 
@@ -322,13 +323,17 @@ fn websocket(app: Arc<App>, mut req: Request<Incoming>, room_id: RoomId) -> Resp
             "the server is at --max-connections",
         );
     }
-    let room = match app.rooms.get_or_create(&room_id) {
+    let mut admitted = false;
+    let max_room_clients = app.config.max_room_clients;
+    let room = match app.rooms.acquire(&room_id, |r| admitted = Lease::admit(r, max_room_clients)) {
         Ok(r) => r,
         Err(e) => {
             metrics::counter!(m::CONNECTIONS_REFUSED, "limit" => "max_rooms").increment(1);
             return json_error(StatusCode::SERVICE_UNAVAILABLE, "too_many_rooms", &e.to_string());
         }
     };
+    // A full room still upgrades, so the client gets a clear close code (4005).
+    let lease = admitted.then(|| Lease::adopt(room.clone()));
     let (resp, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(x) => x,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_upgrade", &e.to_string()),
@@ -342,7 +347,7 @@ fn websocket(app: Arc<App>, mut req: Request<Incoming>, room_id: RoomId) -> Resp
         match tokio::time::timeout(app.config.handshake_timeout, upgrade).await {
             Ok(Ok(ws)) => {
                 metrics::counter!(m::CONNECTIONS_ACCEPTED).increment(1);
-                connection::serve(ws, app.clone(), room, from).await;
+                connection::serve(ws, app.clone(), room, lease, from).await;
             }
             Ok(Err(e)) => tracing::debug!(error = %e, "websocket upgrade failed"),
             Err(_) => tracing::debug!("websocket upgrade timed out"),

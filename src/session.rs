@@ -34,6 +34,15 @@ pub struct SessionState {
     attached: bool,
     /// Tells the owning connection it has been taken over.
     kick: Option<oneshot::Sender<()>>,
+    /// Set (under this lock) when the session is dropped; a resume then starts a new one.
+    expired: bool,
+}
+
+impl SessionState {
+    /// Whether connection `conn` still owns the session.
+    pub fn owned_by(&self, conn: u64) -> bool {
+        self.conn == conn && !self.expired
+    }
 }
 
 #[derive(Debug)]
@@ -72,6 +81,10 @@ impl Sessions {
         let existing = token.and_then(|t| self.map.get(t).map(|s| s.value().clone()));
         if let Some(session) = existing.filter(|s| Arc::ptr_eq(&s.room, room)) {
             let mut st = session.state.lock();
+            if st.expired {
+                drop(st);
+                return self.create(room, conn, kick, kicked);
+            }
             if let Some(old) = st.kick.replace(kick) {
                 let _ = old.send(());
             }
@@ -80,6 +93,16 @@ impl Sessions {
             drop(st);
             return Attached { session, conn, resumed: true, kicked };
         }
+        self.create(room, conn, kick, kicked)
+    }
+
+    fn create(
+        &self,
+        room: &Arc<Room>,
+        conn: u64,
+        kick: oneshot::Sender<()>,
+        kicked: oneshot::Receiver<()>,
+    ) -> Attached {
         let client = ClientId(self.next_client.fetch_add(1, Ordering::Relaxed) + 1);
         let token: Arc<str> = random_hex(16).into();
         let session = Arc::new(Session {
@@ -91,6 +114,7 @@ impl Sessions {
                 conn,
                 attached: true,
                 kick: Some(kick),
+                expired: false,
             }),
         });
         self.map.insert(token, session.clone());
@@ -98,20 +122,26 @@ impl Sessions {
         Attached { session, conn, resumed: false, kicked }
     }
 
-    /// Marks the session detached if `conn` still owns it. Returns false when another
-    /// connection took it over (which is not a leave).
-    pub fn detach(&self, session: &Session, conn: u64) -> bool {
+    /// Marks the session detached if `conn` still owns it; a clean close also leaves presence
+    /// at once (under the session lock, so a racing resume's join comes after it). Returns
+    /// false when another connection took the session over (which is not a leave).
+    pub fn detach(&self, session: &Session, conn: u64, clean: bool) -> bool {
         let mut st = session.state.lock();
         if st.conn != conn {
             return false;
         }
         st.attached = false;
         st.kick = None;
+        if clean {
+            session.room.presence.leave(session.client);
+        }
         true
     }
 
     /// Presence grace then expiry for a session whose connection `conn` just ended. Runs as
-    /// its own task; stops as soon as the session is resumed.
+    /// its own task; stops as soon as the session is resumed. Each check and the action it
+    /// guards happen under the session lock, so a resume either comes first (and wins) or
+    /// finds the session expired (and starts a new one).
     pub async fn expire_later(
         self: Arc<Self>,
         session: Arc<Session>,
@@ -120,21 +150,19 @@ impl Sessions {
         grace: Duration,
         ttl: Duration,
     ) {
-        let still_detached = || {
+        let grace = if clean { Duration::ZERO } else { grace.min(ttl) };
+        if !clean {
+            tokio::time::sleep(grace).await;
             let st = session.state.lock();
-            st.conn == conn && !st.attached
-        };
-        if clean {
-            session.room.presence.leave(session.client);
-        } else {
-            tokio::time::sleep(grace.min(ttl)).await;
-            if !still_detached() {
+            if st.conn != conn || st.attached {
                 return;
             }
             session.room.presence.leave(session.client);
         }
-        tokio::time::sleep(ttl.saturating_sub(if clean { Duration::ZERO } else { grace })).await;
-        if still_detached() {
+        tokio::time::sleep(ttl - grace).await;
+        let mut st = session.state.lock();
+        if st.conn == conn && !st.attached {
+            st.expired = true;
             self.map.remove(&session.token);
             session.room.presence.forget(session.client);
             metrics::gauge!(m::SESSIONS_LIVE).set(self.map.len() as f64);
@@ -167,8 +195,8 @@ mod tests {
         assert!(b.resumed);
         assert_eq!(b.session.client, a.session.client);
         assert!(a.kicked.try_recv().is_ok(), "the first connection is kicked");
-        assert!(!sessions.detach(&a.session, a.conn), "a superseded connection does not detach");
-        assert!(sessions.detach(&b.session, b.conn));
+        assert!(!sessions.detach(&a.session, a.conn, false), "a superseded connection does not detach");
+        assert!(sessions.detach(&b.session, b.conn, false));
         let c = sessions.attach(&room, Some("no-such-token"));
         assert!(!c.resumed);
         assert_ne!(c.session.client, a.session.client);

@@ -94,8 +94,9 @@ impl<'a> Writer<'a> {
         let mut ping = tokio::time::interval(self.app.config.ping_interval);
         ping.reset();
         let result: WriteResult = loop {
+            // Not `biased`: under a constant stream of commits the revision arm is always ready,
+            // and a fixed order would starve pings, presence and broadcasts behind it.
             let step = tokio::select! {
-                biased;
                 out = rx.recv() => match out.map(|b| *b) {
                     Some(Outgoing::Text(b)) => self.send(&b, Kind::Control).await,
                     Some(Outgoing::Pong(p)) => self.write(Frame::pong(Payload::Owned(p))).await,
@@ -154,32 +155,43 @@ impl<'a> Writer<'a> {
             (Some(since), Some(epoch)) if epoch == room.epoch().as_str() => Some(since),
             _ => None,
         };
-        let mut delta_from = None;
-        if let Some(since) = usable_since
-            && room.changes_after(since, &mut self.changes)
-        {
-            delta_from = Some(since);
-        }
-        let (frame, kind, to, outcome) = match delta_from {
-            Some(since) => {
-                let to = self.changes.last().map_or(since, |c| c.rev);
-                (self.delta_frame(since, to), Kind::Delta, to, "delta")
+        // One hold of the session lock covers the catch-up and the lastClientReqId the welcome
+        // reports, so both describe the same moment (no commit of this session is half-way).
+        let (frame, kind, to, outcome, last_req) = {
+            let st = self.session.state.lock();
+            let last_req = st.last_req;
+            let mut delta_from = None;
+            if let Some(since) = usable_since
+                && room.changes_after(since, &mut self.changes)
+            {
+                delta_from = Some(since);
             }
-            None => {
-                let reason = match (from.since, from.epoch.as_deref()) {
-                    (Some(_), Some(e)) if e != room.epoch().as_str() => "epoch",
-                    (Some(_), _) => "behind_ring",
-                    (None, _) if resumed => "resume",
-                    _ => "join",
-                };
-                let (frame, rev) = self.snapshot_frame();
-                metrics::counter!(m::SNAPSHOTS_SENT, "reason" => reason).increment(1);
-                (frame, Kind::Snapshot, rev, "snapshot")
-            }
+            let (frame, kind, to, outcome) = match delta_from {
+                Some(since) => {
+                    let to = self.changes.last().map_or(since, |c| c.rev);
+                    (self.delta_frame(since, to), Kind::Delta, to, "delta")
+                }
+                None => {
+                    let reason = match (from.since, from.epoch.as_deref()) {
+                        (Some(_), Some(e)) if e != room.epoch().as_str() => "epoch",
+                        (Some(_), _) => "behind_ring",
+                        (None, _) if resumed => "resume",
+                        _ => "join",
+                    };
+                    let snap = room.snapshot();
+                    metrics::counter!(m::SNAPSHOTS_SENT, "reason" => reason).increment(1);
+                    (
+                        protocol::snapshot_frame(snap.rev, last_req, &snap.state),
+                        Kind::Snapshot,
+                        snap.rev,
+                        "snapshot",
+                    )
+                }
+            };
+            (frame, kind, to, outcome, last_req)
         };
         metrics::counter!(m::SESSION_CONNECTS, "outcome" => if resumed { outcome } else { "new" })
             .increment(1);
-        let last_req = self.session.state.lock().last_req;
         let welcome = protocol::Welcome {
             client: self.session.client,
             session: &self.session.token,

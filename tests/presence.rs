@@ -110,7 +110,7 @@ async fn slow_reader_gets_the_latest_presence_not_a_backlog() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaves_after_grace_not_on_quick_resume_and_at_once_on_clean_close() {
-    let server = start(config(&["--presence-grace", "0.6"])).await;
+    let server = start(config(&["--presence-grace", "1.5"])).await;
     let mut watcher = Client::connect(&server, "lv").await;
     let mut map = welcome_map(&watcher);
 
@@ -128,7 +128,7 @@ async fn leaves_after_grace_not_on_quick_resume_and_at_once_on_clean_close() {
             merge(&mut map, &m);
         }
     }
-    assert!(dropped_at.elapsed() >= Duration::from_millis(500), "left only after the grace");
+    assert!(dropped_at.elapsed() >= Duration::from_millis(1400), "left only after the grace");
     assert_eq!(nulls, 1);
 
     // Resume within the grace: no leave, no join.
@@ -140,8 +140,9 @@ async fn leaves_after_grace_not_on_quick_resume_and_at_once_on_clean_close() {
     let b2 = Client::connect_query(&server, "lv", &format!("session={b_session}")).await;
     assert_eq!(b2.client, b_id);
     assert!(welcome_map(&b2).contains_key(&b_id), "a resumed session keeps its presence");
-    // Make a marker change so we know the watcher has read past any leave/join.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Wait past the grace (counted from the drop), then connect a marker so we know the watcher
+    // has read past any leave/join a buggy server would have sent.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     let mut marker = Client::connect(&server, "lv").await;
     let marker_id = marker.client.clone();
     let mut saw_b = false;
@@ -159,7 +160,7 @@ async fn leaves_after_grace_not_on_quick_resume_and_at_once_on_clean_close() {
     let closed_at = std::time::Instant::now();
     marker.ws.close(None).await.unwrap();
     presence_until(&mut watcher, &mut map, |m| !m.contains_key(&marker_id)).await;
-    assert!(closed_at.elapsed() < Duration::from_millis(500), "clean close leaves immediately");
+    assert!(closed_at.elapsed() < Duration::from_millis(1000), "clean close leaves before the grace");
     drop(b2);
 }
 

@@ -415,5 +415,14 @@ async fn second_connection_takes_the_session_over() {
     let b = Client::connect_query(&server, "take", &q).await;
     assert_eq!(b.welcome["resumed"], true);
     assert_eq!(b.client, a.client);
+    // The old connection may still be open for a moment, but it no longer acts for the session.
+    let _ =
+        a.ws.send(Message::text(
+            json!({"type": "change", "clientReqId": 1, "ops": add("/ghost", json!(1))}).to_string(),
+        ))
+        .await;
     assert_eq!(a.closed().await, 4001);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (_, room) = http(&server, "GET", "/v1/rooms/take", None).await;
+    assert_eq!(room["rev"], 0, "a superseded connection commits nothing");
 }
