@@ -108,6 +108,16 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
+/// A WebSocket's place under `--max-connections`, taken before the upgrade and released when
+/// the connection (or the failed upgrade) ends.
+struct WsSlot(Arc<App>);
+
+impl Drop for WsSlot {
+    fn drop(&mut self) {
+        self.0.websockets.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Serves `listener` until `shutdown` resolves, then drains.
 ///
 /// # Errors
@@ -314,8 +324,12 @@ fn websocket(app: Arc<App>, mut req: Request<Incoming>, room_id: RoomId) -> Resp
         }
     }
     let max = app.config.max_connections;
-    let slot = Count::new(&app.websockets);
-    if max > 0 && app.websockets.load(Ordering::Acquire) > max {
+    // The slot is taken here and moved into the connection's task, so concurrent upgrades can
+    // never overshoot --max-connections.
+    let admitted_slot = app
+        .websockets
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (max == 0 || n < max).then_some(n + 1));
+    if admitted_slot.is_err() {
         metrics::counter!(m::CONNECTIONS_REFUSED, "limit" => "max_connections").increment(1);
         return json_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -323,6 +337,7 @@ fn websocket(app: Arc<App>, mut req: Request<Incoming>, room_id: RoomId) -> Resp
             "the server is at --max-connections",
         );
     }
+    let slot = WsSlot(app.clone());
     let mut admitted = false;
     let max_room_clients = app.config.max_room_clients;
     let room = match app.rooms.acquire(&room_id, |r| admitted = Lease::admit(r, max_room_clients)) {
@@ -338,11 +353,10 @@ fn websocket(app: Arc<App>, mut req: Request<Incoming>, room_id: RoomId) -> Resp
         Ok(x) => x,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_upgrade", &e.to_string()),
     };
-    drop(slot);
     let task_app = app.clone();
     tokio::spawn(async move {
         let app = task_app;
-        let _slot = Count::new(&app.websockets);
+        let _slot = slot;
         let _active = Count::new(&app.active);
         match tokio::time::timeout(app.config.handshake_timeout, upgrade).await {
             Ok(Ok(ws)) => {

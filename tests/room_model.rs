@@ -214,3 +214,55 @@ fn concurrent_commits_are_dense_and_lossless() {
     assert_eq!(out.iter().map(|c| c.rev.0).collect::<Vec<_>>(), (rev.0 - 63..=rev.0).collect::<Vec<_>>());
     assert!(!room.changes_after(Rev(rev.0 - 65), &mut out));
 }
+
+/// Arbitrary JSON of bounded size and depth.
+fn arb_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        "[a-z/~0-9-]{0,6}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 32, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map("[a-z/~0-9-]{0,4}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Whatever a client sends, decoding never panics.
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        let _ = ringsync::protocol::decode_client(&bytes);
+    }
+
+    /// Whatever a client sends as a change, the room either commits it or refuses it, never
+    /// panics, keeps its root an object, and leaves state, rev and size untouched on refusal.
+    #[test]
+    fn arbitrary_changes_commit_or_leave_the_room_untouched(
+        msgs in prop::collection::vec((arb_json(), arb_json()), 1..8),
+    ) {
+        let room = Room::new(RoomId::parse("fuzz").unwrap(), RoomConfig::default());
+        for (ops, extra) in msgs {
+            // Shape some of them like ops: an array of objects with op/path/value/from.
+            let shaped = match (&ops, &extra) {
+                (Value::Object(m), _) => json!([{"op": m.keys().next().cloned().unwrap_or_default(), "path": "", "value": extra}]),
+                (Value::Array(_), _) => ops.clone(),
+                _ => json!([{"op": "add", "path": format!("/{}", ops), "value": extra}]),
+            };
+            let Ok(parsed) = patch::parse_patch(shaped) else { continue };
+            let before = room.state();
+            match room.commit(overwrite(parsed)) {
+                Ok(_) => prop_assert!(room.state().1.is_object()),
+                Err(_) => prop_assert_eq!(room.state(), before),
+            }
+            prop_assert_eq!(room.state_bytes(), serde_json::to_vec(&room.state().1).unwrap().len());
+        }
+    }
+}
