@@ -252,7 +252,7 @@ impl Presence {
     pub fn online_json(&self) -> (u64, Bytes) {
         let g = self.inner.lock();
         let entries = g.peers.values().filter(|p| p.online).map(|p| &p.entry[..]);
-        (g.seq, join_object(entries))
+        (g.seq, protocol::object_of(entries))
     }
 
     pub fn online_count(&self) -> usize {
@@ -301,7 +301,7 @@ impl Presence {
         if entries.is_empty() {
             return Some((to, Bytes::new()));
         }
-        let frame = protocol::presence_frame(&join_object(entries.into_iter()));
+        let frame = protocol::presence_frame(&protocol::object_of(entries.into_iter()));
         if g.cached.len() == FRAME_CACHE {
             g.cached.pop_front();
         }
@@ -352,20 +352,6 @@ impl Presence {
         *since = b.seq;
         batch
     }
-}
-
-/// `{` + entries joined by `,` + `}`.
-fn join_object<'a>(entries: impl Iterator<Item = &'a [u8]>) -> Bytes {
-    let mut b = Vec::with_capacity(64);
-    b.push(b'{');
-    for (i, e) in entries.enumerate() {
-        if i > 0 {
-            b.push(b',');
-        }
-        b.extend_from_slice(e);
-    }
-    b.push(b'}');
-    b.into()
 }
 
 #[cfg(test)]

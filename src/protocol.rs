@@ -160,14 +160,28 @@ pub fn delta_frame<'a>(
 ) -> Bytes {
     let mut b = Vec::with_capacity(64 + size_hint);
     write!(b, "{{\"type\":\"delta\",\"from\":{from},\"to\":{to},\"changes\":[").expect("vec write");
-    for (i, e) in entries.enumerate() {
+    push_joined(&mut b, entries);
+    b.extend_from_slice(b"]}");
+    b.into()
+}
+
+/// `{` + pre-encoded `"name":value` members joined by `,` + `}`.
+pub fn object_of<'a>(members: impl Iterator<Item = &'a [u8]>) -> Bytes {
+    let mut b = Vec::with_capacity(64);
+    b.push(b'{');
+    push_joined(&mut b, members);
+    b.push(b'}');
+    b.into()
+}
+
+/// Appends pre-encoded JSON fragments separated by commas.
+fn push_joined<'a>(b: &mut Vec<u8>, parts: impl Iterator<Item = &'a [u8]>) {
+    for (i, part) in parts.enumerate() {
         if i > 0 {
             b.push(b',');
         }
-        b.extend_from_slice(e);
+        b.extend_from_slice(part);
     }
-    b.extend_from_slice(b"]}");
-    b.into()
 }
 
 /// A `snapshot` frame from the state encoded once for its revision.
