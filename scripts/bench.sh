@@ -5,7 +5,8 @@
 #
 #   scripts/bench.sh                    # everything, about 6 minutes on 2 cores
 #   RUNS=1 DURATION=4 scripts/bench.sh  # quicker and noisier
-#   ONLY='fanout' scripts/bench.sh      # only the runs whose label matches (grep -E)
+#   ONLY='fanout' scripts/bench.sh      # only the runs whose label matches (grep -E); the report then
+#                                       # holds only those: pair it with DOC=/tmp/x.md OUT=/tmp/x
 #   CRITERION=0 scripts/bench.sh        # skip the criterion benches
 #   PROFILE=1 scripts/bench.sh          # also perf-record the server under fan-out load
 #   NOISE_MAX=0.1 RETRIES=2             # repeat a run when other processes took >10 % of a core
@@ -104,7 +105,8 @@ run() {
         fi
         stop_server
         other=$(sed -nE 's/.*"other_cpu_util":([0-9.e-]+).*/\1/p' "$OUT/run.jsonl")
-        sed -E 's/.*"delivered_per_s":([0-9.]+).*"lat_p99_ms":([0-9.]+).*/delivered\/s \1  p99 \2 ms/; t e
+        sed -E 's/.*"fast_delivered_per_s":([0-9.]+).*"lat_p99_ms":([0-9.]+).*"readers_not_at_final":([0-9]+).*"rss_peak_mb":([0-9.]+).*/fast delivered\/s \1  p99 \2 ms  not at final rev \3  peak RSS \4 MB/; t e
+                s/.*"delivered_per_s":([0-9.]+).*"lat_p99_ms":([0-9.]+).*/delivered\/s \1  p99 \2 ms/; t e
                 s/.*"presence_entries_per_s":([0-9.]+).*/entries\/s \1/; t e
                 s/.*"converge_ms":([0-9.]+).*/converged in \1 ms/; t e
                 s/.*"kib_per_conn":([0-9.]+).*/\1 KiB\/connection/; t e
@@ -136,6 +138,11 @@ echo "-- single runs"
 run "reconnect N=1000 M=500 away 3s" reconnect --clients 1000 --rate 500 --offline-ms 3000
 run "idle N=$IDLE_N 1 room" idle --clients "$IDLE_N" --rooms 1
 run "idle N=$IDLE_N 100 rooms" idle --clients "$IDLE_N" --rooms 100
+# Slow readers: 20 % stop reading for 2 s at a time (64 KiB receive buffer), then read for 0.1 s;
+# the same load without them is the control for "are the fast readers slowed down".
+run "overload N=300 20% slow M=1000 1KB" overload --clients 300 --slow-share 0.2 --rate 1000 --payload 1000 \
+    --pause-ms 2000 --read-ms 100 --rcvbuf-kb 64
+run "overload N=300 no slow M=1000 1KB" overload --clients 300 --slow-share 0 --rate 1000 --payload 1000
 echo "load scenarios took $(($(date +%s) - START)) s"
 
 if [ "$PROFILE" = 1 ]; then
@@ -201,6 +208,7 @@ fi
     echo "target/release/ringsync-load presence --clients 200 --hz 10"
     echo "target/release/ringsync-load reconnect --clients 1000 --rate 500 --offline-ms 3000"
     echo "target/release/ringsync-load idle --clients 10000"
+    echo "target/release/ringsync-load overload --clients 300 --slow-share 0.2 --rate 1000 --payload 1000 --pause-ms 2000"
     echo "target/release/ringsync-load report target/bench/results.jsonl   # tables from JSON lines"
     echo '```'
     echo
@@ -222,6 +230,16 @@ socket at once (no close frame) and resumes with `?session&epoch&since`; *got de
 brought up to date by a delta rather than a snapshot, *converge* the time until every reader holds
 the revision the writer had when they dropped. Idle: *KiB/connection* is the server's RSS growth
 divided by the connections, read once the presence traffic of the joins has died down.
+Overload: one room, one writer, readers of which *slow* stop reading for `--pause-ms` at a time and
+then read for `--read-ms` (their sockets' receive buffer capped at 64 KiB, so the backlog reaches
+the server instead of sitting in loopback's multi-megabyte buffers); the control row has no slow
+readers. *fast delivered/s* and *fast p50/p99/max* are the other readers', in the window; *fast got*
+is their changes over the changes sent × fast readers (window edges can push it just past 100 %).
+*slow frames/snapshots each* count per slow reader over the whole run, writing and catching up.
+*not at final rev* counts readers that, after the writer stopped and its last change was acknowledged,
+did not reach that revision within 30 s (0 = nothing lost); *converge ms* is the time from that
+acknowledgement until every reader held it. *RSS start* is the server's before writing starts, *peak*
+the highest of samples of `VmRSS` every 100 ms until the end, *end* after convergence (n=1).
 
 EOF
     if [ -s "$OUT/criterion.txt" ]; then

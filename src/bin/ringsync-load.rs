@@ -2,7 +2,9 @@
 //!
 //! Scenarios: `fanout` (N readers, one writer at M changes/s), `rooms` (R rooms × N readers,
 //! one writer each), `presence` (N clients each moving a cursor at F Hz), `reconnect` (N readers
-//! drop at once and resume their sessions), `idle` (server memory per connection). Each run
+//! drop at once and resume their sessions), `idle` (server memory per connection), `overload`
+//! (one room whose readers partly cannot keep up with the writer: are the fast ones slowed, do the
+//! slow ones still end at the final revision, does the server's memory stay bounded). Each run
 //! prints a table, appends a JSON line to `--json FILE`, and `report FILE...` turns those lines
 //! into the Markdown tables of `docs/BENCHMARKS.md` (medians per label).
 //!
@@ -143,6 +145,31 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         offline_ms: u64,
     },
+    /// One room: N readers, a share of them slow (they stop reading for `pause-ms`, then read
+    /// for `read-ms`, over and over), and one writer at M changes/s. Reports the fast readers'
+    /// throughput and latency, whether every reader ends at the writer's final revision, what
+    /// the slow ones received, and the server's peak RSS (sampled every 100 ms).
+    Overload {
+        #[arg(long, default_value_t = 500)]
+        clients: usize,
+        /// Share of the readers that are slow (0 to 1).
+        #[arg(long, default_value_t = 0.2)]
+        slow_share: f64,
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 1000)]
+        payload: usize,
+        /// How long a slow reader stops reading at a time (milliseconds).
+        #[arg(long, default_value_t = 2000)]
+        pause_ms: u64,
+        /// How long it then reads before pausing again (milliseconds).
+        #[arg(long, default_value_t = 100)]
+        read_ms: u64,
+        /// Receive buffer of a slow reader's socket (KiB; 0 = the kernel's default, which on
+        /// loopback grows to megabytes and hides the backlog from the server).
+        #[arg(long, default_value_t = 64)]
+        rcvbuf_kb: u32,
+    },
     /// Connect N clients that only listen; report the server's RSS growth per connection.
     Idle {
         #[arg(long, default_value_t = 10_000)]
@@ -193,7 +220,9 @@ fn main() -> anyhow::Result<()> {
 
 fn connections(cmd: &Cmd) -> usize {
     match *cmd {
-        Cmd::Fanout { clients, .. } | Cmd::Reconnect { clients, .. } => clients + 1,
+        Cmd::Fanout { clients, .. } | Cmd::Reconnect { clients, .. } | Cmd::Overload { clients, .. } => {
+            clients + 1
+        }
         Cmd::Rooms { rooms, clients, .. } => rooms * (clients + 1),
         Cmd::Presence { clients, .. } | Cmd::Idle { clients, .. } => clients,
         Cmd::Report { .. } => 0,
@@ -210,6 +239,15 @@ async fn scenario(opts: Opts, cmd: Cmd) -> anyhow::Result<report::Run> {
             h.reconnect(clients, rate, payload, offline_ms).await
         }
         Cmd::Idle { clients, rooms, settle } => h.idle(clients, rooms, settle).await,
+        Cmd::Overload { clients, slow_share, rate, payload, pause_ms, read_ms, rcvbuf_kb } => {
+            let slow = Slow {
+                share: slow_share,
+                pause: Duration::from_millis(pause_ms),
+                read: Duration::from_millis(read_ms),
+                rcvbuf: (rcvbuf_kb > 0).then(|| rcvbuf_kb.saturating_mul(1024)),
+            };
+            h.overload(clients, rate, payload, slow).await
+        }
         Cmd::Report { .. } => unreachable!("handled in main"),
     }
 }
@@ -242,8 +280,18 @@ struct Window {
     other_cpu_s: Option<f64>,
 }
 
+/// The slow readers of `overload`.
+struct Slow {
+    share: f64,
+    pause: Duration,
+    read: Duration,
+    rcvbuf: Option<u32>,
+}
+
 struct Stopped {
     lat: Histogram<u64>,
+    /// `lat` of each pool alone.
+    lat_pool: Vec<Histogram<u64>>,
     sync: Histogram<u64>,
     resync: Histogram<u64>,
 }
@@ -259,6 +307,8 @@ struct Harness {
 
 const READERS: usize = 0;
 const WRITERS: usize = 1;
+/// The slow readers of `overload` (their tick moves them between pausing and reading).
+const SLOW: usize = 2;
 
 impl Harness {
     fn new(o: Opts) -> Self {
@@ -266,6 +316,7 @@ impl Harness {
         let pools = vec![
             Pool { groups: Vec::new(), tick: None, added: 0 },
             Pool { groups: Vec::new(), tick: Some(Duration::from_millis(1)), added: 0 },
+            Pool { groups: Vec::new(), tick: Some(Duration::from_millis(5)), added: 0 },
         ];
         let pid = o.server_pid.map(|p| p.to_string());
         let tag = format!("{:08x}", rand::random::<u32>());
@@ -354,9 +405,15 @@ impl Harness {
 
     /// Stops every group, merges their histograms, and closes every connection.
     async fn stop(&mut self) -> Stopped {
-        let mut s = Stopped { lat: group::histogram(), sync: group::histogram(), resync: group::histogram() };
+        let mut s = Stopped {
+            lat: group::histogram(),
+            lat_pool: Vec::new(),
+            sync: group::histogram(),
+            resync: group::histogram(),
+        };
         let mut conns: Vec<Conn> = Vec::new();
         for p in &mut self.pools {
+            let mut pool_lat = group::histogram();
             for g in p.groups.drain(..) {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 if g.send(GroupMsg::Stop(tx)).is_err() {
@@ -364,11 +421,13 @@ impl Harness {
                 }
                 if let Ok(r) = rx.await {
                     let _ = s.lat.add(&r.lat);
+                    let _ = pool_lat.add(&r.lat);
                     let _ = s.sync.add(&r.sync);
                     let _ = s.resync.add(&r.resync);
                     conns.extend(r.conns);
                 }
             }
+            s.lat_pool.push(pool_lat);
         }
         for c in &mut conns {
             c.close();
@@ -559,6 +618,171 @@ impl Harness {
         self.finish(&mut r, None);
         if converged.is_none() {
             eprintln!("warning: only {} of {live} readers converged", w.d.converged);
+        }
+        Ok(r)
+    }
+
+    /// The revision each reader of `pool` holds (`None`: its connection is gone).
+    async fn revs(&self, pool: usize) -> Vec<Option<u64>> {
+        let mut all = Vec::new();
+        for g in &self.pools[pool].groups {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if g.send(GroupMsg::Revs(tx)).is_ok()
+                && let Ok(v) = rx.await
+            {
+                all.extend(v);
+            }
+        }
+        all
+    }
+
+    async fn overload(
+        &mut self,
+        clients: usize,
+        rate: f64,
+        payload: usize,
+        slow: Slow,
+    ) -> anyhow::Result<report::Run> {
+        ensure!(clients >= 1, "need at least one client");
+        ensure!((0.0..=1.0).contains(&slow.share), "--slow-share must be in [0, 1]");
+        ensure!(rate > 0.0 && rate <= 1_000_000.0, "--rate must be in (0, 1000000]");
+        ensure!(payload <= 1 << 20, "--payload must be at most 1 MiB");
+        ensure!(
+            slow.pause <= Duration::from_secs(600) && slow.read <= Duration::from_secs(600),
+            "--pause-ms and --read-ms must be at most 600000"
+        );
+        ensure!(!slow.read.is_zero(), "--read-ms must be positive");
+        let n_slow = ((clients as f64 * slow.share).round() as usize).min(clients);
+        let n_fast = clients - n_slow;
+        let room = self.room(0);
+        self.add(WRITERS, room.clone(), Role::writer(rate, filler_for(payload)));
+        self.wait_synced(1).await?;
+        for i in 0..clients {
+            // Interleaved, so slow and fast readers join the room mixed.
+            if i * n_slow / clients.max(1) != (i + 1) * n_slow / clients.max(1) {
+                self.add(SLOW, room.clone(), Role::slow(slow.pause, slow.read, slow.rcvbuf));
+            } else {
+                self.add(READERS, room.clone(), Role::Reader);
+            }
+        }
+        let connect = self.wait_synced(clients as u64 + 1).await?;
+
+        // The server's RSS every 100 ms from here to the end of the run.
+        let peak_kb = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        if let Some(pid) = self.pid.clone() {
+            let (peak_kb, sampling) = (peak_kb.clone(), sampling.clone());
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_millis(100));
+                while sampling.load(Relaxed) {
+                    every.tick().await;
+                    if let Some(kb) = procfs::status_kb(&pid, "VmRSS:") {
+                        peak_kb.fetch_max(kb, Relaxed);
+                    }
+                }
+            });
+        }
+        let start = self.edge();
+        let rev0 = self.ctx.writer_rev.load(Relaxed);
+        self.ctx.writing.store(true, Relaxed);
+        tokio::time::sleep(Duration::from_secs_f64(self.o.warmup)).await;
+        let w = self.window().await;
+        self.ctx.writing.store(false, Relaxed);
+        let stopped = self.edge();
+
+        // The writer's last acknowledged revision: wait until it stops moving.
+        let mut final_rev = self.ctx.writer_rev.load(Relaxed);
+        let mut still = Instant::now();
+        while still.elapsed() < Duration::from_millis(500) && start.at.elapsed().as_secs_f64() < 600.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = self.ctx.writer_rev.load(Relaxed);
+            if now != final_rev {
+                final_rev = now;
+                still = Instant::now();
+            }
+        }
+        let acked = Instant::now();
+
+        // Every reader must end at `final_rev`.
+        let at_final = |v: &[Option<u64>]| v.iter().filter(|r| **r == Some(final_rev)).count();
+        let (mut fast, mut slows);
+        let converged = loop {
+            fast = self.revs(READERS).await;
+            slows = self.revs(SLOW).await;
+            let done = at_final(&fast) + at_final(&slows);
+            let live = fast.iter().chain(&slows).filter(|r| r.is_some()).count();
+            if done == fast.len() + slows.len() {
+                break Some(acked.elapsed());
+            }
+            if done == live && live < fast.len() + slows.len() {
+                break None; // the rest are gone
+            }
+            if acked.elapsed().as_secs_f64() > self.o.timeout.min(30.0) {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let end = self.edge();
+        sampling.store(false, Relaxed);
+        let hwm_kb = self.pid.as_deref().and_then(|p| procfs::status_kb(p, "VmHWM:"));
+        let s = self.stop().await;
+        let run = self.between(&start, &end);
+
+        let mut r = self.base("overload");
+        r.insert("clients".into(), clients.into());
+        r.insert("slow".into(), n_slow.into());
+        r.insert("rate".into(), rate.into());
+        r.insert("payload".into(), payload.into());
+        r.insert("pause_ms".into(), (slow.pause.as_millis() as u64).into());
+        r.insert("read_ms".into(), (slow.read.as_millis() as u64).into());
+        put(&mut r, "slow_rcvbuf_kb", slow.rcvbuf.map(|b| f64::from(b) / 1024.0));
+        let sent_per_s = w.d.sent as f64 / w.secs;
+        r.insert("sent_per_s".into(), sent_per_s.into());
+        // Fast readers, in the window.
+        let delivered = w.d.changes as f64;
+        r.insert("fast_delivered_per_s".into(), (delivered / w.secs).into());
+        r.insert(
+            "fast_delivered_share".into(),
+            (delivered / (w.d.sent as f64 * n_fast as f64).max(1.0)).into(),
+        );
+        r.insert("fast_frames_per_s".into(), (w.d.frames as f64 / w.secs).into());
+        latency(&mut r, "lat", &s.lat_pool[READERS]);
+        latency(&mut r, "slow_lat", &s.lat_pool[SLOW]);
+        r.insert("fast_snapshots".into(), w.d.snapshots.into());
+        // Slow readers, over the whole run (writing and catching up).
+        r.insert("final_rev".into(), final_rev.into());
+        r.insert("changes_total".into(), (final_rev.saturating_sub(rev0)).into());
+        r.insert("slow_frames".into(), run.d.slow_frames.into());
+        r.insert("slow_deltas".into(), run.d.slow_deltas.into());
+        r.insert("slow_snapshots".into(), run.d.slow_snapshots.into());
+        r.insert("slow_delta_changes".into(), run.d.slow_changes.into());
+        let per_slow = |x: u64| x as f64 / n_slow.max(1) as f64;
+        r.insert("slow_frames_each".into(), per_slow(run.d.slow_frames).into());
+        r.insert("slow_snapshots_each".into(), per_slow(run.d.slow_snapshots).into());
+        r.insert("slow_mb_each".into(), (per_slow(run.d.slow_bytes) / 1e6).into());
+        // Nothing lost: every reader at the final revision.
+        let (fast_ok, slow_ok) = (at_final(&fast), at_final(&slows));
+        r.insert("fast_at_final".into(), fast_ok.into());
+        r.insert("slow_at_final".into(), slow_ok.into());
+        r.insert("readers_not_at_final".into(), (clients - fast_ok - slow_ok).into());
+        r.insert("readers_dropped".into(), fast.iter().chain(&slows).filter(|r| r.is_none()).count().into());
+        put(&mut r, "converge_ms", converged.map(|d| d.as_secs_f64() * 1000.0));
+        put(&mut r, "writer_stop_to_ack_ms", Some(acked.duration_since(stopped.at).as_secs_f64() * 1000.0));
+        // Memory.
+        let kb_mb = |kb: u64| kb as f64 / 1024.0;
+        put(&mut r, "rss_start_mb", start.server.map(|s| kb_mb(s.rss_kb)));
+        let peak = peak_kb.load(Relaxed);
+        put(&mut r, "rss_peak_mb", (peak > 0).then(|| kb_mb(peak)));
+        put(&mut r, "rss_end_mb", end.server.map(|s| kb_mb(s.rss_kb)));
+        put(&mut r, "rss_hwm_mb", hwm_kb.map(kb_mb));
+        put(&mut r, "server_cpu_us_per_delivery", w.server_cpu_s.map(|c| c * 1e6 / delivered.max(1.0)));
+        r.insert("connect_s".into(), connect.as_secs_f64().into());
+        self.finish(&mut r, Some(&w));
+        if converged.is_none() {
+            eprintln!(
+                "warning: {} of {clients} readers did not reach the final revision {final_rev}",
+                clients - fast_ok - slow_ok
+            );
         }
         Ok(r)
     }

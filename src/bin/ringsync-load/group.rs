@@ -131,6 +131,12 @@ counters!(
     snapshots,
     presence_frames,
     presence_entries,
+    // Received by slow readers (`Role::Slow`), kept apart from the above.
+    slow_frames,
+    slow_bytes,
+    slow_deltas,
+    slow_changes,
+    slow_snapshots,
     // Sent by writers (changes) and movers (presence updates).
     sent,
     send_skipped,
@@ -157,14 +163,27 @@ pub enum Role {
     Writer { rate: f64, filler: usize, started: Option<Instant>, sent: u64, req_id: u64 },
     /// Reads, and sends a presence (cursor) update every `period`.
     Mover { period: Duration, next: Option<Instant>, n: u64 },
+    /// A reader that cannot keep up: while writers write it stops reading for `pause`, then
+    /// reads for `read`, and so on (the first phase starts at a random point of the cycle).
+    /// `rcvbuf` caps its socket's receive buffer, so the server sees the backlog early.
+    Slow { pause: Duration, read: Duration, rcvbuf: Option<u32>, next: Option<Instant>, paused: bool },
 }
 
 impl Role {
     pub fn writer(rate: f64, filler: usize) -> Role {
         Role::Writer { rate, filler, started: None, sent: 0, req_id: 0 }
     }
+    pub fn slow(pause: Duration, read: Duration, rcvbuf: Option<u32>) -> Role {
+        Role::Slow { pause, read, rcvbuf, next: None, paused: false }
+    }
     fn counts_reads(&self) -> bool {
         !matches!(self, Role::Writer { .. })
+    }
+    fn is_slow(&self) -> bool {
+        matches!(self, Role::Slow { .. })
+    }
+    fn paused(&self) -> bool {
+        matches!(self, Role::Slow { paused: true, .. })
     }
 }
 
@@ -236,7 +255,11 @@ pub async fn open(
         Some(r) => format!("/v1/rooms/{room}/ws?session={}&epoch={}&since={}", r.session, r.epoch, r.rev),
         None => format!("/v1/rooms/{room}/ws"),
     };
-    match ws::connect(ctx.addr, &path).await {
+    let rcvbuf = match role {
+        Role::Slow { rcvbuf, .. } => rcvbuf,
+        _ => None,
+    };
+    match ws::connect(ctx.addr, &path, rcvbuf).await {
         Ok((stream, leftover)) => {
             let conn = Conn {
                 stream: Some(stream),
@@ -268,6 +291,8 @@ pub enum GroupMsg {
     Reconnect {
         offline: Duration,
     },
+    /// The revision every reader (not writer) holds; `None` for a dropped one.
+    Revs(oneshot::Sender<Vec<Option<u64>>>),
     Stop(oneshot::Sender<GroupReport>),
 }
 
@@ -385,6 +410,15 @@ impl Group {
             match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(GroupMsg::Add(c))) => self.push(*c),
                 Poll::Ready(Some(GroupMsg::Reconnect { offline })) => self.reconnect(offline),
+                Poll::Ready(Some(GroupMsg::Revs(reply))) => {
+                    let revs = self
+                        .conns
+                        .iter()
+                        .filter(|c| c.role.counts_reads())
+                        .map(|c| c.live().then_some(c.session.rev))
+                        .collect();
+                    let _ = reply.send(revs);
+                }
                 Poll::Ready(Some(GroupMsg::Stop(reply))) => {
                     self.local.flush(&self.ctx.c);
                     let _ = reply.send(GroupReport {
@@ -404,8 +438,12 @@ impl Group {
             while tick.poll_tick(cx).is_ready() {
                 due = true;
             }
-            if due && self.ctx.writing.load(Relaxed) {
+            let writing = self.ctx.writing.load(Relaxed);
+            if due && writing {
                 self.on_tick(now);
+            }
+            if due {
+                self.slow_tick(now, writing);
             }
         }
         let mut sink = Sink {
@@ -435,7 +473,9 @@ impl Group {
                 let first = std::mem::take(&mut conn.carry);
                 conn.ingest(&first, &mut sink);
             }
-            conn.read_ready(&mut cx, &mut self.scratch, &mut sink);
+            if !conn.role.paused() {
+                conn.read_ready(&mut cx, &mut self.scratch, &mut sink);
+            }
             conn.flush(&mut cx, sink.ctx);
         }
         self.polling.clear();
@@ -463,7 +503,7 @@ impl Group {
                 continue;
             }
             match &mut conn.role {
-                Role::Reader => {}
+                Role::Reader | Role::Slow { .. } => {}
                 Role::Writer { rate, filler, started, sent, req_id } => {
                     let t0 = *started.get_or_insert(now);
                     let due = (now.duration_since(t0).as_secs_f64() * *rate) as u64;
@@ -518,6 +558,36 @@ impl Group {
                 && let Some((_, waker)) = conn.waker.clone()
             {
                 conn.flush(&mut Context::from_waker(&waker), &self.ctx);
+            }
+        }
+    }
+
+    /// Moves slow readers between their paused and reading phases; once the writers stop,
+    /// every slow reader reads for good (so it can catch up).
+    fn slow_tick(&mut self, now: Instant, writing: bool) {
+        for conn in &mut self.conns {
+            if !conn.live() || conn.phase != Phase::Live {
+                continue;
+            }
+            let Role::Slow { pause, read, next, paused, .. } = &mut conn.role else { continue };
+            let was_paused = *paused;
+            if writing {
+                let cycle = *pause + *read;
+                let at = *next.get_or_insert_with(|| now + cycle.mul_f64(rand::random::<f64>()));
+                if now >= at {
+                    *paused = !*paused;
+                    *next = Some(now + if *paused { *pause } else { *read });
+                }
+            } else {
+                *paused = false;
+                *next = None;
+            }
+            if was_paused
+                && !*paused
+                && let Some((_, waker)) = &conn.waker
+            {
+                // Its socket woke the group while paused and was skipped: queue it again.
+                waker.wake_by_ref();
             }
         }
     }
@@ -658,7 +728,11 @@ impl Conn {
 
     fn on_text(&mut self, p: &[u8], sink: &mut Sink<'_>) {
         let counted = self.role.counts_reads();
-        if counted {
+        let slow = self.role.is_slow();
+        if slow {
+            sink.local.slow_frames += 1;
+            sink.local.slow_bytes += p.len() as u64;
+        } else if counted {
             sink.local.frames += 1;
             sink.local.bytes += p.len() as u64;
         }
@@ -676,9 +750,15 @@ impl Conn {
                     sink.local.gaps += 1;
                 }
                 self.session.rev = to;
+                if slow {
+                    sink.local.slow_deltas += 1;
+                    sink.local.slow_changes += to.saturating_sub(from);
+                }
                 if counted {
-                    sink.local.deltas += 1;
-                    sink.local.changes += to.saturating_sub(from);
+                    if !slow {
+                        sink.local.deltas += 1;
+                        sink.local.changes += to.saturating_sub(from);
+                    }
                     if sink.measuring {
                         let (lat, now_us) = (&mut *sink.lat, sink.now_us);
                         scan::each_ts(p, |ts| lat.saturating_record(now_us.saturating_sub(ts).max(1)));
@@ -694,6 +774,8 @@ impl Conn {
                 };
                 if self.phase == Phase::Sync {
                     self.synced(sink, false);
+                } else if slow {
+                    sink.local.slow_snapshots += 1;
                 } else if counted {
                     sink.local.snapshots += 1;
                 }

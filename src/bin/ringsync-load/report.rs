@@ -141,6 +141,32 @@ const IDLE: &[Col] = &[
     Col("errors", "errors", Show::Num),
 ];
 
+const OVERLOAD: &[Col] = &[
+    Col("clients", "clients", Show::Big),
+    Col("slow", "slow", Show::Num),
+    Col("changes/s", "rate", Show::Num),
+    Col("payload B", "payload", Show::Num),
+    Col("fast delivered/s", "fast_delivered_per_s", Show::Range),
+    Col("fast got", "fast_delivered_share", Show::Pct),
+    Col("fast p50 ms", "lat_p50_ms", Show::Num),
+    Col("fast p99 ms", "lat_p99_ms", Show::Range),
+    Col("fast max ms", "lat_max_ms", Show::Num),
+    Col("slow p99 ms", "slow_lat_p99_ms", Show::Num),
+    Col("slow frames each", "slow_frames_each", Show::Num),
+    Col("slow snapshots each", "slow_snapshots_each", Show::Num),
+    Col("changes", "changes_total", Show::Big),
+    Col("not at final rev", "readers_not_at_final", Show::Num),
+    Col("converge ms", "converge_ms", Show::Num),
+    Col("RSS start MB", "rss_start_mb", Show::Num),
+    Col("RSS peak MB", "rss_peak_mb", Show::Range),
+    Col("RSS end MB", "rss_end_mb", Show::Num),
+    Col("server CPU", "server_cpu_util", Show::Pct),
+    Col("loadgen CPU", "client_cpu_util", Show::Pct),
+    Col("other CPU", "other_cpu_util", Show::Pct),
+    Col("errors", "errors", Show::Num),
+    Col("server closes", "server_closes", Show::Num),
+];
+
 /// Markdown tables for every run in `files`: one table per scenario kind, one row per label
 /// (median of its runs).
 ///
@@ -163,6 +189,7 @@ pub fn markdown(files: &[std::path::PathBuf]) -> anyhow::Result<String> {
         ("Presence", &["presence"][..], PRESENCE),
         ("Reconnect storm", &["reconnect"][..], RECONNECT),
         ("Idle connections", &["idle"][..], IDLE),
+        ("Overload (slow readers)", &["overload"][..], OVERLOAD),
     ] {
         let mine: Vec<&Run> = runs.iter().filter(|r| kinds.contains(&text(r, "scenario").as_str())).collect();
         if mine.is_empty() {

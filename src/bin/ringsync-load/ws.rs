@@ -10,7 +10,7 @@ use std::io;
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 pub const OP_CONT: u8 = 0x0;
 pub const OP_TEXT: u8 = 0x1;
@@ -25,11 +25,20 @@ const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
 /// Opens a TCP connection to `addr` and upgrades `path` (with its query) to a WebSocket.
 /// Returns the stream and any bytes read past the response head (usually the `welcome`).
+/// `rcvbuf` caps the socket's receive buffer (set before connecting, so the TCP window
+/// stays small): a slow reader then pushes back on the server instead of on the kernel.
 ///
 /// # Errors
 /// Connection errors, a non-101 answer, or a response head over 16 KiB.
-pub async fn connect(addr: SocketAddr, path: &str) -> io::Result<(TcpStream, Vec<u8>)> {
-    let mut stream = TcpStream::connect(addr).await?;
+pub async fn connect(addr: SocketAddr, path: &str, rcvbuf: Option<u32>) -> io::Result<(TcpStream, Vec<u8>)> {
+    let mut stream = match rcvbuf {
+        None => TcpStream::connect(addr).await?,
+        Some(bytes) => {
+            let s = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+            s.set_recv_buffer_size(bytes)?;
+            s.connect(addr).await?
+        }
+    };
     stream.set_nodelay(true)?;
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
