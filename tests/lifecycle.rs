@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Client, config, http, start};
+use common::{Client, config, http, post_ops, start};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,9 +37,9 @@ async fn connection_and_room_limits_at_the_boundary() {
     assert!(err.to_string().contains("503"), "{err}");
     drop(a);
     // max-rooms 2: r1 and r2 exist; a third room cannot be created, existing ones still work.
-    let (s, v) = http(&server, "POST", "/v1/rooms/r3/changes", Some(r#"{"ops":[]}"#)).await;
+    let (s, v) = post_ops(&server, "r3", json!([])).await;
     assert_eq!((s, v["code"].as_str()), (503, Some("too_many_rooms")));
-    let (s, _) = http(&server, "POST", "/v1/rooms/r2/changes", Some(r#"{"ops":[]}"#)).await;
+    let (s, _) = post_ops(&server, "r2", json!([])).await;
     assert_eq!(s, 200);
     let (_, m) = http(&server, "GET", "/metrics", None).await;
     let m = m.as_str().unwrap();
@@ -117,13 +117,7 @@ async fn slow_handshakes_are_cut_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_rooms_are_dropped_and_come_back_with_a_new_epoch() {
     let server = start(config(&["--room-idle-ttl", "0.5"])).await;
-    let (s, _) = http(
-        &server,
-        "POST",
-        "/v1/rooms/idle/changes",
-        Some(r#"{"ops":[{"op":"add","path":"/a","value":1}]}"#),
-    )
-    .await;
+    let (s, _) = post_ops(&server, "idle", json!([{"op": "add", "path": "/a", "value": 1}])).await;
     assert_eq!(s, 200);
     let (_, v) = http(&server, "GET", "/v1/rooms/idle", None).await;
     let epoch = v["epoch"].as_str().unwrap().to_owned();

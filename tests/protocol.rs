@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Client, config, http, start};
+use common::{Client, config, http, post_ops, start};
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -14,13 +14,7 @@ fn add(path: &str, v: Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_clients_converge_with_gapless_streams_and_single_acks() {
     let server = start(config(&[])).await;
-    let (s, _) = http(
-        &server,
-        "POST",
-        "/v1/rooms/conv/changes",
-        Some(r#"{"ops":[{"op":"add","path":"/by","value":{}}]}"#),
-    )
-    .await;
+    let (s, _) = post_ops(&server, "conv", json!([{"op":"add","path":"/by","value":{}}])).await;
     assert_eq!(s, 200);
     let mut cs = vec![
         Client::connect(&server, "conv").await,
@@ -66,13 +60,7 @@ async fn three_clients_converge_with_gapless_streams_and_single_acks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_converge_and_acks_sit_in_rev_order() {
     let server = start(config(&[])).await;
-    let (s, _) = http(
-        &server,
-        "POST",
-        "/v1/rooms/mix/changes",
-        Some(r#"{"ops":[{"op":"add","path":"/by","value":{}}]}"#),
-    )
-    .await;
+    let (s, _) = post_ops(&server, "mix", json!([{"op":"add","path":"/by","value":{}}])).await;
     assert_eq!(s, 200);
     let mut tasks = Vec::new();
     for i in 0..3 {

@@ -98,6 +98,12 @@ pub async fn http(server: &Server, method: &str, path: &str, body: Option<&str>)
     (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
 }
 
+/// `POST /v1/rooms/{room}/changes` with `ops`; returns the status and body.
+pub async fn post_ops(server: &Server, room: &str, ops: Value) -> (u16, Value) {
+    let body = json!({ "ops": ops }).to_string();
+    http(server, "POST", &format!("/v1/rooms/{room}/changes"), Some(&body)).await
+}
+
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((len, rest)) = s.split_once("\r\n") {
