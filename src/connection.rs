@@ -59,6 +59,8 @@ pub enum CloseReason {
     TakenOver,
     /// 4005: `--max-room-clients` reached.
     RoomFull,
+    /// 4006: `--max-rooms` reached and this room does not exist.
+    TooManyRooms,
     /// The socket did not accept a write within `--write-timeout` (no close frame can be sent).
     SlowClient,
     /// The socket failed (reset, closed under us).
@@ -66,7 +68,7 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 11] = [
         CloseReason::Normal,
         CloseReason::Idle,
         CloseReason::Shutdown,
@@ -75,6 +77,7 @@ impl CloseReason {
         CloseReason::TooBig,
         CloseReason::TakenOver,
         CloseReason::RoomFull,
+        CloseReason::TooManyRooms,
         CloseReason::SlowClient,
         CloseReason::Gone,
     ];
@@ -88,6 +91,7 @@ impl CloseReason {
             CloseReason::TooBig => 1009,
             CloseReason::TakenOver => 4001,
             CloseReason::RoomFull => 4005,
+            CloseReason::TooManyRooms => 4006,
             CloseReason::SlowClient | CloseReason::Gone => 1006,
         }
     }
@@ -101,6 +105,7 @@ impl CloseReason {
             CloseReason::TooBig => "message too big",
             CloseReason::TakenOver => "session taken over",
             CloseReason::RoomFull => "room full",
+            CloseReason::TooManyRooms => "too many rooms",
             CloseReason::SlowClient => "write timeout",
             CloseReason::Gone => "connection lost",
         }
@@ -116,6 +121,7 @@ impl CloseReason {
             CloseReason::TooBig => "too_big",
             CloseReason::TakenOver => "taken_over",
             CloseReason::RoomFull => "room_full",
+            CloseReason::TooManyRooms => "too_many_rooms",
             CloseReason::SlowClient => "write_timeout",
             CloseReason::Gone => "connection_lost",
         }
@@ -154,18 +160,26 @@ fn into_halves(ws: WebSocket<TokioIo<Upgraded>>) -> Option<(WebSocketRead<ReadIo
     Some(fastwebsockets::after_handshake_split(read, write, Role::Server))
 }
 
-/// Serves an upgraded WebSocket until it closes.
-///
-/// `lease` is the connection's admission to the room; `None` means the room was full.
+/// Closes an upgraded WebSocket at once with `reason` (a limit the upgrade request hit), so
+/// browser clients, which cannot see an HTTP status, learn why.
+pub async fn refuse(ws: WebSocket<TokioIo<Upgraded>>, reason: CloseReason) {
+    if let Some((_, mut write)) = into_halves(ws) {
+        close_now(&mut write, reason).await;
+    }
+    metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
+}
+
+/// Serves an upgraded WebSocket until it closes. `lease` is its admission to `room`.
 pub async fn serve(
     ws: WebSocket<TokioIo<Upgraded>>,
     app: Arc<App>,
     room: Arc<Room>,
-    lease: Option<Lease>,
+    lease: Lease,
     from: ResumeFrom,
 ) {
+    let _lease = lease;
     let _open = OpenGauge::new();
-    let Some((mut read, mut write)) = into_halves(ws) else {
+    let Some((mut read, write)) = into_halves(ws) else {
         tracing::error!("upgraded connection is not a TCP stream");
         return;
     };
@@ -173,11 +187,6 @@ pub async fn serve(
     read.set_max_message_size(app.config.max_message_bytes as usize + 1);
     read.set_auto_close(true);
     read.set_auto_pong(true);
-    let Some(_lease) = lease else {
-        metrics::counter!(m::CONNECTIONS_REFUSED, "limit" => "max_room_clients").increment(1);
-        close_now(&mut write, CloseReason::RoomFull).await;
-        return;
-    };
 
     let attached = app.sessions.attach(&room, from.session.as_deref());
     let Attached { session, conn, resumed, kicked } = attached;

@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::connection::{self, ResumeFrom};
+use crate::connection::{self, CloseReason, ResumeFrom};
 use crate::http_api::{self, json_error};
 use crate::ids::{Rev, RoomId};
 use crate::metrics as m;
@@ -340,15 +340,19 @@ fn websocket(app: Arc<App>, mut req: Request<Incoming>, room_id: RoomId) -> Resp
     let slot = WsSlot(app.clone());
     let mut admitted = false;
     let max_room_clients = app.config.max_room_clients;
-    let room = match app.rooms.acquire(&room_id, |r| admitted = Lease::admit(r, max_room_clients)) {
-        Ok(r) => r,
-        Err(e) => {
+    // A refused connection still upgrades and is closed with a code saying why (4005, 4006):
+    // browsers cannot read an HTTP status from a failed WebSocket handshake.
+    let admission = match app.rooms.acquire(&room_id, |r| admitted = Lease::admit(r, max_room_clients)) {
+        Ok(room) if admitted => Ok((room.clone(), Lease::adopt(room))),
+        Ok(_) => {
+            metrics::counter!(m::CONNECTIONS_REFUSED, "limit" => "max_room_clients").increment(1);
+            Err(CloseReason::RoomFull)
+        }
+        Err(_) => {
             metrics::counter!(m::CONNECTIONS_REFUSED, "limit" => "max_rooms").increment(1);
-            return json_error(StatusCode::SERVICE_UNAVAILABLE, "too_many_rooms", &e.to_string());
+            Err(CloseReason::TooManyRooms)
         }
     };
-    // A full room still upgrades, so the client gets a clear close code (4005).
-    let lease = admitted.then(|| Lease::adopt(room.clone()));
     let (resp, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(x) => x,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_upgrade", &e.to_string()),
@@ -359,10 +363,13 @@ fn websocket(app: Arc<App>, mut req: Request<Incoming>, room_id: RoomId) -> Resp
         let _slot = slot;
         let _active = Count::new(&app.active);
         match tokio::time::timeout(app.config.handshake_timeout, upgrade).await {
-            Ok(Ok(ws)) => {
-                metrics::counter!(m::CONNECTIONS_ACCEPTED).increment(1);
-                connection::serve(ws, app.clone(), room, lease, from).await;
-            }
+            Ok(Ok(ws)) => match admission {
+                Ok((room, lease)) => {
+                    metrics::counter!(m::CONNECTIONS_ACCEPTED).increment(1);
+                    connection::serve(ws, app.clone(), room, lease, from).await;
+                }
+                Err(reason) => connection::refuse(ws, reason).await,
+            },
             Ok(Err(e)) => tracing::debug!(error = %e, "websocket upgrade failed"),
             Err(_) => tracing::debug!("websocket upgrade timed out"),
         }

@@ -39,11 +39,22 @@ async fn connection_and_room_limits_at_the_boundary() {
     // max-rooms 2: r1 and r2 exist; a third room cannot be created, existing ones still work.
     let (s, v) = post_ops(&server, "r3", json!([])).await;
     assert_eq!((s, v["code"].as_str()), (503, Some("too_many_rooms")));
+    // Over WebSocket the refusal is a close code a browser can see.
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("r3", "")).await.unwrap();
+    let code = loop {
+        match tokio::time::timeout(common::WAIT, ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(code, 4006);
+    drop(ws);
     let (s, _) = post_ops(&server, "r2", json!([])).await;
     assert_eq!(s, 200);
     let (_, m) = http(&server, "GET", "/metrics", None).await;
     let m = m.as_str().unwrap();
-    for limit in ["max_room_clients", "max_connections"] {
+    for limit in ["max_room_clients", "max_connections", "max_rooms"] {
         assert!(m.contains(&format!("ringsync_connections_refused_total{{limit=\"{limit}\"}}")), "{limit}");
     }
 }
