@@ -154,10 +154,10 @@ window.addEventListener("pointermove", (ev) => {
 
 window.addEventListener("pointerup", (ev) => {
   if (!drag || ev.pointerId !== drag.pointerId) return;
-  const { from } = drag;
+  const { from, piece } = drag;
   endDrag();
   const to = squareAt(ev.clientX, ev.clientY);
-  if (to && to !== from) move(from, to);
+  if (to && to !== from) move(from, to, piece);
 });
 
 window.addEventListener("pointercancel", (ev) => {
@@ -173,11 +173,18 @@ function endDrag() {
   renderBoard();
 }
 
-/** Sends one move; a piece that moved under us, or an illegal drop, snaps back locally. */
-function move(from, to) {
+/**
+ * Sends one move of `dragged` from `from`; a piece that moved under us (someone else's move
+ * arrived while it was held), or an illegal drop, snaps back locally.
+ */
+function move(from, to, dragged) {
   const board = room.state?.board ?? {};
   const piece = board[from];
   const target = isPiece(board[to]) ? board[to] : undefined;
+  if (piece !== dragged) {
+    noteReject({ code: "conflict", from, to, piece: dragged, local: true });
+    return;
+  }
   if (!isPiece(piece)) return;
   if (target && target[0] === piece[0]) {
     bounce(from);
