@@ -152,7 +152,7 @@ fn initialise() {
     for reason in CloseReason::ALL {
         metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason.label()).increment(0);
     }
-    for limit in ["max_connections", "max_room_clients", "max_rooms"] {
+    for limit in ["max_connections", "max_room_clients", "max_rooms", "handshake_timeout"] {
         metrics::counter!(CONNECTIONS_REFUSED, "limit" => limit).increment(0);
     }
     for outcome in ["new", "delta", "snapshot"] {

@@ -214,6 +214,10 @@ async fn serve_http(app: Arc<App>, stream: tokio::net::TcpStream) {
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
+                if e.is_timeout() {
+                    // A client that did not finish its request headers within --handshake-timeout.
+                    metrics::counter!(m::CONNECTIONS_REFUSED, "limit" => "handshake_timeout").increment(1);
+                }
                 tracing::debug!(error = %e, "http connection ended");
             }
         }
@@ -371,7 +375,10 @@ fn websocket(app: Arc<App>, mut req: Request<Incoming>, room_id: RoomId) -> Resp
                 Err(reason) => connection::refuse(ws, reason).await,
             },
             Ok(Err(e)) => tracing::debug!(error = %e, "websocket upgrade failed"),
-            Err(_) => tracing::debug!("websocket upgrade timed out"),
+            Err(_) => {
+                metrics::counter!(m::CONNECTIONS_REFUSED, "limit" => "handshake_timeout").increment(1);
+                tracing::debug!("websocket upgrade timed out");
+            }
         }
     });
     resp.map(|_| Full::new(Bytes::new()))

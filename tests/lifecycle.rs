@@ -123,6 +123,11 @@ async fn slow_handshakes_are_cut_off() {
     // The server gives up on the headers and closes the connection.
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await.expect("closed in time").ok();
     assert!(started.elapsed() < Duration::from_secs(3));
+    let (_, m) = http(&server, "GET", "/metrics", None).await;
+    let line =
+        m.as_str().unwrap().lines().find(|l| l.contains("limit=\"handshake_timeout\"")).map(str::to_owned);
+    let count: f64 = line.and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0);
+    assert!(count >= 1.0, "the cut-off handshake is counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
