@@ -8,8 +8,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Client, config, http, post_ops, start};
-use futures_util::{SinkExt, StreamExt};
+use common::{Client, close_code, config, http, post_ops, start};
+use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -22,13 +22,7 @@ async fn connection_and_room_limits_at_the_boundary() {
     let a = Client::connect(&server, "r1").await;
     let _b = Client::connect(&server, "r1").await;
     let (mut third, _) = tokio_tungstenite::connect_async(server.ws_url("r1", "")).await.unwrap();
-    let code = loop {
-        match tokio::time::timeout(common::WAIT, third.next()).await.unwrap() {
-            Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
+    let code = close_code(&mut third).await;
     assert_eq!(code, 4005);
     drop(third);
     // max-connections 3: a third connection (in another room) is fine, a fourth gets 503.
@@ -41,13 +35,7 @@ async fn connection_and_room_limits_at_the_boundary() {
     assert_eq!((s, v["code"].as_str()), (503, Some("too_many_rooms")));
     // Over WebSocket the refusal is a close code a browser can see.
     let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("r3", "")).await.unwrap();
-    let code = loop {
-        match tokio::time::timeout(common::WAIT, ws.next()).await.unwrap() {
-            Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
+    let code = close_code(&mut ws).await;
     assert_eq!(code, 4006);
     drop(ws);
     let (s, _) = post_ops(&server, "r2", json!([])).await;
@@ -213,16 +201,8 @@ async fn sigterm_drains_with_spread_1001_closes_and_exits_zero() {
         .into_iter()
         .map(|mut ws| {
             tokio::spawn(async move {
-                loop {
-                    match tokio::time::timeout(Duration::from_secs(5), ws.next())
-                        .await
-                        .expect("closed in the window")
-                    {
-                        Some(Ok(Message::Close(Some(f)))) => break (u16::from(f.code), signalled.elapsed()),
-                        Some(Ok(_)) => continue,
-                        other => panic!("expected 1001, got {other:?}"),
-                    }
-                }
+                let code = close_code(&mut ws).await;
+                (code, signalled.elapsed())
             })
         })
         .collect();

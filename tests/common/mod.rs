@@ -292,13 +292,19 @@ impl Client {
 
     /// Waits for the server to close the connection; returns the close code.
     pub async fn closed(&mut self) -> u16 {
-        loop {
-            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("close in time") {
-                Some(Ok(Message::Close(Some(f)))) => return f.code.into(),
-                Some(Ok(Message::Close(None))) => return 1005,
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return 1006,
-            }
+        close_code(&mut self.ws).await
+    }
+}
+
+/// Reads until the server closes the socket; returns the close code (1005 without one, 1006
+/// when the socket ends without a close frame).
+pub async fn close_code(ws: &mut Ws) -> u16 {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.expect("close in time") {
+            Some(Ok(Message::Close(Some(f)))) => return f.code.into(),
+            Some(Ok(Message::Close(None))) => return 1005,
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return 1006,
         }
     }
 }
