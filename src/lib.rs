@@ -32,4 +32,5 @@ pub mod room;
 pub mod rooms;
 pub mod server;
 pub mod session;
+pub mod web;
 pub mod writer;

@@ -34,12 +34,9 @@ use crate::metrics as m;
 use crate::room::Lease;
 use crate::rooms::Rooms;
 use crate::session::Sessions;
+use crate::web;
 
 pub type Body = Full<Bytes>;
-
-const INDEX_HTML: &str = include_str!("web/index.html");
-const CLIENT_JS: &str = include_str!("web/client.js");
-const DEMO_JS: &str = include_str!("web/demo.js");
 
 /// Everything the request handlers share.
 pub struct App {
@@ -232,9 +229,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, 
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let resp = match (method.clone(), path.as_str()) {
-        (Method::GET, "/") => asset(INDEX_HTML, "text/html; charset=utf-8"),
-        (Method::GET, "/client.js") => asset(CLIENT_JS, "text/javascript; charset=utf-8"),
-        (Method::GET, "/demo.js") => asset(DEMO_JS, "text/javascript; charset=utf-8"),
+        (Method::GET, p) if web::find(p).is_some() => asset(web::find(p).expect("matched")),
         (Method::GET, "/healthz") => http_api::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (Method::GET, "/readyz") if app.is_draining() => {
             json_error(StatusCode::SERVICE_UNAVAILABLE, "draining", "the server is shutting down")
@@ -257,11 +252,11 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, 
     Ok(resp)
 }
 
-fn asset(body: &'static str, content_type: &'static str) -> Response<Body> {
+fn asset(a: &'static web::Asset) -> Response<Body> {
     Response::builder()
-        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CONTENT_TYPE, a.content_type)
         .header(header::CACHE_CONTROL, "no-cache")
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .body(Full::new(Bytes::from_static(a.body.as_bytes())))
         .expect("static response")
 }
 

@@ -1,0 +1,28 @@
+//! The browser files the server embeds and serves as they are (no build step): the demo page at
+//! `/` and the client library, `/client.js`, with the modules it re-exports.
+//!
+//! This table is the one list of them; `server` answers `GET` for exactly these paths. Invariant:
+//! every file a served module imports is in the table too.
+
+/// One embedded file.
+#[derive(Debug)]
+pub struct Asset {
+    /// The URL path it is served at.
+    pub path: &'static str,
+    pub body: &'static str,
+    pub content_type: &'static str,
+}
+
+const JS: &str = "text/javascript; charset=utf-8";
+
+/// Every embedded file.
+pub const ASSETS: &[Asset] = &[
+    Asset { path: "/", body: include_str!("web/index.html"), content_type: "text/html; charset=utf-8" },
+    Asset { path: "/client.js", body: include_str!("web/client.js"), content_type: JS },
+    Asset { path: "/demo.js", body: include_str!("web/demo.js"), content_type: JS },
+];
+
+/// The asset served at `path`, if any.
+pub fn find(path: &str) -> Option<&'static Asset> {
+    ASSETS.iter().find(|a| a.path == path)
+}
