@@ -3,9 +3,10 @@
 //!
 //! Groups:
 //! - `fanout/N`: commit one change into a room with N caught-up subscribers and build every
-//!   subscriber's outgoing frame as the writer does (`Room::changes_after` + `room::delta_for`);
+//!   subscriber's outgoing frame as the writer does (`Room::catch_up` from where it stands);
 //!   throughput is per recipient.
-//! - `catchup/K`: one subscriber K changes behind (coalesced into one frame); per change.
+//! - `catchup/K`: build the one frame for a subscriber K changes behind (`Room::changes_after` +
+//!   `room::delta_for`, bypassing the shared-frame cache); per change.
 //! - `snapshot/SIZE`: a commit that invalidates the cached snapshot, then `Room::snapshot` and
 //!   the `snapshot` frame, for 1 KB, 100 KB and 1 MB states; per byte.
 //! - `presence`: 1,000 peers each move a cursor (`Presence::update`), then the one coalesced
@@ -27,7 +28,7 @@ use ringsync::ids::{ClientId, ClientReqId, Rev, RoomId};
 use ringsync::patch::{self, Op};
 use ringsync::presence::Presence;
 use ringsync::protocol::{self, Mode};
-use ringsync::room::{self, Change, ChangeRequest, Room, RoomConfig};
+use ringsync::room::{self, CatchUp, Change, ChangeRequest, Cursor, Room, RoomConfig};
 use serde_json::{Map, Value, json};
 
 const WRITER: ClientId = ClientId(1_000_000);
@@ -73,11 +74,12 @@ fn fanout(c: &mut Criterion) {
                 i += 1;
                 room.commit(small_change(i)).expect("commits");
                 for (k, at) in last.iter_mut().enumerate() {
-                    if !room.changes_after(*at, &mut buf) {
+                    let CatchUp::Delta { frame, to, .. } =
+                        room.catch_up(Cursor::Holds(*at), ClientId(k as u64 + 1), &mut buf)
+                    else {
                         unreachable!("caught-up readers are inside the ring");
-                    }
-                    let to = buf.last().map_or(*at, |c| c.rev);
-                    black_box(room::delta_for(&buf, *at, to, ClientId(k as u64 + 1)));
+                    };
+                    black_box(frame);
                     *at = to;
                 }
             });

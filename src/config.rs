@@ -1,13 +1,16 @@
 //! Server configuration: every flag, its default and unit, settable by `--flag` or `RINGSYNC_*`.
 //!
-//! `Config::default()` is what `cargo run --release` uses, and what tests start from. Values are
-//! validated once at start ([`Config::validate`]); an invalid one stops the server with a message
-//! that names the flag.
+//! Each default is written once: the room limits come from [`RoomConfig::DEFAULT`], the rest are
+//! here. The binary reads flags and `RINGSYNC_*` variables ([`Config::parse`]); tests and embedders
+//! use [`Config::default`] or [`Config::from_flags`], which ignore the environment, so a variable
+//! in a developer's shell never changes what a test runs. Values are validated once at start
+//! ([`Config::validate`]); an invalid one stops the server with a message that names the flag.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::builder::RangedU64ValueParser;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 use crate::room::RoomConfig;
 
@@ -34,13 +37,13 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
 
     /// Changes kept per room for delta catch-up (ring size, entries).
-    #[arg(long, env = "RINGSYNC_HISTORY", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub history: u64,
+    #[arg(long, env = "RINGSYNC_HISTORY", default_value_t = RoomConfig::DEFAULT.history, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub history: usize,
 
     /// Most bytes of history per room (encoded changes plus the values their inverses keep); the
     /// oldest changes are dropped beyond it, so clients that far behind get a snapshot (bytes; 0 =
     /// unlimited).
-    #[arg(long, env = "RINGSYNC_HISTORY_BYTES", default_value_t = 64 << 20)]
+    #[arg(long, env = "RINGSYNC_HISTORY_BYTES", default_value_t = RoomConfig::DEFAULT.history_bytes)]
     pub history_bytes: usize,
 
     /// How long a disconnected session can be resumed (seconds).
@@ -77,8 +80,8 @@ pub struct Config {
 
     /// Undelivered broadcasts kept per room for slow readers (messages); older ones are dropped
     /// and counted.
-    #[arg(long, env = "RINGSYNC_BROADCAST_BUFFER", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
-    pub broadcast_buffer: u64,
+    #[arg(long, env = "RINGSYNC_BROADCAST_BUFFER", default_value_t = RoomConfig::DEFAULT.broadcast_buffer, value_parser = RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub broadcast_buffer: usize,
 
     /// Most simultaneous WebSocket connections (0 = unlimited).
     #[arg(long, env = "RINGSYNC_MAX_CONNECTIONS", default_value_t = 0)]
@@ -92,12 +95,12 @@ pub struct Config {
     #[arg(long, env = "RINGSYNC_MAX_ROOMS", default_value_t = 0)]
     pub max_rooms: usize,
 
-    /// Largest room state (bytes of encoded JSON, approximate between snapshots; 0 = unlimited).
-    #[arg(long, env = "RINGSYNC_MAX_STATE_BYTES", default_value_t = 16 << 20)]
+    /// Largest room state (bytes of encoded JSON, tracked exactly op by op; 0 = unlimited).
+    #[arg(long, env = "RINGSYNC_MAX_STATE_BYTES", default_value_t = RoomConfig::DEFAULT.max_state_bytes)]
     pub max_state_bytes: usize,
 
     /// Most operations in one change (0 = unlimited).
-    #[arg(long, env = "RINGSYNC_MAX_OPS_PER_CHANGE", default_value_t = 1000)]
+    #[arg(long, env = "RINGSYNC_MAX_OPS_PER_CHANGE", default_value_t = RoomConfig::DEFAULT.max_ops_per_change)]
     pub max_ops_per_change: usize,
 
     /// Drop rooms with no connection and no write for this long (seconds; 0 = keep forever).
@@ -118,8 +121,9 @@ pub struct Config {
 }
 
 impl Default for Config {
+    /// Every flag at its default; the environment is not read.
     fn default() -> Self {
-        Config::parse_from(["ringsync"])
+        Config::from_flags::<&str>(&[]).expect("the defaults parse")
     }
 }
 
@@ -138,6 +142,17 @@ fn parse_millis(s: &str) -> Result<Duration, String> {
 }
 
 impl Config {
+    /// The defaults with `flags` (as on the command line, without the program name) applied;
+    /// `RINGSYNC_*` variables are not read.
+    ///
+    /// # Errors
+    /// clap's error for a flag it does not accept.
+    pub fn from_flags<S: AsRef<str>>(flags: &[S]) -> Result<Config, clap::Error> {
+        let cmd = Config::command().mut_args(|a| a.env(None));
+        let args = std::iter::once("ringsync").chain(flags.iter().map(AsRef::as_ref));
+        Config::from_arg_matches(&cmd.try_get_matches_from(args)?)
+    }
+
     /// Cross-field checks that clap cannot express.
     ///
     /// # Errors
@@ -169,11 +184,11 @@ impl Config {
 
     pub fn room_config(&self) -> RoomConfig {
         RoomConfig {
-            history: self.history as usize,
+            history: self.history,
             max_state_bytes: self.max_state_bytes,
             history_bytes: self.history_bytes,
             max_ops_per_change: self.max_ops_per_change,
-            broadcast_buffer: self.broadcast_buffer as usize,
+            broadcast_buffer: self.broadcast_buffer,
         }
     }
 }
@@ -199,5 +214,17 @@ mod tests {
         assert!(e.contains("--idle-timeout"), "{e}");
         let c = Config::try_parse_from(["ringsync", "--ping-interval", "50"]).unwrap();
         assert!(c.validate().unwrap_err().contains("--ping-interval"));
+        let e = Config::from_flags(&["--history", "0"]).unwrap_err().to_string();
+        assert!(e.contains("--history"), "{e}");
+    }
+
+    #[test]
+    fn room_defaults_are_the_room_config_defaults() {
+        let c = Config::default().room_config();
+        let d = RoomConfig::DEFAULT;
+        assert_eq!(
+            (c.history, c.max_state_bytes, c.history_bytes, c.max_ops_per_change, c.broadcast_buffer),
+            (d.history, d.max_state_bytes, d.history_bytes, d.max_ops_per_change, d.broadcast_buffer)
+        );
     }
 }

@@ -1,18 +1,17 @@
-//! One WebSocket connection: a reader loop and a writer loop, in one task.
+//! One WebSocket connection: a reader loop and a writer loop, in one task. Each client message is
+//! handled in [`handle_message`].
 //!
-//! The reader decodes each message (`protocol`), and hands changes to the room (`Room::commit`),
-//! presence and broadcasts to the room's lane; its replies (rejects, pongs, errors, close codes)
-//! go to the writer through a small bounded channel, so a client that sends without reading is
-//! slowed down by TCP, never buffered without bound.
-//!
-//! The writer (`writer.rs`) pulls from the room and sends; see its module doc.
+//! The reader reads frames, reassembles messages ([`crate::reassembly`]), decodes them
+//! ([`crate::protocol`]) and hands changes to the room through the one commit path
+//! ([`App::commit`]), presence and broadcasts to the room's lanes; its replies (rejects, pongs,
+//! errors, close requests) go to the writer ([`crate::writer`]) through a small bounded channel,
+//! so a client that sends without reading is slowed down by TCP, never buffered without bound.
 //!
 //! `read_frame` is not cancel-safe, so it is never raced in a `select!` loop: the reader and
-//! writer are two futures polled side by side; when one ends, the other gets a bounded time to
-//! finish its close handshake.
+//! writer are two futures polled side by side; when one ends, the other gets a bounded time
+//! ([`CLOSE_GRACE`]) to finish its close handshake.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Role, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite};
@@ -22,119 +21,24 @@ use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::ids::{ClientReqId, Rev};
+use crate::app::{self, App};
+use crate::close::{CLOSE_GRACE, CloseReason};
+use crate::ids::ClientReqId;
 use crate::metrics as m;
-use crate::protocol::{self, ClientMsg, Reject, RejectCode};
-use crate::room::{Change, ChangeRequest, Lease, Room};
-use crate::server::App;
-use crate::session::{Attached, Session};
-use crate::writer::{Outgoing, Writer};
+use crate::protocol::{self, ClientMsg, ErrorCode, Reject};
+use crate::reassembly::Reassembler;
+use crate::room::{ChangeRequest, Room};
+use crate::rooms::Lease;
+use crate::session::{Attached, ResumeFrom, Session, SessionState};
+use crate::writer::{Outgoing, Signals, Writer, WriterConfig};
 
 /// The socket's read side, after any bytes hyper had already read past the handshake.
-pub(crate) type ReadIo = tokio::io::Chain<std::io::Cursor<Bytes>, tokio::net::tcp::OwnedReadHalf>;
+type ReadIo = tokio::io::Chain<std::io::Cursor<Bytes>, tokio::net::tcp::OwnedReadHalf>;
 /// The socket's write side.
-pub(crate) type WriteIo = tokio::net::tcp::OwnedWriteHalf;
+type WriteIo = tokio::net::tcp::OwnedWriteHalf;
 
 /// Replies queued per connection before the reader waits for the writer.
 const CONTROL_QUEUE: usize = 32;
-/// Time given to the other half to finish once one half has ended.
-pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
-/// WebSocket close codes ringsync sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// 1000: the client closed, we echo.
-    Normal,
-    /// 1001: idle timeout.
-    Idle,
-    /// 1001: server shutting down.
-    Shutdown,
-    /// 1002: WebSocket protocol violation.
-    Protocol,
-    /// 1007: invalid UTF-8 in a text message.
-    BadUtf8,
-    /// 1009: message over `--max-message-bytes`.
-    TooBig,
-    /// 4001: another connection took the session over.
-    TakenOver,
-    /// 4005: `--max-room-clients` reached.
-    RoomFull,
-    /// 4006: `--max-rooms` reached and this room does not exist.
-    TooManyRooms,
-    /// The socket did not accept a write within `--write-timeout` (no close frame can be sent).
-    SlowClient,
-    /// The socket failed (reset, closed under us).
-    Gone,
-}
-
-impl CloseReason {
-    pub const ALL: [CloseReason; 11] = [
-        CloseReason::Normal,
-        CloseReason::Idle,
-        CloseReason::Shutdown,
-        CloseReason::Protocol,
-        CloseReason::BadUtf8,
-        CloseReason::TooBig,
-        CloseReason::TakenOver,
-        CloseReason::RoomFull,
-        CloseReason::TooManyRooms,
-        CloseReason::SlowClient,
-        CloseReason::Gone,
-    ];
-
-    pub fn close_code(self) -> u16 {
-        match self {
-            CloseReason::Normal => 1000,
-            CloseReason::Idle | CloseReason::Shutdown => 1001,
-            CloseReason::Protocol => 1002,
-            CloseReason::BadUtf8 => 1007,
-            CloseReason::TooBig => 1009,
-            CloseReason::TakenOver => 4001,
-            CloseReason::RoomFull => 4005,
-            CloseReason::TooManyRooms => 4006,
-            CloseReason::SlowClient | CloseReason::Gone => 1006,
-        }
-    }
-    pub fn text(self) -> &'static str {
-        match self {
-            CloseReason::Normal => "bye",
-            CloseReason::Idle => "idle timeout",
-            CloseReason::Shutdown => "server shutting down",
-            CloseReason::Protocol => "protocol error",
-            CloseReason::BadUtf8 => "invalid UTF-8",
-            CloseReason::TooBig => "message too big",
-            CloseReason::TakenOver => "session taken over",
-            CloseReason::RoomFull => "room full",
-            CloseReason::TooManyRooms => "too many rooms",
-            CloseReason::SlowClient => "write timeout",
-            CloseReason::Gone => "connection lost",
-        }
-    }
-    /// Metrics label.
-    pub fn label(self) -> &'static str {
-        match self {
-            CloseReason::Normal => "client_close",
-            CloseReason::Idle => "idle_timeout",
-            CloseReason::Shutdown => "shutdown",
-            CloseReason::Protocol => "protocol_error",
-            CloseReason::BadUtf8 => "bad_utf8",
-            CloseReason::TooBig => "too_big",
-            CloseReason::TakenOver => "taken_over",
-            CloseReason::RoomFull => "room_full",
-            CloseReason::TooManyRooms => "too_many_rooms",
-            CloseReason::SlowClient => "write_timeout",
-            CloseReason::Gone => "connection_lost",
-        }
-    }
-}
-
-/// Where a resuming client says it is.
-#[derive(Debug, Default, Clone)]
-pub struct ResumeFrom {
-    pub session: Option<String>,
-    pub epoch: Option<String>,
-    pub since: Option<Rev>,
-}
 
 /// How the connection ended, as far as presence is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,20 +68,15 @@ fn into_halves(ws: WebSocket<TokioIo<Upgraded>>) -> Option<(WebSocketRead<ReadIo
 /// browser clients, which cannot see an HTTP status, learn why.
 pub async fn refuse(ws: WebSocket<TokioIo<Upgraded>>, reason: CloseReason) {
     if let Some((_, mut write)) = into_halves(ws) {
-        close_now(&mut write, reason).await;
+        let frame = Frame::close(reason.close_code(), reason.text().as_bytes());
+        let _ = tokio::time::timeout(CLOSE_GRACE, write.write_frame(frame)).await;
     }
     metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
 }
 
-/// Serves an upgraded WebSocket until it closes. `lease` is its admission to `room`.
-pub async fn serve(
-    ws: WebSocket<TokioIo<Upgraded>>,
-    app: Arc<App>,
-    room: Arc<Room>,
-    lease: Lease,
-    from: ResumeFrom,
-) {
-    let _lease = lease;
+/// Serves an upgraded WebSocket until it closes. `lease` is its admission to the room.
+pub async fn serve(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<App>, lease: Lease, from: ResumeFrom) {
+    let room = lease.room().clone();
     let _open = OpenGauge::new();
     let Some((mut read, write)) = into_halves(ws) else {
         tracing::error!("upgraded connection is not a TCP stream");
@@ -194,9 +93,10 @@ pub async fn serve(
     // Boxed messages keep the channel's first block (CONTROL_QUEUE slots, allocated up front)
     // small: replies are rare next to the frames the writer pulls.
     let (tx, rx) = mpsc::channel::<Box<Outgoing>>(CONTROL_QUEUE);
+    let signals = Signals { replies: rx, kicked, shutdown: app.shutdown_signal() };
 
-    let mut writer = Writer::new(write, &app, &room, &session);
-    let writer_fut = writer.run(from, resumed, rx, kicked);
+    let mut writer = Writer::new(write, WriterConfig::from(&app.config), &session);
+    let writer_fut = writer.run(from, resumed, signals);
     let reader_fut = read_loop(read, &app, &room, &session, conn, tx);
     tokio::pin!(writer_fut, reader_fut);
     let (end, reason) = tokio::select! {
@@ -211,8 +111,8 @@ pub async fn serve(
             (if reason == CloseReason::TakenOver { End::TakenOver } else { end }, reason)
         }
     };
-    metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => if end == End::Clean { "client_close" } else { reason.label() })
-        .increment(1);
+    let label = if end == End::Clean { CloseReason::Normal.label() } else { reason.label() };
+    metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => label).increment(1);
     if end != End::TakenOver && app.sessions.detach(&session, conn, end == End::Clean) {
         let cfg = &app.config;
         tokio::spawn(app.sessions.clone().expire_later(
@@ -241,14 +141,6 @@ impl Drop for OpenGauge {
     }
 }
 
-async fn close_now(write: &mut WebSocketWrite<WriteIo>, reason: CloseReason) {
-    let frame = Frame::close(reason.close_code(), reason.text().as_bytes());
-    let _ = tokio::time::timeout(CLOSE_GRACE, write.write_frame(frame)).await;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Reader
-
 async fn read_loop(
     mut read: WebSocketRead<ReadIo>,
     app: &App,
@@ -257,8 +149,7 @@ async fn read_loop(
     conn: u64,
     tx: mpsc::Sender<Box<Outgoing>>,
 ) -> End {
-    let max = app.config.max_message_bytes as usize;
-    let mut fragments: Option<(OpCode, Vec<u8>)> = None;
+    let mut messages = Reassembler::new(app.config.max_message_bytes as usize);
     let obligated = tx.clone();
     let mut send_fn = move |f: Frame<'_>| {
         let out = match f.opcode {
@@ -268,10 +159,14 @@ async fn read_loop(
         let tx = obligated.clone();
         async move { tx.send(Box::new(out)).await.map_err(|_| std::io::Error::other("writer gone")) }
     };
+    let close = |reason| {
+        let tx = tx.clone();
+        async move { tx.send(Box::new(Outgoing::Close(reason))).await }
+    };
     loop {
         let frame = match tokio::time::timeout(app.config.idle_timeout, read.read_frame(&mut send_fn)).await {
             Err(_) => {
-                let _ = tx.send(Box::new(Outgoing::Close(CloseReason::Idle))).await;
+                let _ = close(CloseReason::Idle).await;
                 return End::Abrupt;
             }
             Ok(Err(e)) => {
@@ -284,59 +179,31 @@ async fn read_loop(
                     _ => Some(CloseReason::Protocol),
                 };
                 if let Some(r) = reason {
-                    let _ = tx.send(Box::new(Outgoing::Close(r))).await;
+                    let _ = close(r).await;
                 }
                 return End::Abrupt;
             }
             Ok(Ok(frame)) => frame,
         };
-        let message: Vec<u8>;
-        let (opcode, payload): (OpCode, &[u8]) = match frame.opcode {
+        let (opcode, payload) = match frame.opcode {
             OpCode::Close => return End::Clean,
             OpCode::Ping | OpCode::Pong => continue,
-            OpCode::Text | OpCode::Binary if frame.fin => {
-                if fragments.is_some() {
-                    let _ = tx.send(Box::new(Outgoing::Close(CloseReason::Protocol))).await;
+            _ => match messages.push(frame.opcode, frame.fin, &frame.payload) {
+                Ok(Some(message)) => message,
+                Ok(None) => continue,
+                Err(reason) => {
+                    let _ = close(reason).await;
                     return End::Abrupt;
                 }
-                (frame.opcode, &frame.payload)
-            }
-            OpCode::Text | OpCode::Binary => {
-                if fragments.is_some() {
-                    let _ = tx.send(Box::new(Outgoing::Close(CloseReason::Protocol))).await;
-                    return End::Abrupt;
-                }
-                fragments = Some((frame.opcode, frame.payload.to_vec()));
-                continue;
-            }
-            OpCode::Continuation => {
-                let Some((op, buf)) = fragments.as_mut() else {
-                    let _ = tx.send(Box::new(Outgoing::Close(CloseReason::Protocol))).await;
-                    return End::Abrupt;
-                };
-                buf.extend_from_slice(&frame.payload);
-                if buf.len() > max {
-                    let _ = tx.send(Box::new(Outgoing::Close(CloseReason::TooBig))).await;
-                    return End::Abrupt;
-                }
-                if !frame.fin {
-                    continue;
-                }
-                let op = *op;
-                message = fragments.take().map(|(_, b)| b).unwrap_or_default();
-                if op == OpCode::Text && std::str::from_utf8(&message).is_err() {
-                    let _ = tx.send(Box::new(Outgoing::Close(CloseReason::BadUtf8))).await;
-                    return End::Abrupt;
-                }
-                (op, &message)
-            }
+            },
         };
         metrics::counter!(m::BYTES_RECEIVED).increment(payload.len() as u64);
         let reply = if opcode == OpCode::Binary {
-            metrics::counter!(m::DECODE_ERRORS, "code" => "bad_message").increment(1);
-            Some(protocol::error_msg("bad_message", "binary frames are not supported; send JSON text", None))
+            let code = ErrorCode::BadMessage;
+            metrics::counter!(m::DECODE_ERRORS, "code" => code.as_str()).increment(1);
+            Some(protocol::error_msg(code, "binary frames are not supported; send JSON text", None))
         } else {
-            match handle_message(payload, app, room, session, conn) {
+            match handle_message(&payload, app, room, session, conn) {
                 Ok(reply) => reply,
                 // Taken over: this connection must not act for the session any more.
                 Err(Superseded) => return End::TakenOver,
@@ -353,8 +220,8 @@ async fn read_loop(
 /// The connection no longer owns its session.
 struct Superseded;
 
-/// Handles one decoded text message; returns the reply for the sender, if any. Synchronous:
-/// locks taken here are released before the caller awaits.
+/// Handles one text message from a client; returns the reply for the sender, if any.
+/// Synchronous: locks taken here are released before the caller awaits.
 fn handle_message(
     text: &[u8],
     app: &App,
@@ -365,7 +232,7 @@ fn handle_message(
     let msg = match protocol::decode_client(text) {
         Ok(msg) => msg,
         Err(e) => {
-            metrics::counter!(m::DECODE_ERRORS, "code" => e.code()).increment(1);
+            metrics::counter!(m::DECODE_ERRORS, "code" => e.code().as_str()).increment(1);
             return Ok(Some(protocol::error_msg(e.code(), &e.message, None)));
         }
     };
@@ -383,7 +250,7 @@ fn handle_owned(
     app: &App,
     room: &Room,
     session: &Session,
-    mut st: parking_lot::MutexGuard<'_, crate::session::SessionState>,
+    mut st: parking_lot::MutexGuard<'_, SessionState>,
 ) -> Option<Bytes> {
     match msg {
         ClientMsg::Ping { t } => Some(protocol::pong_msg(&t)),
@@ -393,7 +260,7 @@ fn handle_owned(
                     "clientReqId {} was already processed (lastClientReqId {}); not applied again",
                     c.client_req_id.0, st.last_req.0
                 );
-                return Some(protocol::error_msg("duplicate", &msg, Some(c.client_req_id)));
+                return Some(protocol::error_msg(ErrorCode::Duplicate, &msg, Some(c.client_req_id)));
             }
             st.last_req = c.client_req_id;
             let req = match (c.mode, c.ops) {
@@ -405,13 +272,15 @@ fn handle_owned(
                     ops,
                 },
                 (Err(message), _) => {
-                    return Some(reject(room, c.client_req_id, RejectCode::Invalid, message));
+                    return Some(refuse_change(room, c.client_req_id, ErrorCode::Invalid, message));
                 }
-                (_, Err(e)) => return Some(reject(room, c.client_req_id, e.clone().into(), e.to_string())),
+                (_, Err(e)) => {
+                    return Some(refuse_change(room, c.client_req_id, e.clone().into(), e.to_string()));
+                }
             };
             // The session lock is held across the commit so a snapshot never reports a
             // lastClientReqId its revision does not contain yet.
-            let result = commit(room, req);
+            let result = app.commit(room, req);
             drop(st);
             result.err().map(|r| protocol::reject_msg(c.client_req_id, &r))
         }
@@ -421,7 +290,7 @@ fn handle_owned(
             let serde_json::Value::Object(patch) = data else { unreachable!("decoder checks") };
             match room.presence.update(session.client, patch, app.config.max_presence_bytes) {
                 Ok(()) => None,
-                Err(e) => Some(protocol::error_msg("too_large", &e.to_string(), None)),
+                Err(e) => Some(protocol::error_msg(ErrorCode::TooLarge, &e.to_string(), None)),
             }
         }
         ClientMsg::Broadcast { data } => {
@@ -433,24 +302,9 @@ fn handle_owned(
     }
 }
 
-fn reject(room: &Room, id: ClientReqId, code: RejectCode, message: String) -> Bytes {
-    metrics::counter!(m::CHANGES_REJECTED, "code" => code.as_str()).increment(1);
-    protocol::reject_msg(id, &Reject { code, message, rev: room.rev().0, conflicts: Vec::new() })
-}
-
-/// Commits with metrics; shared by the WebSocket reader and the HTTP API.
-pub fn commit(room: &Room, req: ChangeRequest) -> Result<Arc<Change>, Reject> {
-    let started = Instant::now();
-    let result = room.commit(req);
-    match &result {
-        Ok(change) => {
-            metrics::histogram!(m::COMMIT_DURATION).record(started.elapsed().as_secs_f64());
-            metrics::counter!(m::CHANGES_COMMITTED).increment(1);
-            for op in &change.ops {
-                metrics::counter!(m::OPS_APPLIED, "op" => op.kind().as_str()).increment(1);
-            }
-        }
-        Err(r) => metrics::counter!(m::CHANGES_REJECTED, "code" => r.code.as_str()).increment(1),
-    }
-    result
+/// A `reject` for a change refused before it reached the room (counted like the room's own).
+fn refuse_change(room: &Room, id: ClientReqId, code: ErrorCode, message: String) -> Bytes {
+    let r = Reject::new(code, message, room.rev().0);
+    app::count_reject(&r);
+    protocol::reject_msg(id, &r)
 }

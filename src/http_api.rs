@@ -1,6 +1,7 @@
 //! The HTTP API for game back-ends: read a room, read its recent changes, post a change, read
-//! presence, post a broadcast. Errors are always JSON `{"code":..,"message":..}` with a status
-//! that says what went wrong. Reads never create a room.
+//! presence, post a broadcast; and the HTTP response helpers the server's other routes use.
+//! Errors are always JSON `{"code":..,"message":..}`, with the status each [`ErrorCode`] maps to
+//! ([`status_of`], the one place that decides it). Reads never create a room.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -9,11 +10,42 @@ use hyper::{Method, Request, Response, StatusCode, header};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::connection;
+use crate::app::App;
 use crate::ids::{ClientId, ClientReqId, Rev, RoomId};
-use crate::protocol::{self, RejectCode};
+use crate::protocol::{self, ErrorCode};
 use crate::room::{ChangeRequest, Room};
-use crate::server::{App, Body, query_pairs};
+
+/// Every response body the server sends.
+pub type Body = Full<Bytes>;
+
+/// The HTTP status for an error code.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::Conflict | ErrorCode::Stale | ErrorCode::TestFailed | ErrorCode::Duplicate => {
+            StatusCode::CONFLICT
+        }
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+        ErrorCode::Gone => StatusCode::GONE,
+        ErrorCode::Draining | ErrorCode::TooManyConnections | ErrorCode::TooManyRooms => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        ErrorCode::Invalid
+        | ErrorCode::BadMessage
+        | ErrorCode::BadUpgrade
+        | ErrorCode::BadRoom
+        | ErrorCode::BadSince
+        | ErrorCode::BadBody => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// Query parameters as (name, value) pairs, percent-decoded.
+pub fn query_pairs<B>(req: &Request<B>) -> Vec<(String, String)> {
+    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect()
+}
 
 /// A JSON response.
 pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Body> {
@@ -24,9 +56,9 @@ pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Body> {
         .expect("valid response")
 }
 
-/// A JSON error response.
-pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    json(status, &json!({"code": code, "message": message}))
+/// A JSON error response, with the status its code maps to.
+pub fn json_error(code: ErrorCode, message: &str) -> Response<Body> {
+    json(status_of(code), &json!({"code": code, "message": message}))
 }
 
 /// Routes `/v1/rooms/{room}/{tail}` (everything but the WebSocket).
@@ -50,21 +82,16 @@ pub async fn handle(app: &App, req: Request<Incoming>, id: &RoomId, tail: &str) 
             Err(resp) => resp,
         },
         (_, "" | "changes" | "presence" | "broadcast") => {
-            json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")
+            json_error(ErrorCode::MethodNotAllowed, "method not allowed here")
         }
-        _ => json_error(StatusCode::NOT_FOUND, "not_found", &format!("no route /v1/rooms/{id}/{tail}")),
+        _ => json_error(ErrorCode::NotFound, &format!("no route /v1/rooms/{id}/{tail}")),
     }
 }
 
 async fn read_json(app: &App, req: Request<Incoming>) -> Result<Value, Response<Body>> {
     let limit = app.config.max_message_bytes as usize;
-    let too_large = || {
-        json_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            &format!("body exceeds --max-message-bytes ({limit})"),
-        )
-    };
+    let too_large =
+        || json_error(ErrorCode::TooLarge, &format!("body exceeds --max-message-bytes ({limit})"));
     if let Some(len) =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         && len > limit
@@ -74,10 +101,10 @@ async fn read_json(app: &App, req: Request<Incoming>) -> Result<Value, Response<
     let bytes: Bytes = match Limited::new(req.into_body(), limit).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(too_large()),
-        Err(e) => return Err(json_error(StatusCode::BAD_REQUEST, "bad_body", &e.to_string())),
+        Err(e) => return Err(json_error(ErrorCode::BadBody, &e.to_string())),
     };
     serde_json::from_slice(&bytes)
-        .map_err(|e| json_error(StatusCode::BAD_REQUEST, "bad_message", &format!("body is not JSON: {e}")))
+        .map_err(|e| json_error(ErrorCode::BadMessage, &format!("body is not JSON: {e}")))
 }
 
 fn get_room(room: Option<&Room>) -> Response<Body> {
@@ -92,38 +119,25 @@ fn get_room(room: Option<&Room>) -> Response<Body> {
 
 fn get_changes(room: Option<&Room>, since: Option<&str>) -> Response<Body> {
     let Some(since) = since.and_then(|s| s.parse::<u64>().ok()) else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "bad_since",
-            "?since=REV (a revision number) is required",
-        );
+        return json_error(ErrorCode::BadSince, "?since=REV (a revision number) is required");
     };
     let Some(room) = room else {
         return if since == 0 {
             json(StatusCode::OK, &json!({"epoch": null, "from": 0, "to": 0, "changes": []}))
         } else {
-            json_error(
-                StatusCode::BAD_REQUEST,
-                "bad_since",
-                &format!("since {since} is above the current revision 0"),
-            )
+            json_error(ErrorCode::BadSince, &format!("since {since} is above the current revision 0"))
         };
     };
     let head = room.rev();
     if since > head.0 {
         return json_error(
-            StatusCode::BAD_REQUEST,
-            "bad_since",
+            ErrorCode::BadSince,
             &format!("since {since} is above the current revision {head}"),
         );
     }
     let mut changes = Vec::new();
     if !room.changes_after(Rev(since), &mut changes) {
-        return json_error(
-            StatusCode::GONE,
-            "gone",
-            &format!("changes after {since} are no longer in the history"),
-        );
+        return json_error(ErrorCode::Gone, &format!("changes after {since} are no longer in the history"));
     }
     let to = changes.last().map_or(since, |c| c.rev.0);
     let entries: Vec<Value> = changes
@@ -144,39 +158,31 @@ fn get_changes(room: Option<&Room>, since: Option<&str>) -> Response<Body> {
 
 fn post_change(app: &App, id: &RoomId, body: Value) -> Response<Body> {
     let Value::Object(mut m) = body else {
-        return json_error(StatusCode::BAD_REQUEST, "bad_message", "body must be a JSON object");
+        return json_error(ErrorCode::BadMessage, "body must be a JSON object");
     };
     let c = protocol::decode_change_body(&mut m, ClientReqId(0));
     let (mode, ops) = match (c.mode, c.ops) {
         (Ok(mode), Ok(ops)) => (mode, ops),
-        (Err(message), _) => return json_error(StatusCode::BAD_REQUEST, "invalid", &message),
-        (_, Err(e)) => return json_error(StatusCode::BAD_REQUEST, e.code(), &e.to_string()),
+        (Err(message), _) => return json_error(ErrorCode::Invalid, &message),
+        (_, Err(e)) => return json_error(e.clone().into(), &e.to_string()),
     };
     let room = match app.rooms.get_or_create(id) {
         Ok(r) => r,
-        Err(e) => return json_error(StatusCode::SERVICE_UNAVAILABLE, "too_many_rooms", &e.to_string()),
+        Err(e) => return json_error(ErrorCode::TooManyRooms, &e.to_string()),
     };
     let req = ChangeRequest { author: ClientId::HTTP, client_req_id: None, base_rev: c.base_rev, mode, ops };
-    match connection::commit(&room, req) {
+    match app.commit(&room, req) {
         Ok(change) => json(StatusCode::OK, &json!({"rev": change.rev.0})),
-        Err(r) => {
-            let status = match r.code {
-                RejectCode::Conflict | RejectCode::Stale | RejectCode::TestFailed => StatusCode::CONFLICT,
-                RejectCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-                RejectCode::Forbidden => StatusCode::FORBIDDEN,
-                RejectCode::Invalid => StatusCode::BAD_REQUEST,
-            };
-            json(status, &r)
-        }
+        Err(r) => json(status_of(r.code), &r),
     }
 }
 
 fn post_broadcast(app: &App, id: &RoomId, body: Value) -> Response<Body> {
     let Value::Object(mut m) = body else {
-        return json_error(StatusCode::BAD_REQUEST, "bad_message", "body must be {\"data\": <any JSON>}");
+        return json_error(ErrorCode::BadMessage, "body must be {\"data\": <any JSON>}");
     };
     let Some(data) = m.remove("data") else {
-        return json_error(StatusCode::BAD_REQUEST, "bad_message", "body must be {\"data\": <any JSON>}");
+        return json_error(ErrorCode::BadMessage, "body must be {\"data\": <any JSON>}");
     };
     // Broadcasting to a room nobody is in reaches nobody; it does not create the room.
     if let Some(room) = app.rooms.get(id) {

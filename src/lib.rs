@@ -4,21 +4,27 @@
 //! changes and a lazily encoded snapshot. Each connected client is sent exactly what it is
 //! missing: the changes after its last revision while the ring still holds them, else a snapshot.
 //!
-//! Data flows one way: socket → [`protocol`] decode → [`room`] commit → [`ring`] → writers →
-//! socket. Module map, lowest layer first:
-//! - [`patch`]: RFC 6902 JSON Patch + `incr`, atomic apply with inverse (pure);
-//! - [`ring`]: fixed-capacity ring of committed changes (pure);
-//! - [`ids`]: newtypes for revisions, request ids, client ids, epochs, room names;
-//! - [`protocol`]: the only encoder/decoder of wire messages;
-//! - [`room`]: one room's ordering point: commit, catch-up, snapshots (synchronous);
-//! - [`presence`]: a room's ephemeral lane: presence and broadcasts (synchronous);
-//! - [`rooms`]: the registry of rooms;
-//! - [`session`]: sessions (identity, dedupe, takeover, expiry);
-//! - [`connection`]: one WebSocket: the reader loop → room (each client message is handled in
-//!   `connection::handle_message`), run beside [`writer`] ← room;
-//! - [`http_api`]: HTTP endpoints for back-ends;
-//! - [`server`]: accept loop, routing, shutdown; [`config`] and [`metrics`] beside it.
+//! Data flows one way: socket → [`connection`] (read, [`reassembly`], [`protocol`] decode) →
+//! [`app::App::commit`] → [`room`] commit → [`ring`]; then the room decides what each reader gets
+//! ([`room::catchup`]) and each connection's [`writer`] sends it → socket.
+//!
+//! The modules layer one way (`tests/layering.rs` enforces it), lowest first:
+//! - the synchronous core, which imports nothing from the shell:
+//!   [`ids`], [`patch`] (RFC 6902 + `incr`, atomic apply with inverse) and [`ring`];
+//!   [`protocol`] (the only encoder/decoder, and the error-code catalogue);
+//!   [`presence`] (the presence lane);
+//!   [`room`] (one room's ordering point: commit, conflict modes, catch-up decision, snapshots);
+//!   [`rooms`] (the registry: admission, activity, eviction);
+//! - the shell: [`config`] (every flag once), [`close`] (close-reason catalogue), [`metrics`]
+//!   (names, label enums, handles), [`web`] (embedded browser files); then [`session`] (identity
+//!   across reconnects, dedupe, takeover, the resume point); [`app`] (shared state, limit guards,
+//!   the one commit path); [`writer`] (the only socket writer, generic over its sink) and
+//!   [`reassembly`]; [`connection`] (one WebSocket's read loop; each client message is handled in
+//!   `connection::handle_message`) and [`http_api`] (HTTP endpoints for back-ends); [`server`]
+//!   (accept loop, routing, drain, sweeps); `main.rs` last.
 
+pub mod app;
+pub mod close;
 pub mod config;
 pub mod connection;
 pub mod http_api;
@@ -27,6 +33,7 @@ pub mod metrics;
 pub mod patch;
 pub mod presence;
 pub mod protocol;
+pub mod reassembly;
 pub mod ring;
 pub mod room;
 pub mod rooms;

@@ -2,8 +2,9 @@
 
 use anyhow::Context as _;
 use clap::Parser as _;
+use ringsync::app::App;
 use ringsync::config::{Config, LogFormat};
-use ringsync::server::{self, App};
+use ringsync::server;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]

@@ -3,8 +3,11 @@
 //! [`install`] installs the `metrics` recorder once per process (later calls return the same
 //! handle), then describes every metric — in that order, because handles taken before the
 //! recorder exists stay no-ops forever. Call sites use the `metrics` macros with the constants
-//! below, and only ever label by bounded enums (reason, kind, code, op): never a room, client or
-//! session id. `/metrics` is rendered from the returned handle by our own HTTP route.
+//! below, and only ever label by bounded enums (reason, kind, code, op, limit, outcome): never a
+//! room, client or session id. Every label value comes from an enum's one label table (here, or
+//! beside the enum it belongs to: `CloseReason`, `ErrorCode`, `OpKind`, `SnapshotReason`), and
+//! [`install`] registers each at zero from the same tables. `/metrics` is rendered from the
+//! returned handle by the server's own HTTP route.
 
 use std::sync::OnceLock;
 
@@ -52,6 +55,59 @@ pub struct Hot {
     pub bytes: [Counter; 5],
     pub delivery_lag: Histogram,
     pub catchup_lag: Histogram,
+}
+
+/// Why a connection was refused: the `limit` label of `ringsync_connections_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    MaxConnections,
+    MaxRoomClients,
+    MaxRooms,
+    /// Request headers or the WebSocket upgrade not done within `--handshake-timeout`.
+    HandshakeTimeout,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 4] =
+        [Refusal::MaxConnections, Refusal::MaxRoomClients, Refusal::MaxRooms, Refusal::HandshakeTimeout];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::MaxConnections => "max_connections",
+            Refusal::MaxRoomClients => "max_room_clients",
+            Refusal::MaxRooms => "max_rooms",
+            Refusal::HandshakeTimeout => "handshake_timeout",
+        }
+    }
+
+    /// Counts one refusal.
+    pub fn count(self) {
+        metrics::counter!(CONNECTIONS_REFUSED, "limit" => self.label()).increment(1);
+    }
+}
+
+/// How a connection's session started: the `outcome` label of `ringsync_session_connects_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectOutcome {
+    /// A new session.
+    New,
+    /// A resumed session brought up to date by a delta.
+    Delta,
+    /// A resumed session that needed a snapshot.
+    Snapshot,
+}
+
+impl ConnectOutcome {
+    pub const ALL: [ConnectOutcome; 3] =
+        [ConnectOutcome::New, ConnectOutcome::Delta, ConnectOutcome::Snapshot];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ConnectOutcome::New => "new",
+            ConnectOutcome::Delta => "delta",
+            ConnectOutcome::Snapshot => "snapshot",
+        }
+    }
 }
 
 /// Frame kinds, the `kind` label of frames and bytes sent.
@@ -133,9 +189,10 @@ pub fn install() -> PrometheusHandle {
 /// Registers every counter with each of its label values at zero, so a scrape shows the whole
 /// catalogue (rates work from the first sample, dashboards never query a missing series).
 fn initialise() {
-    use crate::connection::CloseReason;
+    use crate::close::CloseReason;
     use crate::patch::OpKind;
-    use crate::protocol::RejectCode;
+    use crate::protocol::ErrorCode;
+    use crate::room::SnapshotReason;
     for name in [
         CONNECTIONS_ACCEPTED,
         SLOW_CLIENT_CLOSES,
@@ -152,13 +209,13 @@ fn initialise() {
     for reason in CloseReason::ALL {
         metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason.label()).increment(0);
     }
-    for limit in ["max_connections", "max_room_clients", "max_rooms", "handshake_timeout"] {
-        metrics::counter!(CONNECTIONS_REFUSED, "limit" => limit).increment(0);
+    for limit in Refusal::ALL {
+        metrics::counter!(CONNECTIONS_REFUSED, "limit" => limit.label()).increment(0);
     }
-    for outcome in ["new", "delta", "snapshot"] {
-        metrics::counter!(SESSION_CONNECTS, "outcome" => outcome).increment(0);
+    for outcome in ConnectOutcome::ALL {
+        metrics::counter!(SESSION_CONNECTS, "outcome" => outcome.label()).increment(0);
     }
-    for code in RejectCode::ALL {
+    for code in ErrorCode::REJECTS {
         metrics::counter!(CHANGES_REJECTED, "code" => code.as_str()).increment(0);
     }
     for op in OpKind::ALL {
@@ -168,10 +225,10 @@ fn initialise() {
         metrics::counter!(FRAMES_SENT, "kind" => kind).increment(0);
         metrics::counter!(BYTES_SENT, "kind" => kind).increment(0);
     }
-    for reason in ["join", "resume", "behind_ring", "epoch"] {
-        metrics::counter!(SNAPSHOTS_SENT, "reason" => reason).increment(0);
+    for reason in SnapshotReason::ALL {
+        metrics::counter!(SNAPSHOTS_SENT, "reason" => reason.as_str()).increment(0);
     }
-    metrics::counter!(DECODE_ERRORS, "code" => "bad_message").increment(0);
+    metrics::counter!(DECODE_ERRORS, "code" => ErrorCode::BadMessage.as_str()).increment(0);
     metrics::gauge!(CONNECTIONS_OPEN).set(0.0);
 }
 
@@ -210,5 +267,5 @@ fn describe() {
     describe_counter!(BROADCASTS, "Broadcasts received");
     describe_counter!(BROADCASTS_DROPPED, "Broadcasts a slow reader never received");
     describe_counter!(DECODE_ERRORS, "Client messages that could not be decoded, by code");
-    describe_counter!(HTTP_REQUESTS, "HTTP API requests, by route and status class");
+    describe_counter!(HTTP_REQUESTS, "HTTP requests, by status class");
 }

@@ -1,12 +1,16 @@
-//! The registry of rooms in memory: a `DashMap` from room name to `Arc<Room>`.
+//! The registry of rooms in memory, and admission to them: a `DashMap` from room name to the room
+//! plus what the registry needs to know about its use (live connections, last activity).
 //!
 //! Rooms are created on first use by a writer or a connection; reads through the HTTP API never
 //! create one. No map guard is ever held beyond the statement that takes it: callers get an
 //! `Arc<Room>` clone. The number of rooms is bounded by `max_rooms` (0 = unlimited), counted with
-//! an atomic so the check never locks every shard.
+//! an atomic so the check never locks every shard. Admission (`--max-room-clients`) and the idle
+//! sweep's "is anyone using it" both run under the room's shard lock, so the sweep can never drop
+//! a room between its admission of a connection (or an HTTP write's look-up) and that use.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -19,9 +23,52 @@ use crate::room::{Room, RoomConfig};
 #[error("the server holds its maximum number of rooms")]
 pub struct TooManyRooms;
 
+/// Why a connection was not admitted to a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("the room holds its maximum number of connections")]
+    RoomFull,
+    #[error(transparent)]
+    TooManyRooms(#[from] TooManyRooms),
+}
+
+/// A room with the registry's bookkeeping about it.
+#[derive(Debug)]
+struct Held {
+    room: Arc<Room>,
+    /// Live connections (each holds a [`Lease`]).
+    connections: AtomicUsize,
+    /// Unix millis of the last look-up for writing, admission or departure.
+    last_active_ms: AtomicU64,
+}
+
+impl Held {
+    fn touch(&self) {
+        self.last_active_ms.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// A connection's place in a room, counted from admission until dropped, so the idle sweep never
+/// drops a room while it is in use.
+#[derive(Debug)]
+pub struct Lease(Arc<Held>);
+
+impl Lease {
+    pub fn room(&self) -> &Arc<Room> {
+        &self.0.room
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+        self.0.touch();
+    }
+}
+
 #[derive(Debug)]
 pub struct Rooms {
-    map: DashMap<RoomId, Arc<Room>>,
+    map: DashMap<RoomId, Arc<Held>>,
     count: AtomicUsize,
     config: RoomConfig,
     max_rooms: usize,
@@ -32,30 +79,41 @@ impl Rooms {
         Rooms { map: DashMap::new(), count: AtomicUsize::new(0), config, max_rooms }
     }
 
+    /// The room if it is in memory (never creates one).
     pub fn get(&self, id: &RoomId) -> Option<Arc<Room>> {
-        self.map.get(id).map(|r| r.value().clone())
+        self.map.get(id).map(|h| h.room.clone())
     }
 
-    /// The room, created if needed, marked active while the map's shard lock is held, so the
-    /// idle sweep cannot drop it between this call and the caller's use of it.
+    /// The room, created if needed, marked active under the shard lock (for writes).
     ///
     /// # Errors
     /// [`TooManyRooms`] when the room does not exist and the limit is reached.
     pub fn get_or_create(&self, id: &RoomId) -> Result<Arc<Room>, TooManyRooms> {
-        self.acquire(id, |_| ())
+        self.with_held(id, |h| h.room.clone())
     }
 
-    /// Like [`Rooms::get_or_create`], also running `hold` on the room under the shard lock (the
-    /// WebSocket path counts its connection there, so the sweep sees it at once).
+    /// Admits one more connection to the room (created if needed) unless it already holds
+    /// `max_clients` (0 = unlimited).
     ///
     /// # Errors
-    /// [`TooManyRooms`] when the room does not exist and the limit is reached.
-    pub fn acquire(&self, id: &RoomId, hold: impl FnOnce(&Room)) -> Result<Arc<Room>, TooManyRooms> {
+    /// [`Refused`] when the room is full or cannot be created.
+    pub fn admit(&self, id: &RoomId, max_clients: usize) -> Result<Lease, Refused> {
+        let admitted = self.with_held(id, |h| {
+            let counted = h.connections.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (max_clients == 0 || n < max_clients).then_some(n + 1)
+            });
+            counted.is_ok().then(|| Lease(h.clone()))
+        })?;
+        admitted.ok_or(Refused::RoomFull)
+    }
+
+    /// Runs `f` on the room's entry (created if needed) under its shard lock, after marking it
+    /// active.
+    fn with_held<T>(&self, id: &RoomId, f: impl FnOnce(&Arc<Held>) -> T) -> Result<T, TooManyRooms> {
         match self.map.entry(id.clone()) {
             Entry::Occupied(e) => {
                 e.get().touch();
-                hold(e.get());
-                Ok(e.get().clone())
+                Ok(f(e.get()))
             }
             Entry::Vacant(e) => {
                 let reserved = self.count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -64,12 +122,21 @@ impl Rooms {
                 if reserved.is_err() {
                     return Err(TooManyRooms);
                 }
-                let room = Arc::new(Room::new(id.clone(), self.config.clone()));
-                hold(&room);
-                e.insert(room.clone());
-                Ok(room)
+                let held = Arc::new(Held {
+                    room: Arc::new(Room::new(id.clone(), self.config.clone())),
+                    connections: AtomicUsize::new(0),
+                    last_active_ms: AtomicU64::new(now_ms()),
+                });
+                let out = f(&held);
+                e.insert(held);
+                Ok(out)
             }
         }
+    }
+
+    /// Live connections in the room (0 when it is not in memory).
+    pub fn clients(&self, id: &RoomId) -> usize {
+        self.map.get(id).map_or(0, |h| h.connections.load(Ordering::Acquire))
     }
 
     pub fn len(&self) -> usize {
@@ -80,11 +147,21 @@ impl Rooms {
         self.len() == 0
     }
 
-    /// Removes rooms for which `idle` returns true. Returns how many were dropped.
-    pub fn evict(&self, mut idle: impl FnMut(&Room) -> bool) -> usize {
+    /// Drops every room with no connection that has not been used for `ttl`. Returns how many
+    /// were dropped.
+    pub fn evict_idle(&self, ttl: Duration) -> usize {
+        let now = now_ms();
+        let ttl = ttl.as_millis() as u64;
+        self.evict(|h| {
+            h.connections.load(Ordering::Acquire) == 0
+                && now.saturating_sub(h.last_active_ms.load(Ordering::Relaxed)) >= ttl
+        })
+    }
+
+    fn evict(&self, mut idle: impl FnMut(&Held) -> bool) -> usize {
         let mut dropped = 0;
-        self.map.retain(|_, r| {
-            let drop = idle(r);
+        self.map.retain(|_, h| {
+            let drop = idle(h);
             dropped += usize::from(drop);
             !drop
         });
@@ -94,26 +171,54 @@ impl Rooms {
 
     /// A snapshot of every room handle (for metrics and sweeps).
     pub fn all(&self) -> Vec<Arc<Room>> {
-        self.map.iter().map(|r| r.value().clone()).collect()
+        self.map.iter().map(|h| h.room.clone()).collect()
     }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn id(s: &str) -> RoomId {
+        RoomId::parse(s).unwrap()
+    }
+
     #[test]
     fn creates_once_and_limits() {
         let rooms = Rooms::new(RoomConfig::default(), 2);
-        let a = rooms.get_or_create(&RoomId::parse("a").unwrap()).unwrap();
-        let a2 = rooms.get_or_create(&RoomId::parse("a").unwrap()).unwrap();
+        let a = rooms.get_or_create(&id("a")).unwrap();
+        let a2 = rooms.get_or_create(&id("a")).unwrap();
         assert!(Arc::ptr_eq(&a, &a2));
-        assert!(rooms.get(&RoomId::parse("b").unwrap()).is_none());
-        rooms.get_or_create(&RoomId::parse("b").unwrap()).unwrap();
-        assert_eq!(rooms.get_or_create(&RoomId::parse("c").unwrap()).unwrap_err(), TooManyRooms);
-        assert_eq!(rooms.evict(|r| r.id().as_str() == "a"), 1);
+        assert!(rooms.get(&id("b")).is_none());
+        rooms.get_or_create(&id("b")).unwrap();
+        assert_eq!(rooms.get_or_create(&id("c")).unwrap_err(), TooManyRooms);
+        assert_eq!(rooms.evict(|h| h.room.id().as_str() == "a"), 1);
         assert_eq!(rooms.len(), 1);
-        let fresh = rooms.get_or_create(&RoomId::parse("a").unwrap()).unwrap();
+        let fresh = rooms.get_or_create(&id("a")).unwrap();
         assert_ne!(fresh.epoch(), a.epoch());
+    }
+
+    #[test]
+    fn admission_counts_leases_and_keeps_rooms_in_use() {
+        let rooms = Rooms::new(RoomConfig::default(), 1);
+        let first = rooms.admit(&id("a"), 2).unwrap();
+        let second = rooms.admit(&id("a"), 2).unwrap();
+        assert_eq!(rooms.admit(&id("a"), 2).unwrap_err(), Refused::RoomFull);
+        assert_eq!(rooms.admit(&id("b"), 2).unwrap_err(), Refused::TooManyRooms(TooManyRooms));
+        assert_eq!(rooms.clients(&id("a")), 2);
+        assert_eq!(rooms.evict_idle(Duration::ZERO), 0, "in use");
+        drop((first, second));
+        assert_eq!(rooms.clients(&id("a")), 0);
+        assert_eq!(rooms.evict_idle(Duration::from_secs(3600)), 0, "recently used");
+        assert_eq!(rooms.evict_idle(Duration::ZERO), 1);
+        assert!(rooms.is_empty());
     }
 }

@@ -12,7 +12,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,75 +21,18 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
-use crate::config::Config;
-use crate::connection::{self, CloseReason, ResumeFrom};
-use crate::http_api::{self, json_error};
+use crate::app::App;
+use crate::close::CloseReason;
+use crate::connection;
+use crate::http_api::{self, Body, json_error, query_pairs};
 use crate::ids::{Rev, RoomId};
-use crate::metrics as m;
-use crate::room::Lease;
-use crate::rooms::Rooms;
-use crate::session::Sessions;
+use crate::metrics::{self as m, Refusal};
+use crate::protocol::ErrorCode;
+use crate::rooms::Refused;
+use crate::session::ResumeFrom;
 use crate::web;
-
-pub type Body = Full<Bytes>;
-
-/// Everything the request handlers share.
-pub struct App {
-    pub config: Config,
-    pub rooms: Rooms,
-    pub sessions: Arc<Sessions>,
-    pub metrics: PrometheusHandle,
-    shutdown_tx: watch::Sender<bool>,
-    draining: AtomicBool,
-    /// Open HTTP connections plus upgraded WebSockets, so shutdown knows when it is done.
-    active: AtomicUsize,
-    /// WebSockets open or being upgraded, for `--max-connections`.
-    websockets: AtomicUsize,
-}
-
-impl App {
-    pub fn new(config: Config) -> Arc<App> {
-        Arc::new(App {
-            rooms: Rooms::new(config.room_config(), config.max_rooms),
-            sessions: Arc::new(Sessions::default()),
-            metrics: m::install(),
-            shutdown_tx: watch::channel(false).0,
-            draining: AtomicBool::new(false),
-            active: AtomicUsize::new(0),
-            websockets: AtomicUsize::new(0),
-            config,
-        })
-    }
-
-    /// A receiver that changes once, when shutdown begins.
-    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.shutdown_tx.subscribe()
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
-}
-
-/// Counts something in an `AtomicUsize` while alive.
-struct Count<'a>(&'a AtomicUsize);
-
-impl<'a> Count<'a> {
-    fn new(c: &'a AtomicUsize) -> Self {
-        c.fetch_add(1, Ordering::AcqRel);
-        Count(c)
-    }
-}
-
-impl Drop for Count<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// Binds a listener with a deep accept queue: with the usual 128, a burst of connects overflows
 /// it and the kernel retries each dropped SYN only after a second.
@@ -103,16 +45,6 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
-}
-
-/// A WebSocket's place under `--max-connections`, taken before the upgrade and released when
-/// the connection (or the failed upgrade) ends.
-struct WsSlot(Arc<App>);
-
-impl Drop for WsSlot {
-    fn drop(&mut self) {
-        self.0.websockets.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// Serves `listener` until `shutdown` resolves, then drains.
@@ -145,8 +77,7 @@ pub async fn run(
         }
     }
     tracing::info!("shutting down: draining connections");
-    app.draining.store(true, Ordering::Release);
-    app.shutdown_tx.send_replace(true);
+    app.begin_drain();
     // Keep answering during the drain so load balancers see `/readyz` 503 (and new WebSocket
     // upgrades a clear 503) instead of refused connections; no new work is accepted.
     let deadline = tokio::time::Instant::now() + app.config.shutdown_timeout;
@@ -158,13 +89,13 @@ pub async fn run(
                 }
             }
             () = tokio::time::sleep(Duration::from_millis(20)) => {
-                if app.active.load(Ordering::Acquire) == 0 || tokio::time::Instant::now() >= deadline {
+                if app.active() == 0 || tokio::time::Instant::now() >= deadline {
                     break;
                 }
             }
         }
     }
-    tracing::info!(remaining = app.active.load(Ordering::Acquire), "shutdown complete");
+    tracing::info!(remaining = app.active(), "shutdown complete");
     Ok(())
 }
 
@@ -181,7 +112,7 @@ pub async fn run_metrics(listener: TcpListener, app: Arc<App>) {
                 let resp = if req.uri().path() == "/metrics" {
                     metrics_response(&app)
                 } else {
-                    json_error(StatusCode::NOT_FOUND, "not_found", "this listener serves /metrics only")
+                    json_error(ErrorCode::NotFound, "this listener serves /metrics only")
                 };
                 async move { Ok::<_, Infallible>(resp) }
             });
@@ -196,7 +127,7 @@ pub async fn run_metrics(listener: TcpListener, app: Arc<App>) {
 
 /// Serves one HTTP/1 connection (which may upgrade to a WebSocket).
 async fn serve_http(app: Arc<App>, stream: tokio::net::TcpStream) {
-    let _active = Count::new(&app.active);
+    let _active = app.hold_active();
     let mut shutdown = app.shutdown_signal();
     let svc_app = app.clone();
     let service = service_fn(move |req| route(svc_app.clone(), req));
@@ -213,7 +144,7 @@ async fn serve_http(app: Arc<App>, stream: tokio::net::TcpStream) {
             if let Err(e) = r {
                 if e.is_timeout() {
                     // A client that did not finish its request headers within --handshake-timeout.
-                    metrics::counter!(m::CONNECTIONS_REFUSED, "limit" => "handshake_timeout").increment(1);
+                    Refusal::HandshakeTimeout.count();
                 }
                 tracing::debug!(error = %e, "http connection ended");
             }
@@ -232,13 +163,13 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, 
         (Method::GET, p) if web::find(p).is_some() => asset(web::find(p).expect("matched")),
         (Method::GET, "/healthz") => http_api::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (Method::GET, "/readyz") if app.is_draining() => {
-            json_error(StatusCode::SERVICE_UNAVAILABLE, "draining", "the server is shutting down")
+            json_error(ErrorCode::Draining, "the server is shutting down")
         }
         (Method::GET, "/readyz") => http_api::json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
         (Method::GET, "/metrics") => metrics_response(&app),
         _ => match path.strip_prefix("/v1/rooms/") {
             Some(rest) => room_route(app, req, rest).await,
-            None => json_error(StatusCode::NOT_FOUND, "not_found", &format!("no route for {method} {path}")),
+            None => json_error(ErrorCode::NotFound, &format!("no route for {method} {path}")),
         },
     };
     let class = match resp.status().as_u16() {
@@ -260,7 +191,7 @@ fn asset(a: &'static web::Asset) -> Response<Body> {
         .expect("static response")
 }
 
-/// Renders `/metrics`, refreshing the gauges that are cheaper to compute at scrape time.
+/// Renders `/metrics` (the gauges are kept current by the sweep and by RAII guards).
 pub fn metrics_response(app: &App) -> Response<Body> {
     Response::builder()
         .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
@@ -270,37 +201,23 @@ pub fn metrics_response(app: &App) -> Response<Body> {
 
 async fn room_route(app: Arc<App>, req: Request<Incoming>, rest: &str) -> Response<Body> {
     if app.is_draining() {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "draining", "the server is shutting down");
+        return json_error(ErrorCode::Draining, "the server is shutting down");
     }
     let (name, tail) = rest.split_once('/').unwrap_or((rest, ""));
     let Ok(room_id) = RoomId::parse(name) else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "bad_room",
-            "room name must be 1-128 characters of A-Z a-z 0-9 . _ - :",
-        );
+        return json_error(ErrorCode::BadRoom, "room name must be 1-128 characters of A-Z a-z 0-9 . _ - :");
     };
     match (req.method().clone(), tail) {
         (Method::GET, "ws") => websocket(app, req, room_id),
-        (_, "ws") => json_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "use GET with a WebSocket upgrade",
-        ),
+        (_, "ws") => json_error(ErrorCode::MethodNotAllowed, "use GET with a WebSocket upgrade"),
         _ => http_api::handle(&app, req, &room_id, tail).await,
     }
-}
-
-/// Query parameters as (name, value) pairs, percent-decoded.
-pub fn query_pairs(req: &Request<Incoming>) -> Vec<(String, String)> {
-    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect()
 }
 
 fn websocket(app: Arc<App>, mut req: Request<Incoming>, room_id: RoomId) -> Response<Body> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return json_error(
-            StatusCode::UPGRADE_REQUIRED,
-            "upgrade_required",
+            ErrorCode::UpgradeRequired,
             "this endpoint speaks WebSocket: send an Upgrade request",
         );
     }
@@ -311,67 +228,47 @@ fn websocket(app: Arc<App>, mut req: Request<Incoming>, room_id: RoomId) -> Resp
             "epoch" => from.epoch = Some(v),
             "since" => match v.parse() {
                 Ok(n) => from.since = Some(Rev(n)),
-                Err(_) => {
-                    return json_error(
-                        StatusCode::BAD_REQUEST,
-                        "bad_since",
-                        "since must be a revision number",
-                    );
-                }
+                Err(_) => return json_error(ErrorCode::BadSince, "since must be a revision number"),
             },
             _ => {}
         }
     }
-    let max = app.config.max_connections;
     // The slot is taken here and moved into the connection's task, so concurrent upgrades can
     // never overshoot --max-connections.
-    let admitted_slot = app
-        .websockets
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (max == 0 || n < max).then_some(n + 1));
-    if admitted_slot.is_err() {
-        metrics::counter!(m::CONNECTIONS_REFUSED, "limit" => "max_connections").increment(1);
-        return json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_connections",
-            "the server is at --max-connections",
-        );
-    }
-    let slot = WsSlot(app.clone());
-    let mut admitted = false;
-    let max_room_clients = app.config.max_room_clients;
+    let Some(slot) = app.websocket_slot() else {
+        Refusal::MaxConnections.count();
+        return json_error(ErrorCode::TooManyConnections, "the server is at --max-connections");
+    };
     // A refused connection still upgrades and is closed with a code saying why (4005, 4006):
     // browsers cannot read an HTTP status from a failed WebSocket handshake.
-    let admission = match app.rooms.acquire(&room_id, |r| admitted = Lease::admit(r, max_room_clients)) {
-        Ok(room) if admitted => Ok((room.clone(), Lease::adopt(room))),
-        Ok(_) => {
-            metrics::counter!(m::CONNECTIONS_REFUSED, "limit" => "max_room_clients").increment(1);
-            Err(CloseReason::RoomFull)
+    let admission = app.rooms.admit(&room_id, app.config.max_room_clients).map_err(|refused| match refused {
+        Refused::RoomFull => {
+            Refusal::MaxRoomClients.count();
+            CloseReason::RoomFull
         }
-        Err(_) => {
-            metrics::counter!(m::CONNECTIONS_REFUSED, "limit" => "max_rooms").increment(1);
-            Err(CloseReason::TooManyRooms)
+        Refused::TooManyRooms(_) => {
+            Refusal::MaxRooms.count();
+            CloseReason::TooManyRooms
         }
-    };
+    });
     let (resp, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(x) => x,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_upgrade", &e.to_string()),
+        Err(e) => return json_error(ErrorCode::BadUpgrade, &e.to_string()),
     };
-    let task_app = app.clone();
     tokio::spawn(async move {
-        let app = task_app;
         let _slot = slot;
-        let _active = Count::new(&app.active);
+        let _active = app.hold_active();
         match tokio::time::timeout(app.config.handshake_timeout, upgrade).await {
             Ok(Ok(ws)) => match admission {
-                Ok((room, lease)) => {
+                Ok(lease) => {
                     metrics::counter!(m::CONNECTIONS_ACCEPTED).increment(1);
-                    connection::serve(ws, app.clone(), room, lease, from).await;
+                    connection::serve(ws, app.clone(), lease, from).await;
                 }
                 Err(reason) => connection::refuse(ws, reason).await,
             },
             Ok(Err(e)) => tracing::debug!(error = %e, "websocket upgrade failed"),
             Err(_) => {
-                metrics::counter!(m::CONNECTIONS_REFUSED, "limit" => "handshake_timeout").increment(1);
+                Refusal::HandshakeTimeout.count();
                 tracing::debug!("websocket upgrade timed out");
             }
         }
@@ -390,11 +287,7 @@ async fn sweep(app: Arc<App>) {
         }
         let ttl = app.config.room_idle_ttl;
         if !ttl.is_zero() {
-            let now = crate::room::now_ms();
-            let dropped = app.rooms.evict(|r| {
-                r.connections.load(Ordering::Acquire) == 0
-                    && now.saturating_sub(r.last_active_ms.load(Ordering::Relaxed)) >= ttl.as_millis() as u64
-            });
+            let dropped = app.rooms.evict_idle(ttl);
             if dropped > 0 {
                 metrics::counter!(m::ROOMS_EVICTED).increment(dropped as u64);
             }

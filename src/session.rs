@@ -7,21 +7,63 @@
 //! A session outlives its connection for `--session-ttl`; its presence for `--presence-grace`
 //! (unless the client closed cleanly, which is an immediate leave).
 //!
+//! A connection says where it resumes from ([`ResumeFrom`]); what it is then sent is decided by
+//! the room ([`Room::catch_up`]) and fetched through [`Session::catch_up`], which pairs the room's
+//! answer with the session's `lastClientReqId` at the same moment.
+//!
 //! Locking: `SessionState` is a `parking_lot::Mutex` never held across `.await`. When both are
-//! needed, the session lock is taken before the room lock (commit, and snapshots that must report
-//! a `lastClientReqId` consistent with their revision).
+//! needed, the session lock is taken before the room lock (a commit, and every catch-up, which
+//! must report a `lastClientReqId` consistent with its revision). That order is known here and in
+//! the commit path only: the writer just asks [`Session::catch_up`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use crate::ids::{ClientId, ClientReqId, random_hex};
+use crate::ids::{ClientId, ClientReqId, Rev, random_hex};
 use crate::metrics as m;
-use crate::room::Room;
+use crate::protocol;
+use crate::room::{CatchUp, Change, Cursor, Room, SnapshotReason};
+
+/// Where a connecting client says it is (the `session`, `epoch` and `since` query parameters).
+#[derive(Debug, Default, Clone)]
+pub struct ResumeFrom {
+    pub session: Option<String>,
+    pub epoch: Option<String>,
+    pub since: Option<Rev>,
+}
+
+impl ResumeFrom {
+    /// The reader's position for the room's decision. A `since` without an `epoch` cannot be
+    /// trusted (revisions mean nothing outside their epoch), so it counts as another epoch.
+    pub fn cursor(&self, resumed: bool) -> Cursor<'_> {
+        match (self.since, self.epoch.as_deref()) {
+            (Some(since), epoch) => Cursor::Resume { epoch: epoch.unwrap_or(""), since },
+            (None, _) => Cursor::Fresh { resumed },
+        }
+    }
+}
+
+/// What a connection is sent to reach the room's newest revision.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The `delta` or `snapshot` frame.
+    pub frame: Bytes,
+    /// The revision the frame brings the client to.
+    pub to: Rev,
+    /// `None` for a delta; why, for a snapshot.
+    pub snapshot: Option<SnapshotReason>,
+    /// The session's `lastClientReqId` as of `to`.
+    pub last_req: ClientReqId,
+    /// When the newest change in a delta was committed.
+    pub newest_committed_at: Option<Instant>,
+}
 
 /// Mutable per-session state.
 #[derive(Debug)]
@@ -51,6 +93,33 @@ pub struct Session {
     pub client: ClientId,
     pub room: Arc<Room>,
     pub state: Mutex<SessionState>,
+}
+
+impl Session {
+    /// What this session's connection, standing at `cursor`, is sent (`None`: it is current).
+    /// `scratch` is the caller's reusable buffer for the changes a delta carries.
+    pub fn catch_up(&self, cursor: Cursor<'_>, scratch: &mut Vec<Arc<Change>>) -> Option<Delivery> {
+        // Session lock first, then the room's (as in a commit): no commit of this session is
+        // half-way, so the lastClientReqId reported and the revision agree.
+        let st = self.state.lock();
+        let last_req = st.last_req;
+        let delivery = match self.room.catch_up(cursor, self.client, scratch) {
+            CatchUp::Current => None,
+            CatchUp::Delta { frame, to, newest_committed_at, .. } => {
+                Some(Delivery { frame, to, snapshot: None, last_req, newest_committed_at })
+            }
+            CatchUp::Snapshot(snap, reason) => Some(Delivery {
+                frame: protocol::snapshot_frame(snap.rev, last_req, &snap.state),
+                to: snap.rev,
+                snapshot: Some(reason),
+                last_req,
+                newest_committed_at: None,
+            }),
+        };
+        drop(st);
+        scratch.clear();
+        delivery
+    }
 }
 
 /// A connection's claim on a session.

@@ -1,31 +1,55 @@
-//! A connection's writer: the only code that writes to a WebSocket.
+//! A connection's writer: the only code that writes to an admitted connection's WebSocket
+//! (`connection::refuse` writes the single close frame of a refused one).
 //!
-//! It is pull-based: it remembers `last_sent` (the revision the client holds) and, when the room's
-//! revision moves, sends everything after it in one `delta` frame (a single change to a caught-up
-//! non-author is the frame the room encoded once for everyone), or a `snapshot` when the ring no
-//! longer holds what the client is missing. Presence and broadcasts are pulled the same way. A
-//! connection therefore holds O(1) memory however far behind it is. Replies from the reader
-//! (rejects, pongs, errors, close requests) arrive on a small bounded channel and go first. A
-//! write that does not complete within `--write-timeout` ends the connection.
+//! It executes what the room decides and moves bytes; it makes no decision of its own about what
+//! a client is sent. It remembers `last_sent` (the revision the client holds) and, when the room's
+//! revision moves, asks the session for the one frame that brings the client up to date
+//! ([`Session::catch_up`]: a `delta`, or a `snapshot` once the ring has moved on). Presence and
+//! broadcasts are pulled the same way. A connection therefore holds O(1) memory however far
+//! behind it is. Replies from the reader (rejects, pongs, errors, close requests) arrive on a
+//! small bounded channel. A write that does not complete within `--write-timeout` ends the
+//! connection.
+//!
+//! The writer is generic over its [`FrameSink`], so its ordering, coalescing and close handling
+//! are tested with an in-memory sink (`tests/writer.rs`).
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketWrite};
 use rand::Rng;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::connection::{CLOSE_GRACE, CloseReason, ResumeFrom, WriteIo};
+use crate::close::{CLOSE_GRACE, CloseReason};
+use crate::config::Config;
 use crate::ids::Rev;
-use crate::metrics::{self as m, FrameKind as Kind};
+use crate::metrics::{self as m, ConnectOutcome, FrameKind as Kind};
 use crate::protocol;
-use crate::room::{Change, Room};
-use crate::server::App;
-use crate::session::Session;
+use crate::room::{Change, Cursor, Room};
+use crate::session::{Delivery, ResumeFrom, Session};
+
+/// Where a writer's frames go: a WebSocket's write half, or an in-memory sink in tests.
+pub trait FrameSink {
+    /// Writes one frame (completes when the socket has taken it).
+    fn write_frame(&mut self, frame: Frame<'_>) -> impl Future<Output = Result<(), WebSocketError>>;
+    /// Whether a close frame was already written.
+    fn is_closed(&self) -> bool;
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> FrameSink for WebSocketWrite<S> {
+    fn write_frame(&mut self, frame: Frame<'_>) -> impl Future<Output = Result<(), WebSocketError>> {
+        WebSocketWrite::write_frame(self, frame)
+    }
+    fn is_closed(&self) -> bool {
+        WebSocketWrite::is_closed(self)
+    }
+}
 
 /// What the reader asks the writer to send.
 #[derive(Debug)]
-pub(crate) enum Outgoing {
+pub enum Outgoing {
     /// A control message (reject, error, pong).
     Text(Bytes),
     /// Reply to a client ping.
@@ -36,9 +60,42 @@ pub(crate) enum Outgoing {
     Close(CloseReason),
 }
 
-pub(crate) struct Writer<'a> {
-    ws: WebSocketWrite<WriteIo>,
-    app: &'a App,
+/// The writer's timings (from `Config`).
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Presence messages go out on a grid of this interval (0 = immediately).
+    pub presence_interval: Duration,
+    pub ping_interval: Duration,
+    pub write_timeout: Duration,
+    /// On shutdown, the close comes at a random moment within 80 % of this.
+    pub shutdown_timeout: Duration,
+}
+
+impl From<&Config> for WriterConfig {
+    fn from(c: &Config) -> Self {
+        WriterConfig {
+            presence_interval: c.presence_interval,
+            ping_interval: c.ping_interval,
+            write_timeout: c.write_timeout,
+            shutdown_timeout: c.shutdown_timeout,
+        }
+    }
+}
+
+/// What a writer is told from outside its connection.
+#[derive(Debug)]
+pub struct Signals {
+    /// Replies from the reader.
+    pub replies: mpsc::Receiver<Box<Outgoing>>,
+    /// Fires when another connection takes the session over.
+    pub kicked: oneshot::Receiver<()>,
+    /// Changes once, when the server starts shutting down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+pub struct Writer<'a, S> {
+    ws: S,
+    config: WriterConfig,
     room: &'a Room,
     session: &'a Session,
     /// The revision the client holds.
@@ -52,17 +109,12 @@ pub(crate) struct Writer<'a> {
 /// Why the writer stopped on its own.
 type WriteResult = Result<(), CloseReason>;
 
-impl<'a> Writer<'a> {
-    pub(crate) fn new(
-        ws: WebSocketWrite<WriteIo>,
-        app: &'a App,
-        room: &'a Room,
-        session: &'a Session,
-    ) -> Self {
+impl<'a, S: FrameSink> Writer<'a, S> {
+    pub fn new(ws: S, config: WriterConfig, session: &'a Session) -> Self {
         Writer {
             ws,
-            app,
-            room,
+            config,
+            room: &session.room,
             session,
             last_sent: Rev(0),
             presence_seq: 0,
@@ -71,27 +123,23 @@ impl<'a> Writer<'a> {
         }
     }
 
-    pub(crate) async fn run(
-        &mut self,
-        from: ResumeFrom,
-        resumed: bool,
-        mut rx: mpsc::Receiver<Box<Outgoing>>,
-        mut kicked: tokio::sync::oneshot::Receiver<()>,
-    ) -> CloseReason {
+    /// Sends `welcome` and the first catch-up, then everything the room and the reader produce,
+    /// until the connection ends; returns why (after writing its close frame when it can).
+    pub async fn run(&mut self, from: ResumeFrom, resumed: bool, signals: Signals) -> CloseReason {
+        let Signals { replies: mut rx, mut kicked, mut shutdown } = signals;
         let mut revs = self.room.subscribe();
         let mut presence = self.room.presence.subscribe();
         let mut broadcasts = self.room.presence.subscribe_broadcasts();
-        let mut shutdown = self.app.shutdown_signal();
         revs.mark_unchanged();
         presence.mark_unchanged();
         broadcasts.mark_unchanged();
-        if let Err(reason) = self.hello(from, resumed).await {
+        if let Err(reason) = self.hello(&from, resumed).await {
             return reason;
         }
-        let interval = self.app.config.presence_interval;
+        let interval = self.config.presence_interval;
         let mut next_presence = tokio::time::Instant::now();
         let mut presence_pending = false;
-        let mut ping = tokio::time::interval(self.app.config.ping_interval);
+        let mut ping = tokio::time::interval(self.config.ping_interval);
         ping.reset();
         let result: WriteResult = loop {
             // Not `biased`: under a constant stream of commits the revision arm is always ready,
@@ -111,13 +159,13 @@ impl<'a> Writer<'a> {
                 _ = shutdown.changed() => {
                     // Spread closes over most of the drain window so clients do not all
                     // reconnect at the same instant.
-                    let window = self.app.config.shutdown_timeout.mul_f64(0.8);
+                    let window = self.config.shutdown_timeout.mul_f64(0.8);
                     let delay = window.mul_f64(rand::rng().random::<f64>());
                     tokio::time::sleep(delay).await;
                     Err(CloseReason::Shutdown)
                 }
                 r = revs.changed() => match r {
-                    Ok(()) => self.catch_up().await,
+                    Ok(()) => self.wake_up().await,
                     Err(_) => Err(CloseReason::Shutdown),
                 },
                 _ = broadcasts.changed() => self.send_broadcasts().await,
@@ -137,8 +185,7 @@ impl<'a> Writer<'a> {
             }
         };
         let reason = result.err().unwrap_or(CloseReason::Protocol);
-        let can_close = !matches!(reason, CloseReason::Normal | CloseReason::SlowClient | CloseReason::Gone);
-        if can_close && !self.ws.is_closed() {
+        if reason.sends_frame() && !self.ws.is_closed() {
             let frame = Frame::close(reason.close_code(), reason.text().as_bytes());
             let _ = tokio::time::timeout(CLOSE_GRACE, self.ws.write_frame(frame)).await;
         }
@@ -146,52 +193,21 @@ impl<'a> Writer<'a> {
     }
 
     /// `welcome`, then exactly one `delta` or `snapshot` bringing the client to `welcome.rev`.
-    async fn hello(&mut self, from: ResumeFrom, resumed: bool) -> WriteResult {
+    async fn hello(&mut self, from: &ResumeFrom, resumed: bool) -> WriteResult {
         let room = self.room;
         self.broadcast_seq = room.presence.broadcast_seq();
         let (presence_seq, peers_json) = room.presence.online_json();
         self.presence_seq = presence_seq;
-        let usable_since = match (from.since, from.epoch.as_deref()) {
-            (Some(since), Some(epoch)) if epoch == room.epoch().as_str() => Some(since),
-            _ => None,
+        let delivery = self.session.catch_up(from.cursor(resumed), &mut self.changes);
+        let Some(Delivery { frame, to, snapshot, last_req, .. }) = delivery else {
+            unreachable!("a join or resume is always sent a frame")
         };
-        // One hold of the session lock covers the catch-up and the lastClientReqId the welcome
-        // reports, so both describe the same moment (no commit of this session is half-way).
-        let (frame, kind, to, outcome, last_req) = {
-            let st = self.session.state.lock();
-            let last_req = st.last_req;
-            let mut delta_from = None;
-            if let Some(since) = usable_since
-                && room.changes_after(since, &mut self.changes)
-            {
-                delta_from = Some(since);
-            }
-            let (frame, kind, to, outcome) = match delta_from {
-                Some(since) => {
-                    let to = self.changes.last().map_or(since, |c| c.rev);
-                    (self.delta_frame(since, to), Kind::Delta, to, "delta")
-                }
-                None => {
-                    let reason = match (from.since, from.epoch.as_deref()) {
-                        (Some(_), Some(e)) if e != room.epoch().as_str() => "epoch",
-                        (Some(_), _) => "behind_ring",
-                        (None, _) if resumed => "resume",
-                        _ => "join",
-                    };
-                    let snap = room.snapshot();
-                    metrics::counter!(m::SNAPSHOTS_SENT, "reason" => reason).increment(1);
-                    (
-                        protocol::snapshot_frame(snap.rev, last_req, &snap.state),
-                        Kind::Snapshot,
-                        snap.rev,
-                        "snapshot",
-                    )
-                }
-            };
-            (frame, kind, to, outcome, last_req)
+        let outcome = match (resumed, snapshot) {
+            (false, _) => ConnectOutcome::New,
+            (true, None) => ConnectOutcome::Delta,
+            (true, Some(_)) => ConnectOutcome::Snapshot,
         };
-        metrics::counter!(m::SESSION_CONNECTS, "outcome" => if resumed { outcome } else { "new" })
-            .increment(1);
+        metrics::counter!(m::SESSION_CONNECTS, "outcome" => outcome.label()).increment(1);
         let welcome = protocol::Welcome {
             client: self.session.client,
             session: &self.session.token,
@@ -203,48 +219,34 @@ impl<'a> Writer<'a> {
         }
         .encode();
         self.send(&welcome, Kind::Control).await?;
-        self.send(&frame, kind).await?;
+        self.deliver(&frame, snapshot).await?;
         self.last_sent = to;
-        self.changes.clear();
         Ok(())
     }
 
     /// Sends everything after `last_sent` in one frame.
-    async fn catch_up(&mut self) -> WriteResult {
-        let head = self.room.rev();
-        if head <= self.last_sent {
+    async fn wake_up(&mut self) -> WriteResult {
+        let Some(d) = self.session.catch_up(Cursor::Holds(self.last_sent), &mut self.changes) else {
             return Ok(());
+        };
+        m::hot().catchup_lag.record(d.to.0.saturating_sub(self.last_sent.0) as f64);
+        self.deliver(&d.frame, d.snapshot).await?;
+        if let Some(at) = d.newest_committed_at {
+            m::hot().delivery_lag.record(at.elapsed().as_secs_f64());
         }
-        m::hot().catchup_lag.record((head.0 - self.last_sent.0) as f64);
-        if !self.room.changes_after(self.last_sent, &mut self.changes) {
-            let (frame, rev) = self.snapshot_frame();
-            metrics::counter!(m::SNAPSHOTS_SENT, "reason" => "behind_ring").increment(1);
-            self.send(&frame, Kind::Snapshot).await?;
-            self.last_sent = rev;
-            return Ok(());
-        }
-        let Some(newest) = self.changes.last() else { return Ok(()) };
-        let (to, committed_at) = (newest.rev, newest.committed_at);
-        let frame = self.delta_frame(self.last_sent, to);
-        self.changes.clear();
-        self.send(&frame, Kind::Delta).await?;
-        m::hot().delivery_lag.record(committed_at.elapsed().as_secs_f64());
-        self.last_sent = to;
+        self.last_sent = d.to;
         Ok(())
     }
 
-    /// The delta frame for `self.changes` (which run from `from+1` to `to`).
-    fn delta_frame(&self, from: Rev, to: Rev) -> Bytes {
-        self.room.delta_frame(&self.changes, from, to, self.session.client)
-    }
-
-    /// A snapshot frame at the current revision with this session's `lastClientReqId` as of that
-    /// revision (the session lock is taken first, so no commit of ours is half-way).
-    fn snapshot_frame(&self) -> (Bytes, Rev) {
-        let st = self.session.state.lock();
-        let snap = self.room.snapshot();
-        let frame = protocol::snapshot_frame(snap.rev, st.last_req, &snap.state);
-        (frame, snap.rev)
+    /// Sends a catch-up frame, counting a snapshot by its reason.
+    async fn deliver(&mut self, frame: &Bytes, snapshot: Option<crate::room::SnapshotReason>) -> WriteResult {
+        match snapshot {
+            Some(reason) => {
+                metrics::counter!(m::SNAPSHOTS_SENT, "reason" => reason.as_str()).increment(1);
+                self.send(frame, Kind::Snapshot).await
+            }
+            None => self.send(frame, Kind::Delta).await,
+        }
     }
 
     async fn send_presence(&mut self, tick: Option<u64>) -> WriteResult {
@@ -286,11 +288,12 @@ impl<'a> Writer<'a> {
     /// armed for a write that has to wait for the socket.
     async fn write(&mut self, frame: Frame<'_>) -> WriteResult {
         use std::task::Poll;
+        let write_timeout = self.config.write_timeout;
         let mut fut = std::pin::pin!(self.ws.write_frame(frame));
         let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
         let result = match first {
             Poll::Ready(r) => r,
-            Poll::Pending => match tokio::time::timeout(self.app.config.write_timeout, fut).await {
+            Poll::Pending => match tokio::time::timeout(write_timeout, fut).await {
                 Ok(r) => r,
                 Err(_) => {
                     metrics::counter!(m::SLOW_CLIENT_CLOSES).increment(1);
@@ -314,7 +317,7 @@ impl PresenceClock {
     }
 
     /// The slot number now, or `None` without a grid.
-    fn tick(interval: std::time::Duration) -> Option<u64> {
+    fn tick(interval: Duration) -> Option<u64> {
         if interval.is_zero() {
             return None;
         }
@@ -323,11 +326,11 @@ impl PresenceClock {
     }
 
     /// The next boundary after now (now itself without a grid).
-    fn next_boundary(interval: std::time::Duration) -> tokio::time::Instant {
+    fn next_boundary(interval: Duration) -> tokio::time::Instant {
         match Self::tick(interval) {
             Some(t) => {
                 let nanos = interval.as_nanos().saturating_mul(u128::from(t) + 1);
-                Self::origin() + std::time::Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+                Self::origin() + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
             }
             None => tokio::time::Instant::now(),
         }

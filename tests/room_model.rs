@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use ringsync::ids::{ClientId, Rev, RoomId};
 use ringsync::patch::{self, Op};
 use ringsync::protocol::Mode;
-use ringsync::room::{CatchUp, ChangeRequest, Room, RoomConfig};
+use ringsync::room::{CatchUp, ChangeRequest, Cursor, Room, RoomConfig};
 use serde_json::{Value, json};
 
 /// Reference semantics: atomic by cloning, standard ops by the `json-patch` crate, `incr` by hand.
@@ -122,13 +122,16 @@ proptest! {
             // The size the room tracks op by op is exactly the encoded state's.
             prop_assert_eq!(room.state_bytes(), serde_json::to_vec(&model).unwrap().len());
         }
-        // Catch-up: for every rev the ring can answer for, replaying since(r) on the state at r
-        // yields the current state; and the inverses walk back to it.
+        // Catch-up: for every rev the ring can answer for, replaying the delta a reader at r gets
+        // on the state at r yields the current state; and the inverses walk back to it.
         let head = room.rev().0;
         let epoch = room.epoch().as_str().to_owned();
+        let mut cs = Vec::new();
         for r in 0..=head {
-            match room.since(Rev(r), &epoch) {
-                CatchUp::Changes(cs) => {
+            match room.catch_up(Cursor::Resume { epoch: &epoch, since: Rev(r) }, ClientId(99), &mut cs) {
+                CatchUp::Current => prop_assert!(false, "a resume always gets a frame"),
+                CatchUp::Delta { to, .. } => {
+                    prop_assert_eq!(to.0, head);
                     prop_assert!(head - r <= history as u64);
                     let mut s = states[r as usize].clone();
                     for c in &cs {

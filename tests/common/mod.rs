@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use ringsync::app::App;
 use ringsync::config::Config;
 use ringsync::patch;
-use ringsync::server::{self, App};
+use ringsync::server;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -51,13 +52,11 @@ impl Drop for Server {
     }
 }
 
-/// A config for tests: defaults with the given flags.
+/// A config for tests: defaults with the given flags (`RINGSYNC_*` variables are not read).
 pub fn config(flags: &[&str]) -> Config {
-    use clap::Parser;
-    let mut args =
-        vec!["ringsync", "--listen", "127.0.0.1:0", "--presence-interval", "0", "--shutdown-timeout", "1"];
+    let mut args = vec!["--listen", "127.0.0.1:0", "--presence-interval", "0", "--shutdown-timeout", "1"];
     args.extend_from_slice(flags);
-    Config::parse_from(args)
+    Config::from_flags(&args).expect("valid test flags")
 }
 
 pub async fn start(config: Config) -> Server {

@@ -1,0 +1,111 @@
+//! The catalogue of ways a WebSocket connection ends: each reason's close code, its text and its
+//! metrics label, written once. The writer sends these codes, `connection::refuse` sends the
+//! admission ones, and `metrics` registers every label at zero from [`CloseReason::ALL`].
+//!
+//! Invariant: codes in the 4000–4999 range are ringsync's own and documented in PROTOCOL.md; a
+//! reason that cannot send a close frame (the socket is gone or stuck) maps to 1006, which is
+//! never put on the wire.
+
+use std::time::Duration;
+
+/// Time given to the other half of a connection to finish once one half has ended (a close
+/// frame to be written, or the client's answer to ours).
+pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// 1000: the client closed, we echo.
+    Normal,
+    /// 1001: idle timeout.
+    Idle,
+    /// 1001: server shutting down.
+    Shutdown,
+    /// 1002: WebSocket protocol violation.
+    Protocol,
+    /// 1007: invalid UTF-8 in a text message.
+    BadUtf8,
+    /// 1009: message over `--max-message-bytes`.
+    TooBig,
+    /// 4001: another connection took the session over.
+    TakenOver,
+    /// 4005: `--max-room-clients` reached.
+    RoomFull,
+    /// 4006: `--max-rooms` reached and this room does not exist.
+    TooManyRooms,
+    /// The socket did not accept a write within `--write-timeout` (no close frame can be sent).
+    SlowClient,
+    /// The socket failed (reset, closed under us).
+    Gone,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 11] = [
+        CloseReason::Normal,
+        CloseReason::Idle,
+        CloseReason::Shutdown,
+        CloseReason::Protocol,
+        CloseReason::BadUtf8,
+        CloseReason::TooBig,
+        CloseReason::TakenOver,
+        CloseReason::RoomFull,
+        CloseReason::TooManyRooms,
+        CloseReason::SlowClient,
+        CloseReason::Gone,
+    ];
+
+    /// The WebSocket close code (RFC 6455 §7.4).
+    pub fn close_code(self) -> u16 {
+        match self {
+            CloseReason::Normal => 1000,
+            CloseReason::Idle | CloseReason::Shutdown => 1001,
+            CloseReason::Protocol => 1002,
+            CloseReason::BadUtf8 => 1007,
+            CloseReason::TooBig => 1009,
+            CloseReason::TakenOver => 4001,
+            CloseReason::RoomFull => 4005,
+            CloseReason::TooManyRooms => 4006,
+            CloseReason::SlowClient | CloseReason::Gone => 1006,
+        }
+    }
+
+    /// The close frame's reason text.
+    pub fn text(self) -> &'static str {
+        match self {
+            CloseReason::Normal => "bye",
+            CloseReason::Idle => "idle timeout",
+            CloseReason::Shutdown => "server shutting down",
+            CloseReason::Protocol => "protocol error",
+            CloseReason::BadUtf8 => "invalid UTF-8",
+            CloseReason::TooBig => "message too big",
+            CloseReason::TakenOver => "session taken over",
+            CloseReason::RoomFull => "room full",
+            CloseReason::TooManyRooms => "too many rooms",
+            CloseReason::SlowClient => "write timeout",
+            CloseReason::Gone => "connection lost",
+        }
+    }
+
+    /// The `reason` label of `ringsync_connections_closed_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::Normal => "client_close",
+            CloseReason::Idle => "idle_timeout",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Protocol => "protocol_error",
+            CloseReason::BadUtf8 => "bad_utf8",
+            CloseReason::TooBig => "too_big",
+            CloseReason::TakenOver => "taken_over",
+            CloseReason::RoomFull => "room_full",
+            CloseReason::TooManyRooms => "too_many_rooms",
+            CloseReason::SlowClient => "write_timeout",
+            CloseReason::Gone => "connection_lost",
+        }
+    }
+
+    /// Whether a close frame with this reason can still be written (the socket works and we did
+    /// not already echo the client's close).
+    pub fn sends_frame(self) -> bool {
+        !matches!(self, CloseReason::Normal | CloseReason::SlowClient | CloseReason::Gone)
+    }
+}

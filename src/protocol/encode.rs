@@ -1,0 +1,170 @@
+//! Encoding of every server → client message and of the pre-encoded fragments hot frames are
+//! concatenated from. Nothing here parses; nothing outside `protocol` serialises a message.
+//!
+//! Invariant: every function returns one complete, valid JSON text (fragments: one valid JSON
+//! value or `"name":value` member), so frames built by concatenation stay valid.
+
+use std::io::Write as _;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{ErrorCode, Reject};
+use crate::ids::{ClientId, ClientReqId, Rev};
+use crate::patch::Op;
+
+/// Encodes a patch once; the bytes are embedded in every frame that carries the change.
+pub fn encode_ops(ops: &[Op]) -> Vec<u8> {
+    serde_json::to_vec(ops).expect("ops always serialise")
+}
+
+/// The one-change `delta` frame `rev-1 → rev` that every caught-up non-author is sent, and the
+/// entry inside it (`{"rev":..,"client":..,"ops":..}`) as a zero-copy slice of the same bytes,
+/// so a committed change is encoded and stored once.
+pub fn change_frame(rev: Rev, client: ClientId, ops_json: &[u8]) -> (Bytes, Bytes) {
+    let mut b = Vec::with_capacity(96 + ops_json.len());
+    write!(b, "{{\"type\":\"delta\",\"from\":{},\"to\":{rev},\"changes\":[", rev.0 - 1).expect("vec write");
+    let start = b.len();
+    write!(b, "{{\"rev\":{rev},\"client\":\"{client}\",\"ops\":").expect("vec write");
+    b.extend_from_slice(ops_json);
+    b.push(b'}');
+    let end = b.len();
+    b.extend_from_slice(b"]}");
+    let frame = Bytes::from(b);
+    let entry = frame.slice(start..end);
+    (frame, entry)
+}
+
+/// `{"rev":42,"client":"c7","clientReqId":17}`: a change as its author sees it (an ack).
+pub fn entry_ack(rev: Rev, client: ClientId, req: ClientReqId) -> Bytes {
+    format!("{{\"rev\":{rev},\"client\":\"{client}\",\"clientReqId\":{}}}", req.0).into_bytes().into()
+}
+
+/// A `delta` frame from pre-encoded entries.
+pub fn delta_frame<'a>(
+    from: Rev,
+    to: Rev,
+    entries: impl Iterator<Item = &'a [u8]>,
+    size_hint: usize,
+) -> Bytes {
+    let mut b = Vec::with_capacity(64 + size_hint);
+    write!(b, "{{\"type\":\"delta\",\"from\":{from},\"to\":{to},\"changes\":[").expect("vec write");
+    push_joined(&mut b, entries);
+    b.extend_from_slice(b"]}");
+    b.into()
+}
+
+/// `{` + pre-encoded `"name":value` members joined by `,` + `}`.
+pub fn object_of<'a>(members: impl Iterator<Item = &'a [u8]>) -> Bytes {
+    let mut b = Vec::with_capacity(64);
+    b.push(b'{');
+    push_joined(&mut b, members);
+    b.push(b'}');
+    b.into()
+}
+
+/// Appends pre-encoded JSON fragments separated by commas.
+fn push_joined<'a>(b: &mut Vec<u8>, parts: impl Iterator<Item = &'a [u8]>) {
+    for (i, part) in parts.enumerate() {
+        if i > 0 {
+            b.push(b',');
+        }
+        b.extend_from_slice(part);
+    }
+}
+
+/// A `snapshot` frame from the state encoded once for its revision.
+pub fn snapshot_frame(rev: Rev, last_client_req_id: ClientReqId, state_json: &[u8]) -> Bytes {
+    let mut b = Vec::with_capacity(80 + state_json.len());
+    write!(
+        b,
+        "{{\"type\":\"snapshot\",\"rev\":{rev},\"lastClientReqId\":{},\"state\":",
+        last_client_req_id.0
+    )
+    .expect("vec write");
+    b.extend_from_slice(state_json);
+    b.push(b'}');
+    b.into()
+}
+
+/// Encodes any serialisable message (control messages, HTTP bodies).
+pub fn encode<T: Serialize>(msg: &T) -> Bytes {
+    serde_json::to_vec(msg).expect("messages always serialise").into()
+}
+
+/// The first message on every connection. `presence_json` is the encoded peers object.
+pub struct Welcome<'a> {
+    pub client: ClientId,
+    pub session: &'a str,
+    pub epoch: &'a str,
+    pub rev: Rev,
+    pub resumed: bool,
+    pub last_client_req_id: ClientReqId,
+    pub presence_json: &'a [u8],
+}
+
+impl Welcome<'_> {
+    pub fn encode(&self) -> Bytes {
+        let mut b = Vec::with_capacity(160 + self.presence_json.len());
+        write!(
+            b,
+            "{{\"type\":\"welcome\",\"client\":\"{}\",\"session\":{},\"epoch\":{},\"rev\":{},\"resumed\":{},\"lastClientReqId\":{},\"presence\":",
+            self.client,
+            Value::from(self.session),
+            Value::from(self.epoch),
+            self.rev,
+            self.resumed,
+            self.last_client_req_id.0,
+        )
+        .expect("vec write");
+        b.extend_from_slice(self.presence_json);
+        b.push(b'}');
+        b.into()
+    }
+}
+
+/// `{"type":"reject","clientReqId":18,...}`.
+pub fn reject_msg(req: ClientReqId, r: &Reject) -> Bytes {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase", tag = "type", rename = "reject")]
+    struct Msg<'a> {
+        client_req_id: u64,
+        #[serde(flatten)]
+        reject: &'a Reject,
+    }
+    encode(&Msg { client_req_id: req.0, reject: r })
+}
+
+/// `{"type":"error","code":..,"message":..}` plus optional extra fields.
+pub fn error_msg(code: ErrorCode, message: &str, client_req_id: Option<ClientReqId>) -> Bytes {
+    let mut v = serde_json::json!({"type": "error", "code": code, "message": message});
+    if let Some(id) = client_req_id {
+        v["clientReqId"] = id.0.into();
+    }
+    encode(&v)
+}
+
+/// `{"type":"pong","t":..}`.
+pub fn pong_msg(t: &Value) -> Bytes {
+    encode(&serde_json::json!({"type": "pong", "t": t}))
+}
+
+/// `{"type":"presence","peers":{..}}` around an already encoded peers object.
+pub fn presence_frame(peers_json: &[u8]) -> Bytes {
+    let mut b = Vec::with_capacity(30 + peers_json.len());
+    b.extend_from_slice(br#"{"type":"presence","peers":"#);
+    b.extend_from_slice(peers_json);
+    b.push(b'}');
+    b.into()
+}
+
+/// `{"type":"broadcast","client":"c3","data":..}`, encoded once for all recipients.
+pub fn broadcast_msg(client: ClientId, data: &Value) -> Bytes {
+    encode(&serde_json::json!({"type": "broadcast", "client": client.to_string(), "data": data}))
+}
+
+/// `{"type":"dropped","broadcasts":N}`.
+pub fn dropped_msg(n: u64) -> Bytes {
+    encode(&serde_json::json!({"type": "dropped", "broadcasts": n}))
+}

@@ -1,0 +1,86 @@
+//! What a change is on its way in ([`ChangeRequest`]) and once committed ([`Change`]): the ops as
+//! applied, their inverse, the paths they touched, and every byte form it is sent in, encoded
+//! once at commit.
+//!
+//! Invariant: `wire` is a zero-copy slice of `delta_frame`, so a committed change's bytes are held
+//! once; `wire_ack` exists exactly when the author gave a `clientReqId`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::ids::{ClientId, ClientReqId, Rev};
+use crate::patch::{Applied, Op, Pointer};
+use crate::protocol::{self, Mode};
+
+/// A change submitted for commit.
+#[derive(Debug, Clone)]
+pub struct ChangeRequest {
+    pub author: ClientId,
+    pub client_req_id: Option<ClientReqId>,
+    /// The revision the author had seen; required by `rev` and `paths` modes.
+    pub base_rev: Option<Rev>,
+    pub mode: Mode,
+    pub ops: Vec<Op>,
+}
+
+/// A committed change, shared by the ring and every writer that sends it.
+#[derive(Debug)]
+pub struct Change {
+    pub rev: Rev,
+    pub author: ClientId,
+    pub client_req_id: Option<ClientReqId>,
+    /// The ops as applied.
+    pub ops: Vec<Op>,
+    /// Applying these to the state at `rev` gives the state at `rev - 1`.
+    pub inverse: Vec<Op>,
+    /// Paths read or written, for `paths`-mode conflict checks.
+    pub touched: Vec<Pointer>,
+    pub committed_at: Instant,
+    /// `{"rev":..,"client":..,"ops":..}`, encoded once (a slice of `delta_frame`).
+    pub wire: Bytes,
+    /// `{"rev":..,"client":..,"clientReqId":..}` for the author (when it has a request id).
+    pub wire_ack: Option<Bytes>,
+    /// The whole `delta` frame `rev-1 → rev` for everyone but the author, shared by every
+    /// caught-up connection.
+    pub delta_frame: Bytes,
+}
+
+impl Change {
+    /// Builds the committed change at `rev` from its request, its ops encoded once (`ops_json`)
+    /// and what applying them returned. Also returns the bytes it holds, for the ring's budget.
+    pub(super) fn encode(
+        rev: Rev,
+        req: ChangeRequest,
+        ops_json: &[u8],
+        applied: Applied,
+    ) -> (Arc<Change>, usize) {
+        let (delta_frame, wire) = protocol::change_frame(rev, req.author, ops_json);
+        let change = Change {
+            rev,
+            author: req.author,
+            client_req_id: req.client_req_id,
+            wire_ack: req.client_req_id.map(|id| protocol::entry_ack(rev, req.author, id)),
+            ops: req.ops,
+            inverse: applied.inverse,
+            touched: applied.touched,
+            committed_at: Instant::now(),
+            wire,
+            delta_frame,
+        };
+        let held = change.delta_frame.len()
+            + change.wire_ack.as_ref().map_or(0, Bytes::len)
+            + ops_json.len()
+            + applied.inverse_bytes;
+        (Arc::new(change), held)
+    }
+
+    /// The entry a given recipient should see: an ack for its own change, else the full entry.
+    pub fn entry_for(&self, recipient: ClientId) -> &[u8] {
+        match &self.wire_ack {
+            Some(ack) if self.author == recipient => ack,
+            _ => &self.wire,
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! One room: the single ordering point for its state.
+//!
+//! A room owns the authoritative JSON state (root always an object), the revision counter, the
+//! ring of recent committed changes, the cached snapshot, and its two ephemeral lanes (presence
+//! and broadcasts). It is synchronous and knows nothing of sockets: the shell feeds it decoded
+//! changes and executes what it decides each reader gets. The parts live beside this file:
+//! [`change`] (what is submitted and what is kept), `conflict` (the `rev` and `paths` mode checks),
+//! [`catchup`] (the one decision of what a reader is sent) and [`snapshot`] (the state encoded once
+//! per revision).
+//!
+//! Locking: `inner` is a `parking_lot::RwLock` that is never held across `.await` (the room has no
+//! async code at all). `commit` holds the write lock only to check, apply, push to the ring and
+//! bump the revision; the change's ops are encoded before the lock is taken. Readers take the read
+//! lock to clone a few `Arc`s. Invariants: `rev` equals the ring's head; every revision
+//! `oldest_base+1 ..= rev` is in the ring; a rejected change leaves state and rev as they were.
+
+pub mod catchup;
+pub mod change;
+mod conflict;
+pub mod snapshot;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use serde_json::Value;
+use tokio::sync::watch;
+
+pub use catchup::{CatchUp, Cursor, SnapshotReason, delta_for};
+pub use change::{Change, ChangeRequest};
+pub use snapshot::Snapshot;
+
+use crate::ids::{Epoch, Rev, RoomId};
+use crate::patch;
+use crate::presence::Presence;
+use crate::protocol::{self, ErrorCode, Reject};
+use crate::ring::Ring;
+
+/// Limits a room enforces on every change.
+#[derive(Debug, Clone)]
+pub struct RoomConfig {
+    /// Ring capacity: how many recent changes can be replayed as deltas.
+    pub history: usize,
+    /// Largest state (encoded JSON bytes) a change may produce; 0 = unlimited. Tracked exactly,
+    /// op by op, by the patch engine.
+    pub max_state_bytes: usize,
+    /// Most bytes the ring may hold (encoded changes plus the values their inverses keep); the
+    /// oldest changes are dropped beyond it. 0 = unlimited.
+    pub history_bytes: usize,
+    /// Most ops in one change; 0 = unlimited.
+    pub max_ops_per_change: usize,
+    /// Broadcasts kept for slow readers.
+    pub broadcast_buffer: usize,
+}
+
+impl RoomConfig {
+    /// The defaults, written once: `config` uses them as its flags' defaults.
+    pub const DEFAULT: RoomConfig = RoomConfig {
+        history: 1024,
+        max_state_bytes: 16 << 20,
+        history_bytes: 64 << 20,
+        max_ops_per_change: 1000,
+        broadcast_buffer: 64,
+    };
+}
+
+impl Default for RoomConfig {
+    fn default() -> Self {
+        RoomConfig::DEFAULT
+    }
+}
+
+struct Inner {
+    state: Value,
+    ring: Ring<Arc<Change>>,
+}
+
+/// A room. Cheap to share as `Arc<Room>`.
+pub struct Room {
+    id: RoomId,
+    epoch: Epoch,
+    config: RoomConfig,
+    inner: RwLock<Inner>,
+    /// Mirror of the current revision for lock-free reads.
+    rev: AtomicU64,
+    /// Wakes writers when the revision advances (holds the highest committed revision).
+    rev_tx: watch::Sender<Rev>,
+    /// The newest snapshot (see [`snapshot`]).
+    snapshot: Mutex<Option<Arc<Snapshot>>>,
+    /// Serialises snapshot encoding, so a revision is never encoded twice.
+    snapshot_encode: Mutex<()>,
+    /// The last multi-change delta frame built for a non-author, shared by every connection
+    /// catching up over the same range (see [`catchup`]).
+    coalesced: Mutex<Option<(Rev, Rev, Bytes)>>,
+    /// Exact encoded size of the state (maintained by `commit` under the write lock).
+    state_bytes: AtomicUsize,
+    /// Presence: the ephemeral lane of who is here.
+    pub presence: Presence,
+}
+
+impl std::fmt::Debug for Room {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Room")
+            .field("id", &self.id)
+            .field("epoch", &self.epoch)
+            .field("rev", &self.rev())
+            .finish()
+    }
+}
+
+impl Room {
+    pub fn new(id: RoomId, config: RoomConfig) -> Self {
+        let (rev_tx, _) = watch::channel(Rev(0));
+        Room {
+            id,
+            epoch: Epoch::random(),
+            inner: RwLock::new(Inner {
+                state: Value::Object(Default::default()),
+                ring: Ring::with_budget(config.history.max(1), config.history_bytes),
+            }),
+            state_bytes: AtomicUsize::new(2),
+            presence: Presence::new(config.broadcast_buffer),
+            config,
+            rev: AtomicU64::new(0),
+            rev_tx,
+            snapshot: Mutex::new(None),
+            snapshot_encode: Mutex::new(()),
+            coalesced: Mutex::new(None),
+        }
+    }
+
+    pub fn id(&self) -> &RoomId {
+        &self.id
+    }
+
+    pub fn epoch(&self) -> &Epoch {
+        &self.epoch
+    }
+
+    pub fn rev(&self) -> Rev {
+        Rev(self.rev.load(Ordering::Acquire))
+    }
+
+    /// A receiver that is marked changed whenever the revision advances.
+    pub fn subscribe(&self) -> watch::Receiver<Rev> {
+        self.rev_tx.subscribe()
+    }
+
+    /// Ring occupancy: (entries held, capacity).
+    pub fn ring_occupancy(&self) -> (usize, usize) {
+        let g = self.inner.read();
+        (g.ring.len(), g.ring.capacity())
+    }
+
+    /// Commits a change atomically, or explains why not.
+    ///
+    /// # Errors
+    /// A [`Reject`] with code `conflict`, `stale`, `invalid`, `test_failed` or `too_large`; the
+    /// room is then unchanged.
+    pub fn commit(&self, req: ChangeRequest) -> Result<Arc<Change>, Reject> {
+        if self.config.max_ops_per_change > 0 && req.ops.len() > self.config.max_ops_per_change {
+            return Err(self.reject(
+                ErrorCode::TooLarge,
+                format!(
+                    "{} ops exceed the limit of {} per change",
+                    req.ops.len(),
+                    self.config.max_ops_per_change
+                ),
+            ));
+        }
+        let ops_json = protocol::encode_ops(&req.ops);
+        let mut g = self.inner.write();
+        let cur = g.ring.head();
+        conflict::check(&g.ring, &req, cur)?;
+        let applied = patch::apply(&mut g.state, &req.ops)
+            .map_err(|e| Reject::new(e.clone().into(), e.to_string(), cur))?;
+        let undo = |g: &mut Inner| {
+            let restored = patch::apply(&mut g.state, &applied.inverse);
+            debug_assert!(restored.is_ok(), "inverse must apply: {restored:?}");
+        };
+        if !g.state.is_object() {
+            undo(&mut g);
+            return Err(self.reject(ErrorCode::Invalid, "the room state's root must stay an object".into()));
+        }
+        let new_bytes =
+            (self.state_bytes.load(Ordering::Relaxed) as i64 + applied.size_delta).max(0) as usize;
+        let limit = self.config.max_state_bytes;
+        if limit > 0 && new_bytes > limit {
+            undo(&mut g);
+            return Err(self.reject(
+                ErrorCode::TooLarge,
+                format!("the state would be {new_bytes} bytes, over the limit of {limit}"),
+            ));
+        }
+        self.state_bytes.store(new_bytes, Ordering::Relaxed);
+        let rev = Rev(cur + 1);
+        let (change, held) = Change::encode(rev, req, &ops_json, applied);
+        g.ring.push(rev.0, change.clone(), held);
+        self.rev.store(rev.0, Ordering::Release);
+        drop(g);
+        // Concurrent commits may notify out of order: keep the highest revision.
+        self.rev_tx.send_if_modified(|v| {
+            let newer = rev > *v;
+            if newer {
+                *v = rev;
+            }
+            newer
+        });
+        Ok(change)
+    }
+
+    fn reject(&self, code: ErrorCode, message: String) -> Reject {
+        Reject::new(code, message, self.rev().0)
+    }
+
+    /// Fills `out` with every change after `rev`, oldest first, and returns true; returns false
+    /// (leaving `out` empty) when the ring no longer holds all of them or `rev` is in the future.
+    pub fn changes_after(&self, rev: Rev, out: &mut Vec<Arc<Change>>) -> bool {
+        out.clear();
+        let g = self.inner.read();
+        match g.ring.after(rev.0) {
+            Some(it) => {
+                out.extend(it.cloned());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Exact encoded size of the current state.
+    pub fn state_bytes(&self) -> usize {
+        self.state_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Bytes the ring holds.
+    pub fn history_bytes(&self) -> usize {
+        self.inner.read().ring.bytes()
+    }
+
+    /// A copy of the current state with its revision (for the HTTP API and tests).
+    pub fn state(&self) -> (Rev, Value) {
+        let g = self.inner.read();
+        (Rev(g.ring.head()), g.state.clone())
+    }
+}
