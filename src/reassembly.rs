@@ -11,6 +11,10 @@ use fastwebsockets::OpCode;
 
 use crate::close::CloseReason;
 
+/// A whole message: its opcode (`Text` or `Binary`) and payload (borrowed from the frame when it
+/// came in one).
+pub type Message<'a> = (OpCode, Cow<'a, [u8]>);
+
 /// The message being assembled, if any.
 #[derive(Debug)]
 pub struct Reassembler {
@@ -35,7 +39,7 @@ impl Reassembler {
         opcode: OpCode,
         fin: bool,
         payload: &'a [u8],
-    ) -> Result<Option<(OpCode, Cow<'a, [u8]>)>, CloseReason> {
+    ) -> Result<Option<Message<'a>>, CloseReason> {
         match opcode {
             OpCode::Text | OpCode::Binary if self.partial.is_some() => Err(CloseReason::Protocol),
             OpCode::Text | OpCode::Binary if fin => Ok(Some((opcode, Cow::Borrowed(payload)))),
