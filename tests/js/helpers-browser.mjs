@@ -188,14 +188,22 @@ export async function launchBrowser() {
 }
 
 /**
- * For working on src/web without rebuilding the binary: with RINGSYNC_WEB_DIR set, /client.js and
- * /demo.js come from that directory instead of the server's embedded copies. (Not index.html:
- * Chromium's local-network-access checks then treat the page as public and block its WebSocket.)
+ * For working on src/web without rebuilding the binary: with RINGSYNC_WEB_DIR set, /client.js, the
+ * modules it imports (/client/*.js) and /demo.js come from that directory instead of the server's
+ * embedded copies. (Not index.html: Chromium's local-network-access checks then treat the page as
+ * public and block its WebSocket.) A new client module goes here as well as into src/web.rs.
  */
 export async function maybeServeWebFromDisk(context) {
   const dir = process.env.RINGSYNC_WEB_DIR;
   if (!dir) return;
-  const files = { "/client.js": ["client.js", "text/javascript"], "/demo.js": ["demo.js", "text/javascript"] };
+  const js = (file) => [file, "text/javascript"];
+  const files = {
+    "/client.js": js("client.js"),
+    "/client/patch.js": js("client/patch.js"),
+    "/client/sync.js": js("client/sync.js"),
+    "/client/room.js": js("client/room.js"),
+    "/demo.js": js("demo.js"),
+  };
   await context.route(
     (url) => Object.hasOwn(files, url.pathname),
     (route) => {
