@@ -19,6 +19,9 @@ const JS: &str = "text/javascript; charset=utf-8";
 pub const ASSETS: &[Asset] = &[
     Asset { path: "/", body: include_str!("web/index.html"), content_type: "text/html; charset=utf-8" },
     Asset { path: "/client.js", body: include_str!("web/client.js"), content_type: JS },
+    Asset { path: "/client/patch.js", body: include_str!("web/client/patch.js"), content_type: JS },
+    Asset { path: "/client/sync.js", body: include_str!("web/client/sync.js"), content_type: JS },
+    Asset { path: "/client/room.js", body: include_str!("web/client/room.js"), content_type: JS },
     Asset { path: "/demo.js", body: include_str!("web/demo.js"), content_type: JS },
 ];
 

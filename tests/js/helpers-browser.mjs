@@ -36,6 +36,15 @@ process.on("exit", () => {
 });
 
 /**
+ * The environment for the server: ours without any RINGSYNC_* variable. The server reads those as
+ * its flags, so a developer's shell must not change what the tests run; the harness's own
+ * (RINGSYNC_BIN, RINGSYNC_REQUIRE_BROWSER, RINGSYNC_WEB_DIR) are read here, not by the server.
+ */
+function serverEnv() {
+  return Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("RINGSYNC_")));
+}
+
+/**
  * Starts the server and waits for its "listening on http://127.0.0.1:PORT" line. SIGTERM makes it
  * close every WebSocket with 1001 within `--shutdown-timeout`, set short here.
  * @param {{listen?: string, args?: string[], timeoutMs?: number}} [opts]
@@ -43,7 +52,7 @@ process.on("exit", () => {
 export async function startServer({ listen = "127.0.0.1:0", args = [], timeoutMs = 15000 } = {}) {
   const child = spawn(serverBin, ["--listen", listen, "--shutdown-timeout", "1", ...args], {
     stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" },
+    env: { ...serverEnv(), RUST_LOG: process.env.RUST_LOG ?? "warn" },
   });
   children.add(child);
   let stderr = "";
@@ -179,14 +188,22 @@ export async function launchBrowser() {
 }
 
 /**
- * For working on src/web without rebuilding the binary: with RINGSYNC_WEB_DIR set, /client.js and
- * /demo.js come from that directory instead of the server's embedded copies. (Not index.html:
- * Chromium's local-network-access checks then treat the page as public and block its WebSocket.)
+ * For working on src/web without rebuilding the binary: with RINGSYNC_WEB_DIR set, /client.js, the
+ * modules it imports (/client/*.js) and /demo.js come from that directory instead of the server's
+ * embedded copies. (Not index.html: Chromium's local-network-access checks then treat the page as
+ * public and block its WebSocket.) A new client module goes here as well as into src/web.rs.
  */
 export async function maybeServeWebFromDisk(context) {
   const dir = process.env.RINGSYNC_WEB_DIR;
   if (!dir) return;
-  const files = { "/client.js": ["client.js", "text/javascript"], "/demo.js": ["demo.js", "text/javascript"] };
+  const js = (file) => [file, "text/javascript"];
+  const files = {
+    "/client.js": js("client.js"),
+    "/client/patch.js": js("client/patch.js"),
+    "/client/sync.js": js("client/sync.js"),
+    "/client/room.js": js("client/room.js"),
+    "/demo.js": js("demo.js"),
+  };
   await context.route(
     (url) => Object.hasOwn(files, url.pathname),
     (route) => {

@@ -1,0 +1,357 @@
+// SyncCore: the ringsync protocol state machine, free of sockets and timers. It consumes server
+// messages and local calls and returns a list of effects (messages to send, events to emit, a
+// resync request) for a transport to perform (./room.js); node tests drive it directly.
+//
+// Invariant held by SyncCore after every step:
+//   view == server copy (the room at `rev`, as the server committed it) + every pending local change
+//           that still applies, replayed in clientReqId order.
+// Because the server copy is kept as its own (shared-structure) value, "undo the pending changes" is
+// just going back to it; no inverse ops are needed, so floating-point `incr`s and move/copy cannot
+// drift the way a computed inverse could.
+//
+// Wire protocol: docs/PROTOCOL.md.
+
+import { applyPatch, isObject } from "./patch.js";
+
+/** @typedef {import("./patch.js").Json} Json */
+/** @typedef {import("./patch.js").Op} Op */
+/** @typedef {import("./patch.js").PatchError} PatchError */
+
+/** @typedef {"overwrite"|"rev"|"paths"} Mode */
+
+/**
+ * A local change the server has not confirmed yet.
+ * @typedef {object} Pending
+ * @property {number} clientReqId
+ * @property {Mode} mode
+ * @property {number} baseRev the server rev this change was made against
+ * @property {string|null} epoch the server epoch `baseRev` belongs to
+ * @property {Op[]} ops
+ * @property {boolean} applies false while the ops do not apply on top of the current server copy
+ *   (it stays pending: the server has the last word, and usually rejects it)
+ */
+
+/**
+ * An entry of a delta, as reported in "state" events. For the recipient's own changes (acks) the
+ * ops are filled in from the pending change.
+ * @typedef {{rev: number, client: string, ops: Op[], clientReqId?: number, own: boolean}} ChangeInfo
+ */
+
+/**
+ * What the core asks its transport to do, in order.
+ * @typedef {{send: object} | {emit: string, args: any[]} | {resync: string}} Effect
+ */
+
+const MODES = ["overwrite", "rev", "paths"];
+
+/**
+ * The protocol state machine of one room connection (over any number of sockets). Pure: no I/O, no
+ * timers, no clock. Every input method returns the effects to perform.
+ */
+export class SyncCore {
+  constructor() {
+    /** @type {Json} the room as committed at `rev` */
+    this.server = {};
+    /** the server rev `server` corresponds to (0 until the first sync) */
+    this.rev = 0;
+    /** @type {string|null} the server epoch `rev` belongs to */
+    this.epoch = null;
+    /** @type {Json} materialised view: server + pending */
+    this.view = {};
+    /** @type {Pending[]} in clientReqId order */
+    this.pending = [];
+    this.nextReqId = 1;
+    /** @type {string|null} public id of this session ("c7") */
+    this.client = null;
+    /** @type {string|null} secret session token, for resuming */
+    this.session = null;
+    /** true between `welcome` and the connection's end: messages may be sent */
+    this.ready = false;
+    /** true once the current connection delivered its catch-up delta or snapshot */
+    this.synced = false;
+    /** true once any connection synced: `rev`/`epoch` are meaningful for `since` */
+    this.hasState = false;
+    /** set by a protocol error: the next connection asks for a snapshot (no `since`) */
+    this.needResync = false;
+    /** @type {Record<string, Json>} everyone present, including this client */
+    this.presence = {};
+    /** @type {Record<string, Json>} this client's own presence, as it set it */
+    this.ownPresence = {};
+    /** @type {Record<string, Json>|null} own presence keys changed since last sent */
+    this.presencePatch = null;
+    /** `lastClientReqId` from the current connection's welcome */
+    this.welcomeLastReqId = 0;
+  }
+
+  /**
+   * Query parameters for the next connection: resume the session and, unless a resync is needed,
+   * ask for a delta since the rev we hold.
+   * @returns {Record<string, string>}
+   */
+  resumeParams() {
+    /** @type {Record<string, string>} */
+    const q = {};
+    if (this.session) q.session = this.session;
+    if (this.hasState && !this.needResync && this.epoch !== null) {
+      q.epoch = this.epoch;
+      q.since = String(this.rev);
+    }
+    return q;
+  }
+
+  /**
+   * Records a local change: applies it to the view at once and sends it when connected.
+   * @param {Op[]} ops
+   * @param {Mode} [mode]
+   * @returns {{clientReqId: number, effects: Effect[]}}
+   * @throws {PatchError} when the ops do not apply to the current view (nothing is recorded)
+   */
+  localChange(ops, mode = "overwrite") {
+    if (!MODES.includes(mode)) throw new TypeError(`mode must be one of ${MODES.join(", ")}`);
+    const view = applyPatch(this.view, ops);
+    /** @type {Pending} */
+    const p = { clientReqId: this.nextReqId++, mode, baseRev: this.rev, epoch: this.epoch, ops, applies: true };
+    this.pending.push(p);
+    this.view = view;
+    /** @type {Effect[]} */
+    const out = [{ emit: "state", args: [this.view, { source: "local", rev: this.rev, changes: [] }] }];
+    if (this.ready) out.unshift({ send: changeMessage(p) });
+    return { clientReqId: p.clientReqId, effects: out };
+  }
+
+  /**
+   * Merges `partial` into this client's presence (a key set to null is removed).
+   * @param {Record<string, Json>} partial
+   * @returns {Effect[]}
+   */
+  setPresence(partial) {
+    if (!isObject(partial)) throw new TypeError("presence must be an object");
+    const own = { ...this.ownPresence };
+    for (const [k, v] of Object.entries(partial)) {
+      if (v === null) delete own[k];
+      else own[k] = v;
+    }
+    this.ownPresence = own;
+    this.presencePatch = { ...(this.presencePatch ?? {}), ...partial };
+    if (this.client === null) return [];
+    this.presence = { ...this.presence, [this.client]: own };
+    return [{ emit: "presence", args: [this.presence, { changed: [this.client] }] }];
+  }
+
+  /**
+   * The presence message to send now, if any (the transport calls this on its own schedule).
+   * @returns {object|null}
+   */
+  takePresenceMessage() {
+    if (!this.ready || this.presencePatch === null) return null;
+    const data = this.presencePatch;
+    this.presencePatch = null;
+    return { type: "presence", data };
+  }
+
+  /**
+   * The current socket is gone. Pending changes stay queued for the next connection.
+   */
+  disconnected() {
+    this.ready = false;
+    this.synced = false;
+  }
+
+  /**
+   * Consumes one server message.
+   * @param {any} msg a parsed server message
+   * @returns {Effect[]}
+   */
+  handle(msg) {
+    if (!isObject(msg) || typeof msg.type !== "string") return this.#protocolError("message is not an object with a type");
+    switch (msg.type) {
+      case "welcome":
+        return this.#welcome(msg);
+      case "delta":
+        return this.#delta(msg);
+      case "snapshot":
+        return this.#snapshot(msg);
+      case "reject":
+        return this.#reject(msg);
+      case "presence":
+        return this.#presence(msg);
+      case "broadcast":
+        return [{ emit: "broadcast", args: [msg.data, { client: msg.client }] }];
+      case "dropped":
+        return [{ emit: "dropped", args: [msg.broadcasts] }];
+      case "error":
+        // "duplicate" is the expected answer to resending a change the server already processed.
+        return msg.code === "duplicate" ? [] : [{ emit: "error", args: [msg] }];
+      default:
+        return []; // pong, and types a newer server may add
+    }
+  }
+
+  #welcome(msg) {
+    if (typeof msg.client !== "string" || typeof msg.session !== "string" || !Number.isInteger(msg.rev)) {
+      return this.#protocolError("malformed welcome");
+    }
+    this.client = msg.client;
+    this.session = msg.session;
+    this.ready = true;
+    this.synced = false;
+    this.welcomeLastReqId = Number.isInteger(msg.lastClientReqId) ? msg.lastClientReqId : 0;
+    // Changes made against another epoch (server restarted, or before the first sync) have a
+    // meaningless baseRev; they are judged against the room as it is now.
+    for (const p of this.pending) {
+      if (p.epoch !== msg.epoch) {
+        p.epoch = msg.epoch;
+        p.baseRev = msg.rev;
+      }
+    }
+    if (this.epoch !== msg.epoch) {
+      this.epoch = msg.epoch;
+      this.hasState = false; // our rev means nothing in this epoch: only a snapshot can follow
+    }
+    // Until that snapshot, new changes are based on the welcome's rev (the server copy is not
+    // meaningful before it arrives anyway).
+    if (!this.hasState) this.rev = msg.rev;
+    /** @type {Effect[]} */
+    const out = [];
+    for (const p of this.pending) {
+      if (p.clientReqId > this.welcomeLastReqId) out.push({ send: changeMessage(p) });
+    }
+    // Presence: a resumed session kept ours on the server; a new one starts empty.
+    if (!msg.resumed && Object.keys(this.ownPresence).length > 0) this.presencePatch = { ...this.ownPresence };
+    const peers = isObject(msg.presence) ? { ...msg.presence } : {};
+    peers[this.client] = this.ownPresence;
+    this.presence = peers;
+    out.push({ emit: "presence", args: [this.presence, { changed: Object.keys(peers) }] });
+    const p = this.takePresenceMessage();
+    if (p) out.push({ send: p });
+    return out;
+  }
+
+  #delta(msg) {
+    if (!this.ready) return this.#protocolError("delta before welcome");
+    if (!this.hasState) return this.#protocolError("delta where a snapshot was needed");
+    if (msg.from !== this.rev || !Number.isInteger(msg.to) || !Array.isArray(msg.changes)) {
+      return this.#protocolError(`gap: delta from ${msg.from} but we hold rev ${this.rev}`);
+    }
+    // Nothing is modified until the whole delta has been checked and applied.
+    let server = this.server;
+    let rev = this.rev;
+    /** @type {ChangeInfo[]} */
+    const changes = [];
+    const acked = new Set();
+    for (const entry of msg.changes) {
+      if (!isObject(entry) || entry.rev !== rev + 1) return this.#protocolError(`delta entry out of order after rev ${rev}`);
+      const own = entry.client === this.client && Number.isInteger(entry.clientReqId);
+      let ops = entry.ops;
+      if (own) {
+        const p = this.pending.find((q) => q.clientReqId === entry.clientReqId);
+        if (!p || acked.has(p.clientReqId)) return this.#protocolError(`ack for unknown change ${entry.clientReqId}`);
+        ops ??= p.ops;
+        acked.add(p.clientReqId);
+      }
+      try {
+        server = applyPatch(server, ops);
+      } catch (e) {
+        return this.#protocolError(`committed change ${entry.rev} does not apply here: ${e.message}`);
+      }
+      rev = entry.rev;
+      changes.push({ rev, client: entry.client, ops, clientReqId: entry.clientReqId, own });
+    }
+    if (rev !== msg.to) return this.#protocolError(`delta ends at ${rev}, not ${msg.to}`);
+    this.server = server;
+    this.rev = rev;
+    if (acked.size) this.pending = this.pending.filter((p) => !acked.has(p.clientReqId));
+    /** @type {Effect[]} */
+    const out = [];
+    if (!this.synced) {
+      this.synced = true;
+      out.push(...this.#dropProcessed(this.welcomeLastReqId));
+    }
+    this.#rebuild();
+    out.unshift({ emit: "state", args: [this.view, { source: "delta", rev, changes }] });
+    return out;
+  }
+
+  #snapshot(msg) {
+    if (!this.ready) return this.#protocolError("snapshot before welcome");
+    if (!Number.isInteger(msg.rev) || !Object.hasOwn(msg, "state")) return this.#protocolError("malformed snapshot");
+    this.server = msg.state;
+    this.rev = msg.rev;
+    this.hasState = true;
+    this.synced = true;
+    this.needResync = false;
+    const last = Number.isInteger(msg.lastClientReqId) ? msg.lastClientReqId : this.welcomeLastReqId;
+    // Every pending change up to `last` is in the snapshot already (or was rejected): drop silently.
+    this.pending = this.pending.filter((p) => p.clientReqId > last);
+    this.#rebuild();
+    return [{ emit: "state", args: [this.view, { source: "snapshot", rev: this.rev, changes: [] }] }];
+  }
+
+  #reject(msg) {
+    const i = this.pending.findIndex((p) => p.clientReqId === msg.clientReqId);
+    if (i < 0) return []; // already dropped (e.g. covered by a snapshot)
+    const [p] = this.pending.splice(i, 1);
+    this.#rebuild();
+    const info = { ...msg, ops: p.ops, mode: p.mode };
+    delete info.type;
+    return [
+      { emit: "reject", args: [info] },
+      { emit: "state", args: [this.view, { source: "reject", rev: this.rev, changes: [] }] },
+    ];
+  }
+
+  #presence(msg) {
+    if (!isObject(msg.peers)) return [];
+    const peers = { ...this.presence };
+    const changed = [];
+    for (const [id, data] of Object.entries(msg.peers)) {
+      if (id === this.client) continue; // our own presence is ours to keep
+      if (data === null) delete peers[id];
+      else peers[id] = data;
+      changed.push(id);
+    }
+    this.presence = peers;
+    return changed.length ? [{ emit: "presence", args: [this.presence, { changed }] }] : [];
+  }
+
+  /**
+   * After a catch-up delta, a pending change the server says it processed (id ≤ `last`) but that
+   * was not acked must have been rejected with the reject lost with the old socket.
+   */
+  #dropProcessed(last) {
+    const out = [];
+    for (const p of this.pending.filter((q) => q.clientReqId <= last)) {
+      out.push({
+        emit: "reject",
+        args: [{ clientReqId: p.clientReqId, code: "unknown", message: "rejected while disconnected", ops: p.ops, mode: p.mode }],
+      });
+    }
+    this.pending = this.pending.filter((q) => q.clientReqId > last);
+    return out;
+  }
+
+  /** view = server + pending that still apply, in order. */
+  #rebuild() {
+    let view = this.server;
+    for (const p of this.pending) {
+      try {
+        view = applyPatch(view, p.ops);
+        p.applies = true;
+      } catch {
+        p.applies = false;
+      }
+    }
+    this.view = view;
+  }
+
+  #protocolError(reason) {
+    this.needResync = true;
+    this.ready = false;
+    return [{ resync: reason }];
+  }
+}
+
+/** @param {Pending} p */
+function changeMessage(p) {
+  return { type: "change", clientReqId: p.clientReqId, baseRev: p.baseRev, mode: p.mode, ops: p.ops };
+}
