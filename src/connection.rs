@@ -427,7 +427,7 @@ fn handle_owned(
         ClientMsg::Broadcast { data } => {
             drop(st);
             metrics::counter!(m::BROADCASTS).increment(1);
-            room.presence.broadcast(session.client, &data);
+            room.broadcasts.send(session.client, &data);
             None
         }
     }

@@ -11,7 +11,8 @@
 //! - [`ids`]: newtypes for revisions, request ids, client ids, epochs, room names;
 //! - [`protocol`]: the only encoder/decoder of wire messages;
 //! - [`room`]: one room's ordering point: commit, catch-up, snapshots (synchronous);
-//! - [`presence`]: a room's ephemeral lane: presence and broadcasts (synchronous);
+//! - [`presence`]: a room's presence lane: who is here, coalesced for slow readers (synchronous);
+//! - [`broadcast`]: a room's broadcast lane: a ring of recent messages (synchronous);
 //! - [`rooms`]: the registry of rooms;
 //! - [`session`]: sessions (identity, dedupe, takeover, expiry);
 //! - [`connection`]: one WebSocket: the reader loop → room (each client message is handled in
@@ -19,6 +20,7 @@
 //! - [`http_api`]: HTTP endpoints for back-ends;
 //! - [`server`]: accept loop, routing, shutdown; [`config`] and [`metrics`] beside it.
 
+pub mod broadcast;
 pub mod config;
 pub mod connection;
 pub mod http_api;

@@ -22,6 +22,7 @@ use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::broadcast::Broadcasts;
 use crate::ids::{ClientId, ClientReqId, Epoch, Rev, RoomId};
 use crate::patch::{self, Op, Pointer};
 use crate::presence::Presence;
@@ -149,8 +150,10 @@ pub struct Room {
     snapshot_encode: Mutex<()>,
     /// Exact encoded size of the state (maintained by `commit` under the write lock).
     state_bytes: AtomicUsize,
-    /// Presence and broadcasts: the ephemeral lane beside the change stream.
+    /// Presence: who is here, an ephemeral lane beside the change stream.
     pub presence: Presence,
+    /// Broadcasts: the other ephemeral lane, a ring of the last `broadcast_buffer` messages.
+    pub broadcasts: Broadcasts,
     /// Live connections in this room (maintained by the session layer).
     pub connections: AtomicUsize,
     /// Unix millis of the last commit or connection change, for idle eviction.
@@ -178,7 +181,8 @@ impl Room {
                 ring: Ring::with_budget(config.history.max(1), config.history_bytes),
             }),
             state_bytes: AtomicUsize::new(2),
-            presence: Presence::new(config.broadcast_buffer),
+            presence: Presence::new(),
+            broadcasts: Broadcasts::new(config.broadcast_buffer),
             config,
             rev: AtomicU64::new(0),
             rev_tx,

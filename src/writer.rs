@@ -80,7 +80,7 @@ impl<'a> Writer<'a> {
     ) -> CloseReason {
         let mut revs = self.room.subscribe();
         let mut presence = self.room.presence.subscribe();
-        let mut broadcasts = self.room.presence.subscribe_broadcasts();
+        let mut broadcasts = self.room.broadcasts.subscribe();
         let mut shutdown = self.app.shutdown_signal();
         revs.mark_unchanged();
         presence.mark_unchanged();
@@ -148,7 +148,7 @@ impl<'a> Writer<'a> {
     /// `welcome`, then exactly one `delta` or `snapshot` bringing the client to `welcome.rev`.
     async fn hello(&mut self, from: ResumeFrom, resumed: bool) -> WriteResult {
         let room = self.room;
-        self.broadcast_seq = room.presence.broadcast_seq();
+        self.broadcast_seq = room.broadcasts.seq();
         let (presence_seq, peers_json) = room.presence.online_json();
         self.presence_seq = presence_seq;
         let usable_since = match (from.since, from.epoch.as_deref()) {
@@ -264,7 +264,7 @@ impl<'a> Writer<'a> {
 
     async fn send_broadcasts(&mut self) -> WriteResult {
         let mut seq = self.broadcast_seq;
-        let batch = self.room.presence.broadcasts_after(&mut seq, self.session.client);
+        let batch = self.room.broadcasts.after(&mut seq, self.session.client);
         self.broadcast_seq = seq;
         if batch.dropped > 0 {
             metrics::counter!(m::BROADCASTS_DROPPED).increment(batch.dropped);
