@@ -152,7 +152,7 @@ fn presence(c: &mut Criterion) {
     let mut g = c.benchmark_group("presence");
     configure(&mut g, 20, 2.0);
     const PEERS: u64 = 1_000;
-    let p = Presence::new(64);
+    let p = Presence::new();
     for c in 1..=PEERS {
         p.join(ClientId(c));
     }

@@ -3,7 +3,7 @@
 //!
 //! The reader reads frames, reassembles messages ([`crate::reassembly`]), decodes them
 //! ([`crate::protocol`]) and hands changes to the room through the one commit path
-//! ([`App::commit`]), presence and broadcasts to the room's lanes; its replies (rejects, pongs,
+//! ([`App::commit`]), presence and broadcasts to the room's two lanes; its replies (rejects, pongs,
 //! errors, close requests) go to the writer ([`crate::writer`]) through a small bounded channel,
 //! so a client that sends without reading is slowed down by TCP, never buffered without bound.
 //!
@@ -296,7 +296,7 @@ fn handle_owned(
         ClientMsg::Broadcast { data } => {
             drop(st);
             metrics::counter!(m::BROADCASTS).increment(1);
-            room.presence.broadcast(session.client, &data);
+            room.broadcasts.send(session.client, &data);
             None
         }
     }

@@ -12,7 +12,7 @@
 //! - the synchronous core, which imports nothing from the shell:
 //!   [`ids`], [`patch`] (RFC 6902 + `incr`, atomic apply with inverse) and [`ring`];
 //!   [`protocol`] (the only encoder/decoder, and the error-code catalogue);
-//!   [`presence`] (the presence lane);
+//!   [`presence`] and [`broadcast`] (a room's two ephemeral lanes);
 //!   [`room`] (one room's ordering point: commit, conflict modes, catch-up decision, snapshots);
 //!   [`rooms`] (the registry: admission, activity, eviction);
 //! - the shell: [`config`] (every flag once), [`close`] (close-reason catalogue), [`metrics`]
@@ -24,6 +24,7 @@
 //!   (accept loop, routing, drain, sweeps); `main.rs` last.
 
 pub mod app;
+pub mod broadcast;
 pub mod close;
 pub mod config;
 pub mod connection;

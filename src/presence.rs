@@ -1,19 +1,18 @@
-//! A room's ephemeral lane: presence (who is here, cursors) and broadcasts. Nothing here enters
-//! the room's state, ring or revision.
+//! A room's presence lane: who is here and their presence objects (cursors, names). Nothing here
+//! enters the room's state, ring or revision. (Broadcasts, the other ephemeral lane, live in
+//! `broadcast`.)
 //!
-//! Both halves are pull-based like the change stream, so a slow reader costs O(1) memory:
-//! - Presence keeps, per peer, its current object, the same encoded once as JSON, and the
-//!   presence sequence number of its last change, plus a bounded log of `(seq, peer)`. A
-//!   connection remembers the last sequence it was sent and asks for everything after it: it gets
-//!   each changed peer's *current* value once (or `null` for a peer that left), never a backlog of
-//!   stale positions. A reader further behind than the log gets every known peer. Frames are
-//!   concatenations of the pre-encoded entries. Readers ask on a room-wide tick (`tick`), and a
-//!   tick pins the range's end for everyone who asks in it, so connections that were caught up
-//!   share one frame: a join storm costs one frame per tick, not one per connection.
-//! - Broadcasts go into a ring of the last `broadcast_buffer` messages, each encoded once. A
-//!   connection's cursor that fell behind the ring learns how many it missed.
+//! Pull-based like the change stream, so a slow reader costs O(1) memory: presence keeps, per
+//! peer, its current object, the same encoded once as JSON, and the presence sequence number of its
+//! last change, plus a bounded log of `(seq, peer)`. A connection remembers the last sequence it
+//! was sent and asks for everything after it: it gets each changed peer's *current* value once (or
+//! `null` for a peer that left), never a backlog of stale positions. A reader further behind than
+//! the log gets every known peer. Frames are concatenations of the pre-encoded entries. Readers
+//! ask on a room-wide tick (`tick`), and a tick pins the range's end for everyone who asks in it,
+//! so connections that were caught up share one frame: a join storm costs one frame per tick, not
+//! one per connection.
 //!
-//! Locking: two `parking_lot::Mutex`es, held only for map/ring updates and reads, never across
+//! Locking: one `parking_lot::Mutex`, held only for map/log updates and reads, never across
 //! `.await`. Invariant: `seq` only grows, and each peer's `changed` is ≤ `seq`.
 
 use std::collections::{HashMap, VecDeque};
@@ -91,43 +90,22 @@ impl PresenceInner {
     }
 }
 
-#[derive(Debug)]
-struct Broadcasts {
-    seq: u64,
-    ring: VecDeque<(u64, ClientId, Bytes)>,
-    capacity: usize,
-}
-
-/// What a connection gets when it catches up on broadcasts.
-#[derive(Debug, Default)]
-pub struct BroadcastBatch {
-    /// Broadcasts this connection will never see (they left the ring before it read them).
-    pub dropped: u64,
-    /// Encoded `broadcast` messages, oldest first.
-    pub frames: Vec<Bytes>,
-}
-
-/// The ephemeral lane of one room.
+/// The presence lane of one room.
 #[derive(Debug)]
 pub struct Presence {
     inner: Mutex<PresenceInner>,
     seq_tx: watch::Sender<u64>,
-    broadcasts: Mutex<Broadcasts>,
-    bcast_tx: watch::Sender<u64>,
+}
+
+impl Default for Presence {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Presence {
-    pub fn new(broadcast_capacity: usize) -> Self {
-        Presence {
-            inner: Mutex::new(PresenceInner::default()),
-            seq_tx: watch::channel(0).0,
-            broadcasts: Mutex::new(Broadcasts {
-                seq: 0,
-                ring: VecDeque::new(),
-                capacity: broadcast_capacity.max(1),
-            }),
-            bcast_tx: watch::channel(0).0,
-        }
+    pub fn new() -> Self {
+        Presence { inner: Mutex::new(PresenceInner::default()), seq_tx: watch::channel(0).0 }
     }
 
     /// Marks `client` present (a join for everyone else unless it already was). Returns the
@@ -308,50 +286,6 @@ impl Presence {
         g.cached.push_back((since, to, frame.clone()));
         Some((to, frame))
     }
-
-    /// Queues a broadcast from `from` (encoded once for every recipient).
-    pub fn broadcast(&self, from: ClientId, data: &Value) {
-        let frame = protocol::broadcast_msg(from, data);
-        let mut b = self.broadcasts.lock();
-        b.seq += 1;
-        let seq = b.seq;
-        if b.ring.len() == b.capacity {
-            b.ring.pop_front();
-        }
-        b.ring.push_back((seq, from, frame));
-        drop(b);
-        self.bcast_tx.send_replace(seq);
-    }
-
-    /// The broadcast sequence now (a new connection starts here: it gets no old broadcasts).
-    pub fn broadcast_seq(&self) -> u64 {
-        self.broadcasts.lock().seq
-    }
-
-    pub fn subscribe_broadcasts(&self) -> watch::Receiver<u64> {
-        self.bcast_tx.subscribe()
-    }
-
-    /// Broadcasts after `since` not sent by `me`; advances `since`.
-    pub fn broadcasts_after(&self, since: &mut u64, me: ClientId) -> BroadcastBatch {
-        let b = self.broadcasts.lock();
-        let mut batch = BroadcastBatch::default();
-        if *since >= b.seq {
-            return batch;
-        }
-        let oldest = b.ring.front().map_or(b.seq + 1, |(s, _, _)| *s);
-        if oldest > *since + 1 {
-            batch.dropped = oldest - *since - 1;
-        }
-        batch.frames = b
-            .ring
-            .iter()
-            .filter(|(s, from, _)| *s > *since && *from != me)
-            .map(|(_, _, f)| f.clone())
-            .collect();
-        *since = b.seq;
-        batch
-    }
 }
 
 #[cfg(test)]
@@ -369,7 +303,7 @@ mod tests {
 
     #[test]
     fn merge_and_coalesce() {
-        let p = Presence::new(4);
+        let p = Presence::new();
         let (a, b) = (ClientId(1), ClientId(2));
         p.join(a);
         let (s0, _) = p.online();
@@ -390,7 +324,7 @@ mod tests {
 
     #[test]
     fn a_tick_pins_the_range_so_readers_share_one_frame() {
-        let p = Presence::new(4);
+        let p = Presence::new();
         p.join(ClientId(1));
         let (s0, _) = p.online();
         p.update(ClientId(1), obj(json!({"x": 1})), 4096).unwrap();
@@ -407,7 +341,7 @@ mod tests {
 
     #[test]
     fn far_behind_readers_get_every_peer() {
-        let p = Presence::new(4);
+        let p = Presence::new();
         p.join(ClientId(1));
         p.join(ClientId(2));
         p.leave(ClientId(2));
@@ -420,28 +354,10 @@ mod tests {
 
     #[test]
     fn size_limit() {
-        let p = Presence::new(4);
+        let p = Presence::new();
         p.join(ClientId(1));
         let e = p.update(ClientId(1), obj(json!({"x": "y".repeat(100)})), 50).unwrap_err();
         assert_eq!(e.limit, 50);
         assert_eq!(p.online().1, obj(json!({"c1": {}})));
-    }
-
-    #[test]
-    fn broadcasts_drop_oldest_and_skip_own() {
-        let p = Presence::new(3);
-        let mut cur = p.broadcast_seq();
-        p.broadcast(ClientId(1), &json!(1));
-        p.broadcast(ClientId(2), &json!(2));
-        let batch = p.broadcasts_after(&mut cur, ClientId(2));
-        assert_eq!((batch.dropped, batch.frames.len()), (0, 1));
-        for i in 0..5 {
-            p.broadcast(ClientId(1), &json!(i));
-        }
-        let batch = p.broadcasts_after(&mut cur, ClientId(2));
-        assert_eq!((batch.dropped, batch.frames.len()), (2, 3));
-        let last: Value = serde_json::from_slice(&batch.frames[2]).unwrap();
-        assert_eq!(last, json!({"type": "broadcast", "client": "c1", "data": 4}));
-        assert_eq!(p.broadcasts_after(&mut cur, ClientId(2)).frames.len(), 0);
     }
 }

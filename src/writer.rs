@@ -129,7 +129,7 @@ impl<'a, S: FrameSink> Writer<'a, S> {
         let Signals { replies: mut rx, mut kicked, mut shutdown } = signals;
         let mut revs = self.room.subscribe();
         let mut presence = self.room.presence.subscribe();
-        let mut broadcasts = self.room.presence.subscribe_broadcasts();
+        let mut broadcasts = self.room.broadcasts.subscribe();
         revs.mark_unchanged();
         presence.mark_unchanged();
         broadcasts.mark_unchanged();
@@ -195,7 +195,7 @@ impl<'a, S: FrameSink> Writer<'a, S> {
     /// `welcome`, then exactly one `delta` or `snapshot` bringing the client to `welcome.rev`.
     async fn hello(&mut self, from: &ResumeFrom, resumed: bool) -> WriteResult {
         let room = self.room;
-        self.broadcast_seq = room.presence.broadcast_seq();
+        self.broadcast_seq = room.broadcasts.seq();
         let (presence_seq, peers_json) = room.presence.online_json();
         self.presence_seq = presence_seq;
         let delivery = self.session.catch_up(from.cursor(resumed), &mut self.changes);
@@ -266,7 +266,7 @@ impl<'a, S: FrameSink> Writer<'a, S> {
 
     async fn send_broadcasts(&mut self) -> WriteResult {
         let mut seq = self.broadcast_seq;
-        let batch = self.room.presence.broadcasts_after(&mut seq, self.session.client);
+        let batch = self.room.broadcasts.after(&mut seq, self.session.client);
         self.broadcast_seq = seq;
         if batch.dropped > 0 {
             metrics::counter!(m::BROADCASTS_DROPPED).increment(batch.dropped);

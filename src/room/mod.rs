@@ -1,8 +1,8 @@
 //! One room: the single ordering point for its state.
 //!
 //! A room owns the authoritative JSON state (root always an object), the revision counter, the
-//! ring of recent committed changes, the cached snapshot, and its two ephemeral lanes (presence
-//! and broadcasts). It is synchronous and knows nothing of sockets: the shell feeds it decoded
+//! ring of recent committed changes, the cached snapshot, and its two ephemeral lanes
+//! ([`crate::presence`] and [`crate::broadcast`]). It is synchronous and knows nothing of sockets: the shell feeds it decoded
 //! changes and executes what it decides each reader gets. The parts live beside this file:
 //! [`change`] (what is submitted and what is kept), `conflict` (the `rev` and `paths` mode checks),
 //! [`catchup`] (the one decision of what a reader is sent) and [`snapshot`] (the state encoded once
@@ -33,6 +33,7 @@ pub use catchup::{CatchUp, Cursor, SnapshotReason, delta_for};
 pub use change::{Change, ChangeRequest};
 pub use snapshot::Snapshot;
 
+use crate::broadcast::Broadcasts;
 use crate::ids::{Epoch, Rev, RoomId};
 use crate::patch;
 use crate::presence::Presence;
@@ -97,8 +98,10 @@ pub struct Room {
     coalesced: Mutex<Option<(Rev, Rev, Bytes)>>,
     /// Exact encoded size of the state (maintained by `commit` under the write lock).
     state_bytes: AtomicUsize,
-    /// Presence: the ephemeral lane of who is here.
+    /// Presence: who is here, an ephemeral lane beside the change stream.
     pub presence: Presence,
+    /// Broadcasts: the other ephemeral lane, a ring of the last `broadcast_buffer` messages.
+    pub broadcasts: Broadcasts,
 }
 
 impl std::fmt::Debug for Room {
@@ -122,7 +125,8 @@ impl Room {
                 ring: Ring::with_budget(config.history.max(1), config.history_bytes),
             }),
             state_bytes: AtomicUsize::new(2),
-            presence: Presence::new(config.broadcast_buffer),
+            presence: Presence::new(),
+            broadcasts: Broadcasts::new(config.broadcast_buffer),
             config,
             rev: AtomicU64::new(0),
             rev_tx,

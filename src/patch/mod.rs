@@ -1,0 +1,156 @@
+//! RFC 6902 JSON Patch (plus the `incr` extension) over `serde_json::Value`.
+//!
+//! Pure and synchronous. [`apply`] is atomic: either every op applies, or the document is left
+//! exactly as it was (rolled back with the inverse ops collected so far; no whole-document clone).
+//! It returns an [`Applied`]: the inverse patch (applying it undoes the change exactly) and the
+//! concrete paths the change touched, which `room` uses for `paths`-mode conflict detection.
+//!
+//! Invariants: integers stay integers (`incr` on two integers is exact, overflow is an error);
+//! `test` compares numbers by value (`1` equals `1.0`); array indices follow RFC 6901 strictly
+//! (no leading zeros, no signs, `-` only where the RFC allows it).
+//!
+//! This file owns the vocabulary: [`Op`] (the wire form of one operation), [`OpKind`],
+//! [`PatchError`] and [`parse_patch`]. The rest is split by idea, and everything public is
+//! re-exported here, so callers only ever name `crate::patch::…`:
+//! - `pointer`: RFC 6901 pointers: parsing, escaping, overlap, and resolving one in a document;
+//! - `apply`: atomic application with inverse, touched paths, exact size and depth;
+//! - `eq`: JSON equality with numbers compared by value, and exact number addition.
+
+mod apply;
+mod eq;
+mod pointer;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Number, Value};
+
+pub use apply::{Applied, MAX_DEPTH, apply, depth, json_size};
+pub use eq::{add_numbers, json_eq};
+pub use pointer::Pointer;
+
+/// Why a patch did not apply. `code()` is the stable reject code clients see.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PatchError {
+    /// Malformed op, bad pointer, missing target, overflow, …
+    #[error("op {index}: {message}")]
+    Invalid { index: usize, message: String },
+    /// A `test` op did not match.
+    #[error("op {index}: test failed at {path}")]
+    TestFailed { index: usize, path: String },
+}
+
+impl PatchError {
+    fn invalid(index: usize, message: impl Into<String>) -> Self {
+        PatchError::Invalid { index, message: message.into() }
+    }
+}
+
+/// One operation. Serialises to and from the RFC 6902 object form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Op {
+    Add {
+        path: Pointer,
+        value: Value,
+    },
+    Remove {
+        path: Pointer,
+    },
+    Replace {
+        path: Pointer,
+        value: Value,
+    },
+    Move {
+        from: Pointer,
+        path: Pointer,
+    },
+    Copy {
+        from: Pointer,
+        path: Pointer,
+    },
+    Test {
+        path: Pointer,
+        value: Value,
+    },
+    /// Extension: add `value` to the number at `path` (created with `value` when absent).
+    Incr {
+        path: Pointer,
+        value: Number,
+    },
+}
+
+/// The kind of an op, for metrics labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    Add,
+    Remove,
+    Replace,
+    Move,
+    Copy,
+    Test,
+    Incr,
+}
+
+impl OpKind {
+    pub const ALL: [OpKind; 7] = [
+        OpKind::Add,
+        OpKind::Remove,
+        OpKind::Replace,
+        OpKind::Move,
+        OpKind::Copy,
+        OpKind::Test,
+        OpKind::Incr,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Add => "add",
+            OpKind::Remove => "remove",
+            OpKind::Replace => "replace",
+            OpKind::Move => "move",
+            OpKind::Copy => "copy",
+            OpKind::Test => "test",
+            OpKind::Incr => "incr",
+        }
+    }
+}
+
+impl Op {
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Op::Add { .. } => OpKind::Add,
+            Op::Remove { .. } => OpKind::Remove,
+            Op::Replace { .. } => OpKind::Replace,
+            Op::Move { .. } => OpKind::Move,
+            Op::Copy { .. } => OpKind::Copy,
+            Op::Test { .. } => OpKind::Test,
+            Op::Incr { .. } => OpKind::Incr,
+        }
+    }
+
+    /// Every path the op reads or writes (`from` and `path`; `test` counts as a read).
+    pub fn paths(&self) -> impl Iterator<Item = &Pointer> {
+        let (a, b) = match self {
+            Op::Move { from, path } | Op::Copy { from, path } => (path, Some(from)),
+            Op::Add { path, .. }
+            | Op::Remove { path }
+            | Op::Replace { path, .. }
+            | Op::Test { path, .. }
+            | Op::Incr { path, .. } => (path, None),
+        };
+        std::iter::once(a).chain(b)
+    }
+}
+
+/// Parses a patch document (a JSON array of op objects).
+///
+/// # Errors
+/// `Invalid` naming the first malformed op.
+pub fn parse_patch(v: Value) -> Result<Vec<Op>, PatchError> {
+    let Value::Array(items) = v else {
+        return Err(PatchError::invalid(0, "a patch must be a JSON array of operations"));
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| serde_json::from_value(item).map_err(|e| PatchError::invalid(i, e.to_string())))
+        .collect()
+}
