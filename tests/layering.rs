@@ -30,8 +30,16 @@ const LAYERS: &[&[&str]] = &[
 const CORE: usize = 5;
 
 /// External paths the core must not use.
-const SHELL_ONLY: &[&str] =
-    &["hyper", "hyper_util", "http_body_util", "fastwebsockets", "metrics", "tokio::net", "tokio::io", "tokio::time"];
+const SHELL_ONLY: &[&str] = &[
+    "hyper",
+    "hyper_util",
+    "http_body_util",
+    "fastwebsockets",
+    "metrics",
+    "tokio::net",
+    "tokio::io",
+    "tokio::time",
+];
 
 fn layer_of(module: &str) -> Option<usize> {
     LAYERS.iter().position(|l| l.contains(&module))
@@ -161,7 +169,9 @@ fn modules_import_down_the_layer_table() {
 #[test]
 fn the_checker_catches_what_it_should() {
     assert!(violations("room", "use crate::session::Session;").iter().any(|v| v.contains("point down")));
-    assert!(violations("connection", "use crate::{app::App, http_api};").iter().any(|v| v.contains("http_api")));
+    assert!(
+        violations("connection", "use crate::{app::App, http_api};").iter().any(|v| v.contains("http_api"))
+    );
     assert!(violations("presence", "fn f() { crate::metrics::hot(); }").len() == 1);
     assert!(violations("room", "async fn f() { g().await }").len() == 2);
     assert!(violations("ring", "use hyper::Request;").iter().any(|v| v.contains("hyper")));

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Client, close_code, config, http, post_ops, start};
+use common::{Client, binary, close_code, config, http, post_ops, start};
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -148,7 +148,7 @@ async fn idle_rooms_are_dropped_and_come_back_with_a_new_epoch() {
 
 /// Starts the real binary on a free port; returns the child and its address.
 fn spawn_binary(args: &[&str]) -> (std::process::Child, String, BufReader<std::process::ChildStdout>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringsync"))
+    let mut child = binary()
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
         .stdout(Stdio::piped())
@@ -239,12 +239,12 @@ fn invalid_configuration_names_the_flag() {
         (&["--ping-interval", "60", "--idle-timeout", "30"][..], "--ping-interval"),
         (&["--listen", "nowhere"][..], "--listen"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_ringsync")).args(args).output().unwrap();
+        let out = binary().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(flag), "{args:?}: {err}");
     }
-    let help = Command::new(env!("CARGO_BIN_EXE_ringsync")).arg("--help").output().unwrap();
+    let help = binary().arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     for flag in [
         "--listen",

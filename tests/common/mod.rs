@@ -52,6 +52,18 @@ impl Drop for Server {
     }
 }
 
+/// The real binary as a command, without the `RINGSYNC_*` variables of the shell that runs the
+/// tests (they are the server's flags; a test passes every flag it means explicitly).
+pub fn binary() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ringsync"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("RINGSYNC_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
 /// A config for tests: defaults with the given flags (`RINGSYNC_*` variables are not read).
 pub fn config(flags: &[&str]) -> Config {
     let mut args = vec!["--listen", "127.0.0.1:0", "--presence-interval", "0", "--shutdown-timeout", "1"];
