@@ -215,7 +215,7 @@ fn initialise() {
     for outcome in ConnectOutcome::ALL {
         metrics::counter!(SESSION_CONNECTS, "outcome" => outcome.label()).increment(0);
     }
-    for code in ErrorCode::REJECTS {
+    for code in ErrorCode::REJECTS.iter().copied() {
         metrics::counter!(CHANGES_REJECTED, "code" => code.as_str()).increment(0);
     }
     for op in OpKind::ALL {

@@ -50,16 +50,32 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    /// The codes a change can be rejected with (`reject` messages; the `code` label of
-    /// `ringsync_changes_rejected_total`).
-    pub const REJECTS: [ErrorCode; 6] = [
+    /// Every code; the first six are the ones a change can be rejected with.
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::Conflict,
         ErrorCode::Stale,
         ErrorCode::Invalid,
         ErrorCode::TestFailed,
         ErrorCode::TooLarge,
         ErrorCode::Forbidden,
+        ErrorCode::Duplicate,
+        ErrorCode::BadMessage,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::UpgradeRequired,
+        ErrorCode::BadUpgrade,
+        ErrorCode::BadRoom,
+        ErrorCode::BadSince,
+        ErrorCode::BadBody,
+        ErrorCode::Gone,
+        ErrorCode::Draining,
+        ErrorCode::TooManyConnections,
+        ErrorCode::TooManyRooms,
     ];
+
+    /// The codes a change can be rejected with (`reject` messages; the `code` label of
+    /// `ringsync_changes_rejected_total`).
+    pub const REJECTS: &[ErrorCode] = Self::ALL.split_at(6).0;
 
     /// The stable name clients see.
     pub fn as_str(self) -> &'static str {
@@ -128,29 +144,10 @@ mod tests {
 
     #[test]
     fn names_are_unique_snake_case() {
-        let all = [
-            ErrorCode::Conflict,
-            ErrorCode::Stale,
-            ErrorCode::Invalid,
-            ErrorCode::TestFailed,
-            ErrorCode::TooLarge,
-            ErrorCode::Forbidden,
-            ErrorCode::Duplicate,
-            ErrorCode::BadMessage,
-            ErrorCode::NotFound,
-            ErrorCode::MethodNotAllowed,
-            ErrorCode::UpgradeRequired,
-            ErrorCode::BadUpgrade,
-            ErrorCode::BadRoom,
-            ErrorCode::BadSince,
-            ErrorCode::BadBody,
-            ErrorCode::Gone,
-            ErrorCode::Draining,
-            ErrorCode::TooManyConnections,
-            ErrorCode::TooManyRooms,
-        ];
-        let names: std::collections::HashSet<_> = all.iter().map(|c| c.as_str()).collect();
-        assert_eq!(names.len(), all.len());
+        let names: std::collections::HashSet<_> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
         assert!(names.iter().all(|n| n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
+        let rejects = ["conflict", "stale", "invalid", "test_failed", "too_large", "forbidden"];
+        assert_eq!(ErrorCode::REJECTS.iter().map(|c| c.as_str()).collect::<Vec<_>>(), rejects);
     }
 }
