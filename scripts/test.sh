@@ -28,10 +28,10 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test (unit, conformance, property, integration)"
-cargo test --locked
+cargo test --workspace --locked
 
 step "promtool check metrics (scrape taken after the metrics scenario test)"
 scrape=target/tmp/metrics-scrape.prom

@@ -16,17 +16,10 @@
 //! figure is send → server commit → fan-out → receive. Load is bounded in connections, rate and
 //! time, and goes to loopback addresses only.
 
-// A binary's modules live beside it in `src/bin/ringsync-load/` (a crate root resolves `mod`
-// paths from its own directory, hence the attributes).
-#[path = "ringsync-load/group.rs"]
 mod group;
-#[path = "ringsync-load/procfs.rs"]
 mod procfs;
-#[path = "ringsync-load/report.rs"]
 mod report;
-#[path = "ringsync-load/scan.rs"]
 mod scan;
-#[path = "ringsync-load/ws.rs"]
 mod ws;
 
 use std::net::SocketAddr;
