@@ -16,9 +16,12 @@
 //! figure is send → server commit → fan-out → receive. Load is bounded in connections, rate and
 //! time, and goes to loopback addresses only.
 
+mod conn;
+mod ctx;
 mod group;
 mod procfs;
 mod report;
+mod role;
 mod scan;
 mod ws;
 
@@ -33,7 +36,10 @@ use clap::{Args, Parser, Subcommand};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
-use group::{Conn, Ctx, GroupMsg, GroupTx, Role, Snap};
+use conn::Conn;
+use ctx::{Ctx, Snap};
+use group::{GroupMsg, GroupTx};
+use role::{Role, filler_for};
 
 /// Most connections one run may open.
 const MAX_CONNECTIONS: usize = 60_000;
@@ -329,7 +335,7 @@ impl Harness {
         }
         p.added += 1;
         let tx = p.groups.last().expect("just ensured").clone();
-        tokio::spawn(group::open(self.ctx.clone(), room, role, None, tx));
+        tokio::spawn(conn::open(self.ctx.clone(), room, role, None, tx));
     }
 
     /// Waits until `n` connections have synced (or failed to connect).
@@ -353,12 +359,7 @@ impl Harness {
     }
 
     fn first_error(&self) -> String {
-        self.ctx
-            .first_error
-            .lock()
-            .expect("not poisoned")
-            .clone()
-            .unwrap_or_else(|| "no error recorded".into())
+        self.ctx.first_error()
     }
 
     fn edge(&self) -> Edge {
@@ -399,14 +400,14 @@ impl Harness {
     /// Stops every group, merges their histograms, and closes every connection.
     async fn stop(&mut self) -> Stopped {
         let mut s = Stopped {
-            lat: group::histogram(),
+            lat: ctx::histogram(),
             lat_pool: Vec::new(),
-            sync: group::histogram(),
-            resync: group::histogram(),
+            sync: ctx::histogram(),
+            resync: ctx::histogram(),
         };
         let mut conns: Vec<Conn> = Vec::new();
         for p in &mut self.pools {
-            let mut pool_lat = group::histogram();
+            let mut pool_lat = ctx::histogram();
             for g in p.groups.drain(..) {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 if g.send(GroupMsg::Stop(tx)).is_err() {
@@ -524,7 +525,7 @@ impl Harness {
         let room = self.room(0);
         let before = self.edge();
         for _ in 0..clients {
-            self.add(WRITERS, room.clone(), Role::Mover { period, next: None, n: 0 });
+            self.add(WRITERS, room.clone(), Role::mover(period));
         }
         let connect = self.wait_synced(clients as u64).await?;
         let connected = self.edge();
@@ -824,14 +825,6 @@ impl Harness {
         self.finish(&mut r, None);
         Ok(r)
     }
-}
-
-/// Filler bytes so that a change entry (`{"rev":..,"client":..,"ops":[..]}`) is about `payload`
-/// bytes as readers receive it.
-fn filler_for(payload: usize) -> usize {
-    const ENTRY: &str =
-        r#"{"rev":100000,"client":"c1","ops":[{"op":"add","path":"/t","value":{"ts":10000000,"p":""}}]}"#;
-    payload.saturating_sub(ENTRY.len())
 }
 
 fn put(r: &mut report::Run, key: &str, v: Option<f64>) {
