@@ -1,14 +1,44 @@
 //! Results: one JSON object per run (appended as a line to `--json FILE`), printed as a table,
 //! and the `report` subcommand, which turns JSON lines into Markdown tables with the median of
-//! the runs that share a label (and the min–max range where noise matters).
+//! the runs that share a label (and the min–max range where noise matters). A run's fields keep
+//! the order they were inserted in (`serde_json`'s `preserve_order`); a figure that could not be
+//! measured is `null`, never left out.
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use serde_json::{Map, Value};
 
 /// One run's figures, in the order they are printed.
 pub type Run = Map<String, Value>;
+
+/// Inserts a figure that may be missing (`null`).
+pub fn put(r: &mut Run, key: &str, v: Option<f64>) {
+    r.insert(key.into(), v.map_or(Value::Null, Value::from));
+}
+
+/// `{prefix}_p50_ms`, `_p99_ms`, `_p999_ms`, `_max_ms`, `_count` from a µs histogram.
+pub fn latency(r: &mut Run, prefix: &str, h: &Histogram<u64>) {
+    let ms = |us: u64| us as f64 / 1000.0;
+    let some = !h.is_empty();
+    put(r, &format!("{prefix}_p50_ms"), some.then(|| ms(h.value_at_quantile(0.5))));
+    put(r, &format!("{prefix}_p99_ms"), some.then(|| ms(h.value_at_quantile(0.99))));
+    put(r, &format!("{prefix}_p999_ms"), some.then(|| ms(h.value_at_quantile(0.999))));
+    put(r, &format!("{prefix}_max_ms"), some.then(|| ms(h.max())));
+    r.insert(format!("{prefix}_count"), h.len().into());
+}
+
+/// How long connecting took: all of them, each one's connect-to-sync (p50, p99), and the
+/// server's CPU seconds meanwhile.
+pub fn connect_figures(r: &mut Run, all: Duration, sync: &Histogram<u64>, server_cpu_s: Option<f64>) {
+    r.insert("connect_s".into(), all.as_secs_f64().into());
+    let some = !sync.is_empty();
+    put(r, "connect_p50_ms", some.then(|| sync.value_at_quantile(0.5) as f64 / 1000.0));
+    put(r, "connect_p99_ms", some.then(|| sync.value_at_quantile(0.99) as f64 / 1000.0));
+    put(r, "server_cpu_connect_s", server_cpu_s);
+}
 
 /// Prints a run as an aligned two-column table.
 pub fn print_run(run: &Run) {
