@@ -11,6 +11,9 @@ use std::io::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use ringsync::ids::{ClientId, Rev};
+use ringsync::{patch, protocol};
+
 use crate::ctx::{Ctx, Local};
 use crate::ws::{self, OP_TEXT};
 
@@ -190,7 +193,46 @@ fn write_presence(msg: &mut Vec<u8>, x: u64, y: u64, ts: u64) {
 /// Filler bytes so that a change entry (`{"rev":..,"client":..,"ops":[..]}`) is about `payload`
 /// bytes as readers receive it.
 pub fn filler_for(payload: usize) -> usize {
-    const ENTRY: &str =
-        r#"{"rev":100000,"client":"c1","ops":[{"op":"add","path":"/t","value":{"ts":10000000,"p":""}}]}"#;
-    payload.saturating_sub(ENTRY.len())
+    payload.saturating_sub(entry_len(0))
+}
+
+/// The size of the entry readers receive for a writer's change with `filler` bytes of padding:
+/// the server's own encoding of it (`protocol::change_frame`), at revision 100,000 and a
+/// timestamp 100 s into the run.
+fn entry_len(filler: usize) -> usize {
+    let mut ops = Vec::new();
+    write_ops(&mut ops, 10_000_000, filler);
+    let ops = serde_json::from_slice(&ops).expect("the writer's ops are JSON");
+    let ops = patch::parse_patch(ops).expect("the writer's ops are a valid patch");
+    let (_, entry) = protocol::change_frame(Rev(100_000), ClientId(1), &protocol::encode_ops(&ops));
+    entry.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use ringsync::ids::ClientReqId;
+    use ringsync::protocol::{ClientMsg, Mode};
+
+    use super::*;
+
+    #[test]
+    fn the_server_decodes_what_writers_and_movers_send() {
+        let mut m = Vec::new();
+        write_change(&mut m, 7, 123, 5);
+        let Ok(ClientMsg::Change(c)) = protocol::decode_client(&m) else { panic!("not a change") };
+        assert_eq!((c.client_req_id, c.mode), (ClientReqId(7), Ok(Mode::Overwrite)));
+        assert_eq!(c.ops.expect("valid ops").len(), 1);
+        m.clear();
+        write_presence(&mut m, 3, 4, 99);
+        assert!(matches!(protocol::decode_client(&m), Ok(ClientMsg::Presence { .. })));
+    }
+
+    #[test]
+    fn filler_makes_entries_of_the_payload_size() {
+        assert_eq!(entry_len(filler_for(300)), 300);
+        assert_eq!(entry_len(filler_for(1000)), 1000);
+        // 92 bytes without filler, as the hand-written entry this replaced.
+        assert_eq!(filler_for(100), 8);
+        assert_eq!(filler_for(50), 0);
+    }
 }
