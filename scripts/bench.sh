@@ -204,6 +204,7 @@ fi
     echo '```sh'
     echo "scripts/bench.sh                                   # all of the below, writes this file"
     echo "cargo bench --bench room                           # criterion micro-benches only"
+    echo "cargo build --release --workspace                  # the server, and the load generator (benches/ringsync-load/)"
     echo "target/release/ringsync --listen 127.0.0.1:8080 &  # then, for example:"
     echo "target/release/ringsync-load --server-pid \$! fanout --clients 1000 --rate 200"
     echo "target/release/ringsync-load rooms --rooms 100 --clients 10 --rate 20"
