@@ -46,7 +46,9 @@ if [ "$FDS" != unlimited ] && [ "$FDS" -lt $((IDLE_N + 200)) ]; then
 fi
 
 echo "==> cargo build --release"
-cargo build --release --bin ringsync --bin ringsync-load
+# The load generator is its own workspace member (benches/ringsync-load); both land in target/release.
+# (--bin filters every selected package, so each binary is named.)
+cargo build --release -p ringsync --bin ringsync -p ringsync-load --bin ringsync-load
 SERVER=target/release/ringsync
 LOAD=target/release/ringsync-load
 
@@ -174,7 +176,7 @@ CPU=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1)
 MEM=$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 # The server's code only: the load generator and the benches do not change what is measured.
-if [ -n "$(git status --porcelain -- src ':!src/bin/ringsync-load*' Cargo.toml 2>/dev/null)" ]; then
+if [ -n "$(git status --porcelain -- src Cargo.toml 2>/dev/null)" ]; then
     COMMIT="$COMMIT + uncommitted changes"
 fi
 {
@@ -202,6 +204,7 @@ fi
     echo '```sh'
     echo "scripts/bench.sh                                   # all of the below, writes this file"
     echo "cargo bench --bench room                           # criterion micro-benches only"
+    echo "cargo build --release --workspace                  # the server, and the load generator (benches/ringsync-load/)"
     echo "target/release/ringsync --listen 127.0.0.1:8080 &  # then, for example:"
     echo "target/release/ringsync-load --server-pid \$! fanout --clients 1000 --rate 200"
     echo "target/release/ringsync-load rooms --rooms 100 --clients 10 --rate 20"

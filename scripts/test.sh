@@ -28,7 +28,7 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # RINGSYNC_* variables are the server's flags. Tests must not depend on the shell they run in, so
 # they run with hostile values set: a test that let one through would see a 1-entry ring, 64-byte
@@ -37,7 +37,7 @@ hostile_env=(RINGSYNC_HISTORY=1 RINGSYNC_MAX_MESSAGE_BYTES=64 RINGSYNC_LISTEN=19
     RINGSYNC_PRESENCE_INTERVAL=60000 RINGSYNC_MAX_CONNECTIONS=1 RINGSYNC_MAX_ROOMS=1)
 
 step "cargo test (unit, conformance, property, integration; hostile RINGSYNC_* set)"
-env "${hostile_env[@]}" cargo test --locked
+env "${hostile_env[@]}" cargo test --workspace --locked
 
 step "promtool check metrics (scrape taken after the metrics scenario test)"
 scrape=target/tmp/metrics-scrape.prom

@@ -1,14 +1,44 @@
 //! Results: one JSON object per run (appended as a line to `--json FILE`), printed as a table,
 //! and the `report` subcommand, which turns JSON lines into Markdown tables with the median of
-//! the runs that share a label (and the min–max range where noise matters).
+//! the runs that share a label (and the min–max range where noise matters). A run's fields keep
+//! the order they were inserted in (`serde_json`'s `preserve_order`); a figure that could not be
+//! measured is `null`, never left out.
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use serde_json::{Map, Value};
 
 /// One run's figures, in the order they are printed.
 pub type Run = Map<String, Value>;
+
+/// Inserts a figure that may be missing (`null`).
+pub fn put(r: &mut Run, key: &str, v: Option<f64>) {
+    r.insert(key.into(), v.map_or(Value::Null, Value::from));
+}
+
+/// `{prefix}_p50_ms`, `_p99_ms`, `_p999_ms`, `_max_ms`, `_count` from a µs histogram.
+pub fn latency(r: &mut Run, prefix: &str, h: &Histogram<u64>) {
+    let ms = |us: u64| us as f64 / 1000.0;
+    let some = !h.is_empty();
+    put(r, &format!("{prefix}_p50_ms"), some.then(|| ms(h.value_at_quantile(0.5))));
+    put(r, &format!("{prefix}_p99_ms"), some.then(|| ms(h.value_at_quantile(0.99))));
+    put(r, &format!("{prefix}_p999_ms"), some.then(|| ms(h.value_at_quantile(0.999))));
+    put(r, &format!("{prefix}_max_ms"), some.then(|| ms(h.max())));
+    r.insert(format!("{prefix}_count"), h.len().into());
+}
+
+/// How long connecting took: all of them, each one's connect-to-sync (p50, p99), and the
+/// server's CPU seconds meanwhile.
+pub fn connect_figures(r: &mut Run, all: Duration, sync: &Histogram<u64>, server_cpu_s: Option<f64>) {
+    r.insert("connect_s".into(), all.as_secs_f64().into());
+    let some = !sync.is_empty();
+    put(r, "connect_p50_ms", some.then(|| sync.value_at_quantile(0.5) as f64 / 1000.0));
+    put(r, "connect_p99_ms", some.then(|| sync.value_at_quantile(0.99) as f64 / 1000.0));
+    put(r, "server_cpu_connect_s", server_cpu_s);
+}
 
 /// Prints a run as an aligned two-column table.
 pub fn print_run(run: &Run) {
@@ -173,6 +203,29 @@ const OVERLOAD: &[Col] = &[
 /// # Errors
 /// When a file cannot be read or a line is not a JSON object.
 pub fn markdown(files: &[std::path::PathBuf]) -> anyhow::Result<String> {
+    Ok(tables(&read_runs(files)?))
+}
+
+/// The tables for `runs`, in a fixed order of scenario kinds; a kind without runs has none.
+fn tables(runs: &[Run]) -> String {
+    let mut out = String::new();
+    for (title, kinds, cols) in [
+        ("Fan-out", &["fanout", "rooms"][..], FANOUT),
+        ("Presence", &["presence"][..], PRESENCE),
+        ("Reconnect storm", &["reconnect"][..], RECONNECT),
+        ("Idle connections", &["idle"][..], IDLE),
+        ("Overload (slow readers)", &["overload"][..], OVERLOAD),
+    ] {
+        let mine: Vec<&Run> = runs.iter().filter(|r| kinds.contains(&text(r, "scenario").as_str())).collect();
+        if !mine.is_empty() {
+            table(&mut out, title, &mine, cols);
+        }
+    }
+    out
+}
+
+/// Every run in the JSON-lines `files`, in order.
+fn read_runs(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<Run>> {
     let mut runs: Vec<Run> = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(f)?;
@@ -183,61 +236,56 @@ pub fn markdown(files: &[std::path::PathBuf]) -> anyhow::Result<String> {
             }
         }
     }
-    let mut out = String::new();
-    for (title, kinds, cols) in [
-        ("Fan-out", &["fanout", "rooms"][..], FANOUT),
-        ("Presence", &["presence"][..], PRESENCE),
-        ("Reconnect storm", &["reconnect"][..], RECONNECT),
-        ("Idle connections", &["idle"][..], IDLE),
-        ("Overload (slow readers)", &["overload"][..], OVERLOAD),
-    ] {
-        let mine: Vec<&Run> = runs.iter().filter(|r| kinds.contains(&text(r, "scenario").as_str())).collect();
-        if mine.is_empty() {
-            continue;
+    Ok(runs)
+}
+
+/// One scenario kind's table: a row per label, in the order the labels first appear.
+fn table(out: &mut String, title: &str, runs: &[&Run], cols: &[Col]) {
+    let mut labels: Vec<String> = Vec::new();
+    for r in runs {
+        let l = text(r, "label");
+        if !labels.contains(&l) {
+            labels.push(l);
         }
-        let mut labels: Vec<String> = Vec::new();
-        for r in &mine {
-            let l = text(r, "label");
-            if !labels.contains(&l) {
-                labels.push(l);
-            }
-        }
-        let _ = writeln!(out, "### {title}\n");
-        let _ = write!(out, "| run | n ");
-        for c in cols {
-            let _ = write!(out, "| {} ", c.0);
+    }
+    let _ = writeln!(out, "### {title}\n");
+    let _ = write!(out, "| run | n ");
+    for c in cols {
+        let _ = write!(out, "| {} ", c.0);
+    }
+    let _ = writeln!(out, "|");
+    let _ = writeln!(out, "|---|---{}|", "|---".repeat(cols.len()));
+    for l in &labels {
+        let group: Vec<&&Run> = runs.iter().filter(|r| &text(r, "label") == l).collect();
+        let _ = write!(out, "| {l} | {} ", group.len());
+        for Col(_, key, show) in cols {
+            let mut xs: Vec<f64> = group.iter().filter_map(|r| r.get(*key)?.as_f64()).collect();
+            xs.sort_by(f64::total_cmp);
+            let _ = write!(out, "| {} ", cell(*show, &xs));
         }
         let _ = writeln!(out, "|");
-        let _ = writeln!(out, "|---|---{}|", "|---".repeat(cols.len()));
-        for l in &labels {
-            let group: Vec<&&Run> = mine.iter().filter(|r| &text(r, "label") == l).collect();
-            let _ = write!(out, "| {l} | {} ", group.len());
-            for Col(_, key, show) in cols {
-                let mut xs: Vec<f64> = group.iter().filter_map(|r| r.get(*key)?.as_f64()).collect();
-                xs.sort_by(f64::total_cmp);
-                let cell = match (show, median(&xs)) {
-                    (_, None) => "–".into(),
-                    (Show::Num, Some(m)) => fmt_num(m),
-                    (Show::Big, Some(m)) => fmt_big(m),
-                    (Show::Pct, Some(m)) => format!("{:.0} %", m * 100.0),
-                    (Show::Range, Some(m)) if xs.len() > 1 && xs[0] != xs[xs.len() - 1] => {
-                        let (lo, hi) = (xs[0], xs[xs.len() - 1]);
-                        if m.abs() >= 10_000.0 {
-                            format!("{} ({}–{})", fmt_big(m), fmt_big(lo), fmt_big(hi))
-                        } else {
-                            format!("{} ({}–{})", fmt_num(m), fmt_num(lo), fmt_num(hi))
-                        }
-                    }
-                    (Show::Range, Some(m)) if m.abs() >= 10_000.0 => fmt_big(m),
-                    (Show::Range, Some(m)) => fmt_num(m),
-                };
-                let _ = write!(out, "| {cell} ");
-            }
-            let _ = writeln!(out, "|");
-        }
-        let _ = writeln!(out);
     }
-    Ok(out)
+    let _ = writeln!(out);
+}
+
+/// A cell from the sorted values of one column for one label.
+fn cell(show: Show, xs: &[f64]) -> String {
+    match (show, median(xs)) {
+        (_, None) => "–".into(),
+        (Show::Num, Some(m)) => fmt_num(m),
+        (Show::Big, Some(m)) => fmt_big(m),
+        (Show::Pct, Some(m)) => format!("{:.0} %", m * 100.0),
+        (Show::Range, Some(m)) if xs.len() > 1 && xs[0] != xs[xs.len() - 1] => {
+            let (lo, hi) = (xs[0], xs[xs.len() - 1]);
+            if m.abs() >= 10_000.0 {
+                format!("{} ({}–{})", fmt_big(m), fmt_big(lo), fmt_big(hi))
+            } else {
+                format!("{} ({}–{})", fmt_num(m), fmt_num(lo), fmt_num(hi))
+            }
+        }
+        (Show::Range, Some(m)) if m.abs() >= 10_000.0 => fmt_big(m),
+        (Show::Range, Some(m)) => fmt_num(m),
+    }
 }
 
 fn text(r: &Run, key: &str) -> String {
@@ -270,5 +318,22 @@ mod tests {
         assert_eq!(fmt_num(12.34), "12.3");
         assert_eq!(median(&[1.0, 2.0, 10.0]), Some(2.0));
         assert_eq!(median(&[1.0, 3.0]), Some(2.0));
+    }
+
+    #[test]
+    fn one_row_per_label_with_median_and_range() {
+        // Expected lines as the pre-workspace binary rendered the same runs.
+        let run = |label: &str, connect_s: f64| -> Run {
+            let v = serde_json::json!({"scenario": "idle", "label": label, "clients": 10000,
+                "connect_s": connect_s, "kib_per_conn": 14.0, "errors": 0});
+            v.as_object().expect("an object").clone()
+        };
+        let md = tables(&[run("a", 1.5), run("b", 5.0), run("a", 3.0), run("a", 2.25)]);
+        let lines: Vec<&str> = md.lines().collect();
+        assert_eq!(lines[0], "### Idle connections");
+        assert!(lines[2].starts_with("| run | n | clients | rooms | connect+sync s |"));
+        assert_eq!(lines[4], "| a | 3 | 10,000 | – | 2.25 (1.50–3) | – | – | – | – | 14 | 0 |");
+        assert_eq!(lines[5], "| b | 1 | 10,000 | – | 5 | – | – | – | – | 14 | 0 |");
+        assert_eq!(lines[6..], [""], "a blank line after each table");
     }
 }

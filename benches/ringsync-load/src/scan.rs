@@ -4,7 +4,8 @@
 //! `{"type":"delta","from":A,"to":B,"changes":[...]}`, `{"type":"snapshot","rev":R,...}`. The
 //! load generator only needs the type, a few numbers from the head of the frame, and every
 //! `"ts":N` the writers embedded in their change values. The search is SWAR (8 bytes a step) on
-//! the byte `t`, which is rare in these frames: the writers' filler is all `x`.
+//! the byte `t`, which is rare in these frames: the writers' filler is all `x`. The tests build
+//! their frames with the server's own encoders, so a change of field order there fails here.
 
 const LO: u64 = 0x0101_0101_0101_0101;
 const HI: u64 = 0x8080_8080_8080_8080;
@@ -103,6 +104,9 @@ pub fn each_ts(hay: &[u8], mut f: impl FnMut(u64)) {
 
 #[cfg(test)]
 mod tests {
+    use ringsync::ids::{ClientId, ClientReqId, Rev};
+    use ringsync::{patch, protocol};
+
     use super::*;
 
     #[test]
@@ -122,19 +126,44 @@ mod tests {
         assert_eq!(find_byte(&[0x75, 0x74, 0xf4, 0x74, 0, 0, 0, 0], 0x74), Some(1));
     }
 
+    /// The change entry the server encodes for `{"ts":ts,"p":"xxxx"}` added at `/t`.
+    fn entry(rev: u64, ts: u64) -> Vec<u8> {
+        let ops = serde_json::json!([{"op": "add", "path": "/t", "value": {"ts": ts, "p": "xxxx"}}]);
+        let ops = protocol::encode_ops(&patch::parse_patch(ops).expect("a valid patch"));
+        protocol::change_frame(Rev(rev), ClientId(1), &ops).1.to_vec()
+    }
+
     #[test]
     fn reads_server_frames() {
-        let d = br#"{"type":"delta","from":41,"to":43,"changes":[{"rev":42,"client":"c1","ops":[{"op":"add","path":"/t","value":{"ts":123,"p":"xxxx"}}]},{"rev":43,"client":"c1","ops":[{"op":"add","path":"/t","value":{"ts":77,"p":""}}]}]}"#;
-        assert_eq!(msg_type(d), b"delta");
-        assert_eq!(num_after(head(d), b"\"from\":"), Some(41));
-        assert_eq!(num_after(head(d), b"\"to\":"), Some(43));
+        // Frames from the server's own encoders, so a change of field order there fails here.
+        let (e42, ack43) = (entry(42, 123), protocol::entry_ack(Rev(43), ClientId(2), ClientReqId(9)));
+        let (e44, e45) = (entry(44, 77), entry(45, 1_000_000_000));
+        let parts = [&e42[..], &ack43[..], &e44[..], &e45[..]];
+        let d = protocol::delta_frame(Rev(41), Rev(45), parts.into_iter(), 0);
+        assert_eq!(msg_type(&d), b"delta");
+        assert_eq!(num_after(head(&d), b"\"from\":"), Some(41));
+        assert_eq!(num_after(head(&d), b"\"to\":"), Some(45));
         let mut ts = Vec::new();
-        each_ts(d, |t| ts.push(t));
-        assert_eq!(ts, vec![123, 77]);
-        let w = br#"{"type":"welcome","client":"c7","session":"ab12","epoch":"e0","rev":5,"resumed":true,"lastClientReqId":0,"presence":{}}"#;
-        assert_eq!(msg_type(w), b"welcome");
-        assert_eq!(str_after(w, b"\"session\":\""), Some(&b"ab12"[..]));
-        assert_eq!(num_after(w, b"\"rev\":"), Some(5));
+        each_ts(&d, |t| ts.push(t));
+        assert_eq!(ts, vec![123, 77, 1_000_000_000]);
+        let s = protocol::snapshot_frame(Rev(1_234_567), ClientReqId(3), br#"{"t":{"ts":5,"p":""}}"#);
+        assert_eq!(msg_type(&s), b"snapshot");
+        assert_eq!(num_after(head(&s), b"\"rev\":"), Some(1_234_567));
+        let w = protocol::Welcome {
+            client: ClientId(7),
+            session: "ab12",
+            epoch: "e0",
+            rev: Rev(5),
+            resumed: true,
+            last_client_req_id: ClientReqId(0),
+            presence_json: br#"{"c7":{}}"#,
+        }
+        .encode();
+        assert_eq!(msg_type(&w), b"welcome");
+        assert_eq!(str_after(&w, b"\"session\":\""), Some(&b"ab12"[..]));
+        assert_eq!(str_after(&w, b"\"epoch\":\""), Some(&b"e0"[..]));
+        assert_eq!(num_after(&w, b"\"rev\":"), Some(5));
+        assert!(find(&w, b"\"resumed\":true").is_some());
         assert_eq!(msg_type(b"[]"), b"");
     }
 }

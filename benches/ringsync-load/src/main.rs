@@ -1,0 +1,197 @@
+//! `ringsync-load`: a load generator that speaks ringsync's protocol v1 over real sockets.
+//!
+//! Scenarios: `fanout` (N readers, one writer at M changes/s), `rooms` (R rooms × N readers,
+//! one writer each), `presence` (N clients each moving a cursor at F Hz), `reconnect` (N readers
+//! drop at once and resume their sessions), `idle` (server memory per connection), `overload`
+//! (one room whose readers partly cannot keep up with the writer: are the fast ones slowed, do the
+//! slow ones still end at the final revision, does the server's memory stay bounded). Each run
+//! prints a table, appends a JSON line to `--json FILE`, and `report FILE...` turns those lines
+//! into the Markdown tables of `docs/BENCHMARKS.md` (medians per label).
+//!
+//! Built to cost the server's core as little as possible from the other one: a current-thread
+//! runtime, one task per group of `--group-size` connections, a hand-rolled RFC 6455 client
+//! (`ws`), and frames scanned in place for the few fields that matter (`scan`) instead of parsed.
+//! Writers put a timestamp in every change value (µs since the load generator started) and
+//! readers take commit→receive latency from it; since writers and readers share one clock, the
+//! figure is send → server commit → fan-out → receive. Load is bounded in connections, rate and
+//! time, and goes to loopback addresses only.
+//!
+//! This file is the command line and the dispatch. Module map: one file per scenario (`fanout`,
+//! which `rooms` reuses, `presence`, `reconnect`, `idle`, `overload`), each owning its flags and
+//! its figures; `harness` (pools of groups, windows, the figures every run reports); `group`
+//! (one task driving many connections), `conn` (one connection and what each server message does
+//! to the counters), `role` (what writers, movers and slow readers send), `ctx` (state and
+//! counters shared by the run); `ws` (RFC 6455 client), `scan` (fields found in frames without
+//! parsing), `procfs` (CPU and memory of a process), `report` (tables, JSON lines, `report`).
+
+mod conn;
+mod ctx;
+mod fanout;
+mod group;
+mod harness;
+mod idle;
+mod overload;
+mod presence;
+mod procfs;
+mod reconnect;
+mod report;
+mod role;
+mod rooms;
+mod scan;
+mod ws;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, ensure};
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+use harness::Harness;
+
+/// Most connections one run may open.
+const MAX_CONNECTIONS: usize = 60_000;
+/// Longest measurement window (seconds).
+const MAX_DURATION: f64 = 600.0;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ringsync-load",
+    version,
+    about = "Load generator for ringsync (protocol v1, loopback only)"
+)]
+struct Cli {
+    #[command(flatten)]
+    opts: Opts,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// The flags every scenario takes.
+#[derive(Debug, Clone, Args)]
+pub struct Opts {
+    /// Server address; loopback only.
+    #[arg(long, global = true, env = "RINGSYNC_LOAD_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// The server's process id, for its CPU time and RSS from /proc.
+    #[arg(long, global = true)]
+    pub server_pid: Option<u32>,
+    /// Measurement window (seconds).
+    #[arg(long, global = true, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Load before the window starts (seconds).
+    #[arg(long, global = true, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Connection attempts in flight at once. More than the server's listen backlog (128 for a
+    /// tokio listener bound the default way) overflows its accept queue, and the dropped SYNs are
+    /// retried only after 1 s.
+    #[arg(long, global = true, default_value_t = 128)]
+    pub connect_concurrency: usize,
+    /// Connections driven by one task.
+    #[arg(long, global = true, default_value_t = 64)]
+    pub group_size: usize,
+    /// Runtime threads (1 = current-thread runtime).
+    #[arg(long, global = true, default_value_t = 1)]
+    pub threads: usize,
+    /// Append each run as a JSON line to this file.
+    #[arg(long, global = true)]
+    pub json: Option<PathBuf>,
+    /// Name of the run in reports (runs with the same label are summarised by their median).
+    #[arg(long, global = true)]
+    pub label: Option<String>,
+    /// Room names start with this (a random suffix keeps runs apart).
+    #[arg(long, global = true, default_value = "load")]
+    pub room_prefix: String,
+    /// Give up connecting, syncing or converging after this long (seconds).
+    #[arg(long, global = true, default_value_t = 60.0)]
+    pub timeout: f64,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+enum Cmd {
+    /// One room: N readers, one writer sending M changes/s.
+    Fanout(fanout::Args),
+    /// R rooms × N readers, one writer per room.
+    Rooms(rooms::Args),
+    /// One room: N clients each moving a cursor (presence update) F times a second.
+    Presence(presence::Args),
+    /// One room: N readers and a writer; after the warm-up every reader drops at once and
+    /// resumes its session (`?session&epoch&since`) after `offline-ms`.
+    Reconnect(reconnect::Args),
+    /// One room: N readers, a share of them slow (they stop reading for `pause-ms`, then read
+    /// for `read-ms`, over and over), and one writer at M changes/s. Reports the fast readers'
+    /// throughput and latency, whether every reader ends at the writer's final revision, what
+    /// the slow ones received, and the server's peak RSS (sampled every 100 ms).
+    Overload(overload::Args),
+    /// Connect N clients that only listen; report the server's RSS growth per connection.
+    Idle(idle::Args),
+    /// Markdown tables from JSON-lines result files (median per label).
+    Report { files: Vec<PathBuf> },
+}
+
+impl Cmd {
+    /// Connections the scenario opens at most.
+    fn connections(&self) -> usize {
+        match self {
+            Cmd::Fanout(a) => a.clients + 1,
+            Cmd::Reconnect(a) => a.clients + 1,
+            Cmd::Overload(a) => a.clients + 1,
+            Cmd::Rooms(a) => a.rooms * (a.clients + 1),
+            Cmd::Presence(a) => a.clients,
+            Cmd::Idle(a) => a.clients,
+            Cmd::Report { .. } => 0,
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Cmd::Report { files } = &cli.cmd {
+        print!("{}", report::markdown(files)?);
+        return Ok(());
+    }
+    check(&cli.opts, &cli.cmd)?;
+    let o = &cli.opts;
+    let rt = if o.threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(o.threads).enable_all().build()?
+    };
+    let run = rt.block_on(scenario(cli.opts.clone(), cli.cmd.clone()))?;
+    report::print_run(&run);
+    if let Some(path) = &cli.opts.json {
+        report::append(path, &run).with_context(|| format!("cannot append to {}", path.display()))?;
+    }
+    println!("{}", Value::Object(run));
+    Ok(())
+}
+
+/// The limits every scenario shares: loopback only, bounded time and connections.
+fn check(o: &Opts, cmd: &Cmd) -> anyhow::Result<()> {
+    ensure!(o.addr.ip().is_loopback(), "--addr must be a loopback address (this tool loads 127.0.0.1 only)");
+    ensure!(o.duration > 0.0 && o.duration <= MAX_DURATION, "--duration must be in (0, {MAX_DURATION}]");
+    ensure!((0.0..=MAX_DURATION).contains(&o.warmup), "--warmup must be in [0, {MAX_DURATION}]");
+    ensure!(o.group_size > 0 && o.threads > 0, "--group-size and --threads must be positive");
+    let needed = cmd.connections();
+    ensure!(needed <= MAX_CONNECTIONS, "{needed} connections is over this tool's limit of {MAX_CONNECTIONS}");
+    if let Some(limit) = procfs::open_files_limit() {
+        ensure!(
+            needed as u64 + 64 <= limit,
+            "{needed} connections need more file descriptors than `ulimit -n` ({limit}) allows; raise it"
+        );
+    }
+    Ok(())
+}
+
+async fn scenario(opts: Opts, cmd: Cmd) -> anyhow::Result<report::Run> {
+    let mut h = Harness::new(opts);
+    match cmd {
+        Cmd::Fanout(a) => fanout::run(&mut h, a).await,
+        Cmd::Rooms(a) => rooms::run(&mut h, a).await,
+        Cmd::Presence(a) => presence::run(&mut h, a).await,
+        Cmd::Reconnect(a) => reconnect::run(&mut h, a).await,
+        Cmd::Idle(a) => idle::run(&mut h, a).await,
+        Cmd::Overload(a) => overload::run(&mut h, a).await,
+        Cmd::Report { .. } => unreachable!("handled in main"),
+    }
+}
