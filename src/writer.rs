@@ -33,13 +33,13 @@ use crate::session::{Delivery, ResumeFrom, Session};
 /// Where a writer's frames go: a WebSocket's write half, or an in-memory sink in tests.
 pub trait FrameSink {
     /// Writes one frame (completes when the socket has taken it).
-    fn write_frame(&mut self, frame: Frame<'_>) -> impl Future<Output = Result<(), WebSocketError>>;
+    fn write_frame(&mut self, frame: Frame<'_>) -> impl Future<Output = Result<(), WebSocketError>> + Send;
     /// Whether a close frame was already written.
     fn is_closed(&self) -> bool;
 }
 
-impl<S: tokio::io::AsyncWrite + Unpin> FrameSink for WebSocketWrite<S> {
-    fn write_frame(&mut self, frame: Frame<'_>) -> impl Future<Output = Result<(), WebSocketError>> {
+impl<S: tokio::io::AsyncWrite + Unpin + Send> FrameSink for WebSocketWrite<S> {
+    fn write_frame(&mut self, frame: Frame<'_>) -> impl Future<Output = Result<(), WebSocketError>> + Send {
         WebSocketWrite::write_frame(self, frame)
     }
     fn is_closed(&self) -> bool {
@@ -141,6 +141,7 @@ impl<'a, S: FrameSink> Writer<'a, S> {
         let mut presence_pending = false;
         let mut ping = tokio::time::interval(self.config.ping_interval);
         ping.reset();
+        let mut kick_gone = false;
         let result: WriteResult = loop {
             // Not `biased`: under a constant stream of commits the revision arm is always ready,
             // and a fixed order would starve pings, presence and broadcasts behind it.
@@ -155,7 +156,14 @@ impl<'a, S: FrameSink> Writer<'a, S> {
                     Some(Outgoing::Close(reason)) => Err(reason),
                     None => Err(CloseReason::Gone),
                 },
-                _ = &mut kicked => Err(CloseReason::TakenOver),
+                // A kick sender dropped without sending is not a takeover: stop listening.
+                r = &mut kicked, if !kick_gone => match r {
+                    Ok(()) => Err(CloseReason::TakenOver),
+                    Err(_) => {
+                        kick_gone = true;
+                        Ok(())
+                    }
+                },
                 _ = shutdown.changed() => {
                     // Spread closes over most of the drain window so clients do not all
                     // reconnect at the same instant.

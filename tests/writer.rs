@@ -185,6 +185,8 @@ struct Conn {
     shutdown: watch::Sender<bool>,
     task: JoinHandle<CloseReason>,
     markers: u64,
+    /// The connection's generation in its session.
+    generation: u64,
 }
 
 fn writer_config() -> WriterConfig {
@@ -215,7 +217,7 @@ fn connect(room: &Arc<Room>, sessions: &Sessions, from: ResumeFrom, config: Writ
         let mut writer = Writer::new(sink, config, &session);
         writer.run(from, resumed, signals).await
     });
-    Conn { tap, session: attached.session, replies, shutdown, task, markers: 0 }
+    Conn { tap, session: attached.session, replies, shutdown, task, markers: 0, generation: attached.conn }
 }
 
 impl Conn {
@@ -599,6 +601,20 @@ async fn takeover_closes_with_4001() {
     let log = conn.tap.frames();
     assert_eq!(close_frames(&log).len(), 1, "{log:#?}");
     assert_eq!(log.last().unwrap().close_code(), Some(4001));
+}
+
+#[tokio::test]
+async fn a_kick_sender_dropped_without_a_takeover_is_not_a_takeover() {
+    let room = new_room(64);
+    let sessions = Sessions::default();
+    let mut conn = connect(&room, &sessions, ResumeFrom::default(), writer_config());
+    conn.hello().await;
+    // `detach` drops the session's kick sender (as after a connection's end) without kicking.
+    assert!(sessions.detach(&conn.session, conn.generation, false));
+    conn.barrier().await;
+    let rev = commit(&room, ClientId(999), None, 1);
+    conn.tap.wait_rev(rev).await;
+    assert!(!conn.task.is_finished(), "still serving after its kick sender went away");
 }
 
 #[tokio::test]
