@@ -11,6 +11,8 @@
 #   PROFILE=1 scripts/bench.sh          # also perf-record the server under fan-out load
 #   NOISE_MAX=0.1 RETRIES=2             # repeat a run when other processes took >10 % of a core
 #   DOC=/tmp/b.md scripts/bench.sh      # write the report elsewhere
+#   BASELINE=/tmp/old/ringsync scripts/bench.sh  # A/B: also run every scenario against another
+#                                       # server binary, interleaved, labelled "(baseline)"
 #
 # Load stays on 127.0.0.1 and is bounded: at most 10,000 connections, every run time-limited.
 set -euo pipefail
@@ -51,6 +53,7 @@ echo "==> cargo build --release"
 cargo build --release -p ringsync --bin ringsync -p ringsync-load --bin ringsync-load
 SERVER=target/release/ringsync
 LOAD=target/release/ringsync-load
+BASELINE=${BASELINE:-}
 
 PIN=0
 if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then PIN=1; fi
@@ -124,27 +127,39 @@ run() {
     done
 }
 
+# run_ab LABEL SCENARIO ARGS...: run, and with BASELINE set the same against the baseline binary.
+run_ab() {
+    run "$@"
+    if [ -n "$BASELINE" ]; then
+        local label=$1 ours=$SERVER
+        shift
+        SERVER=$BASELINE
+        run "$label (baseline)" "$@"
+        SERVER=$ours
+    fi
+}
+
 START=$(date +%s)
 echo "==> load scenarios ($RUNS runs each, interleaved; ${DURATION}s windows after ${WARMUP}s warm-up)"
 for i in $(seq "$RUNS"); do
     echo "-- round $i"
-    run "fanout N=1000 M=20" fanout --clients 1000 --rate 20
-    run "fanout N=1000 M=200" fanout --clients 1000 --rate 200
-    run "fanout N=1000 M=1000" fanout --clients 1000 --rate 1000
-    run "fanout N=5000 M=20" fanout --clients 5000 --rate 20
-    run "rooms 100x10 M=20" rooms --rooms 100 --clients 10 --rate 20
-    run "presence N=200 F=10" presence --clients 200 --hz 10
-    run "reconnect N=1000 M=20" reconnect --clients 1000 --rate 20
+    run_ab "fanout N=1000 M=20" fanout --clients 1000 --rate 20
+    run_ab "fanout N=1000 M=200" fanout --clients 1000 --rate 200
+    run_ab "fanout N=1000 M=1000" fanout --clients 1000 --rate 1000
+    run_ab "fanout N=5000 M=20" fanout --clients 5000 --rate 20
+    run_ab "rooms 100x10 M=20" rooms --rooms 100 --clients 10 --rate 20
+    run_ab "presence N=200 F=10" presence --clients 200 --hz 10
+    run_ab "reconnect N=1000 M=20" reconnect --clients 1000 --rate 20
 done
 echo "-- single runs"
-run "reconnect N=1000 M=500 away 3s" reconnect --clients 1000 --rate 500 --offline-ms 3000
-run "idle N=$IDLE_N 1 room" idle --clients "$IDLE_N" --rooms 1
-run "idle N=$IDLE_N 100 rooms" idle --clients "$IDLE_N" --rooms 100
+run_ab "reconnect N=1000 M=500 away 3s" reconnect --clients 1000 --rate 500 --offline-ms 3000
+run_ab "idle N=$IDLE_N 1 room" idle --clients "$IDLE_N" --rooms 1
+run_ab "idle N=$IDLE_N 100 rooms" idle --clients "$IDLE_N" --rooms 100
 # Slow readers: 20 % stop reading for 2 s at a time (64 KiB receive buffer), then read for 0.1 s;
 # the same load without them is the control for "are the fast readers slowed down".
-run "overload N=300 20% slow M=1000 1KB" overload --clients 300 --slow-share 0.2 --rate 1000 --payload 1000 \
+run_ab "overload N=300 20% slow M=1000 1KB" overload --clients 300 --slow-share 0.2 --rate 1000 --payload 1000 \
     --pause-ms 2000 --read-ms 100 --rcvbuf-kb 64
-run "overload N=300 no slow M=1000 1KB" overload --clients 300 --slow-share 0 --rate 1000 --payload 1000
+run_ab "overload N=300 no slow M=1000 1KB" overload --clients 300 --slow-share 0 --rate 1000 --payload 1000
 echo "load scenarios took $(($(date +%s) - START)) s"
 
 if [ "$PROFILE" = 1 ]; then
