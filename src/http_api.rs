@@ -30,9 +30,11 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
         ErrorCode::Gone => StatusCode::GONE,
-        ErrorCode::Draining | ErrorCode::TooManyConnections | ErrorCode::TooManyRooms => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        ErrorCode::Timeout => StatusCode::REQUEST_TIMEOUT,
+        ErrorCode::Draining
+        | ErrorCode::TooManyConnections
+        | ErrorCode::TooManyRooms
+        | ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Invalid
         | ErrorCode::BadMessage
         | ErrorCode::BadUpgrade
