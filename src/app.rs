@@ -3,7 +3,11 @@
 //!
 //! Invariants: `active` counts open HTTP connections plus upgraded WebSockets (shutdown is done
 //! when it reaches zero); `websockets` never exceeds `--max-connections`, because a slot is taken
-//! atomically before the upgrade and released only when its [`WsSlot`] drops.
+//! atomically before the upgrade and released only when its [`WsSlot`] drops. Likewise
+//! `http_connections` never exceeds `--max-http-connections` ([`HttpSlot`], taken at accept and
+//! dropped when the connection closes or upgrades), and `body_bytes` never exceeds
+//! `--max-body-bytes-in-flight` ([`BodyCharge`], which adds bytes as they arrive only while they
+//! fit, and releases all of them when the request ends, however it ends).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -31,6 +35,11 @@ pub struct App {
     active: AtomicUsize,
     /// WebSockets open or being upgraded, for `--max-connections`.
     websockets: AtomicUsize,
+    /// HTTP connections open and not upgraded, for `--max-http-connections`.
+    http_connections: AtomicUsize,
+    /// Bytes of request bodies received by requests still being handled, for
+    /// `--max-body-bytes-in-flight`.
+    body_bytes: AtomicUsize,
 }
 
 impl App {
@@ -44,6 +53,8 @@ impl App {
             draining: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             websockets: AtomicUsize::new(0),
+            http_connections: AtomicUsize::new(0),
+            body_bytes: AtomicUsize::new(0),
             config,
         })
     }
@@ -81,6 +92,34 @@ impl App {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (max == 0 || n < max).then_some(n + 1))
             .ok()
             .map(|_| WsSlot(self.clone()))
+    }
+
+    /// A place under `--max-http-connections` (0 = unlimited), or `None` when that many are open.
+    pub fn http_slot(self: &Arc<Self>) -> Option<HttpSlot> {
+        let max = self.config.max_http_connections;
+        self.http_connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (max == 0 || n < max).then_some(n + 1))
+            .ok()?;
+        metrics::gauge!(m::HTTP_CONNECTIONS_OPEN).increment(1.0);
+        Some(HttpSlot(self.clone()))
+    }
+
+    /// HTTP connections open (upgraded WebSockets not included).
+    pub fn http_connections(&self) -> usize {
+        self.http_connections.load(Ordering::Acquire)
+    }
+
+    /// An empty charge for one request body against `--max-body-bytes-in-flight` (0 = unlimited),
+    /// or `None` when the budget is spent: the body is then refused before any of it is read.
+    pub fn body_charge(&self) -> Option<BodyCharge<'_>> {
+        let max = self.config.max_body_bytes_in_flight;
+        (max == 0 || self.body_bytes.load(Ordering::Acquire) < max)
+            .then_some(BodyCharge { app: self, bytes: 0 })
+    }
+
+    /// Bytes of request bodies held by requests in progress.
+    pub fn body_bytes_in_flight(&self) -> usize {
+        self.body_bytes.load(Ordering::Acquire)
     }
 
     /// Commits a change to `room`, recording the outcome in the metrics. Every write, over a
@@ -126,5 +165,51 @@ pub struct WsSlot(Arc<App>);
 impl Drop for WsSlot {
     fn drop(&mut self) {
         self.0.websockets.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An HTTP connection's place under `--max-http-connections`, taken at accept and released when
+/// the connection closes (after any lingering close) or is upgraded to a WebSocket.
+pub struct HttpSlot(Arc<App>);
+
+impl Drop for HttpSlot {
+    fn drop(&mut self) {
+        self.0.http_connections.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!(m::HTTP_CONNECTIONS_OPEN).decrement(1.0);
+    }
+}
+
+/// The body bytes one request holds under `--max-body-bytes-in-flight`, counted as they arrive
+/// (never from a declared `Content-Length`) and all released when the charge drops.
+pub struct BodyCharge<'a> {
+    app: &'a App,
+    bytes: usize,
+}
+
+impl BodyCharge<'_> {
+    /// Counts `n` more bytes; `false`, counting nothing, when they would go over the budget.
+    pub fn add(&mut self, n: usize) -> bool {
+        let max = self.app.config.max_body_bytes_in_flight;
+        let fits = self
+            .app
+            .body_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(n).filter(|&next| max == 0 || next <= max)
+            })
+            .is_ok();
+        if fits {
+            self.bytes += n;
+            metrics::gauge!(m::HTTP_BODY_IN_FLIGHT).increment(n as f64);
+        }
+        fits
+    }
+}
+
+impl Drop for BodyCharge<'_> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.app.body_bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+            metrics::gauge!(m::HTTP_BODY_IN_FLIGHT).decrement(self.bytes as f64);
+        }
     }
 }

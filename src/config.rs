@@ -111,6 +111,23 @@ pub struct Config {
     #[arg(long, env = "RINGSYNC_HANDSHAKE_TIMEOUT", default_value = "10", value_parser = parse_secs)]
     pub handshake_timeout: Duration,
 
+    /// An HTTP request body must arrive in full within this, counted from the end of its headers;
+    /// else it is answered 408 and the connection closed (seconds).
+    #[arg(long, env = "RINGSYNC_BODY_TIMEOUT", default_value = "30", value_parser = parse_secs)]
+    pub body_timeout: Duration,
+
+    /// Most bytes of HTTP request bodies held at once over all requests, counted as they arrive
+    /// and released when each request ends; past it a body is refused with 503 (bytes; 0 =
+    /// unlimited).
+    #[arg(long, env = "RINGSYNC_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 64 << 20)]
+    pub max_body_bytes_in_flight: usize,
+
+    /// Most simultaneous HTTP connections, WebSocket upgrades in progress included; past it a new
+    /// connection is answered 503 and closed. An upgraded WebSocket counts under
+    /// --max-connections instead (connections; 0 = unlimited).
+    #[arg(long, env = "RINGSYNC_MAX_HTTP_CONNECTIONS", default_value_t = 2048)]
+    pub max_http_connections: usize,
+
     /// Time given to clients to drain on SIGTERM/SIGINT before exit (seconds).
     #[arg(long, env = "RINGSYNC_SHUTDOWN_TIMEOUT", default_value = "10", value_parser = parse_secs)]
     pub shutdown_timeout: Duration,
@@ -173,6 +190,16 @@ impl Config {
         if self.handshake_timeout.is_zero() {
             return Err("--handshake-timeout must be positive".into());
         }
+        if self.body_timeout.is_zero() {
+            return Err("--body-timeout must be positive".into());
+        }
+        if self.max_body_bytes_in_flight != 0
+            && (self.max_body_bytes_in_flight as u64) < self.max_message_bytes
+        {
+            return Err(
+                "--max-body-bytes-in-flight must be 0 (unlimited) or at least --max-message-bytes".into()
+            );
+        }
         if self.session_ttl < self.presence_grace {
             return Err("--session-ttl must be at least --presence-grace".into());
         }
@@ -214,6 +241,11 @@ mod tests {
         assert!(e.contains("--idle-timeout"), "{e}");
         let c = Config::try_parse_from(["ringsync", "--ping-interval", "50"]).unwrap();
         assert!(c.validate().unwrap_err().contains("--ping-interval"));
+        let c = Config::from_flags(&["--body-timeout", "0"]).unwrap();
+        assert!(c.validate().unwrap_err().contains("--body-timeout"));
+        let c = Config::from_flags(&["--max-body-bytes-in-flight", "1000"]).unwrap();
+        assert!(c.validate().unwrap_err().contains("--max-body-bytes-in-flight"));
+        Config::from_flags(&["--max-body-bytes-in-flight", "0"]).unwrap().validate().unwrap();
         let e = Config::from_flags(&["--history", "0"]).unwrap_err().to_string();
         assert!(e.contains("--history"), "{e}");
     }

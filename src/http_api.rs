@@ -2,16 +2,28 @@
 //! presence, post a broadcast; and the HTTP response helpers the server's other routes use.
 //! Errors are always JSON `{"code":..,"message":..}`, with the status each [`ErrorCode`] maps to
 //! ([`status_of`], the one place that decides it). Reads never create a room.
+//!
+//! Request bodies are read only by [`read_json`], within `--body-timeout` (else 408), up to
+//! `--max-message-bytes` (else 413), and charged to `--max-body-bytes-in-flight` as they arrive
+//! (else 503) until the request ends. A response sent before its body was read to the end says
+//! `Connection: close`, and [`RequestBody`] marks the connection so the server closes it by
+//! lingering: the client can then finish sending and still read that response.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::{Method, Request, Response, StatusCode, header};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::app::App;
+use crate::app::{App, BodyCharge};
 use crate::ids::{ClientId, ClientReqId, Rev, RoomId};
+use crate::metrics::Refusal;
 use crate::protocol::{self, ErrorCode};
 use crate::room::{ChangeRequest, Room};
 
@@ -30,9 +42,11 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
         ErrorCode::Gone => StatusCode::GONE,
-        ErrorCode::Draining | ErrorCode::TooManyConnections | ErrorCode::TooManyRooms => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        ErrorCode::Timeout => StatusCode::REQUEST_TIMEOUT,
+        ErrorCode::Draining
+        | ErrorCode::TooManyConnections
+        | ErrorCode::TooManyRooms
+        | ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Invalid
         | ErrorCode::BadMessage
         | ErrorCode::BadUpgrade
@@ -61,16 +75,89 @@ pub fn json_error(code: ErrorCode, message: &str) -> Response<Body> {
     json(status_of(code), &json!({"code": code, "message": message}))
 }
 
+/// A JSON error as the raw bytes of a complete HTTP/1.1 response that closes the connection, for
+/// answering a socket that is refused before hyper serves it.
+pub fn raw_json_error(code: ErrorCode, message: &str) -> Vec<u8> {
+    let body = protocol::encode(&json!({"code": code, "message": message}));
+    let status = status_of(code);
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
+}
+
+/// `resp`, telling the client that the connection closes after it (the request body was not
+/// read to its end, so the connection cannot carry another request).
+fn closing(mut resp: Response<Body>) -> Response<Body> {
+    resp.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    resp
+}
+
+/// A request's body, read by [`read_json`] or not at all. Dropped before its end (refused, timed
+/// out, or never read), it sets its connection's `unread` flag, which makes the server close that
+/// connection by lingering (`server::linger`) rather than at once: closing a socket with unread
+/// bytes makes the kernel send a reset, and clients that write their whole request before reading
+/// (Node's fetch, Python's urllib) then report a broken pipe instead of the response.
+pub struct RequestBody {
+    inner: Incoming,
+    ended: bool,
+    unread: Arc<AtomicBool>,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, unread: Arc<AtomicBool>) -> Self {
+        RequestBody { inner, ended: false, unread }
+    }
+}
+
+impl hyper::body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if !hyper::body::Body::is_end_stream(self) {
+            self.unread.store(true, Ordering::Release);
+        }
+    }
+}
+
 /// Routes `/v1/rooms/{room}/{tail}` (everything but the WebSocket).
-pub async fn handle(app: &App, req: Request<Incoming>, id: &RoomId, tail: &str) -> Response<Body> {
+pub async fn handle(app: &App, req: Request<RequestBody>, id: &RoomId, tail: &str) -> Response<Body> {
     match (req.method().clone(), tail) {
         (Method::GET, "") => get_room(app.rooms.get(id).as_deref()),
         (Method::GET, "changes") => {
             let since = query_pairs(&req).into_iter().find(|(k, _)| k == "since").map(|(_, v)| v);
             get_changes(app.rooms.get(id).as_deref(), since.as_deref())
         }
+        // The body's charge is held until the change is handled.
         (Method::POST, "changes") => match read_json(app, req).await {
-            Ok(body) => post_change(app, id, body),
+            Ok((body, _charge)) => post_change(app, id, body),
             Err(resp) => resp,
         },
         (Method::GET, "presence") => {
@@ -78,7 +165,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, id: &RoomId, tail: &str) 
             json(StatusCode::OK, &json!({"peers": peers}))
         }
         (Method::POST, "broadcast") => match read_json(app, req).await {
-            Ok(body) => post_broadcast(app, id, body),
+            Ok((body, _charge)) => post_broadcast(app, id, body),
             Err(resp) => resp,
         },
         (_, "" | "changes" | "presence" | "broadcast") => {
@@ -88,23 +175,59 @@ pub async fn handle(app: &App, req: Request<Incoming>, id: &RoomId, tail: &str) 
     }
 }
 
-async fn read_json(app: &App, req: Request<Incoming>) -> Result<Value, Response<Body>> {
+/// Reads a JSON body: in full within `--body-timeout` (408), at most `--max-message-bytes` (413,
+/// at once when `Content-Length` says so, else as soon as the bytes go over), charged as the bytes
+/// arrive to `--max-body-bytes-in-flight` (503). The charge is returned with the value, to be held
+/// until the request is handled; on a refusal it is released when this returns.
+async fn read_json(app: &App, req: Request<RequestBody>) -> Result<(Value, BodyCharge<'_>), Response<Body>> {
     let limit = app.config.max_message_bytes as usize;
     let too_large =
-        || json_error(ErrorCode::TooLarge, &format!("body exceeds --max-message-bytes ({limit})"));
+        || closing(json_error(ErrorCode::TooLarge, &format!("body exceeds --max-message-bytes ({limit})")));
+    let overloaded = || {
+        Refusal::MaxBodyBytesInFlight.count();
+        closing(json_error(
+            ErrorCode::Overloaded,
+            "the server holds --max-body-bytes-in-flight of request bodies; retry later",
+        ))
+    };
     if let Some(len) =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         && len > limit
     {
         return Err(too_large());
     }
-    let bytes: Bytes = match Limited::new(req.into_body(), limit).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(too_large()),
-        Err(e) => return Err(json_error(ErrorCode::BadBody, &e.to_string())),
+    let Some(mut charge) = app.body_charge() else {
+        return Err(overloaded());
     };
-    serde_json::from_slice(&bytes)
-        .map_err(|e| json_error(ErrorCode::BadMessage, &format!("body is not JSON: {e}")))
+    let mut body = req.into_body();
+    let deadline = tokio::time::Instant::now() + app.config.body_timeout;
+    let mut bytes = Vec::new();
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(None) => break,
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(e))) => return Err(json_error(ErrorCode::BadBody, &e.to_string())),
+            Err(_) => {
+                Refusal::BodyTimeout.count();
+                return Err(closing(json_error(
+                    ErrorCode::Timeout,
+                    &format!("the body did not arrive within --body-timeout ({:?})", app.config.body_timeout),
+                )));
+            }
+        };
+        // Trailers carry nothing we read.
+        let Ok(data) = frame.into_data() else { continue };
+        if bytes.len() + data.len() > limit {
+            return Err(too_large());
+        }
+        if !charge.add(data.len()) {
+            return Err(overloaded());
+        }
+        bytes.extend_from_slice(&data);
+    }
+    let value = serde_json::from_slice(&bytes)
+        .map_err(|e| json_error(ErrorCode::BadMessage, &format!("body is not JSON: {e}")))?;
+    Ok((value, charge))
 }
 
 fn get_room(room: Option<&Room>) -> Response<Body> {

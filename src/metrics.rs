@@ -42,6 +42,8 @@ pub const BROADCASTS: &str = "ringsync_broadcasts_total";
 pub const BROADCASTS_DROPPED: &str = "ringsync_broadcasts_dropped_total";
 pub const DECODE_ERRORS: &str = "ringsync_decode_errors_total";
 pub const HTTP_REQUESTS: &str = "ringsync_http_requests_total";
+pub const HTTP_CONNECTIONS_OPEN: &str = "ringsync_http_connections_open";
+pub const HTTP_BODY_IN_FLIGHT: &str = "ringsync_http_body_in_flight_bytes";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static HOT: OnceLock<Hot> = OnceLock::new();
@@ -57,7 +59,8 @@ pub struct Hot {
     pub catchup_lag: Histogram,
 }
 
-/// Why a connection was refused: the `limit` label of `ringsync_connections_refused_total`.
+/// Why a connection or request was refused: the `limit` label of
+/// `ringsync_connections_refused_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     MaxConnections,
@@ -65,11 +68,24 @@ pub enum Refusal {
     MaxRooms,
     /// Request headers or the WebSocket upgrade not done within `--handshake-timeout`.
     HandshakeTimeout,
+    /// A connection accepted while `--max-http-connections` were open.
+    MaxHttpConnections,
+    /// A request body refused because `--max-body-bytes-in-flight` were held.
+    MaxBodyBytesInFlight,
+    /// A request body not received within `--body-timeout`.
+    BodyTimeout,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 4] =
-        [Refusal::MaxConnections, Refusal::MaxRoomClients, Refusal::MaxRooms, Refusal::HandshakeTimeout];
+    pub const ALL: [Refusal; 7] = [
+        Refusal::MaxConnections,
+        Refusal::MaxRoomClients,
+        Refusal::MaxRooms,
+        Refusal::HandshakeTimeout,
+        Refusal::MaxHttpConnections,
+        Refusal::MaxBodyBytesInFlight,
+        Refusal::BodyTimeout,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -77,6 +93,9 @@ impl Refusal {
             Refusal::MaxRoomClients => "max_room_clients",
             Refusal::MaxRooms => "max_rooms",
             Refusal::HandshakeTimeout => "handshake_timeout",
+            Refusal::MaxHttpConnections => "max_http_connections",
+            Refusal::MaxBodyBytesInFlight => "max_body_bytes_in_flight",
+            Refusal::BodyTimeout => "body_timeout",
         }
     }
 
@@ -230,13 +249,15 @@ fn initialise() {
     }
     metrics::counter!(DECODE_ERRORS, "code" => ErrorCode::BadMessage.as_str()).increment(0);
     metrics::gauge!(CONNECTIONS_OPEN).set(0.0);
+    metrics::gauge!(HTTP_CONNECTIONS_OPEN).set(0.0);
+    metrics::gauge!(HTTP_BODY_IN_FLIGHT).set(0.0);
 }
 
 fn describe() {
     describe_gauge!(CONNECTIONS_OPEN, "WebSocket connections currently open");
     describe_counter!(CONNECTIONS_ACCEPTED, "WebSocket connections accepted");
     describe_counter!(CONNECTIONS_CLOSED, "WebSocket connections closed, by close reason");
-    describe_counter!(CONNECTIONS_REFUSED, "Connections refused by a limit, by limit");
+    describe_counter!(CONNECTIONS_REFUSED, "Connections or HTTP request bodies refused by a limit, by limit");
     describe_counter!(SLOW_CLIENT_CLOSES, "Connections closed because the client stopped accepting writes");
     describe_gauge!(SESSIONS_LIVE, "Sessions held (connected or resumable)");
     describe_counter!(
@@ -268,4 +289,10 @@ fn describe() {
     describe_counter!(BROADCASTS_DROPPED, "Broadcasts a slow reader never received");
     describe_counter!(DECODE_ERRORS, "Client messages that could not be decoded, by code");
     describe_counter!(HTTP_REQUESTS, "HTTP requests, by status class");
+    describe_gauge!(HTTP_CONNECTIONS_OPEN, "HTTP connections open (not counting upgraded WebSockets)");
+    describe_gauge!(
+        HTTP_BODY_IN_FLIGHT,
+        Unit::Bytes,
+        "Bytes of HTTP request bodies received and held by requests still being handled"
+    );
 }

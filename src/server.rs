@@ -4,6 +4,13 @@
 //! request is routed here: the demo page and client library (embedded in the binary), health and
 //! metrics, the WebSocket upgrade (handed to `connection`), and the HTTP API (`http_api`).
 //!
+//! Limits on plain HTTP: at most `--max-http-connections` open at once (past it a new connection
+//! is answered 503 and closed right after accept; an upgraded WebSocket leaves that count for
+//! `--max-connections`), request heads of at most [`MAX_HTTP_BUFFER`], and bodies bounded in
+//! time, size and bytes in flight by `http_api`. A connection whose last request body was not
+//! read to its end (a 413, 408 or 503 answered early) is closed by [`linger`]ing, so that the
+//! client can finish writing and read the answer instead of meeting a reset.
+//!
 //! Shutdown: mark not ready and stop accepting work (new upgrades and API calls get 503 while the
 //! listener stays open for probes), ask every HTTP connection to finish gracefully and every
 //! WebSocket to close with 1001 at a random moment in the drain window, then return when all are
@@ -11,7 +18,8 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,12 +29,14 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
-use crate::app::App;
+use crate::app::{App, HttpSlot};
 use crate::close::CloseReason;
+use crate::config::Config;
 use crate::connection;
-use crate::http_api::{self, Body, json_error, query_pairs};
+use crate::http_api::{self, Body, RequestBody, json_error, query_pairs};
 use crate::ids::{Rev, RoomId};
 use crate::metrics::{self as m, Refusal};
 use crate::protocol::ErrorCode;
@@ -70,8 +80,7 @@ pub async fn run(
                         continue;
                     }
                 };
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_http(app.clone(), stream));
+                serve_or_refuse(&app, stream);
             }
             () = &mut shutdown => break,
         }
@@ -85,7 +94,7 @@ pub async fn run(
         tokio::select! {
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
-                    tokio::spawn(serve_http(app.clone(), stream));
+                    serve_or_refuse(&app, stream);
                 }
             }
             () = tokio::time::sleep(Duration::from_millis(20)) => {
@@ -125,38 +134,140 @@ pub async fn run_metrics(listener: TcpListener, app: Arc<App>) {
     }
 }
 
-/// Serves one HTTP/1 connection (which may upgrade to a WebSocket).
-async fn serve_http(app: Arc<App>, stream: tokio::net::TcpStream) {
+/// The largest request head accepted (hyper answers 431 beyond it) and the most each HTTP
+/// connection buffers (hyper's default is ~400 KB), so that `--max-http-connections` bounds what
+/// connections hold besides the bodies counted by `--max-body-bytes-in-flight`.
+pub const MAX_HTTP_BUFFER: usize = 64 * 1024;
+
+/// A lingering close stops after this long without a byte from the client (nginx's
+/// `lingering_timeout`), or after `--body-timeout` in all.
+const LINGER_IDLE: Duration = Duration::from_secs(5);
+
+/// A lingering close discards at most this many times `--max-message-bytes` (32 MiB by default:
+/// enough for a client that sends a 16 MiB body to a 1 MiB limit to read its 413).
+const LINGER_BYTES_PER_MESSAGE_BYTE: u64 = 32;
+
+/// The answer to a connection over `--max-http-connections`.
+static TOO_MANY_HTTP: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    http_api::raw_json_error(
+        ErrorCode::TooManyConnections,
+        "the server has --max-http-connections open; retry later",
+    )
+});
+
+/// Serves a newly accepted connection, or refuses it past `--max-http-connections`: the refusal
+/// is written only if the socket takes it at once, and the socket is closed without reading, so
+/// a refused connection costs no task (a client that had already sent its request may see a
+/// reset instead of the 503).
+fn serve_or_refuse(app: &Arc<App>, stream: TcpStream) {
+    let Some(slot) = app.http_slot() else {
+        Refusal::MaxHttpConnections.count();
+        let _ = stream.try_write(&TOO_MANY_HTTP);
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    tokio::spawn(serve_http(app.clone(), stream, slot));
+}
+
+/// Serves one HTTP/1 connection (which may upgrade to a WebSocket), holding its place under
+/// `--max-http-connections` until it closes, or until it upgrades (this returns then).
+async fn serve_http(app: Arc<App>, stream: TcpStream, _slot: HttpSlot) {
     let _active = app.hold_active();
     let mut shutdown = app.shutdown_signal();
-    let svc_app = app.clone();
-    let service = service_fn(move |req| route(svc_app.clone(), req));
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(app.config.handshake_timeout)
-        // While draining, answer one request per connection and close it.
-        .keep_alive(!app.is_draining())
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                if e.is_timeout() {
-                    // A client that did not finish its request headers within --handshake-timeout.
-                    Refusal::HandshakeTimeout.count();
+    // Whether to close by lingering: the latest request's body was left unread (hyper then closes
+    // the connection after the response). Each request starts clear, as hyper reads the next
+    // request only once the previous body is done; an upgrade clears it, as the socket then
+    // belongs to the WebSocket.
+    let unread = Arc::new(AtomicBool::new(false));
+    // A second handle on the socket, to linger on once hyper has closed its own. (The socket
+    // itself must go to hyper: `connection` takes the upgraded `TcpStream` back from it.)
+    let spare = second_handle(&stream);
+    {
+        let svc_app = app.clone();
+        let svc_unread = unread.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            svc_unread.store(false, Ordering::Release);
+            let req = req.map(|body| RequestBody::new(body, svc_unread.clone()));
+            let (app, unread) = (svc_app.clone(), svc_unread.clone());
+            async move {
+                let resp = route(app, req).await?;
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    unread.store(false, Ordering::Release);
                 }
-                tracing::debug!(error = %e, "http connection ended");
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(app.config.handshake_timeout)
+            .max_header_size(MAX_HTTP_BUFFER)
+            .max_buf_size(MAX_HTTP_BUFFER)
+            // While draining, answer one request per connection and close it.
+            .keep_alive(!app.is_draining())
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    if e.is_timeout() {
+                        // A client that did not finish its request headers within --handshake-timeout.
+                        Refusal::HandshakeTimeout.count();
+                    }
+                    tracing::debug!(error = %e, "http connection ended");
+                }
+            }
+            _ = shutdown.changed() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(app.config.shutdown_timeout, conn).await;
             }
         }
-        _ = shutdown.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(app.config.shutdown_timeout, conn).await;
+    }
+    // hyper is done with the connection. Unless it was upgraded (the WebSocket then owns the
+    // socket, and dropping `spare` here leaves it open), the socket closes when `spare` drops.
+    if unread.load(Ordering::Acquire)
+        && let Some(spare) = spare
+        && let Ok(stream) = TcpStream::from_std(spare)
+    {
+        linger(stream, &app.config).await;
+    }
+}
+
+/// A second handle on `stream`'s socket (a duplicated descriptor): the socket stays open until
+/// both are closed. `None` when the descriptor cannot be duplicated (then there is no lingering).
+#[cfg(unix)]
+fn second_handle(stream: &TcpStream) -> Option<std::net::TcpStream> {
+    use std::os::fd::AsFd;
+    stream.as_fd().try_clone_to_owned().ok().map(std::net::TcpStream::from)
+}
+
+#[cfg(not(unix))]
+fn second_handle(_: &TcpStream) -> Option<std::net::TcpStream> {
+    None
+}
+
+/// A lingering close (as nginx does): the response has been sent; shut the write side (the
+/// client reads the response, then end-of-stream), then read and discard whatever the client is
+/// still sending, so that it can finish writing its request and read the response, until it
+/// closes, or for at most `--body-timeout` (and [`LINGER_IDLE`] without a byte), or
+/// [`LINGER_BYTES_PER_MESSAGE_BYTE`] × `--max-message-bytes`. Only then is the socket closed.
+async fn linger(mut stream: TcpStream, config: &Config) {
+    let _ = stream.shutdown().await;
+    let deadline = tokio::time::Instant::now() + config.body_timeout;
+    let idle = LINGER_IDLE.min(config.body_timeout);
+    let mut left = config.max_message_bytes.saturating_mul(LINGER_BYTES_PER_MESSAGE_BYTE);
+    let mut buf = vec![0; 8 * 1024];
+    while left > 0 {
+        let wake = deadline.min(tokio::time::Instant::now() + idle);
+        match tokio::time::timeout_at(wake, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n as u64),
+            // The client closed, the socket failed, or time is up.
+            _ => break,
         }
     }
 }
 
-async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn route(app: Arc<App>, req: Request<RequestBody>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let resp = match (method.clone(), path.as_str()) {
@@ -199,7 +310,7 @@ pub fn metrics_response(app: &App) -> Response<Body> {
         .expect("static response")
 }
 
-async fn room_route(app: Arc<App>, req: Request<Incoming>, rest: &str) -> Response<Body> {
+async fn room_route(app: Arc<App>, req: Request<RequestBody>, rest: &str) -> Response<Body> {
     if app.is_draining() {
         return json_error(ErrorCode::Draining, "the server is shutting down");
     }
@@ -214,7 +325,7 @@ async fn room_route(app: Arc<App>, req: Request<Incoming>, rest: &str) -> Respon
     }
 }
 
-fn websocket(app: Arc<App>, mut req: Request<Incoming>, room_id: RoomId) -> Response<Body> {
+fn websocket(app: Arc<App>, mut req: Request<RequestBody>, room_id: RoomId) -> Response<Body> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return json_error(
             ErrorCode::UpgradeRequired,

@@ -47,11 +47,15 @@ pub enum ErrorCode {
     TooManyConnections,
     /// `--max-rooms` reached.
     TooManyRooms,
+    /// An HTTP request body did not arrive within `--body-timeout`.
+    Timeout,
+    /// `--max-body-bytes-in-flight` reached: the server holds as many request bodies as it may.
+    Overloaded,
 }
 
 impl ErrorCode {
     /// Every code; the first six are the ones a change can be rejected with.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::Conflict,
         ErrorCode::Stale,
         ErrorCode::Invalid,
@@ -71,6 +75,8 @@ impl ErrorCode {
         ErrorCode::Draining,
         ErrorCode::TooManyConnections,
         ErrorCode::TooManyRooms,
+        ErrorCode::Timeout,
+        ErrorCode::Overloaded,
     ];
 
     /// The codes a change can be rejected with (`reject` messages; the `code` label of
@@ -99,6 +105,8 @@ impl ErrorCode {
             ErrorCode::Draining => "draining",
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Overloaded => "overloaded",
         }
     }
 }
