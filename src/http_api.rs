@@ -103,8 +103,7 @@ async fn read_json(app: &App, req: Request<Incoming>) -> Result<Value, Response<
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(too_large()),
         Err(e) => return Err(json_error(ErrorCode::BadBody, &e.to_string())),
     };
-    serde_json::from_slice(&bytes)
-        .map_err(|e| json_error(ErrorCode::BadMessage, &format!("body is not JSON: {e}")))
+    protocol::json::from_slice(&bytes).map_err(|e| json_error(ErrorCode::BadMessage, &format!("body: {e}")))
 }
 
 fn get_room(room: Option<&Room>) -> Response<Body> {
