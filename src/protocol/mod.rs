@@ -1,14 +1,18 @@
 //! Protocol v1: the only place that decodes client messages and encodes server messages.
 //!
-//! Every message is a JSON object with a `"type"`. This file decodes what clients send;
-//! [`encode`] builds what the server sends, and [`code`] is the catalogue of error codes shared by
-//! WebSocket rejects and errors and HTTP error bodies. Hot frames (`delta`, `snapshot`) are built
-//! by concatenating bytes that were encoded once per committed change or once per snapshot, so a
-//! change is never re-serialised per recipient. See `docs/PROTOCOL.md` for the user-facing
-//! reference.
+//! Every message is a JSON object with a `"type"`. This file decodes what clients send, through
+//! [`json`] (strict JSON: no duplicate keys, exact integers, no negative zero); [`encode`] builds
+//! what the server sends, and [`code`] is the catalogue of error codes shared by WebSocket rejects
+//! and errors and HTTP error bodies. Hot frames (`delta`, `snapshot`) are built by concatenating
+//! bytes that were encoded once per committed change or once per snapshot, so a change is never
+//! re-serialised per recipient. See `docs/PROTOCOL.md` for the user-facing reference.
+//!
+//! Invariant: a decoded `clientReqId` is in `1..=MAX_SAFE_INTEGER` and a decoded `baseRev` in
+//! `0..=MAX_SAFE_INTEGER`, so a JavaScript client can always hold them exactly and send a next id.
 
 mod code;
 mod encode;
+pub mod json;
 
 pub use code::{ErrorCode, Reject};
 pub use encode::*;
@@ -17,6 +21,10 @@ use serde_json::Value;
 
 use crate::ids::{ClientReqId, Rev};
 use crate::patch::{self, Op, PatchError};
+
+/// 2^53 - 1 (JavaScript's `Number.MAX_SAFE_INTEGER`): the highest `clientReqId` and `baseRev`
+/// accepted. Above it a JavaScript client could not count on to a next id.
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
 /// How a change is checked against changes its author had not seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -63,8 +71,13 @@ impl DecodeError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChangeMsg {
     pub client_req_id: ClientReqId,
+    /// `None` when absent or `null` (and when unusable: then `mode` is the error).
     pub base_rev: Option<Rev>,
+    /// The conflict mode, or why the conflict check cannot run: an unknown `mode`, or a
+    /// `baseRev` that is not an integer in `0..=MAX_SAFE_INTEGER`.
     pub mode: Result<Mode, String>,
+    /// The ops, or the first malformed one; also a duplicate key or an inexact integer inside
+    /// `ops` (see [`json`]).
     pub ops: Result<Vec<Op>, PatchError>,
 }
 
@@ -80,24 +93,48 @@ pub enum ClientMsg {
 /// Decodes one text frame from a client.
 ///
 /// # Errors
-/// [`DecodeError`] when the frame is not a JSON object with a known `type` and the fields that
-/// type requires.
+/// [`DecodeError`] when the frame is not strict JSON (see [`json`]), not an object with a known
+/// `type` and the fields that type requires, or a change without a `clientReqId` in
+/// `1..=MAX_SAFE_INTEGER`. A duplicate key or an inexact integer inside a change's `ops` is not
+/// an error here: it is that change's `ops` error, answered with a `reject` carrying its id.
 pub fn decode_client(text: &[u8]) -> Result<ClientMsg, DecodeError> {
-    let v: Value = serde_json::from_slice(text).map_err(|e| DecodeError::new(format!("not JSON: {e}")))?;
-    let Value::Object(mut m) = v else {
+    let parsed = json::parse(text).map_err(|e| DecodeError::new(format!("not JSON: {e}")))?;
+    let in_ops_only = parsed.defects_only_inside("ops");
+    let Value::Object(mut m) = parsed.value else {
         return Err(DecodeError::new("a message must be a JSON object"));
+    };
+    // A defect confined to `ops` may still be attributable to a change (checked below); anywhere
+    // else the message cannot be trusted at all.
+    let ops_defect = match parsed.defect {
+        Some(d) if !in_ops_only => return Err(DecodeError::new(d.to_string())),
+        d => d,
     };
     let ty = match m.get("type") {
         Some(Value::String(t)) => t.clone(),
         Some(_) => return Err(DecodeError::new("\"type\" must be a string")),
         None => return Err(DecodeError::new("missing \"type\"")),
     };
+    if let Some(d) = ops_defect.as_ref().filter(|_| ty != "change") {
+        return Err(DecodeError::new(d.to_string()));
+    }
     match ty.as_str() {
         "change" => {
-            let client_req_id = match m.get("clientReqId").and_then(Value::as_u64) {
+            let client_req_id = match m.get("clientReqId").and_then(safe_integer) {
                 Some(id) if id > 0 => ClientReqId(id),
-                _ => return Err(DecodeError::new("change needs \"clientReqId\": a positive integer")),
+                _ => {
+                    return Err(DecodeError::new(format!(
+                        "change needs \"clientReqId\": an integer in 1..={MAX_SAFE_INTEGER} \
+                         (JavaScript's Number.MAX_SAFE_INTEGER), one above the last"
+                    )));
+                }
             };
+            if let Some(d) = ops_defect {
+                m.remove("ops");
+                let mut c = decode_change_body(&mut m, client_req_id);
+                let index = d.path.get(1).and_then(|i| i.parse().ok()).unwrap_or(0);
+                c.ops = Err(PatchError::Invalid { index, message: d.to_string() });
+                return Ok(ClientMsg::Change(c));
+            }
             Ok(ClientMsg::Change(decode_change_body(&mut m, client_req_id)))
         }
         "ping" => Ok(ClientMsg::Ping { t: m.remove("t").unwrap_or(Value::Null) }),
@@ -113,9 +150,20 @@ pub fn decode_client(text: &[u8]) -> Result<ClientMsg, DecodeError> {
     }
 }
 
-/// Decodes the fields shared by a WebSocket `change` and an HTTP `POST .../changes` body.
+/// The value as an integer in `0..=MAX_SAFE_INTEGER`.
+fn safe_integer(v: &Value) -> Option<u64> {
+    v.as_u64().filter(|n| *n <= MAX_SAFE_INTEGER)
+}
+
+/// Decodes the fields shared by a WebSocket `change` and an HTTP `POST .../changes` body
+/// (`m` must come from [`json`], so it holds no duplicate keys or inexact integers).
 pub fn decode_change_body(m: &mut serde_json::Map<String, Value>, client_req_id: ClientReqId) -> ChangeMsg {
-    let base_rev = m.get("baseRev").and_then(Value::as_u64).map(Rev);
+    let base_rev = match m.get("baseRev") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => safe_integer(v).map(|r| Some(Rev(r))).ok_or_else(|| {
+            format!("\"baseRev\" must be a revision: an integer in 0..={MAX_SAFE_INTEGER}, or absent")
+        }),
+    };
     let mode = match m.get("mode") {
         None | Some(Value::Null) => Ok(Mode::Overwrite),
         Some(Value::String(s)) => Mode::parse(s).ok_or_else(|| format!("unknown mode {s:?}")),
@@ -124,6 +172,10 @@ pub fn decode_change_body(m: &mut serde_json::Map<String, Value>, client_req_id:
     let ops = match m.remove("ops") {
         Some(ops) => patch::parse_patch(ops),
         None => Err(PatchError::Invalid { index: 0, message: "missing \"ops\"".into() }),
+    };
+    let (base_rev, mode) = match (base_rev, mode) {
+        (Ok(base_rev), mode) => (base_rev, mode),
+        (Err(e), _) => (None, Err(e)),
     };
     ChangeMsg { client_req_id, base_rev, mode, ops }
 }
@@ -178,6 +230,91 @@ mod tests {
         ] {
             assert!(decode_client(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    fn change(text: &str) -> ChangeMsg {
+        match decode_client(text.as_bytes()) {
+            Ok(ClientMsg::Change(c)) => c,
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn request_ids_are_safe_integers_from_one() {
+        for (id, want) in [("1", 1), ("9007199254740991", MAX_SAFE_INTEGER)] {
+            let c = change(&format!(r#"{{"type":"change","clientReqId":{id},"ops":[]}}"#));
+            assert_eq!(c.client_req_id, ClientReqId(want));
+        }
+        for id in ["0", "9007199254740992", "18446744073709551615", "-1", "1.0", "\"1\"", "null"] {
+            let text = format!(r#"{{"type":"change","clientReqId":{id},"ops":[]}}"#);
+            let e = decode_client(text.as_bytes()).unwrap_err();
+            assert!(e.message.contains("1..=9007199254740991"), "{id}: {e}");
+        }
+    }
+
+    #[test]
+    fn base_revs_are_safe_integers_or_absent() {
+        for (base, want) in [("", None), (r#","baseRev":null"#, None), (r#","baseRev":0"#, Some(Rev(0)))] {
+            let c = change(&format!(r#"{{"type":"change","clientReqId":1{base},"ops":[]}}"#));
+            assert_eq!((c.base_rev, c.mode), (want, Ok(Mode::Overwrite)), "{base}");
+        }
+        let c = change(r#"{"type":"change","clientReqId":1,"baseRev":9007199254740991,"ops":[]}"#);
+        assert_eq!(c.base_rev, Some(Rev(MAX_SAFE_INTEGER)));
+        for base in ["-1", "1.5", "\"3\"", "9007199254740992", "18446744073709551615", "{}"] {
+            let c = change(&format!(
+                r#"{{"type":"change","clientReqId":1,"baseRev":{base},"mode":"rev","ops":[]}}"#
+            ));
+            let e = c.mode.unwrap_err();
+            assert!(e.contains("0..=9007199254740991"), "{base}: {e}");
+            assert_eq!(c.base_rev, None);
+        }
+    }
+
+    #[test]
+    fn defects_inside_ops_reject_the_change_and_elsewhere_the_message() {
+        let c = change(
+            r#"{"type":"change","clientReqId":4,"ops":[{"op":"add","path":"/a","value":1},{"op":"add","path":"/b","value":{"x":1,"x":2}}]}"#,
+        );
+        assert_eq!(c.client_req_id, ClientReqId(4));
+        let Err(PatchError::Invalid { index, message }) = c.ops else { panic!("{:?}", c.ops) };
+        assert_eq!(index, 1);
+        assert!(message.contains("duplicate key at /ops/1/value/x"), "{message}");
+        let c = change(
+            r#"{"type":"change","clientReqId":4,"ops":[{"op":"incr","path":"/n","value":18446744073709551616}]}"#,
+        );
+        assert!(c.ops.unwrap_err().to_string().contains("send larger integers as strings"));
+
+        for bad in [
+            r#"{"type":"change","clientReqId":4,"clientReqId":5,"ops":[]}"#,
+            r#"{"type":"change","clientReqId":4,"ops":[{"a":1,"a":1}],"mode":{"b":1,"b":1}}"#,
+            r#"{"type":"change","clientReqId":4,"ops":[],"ops":[]}"#,
+            r#"{"type":"change","clientReqId":4,"ops":[{"a":1,"a":1}],"ops":[]}"#,
+            r#"{"type":"change","clientReqId":4,"baseRev":18446744073709551616,"ops":[]}"#,
+            r#"{"type":"ping","t":{"a":1,"a":1}}"#,
+            r#"{"type":"ping","ops":[{"a":1,"a":1}]}"#,
+            r#"{"type":"presence","data":{"a":1,"a":1}}"#,
+            r#"{"type":"broadcast","data":[-1e300]}"#,
+        ] {
+            let e = decode_client(bad.as_bytes()).unwrap_err();
+            assert!(
+                e.message.contains("duplicate key") || e.message.contains("larger integers"),
+                "{bad}: {e}"
+            );
+        }
+        // A change that cannot be attributed (bad id) stays an error, even with a defect in ops.
+        let e = decode_client(br#"{"type":"change","clientReqId":0,"ops":[{"a":1,"a":1}]}"#).unwrap_err();
+        assert!(e.message.contains("clientReqId"), "{e}");
+    }
+
+    #[test]
+    fn negative_zero_arrives_as_zero() {
+        let c = change(r#"{"type":"change","clientReqId":1,"ops":[{"op":"incr","path":"/n","value":-0.0}]}"#);
+        assert_eq!(c.ops.unwrap(), patch::parse_patch(json!([{"op":"incr","path":"/n","value":0}])).unwrap());
+        let ClientMsg::Presence { data } = decode_client(br#"{"type":"presence","data":{"x":-0}}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(data.to_string(), r#"{"x":0}"#);
     }
 
     #[test]
