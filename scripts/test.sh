@@ -16,6 +16,8 @@ step "test dependencies"
 command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
 # promtool (Debian package prometheus) checks the /metrics exposition.
 command -v promtool >/dev/null || apt_install prometheus
+# Python 3 with venv runs kosoku (pinned in scripts/autobahn.sh), the Autobahn TestSuite runner.
+python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3 python3-venv
 # Debian's Chromium drives the demo page in the browser tests.
 [ -x /usr/bin/chromium ] || apt_install chromium
 [ -x /usr/bin/chromium ] || { echo "chromium did not install" >&2; exit 1; }
@@ -38,6 +40,10 @@ hostile_env=(RINGSYNC_HISTORY=1 RINGSYNC_MAX_MESSAGE_BYTES=64 RINGSYNC_LISTEN=19
 
 step "cargo test (unit, conformance, property, integration; hostile RINGSYNC_* set)"
 env "${hostile_env[@]}" cargo test --workspace --locked
+
+step "Autobahn TestSuite: 301 cases against the WebSocket read/write path (scripts/autobahn.sh)"
+# target/debug/ringsync was built by cargo test above; hostile RINGSYNC_* set: the script strips them.
+env "${hostile_env[@]}" scripts/autobahn.sh target/debug/ringsync
 
 step "promtool check metrics (scrape taken after the metrics scenario test)"
 scrape=target/tmp/metrics-scrape.prom

@@ -109,3 +109,41 @@ impl CloseReason {
         !matches!(self, CloseReason::Normal | CloseReason::SlowClient | CloseReason::Gone)
     }
 }
+
+/// Whether a peer may put `code` in a close frame (RFC 6455 §7.4 and the IANA registry): the
+/// defined codes other than 1004 (reserved) and 1005, 1006, 1015 (never sent), the registered
+/// 3000–3999 and the private 4000–4999. Anything else in a client's close frame is a protocol
+/// error.
+pub fn may_be_sent(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_codes_a_client_may_send() {
+        for ok in
+            [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999, 4000, 4999]
+        {
+            assert!(may_be_sent(ok), "{ok}");
+        }
+        // Autobahn 7.9.x and 7.13.x.
+        for bad in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+            assert!(!may_be_sent(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn codes_labels_and_texts_are_distinct() {
+        let labels: std::collections::HashSet<_> = CloseReason::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(labels.len(), CloseReason::ALL.len());
+        for r in CloseReason::ALL {
+            assert!(r.text().len() <= 123, "a close reason fits a control frame");
+            if r.sends_frame() {
+                assert!(may_be_sent(r.close_code()), "{r:?}");
+            }
+        }
+    }
+}

@@ -135,6 +135,13 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "RINGSYNC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Test only: serve `GET /test/echo`, a WebSocket that echoes every message through the same
+    /// read path and writer as a room connection (for the Autobahn TestSuite run in
+    /// scripts/test.sh). Off by default; hidden from `--help` and deliberately without an
+    /// environment variable, so no stray variable can turn it on in production.
+    #[arg(long, hide = true)]
+    pub test_echo_endpoint: bool,
 }
 
 impl Default for Config {

@@ -1,20 +1,26 @@
 //! One WebSocket connection: a reader loop and a writer loop, in one task. Each client message is
 //! handled in [`handle_message`].
 //!
-//! The reader reads frames, reassembles messages ([`crate::reassembly`]), decodes them
-//! ([`crate::protocol`]) and hands changes to the room through the one commit path
-//! ([`App::commit`]), presence and broadcasts to the room's two lanes; its replies (rejects, pongs,
-//! errors, close requests) go to the writer ([`crate::writer`]) through a small bounded channel,
-//! so a client that sends without reading is slowed down by TCP, never buffered without bound.
+//! The read side is `inbound::Inbound` (in `connection/inbound.rs`): frames in, whole messages
+//! out, RFC 6455's framing rules enforced, pings and close frames answered. The room connection's
+//! loop decodes each message ([`crate::protocol`]) and hands changes to the room through the one
+//! commit path ([`App::commit`]), presence and broadcasts to the room's two lanes; its replies
+//! (rejects, pongs, errors, close requests) go to the writer ([`crate::writer`]) through a small
+//! bounded channel, so a client that sends without reading is slowed down by TCP, never buffered
+//! without bound. The test-only echo endpoint ([`echo`]) reads through the same `Inbound` and
+//! writes through the same writer code, so the Autobahn TestSuite run against it tests this path.
 //!
 //! `read_frame` is not cancel-safe, so it is never raced in a `select!` loop: the reader and
 //! writer are two futures polled side by side; when one ends, the other gets a bounded time
-//! ([`CLOSE_GRACE`]) to finish its close handshake.
+//! ([`CLOSE_GRACE`]) to finish its close handshake. Once the writer has sent our close frame, the
+//! reader drops whatever messages still arrive (a change read then is never applied, since its ack
+//! could not be sent) until the client's close.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Role, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite};
+use fastwebsockets::{Frame, Role, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt as _;
@@ -26,11 +32,14 @@ use crate::close::{CLOSE_GRACE, CloseReason};
 use crate::ids::ClientReqId;
 use crate::metrics as m;
 use crate::protocol::{self, ClientMsg, ErrorCode, Reject};
-use crate::reassembly::Reassembler;
 use crate::room::{ChangeRequest, Room};
 use crate::rooms::Lease;
 use crate::session::{Attached, ResumeFrom, Session, SessionState};
-use crate::writer::{Outgoing, Signals, Writer, WriterConfig};
+use crate::writer::{self, Outgoing, Signals, Writer, WriterConfig};
+
+mod inbound;
+
+use inbound::{Inbound, Received};
 
 /// The socket's read side, after any bytes hyper had already read past the handshake.
 type ReadIo = tokio::io::Chain<std::io::Cursor<Bytes>, tokio::net::tcp::OwnedReadHalf>;
@@ -42,8 +51,8 @@ const CONTROL_QUEUE: usize = 32;
 
 /// How the connection ended, as far as presence is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
-    /// The client sent a close frame: leave at once.
+pub(crate) enum End {
+    /// The client sent a (valid) close frame: leave at once.
     Clean,
     /// Dropped, timed out, or closed by us: leave after the grace period.
     Abrupt,
@@ -67,10 +76,16 @@ fn into_halves(ws: WebSocket<TokioIo<Upgraded>>) -> Option<(WebSocketRead<ReadIo
 /// Closes an upgraded WebSocket at once with `reason` (a limit the upgrade request hit), so
 /// browser clients, which cannot see an HTTP status, learn why.
 pub async fn refuse(ws: WebSocket<TokioIo<Upgraded>>, reason: CloseReason) {
-    if let Some((_, mut write)) = into_halves(ws) {
-        let frame = Frame::close(reason.close_code(), reason.text().as_bytes());
-        let _ = tokio::time::timeout(CLOSE_GRACE, write.write_frame(frame)).await;
+    match into_halves(ws) {
+        Some((_, write)) => close_now(write, reason).await,
+        None => metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1),
     }
+}
+
+/// Writes the close frame of a connection refused before it started, and counts it.
+async fn close_now(mut write: WebSocketWrite<WriteIo>, reason: CloseReason) {
+    let frame = Frame::close(reason.close_code(), reason.text().as_bytes());
+    let _ = tokio::time::timeout(CLOSE_GRACE, write.write_frame(frame)).await;
     metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
 }
 
@@ -78,15 +93,10 @@ pub async fn refuse(ws: WebSocket<TokioIo<Upgraded>>, reason: CloseReason) {
 pub async fn serve(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<App>, lease: Lease, from: ResumeFrom) {
     let room = lease.room().clone();
     let _open = OpenGauge::new();
-    let Some((mut read, write)) = into_halves(ws) else {
+    let Some((read, write)) = into_halves(ws) else {
         tracing::error!("upgraded connection is not a TCP stream");
         return;
     };
-    // fastwebsockets refuses a frame whose length is >= this; we allow exactly the limit.
-    read.set_max_message_size(app.config.max_message_bytes as usize + 1);
-    read.set_auto_close(true);
-    read.set_auto_pong(true);
-
     let attached = app.sessions.attach(&room, from.session.as_deref());
     let Attached { session, conn, resumed, kicked } = attached;
     room.presence.join(session.client);
@@ -97,20 +107,9 @@ pub async fn serve(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<App>, lease: Lease
 
     let mut writer = Writer::new(write, WriterConfig::from(&app.config), &session);
     let writer_fut = writer.run(from, resumed, signals);
-    let reader_fut = read_loop(read, &app, &room, &session, conn, tx);
-    tokio::pin!(writer_fut, reader_fut);
-    let (end, reason) = tokio::select! {
-        end = &mut reader_fut => {
-            // Let the writer send whatever close the reader queued.
-            let reason = tokio::time::timeout(CLOSE_GRACE, &mut writer_fut).await.ok();
-            (end, reason.unwrap_or(CloseReason::Gone))
-        }
-        reason = &mut writer_fut => {
-            // Give the client a moment to answer our close frame.
-            let end = tokio::time::timeout(CLOSE_GRACE, &mut reader_fut).await.unwrap_or(End::Abrupt);
-            (if reason == CloseReason::TakenOver { End::TakenOver } else { end }, reason)
-        }
-    };
+    let reader_fut = read_loop(Inbound::new(read, &app.config, tx), &app, &room, &session, conn);
+    let (end, reason) = side_by_side(reader_fut, writer_fut).await;
+    let end = if reason == CloseReason::TakenOver { End::TakenOver } else { end };
     let label = if end == End::Clean { CloseReason::Normal.label() } else { reason.label() };
     metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => label).increment(1);
     if end != End::TakenOver && app.sessions.detach(&session, conn, end == End::Clean) {
@@ -122,6 +121,63 @@ pub async fn serve(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<App>, lease: Lease
             cfg.presence_grace,
             cfg.session_ttl,
         ));
+    }
+}
+
+/// Upgrades a request to the test-only echo endpoint (`GET /test/echo`, served only with
+/// `--test-echo-endpoint`, for the Autobahn TestSuite run in scripts/test.sh) and serves it in its
+/// own task; returns the 101 response.
+///
+/// # Errors
+/// fastwebsockets' error for a request that is not a valid WebSocket upgrade.
+pub fn echo<B>(app: Arc<App>, req: &mut hyper::Request<B>) -> Result<hyper::Response<Empty>, WebSocketError> {
+    let (resp, upgrade) = fastwebsockets::upgrade::upgrade(req)?;
+    tokio::spawn(async move {
+        let _active = app.hold_active();
+        if let Ok(Ok(ws)) = tokio::time::timeout(app.config.handshake_timeout, upgrade).await {
+            serve_echo(ws, app.clone()).await;
+        }
+    });
+    Ok(resp)
+}
+
+/// The body of the upgrade response.
+pub type Empty = http_body_util::Empty<Bytes>;
+
+/// Serves the echo endpoint: every message is read through the same [`Inbound`] as a room
+/// connection's and written back through the same writer code. No room, no session, no welcome.
+async fn serve_echo(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<App>) {
+    let _open = OpenGauge::new();
+    let Some((read, write)) = into_halves(ws) else {
+        tracing::error!("upgraded connection is not a TCP stream");
+        return;
+    };
+    let (tx, rx) = mpsc::channel::<Box<Outgoing>>(CONTROL_QUEUE);
+    let writer_fut = writer::run_echo(write, app.config.write_timeout, rx, app.shutdown_signal());
+    let (end, reason) = side_by_side(echo_loop(Inbound::new(read, &app.config, tx)), writer_fut).await;
+    let label = if end == End::Clean { CloseReason::Normal.label() } else { reason.label() };
+    metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => label).increment(1);
+}
+
+/// Runs a connection's reader and writer side by side; when one ends, the other gets
+/// [`CLOSE_GRACE`] to finish its part of the close. Neither future is dropped before then, so
+/// the reader's `read_frame` is never cancelled mid-frame while the connection lives.
+async fn side_by_side(
+    reader: impl Future<Output = End>,
+    writer: impl Future<Output = CloseReason>,
+) -> (End, CloseReason) {
+    tokio::pin!(reader, writer);
+    tokio::select! {
+        end = &mut reader => {
+            // Let the writer send whatever close the reader queued.
+            let reason = tokio::time::timeout(CLOSE_GRACE, &mut writer).await.ok();
+            (end, reason.unwrap_or(CloseReason::Gone))
+        }
+        reason = &mut writer => {
+            // Give the client a moment to answer our close frame.
+            let end = tokio::time::timeout(CLOSE_GRACE, &mut reader).await.unwrap_or(End::Abrupt);
+            (end, reason)
+        }
     }
 }
 
@@ -141,79 +197,39 @@ impl Drop for OpenGauge {
     }
 }
 
-async fn read_loop(
-    mut read: WebSocketRead<ReadIo>,
-    app: &App,
-    room: &Room,
-    session: &Session,
-    conn: u64,
-    tx: mpsc::Sender<Box<Outgoing>>,
-) -> End {
-    let mut messages = Reassembler::new(app.config.max_message_bytes as usize);
-    let obligated = tx.clone();
-    let mut send_fn = move |f: Frame<'_>| {
-        let out = match f.opcode {
-            OpCode::Close => Outgoing::CloseEcho(f.payload.to_vec()),
-            _ => Outgoing::Pong(f.payload.to_vec()),
-        };
-        let tx = obligated.clone();
-        async move { tx.send(Box::new(out)).await.map_err(|_| std::io::Error::other("writer gone")) }
-    };
-    let close = |reason| {
-        let tx = tx.clone();
-        async move { tx.send(Box::new(Outgoing::Close(reason))).await }
-    };
+/// The room connection's reader: every message to [`handle_message`], its reply to the writer.
+async fn read_loop(mut inbound: Inbound, app: &App, room: &Room, session: &Session, conn: u64) -> End {
     loop {
-        let frame = match tokio::time::timeout(app.config.idle_timeout, read.read_frame(&mut send_fn)).await {
-            Err(_) => {
-                let _ = close(CloseReason::Idle).await;
-                return End::Abrupt;
-            }
-            Ok(Err(e)) => {
-                let reason = match e {
-                    WebSocketError::FrameTooLarge => Some(CloseReason::TooBig),
-                    WebSocketError::InvalidUTF8 => Some(CloseReason::BadUtf8),
-                    WebSocketError::UnexpectedEOF
-                    | WebSocketError::IoError(_)
-                    | WebSocketError::SendError(_) => None,
-                    _ => Some(CloseReason::Protocol),
-                };
-                if let Some(r) = reason {
-                    let _ = close(r).await;
-                }
-                return End::Abrupt;
-            }
-            Ok(Ok(frame)) => frame,
+        let message = match inbound.next().await {
+            Ok(message) => message,
+            Err(end) => return end,
         };
-        let (opcode, payload) = match frame.opcode {
-            OpCode::Close => return End::Clean,
-            OpCode::Ping | OpCode::Pong => continue,
-            _ => match messages.push(frame.opcode, frame.fin, &frame.payload) {
-                Ok(Some(message)) => message,
-                Ok(None) => continue,
-                Err(reason) => {
-                    let _ = close(reason).await;
-                    return End::Abrupt;
-                }
-            },
-        };
-        metrics::counter!(m::BYTES_RECEIVED).increment(payload.len() as u64);
-        let reply = if opcode == OpCode::Binary {
+        let reply = if message.binary {
             let code = ErrorCode::BadMessage;
             metrics::counter!(m::DECODE_ERRORS, "code" => code.as_str()).increment(1);
             Some(protocol::error_msg(code, "binary frames are not supported; send JSON text", None))
         } else {
-            match handle_message(&payload, app, room, session, conn) {
+            match handle_message(&message.payload, app, room, session, conn) {
                 Ok(reply) => reply,
                 // Taken over: this connection must not act for the session any more.
                 Err(Superseded) => return End::TakenOver,
             }
         };
-        if let Some(reply) = reply
-            && tx.send(Box::new(Outgoing::Text(reply))).await.is_err()
-        {
-            return End::Abrupt;
+        if let Some(reply) = reply {
+            // Fails only when the writer has gone; `next` then awaits the client's close.
+            let _ = inbound.reply(Outgoing::Text(reply)).await;
         }
+    }
+}
+
+/// The echo endpoint's reader: every message back as it came.
+async fn echo_loop(mut inbound: Inbound) -> End {
+    loop {
+        let Received { binary, payload } = match inbound.next().await {
+            Ok(message) => message,
+            Err(end) => return end,
+        };
+        let _ = inbound.reply(Outgoing::Echo { binary, payload }).await;
     }
 }
 

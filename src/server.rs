@@ -267,7 +267,7 @@ async fn linger(mut stream: TcpStream, config: &Config) {
     }
 }
 
-async fn route(app: Arc<App>, req: Request<RequestBody>) -> Result<Response<Body>, Infallible> {
+async fn route(app: Arc<App>, mut req: Request<RequestBody>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let resp = match (method.clone(), path.as_str()) {
@@ -278,6 +278,11 @@ async fn route(app: Arc<App>, req: Request<RequestBody>) -> Result<Response<Body
         }
         (Method::GET, "/readyz") => http_api::json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
         (Method::GET, "/metrics") => metrics_response(&app),
+        (Method::GET, "/test/echo") if app.config.test_echo_endpoint => match connection::echo(app, &mut req)
+        {
+            Ok(resp) => resp.map(|_| Full::new(Bytes::new())),
+            Err(e) => json_error(ErrorCode::BadUpgrade, &e.to_string()),
+        },
         _ => match path.strip_prefix("/v1/rooms/") {
             Some(rest) => room_route(app, req, rest).await,
             None => json_error(ErrorCode::NotFound, &format!("no route for {method} {path}")),

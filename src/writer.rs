@@ -10,6 +10,10 @@
 //! small bounded channel. A write that does not complete within `--write-timeout` ends the
 //! connection.
 //!
+//! The socket end itself, [`Outbox`] (timed writes, the reader's replies, the final close frame),
+//! is shared with the test-only echo endpoint ([`run_echo`]), so the Autobahn TestSuite run
+//! against that endpoint exercises the same write code as a room connection.
+//!
 //! The writer is generic over its [`FrameSink`], so its ordering, coalescing and close handling
 //! are tested with an in-memory sink (`tests/writer.rs`).
 
@@ -21,6 +25,7 @@ use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketWrite};
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 
 use crate::close::{CLOSE_GRACE, CloseReason};
 use crate::config::Config;
@@ -58,6 +63,8 @@ pub enum Outgoing {
     CloseEcho(Vec<u8>),
     /// Close with our own code; the writer stops after it.
     Close(CloseReason),
+    /// A client message sent back as it came (the test-only echo endpoint).
+    Echo { binary: bool, payload: Bytes },
 }
 
 /// The writer's timings (from `Config`).
@@ -93,8 +100,15 @@ pub struct Signals {
     pub shutdown: watch::Receiver<bool>,
 }
 
-pub struct Writer<'a, S> {
+/// A connection's socket end: writes frames (each under `--write-timeout`), carries out the
+/// reader's replies, and writes the final close frame. Every writer goes through one.
+pub struct Outbox<S> {
     ws: S,
+    write_timeout: Duration,
+}
+
+pub struct Writer<'a, S> {
+    out: Outbox<S>,
     config: WriterConfig,
     room: &'a Room,
     session: &'a Session,
@@ -112,7 +126,7 @@ type WriteResult = Result<(), CloseReason>;
 impl<'a, S: FrameSink> Writer<'a, S> {
     pub fn new(ws: S, config: WriterConfig, session: &'a Session) -> Self {
         Writer {
-            ws,
+            out: Outbox { ws, write_timeout: config.write_timeout },
             config,
             room: &session.room,
             session,
@@ -137,7 +151,7 @@ impl<'a, S: FrameSink> Writer<'a, S> {
             return reason;
         }
         let interval = self.config.presence_interval;
-        let mut next_presence = tokio::time::Instant::now();
+        let mut next_presence = Instant::now();
         let mut presence_pending = false;
         let mut ping = tokio::time::interval(self.config.ping_interval);
         ping.reset();
@@ -146,16 +160,7 @@ impl<'a, S: FrameSink> Writer<'a, S> {
             // Not `biased`: under a constant stream of commits the revision arm is always ready,
             // and a fixed order would starve pings, presence and broadcasts behind it.
             let step = tokio::select! {
-                out = rx.recv() => match out.map(|b| *b) {
-                    Some(Outgoing::Text(b)) => self.send(&b, Kind::Control).await,
-                    Some(Outgoing::Pong(p)) => self.write(Frame::pong(Payload::Owned(p))).await,
-                    Some(Outgoing::CloseEcho(p)) => {
-                        let _ = self.write(Frame::close_raw(Payload::Owned(p))).await;
-                        Err(CloseReason::Normal)
-                    }
-                    Some(Outgoing::Close(reason)) => Err(reason),
-                    None => Err(CloseReason::Gone),
-                },
+                out = rx.recv() => self.out.reply(out).await,
                 // A kick sender dropped without sending is not a takeover: stop listening.
                 r = &mut kicked, if !kick_gone => match r {
                     Ok(()) => Err(CloseReason::TakenOver),
@@ -186,17 +191,14 @@ impl<'a, S: FrameSink> Writer<'a, S> {
                     presence_pending = false;
                     self.send_presence(PresenceClock::tick(interval)).await
                 }
-                _ = ping.tick() => self.write(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))).await,
+                _ = ping.tick() => self.out.write(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))).await,
             };
             if let Err(reason) = step {
                 break Err(reason);
             }
         };
         let reason = result.err().unwrap_or(CloseReason::Protocol);
-        if reason.sends_frame() && !self.ws.is_closed() {
-            let frame = Frame::close(reason.close_code(), reason.text().as_bytes());
-            let _ = tokio::time::timeout(CLOSE_GRACE, self.ws.write_frame(frame)).await;
-        }
+        self.out.finish(reason).await;
         reason
     }
 
@@ -226,7 +228,7 @@ impl<'a, S: FrameSink> Writer<'a, S> {
             presence_json: &peers_json,
         }
         .encode();
-        self.send(&welcome, Kind::Control).await?;
+        self.out.send(&welcome, Kind::Control).await?;
         self.deliver(&frame, snapshot).await?;
         self.last_sent = to;
         Ok(())
@@ -251,9 +253,9 @@ impl<'a, S: FrameSink> Writer<'a, S> {
         match snapshot {
             Some(reason) => {
                 metrics::counter!(m::SNAPSHOTS_SENT, "reason" => reason.as_str()).increment(1);
-                self.send(frame, Kind::Snapshot).await
+                self.out.send(frame, Kind::Snapshot).await
             }
-            None => self.send(frame, Kind::Delta).await,
+            None => self.out.send(frame, Kind::Delta).await,
         }
     }
 
@@ -269,7 +271,7 @@ impl<'a, S: FrameSink> Writer<'a, S> {
         if skipped > 1 {
             metrics::counter!(m::PRESENCE_COALESCED).increment(skipped - 1);
         }
-        self.send(&frame, Kind::Presence).await
+        self.out.send(&frame, Kind::Presence).await
     }
 
     async fn send_broadcasts(&mut self) -> WriteResult {
@@ -278,12 +280,42 @@ impl<'a, S: FrameSink> Writer<'a, S> {
         self.broadcast_seq = seq;
         if batch.dropped > 0 {
             metrics::counter!(m::BROADCASTS_DROPPED).increment(batch.dropped);
-            self.send(&protocol::dropped_msg(batch.dropped), Kind::Control).await?;
+            self.out.send(&protocol::dropped_msg(batch.dropped), Kind::Control).await?;
         }
         for frame in &batch.frames {
-            self.send(frame, Kind::Broadcast).await?;
+            self.out.send(frame, Kind::Broadcast).await?;
         }
         Ok(())
+    }
+}
+
+impl<S: FrameSink> Outbox<S> {
+    /// Carries out one reply from the reader (`None`: the reader has gone).
+    async fn reply(&mut self, out: Option<Box<Outgoing>>) -> WriteResult {
+        match out.map(|b| *b) {
+            Some(Outgoing::Text(b)) => self.send(&b, Kind::Control).await,
+            Some(Outgoing::Echo { binary, payload }) => {
+                let frame = if binary { Frame::binary } else { Frame::text }(Payload::Borrowed(&payload));
+                self.write(frame).await?;
+                m::hot().sent(Kind::Control, payload.len());
+                Ok(())
+            }
+            Some(Outgoing::Pong(p)) => self.write(Frame::pong(Payload::Owned(p))).await,
+            Some(Outgoing::CloseEcho(p)) => {
+                let _ = self.write(Frame::close_raw(Payload::Owned(p))).await;
+                Err(CloseReason::Normal)
+            }
+            Some(Outgoing::Close(reason)) => Err(reason),
+            None => Err(CloseReason::Gone),
+        }
+    }
+
+    /// Writes the close frame for `reason`, when one can still be written.
+    async fn finish(&mut self, reason: CloseReason) {
+        if reason.sends_frame() && !self.ws.is_closed() {
+            let frame = Frame::close(reason.close_code(), reason.text().as_bytes());
+            let _ = tokio::time::timeout(CLOSE_GRACE, self.ws.write_frame(frame)).await;
+        }
     }
 
     async fn send(&mut self, bytes: &Bytes, kind: Kind) -> WriteResult {
@@ -296,7 +328,7 @@ impl<'a, S: FrameSink> Writer<'a, S> {
     /// armed for a write that has to wait for the socket.
     async fn write(&mut self, frame: Frame<'_>) -> WriteResult {
         use std::task::Poll;
-        let write_timeout = self.config.write_timeout;
+        let write_timeout = self.write_timeout;
         let mut fut = std::pin::pin!(self.ws.write_frame(frame));
         let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
         let result = match first {
@@ -313,15 +345,39 @@ impl<'a, S: FrameSink> Writer<'a, S> {
     }
 }
 
+/// The writer of the test-only echo endpoint (`--test-echo-endpoint`): the reader's replies
+/// (echoed messages, pongs, close frames) through the same [`Outbox`] as a room connection's, until
+/// the connection ends or the server shuts down. No welcome, no server pings: the Autobahn
+/// TestSuite counts every frame it did not ask for.
+pub async fn run_echo<S: FrameSink>(
+    ws: S,
+    write_timeout: Duration,
+    mut replies: mpsc::Receiver<Box<Outgoing>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> CloseReason {
+    let mut out = Outbox { ws, write_timeout };
+    let reason = loop {
+        let step = tokio::select! {
+            r = replies.recv() => out.reply(r).await,
+            _ = shutdown.changed() => Err(CloseReason::Shutdown),
+        };
+        if let Err(reason) = step {
+            break reason;
+        }
+    };
+    out.finish(reason).await;
+    reason
+}
+
 /// The grid presence messages are sent on: boundaries every `--presence-interval` from one
 /// process-wide origin. Connections that wake on the same boundary ask for the same range and
 /// share one encoded frame (see `presence`). An interval of 0 means "immediately", with no grid.
 struct PresenceClock;
 
 impl PresenceClock {
-    fn origin() -> tokio::time::Instant {
+    fn origin() -> Instant {
         static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        tokio::time::Instant::from_std(*ORIGIN.get_or_init(std::time::Instant::now))
+        Instant::from_std(*ORIGIN.get_or_init(std::time::Instant::now))
     }
 
     /// The slot number now, or `None` without a grid.
@@ -329,18 +385,18 @@ impl PresenceClock {
         if interval.is_zero() {
             return None;
         }
-        let elapsed = tokio::time::Instant::now().saturating_duration_since(Self::origin());
+        let elapsed = Instant::now().saturating_duration_since(Self::origin());
         Some((elapsed.as_nanos() / interval.as_nanos()) as u64)
     }
 
     /// The next boundary after now (now itself without a grid).
-    fn next_boundary(interval: Duration) -> tokio::time::Instant {
+    fn next_boundary(interval: Duration) -> Instant {
         match Self::tick(interval) {
             Some(t) => {
                 let nanos = interval.as_nanos().saturating_mul(u128::from(t) + 1);
                 Self::origin() + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
             }
-            None => tokio::time::Instant::now(),
+            None => Instant::now(),
         }
     }
 }
