@@ -7,7 +7,10 @@
 //! `http_connections` never exceeds `--max-http-connections` ([`HttpSlot`], taken at accept and
 //! dropped when the connection closes or upgrades), and `body_bytes` never exceeds
 //! `--max-body-bytes-in-flight` ([`BodyCharge`], which adds bytes as they arrive only while they
-//! fit, and releases all of them when the request ends, however it ends).
+//! fit, and releases all of them when the request ends, however it ends). Once
+//! [`App::begin_drain`] has returned, no commit is under way and none will start (every later one
+//! is refused with `draining`), so each connection's last catch-up before its shutdown close holds
+//! every change that will ever be acked.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::metrics as m;
-use crate::protocol::Reject;
+use crate::protocol::{ErrorCode, Reject};
 use crate::room::{Change, ChangeRequest, Room};
 use crate::rooms::Rooms;
 use crate::session::Sessions;
@@ -31,6 +34,10 @@ pub struct App {
     pub metrics: PrometheusHandle,
     shutdown_tx: watch::Sender<bool>,
     draining: AtomicBool,
+    /// Held shared by every commit and exclusively by `begin_drain` as it sets `draining`: a
+    /// commit either completes before the drain begins or sees `draining` and is refused. (A
+    /// parking_lot lock, never held across `.await`: a commit is synchronous.)
+    commit_gate: parking_lot::RwLock<()>,
     /// Open HTTP connections plus upgraded WebSockets, so shutdown knows when it is done.
     active: AtomicUsize,
     /// WebSockets open or being upgraded, for `--max-connections`.
@@ -51,6 +58,7 @@ impl App {
             metrics: m::install(),
             shutdown_tx: watch::channel(false).0,
             draining: AtomicBool::new(false),
+            commit_gate: parking_lot::RwLock::new(()),
             active: AtomicUsize::new(0),
             websockets: AtomicUsize::new(0),
             http_connections: AtomicUsize::new(0),
@@ -68,9 +76,13 @@ impl App {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// Stops taking new work and tells every connection to wind down.
+    /// Stops taking new work and tells every connection to wind down. When it returns, no commit
+    /// is half-way and every later one is refused with `draining`; only then are the connections
+    /// told, so the catch-up each sends before its close is final.
     pub fn begin_drain(&self) {
+        let gate = self.commit_gate.write();
         self.draining.store(true, Ordering::Release);
+        drop(gate);
         self.shutdown_tx.send_replace(true);
     }
 
@@ -126,10 +138,19 @@ impl App {
     /// WebSocket or HTTP, goes through here.
     ///
     /// # Errors
-    /// The room's [`Reject`]; the room is then unchanged.
+    /// The room's [`Reject`], or `draining` once the server is shutting down; the room is then
+    /// unchanged.
     pub fn commit(&self, room: &Room, req: ChangeRequest) -> Result<Arc<Change>, Reject> {
         let started = Instant::now();
-        let result = room.commit(req);
+        let gate = self.commit_gate.read();
+        let result = if self.is_draining() {
+            let message =
+                "the server is shutting down; the change was not applied: send it again after reconnecting";
+            Err(Reject::new(ErrorCode::Draining, message, room.rev().0))
+        } else {
+            room.commit(req)
+        };
+        drop(gate);
         match &result {
             Ok(change) => {
                 metrics::histogram!(m::COMMIT_DURATION).record(started.elapsed().as_secs_f64());

@@ -278,7 +278,7 @@ fn handle_owned(
                 );
                 return Some(protocol::error_msg(ErrorCode::Duplicate, &msg, Some(c.client_req_id)));
             }
-            st.last_req = c.client_req_id;
+            let processed = std::mem::replace(&mut st.last_req, c.client_req_id);
             let req = match (c.mode, c.ops) {
                 (Ok(mode), Ok(ops)) => ChangeRequest {
                     author: session.client,
@@ -297,6 +297,10 @@ fn handle_owned(
             // The session lock is held across the commit so a snapshot never reports a
             // lastClientReqId its revision does not contain yet.
             let result = app.commit(room, req);
+            if matches!(&result, Err(r) if r.code == ErrorCode::Draining) {
+                // Not processed: the client sends it again after reconnecting, with this id.
+                st.last_req = processed;
+            }
             drop(st);
             result.err().map(|r| protocol::reject_msg(c.client_req_id, &r))
         }

@@ -10,6 +10,13 @@
 //! small bounded channel. A write that does not complete within `--write-timeout` ends the
 //! connection.
 //!
+//! Shutdown: when the server starts draining, the writer picks a random moment within 80 % of
+//! `--shutdown-timeout` to close (so clients do not all reconnect at once) and goes on working
+//! until then: acks, deltas, rejects and pings keep flowing. At that moment it first sends every
+//! revision the room reached and every reply the reader queued, then the 1001 close. Nothing
+//! commits once the drain has begun (`App::commit` refuses with `draining`), so that last
+//! catch-up holds every change this connection's client will ever be acked.
+//!
 //! The socket end itself, [`Outbox`] (timed writes, the reader's replies, the final close frame),
 //! is shared with the test-only echo endpoint ([`run_echo`]), so the Autobahn TestSuite run
 //! against that endpoint exercises the same write code as a room connection.
@@ -156,6 +163,9 @@ impl<'a, S: FrameSink> Writer<'a, S> {
         let mut ping = tokio::time::interval(self.config.ping_interval);
         ping.reset();
         let mut kick_gone = false;
+        // When to close for the shutdown (a drain that began before this connection subscribed
+        // counts too).
+        let mut close_at = shutdown.borrow_and_update().then(|| self.close_moment());
         let result: WriteResult = loop {
             // Not `biased`: under a constant stream of commits the revision arm is always ready,
             // and a fixed order would starve pings, presence and broadcasts behind it.
@@ -169,12 +179,12 @@ impl<'a, S: FrameSink> Writer<'a, S> {
                         Ok(())
                     }
                 },
-                _ = shutdown.changed() => {
-                    // Spread closes over most of the drain window so clients do not all
-                    // reconnect at the same instant.
-                    let window = self.config.shutdown_timeout.mul_f64(0.8);
-                    let delay = window.mul_f64(rand::rng().random::<f64>());
-                    tokio::time::sleep(delay).await;
+                // Only the moment is chosen here: the writer keeps working until it comes.
+                _ = shutdown.changed(), if close_at.is_none() => {
+                    close_at = Some(self.close_moment());
+                    Ok(())
+                }
+                () = tokio::time::sleep_until(close_at.unwrap_or_else(Instant::now)), if close_at.is_some() => {
                     Err(CloseReason::Shutdown)
                 }
                 r = revs.changed() => match r {
@@ -198,8 +208,31 @@ impl<'a, S: FrameSink> Writer<'a, S> {
             }
         };
         let reason = result.err().unwrap_or(CloseReason::Protocol);
+        if reason == CloseReason::Shutdown {
+            // A write error here ends the connection all the same; the close below is skipped
+            // when the socket is gone.
+            let _ = self.flush(&mut rx).await;
+        }
         self.out.finish(reason).await;
         reason
+    }
+
+    /// A random moment within 80 % of the drain window, so clients do not all reconnect at the
+    /// same instant.
+    fn close_moment(&self) -> Instant {
+        let window = self.config.shutdown_timeout.mul_f64(0.8);
+        Instant::now() + window.mul_f64(rand::rng().random::<f64>())
+    }
+
+    /// Before the shutdown close: everything the room committed, then every reply the reader
+    /// had queued (rejects among them), so no change this client sent is left unanswered by
+    /// anything the server already decided.
+    async fn flush(&mut self, rx: &mut mpsc::Receiver<Box<Outgoing>>) -> WriteResult {
+        self.wake_up().await?;
+        while let Ok(out) = rx.try_recv() {
+            self.out.reply(Some(out)).await?;
+        }
+        Ok(())
     }
 
     /// `welcome`, then exactly one `delta` or `snapshot` bringing the client to `welcome.rev`.

@@ -1,11 +1,19 @@
 //! WebSocket limits that must hold: RFC 6455 framing rules on the read path (raw frames over a
-//! TcpStream, so nothing between the test and the server fixes them up).
+//! TcpStream, so nothing between the test and the server fixes them up), and what a change gets
+//! while the real binary drains after SIGTERM.
 
 mod common;
 
+use std::collections::{BTreeSet, HashMap};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
 use common::{WAIT, binary, config, http, start};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 
 /// A WebSocket client that writes frames byte by byte as the test spells them (masked or not,
 /// any length, any opcode) and reads the server's frames raw.
@@ -135,6 +143,231 @@ async fn unmasked_frames_and_oversized_control_frames_close_with_1002() {
     }
     ws.frame(true, CLOSE, &close[..125], true).await;
     assert_eq!(ws.close_frame().await, Some((1000, 125)), "a 125-byte close is echoed");
+}
+
+/// Starts the real binary on a free port; returns it (killed on drop) and its address.
+fn spawn_binary(args: &[&str]) -> (Child, String) {
+    let mut child = binary()
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("binary starts");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let addr = line.trim().rsplit("http://").next().expect("listening line").to_owned();
+    (Child(child), addr)
+}
+
+/// The binary, killed when the test ends however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `ringsync_changes_committed_total` now, or `None` once the server has gone.
+async fn committed(addr: &str) -> Option<f64> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await.ok()?.ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    text.lines().find_map(|l| l.strip_prefix("ringsync_changes_committed_total ")?.trim().parse().ok())
+}
+
+/// What one streaming client saw of its own changes.
+#[derive(Debug, Default)]
+struct Outcome {
+    sent: BTreeSet<String>,
+    acked: BTreeSet<String>,
+    /// Rejected, by code.
+    rejected: HashMap<String, BTreeSet<String>>,
+    close: Option<u16>,
+    acked_before_sigterm: usize,
+}
+
+/// Streams changes (each adds its own key) with at most `WINDOW` unanswered until the server
+/// closes the connection. Reports once it has `warm` acks, so the test signals mid-stream.
+async fn stream_changes(
+    addr: String,
+    name: String,
+    warm: usize,
+    ready: tokio::sync::mpsc::Sender<()>,
+) -> Outcome {
+    const WINDOW: usize = 32;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/v1/rooms/drain/ws")).await.unwrap();
+    let mut me = String::new();
+    let mut out = Outcome::default();
+    let mut next_id = 1u64;
+    let mut signalled = false;
+    let key = |id: u64| format!("{name}-{id}");
+    loop {
+        let answered = out.acked.len() + out.rejected.values().map(BTreeSet::len).sum::<usize>();
+        if !me.is_empty() && out.sent.len() - answered < WINDOW {
+            let op = json!({"op": "add", "path": format!("/{}", key(next_id)), "value": next_id});
+            let msg = json!({"type": "change", "clientReqId": next_id, "ops": [op]});
+            if ws.send(Message::text(msg.to_string())).await.is_err() {
+                break;
+            }
+            out.sent.insert(key(next_id));
+            next_id += 1;
+            continue;
+        }
+        let msg = match tokio::time::timeout(WAIT, ws.next()).await.expect("the server answers or closes") {
+            Some(Ok(Message::Text(t))) => serde_json::from_str::<Value>(&t).unwrap(),
+            Some(Ok(Message::Close(f))) => {
+                out.close = Some(f.map_or(1005, |f| f.code.into()));
+                break;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => break,
+        };
+        match msg["type"].as_str().unwrap() {
+            "welcome" => me = msg["client"].as_str().unwrap().to_owned(),
+            "delta" => {
+                for e in msg["changes"].as_array().unwrap() {
+                    if e["client"] == me.as_str() {
+                        out.acked.insert(key(e["clientReqId"].as_u64().unwrap()));
+                    }
+                }
+            }
+            "reject" => {
+                let code = msg["code"].as_str().unwrap().to_owned();
+                out.rejected.entry(code).or_default().insert(key(msg["clientReqId"].as_u64().unwrap()));
+            }
+            "snapshot" | "presence" => {}
+            other => panic!("unexpected {other}: {msg}"),
+        }
+        if !signalled && out.acked.len() >= warm {
+            signalled = true;
+            out.acked_before_sigterm = out.acked.len();
+            let _ = ready.send(()).await;
+        }
+    }
+    out
+}
+
+/// Reads the room as another client sees it, until the server closes; returns the keys in the
+/// final state it assembled from deltas.
+async fn observe(addr: String) -> (BTreeSet<String>, Option<u16>) {
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/v1/rooms/drain/ws")).await.unwrap();
+    let mut state = json!({});
+    loop {
+        let msg = match tokio::time::timeout(WAIT, ws.next()).await.expect("the server sends or closes") {
+            Some(Ok(Message::Text(t))) => serde_json::from_str::<Value>(&t).unwrap(),
+            Some(Ok(Message::Close(f))) => {
+                let keys = state.as_object().unwrap().keys().cloned().collect();
+                return (keys, Some(f.map_or(1005, |f| f.code.into())));
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return (state.as_object().unwrap().keys().cloned().collect(), None),
+        };
+        match msg["type"].as_str().unwrap() {
+            "snapshot" => state = msg["state"].clone(),
+            "delta" => {
+                for e in msg["changes"].as_array().unwrap() {
+                    let ops = ringsync::patch::parse_patch(e["ops"].clone()).unwrap();
+                    ringsync::patch::apply(&mut state, &ops).unwrap();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Finding: after SIGTERM the server went on applying changes while sending no acks until each
+/// connection closed. Now every change a client streams across the SIGTERM is either acked (and
+/// in the room as the others see it) or rejected with `draining` (and not applied); a change the
+/// server read after its close frame is not applied either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_streamed_across_sigterm_are_acked_or_rejected_never_applied_silently() {
+    let (mut child, addr) = spawn_binary(&["--shutdown-timeout", "6"]);
+    let observer = tokio::spawn(observe(addr.clone()));
+    let (ready_tx, mut ready) = tokio::sync::mpsc::channel(4);
+    let streamers: Vec<_> = (0..4)
+        .map(|i| tokio::spawn(stream_changes(addr.clone(), format!("s{i}"), 200, ready_tx.clone())))
+        .collect();
+    for _ in 0..4 {
+        tokio::time::timeout(WAIT, ready.recv()).await.expect("streamers warm up").unwrap();
+    }
+    let ok = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
+    assert!(ok.success());
+    let signalled = Instant::now();
+    // Scrape the commit counter all through the drain: at no moment may more changes have been
+    // committed than the clients are (eventually) acked.
+    let scraper = {
+        let addr = addr.clone();
+        tokio::spawn(async move {
+            let mut scrapes = Vec::new();
+            while signalled.elapsed() < Duration::from_secs(20) {
+                match committed(&addr).await {
+                    Some(n) => scrapes.push(n),
+                    None => break,
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            scrapes
+        })
+    };
+    let mut outcomes = Vec::new();
+    for s in streamers {
+        outcomes.push(s.await.unwrap());
+    }
+    let (state, observer_close) = observer.await.unwrap();
+    let scrapes = scraper.await.unwrap();
+
+    let mut acked = BTreeSet::new();
+    let (mut rejected, mut unanswered) = (0, 0);
+    for o in &outcomes {
+        assert_eq!(o.close, Some(1001), "closed as the server shuts down ({} sent)", o.sent.len());
+        assert!(o.acked_before_sigterm > 0);
+        for (code, keys) in &o.rejected {
+            assert_eq!(code, "draining", "{keys:?}");
+            assert!(keys.is_disjoint(&state), "a rejected change was applied");
+            rejected += keys.len();
+        }
+        let answered: BTreeSet<_> = o.acked.iter().chain(o.rejected.values().flatten()).cloned().collect();
+        let silent: BTreeSet<_> = o.sent.difference(&answered).cloned().collect();
+        assert!(silent.is_disjoint(&state), "a change without ack or reject was applied: {silent:?}");
+        unanswered += silent.len();
+        acked.extend(o.acked.iter().cloned());
+    }
+    let most = scrapes.iter().copied().fold(0.0, f64::max);
+    eprintln!(
+        "acked {} ({} before SIGTERM), rejected {rejected} with draining, unanswered {unanswered}; \
+         the other client holds {} keys; at most {most} committed in {} scrapes during the drain",
+        acked.len(),
+        outcomes.iter().map(|o| o.acked_before_sigterm).sum::<usize>(),
+        state.len(),
+        scrapes.len(),
+    );
+    assert_eq!(observer_close, Some(1001));
+    let missing: Vec<_> = acked.difference(&state).collect();
+    let extra: Vec<_> = state.difference(&acked).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "acked but not delivered: {missing:?}; not acked: {extra:?}"
+    );
+    assert!(rejected > 0, "changes sent during the drain are answered with `draining`");
+    assert!(!scrapes.is_empty(), "the counter was read during the drain");
+    assert!(most <= acked.len() as f64, "{most} changes committed, only {} acked", acked.len());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "exits after the drain");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
 }
 
 /// The Autobahn run (scripts/autobahn.sh) needs `GET /test/echo`; it exists only with the hidden

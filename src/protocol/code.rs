@@ -23,6 +23,8 @@ pub enum ErrorCode {
     TooLarge,
     /// Not allowed for this client.
     Forbidden,
+    /// The server is shutting down: the change was not applied (nor counted as processed).
+    Draining,
     /// The `clientReqId` was already processed; not applied again.
     Duplicate,
     /// The message could not be decoded at all.
@@ -41,8 +43,6 @@ pub enum ErrorCode {
     BadBody,
     /// The changes asked for are no longer in the history.
     Gone,
-    /// The server is shutting down.
-    Draining,
     /// `--max-connections` reached.
     TooManyConnections,
     /// `--max-rooms` reached.
@@ -54,7 +54,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    /// Every code; the first six are the ones a change can be rejected with.
+    /// Every code; the first seven are the ones a change can be rejected with.
     pub const ALL: [ErrorCode; 21] = [
         ErrorCode::Conflict,
         ErrorCode::Stale,
@@ -62,6 +62,7 @@ impl ErrorCode {
         ErrorCode::TestFailed,
         ErrorCode::TooLarge,
         ErrorCode::Forbidden,
+        ErrorCode::Draining,
         ErrorCode::Duplicate,
         ErrorCode::BadMessage,
         ErrorCode::NotFound,
@@ -72,7 +73,6 @@ impl ErrorCode {
         ErrorCode::BadSince,
         ErrorCode::BadBody,
         ErrorCode::Gone,
-        ErrorCode::Draining,
         ErrorCode::TooManyConnections,
         ErrorCode::TooManyRooms,
         ErrorCode::Timeout,
@@ -81,7 +81,7 @@ impl ErrorCode {
 
     /// The codes a change can be rejected with (`reject` messages; the `code` label of
     /// `ringsync_changes_rejected_total`).
-    pub const REJECTS: &[ErrorCode] = Self::ALL.split_at(6).0;
+    pub const REJECTS: &[ErrorCode] = Self::ALL.split_at(7).0;
 
     /// The stable name clients see.
     pub fn as_str(self) -> &'static str {
@@ -155,7 +155,7 @@ mod tests {
         let names: std::collections::HashSet<_> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
         assert_eq!(names.len(), ErrorCode::ALL.len());
         assert!(names.iter().all(|n| n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
-        let rejects = ["conflict", "stale", "invalid", "test_failed", "too_large", "forbidden"];
+        let rejects = ["conflict", "stale", "invalid", "test_failed", "too_large", "forbidden", "draining"];
         assert_eq!(ErrorCode::REJECTS.iter().map(|c| c.as_str()).collect::<Vec<_>>(), rejects);
     }
 }

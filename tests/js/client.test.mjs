@@ -185,6 +185,18 @@ describe("SyncCore", () => {
     assert.deepEqual(core.pending.map((p) => p.clientReqId), [1, 3]);
   });
 
+  test("a change refused with `draining` stays pending and is resent after reconnecting", () => {
+    const core = syncedCore({ n: 0 }, 3);
+    collect(core.localChange([{ op: "incr", path: "/n", value: 1 }]).effects);
+    const log = collect(core.handle({ type: "reject", clientReqId: 1, code: "draining", message: "m", rev: 3 }));
+    assert.deepEqual(log.events, [], "not a reject the app has to handle");
+    assert.deepEqual(core.view, { n: 1 });
+    core.disconnected();
+    // The next server knows nothing of this session: a new one, another epoch.
+    const again = collect(core.handle(welcome({ session: "s2", epoch: "F", rev: 0 })));
+    assert.deepEqual(again.sent.filter((m) => m.type === "change").map((m) => m.clientReqId), [1]);
+  });
+
   test("a snapshot replaces the server copy and drops pending changes it already contains", () => {
     const core = syncedCore({ n: 0 }, 3);
     for (let i = 0; i < 3; i++) collect(core.localChange([{ op: "incr", path: "/n", value: 1 }]).effects);

@@ -288,6 +288,9 @@ export class SyncCore {
   }
 
   #reject(msg) {
+    // The server is shutting down: it did not apply the change (nor count it as processed), so it
+    // stays pending and is sent again once reconnected.
+    if (msg.code === "draining") return [];
     const i = this.pending.findIndex((p) => p.clientReqId === msg.clientReqId);
     if (i < 0) return []; // already dropped (e.g. covered by a snapshot)
     const [p] = this.pending.splice(i, 1);
