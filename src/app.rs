@@ -24,7 +24,7 @@ use crate::metrics as m;
 use crate::protocol::{ErrorCode, Reject};
 use crate::room::{Change, ChangeRequest, Room};
 use crate::rooms::Rooms;
-use crate::session::Sessions;
+use crate::session::{SessionLimits, Sessions};
 
 /// Everything the request handlers share.
 pub struct App {
@@ -54,7 +54,7 @@ impl App {
     pub fn new(config: Config) -> Arc<App> {
         Arc::new(App {
             rooms: Rooms::new(config.room_config(), config.max_rooms),
-            sessions: Arc::new(Sessions::default()),
+            sessions: Arc::new(Sessions::new(SessionLimits::from(&config))),
             metrics: m::install(),
             shutdown_tx: watch::channel(false).0,
             draining: AtomicBool::new(false),

@@ -103,6 +103,12 @@ pub struct Config {
     #[arg(long, env = "RINGSYNC_MAX_OPS_PER_CHANGE", default_value_t = RoomConfig::DEFAULT.max_ops_per_change)]
     pub max_ops_per_change: usize,
 
+    /// Most sessions held, connected or resumable (sessions; 0 = unlimited). A new session beyond
+    /// it drops the session disconnected longest ago (its resume then starts afresh); when every
+    /// session is connected, the new connection is closed with 4007. ~1.4 KiB per idle session.
+    #[arg(long, env = "RINGSYNC_MAX_SESSIONS", default_value_t = 100_000)]
+    pub max_sessions: usize,
+
     /// Drop rooms with no connection and no write for this long (seconds; 0 = keep forever).
     #[arg(long, env = "RINGSYNC_ROOM_IDLE_TTL", default_value = "0", value_parser = parse_secs)]
     pub room_idle_ttl: Duration,

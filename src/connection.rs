@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use crate::app::{self, App};
 use crate::close::{CLOSE_GRACE, CloseReason};
 use crate::ids::ClientReqId;
-use crate::metrics as m;
+use crate::metrics::{self as m, Refusal};
 use crate::protocol::{self, ClientMsg, ErrorCode, Reject};
 use crate::room::{ChangeRequest, Room};
 use crate::rooms::Lease;
@@ -97,7 +97,11 @@ pub async fn serve(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<App>, lease: Lease
         tracing::error!("upgraded connection is not a TCP stream");
         return;
     };
-    let attached = app.sessions.attach(&room, from.session.as_deref());
+    // Over --max-sessions with every session connected: nothing can make room for this one.
+    let Ok(attached) = app.sessions.attach(&room, from.session.as_deref()) else {
+        Refusal::MaxSessions.count();
+        return close_now(write, CloseReason::TooManySessions).await;
+    };
     let Attached { session, conn, resumed, kicked } = attached;
     room.presence.join(session.client);
     // Boxed messages keep the channel's first block (CONTROL_QUEUE slots, allocated up front)
@@ -112,15 +116,8 @@ pub async fn serve(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<App>, lease: Lease
     let end = if reason == CloseReason::TakenOver { End::TakenOver } else { end };
     let label = if end == End::Clean { CloseReason::Normal.label() } else { reason.label() };
     metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => label).increment(1);
-    if end != End::TakenOver && app.sessions.detach(&session, conn, end == End::Clean) {
-        let cfg = &app.config;
-        tokio::spawn(app.sessions.clone().expire_later(
-            session.clone(),
-            conn,
-            end == End::Clean,
-            cfg.presence_grace,
-            cfg.session_ttl,
-        ));
+    if end != End::TakenOver {
+        app.sessions.detach(&session, conn, end == End::Clean);
     }
 }
 

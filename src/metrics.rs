@@ -20,6 +20,7 @@ pub const CONNECTIONS_CLOSED: &str = "ringsync_connections_closed_total";
 pub const CONNECTIONS_REFUSED: &str = "ringsync_connections_refused_total";
 pub const SLOW_CLIENT_CLOSES: &str = "ringsync_slow_client_closes_total";
 pub const SESSIONS_LIVE: &str = "ringsync_sessions_live";
+pub const SESSIONS_EVICTED: &str = "ringsync_sessions_evicted_total";
 pub const SESSION_CONNECTS: &str = "ringsync_session_connects_total";
 pub const ROOMS: &str = "ringsync_rooms";
 pub const ROOMS_EVICTED: &str = "ringsync_rooms_evicted_total";
@@ -66,6 +67,8 @@ pub enum Refusal {
     MaxConnections,
     MaxRoomClients,
     MaxRooms,
+    /// `--max-sessions` reached with every session connected.
+    MaxSessions,
     /// Request headers or the WebSocket upgrade not done within `--handshake-timeout`.
     HandshakeTimeout,
     /// A connection accepted while `--max-http-connections` were open.
@@ -77,10 +80,11 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 7] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::MaxConnections,
         Refusal::MaxRoomClients,
         Refusal::MaxRooms,
+        Refusal::MaxSessions,
         Refusal::HandshakeTimeout,
         Refusal::MaxHttpConnections,
         Refusal::MaxBodyBytesInFlight,
@@ -92,6 +96,7 @@ impl Refusal {
             Refusal::MaxConnections => "max_connections",
             Refusal::MaxRoomClients => "max_room_clients",
             Refusal::MaxRooms => "max_rooms",
+            Refusal::MaxSessions => "max_sessions",
             Refusal::HandshakeTimeout => "handshake_timeout",
             Refusal::MaxHttpConnections => "max_http_connections",
             Refusal::MaxBodyBytesInFlight => "max_body_bytes_in_flight",
@@ -216,6 +221,7 @@ fn initialise() {
         CONNECTIONS_ACCEPTED,
         SLOW_CLIENT_CLOSES,
         ROOMS_EVICTED,
+        SESSIONS_EVICTED,
         CHANGES_COMMITTED,
         BYTES_RECEIVED,
         PRESENCE_UPDATES,
@@ -251,6 +257,7 @@ fn initialise() {
     metrics::gauge!(CONNECTIONS_OPEN).set(0.0);
     metrics::gauge!(HTTP_CONNECTIONS_OPEN).set(0.0);
     metrics::gauge!(HTTP_BODY_IN_FLIGHT).set(0.0);
+    metrics::gauge!(SESSIONS_LIVE).set(0.0);
 }
 
 fn describe() {
@@ -260,6 +267,10 @@ fn describe() {
     describe_counter!(CONNECTIONS_REFUSED, "Connections or HTTP request bodies refused by a limit, by limit");
     describe_counter!(SLOW_CLIENT_CLOSES, "Connections closed because the client stopped accepting writes");
     describe_gauge!(SESSIONS_LIVE, "Sessions held (connected or resumable)");
+    describe_counter!(
+        SESSIONS_EVICTED,
+        "Disconnected sessions dropped before --session-ttl to stay under --max-sessions"
+    );
     describe_counter!(
         SESSION_CONNECTS,
         "Connections by how the session started: new, or resumed with a delta or a snapshot"

@@ -7,6 +7,15 @@
 //! A session outlives its connection for `--session-ttl`; its presence for `--presence-grace`
 //! (unless the client closed cleanly, which is an immediate leave).
 //!
+//! At most `--max-sessions` are held ([`SessionLimits::max`]). A new session beyond it first drops
+//! the session that has been disconnected longest (as if its TTL had run out: a resume starts a
+//! new session, presence forgets it); a connected session is never dropped, so when every
+//! session is connected the new one is refused ([`SessionsFull`]). Disconnected sessions wait in
+//! `Sessions::idle`, oldest disconnect first, each with the one task that will end its presence
+//! and expire it; a resume or an eviction takes it out of that queue and cancels the task, so an
+//! evicted session leaves nothing behind. The map is shrunk when it falls far below its capacity,
+//! so a connect-and-close storm does not pin its peak memory.
+//!
 //! A connection says where it resumes from ([`ResumeFrom`]); what it is then sent is decided by
 //! the room ([`Room::catch_up`]) and fetched through [`Session::catch_up`], which pairs the room's
 //! answer with the session's `lastClientReqId` at the same moment.
@@ -14,10 +23,13 @@
 //! Locking: `SessionState` is a `parking_lot::Mutex` never held across `.await`. When both are
 //! needed, the session lock is taken before the room lock (a commit, and every catch-up, which
 //! must report a `lastClientReqId` consistent with its revision). That order is known here and in
-//! the commit path only: the writer just asks [`Session::catch_up`].
+//! the commit path only: the writer just asks [`Session::catch_up`]. The idle queue's lock is
+//! taken after a session's lock, never before it (an eviction pops from the queue, lets go, then
+//! locks the session and checks it is still the entry it popped).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -25,7 +37,9 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
 
+use crate::config::Config;
 use crate::ids::{ClientId, ClientReqId, Rev, random_hex};
 use crate::metrics as m;
 use crate::protocol;
@@ -78,6 +92,10 @@ pub struct SessionState {
     kick: Option<oneshot::Sender<()>>,
     /// Set (under this lock) when the session is dropped; a resume then starts a new one.
     expired: bool,
+    /// Its key in `Sessions::idle` while it is disconnected (and held).
+    idle_key: Option<u64>,
+    /// The task that ends its presence and expires it, while it is disconnected.
+    expiry: Option<AbortHandle>,
 }
 
 impl SessionState {
@@ -133,34 +151,90 @@ pub struct Attached {
     pub kicked: oneshot::Receiver<()>,
 }
 
+/// How many sessions are held, and how long a disconnected one lives.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// Most sessions held, connected or not (`--max-sessions`; 0 = unlimited).
+    pub max: usize,
+    /// How long a dropped connection's presence stays (`--presence-grace`).
+    pub presence_grace: Duration,
+    /// How long a disconnected session can be resumed (`--session-ttl`).
+    pub ttl: Duration,
+}
+
+impl From<&Config> for SessionLimits {
+    fn from(c: &Config) -> Self {
+        SessionLimits { max: c.max_sessions, presence_grace: c.presence_grace, ttl: c.session_ttl }
+    }
+}
+
+/// `--max-sessions` is reached and every session is connected: nothing can make room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("--max-sessions reached and every session is connected")]
+pub struct SessionsFull;
+
+/// The map is shrunk only above this capacity (a small map is not worth the rehash).
+const SHRINK_ABOVE: usize = 1024;
+
 /// Every session held by the server.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Sessions {
     map: DashMap<Arc<str>, Arc<Session>>,
+    /// The disconnected sessions, by a key that grows with each disconnect: the first entry is
+    /// the one a full server drops. A session is here exactly while it is held and disconnected
+    /// (its `idle_key` names the entry).
+    idle: Mutex<BTreeMap<u64, Arc<Session>>>,
+    /// Sessions held, counted before one is inserted, so concurrent connects never overshoot
+    /// `limits.max` (`map.len()` never exceeds it).
+    held: AtomicUsize,
+    limits: SessionLimits,
     next_client: AtomicU64,
     next_conn: AtomicU64,
+    next_idle: AtomicU64,
+}
+
+impl Default for Sessions {
+    /// Sessions with the default flags' limits.
+    fn default() -> Self {
+        Sessions::new(SessionLimits::from(&Config::default()))
+    }
 }
 
 impl Sessions {
+    pub fn new(limits: SessionLimits) -> Self {
+        Sessions {
+            map: DashMap::new(),
+            idle: Mutex::new(BTreeMap::new()),
+            held: AtomicUsize::new(0),
+            limits,
+            next_client: AtomicU64::new(0),
+            next_conn: AtomicU64::new(0),
+            next_idle: AtomicU64::new(0),
+        }
+    }
+
     /// Resumes the session named by `token` when it is live and belongs to `room`, else starts a
-    /// new one. Never fails: an unknown or expired token simply gets a new session.
-    pub fn attach(&self, room: &Arc<Room>, token: Option<&str>) -> Attached {
+    /// new one: an unknown or expired token simply gets a new session.
+    ///
+    /// # Errors
+    /// [`SessionsFull`] when a new session is needed, `--max-sessions` are held and every one of
+    /// them is connected. (A resume is never refused.)
+    pub fn attach(&self, room: &Arc<Room>, token: Option<&str>) -> Result<Attached, SessionsFull> {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
         let (kick, kicked) = oneshot::channel();
         let existing = token.and_then(|t| self.map.get(t).map(|s| s.value().clone()));
         if let Some(session) = existing.filter(|s| Arc::ptr_eq(&s.room, room)) {
             let mut st = session.state.lock();
-            if st.expired {
+            if !st.expired {
+                if let Some(old) = st.kick.replace(kick) {
+                    let _ = old.send(());
+                }
+                self.leave_idle(&mut st);
+                st.conn = conn;
+                st.attached = true;
                 drop(st);
-                return self.create(room, conn, kick, kicked);
+                return Ok(Attached { session, conn, resumed: true, kicked });
             }
-            if let Some(old) = st.kick.replace(kick) {
-                let _ = old.send(());
-            }
-            st.conn = conn;
-            st.attached = true;
-            drop(st);
-            return Attached { session, conn, resumed: true, kicked };
         }
         self.create(room, conn, kick, kicked)
     }
@@ -171,7 +245,8 @@ impl Sessions {
         conn: u64,
         kick: oneshot::Sender<()>,
         kicked: oneshot::Receiver<()>,
-    ) -> Attached {
+    ) -> Result<Attached, SessionsFull> {
+        self.reserve()?;
         let client = ClientId(self.next_client.fetch_add(1, Ordering::Relaxed) + 1);
         let token: Arc<str> = random_hex(16).into();
         let session = Arc::new(Session {
@@ -184,19 +259,79 @@ impl Sessions {
                 attached: true,
                 kick: Some(kick),
                 expired: false,
+                idle_key: None,
+                expiry: None,
             }),
         });
         self.map.insert(token, session.clone());
-        metrics::gauge!(m::SESSIONS_LIVE).set(self.map.len() as f64);
-        Attached { session, conn, resumed: false, kicked }
+        self.update_gauge();
+        Ok(Attached { session, conn, resumed: false, kicked })
     }
 
-    /// Marks the session detached if `conn` still owns it; a clean close also leaves presence
-    /// at once (under the session lock, so a racing resume's join comes after it). Returns
-    /// false when another connection took the session over (which is not a leave).
-    pub fn detach(&self, session: &Session, conn: u64, clean: bool) -> bool {
+    /// Takes a place under `--max-sessions`, dropping the longest-disconnected sessions to make
+    /// one. Each round either takes a place or drops a session, so it ends.
+    fn reserve(&self) -> Result<(), SessionsFull> {
+        let max = self.limits.max;
+        loop {
+            let free = |n: usize| (max == 0 || n < max).then_some(n + 1);
+            if self.held.fetch_update(Ordering::AcqRel, Ordering::Acquire, free).is_ok() {
+                return Ok(());
+            }
+            if !self.evict_oldest() {
+                return Err(SessionsFull);
+            }
+        }
+    }
+
+    /// Drops the session disconnected longest ago; false when none is disconnected.
+    fn evict_oldest(&self) -> bool {
+        loop {
+            let Some((key, session)) = self.idle.lock().pop_first() else { return false };
+            let mut st = session.state.lock();
+            // Resumed between the pop and the lock: no longer idle, try the next.
+            if st.idle_key != Some(key) {
+                continue;
+            }
+            st.idle_key = None;
+            if let Some(task) = st.expiry.take() {
+                task.abort();
+            }
+            self.expire(&session, &mut st);
+            drop(st);
+            metrics::counter!(m::SESSIONS_EVICTED).increment(1);
+            self.shrink_if_sparse();
+            return true;
+        }
+    }
+
+    /// Drops a session (under its lock): a resume now starts a new one, and presence forgets it.
+    fn expire(&self, session: &Session, st: &mut SessionState) {
+        st.expired = true;
+        self.leave_idle(st);
+        self.map.remove(&session.token);
+        self.held.fetch_sub(1, Ordering::AcqRel);
+        session.room.presence.forget(session.client);
+        self.update_gauge();
+    }
+
+    /// Takes a session (whose lock is held) out of the idle queue and cancels its expiry.
+    fn leave_idle(&self, st: &mut SessionState) {
+        if let Some(key) = st.idle_key.take() {
+            self.idle.lock().remove(&key);
+        }
+        if let Some(task) = st.expiry.take() {
+            task.abort();
+        }
+    }
+
+    /// Marks the session disconnected if `conn` still owns it, queues it as idle and starts its
+    /// expiry (presence grace, then `--session-ttl`); a clean close also leaves presence at once
+    /// (under the session lock, so a racing resume's join comes after it). Returns false, doing
+    /// nothing, when another connection took the session over (which is not a leave). Must run
+    /// inside the Tokio runtime (it spawns the expiry task).
+    pub fn detach(self: &Arc<Self>, session: &Arc<Session>, conn: u64, clean: bool) -> bool {
         let mut st = session.state.lock();
-        if st.conn != conn {
+        if st.conn != conn || st.expired {
             return false;
         }
         st.attached = false;
@@ -204,38 +339,66 @@ impl Sessions {
         if clean {
             session.room.presence.leave(session.client);
         }
+        let key = self.next_idle.fetch_add(1, Ordering::Relaxed);
+        st.idle_key = Some(key);
+        self.idle.lock().insert(key, session.clone());
+        let expiry = tokio::spawn(self.clone().expire_later(session.clone(), key, clean));
+        st.expiry = Some(expiry.abort_handle());
         true
     }
 
-    /// Presence grace then expiry for a session whose connection `conn` just ended. Runs as
-    /// its own task; stops as soon as the session is resumed. Each check and the action it
-    /// guards happen under the session lock, so a resume either comes first (and wins) or
-    /// finds the session expired (and starts a new one).
-    pub async fn expire_later(
-        self: Arc<Self>,
-        session: Arc<Session>,
-        conn: u64,
-        clean: bool,
-        grace: Duration,
-        ttl: Duration,
-    ) {
-        let grace = if clean { Duration::ZERO } else { grace.min(ttl) };
+    /// Presence grace then expiry for a session that went idle with `key`. Cancelled when the
+    /// session is resumed or evicted; each check and the action it guards also happen under the
+    /// session lock, so a resume either comes first (and wins) or finds the session expired (and
+    /// starts a new one).
+    async fn expire_later(self: Arc<Self>, session: Arc<Session>, key: u64, clean: bool) {
+        let SessionLimits { presence_grace, ttl, .. } = self.limits;
+        let grace = if clean { Duration::ZERO } else { presence_grace.min(ttl) };
         if !clean {
             tokio::time::sleep(grace).await;
             let st = session.state.lock();
-            if st.conn != conn || st.attached {
+            if st.idle_key != Some(key) {
                 return;
             }
             session.room.presence.leave(session.client);
         }
         tokio::time::sleep(ttl - grace).await;
         let mut st = session.state.lock();
-        if st.conn == conn && !st.attached {
-            st.expired = true;
-            self.map.remove(&session.token);
-            session.room.presence.forget(session.client);
-            metrics::gauge!(m::SESSIONS_LIVE).set(self.map.len() as f64);
+        if st.idle_key == Some(key) {
+            // This task is finishing on its own: nothing to cancel.
+            st.expiry = None;
+            self.expire(&session, &mut st);
+            drop(st);
+            self.shrink_if_sparse();
         }
+    }
+
+    /// Gives memory back after a storm: the map is shrunk once it holds under a quarter of its
+    /// capacity (amortised: the next shrink needs another three quarters to go).
+    fn shrink_if_sparse(&self) {
+        let capacity = self.map.capacity();
+        if capacity > SHRINK_ABOVE && self.map.len() < capacity / 4 {
+            self.map.shrink_to_fit();
+        }
+    }
+
+    fn update_gauge(&self) {
+        metrics::gauge!(m::SESSIONS_LIVE).set(self.held.load(Ordering::Acquire) as f64);
+    }
+
+    /// Whether the session named by `token` is held.
+    pub fn is_live(&self, token: &str) -> bool {
+        self.map.contains_key(token)
+    }
+
+    /// Sessions held without a connection.
+    pub fn disconnected(&self) -> usize {
+        self.idle.lock().len()
+    }
+
+    /// Sessions the map has room for without growing.
+    pub fn capacity(&self) -> usize {
+        self.map.capacity()
     }
 
     pub fn len(&self) -> usize {
@@ -253,23 +416,80 @@ mod tests {
     use crate::ids::RoomId;
     use crate::room::RoomConfig;
 
-    #[test]
-    fn resume_and_takeover() {
-        let sessions = Sessions::default();
-        let room = Arc::new(Room::new(RoomId::parse("r").unwrap(), RoomConfig::default()));
-        let other = Arc::new(Room::new(RoomId::parse("o").unwrap(), RoomConfig::default()));
-        let mut a = sessions.attach(&room, None);
+    fn limits(max: usize) -> SessionLimits {
+        SessionLimits { max, presence_grace: Duration::from_secs(10), ttl: Duration::from_secs(300) }
+    }
+
+    fn room(name: &str) -> Arc<Room> {
+        Arc::new(Room::new(RoomId::parse(name).unwrap(), RoomConfig::default()))
+    }
+
+    #[tokio::test]
+    async fn resume_and_takeover() {
+        let sessions = Arc::new(Sessions::new(limits(0)));
+        let (room, other) = (room("r"), room("o"));
+        let mut a = sessions.attach(&room, None).unwrap();
         assert!(!a.resumed);
-        let b = sessions.attach(&room, Some(&a.session.token));
+        let b = sessions.attach(&room, Some(&a.session.token)).unwrap();
         assert!(b.resumed);
         assert_eq!(b.session.client, a.session.client);
         assert!(a.kicked.try_recv().is_ok(), "the first connection is kicked");
         assert!(!sessions.detach(&a.session, a.conn, false), "a superseded connection does not detach");
+        assert_eq!(sessions.disconnected(), 0);
         assert!(sessions.detach(&b.session, b.conn, false));
-        let c = sessions.attach(&room, Some("no-such-token"));
+        assert_eq!(sessions.disconnected(), 1);
+        let c = sessions.attach(&room, Some("no-such-token")).unwrap();
         assert!(!c.resumed);
         assert_ne!(c.session.client, a.session.client);
-        let d = sessions.attach(&other, Some(&a.session.token));
+        let d = sessions.attach(&other, Some(&a.session.token)).unwrap();
         assert!(!d.resumed, "a session belongs to one room");
+        let e = sessions.attach(&room, Some(&a.session.token)).unwrap();
+        assert!(e.resumed);
+        assert_eq!(sessions.disconnected(), 0, "a resume leaves the idle queue");
+    }
+
+    #[tokio::test]
+    async fn a_full_server_drops_the_longest_disconnected_and_never_a_connected_one() {
+        let sessions = Arc::new(Sessions::new(limits(3)));
+        let room = room("r");
+        let a = sessions.attach(&room, None).unwrap();
+        let b = sessions.attach(&room, None).unwrap();
+        let c = sessions.attach(&room, None).unwrap();
+        sessions.detach(&b.session, b.conn, true);
+        sessions.detach(&a.session, a.conn, true);
+        // Full: b disconnected first, so b goes first.
+        let d = sessions.attach(&room, None).unwrap();
+        assert!(!sessions.is_live(&b.session.token) && sessions.is_live(&a.session.token));
+        assert!(b.session.state.lock().expired);
+        let e = sessions.attach(&room, None).unwrap();
+        assert!(!sessions.is_live(&a.session.token));
+        assert_eq!(sessions.len(), 3);
+        // c, d and e are connected: no room for another.
+        assert_eq!(sessions.attach(&room, None).unwrap_err(), SessionsFull);
+        assert!([&c, &d, &e].iter().all(|x| sessions.is_live(&x.session.token)));
+        // An evicted session's resume is a new session.
+        sessions.detach(&c.session, c.conn, true);
+        let f = sessions.attach(&room, Some(&a.session.token)).unwrap();
+        assert!(!f.resumed);
+        assert!(!sessions.is_live(&c.session.token));
+    }
+
+    #[tokio::test]
+    async fn expired_sessions_give_the_map_back() {
+        let ttl = Duration::from_millis(20);
+        let sessions = Arc::new(Sessions::new(SessionLimits { max: 0, presence_grace: ttl, ttl }));
+        let room = room("r");
+        for _ in 0..20_000 {
+            let a = sessions.attach(&room, None).unwrap();
+            sessions.detach(&a.session, a.conn, true);
+        }
+        let peak = sessions.capacity();
+        assert!(peak >= 20_000);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sessions.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(ttl).await;
+        }
+        assert!(sessions.is_empty());
+        assert!(sessions.capacity() < peak / 4, "{} of {peak}", sessions.capacity());
     }
 }

@@ -205,7 +205,7 @@ fn new_room(history: usize) -> Arc<Room> {
 /// Attaches a session as `connection::serve` does (presence join before the writer starts) and
 /// spawns its writer.
 fn connect(room: &Arc<Room>, sessions: &Sessions, from: ResumeFrom, config: WriterConfig) -> Conn {
-    let attached = sessions.attach(room, from.session.as_deref());
+    let attached = sessions.attach(room, from.session.as_deref()).expect("under --max-sessions");
     room.presence.join(attached.session.client);
     let (sink, tap) = mem_sink();
     let (replies, replies_rx) = mpsc::channel(8);
@@ -346,7 +346,7 @@ async fn fresh_join_is_welcome_then_one_snapshot() {
 async fn resume_inside_the_ring_is_welcome_then_delta_to_head() {
     let room = new_room(64);
     let sessions = Sessions::default();
-    let first = sessions.attach(&room, None);
+    let first = sessions.attach(&room, None).unwrap();
     first.session.state.lock().last_req = ClientReqId(7);
     for n in 1..=5 {
         commit(&room, OTHER, None, n);
@@ -375,7 +375,7 @@ async fn resume_inside_the_ring_is_welcome_then_delta_to_head() {
 async fn resume_from_another_epoch_is_a_snapshot() {
     let room = new_room(64);
     let sessions = Sessions::default();
-    let first = sessions.attach(&room, None);
+    let first = sessions.attach(&room, None).unwrap();
     first.session.state.lock().last_req = ClientReqId(7);
     for n in 1..=5 {
         commit(&room, OTHER, None, n);
@@ -595,7 +595,7 @@ async fn takeover_closes_with_4001() {
     let sessions = Sessions::default();
     let mut conn = connect(&room, &sessions, ResumeFrom::default(), writer_config());
     conn.hello().await;
-    let second = sessions.attach(&room, Some(&conn.session.token));
+    let second = sessions.attach(&room, Some(&conn.session.token)).unwrap();
     assert!(second.resumed);
     assert_eq!(ended(&mut conn.task).await, CloseReason::TakenOver);
     let log = conn.tap.frames();
@@ -606,7 +606,7 @@ async fn takeover_closes_with_4001() {
 #[tokio::test]
 async fn a_kick_sender_dropped_without_a_takeover_is_not_a_takeover() {
     let room = new_room(64);
-    let sessions = Sessions::default();
+    let sessions = Arc::new(Sessions::default());
     let mut conn = connect(&room, &sessions, ResumeFrom::default(), writer_config());
     conn.hello().await;
     // `detach` drops the session's kick sender (as after a connection's end) without kicking.

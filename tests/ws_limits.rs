@@ -1,6 +1,6 @@
 //! WebSocket limits that must hold: RFC 6455 framing rules on the read path (raw frames over a
-//! TcpStream, so nothing between the test and the server fixes them up), and what a change gets
-//! while the real binary drains after SIGTERM.
+//! TcpStream, so nothing between the test and the server fixes them up), the session cap
+//! (`--max-sessions`), and what a change gets while the real binary drains after SIGTERM.
 
 mod common;
 
@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{WAIT, binary, config, http, start};
+use common::{Client, WAIT, binary, config, http, start};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -370,13 +370,96 @@ async fn changes_streamed_across_sigterm_are_acked_or_rejected_never_applied_sil
     assert!(status.success(), "{status:?}");
 }
 
+/// A counter's value in the server's `/metrics` (0 when absent).
+async fn counter(server: &common::Server, series: &str) -> f64 {
+    let (_, body) = http(server, "GET", "/metrics", None).await;
+    let text = body.as_str().expect("metrics are text").to_owned();
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// Waits (bounded) until the server has `n` disconnected sessions.
+async fn until_disconnected(server: &common::Server, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    while server.app.sessions.disconnected() != n {
+        assert!(
+            Instant::now() < deadline,
+            "{} disconnected sessions, want {n}",
+            server.app.sessions.disconnected()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Finding: connect-and-close storms left every session alive until `--session-ttl`. Now at most
+/// `--max-sessions` are held: a new one drops the session disconnected longest ago, and when all
+/// are connected the new connection is refused with 4007; a connected session is never dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_capped_dropping_the_oldest_disconnected_first() {
+    const CAP: usize = 8;
+    let server = start(config(&["--max-sessions", &CAP.to_string()])).await;
+    let evicted_before = counter(&server, "ringsync_sessions_evicted_total").await;
+    let refused_before = counter(&server, "ringsync_connections_refused_total{limit=\"max_sessions\"}").await;
+
+    // Three connected sessions, the oldest of all.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(Client::connect(&server, "cap").await);
+    }
+    // Connect-and-close three times the cap, one after the other.
+    let mut closed = Vec::new();
+    for i in 0..3 * CAP {
+        let mut c = Client::connect(&server, "cap").await;
+        assert!(server.app.sessions.len() <= CAP, "{} live sessions", server.app.sessions.len());
+        c.ws.close(None).await.unwrap();
+        closed.push(c.session.clone());
+        until_disconnected(&server, (i + 1).min(CAP - held.len())).await;
+        assert!(server.app.sessions.len() <= CAP, "{} live sessions", server.app.sessions.len());
+    }
+    // The newest disconnected sessions are kept, every older one went first; the connected stay.
+    let keep = CAP - held.len();
+    for (i, token) in closed.iter().enumerate() {
+        let expect = i >= closed.len() - keep;
+        assert_eq!(server.app.sessions.is_live(token), expect, "session {i} of {}", closed.len());
+    }
+    for c in &mut held {
+        assert!(server.app.sessions.is_live(&c.session), "a connected session is never dropped");
+        let id = c.change("overwrite", json!([{"op": "incr", "path": "/n", "value": 1}])).await;
+        c.sync_to(0).await;
+        assert!(c.acks.iter().any(|(a, _)| *a == id), "it still commits");
+    }
+    // An evicted session resumes as a new one (as after expiry), dropping the next oldest.
+    let old = &closed[0];
+    let resumed = Client::connect_query(&server, "cap", &format!("session={old}")).await;
+    assert_eq!(resumed.welcome["resumed"], false);
+    assert!(!server.app.sessions.is_live(&closed[closed.len() - keep]), "the next oldest went");
+    held.push(resumed);
+    // Fill the cap with connected sessions; then a new one is refused with 4007.
+    while server.app.sessions.len() < CAP || server.app.sessions.disconnected() > 0 {
+        held.push(Client::connect(&server, "cap").await);
+        assert!(held.len() <= CAP, "every slot is connected by now");
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("cap", "")).await.unwrap();
+    assert_eq!(common::close_code(&mut ws).await, 4007, "refused when every session is connected");
+    assert_eq!(server.app.sessions.len(), CAP);
+    // A connected session resuming itself is not a new session: never refused.
+    let again = Client::connect_query(&server, "cap", &format!("session={}", held[0].session)).await;
+    assert_eq!(again.welcome["resumed"], true);
+
+    let evicted = counter(&server, "ringsync_sessions_evicted_total").await - evicted_before;
+    let refused =
+        counter(&server, "ringsync_connections_refused_total{limit=\"max_sessions\"}").await - refused_before;
+    // 3 × CAP closed; `keep` of them were live when the cap filled with connected sessions.
+    assert_eq!(evicted, (3 * CAP) as f64, "every closed session was evicted in the end");
+    assert_eq!(refused, 1.0);
+}
+
 /// The Autobahn run (scripts/autobahn.sh) needs `GET /test/echo`; it exists only with the hidden
 /// `--test-echo-endpoint` switch, and echoes through the room connections' read path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_echo_endpoint_exists_only_behind_a_hidden_test_switch() {
     let help = binary().arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
-    assert!(help.contains("--max-message-bytes"), "{help}");
+    assert!(help.contains("--max-sessions"), "{help}");
     assert!(!help.contains("echo"), "the test switch is hidden from --help");
     let server = start(config(&[])).await;
     let (status, body) = http(&server, "GET", "/test/echo", None).await;
