@@ -225,8 +225,8 @@ async fn read_json(app: &App, req: Request<RequestBody>) -> Result<(Value, BodyC
         }
         bytes.extend_from_slice(&data);
     }
-    let value =
-        protocol::json::from_slice(&bytes).map_err(|e| json_error(ErrorCode::BadMessage, &format!("body: {e}")))?;
+    let value = protocol::json::from_slice(&bytes)
+        .map_err(|e| json_error(ErrorCode::BadMessage, &format!("body: {e}")))?;
     Ok((value, charge))
 }
 
