@@ -116,6 +116,31 @@ fn limits() {
 }
 
 #[test]
+fn the_state_limit_holds_during_a_change() {
+    let r = Room::new(
+        RoomId::parse("t").unwrap(),
+        RoomConfig { max_state_bytes: 10_000, ..RoomConfig::default() },
+    );
+    r.commit(req(Mode::Overwrite, 0, json!([{"op": "add", "path": "/v", "value": "x".repeat(1000)}])))
+        .unwrap();
+    let before = (r.state(), r.state_bytes());
+    // Each op doubles the state: refused at the op that would cross 10,000 bytes, not after the
+    // last one, and the room is left exactly as it was.
+    let doubling: Vec<Value> =
+        (0..30).map(|i| json!({"op": "copy", "from": "", "path": format!("/c{i}")})).collect();
+    let e = r.commit(req(Mode::Overwrite, 0, Value::Array(doubling))).unwrap_err();
+    assert_eq!((e.code, e.rev), (ErrorCode::TooLarge, 1));
+    assert!(e.message.starts_with("op 3: the state would be "), "{}", e.message);
+    assert_eq!((r.state(), r.state_bytes()), before);
+    // Exactly up to the limit commits, and the tracked size is the encoded size.
+    let room_left = 10_000 - r.state_bytes() - r#","w":"""#.len();
+    r.commit(req(Mode::Overwrite, 0, json!([{"op": "add", "path": "/w", "value": "y".repeat(room_left)}])))
+        .unwrap();
+    assert_eq!(r.state_bytes(), 10_000);
+    assert_eq!(r.state_bytes(), serde_json::to_vec(&r.state().1).unwrap().len());
+}
+
+#[test]
 fn history_byte_budget_sends_far_readers_to_a_snapshot() {
     let r = Room::new(
         RoomId::parse("t").unwrap(),
