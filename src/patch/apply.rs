@@ -20,7 +20,7 @@
 use std::fmt;
 
 use serde::Serialize;
-use serde_json::{Number, Value};
+use serde_json::Value;
 
 use super::eq::{add_numbers, json_eq};
 use super::pointer::{Pointer, array_index, get_mut, get_ref, parent_mut, parent_ref};
@@ -284,7 +284,7 @@ fn apply_one(
             }
             Ok(_) => return Err(PatchError::invalid(i, format!("incr target {path} is not a number"))),
             Err(_) => {
-                let n = Value::Number(Number::clone(value));
+                let n = Value::Number(value.clone());
                 let plan = plan_add(doc, path, json_size(&n), i)?;
                 acc.admit(budget, i, plan, 0)?;
                 let added = add_at(doc, path, n, i).map_err(|(e, _)| e)?;
