@@ -14,6 +14,10 @@
 //!   next reader at the same position.
 //! - `apply/OP`: `patch::apply` of one op of each kind on a 100-member document.
 //! - `commit`: decode a client's `change` message, and commit a small change.
+//! - `paths_check`: a `paths`-mode commit checked against the changes after its `baseRev`:
+//!   `small` (1 op against 10 changes of 1 op) and `ring_1024x1000` (1,000 ops against a full
+//!   ring of 1,024 changes of 1,000 `incr` ops, based at the ring's start). Each conflicts with
+//!   the newest change only, so the room is unchanged and every change is scanned.
 //!
 //! Runs in about two minutes on two cores: short warm-ups and measurement times, and fewer
 //! samples for the slow cases. `cargo bench --bench room -- fanout` runs one group.
@@ -254,5 +258,49 @@ fn commit(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, fanout, catchup, snapshot, presence, apply, commit);
+/// `[{"op":"incr","path":"/{prefix}{i}","value":1}, …]` for `i` in `0..n`.
+fn incrs(prefix: &str, n: usize) -> Vec<Op> {
+    let ops: Vec<Value> =
+        (0..n).map(|i| json!({"op": "incr", "path": format!("/{prefix}{i}"), "value": 1})).collect();
+    patch::parse_patch(Value::Array(ops)).expect("valid patch")
+}
+
+fn paths_check(c: &mut Criterion) {
+    let mut g = c.benchmark_group("paths_check");
+    configure(&mut g, 10, 2.0);
+    for (name, changes, ops) in [("small", 10, 1), ("ring_1024x1000", 1024, 1000)] {
+        let room = Room::new(
+            RoomId::parse("bench").expect("valid name"),
+            RoomConfig { history: changes, history_bytes: 0, ..RoomConfig::default() },
+        );
+        let overwrite = |ops| ChangeRequest {
+            author: WRITER,
+            client_req_id: None,
+            base_rev: None,
+            mode: Mode::Overwrite,
+            ops,
+        };
+        for _ in 1..changes {
+            room.commit(overwrite(incrs("k", ops))).expect("commits");
+        }
+        room.commit(overwrite(incrs("z", 1))).expect("commits");
+        // Disjoint from every change but the newest, which it conflicts with.
+        let mut mine = incrs("m", ops - 1);
+        mine.extend(incrs("z", 1));
+        let req = ChangeRequest { base_rev: Some(Rev(0)), mode: Mode::Paths, ..overwrite(mine) };
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || req.clone(),
+                |req| {
+                    let e = room.commit(req).expect_err("conflicts with the newest change");
+                    assert_eq!(e.conflicts, [changes as u64]);
+                },
+                BatchSize::SmallInput,
+            );
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, fanout, catchup, snapshot, presence, apply, commit, paths_check);
 criterion_main!(benches);

@@ -9,8 +9,8 @@
 //!   integer literal beyond 64 bits is never accepted whole;
 //! - the strict JSON decoder refuses exactly what serde_json refuses, plus defects.
 //!
-//! `RINGSYNC_FUZZ_CASES` sets the number of cases per property (default 2,000, a few seconds);
-//! `RINGSYNC_FUZZ_CASES=1000000 cargo test --release --test fuzz_decode` is the long mode. Failures
+//! `FUZZ_CASES` sets the number of cases per property (default 2,000, a few seconds);
+//! `FUZZ_CASES=1000000 cargo test --release --test fuzz_decode` is the long mode. Failures
 //! are saved in `tests/fuzz_decode.proptest-regressions` and replayed first on every run.
 
 use proptest::prelude::*;
@@ -20,9 +20,9 @@ use ringsync::protocol::json::{self, JsonError};
 use ringsync::protocol::{ClientMsg, MAX_SAFE_INTEGER, Mode, decode_client};
 use serde_json::{Value, json};
 
-/// Cases per property: `RINGSYNC_FUZZ_CASES`, else 2,000. (The only variable any test reads.)
+/// Cases per property: `FUZZ_CASES`, else 2,000. (The only variable any test reads.)
 fn cases() -> u32 {
-    std::env::var("RINGSYNC_FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(2_000)
+    std::env::var("FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(2_000)
 }
 
 // ---- the properties ----

@@ -4,8 +4,8 @@
 //! It never panics, answers exactly as the model does (message, "not yet", or the close reason),
 //! never returns a message over the cap, and every text message it returns is UTF-8.
 //!
-//! Bounded by default (`DEFAULT_CASES` sequences). For a long run set `RINGSYNC_FUZZ_CASES`, e.g.
-//! `RINGSYNC_FUZZ_CASES=1000000 cargo test --release --test fuzz_reassembly` (only these fuzz
+//! Bounded by default (`DEFAULT_CASES` sequences). For a long run set `FUZZ_CASES`, e.g.
+//! `FUZZ_CASES=1000000 cargo test --release --test fuzz_reassembly` (only these fuzz
 //! tests read it).
 
 use std::borrow::Cow;
@@ -18,7 +18,7 @@ use ringsync::reassembly::Reassembler;
 const DEFAULT_CASES: u32 = 2_000;
 
 fn cases() -> u32 {
-    std::env::var("RINGSYNC_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_CASES)
+    std::env::var("FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_CASES)
 }
 
 /// One frame as generated: what it is, and where its payload comes from.

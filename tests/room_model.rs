@@ -171,6 +171,79 @@ proptest! {
     }
 }
 
+/// What [`patch::apply_within`] must do, worked out op by op with the unlimited engine on a copy:
+/// the first op that fails, or that grows the document past the limit, or that makes what the
+/// inverses keep pass it, is the error (with its index); else the final document.
+fn model_within(doc: &Value, ops: &[Op], limit: usize) -> Result<Value, (usize, Option<patch::Grows>)> {
+    let size = |d: &Value| serde_json::to_vec(d).unwrap().len();
+    let mut d = doc.clone();
+    let mut kept = 0;
+    for (i, op) in ops.iter().enumerate() {
+        let before = size(&d);
+        let one = patch::apply(&mut d, std::slice::from_ref(op)).map_err(|_| (i, None))?;
+        let after = size(&d);
+        if after > before && after > limit {
+            return Err((i, Some(patch::Grows::State)));
+        }
+        kept += one.inverse_bytes;
+        if one.inverse_bytes > 0 && kept > limit {
+            return Err((i, Some(patch::Grows::Undo)));
+        }
+    }
+    Ok(d)
+}
+
+fn arb_big_op() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        4 => arb_op(),
+        1 => arb_path().prop_map(|p| json!({"op": "copy", "from": "", "path": p})),
+        1 => (arb_path(), 0usize..40).prop_map(|(p, n)| json!({"op": "add", "path": p, "value": "x".repeat(n)})),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    /// `apply_within` never lets the document's encoded size (or what the inverse keeps) pass
+    /// the budget at any op, refuses exactly the op the reference refuses, leaves the document
+    /// unchanged on any error, and keeps its size accounting exact on success.
+    #[test]
+    fn apply_within_holds_the_budget_at_every_op(
+        ops in prop::collection::vec(arb_big_op(), 1..10),
+        start in arb_value(),
+        limit in 20usize..400,
+    ) {
+        let Ok(ops) = patch::parse_patch(Value::Array(ops)) else { return Ok(()) };
+        let mut doc = json!({"a": {"x": 1}, "l": [1, 2, 3], "n": 0, "b": start});
+        let before = doc.clone();
+        let size = |d: &Value| serde_json::to_vec(d).unwrap().len();
+        let expected = model_within(&doc, &ops, limit);
+        let got = patch::apply_within(&mut doc, &ops, patch::Budget { size: size(&before), limit });
+        match (got, expected) {
+            (Ok(applied), Ok(model)) => {
+                prop_assert_eq!(&doc, &model);
+                prop_assert_eq!(size(&before) as i64 + applied.size_delta, size(&doc) as i64);
+                prop_assert!(applied.inverse_bytes <= limit);
+                patch::apply(&mut doc, &applied.inverse).unwrap();
+                prop_assert_eq!(doc, before);
+            }
+            (Err(e), Err((index, grows))) => {
+                prop_assert_eq!(&doc, &before, "unchanged after {:?}", e);
+                match e {
+                    patch::PatchError::TooLarge { index: i, what, size: s, limit: l } => {
+                        prop_assert_eq!((i, Some(what), l), (index, grows, limit));
+                        prop_assert!(s > limit);
+                    }
+                    patch::PatchError::Invalid { index: i, .. } | patch::PatchError::TestFailed { index: i, .. } => {
+                        prop_assert_eq!((i, None), (index, grows));
+                    }
+                }
+            }
+            (got, expected) => prop_assert!(false, "ops {:?} on {} within {}: got {:?}, expected {:?}", ops, before, limit, got, expected),
+        }
+    }
+}
+
 #[test]
 fn concurrent_commits_are_dense_and_lossless() {
     const THREADS: u64 = 8;

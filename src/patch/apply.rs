@@ -1,25 +1,63 @@
-//! Atomic application of a patch, with its inverse.
+//! Atomic application of a patch, with its inverse, within a size budget.
 //!
 //! [`apply`] runs the ops in order on the document in place; on the first failure it replays the
 //! inverse ops collected so far, so the document is left exactly as it was (no whole-document
 //! clone). A success yields an [`Applied`]: the inverse patch, the concrete paths touched, and the
 //! exact change in encoded size ([`json_size`]), all computed op by op.
 //!
-//! Invariants: applying `Applied::inverse` to the new document yields the old one exactly; no op
-//! can make the document nest deeper than [`MAX_DEPTH`] (each op checks before it writes);
+//! [`apply_within`] does the same under a [`Budget`]: every op that writes works out, before it
+//! allocates or writes anything, exactly how much it will grow the document and how much it will
+//! add to what the inverse keeps, and is refused ([`PatchError::TooLarge`]) if either total would
+//! pass the limit. So a change can never grow the document (or its undo data) past the limit even
+//! for a moment: a chain of `copy` ops that would double the document each time stops at the
+//! first op that would cross it, having allocated at most the limit.
+//!
+//! Invariants: applying `Applied::inverse` to the new document yields the old one exactly; the
+//! growth each op is checked against is the growth it then records, so `size_delta` stays exact;
+//! no op can make the document nest deeper than [`MAX_DEPTH`] (each op checks before it writes);
 //! `incr` on two integers is exact and overflow is an error, never a float.
+
+use std::fmt;
 
 use serde::Serialize;
 use serde_json::Value;
 
 use super::eq::{add_numbers, json_eq};
-use super::pointer::{Pointer, array_index, get_mut, get_ref};
+use super::pointer::{Pointer, array_index, get_mut, get_ref, parent_mut, parent_ref};
 use super::{Op, PatchError};
 
 /// Deepest nesting a document may reach (containers from the root, as serde_json's parser
 /// allows). Keeping every state within it keeps every recursive walk (clone, encode, drop) far
 /// from the stack's end, whatever a client sends.
 pub const MAX_DEPTH: usize = 128;
+
+/// How large a patch may make things while it runs (see [`apply_within`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// The document's encoded size (compact JSON bytes) before the patch.
+    pub size: usize,
+    /// The most the document's encoded size may be after any op, and the most the values the
+    /// inverse keeps (what the patch overwrites or removes, `Applied::inverse_bytes`) may add up to.
+    pub limit: usize,
+}
+
+/// What a [`PatchError::TooLarge`] would have grown past its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grows {
+    /// The document itself.
+    State,
+    /// The values the change overwrites or removes, which its inverse keeps for undo.
+    Undo,
+}
+
+impl fmt::Display for Grows {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Grows::State => "the state",
+            Grows::Undo => "the values this change overwrites or removes (kept to undo it)",
+        })
+    }
+}
 
 /// What a successful [`apply`] produced.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -35,20 +73,35 @@ pub struct Applied {
     pub inverse_bytes: usize,
 }
 
-/// Applies `ops` atomically.
+/// Applies `ops` atomically, without a size limit.
 ///
 /// # Errors
 /// The first failing op's error; `doc` is then unchanged.
 pub fn apply(doc: &mut Value, ops: &[Op]) -> Result<Applied, PatchError> {
+    run(doc, ops, None)
+}
+
+/// Applies `ops` atomically, refusing the first op that would make the document's encoded size
+/// exceed `budget.limit` (starting from `budget.size`), or the values the inverse keeps exceed
+/// it. Each op's growth is worked out before the op allocates anything.
+///
+/// # Errors
+/// [`PatchError::TooLarge`] for an op over the budget, else the first failing op's error; `doc`
+/// is then unchanged.
+pub fn apply_within(doc: &mut Value, ops: &[Op], budget: Budget) -> Result<Applied, PatchError> {
+    run(doc, ops, Some(budget))
+}
+
+fn run(doc: &mut Value, ops: &[Op], budget: Option<Budget>) -> Result<Applied, PatchError> {
     let mut applied = Applied::default();
     // Inverse groups are pushed in reverse order of their own application and the whole list is
     // reversed at the end, so each group stays internally ordered.
     for (i, op) in ops.iter().enumerate() {
-        if let Err(e) = apply_one(doc, op, i, &mut applied) {
+        if let Err(e) = apply_one(doc, op, i, &mut applied, budget) {
             applied.inverse.reverse();
             let mut scratch = Applied::default();
             for inv in &applied.inverse {
-                let rolled_back = apply_one(doc, inv, 0, &mut scratch);
+                let rolled_back = apply_one(doc, inv, 0, &mut scratch, None);
                 debug_assert!(rolled_back.is_ok(), "rollback failed: {rolled_back:?}");
             }
             return Err(e);
@@ -108,31 +161,53 @@ fn check_depth(path: &Pointer, value: &Value, i: usize) -> Result<(), PatchError
     Ok(())
 }
 
-fn apply_one(doc: &mut Value, op: &Op, i: usize, acc: &mut Applied) -> Result<(), PatchError> {
+/// What one write will do, worked out before it is made: how much it grows the document's
+/// encoding (negative when it shrinks it) and the encoded size of the value it overwrites
+/// (which the inverse keeps).
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    growth: i64,
+    replaced: usize,
+}
+
+fn apply_one(
+    doc: &mut Value,
+    op: &Op,
+    i: usize,
+    acc: &mut Applied,
+    budget: Option<Budget>,
+) -> Result<(), PatchError> {
     match op {
         Op::Add { path, value } => {
             check_depth(path, value, i)?;
-            let size = json_size(value) as i64;
+            let plan = plan_add(doc, path, json_size(value), i)?;
+            acc.admit(budget, i, plan, 0)?;
             let added = add_at(doc, path, value.clone(), i).map_err(|(e, _)| e)?;
-            acc.touched.push(if added.shifted { path.parent() } else { added.concrete.clone() });
-            acc.size_delta += size;
-            acc.record_add(added);
+            acc.touched.push(added.touched(path));
+            acc.record_add(added, plan);
         }
         Op::Remove { path } => {
+            if path.is_root() {
+                return Err(PatchError::invalid(i, "cannot remove the whole document"));
+            }
+            // Removing allocates nothing, but the inverse keeps what it removes.
+            let size = json_size(get_ref(doc, path, i)?);
+            acc.admit(budget, i, Plan { growth: 0, replaced: 0 }, size)?;
             let removed = remove_at(doc, path, i)?;
             acc.touched.push(if removed.shifted { path.parent() } else { path.clone() });
-            let size = json_size(&removed.value);
             acc.size_delta -= (size + removed.overhead) as i64;
             acc.inverse_bytes += size;
             acc.inverse.push(Op::Add { path: path.clone(), value: removed.value });
         }
         Op::Replace { path, value } => {
             check_depth(path, value, i)?;
+            let old_size = json_size(get_ref(doc, path, i)?);
+            let plan = Plan { growth: json_size(value) as i64 - old_size as i64, replaced: old_size };
+            acc.admit(budget, i, plan, 0)?;
             let target = get_mut(doc, path, i)?;
             let old = std::mem::replace(target, value.clone());
             acc.touched.push(path.clone());
-            let old_size = json_size(&old);
-            acc.size_delta += json_size(value) as i64 - old_size as i64;
+            acc.size_delta += plan.growth;
             acc.inverse_bytes += old_size;
             acc.inverse.push(Op::Replace { path: path.clone(), value: old });
         }
@@ -147,36 +222,44 @@ fn apply_one(doc: &mut Value, op: &Op, i: usize, acc: &mut Applied) -> Result<()
             }
             check_depth(path, moving, i)?;
             let removed = remove_at(doc, from, i)?;
-            // The inverse re-adds an explicit copy: a `move` back is not always possible (the
+            let size = json_size(&removed.value);
+            // Planned on the document without the value, where the add will happen. The inverse
+            // re-adds an explicit copy of the value: a `move` back is not always possible (the
             // destination may be the root, or may have overwritten an ancestor of `from`).
-            let moved = removed.value.clone();
-            let added = match add_at(doc, path, removed.value, i) {
+            let planned = plan_add(doc, path, size, i).and_then(|mut plan| {
+                plan.growth -= (size + removed.overhead) as i64;
+                acc.admit(budget, i, plan, size).map(|()| plan)
+            });
+            let added = match planned {
+                Ok(plan) => add_at(doc, path, removed.value.clone(), i).map(|added| (added, plan)),
+                Err(e) => Err((e, Value::Null)),
+            };
+            let (added, plan) = match added {
                 Ok(done) => done,
-                Err((e, value)) => {
+                Err((e, _)) => {
                     // Put the removed value back where it was before reporting.
-                    let restored = add_at(doc, from, value, i);
+                    let restored = add_at(doc, from, removed.value, i);
                     debug_assert!(restored.is_ok());
                     return Err(e);
                 }
             };
             acc.touched.push(if removed.shifted { from.parent() } else { from.clone() });
-            acc.touched.push(if added.shifted { path.parent() } else { added.concrete.clone() });
-            // The moved value's own bytes leave one place and arrive at another.
-            acc.size_delta -= removed.overhead as i64;
-            acc.inverse_bytes += json_size(&moved);
-            acc.inverse.push(Op::Add { path: from.clone(), value: moved });
-            acc.record_add(added);
+            acc.touched.push(added.touched(path));
+            acc.inverse_bytes += size;
+            acc.inverse.push(Op::Add { path: from.clone(), value: removed.value });
+            acc.record_add(added, plan);
         }
         Op::Copy { from, path } => {
-            let value = get_ref(doc, from, i)?;
-            check_depth(path, value, i)?;
-            let value = value.clone();
-            let size = json_size(&value) as i64;
+            let source = get_ref(doc, from, i)?;
+            check_depth(path, source, i)?;
+            // Sized without allocating, and checked before the clone: the clone is the growth.
+            let plan = plan_add(doc, path, json_size(source), i)?;
+            acc.admit(budget, i, plan, 0)?;
+            let value = source.clone();
             let added = add_at(doc, path, value, i).map_err(|(e, _)| e)?;
             acc.touched.push(from.clone());
-            acc.touched.push(if added.shifted { path.parent() } else { added.concrete.clone() });
-            acc.size_delta += size;
-            acc.record_add(added);
+            acc.touched.push(added.touched(path));
+            acc.record_add(added, plan);
         }
         Op::Test { path, value } => {
             let actual = get_ref(doc, path, i)?;
@@ -189,23 +272,24 @@ fn apply_one(doc: &mut Value, op: &Op, i: usize, acc: &mut Applied) -> Result<()
             Ok(Value::Number(old)) => {
                 let sum = add_numbers(old, value)
                     .ok_or_else(|| PatchError::invalid(i, format!("incr at {path} overflows")))?;
-                let new_size = json_size(&sum) as i64;
+                let old_size = json_size(old);
+                let plan = Plan { growth: json_size(&sum) as i64 - old_size as i64, replaced: old_size };
+                acc.admit(budget, i, plan, 0)?;
                 let target = get_mut(doc, path, i)?;
                 let old = std::mem::replace(target, Value::Number(sum));
                 acc.touched.push(path.clone());
-                let old_size = json_size(&old);
-                acc.size_delta += new_size - old_size as i64;
+                acc.size_delta += plan.growth;
                 acc.inverse_bytes += old_size;
                 acc.inverse.push(Op::Replace { path: path.clone(), value: old });
             }
             Ok(_) => return Err(PatchError::invalid(i, format!("incr target {path} is not a number"))),
             Err(_) => {
                 let n = Value::Number(value.clone());
-                let size = json_size(&n) as i64;
+                let plan = plan_add(doc, path, json_size(&n), i)?;
+                acc.admit(budget, i, plan, 0)?;
                 let added = add_at(doc, path, n, i).map_err(|(e, _)| e)?;
-                acc.touched.push(if added.shifted { path.parent() } else { added.concrete.clone() });
-                acc.size_delta += size;
-                acc.record_add(added);
+                acc.touched.push(added.touched(path));
+                acc.record_add(added, plan);
             }
         },
     }
@@ -213,17 +297,36 @@ fn apply_one(doc: &mut Value, op: &Op, i: usize, acc: &mut Applied) -> Result<()
 }
 
 impl Applied {
-    /// Records an add's inverse and its size effect beyond the new value's own bytes (which
-    /// the caller counted): member-name and separator bytes, minus what it overwrote.
-    fn record_add(&mut self, added: Added) {
-        self.size_delta += added.overhead as i64;
-        self.inverse.push(match added.old {
-            Some(old) => {
-                let old_size = json_size(&old);
-                self.size_delta -= old_size as i64;
-                self.inverse_bytes += old_size;
-                Op::Replace { path: added.concrete, value: old }
+    /// Refuses a write of `plan` (plus `undo` more bytes kept by the inverse) that would take
+    /// the document or the inverse past the budget. A write that shrinks the document is never
+    /// refused for the document's size.
+    fn admit(&self, budget: Option<Budget>, i: usize, plan: Plan, undo: usize) -> Result<(), PatchError> {
+        let Some(b) = budget else { return Ok(()) };
+        if plan.growth > 0 {
+            let size = b.size as i64 + self.size_delta + plan.growth;
+            if size > b.limit as i64 {
+                return Err(PatchError::TooLarge {
+                    index: i,
+                    what: Grows::State,
+                    size: size as usize,
+                    limit: b.limit,
+                });
             }
+        }
+        let kept = undo + plan.replaced;
+        if kept > 0 && self.inverse_bytes + kept > b.limit {
+            let size = self.inverse_bytes + kept;
+            return Err(PatchError::TooLarge { index: i, what: Grows::Undo, size, limit: b.limit });
+        }
+        Ok(())
+    }
+
+    /// Records an add's inverse and the size effect its plan worked out.
+    fn record_add(&mut self, added: Added, plan: Plan) {
+        self.size_delta += plan.growth;
+        self.inverse_bytes += plan.replaced;
+        self.inverse.push(match added.old {
+            Some(old) => Op::Replace { path: added.concrete, value: old },
             None => Op::Remove { path: added.concrete },
         });
     }
@@ -237,8 +340,13 @@ struct Added {
     old: Option<Value>,
     /// Whether it inserted into an array (shifting later indices).
     shifted: bool,
-    /// Encoded bytes added besides the value itself: `"name":` and a separating comma.
-    overhead: usize,
+}
+
+impl Added {
+    /// The path to record as touched: an array insert touches the whole array.
+    fn touched(&self, path: &Pointer) -> Pointer {
+        if self.shifted { path.parent() } else { self.concrete.clone() }
+    }
 }
 
 /// What [`remove_at`] did.
@@ -249,22 +357,51 @@ struct Removed {
     overhead: usize,
 }
 
+/// Works out what adding a value of `size` encoded bytes at `path` would do, without writing:
+/// the same checks [`add_at`] makes (so it fails exactly where `add_at` would), and the exact
+/// growth: the value, plus `"name":` and a comma for a new member or a comma for an array
+/// element, minus the value it overwrites.
+fn plan_add(doc: &Value, path: &Pointer, size: usize, i: usize) -> Result<Plan, PatchError> {
+    let Some(last) = path.tokens().last() else {
+        let old = json_size(doc);
+        return Ok(Plan { growth: size as i64 - old as i64, replaced: old });
+    };
+    match parent_ref(doc, path, i)? {
+        Value::Object(m) => Ok(match m.get(last.as_str()) {
+            Some(old) => {
+                let old = json_size(old);
+                Plan { growth: size as i64 - old as i64, replaced: old }
+            }
+            None => {
+                let member = json_size(last.as_str()) + 1 + usize::from(!m.is_empty());
+                Plan { growth: (size + member) as i64, replaced: 0 }
+            }
+        }),
+        Value::Array(a) => {
+            let idx = if last == "-" { a.len() } else { array_index(last, i)? };
+            if idx > a.len() {
+                return Err(PatchError::invalid(i, format!("index {idx} is out of bounds at {path}")));
+            }
+            Ok(Plan { growth: (size + usize::from(!a.is_empty())) as i64, replaced: 0 })
+        }
+        _ => Err(PatchError::invalid(i, format!("parent of {path} is not a container"))),
+    }
+}
+
 /// RFC 6902 `add`. On error the value is handed back, so a `move` can restore it.
 fn add_at(doc: &mut Value, path: &Pointer, value: Value, i: usize) -> Result<Added, (PatchError, Value)> {
-    let Some((last, _)) = path.tokens().split_last() else {
+    let Some(last) = path.tokens().last() else {
         let old = std::mem::replace(doc, value);
-        return Ok(Added { concrete: Pointer::root(), old: Some(old), shifted: false, overhead: 0 });
+        return Ok(Added { concrete: Pointer::root(), old: Some(old), shifted: false });
     };
-    let parent = match get_mut(doc, &path.parent(), i) {
+    let parent = match parent_mut(doc, path, i) {
         Ok(p) => p,
         Err(e) => return Err((e, value)),
     };
     match parent {
         Value::Object(m) => {
-            let comma = usize::from(!m.is_empty());
             let old = m.insert(last.clone(), value);
-            let overhead = if old.is_some() { 0 } else { json_size(last.as_str()) + 1 + comma };
-            Ok(Added { concrete: path.clone(), old, shifted: false, overhead })
+            Ok(Added { concrete: path.clone(), old, shifted: false })
         }
         Value::Array(a) => {
             let idx = if last == "-" {
@@ -281,9 +418,8 @@ fn add_at(doc: &mut Value, path: &Pointer, value: Value, i: usize) -> Result<Add
                     value,
                 ));
             }
-            let comma = usize::from(!a.is_empty());
             a.insert(idx, value);
-            Ok(Added { concrete: path.with_last(idx.to_string()), old: None, shifted: true, overhead: comma })
+            Ok(Added { concrete: path.with_last(idx.to_string()), old: None, shifted: true })
         }
         _ => Err((PatchError::invalid(i, format!("parent of {path} is not a container")), value)),
     }
@@ -291,10 +427,10 @@ fn add_at(doc: &mut Value, path: &Pointer, value: Value, i: usize) -> Result<Add
 
 /// RFC 6902 `remove`.
 fn remove_at(doc: &mut Value, path: &Pointer, i: usize) -> Result<Removed, PatchError> {
-    let Some((last, _)) = path.tokens().split_last() else {
+    let Some(last) = path.tokens().last() else {
         return Err(PatchError::invalid(i, "cannot remove the whole document"));
     };
-    let parent = get_mut(doc, &path.parent(), i)?;
+    let parent = parent_mut(doc, path, i)?;
     let missing = || PatchError::invalid(i, format!("path {path} does not exist"));
     match parent {
         Value::Object(m) => {
@@ -446,5 +582,98 @@ mod tests {
         let mut doc = json!({"a": {"b": {}}});
         assert!(apply(&mut doc, &ops(json!([{"op": "move", "from": "/a", "path": "/a/b/c"}]))).is_err());
         assert_eq!(doc, json!({"a": {"b": {}}}));
+    }
+
+    fn within(doc: &mut Value, patch: Value, limit: usize) -> Result<Applied, PatchError> {
+        let size = json_size(doc);
+        apply_within(doc, &ops(patch), Budget { size, limit })
+    }
+
+    #[test]
+    fn doubling_copies_stop_at_the_limit_before_allocating() {
+        let mut doc = json!({"v": "x".repeat(1000)});
+        let before = doc.clone();
+        // Each copy of the whole document doubles it: 1 KB, 2 KB, 4 KB, 8 KB, then 16 KB > 10 KB.
+        let copies: Vec<Value> =
+            (0..40).map(|i| json!({"op": "copy", "from": "", "path": format!("/c{i}")})).collect();
+        let err = within(&mut doc, Value::Array(copies), 10_000).unwrap_err();
+        let PatchError::TooLarge { index, what, size, limit } = err else { panic!("{err:?}") };
+        assert_eq!((index, what, limit), (3, Grows::State, 10_000));
+        assert!(size > 10_000 && size < 20_000, "{size}");
+        assert_eq!(doc, before);
+    }
+
+    #[test]
+    fn the_limit_is_exact_and_holds_during_the_change() {
+        let base = json!({"a": "x".repeat(50)});
+        let size = json_size(&base);
+        // Adding "b": "yy…" costs 5 + len + 2 (`,"b":` and the quotes).
+        let add = |n: usize| json!([{"op": "add", "path": "/b", "value": "y".repeat(n)}]);
+        let mut doc = base.clone();
+        let a = within(&mut doc, add(30), size + 37).unwrap();
+        assert_eq!(json_size(&doc), size + 37);
+        assert_eq!(a.size_delta, 37);
+        let mut doc = base.clone();
+        let err = within(&mut doc, add(31), size + 37).unwrap_err();
+        assert!(matches!(err, PatchError::TooLarge { index: 0, what: Grows::State, .. }), "{err:?}");
+        assert_eq!(doc, base);
+        // Over the limit for a moment, even if a later op would shrink it back: refused.
+        let mut doc = base.clone();
+        let spike =
+            json!([{"op": "add", "path": "/b", "value": "y".repeat(100)}, {"op": "remove", "path": "/b"}]);
+        assert!(matches!(within(&mut doc, spike, size + 37), Err(PatchError::TooLarge { index: 0, .. })));
+        assert_eq!(doc, base);
+        // Replacing a large member by a slightly larger one near the limit counts only the
+        // difference (exact accounting, not an estimate).
+        let mut doc = base.clone();
+        within(&mut doc, json!([{"op": "replace", "path": "/a", "value": "z".repeat(52)}]), size + 2)
+            .unwrap();
+        let mut doc = base.clone();
+        within(&mut doc, json!([{"op": "add", "path": "/a", "value": "z".repeat(52)}]), size + 2).unwrap();
+        let mut doc = base.clone();
+        within(&mut doc, json!([{"op": "copy", "from": "/a", "path": "/a"}]), size).unwrap();
+        // A document already over the limit may still shrink (keeping what it drops within it).
+        let mut doc = json!({"a": "x".repeat(50), "b": "long"});
+        within(&mut doc, json!([{"op": "replace", "path": "/b", "value": 1}]), 10).unwrap();
+    }
+
+    #[test]
+    fn what_undo_keeps_is_bounded_too() {
+        // Copy, remove, copy, remove…: the document never grows, but every removed copy is kept
+        // by the inverse. So is every value a move re-adds, and every value overwritten.
+        let churns = [
+            (0..100)
+                .flat_map(|_| {
+                    [json!({"op": "copy", "from": "/v", "path": "/w"}), json!({"op": "remove", "path": "/w"})]
+                })
+                .collect::<Vec<_>>(),
+            (0..100)
+                .flat_map(|_| {
+                    [
+                        json!({"op": "move", "from": "/v", "path": "/w"}),
+                        json!({"op": "move", "from": "/w", "path": "/v"}),
+                    ]
+                })
+                .collect(),
+            (0..100).map(|_| json!({"op": "copy", "from": "/v", "path": "/v"})).collect(),
+        ];
+        for churn in churns {
+            let mut doc = json!({"v": "x".repeat(1000)});
+            let before = doc.clone();
+            let err = within(&mut doc, Value::Array(churn.clone()), 10_000).unwrap_err();
+            assert!(matches!(err, PatchError::TooLarge { what: Grows::Undo, .. }), "{err:?}");
+            assert_eq!(doc, before);
+            // Unlimited, it applies, and what the inverse holds is counted exactly.
+            let a = apply(&mut doc, &ops(Value::Array(churn))).unwrap();
+            let held: usize = a
+                .inverse
+                .iter()
+                .map(|op| match op {
+                    Op::Add { value, .. } | Op::Replace { value, .. } => json_size(value),
+                    _ => 0,
+                })
+                .sum();
+            assert_eq!(a.inverse_bytes, held);
+        }
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! Pure and synchronous. [`apply`] is atomic: either every op applies, or the document is left
 //! exactly as it was (rolled back with the inverse ops collected so far; no whole-document clone).
+//! [`apply_within`] is the same under a [`Budget`]: no op may take the document's encoded size
+//! (or what the change keeps for undo) past a limit, checked before the op allocates anything.
 //! It returns an [`Applied`]: the inverse patch (applying it undoes the change exactly) and the
 //! concrete paths the change touched, which `room` uses for `paths`-mode conflict detection.
 //!
@@ -13,7 +15,7 @@
 //! [`PatchError`] and [`parse_patch`]. The rest is split by idea, and everything public is
 //! re-exported here, so callers only ever name `crate::patch::…`:
 //! - `pointer`: RFC 6901 pointers: parsing, escaping, overlap, and resolving one in a document;
-//! - `apply`: atomic application with inverse, touched paths, exact size and depth;
+//! - `apply`: atomic application with inverse, touched paths, exact size, budget and depth;
 //! - `eq`: JSON equality with numbers compared by value, and exact number addition.
 
 mod apply;
@@ -23,7 +25,7 @@ mod pointer;
 use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value};
 
-pub use apply::{Applied, MAX_DEPTH, apply, depth, json_size};
+pub use apply::{Applied, Budget, Grows, MAX_DEPTH, apply, apply_within, depth, json_size};
 pub use eq::{add_numbers, json_eq};
 pub use pointer::Pointer;
 
@@ -36,6 +38,10 @@ pub enum PatchError {
     /// A `test` op did not match.
     #[error("op {index}: test failed at {path}")]
     TestFailed { index: usize, path: String },
+    /// The op would have made the document, or what the change keeps for undo, larger than the
+    /// [`Budget`] allows ([`apply_within`] only). Nothing was allocated for it.
+    #[error("op {index}: {what} would be {size} bytes, over the limit of {limit}")]
+    TooLarge { index: usize, what: Grows, size: usize, limit: usize },
 }
 
 impl PatchError {

@@ -134,28 +134,57 @@ pub(super) fn array_index(tok: &str, i: usize) -> Result<usize, PatchError> {
 
 /// The value `path` points to in `doc`; errors name op `i`.
 pub(super) fn get_ref<'a>(doc: &'a Value, path: &Pointer, i: usize) -> Result<&'a Value, PatchError> {
+    get_ref_in(doc, path.tokens(), i)
+}
+
+/// [`get_ref`], mutably.
+pub(super) fn get_mut<'a>(doc: &'a mut Value, path: &Pointer, i: usize) -> Result<&'a mut Value, PatchError> {
+    get_mut_in(doc, path.tokens(), i)
+}
+
+/// The container `path` names a member of (`path` without its last token), without allocating
+/// the parent pointer; the root's parent is the root.
+pub(super) fn parent_ref<'a>(doc: &'a Value, path: &Pointer, i: usize) -> Result<&'a Value, PatchError> {
+    let t = path.tokens();
+    get_ref_in(doc, &t[..t.len().saturating_sub(1)], i)
+}
+
+/// [`parent_ref`], mutably.
+pub(super) fn parent_mut<'a>(
+    doc: &'a mut Value,
+    path: &Pointer,
+    i: usize,
+) -> Result<&'a mut Value, PatchError> {
+    let t = path.tokens();
+    get_mut_in(doc, &t[..t.len().saturating_sub(1)], i)
+}
+
+fn missing(tokens: &[String], i: usize) -> PatchError {
+    PatchError::invalid(i, format!("path {} does not exist", Pointer { tokens: tokens.to_vec() }))
+}
+
+fn get_ref_in<'a>(doc: &'a Value, tokens: &[String], i: usize) -> Result<&'a Value, PatchError> {
     let mut cur = doc;
-    for tok in path.tokens() {
+    for tok in tokens {
         cur = match cur {
             Value::Object(m) => m.get(tok.as_str()),
             Value::Array(a) => a.get(array_index(tok, i)?),
             _ => None,
         }
-        .ok_or_else(|| PatchError::invalid(i, format!("path {path} does not exist")))?;
+        .ok_or_else(|| missing(tokens, i))?;
     }
     Ok(cur)
 }
 
-/// [`get_ref`], mutably.
-pub(super) fn get_mut<'a>(doc: &'a mut Value, path: &Pointer, i: usize) -> Result<&'a mut Value, PatchError> {
+fn get_mut_in<'a>(doc: &'a mut Value, tokens: &[String], i: usize) -> Result<&'a mut Value, PatchError> {
     let mut cur = doc;
-    for tok in path.tokens() {
+    for tok in tokens {
         cur = match cur {
             Value::Object(m) => m.get_mut(tok.as_str()),
             Value::Array(a) => a.get_mut(array_index(tok, i)?),
             _ => None,
         }
-        .ok_or_else(|| PatchError::invalid(i, format!("path {path} does not exist")))?;
+        .ok_or_else(|| missing(tokens, i))?;
     }
     Ok(cur)
 }

@@ -122,6 +122,7 @@ impl From<PatchError> for ErrorCode {
         match e {
             PatchError::Invalid { .. } => ErrorCode::Invalid,
             PatchError::TestFailed { .. } => ErrorCode::TestFailed,
+            PatchError::TooLarge { .. } => ErrorCode::TooLarge,
         }
     }
 }

@@ -2,22 +2,49 @@
 //!
 //! `overwrite` always may; `rev` only when `baseRev` is the current revision (first writer wins);
 //! `paths` unless a change after `baseRev` touched a path that overlaps one the new change reads or
-//! writes (a prefix in either direction). Pure: it reads the ring and decides, nothing else.
+//! writes (a prefix in either direction, as [`Pointer::overlaps`] defines). Pure: it reads the
+//! ring and decides, nothing else.
+//!
+//! The `paths` check runs under the room's write lock, so its cost is kept near-linear and
+//! bounded: the new change's paths go into a trie once ([`PathTrie`]), and each path a newer change
+//! touched is walked down it, one lookup per token. Before it runs, the check counts that work
+//! (one unit per touched path plus one per token in it); a check over [`MAX_PATHS_CHECK_WORK`] is
+//! refused as `stale` without running, telling the client to resync and retry from a newer
+//! `baseRev` (which has fewer changes after it to check).
+//!
 //! Invariant: a `conflict` reject lists every conflicting revision, ascending.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Change, ChangeRequest};
-use crate::patch::Op;
+use crate::patch::{Op, Pointer};
 use crate::protocol::{ErrorCode, Mode, Reject};
 use crate::ring::Ring;
+
+/// The most work one `paths`-mode check may do: touched paths plus their tokens, summed over
+/// every change after `baseRev`. A full default ring of 1,024 changes of 1,000 ops on one-token
+/// paths is about 2M; this allows twice that, roughly 0.1–0.3 s of lock time on one of today's
+/// cores (the walk is bound by memory: every touched path is its own few small allocations).
+pub(super) const MAX_PATHS_CHECK_WORK: usize = 4_000_000;
 
 /// Checks `req` against the changes in `ring`, whose head is `cur`.
 ///
 /// # Errors
-/// `conflict` (with the revisions), `stale` (a `paths` base older than the ring can answer for),
-/// or `invalid` (a missing or future `baseRev`).
+/// `conflict` (with the revisions), `stale` (a `paths` base older than the ring can answer for,
+/// or one so old that checking it would exceed [`MAX_PATHS_CHECK_WORK`]), or `invalid` (a
+/// missing or future `baseRev`).
 pub(super) fn check(ring: &Ring<Arc<Change>>, req: &ChangeRequest, cur: u64) -> Result<(), Reject> {
+    check_within(ring, req, cur, MAX_PATHS_CHECK_WORK)
+}
+
+/// [`check`] with the work bound as a parameter (tests use a small one).
+pub(super) fn check_within(
+    ring: &Ring<Arc<Change>>,
+    req: &ChangeRequest,
+    cur: u64,
+    max_work: usize,
+) -> Result<(), Reject> {
     let need_base =
         || req.base_rev.ok_or_else(|| Reject::new(ErrorCode::Invalid, "this mode needs \"baseRev\"", cur));
     match req.mode {
@@ -50,14 +77,23 @@ pub(super) fn check(ring: &Ring<Arc<Change>>, req: &ChangeRequest, cur: u64) -> 
                 );
                 return Err(Reject::new(ErrorCode::Stale, message, cur));
             }
-            let conflicts: Vec<u64> = ring
-                .newest_first()
-                .take_while(|c| c.rev.0 > base.0)
-                .filter(|c| {
-                    c.touched.iter().any(|t| req.ops.iter().flat_map(Op::paths).any(|p| p.overlaps(t)))
-                })
-                .map(|c| c.rev.0)
-                .collect();
+            let newer = || ring.newest_first().take_while(|c| c.rev.0 > base.0);
+            // Counted before any of it is done, and the count itself stops at the bound.
+            let mut work = 0usize;
+            for c in newer() {
+                work += c.touched.iter().map(|t| 1 + t.tokens().len()).sum::<usize>();
+                if work > max_work {
+                    let message = format!(
+                        "checking baseRev {base} would scan more than {max_work} path tokens of the \
+                         {} changes after it; resync and retry with a newer baseRev",
+                        cur - base.0
+                    );
+                    return Err(Reject::new(ErrorCode::Stale, message, cur));
+                }
+            }
+            let mine = PathTrie::new(req.ops.iter().flat_map(Op::paths));
+            let conflicts: Vec<u64> =
+                newer().filter(|c| c.touched.iter().any(|t| mine.overlaps(t))).map(|c| c.rev.0).collect();
             if conflicts.is_empty() {
                 Ok(())
             } else {
@@ -70,4 +106,59 @@ pub(super) fn check(ring: &Ring<Arc<Change>>, req: &ChangeRequest, cur: u64) -> 
 fn conflict(message: String, cur: u64, mut conflicts: Vec<u64>) -> Reject {
     conflicts.sort_unstable();
     Reject { code: ErrorCode::Conflict, message, rev: cur, conflicts }
+}
+
+/// A set of pointers as a trie of their tokens, answering "does this pointer overlap any of
+/// them?" (one is a prefix of the other) in one walk down the pointer's tokens.
+///
+/// Invariant: every node lies on some inserted pointer (nodes are only made by inserting), and
+/// `end` marks the nodes where one ends.
+#[derive(Debug)]
+pub(super) struct PathTrie<'a> {
+    /// Node 0 is the root (the empty pointer).
+    nodes: Vec<TrieNode<'a>>,
+}
+
+#[derive(Debug, Default)]
+struct TrieNode<'a> {
+    /// An inserted pointer ends here.
+    end: bool,
+    children: HashMap<&'a str, u32>,
+}
+
+impl<'a> PathTrie<'a> {
+    pub(super) fn new(paths: impl IntoIterator<Item = &'a Pointer>) -> Self {
+        let mut trie = PathTrie { nodes: vec![TrieNode::default()] };
+        for p in paths {
+            let mut n = 0;
+            for tok in p.tokens() {
+                let next = trie.nodes.len() as u32;
+                let child = *trie.nodes[n].children.entry(tok.as_str()).or_insert(next);
+                if child == next {
+                    trie.nodes.push(TrieNode::default());
+                }
+                n = child as usize;
+            }
+            trie.nodes[n].end = true;
+        }
+        trie
+    }
+
+    /// True when `p` equals, lies below or lies above some inserted pointer.
+    pub(super) fn overlaps(&self, p: &Pointer) -> bool {
+        if self.nodes.len() == 1 && !self.nodes[0].end {
+            return false; // nothing was inserted
+        }
+        let mut n = 0;
+        for tok in p.tokens() {
+            if self.nodes[n].end {
+                return true; // an inserted pointer is a prefix of `p`
+            }
+            match self.nodes[n].children.get(tok.as_str()) {
+                Some(&child) => n = child as usize,
+                None => return false,
+            }
+        }
+        true // `p` is a prefix of (or equal to) an inserted pointer: every node lies on one
+    }
 }

@@ -45,8 +45,9 @@ use crate::ring::Ring;
 pub struct RoomConfig {
     /// Ring capacity: how many recent changes can be replayed as deltas.
     pub history: usize,
-    /// Largest state (encoded JSON bytes) a change may produce; 0 = unlimited. Tracked exactly,
-    /// op by op, by the patch engine.
+    /// Largest state (encoded JSON bytes) a change may produce, at any point while it runs; also
+    /// the most a change may keep for undo (the values it overwrites or removes). 0 = unlimited.
+    /// Tracked exactly, op by op and before each op allocates, by the patch engine.
     pub max_state_bytes: usize,
     /// Most bytes the ring may hold (encoded changes plus the values their inverses keep); the
     /// oldest changes are dropped beyond it. 0 = unlimited.
@@ -179,8 +180,16 @@ impl Room {
         let mut g = self.inner.write();
         let cur = g.ring.head();
         conflict::check(&g.ring, &req, cur)?;
-        let applied = patch::apply(&mut g.state, &req.ops)
-            .map_err(|e| Reject::new(e.clone().into(), e.to_string(), cur))?;
+        // The size limit holds op by op, checked before each op allocates (a few `copy` ops
+        // could otherwise double the state many times over before a check at the end).
+        let size = self.state_bytes.load(Ordering::Relaxed);
+        let limit = self.config.max_state_bytes;
+        let applied = if limit > 0 {
+            patch::apply_within(&mut g.state, &req.ops, patch::Budget { size, limit })
+        } else {
+            patch::apply(&mut g.state, &req.ops)
+        }
+        .map_err(|e| Reject::new(e.clone().into(), e.to_string(), cur))?;
         let undo = |g: &mut Inner| {
             let restored = patch::apply(&mut g.state, &applied.inverse);
             debug_assert!(restored.is_ok(), "inverse must apply: {restored:?}");
@@ -189,16 +198,8 @@ impl Room {
             undo(&mut g);
             return Err(self.reject(ErrorCode::Invalid, "the room state's root must stay an object".into()));
         }
-        let new_bytes =
-            (self.state_bytes.load(Ordering::Relaxed) as i64 + applied.size_delta).max(0) as usize;
-        let limit = self.config.max_state_bytes;
-        if limit > 0 && new_bytes > limit {
-            undo(&mut g);
-            return Err(self.reject(
-                ErrorCode::TooLarge,
-                format!("the state would be {new_bytes} bytes, over the limit of {limit}"),
-            ));
-        }
+        let new_bytes = (size as i64 + applied.size_delta).max(0) as usize;
+        debug_assert!(limit == 0 || new_bytes <= limit.max(size), "the budget holds: {new_bytes} > {limit}");
         self.state_bytes.store(new_bytes, Ordering::Relaxed);
         let rev = Rev(cur + 1);
         let (change, held) = Change::encode(rev, req, &ops_json, applied);

@@ -116,6 +116,31 @@ fn limits() {
 }
 
 #[test]
+fn the_state_limit_holds_during_a_change() {
+    let r = Room::new(
+        RoomId::parse("t").unwrap(),
+        RoomConfig { max_state_bytes: 10_000, ..RoomConfig::default() },
+    );
+    r.commit(req(Mode::Overwrite, 0, json!([{"op": "add", "path": "/v", "value": "x".repeat(1000)}])))
+        .unwrap();
+    let before = (r.state(), r.state_bytes());
+    // Each op doubles the state: refused at the op that would cross 10,000 bytes, not after the
+    // last one, and the room is left exactly as it was.
+    let doubling: Vec<Value> =
+        (0..30).map(|i| json!({"op": "copy", "from": "", "path": format!("/c{i}")})).collect();
+    let e = r.commit(req(Mode::Overwrite, 0, Value::Array(doubling))).unwrap_err();
+    assert_eq!((e.code, e.rev), (ErrorCode::TooLarge, 1));
+    assert!(e.message.starts_with("op 3: the state would be "), "{}", e.message);
+    assert_eq!((r.state(), r.state_bytes()), before);
+    // Exactly up to the limit commits, and the tracked size is the encoded size.
+    let room_left = 10_000 - r.state_bytes() - r#","w":"""#.len();
+    r.commit(req(Mode::Overwrite, 0, json!([{"op": "add", "path": "/w", "value": "y".repeat(room_left)}])))
+        .unwrap();
+    assert_eq!(r.state_bytes(), 10_000);
+    assert_eq!(r.state_bytes(), serde_json::to_vec(&r.state().1).unwrap().len());
+}
+
+#[test]
 fn history_byte_budget_sends_far_readers_to_a_snapshot() {
     let r = Room::new(
         RoomId::parse("t").unwrap(),
@@ -209,4 +234,117 @@ fn one_decision_for_join_resume_and_wake_up() {
         panic!()
     };
     assert_eq!(frame.as_ptr(), again.as_ptr(), "shared, not re-encoded");
+}
+
+mod paths_check {
+    //! The `paths`-mode check against the naive one it replaced, kept here as the reference:
+    //! every touched path of every newer change against every path of every op.
+
+    use super::*;
+    use crate::patch::{Op, Pointer};
+    use crate::room::conflict::{self, PathTrie};
+    use proptest::prelude::*;
+
+    fn naive_overlaps(mine: &[Pointer], t: &Pointer) -> bool {
+        mine.iter().any(|p| p.overlaps(t))
+    }
+
+    /// The conflicts the naive check finds for `ops` based at `base`: ascending revisions.
+    fn naive_conflicts(r: &Room, base: u64, ops: &[Op]) -> Vec<u64> {
+        let mine: Vec<Pointer> = ops.iter().flat_map(Op::paths).cloned().collect();
+        let mut out = Vec::new();
+        assert!(r.changes_after(Rev(base), &mut out));
+        out.iter().filter(|c| c.touched.iter().any(|t| naive_overlaps(&mine, t))).map(|c| c.rev.0).collect()
+    }
+
+    fn arb_pointer() -> impl Strategy<Value = Pointer> {
+        prop::collection::vec(prop::sample::select(vec!["a", "b", "0", "1", "", "a/b", "~"]), 0..4).prop_map(
+            |toks| {
+                let s: String =
+                    toks.iter().map(|t| format!("/{}", t.replace('~', "~0").replace('/', "~1"))).collect();
+                Pointer::parse(&s).unwrap()
+            },
+        )
+    }
+
+    fn arb_op() -> impl Strategy<Value = Value> {
+        let path = || arb_pointer().prop_map(|p| p.to_string());
+        prop_oneof![
+            (path(), 0..3i64).prop_map(|(p, v)| json!({"op": "add", "path": p, "value": v})),
+            (path(), 0..3i64).prop_map(|(p, v)| json!({"op": "add", "path": p, "value": {"a": v, "b": [v]}})),
+            path().prop_map(|p| json!({"op": "remove", "path": p})),
+            (path(), path()).prop_map(|(f, p)| json!({"op": "copy", "from": f, "path": p})),
+            (path(), path()).prop_map(|(f, p)| json!({"op": "move", "from": f, "path": p})),
+            (path(), 0..3i64).prop_map(|(p, v)| json!({"op": "test", "path": p, "value": v})),
+            (path(), 1..3i64).prop_map(|(p, v)| json!({"op": "incr", "path": p, "value": v})),
+        ]
+    }
+
+    fn arb_ops() -> impl Strategy<Value = Vec<Op>> {
+        prop::collection::vec(arb_op(), 0..6)
+            .prop_filter_map("parses", |ops| patch::parse_patch(Value::Array(ops)).ok())
+    }
+
+    proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 512, ..Default::default() })]
+
+        #[test]
+        fn trie_overlaps_exactly_as_the_naive_check(mine in prop::collection::vec(arb_pointer(), 0..8), t in arb_pointer()) {
+            let trie = PathTrie::new(&mine);
+            prop_assert_eq!(trie.overlaps(&t), naive_overlaps(&mine, &t), "{:?} vs {:?}", mine, t);
+        }
+
+        #[test]
+        fn paths_mode_conflicts_exactly_as_the_naive_check(
+            history in prop::collection::vec(arb_ops(), 1..30),
+            ring in 1usize..16,
+            back in 0u64..20,
+            ops in arb_ops(),
+        ) {
+            let r = room(ring);
+            r.commit(req(Mode::Overwrite, 0, json!([{"op": "add", "path": "/a", "value": {"b": [1, {"a": 2}], "": 3}}]))).unwrap();
+            for ops in history {
+                let _ = r.commit(ChangeRequest { ops, ..req(Mode::Overwrite, 0, json!([])) });
+            }
+            let head = r.rev().0;
+            let oldest = r.inner.read().ring.oldest_base();
+            let base = head.saturating_sub(back).max(oldest);
+            let expected = naive_conflicts(&r, base, &ops);
+            let q = ChangeRequest { ops, ..req(Mode::Paths, base, json!([])) };
+            let got = conflict::check_within(&r.inner.read().ring, &q, head, usize::MAX);
+            match got {
+                Ok(()) => prop_assert!(expected.is_empty(), "missed {:?}", expected),
+                Err(e) => {
+                    prop_assert_eq!(e.code, ErrorCode::Conflict);
+                    prop_assert_eq!(e.conflicts, expected);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_check_over_the_work_bound_is_refused_before_it_runs() {
+        let r = room(16);
+        // Each change touches /k0../k9: 10 paths of one token, 20 units of work.
+        let ten: Vec<Value> =
+            (0..10).map(|i| json!({"op": "incr", "path": format!("/k{i}"), "value": 1})).collect();
+        for _ in 0..5 {
+            r.commit(req(Mode::Overwrite, 0, Value::Array(ten.clone()))).unwrap();
+        }
+        let q = req(Mode::Paths, 0, json!([{"op": "incr", "path": "/k3", "value": 1}]));
+        let ring = &r.inner.read().ring;
+        // Five changes after base 0: 100 units. At the bound it runs (and conflicts with all five).
+        let e = conflict::check_within(ring, &q, 5, 100).unwrap_err();
+        assert_eq!((e.code, e.conflicts), (ErrorCode::Conflict, vec![1, 2, 3, 4, 5]));
+        // Over it: refused as stale, telling the client what to do.
+        let e = conflict::check_within(ring, &q, 5, 99).unwrap_err();
+        assert_eq!((e.code, e.rev), (ErrorCode::Stale, 5));
+        assert!(e.message.contains("resync and retry with a newer baseRev"), "{}", e.message);
+        assert!(e.conflicts.is_empty());
+        // A newer base has less to check and runs.
+        let q = req(Mode::Paths, 4, json!([{"op": "incr", "path": "/k3", "value": 1}]));
+        assert_eq!(conflict::check_within(ring, &q, 5, 99).unwrap_err().conflicts, vec![5]);
+        // The room's own bound admits a full default ring of 1,000-op changes on one-token paths.
+        const { assert!(conflict::MAX_PATHS_CHECK_WORK >= 1024 * 1000 * 2) };
+    }
 }
