@@ -30,6 +30,7 @@ pub mod config;
 pub mod connection;
 pub mod http_api;
 pub mod ids;
+pub mod memory;
 pub mod metrics;
 pub mod patch;
 pub mod presence;
