@@ -3,7 +3,9 @@
 //!
 //! Invariants: `active` counts open HTTP connections plus upgraded WebSockets (shutdown is done
 //! when it reaches zero); `websockets` never exceeds `--max-connections`, because a slot is taken
-//! atomically before the upgrade and released only when its [`WsSlot`] drops.
+//! atomically before the upgrade and released only when its [`WsSlot`] drops. The rooms share
+//! one memory [`Budget`] of `--max-memory`; before each write the rings are asked to shed if it
+//! is tight ([`Rooms::relieve`]), and what it refuses is counted here.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,10 +15,12 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::ids::RoomId;
+use crate::memory::Budget;
 use crate::metrics as m;
-use crate::protocol::Reject;
+use crate::protocol::{ErrorCode, Reject};
 use crate::room::{Change, ChangeRequest, Room};
-use crate::rooms::Rooms;
+use crate::rooms::{NoNewRoom, Rooms};
 use crate::session::Sessions;
 
 /// Everything the request handlers share.
@@ -37,7 +41,7 @@ impl App {
     /// Builds the shared state (installing the metrics recorder on first use in the process).
     pub fn new(config: Config) -> Arc<App> {
         Arc::new(App {
-            rooms: Rooms::new(config.room_config(), config.max_rooms),
+            rooms: Rooms::with_budget(config.room_config(), config.max_rooms, Budget::new(config.max_memory)),
             sessions: Arc::new(Sessions::default()),
             metrics: m::install(),
             shutdown_tx: watch::channel(false).0,
@@ -83,6 +87,28 @@ impl App {
             .map(|_| WsSlot(self.clone()))
     }
 
+    /// The room to write to over HTTP, created if needed (a refusal is counted).
+    ///
+    /// # Errors
+    /// [`NoNewRoom`] when it does not exist and cannot be created.
+    pub fn room_for_write(&self, id: &RoomId) -> Result<Arc<Room>, NoNewRoom> {
+        let room = self.rooms.get_or_create(id);
+        if let Err(NoNewRoom::MemoryFull) = room {
+            m::MemoryRefusal::Room.count();
+        }
+        room
+    }
+
+    /// Once a second: sheds history if memory is tight, and publishes the memory gauges.
+    pub fn sweep_memory(&self) {
+        self.rooms.relieve();
+        let budget = self.rooms.budget();
+        metrics::gauge!(m::MEMORY_ACCOUNTED).set(budget.used() as f64);
+        metrics::gauge!(m::MEMORY_LIMIT).set(budget.limit() as f64);
+        metrics::gauge!(m::MEMORY_HISTORY).set(budget.history() as f64);
+        metrics::counter!(m::HISTORY_SHED).absolute(budget.shed_total());
+    }
+
     /// Commits a change to `room`, recording the outcome in the metrics. Every write, over a
     /// WebSocket or HTTP, goes through here.
     ///
@@ -90,6 +116,7 @@ impl App {
     /// The room's [`Reject`]; the room is then unchanged.
     pub fn commit(&self, room: &Room, req: ChangeRequest) -> Result<Arc<Change>, Reject> {
         let started = Instant::now();
+        self.rooms.relieve();
         let result = room.commit(req);
         match &result {
             Ok(change) => {
@@ -99,7 +126,12 @@ impl App {
                     metrics::counter!(m::OPS_APPLIED, "op" => op.kind().as_str()).increment(1);
                 }
             }
-            Err(r) => count_reject(r),
+            Err(r) => {
+                if r.code == ErrorCode::MemoryFull {
+                    m::MemoryRefusal::Change.count();
+                }
+                count_reject(r)
+            }
         }
         result
     }

@@ -33,6 +33,8 @@ pub enum CloseReason {
     RoomFull,
     /// 4006: `--max-rooms` reached and this room does not exist.
     TooManyRooms,
+    /// 4007: the memory budget (`--max-memory`) admits no new room and this one does not exist.
+    MemoryFull,
     /// The socket did not accept a write within `--write-timeout` (no close frame can be sent).
     SlowClient,
     /// The socket failed (reset, closed under us).
@@ -40,7 +42,7 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 11] = [
+    pub const ALL: [CloseReason; 12] = [
         CloseReason::Normal,
         CloseReason::Idle,
         CloseReason::Shutdown,
@@ -50,6 +52,7 @@ impl CloseReason {
         CloseReason::TakenOver,
         CloseReason::RoomFull,
         CloseReason::TooManyRooms,
+        CloseReason::MemoryFull,
         CloseReason::SlowClient,
         CloseReason::Gone,
     ];
@@ -65,6 +68,7 @@ impl CloseReason {
             CloseReason::TakenOver => 4001,
             CloseReason::RoomFull => 4005,
             CloseReason::TooManyRooms => 4006,
+            CloseReason::MemoryFull => 4007,
             CloseReason::SlowClient | CloseReason::Gone => 1006,
         }
     }
@@ -81,6 +85,7 @@ impl CloseReason {
             CloseReason::TakenOver => "session taken over",
             CloseReason::RoomFull => "room full",
             CloseReason::TooManyRooms => "too many rooms",
+            CloseReason::MemoryFull => "server memory full (--max-memory): no new rooms",
             CloseReason::SlowClient => "write timeout",
             CloseReason::Gone => "connection lost",
         }
@@ -98,6 +103,7 @@ impl CloseReason {
             CloseReason::TakenOver => "taken_over",
             CloseReason::RoomFull => "room_full",
             CloseReason::TooManyRooms => "too_many_rooms",
+            CloseReason::MemoryFull => "memory_full",
             CloseReason::SlowClient => "write_timeout",
             CloseReason::Gone => "connection_lost",
         }

@@ -30,9 +30,10 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
         ErrorCode::Gone => StatusCode::GONE,
-        ErrorCode::Draining | ErrorCode::TooManyConnections | ErrorCode::TooManyRooms => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        ErrorCode::Draining
+        | ErrorCode::TooManyConnections
+        | ErrorCode::TooManyRooms
+        | ErrorCode::MemoryFull => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Invalid
         | ErrorCode::BadMessage
         | ErrorCode::BadUpgrade
@@ -166,9 +167,9 @@ fn post_change(app: &App, id: &RoomId, body: Value) -> Response<Body> {
         (Err(message), _) => return json_error(ErrorCode::Invalid, &message),
         (_, Err(e)) => return json_error(e.clone().into(), &e.to_string()),
     };
-    let room = match app.rooms.get_or_create(id) {
+    let room = match app.room_for_write(id) {
         Ok(r) => r,
-        Err(e) => return json_error(ErrorCode::TooManyRooms, &e.to_string()),
+        Err(e) => return json_error(e.code(), &e.to_string()),
     };
     let req = ChangeRequest { author: ClientId::HTTP, client_req_id: None, base_rev: c.base_rev, mode, ops };
     match app.commit(&room, req) {

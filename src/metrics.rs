@@ -42,6 +42,11 @@ pub const BROADCASTS: &str = "ringsync_broadcasts_total";
 pub const BROADCASTS_DROPPED: &str = "ringsync_broadcasts_dropped_total";
 pub const DECODE_ERRORS: &str = "ringsync_decode_errors_total";
 pub const HTTP_REQUESTS: &str = "ringsync_http_requests_total";
+pub const MEMORY_ACCOUNTED: &str = "ringsync_memory_accounted_bytes";
+pub const MEMORY_LIMIT: &str = "ringsync_memory_limit_bytes";
+pub const MEMORY_HISTORY: &str = "ringsync_memory_history_bytes";
+pub const MEMORY_REFUSALS: &str = "ringsync_memory_refusals_total";
+pub const HISTORY_SHED: &str = "ringsync_history_shed_bytes_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static HOT: OnceLock<Hot> = OnceLock::new();
@@ -65,11 +70,18 @@ pub enum Refusal {
     MaxRooms,
     /// Request headers or the WebSocket upgrade not done within `--handshake-timeout`.
     HandshakeTimeout,
+    /// The memory budget (`--max-memory`) admits no new room.
+    MaxMemory,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 4] =
-        [Refusal::MaxConnections, Refusal::MaxRoomClients, Refusal::MaxRooms, Refusal::HandshakeTimeout];
+    pub const ALL: [Refusal; 5] = [
+        Refusal::MaxConnections,
+        Refusal::MaxRoomClients,
+        Refusal::MaxRooms,
+        Refusal::HandshakeTimeout,
+        Refusal::MaxMemory,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -77,12 +89,38 @@ impl Refusal {
             Refusal::MaxRoomClients => "max_room_clients",
             Refusal::MaxRooms => "max_rooms",
             Refusal::HandshakeTimeout => "handshake_timeout",
+            Refusal::MaxMemory => "max_memory",
         }
     }
 
     /// Counts one refusal.
     pub fn count(self) {
         metrics::counter!(CONNECTIONS_REFUSED, "limit" => self.label()).increment(1);
+    }
+}
+
+/// What the memory budget refused: the `what` label of `ringsync_memory_refusals_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryRefusal {
+    /// A new room (HTTP 503 or WebSocket close 4007).
+    Room,
+    /// A change (`memory_full` reject).
+    Change,
+}
+
+impl MemoryRefusal {
+    pub const ALL: [MemoryRefusal; 2] = [MemoryRefusal::Room, MemoryRefusal::Change];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            MemoryRefusal::Room => "room",
+            MemoryRefusal::Change => "change",
+        }
+    }
+
+    /// Counts one refusal.
+    pub fn count(self) {
+        metrics::counter!(MEMORY_REFUSALS, "what" => self.label()).increment(1);
     }
 }
 
@@ -203,8 +241,12 @@ fn initialise() {
         PRESENCE_COALESCED,
         BROADCASTS,
         BROADCASTS_DROPPED,
+        HISTORY_SHED,
     ] {
         metrics::counter!(name).increment(0);
+    }
+    for what in MemoryRefusal::ALL {
+        metrics::counter!(MEMORY_REFUSALS, "what" => what.label()).increment(0);
     }
     for reason in CloseReason::ALL {
         metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason.label()).increment(0);
@@ -230,6 +272,9 @@ fn initialise() {
     }
     metrics::counter!(DECODE_ERRORS, "code" => ErrorCode::BadMessage.as_str()).increment(0);
     metrics::gauge!(CONNECTIONS_OPEN).set(0.0);
+    for gauge in [MEMORY_ACCOUNTED, MEMORY_LIMIT, MEMORY_HISTORY] {
+        metrics::gauge!(gauge).set(0.0);
+    }
 }
 
 fn describe() {
@@ -268,4 +313,20 @@ fn describe() {
     describe_counter!(BROADCASTS_DROPPED, "Broadcasts a slow reader never received");
     describe_counter!(DECODE_ERRORS, "Client messages that could not be decoded, by code");
     describe_counter!(HTTP_REQUESTS, "HTTP requests, by status class");
+    describe_gauge!(
+        MEMORY_ACCOUNTED,
+        Unit::Bytes,
+        "Memory the rooms hold as accounted against --max-memory (state, history, caches, broadcasts, presence)"
+    );
+    describe_gauge!(MEMORY_LIMIT, Unit::Bytes, "The memory budget, --max-memory (0 = unlimited)");
+    describe_gauge!(MEMORY_HISTORY, Unit::Bytes, "The part of the accounted memory the rooms' rings hold");
+    describe_counter!(
+        MEMORY_REFUSALS,
+        "New rooms and changes refused because the memory budget is full, by what"
+    );
+    describe_counter!(
+        HISTORY_SHED,
+        Unit::Bytes,
+        "History (oldest changes) shed because the memory budget was tight"
+    );
 }
