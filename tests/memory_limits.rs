@@ -500,3 +500,120 @@ fn heap_estimates_match_a_counting_allocator() {
         near(&format!("state growth, {what}"), growth.max(0) as usize, state);
     }
 }
+
+/// Settles the server, then reads its RSS: the median of a few reads a moment apart.
+async fn settled_rss(p: &Proc) -> u64 {
+    let mut reads = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        reads.push(p.rss());
+    }
+    reads.sort();
+    reads[1]
+}
+
+/// WebSocket clients that read their welcome and first frame, then stay connected.
+async fn connect_clients(addr: &str, n: usize, rooms: usize) -> Vec<common::Ws> {
+    use futures_util::StreamExt;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let url = format!("ws://{addr}/v1/rooms/live{}/ws", i % rooms);
+        let (mut ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .expect("connects");
+        for _ in 0..2 {
+            tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("welcome in time");
+        }
+        out.push(ws);
+    }
+    out
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The figures of docs/BENCHMARKS.md, "Memory" (medians of 3 fresh servers each):
+/// `cargo test --release --test memory_limits memory_figures -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement for docs/BENCHMARKS.md, not a check"]
+async fn memory_figures() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    const ROOMS: usize = 20_000;
+    const CLIENTS: usize = 2_000;
+    let (mut room, mut idle, mut live, mut quiet) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut rings: Vec<(u64, Vec<f64>)> = [16 * MIB, 64 * MIB].into_iter().map(|b| (b, Vec::new())).collect();
+    for _ in 0..3 {
+        // Rooms created over HTTP, each with one small change.
+        let p = Proc::spawn(&["--max-rooms", "100000"]);
+        let mut c = p.conn().await;
+        for i in 0..200 {
+            c.post_ops(&format!("warm{i}"), &json!([{"op": "add", "path": "/a", "value": 1}])).await;
+        }
+        let before = settled_rss(&p).await;
+        for i in 0..ROOMS {
+            c.post_ops(&format!("room{i}"), &json!([{"op": "add", "path": "/a", "value": 1}])).await;
+        }
+        room.push((settled_rss(&p).await - before) as f64 / ROOMS as f64);
+
+        // Broadcasts into rooms nobody is in: 5 rooms x 64 of 1 MB.
+        let body = json!({ "data": "b".repeat(1_000_000) }).to_string();
+        for r in 0..5 {
+            c.request("POST", &format!("/v1/rooms/room{r}/broadcast"), &body).await;
+        }
+        let before = settled_rss(&p).await;
+        for r in 0..5 {
+            for _ in 0..64 {
+                c.request("POST", &format!("/v1/rooms/room{r}/broadcast"), &body).await;
+            }
+        }
+        quiet.push((settled_rss(&p).await.saturating_sub(before) >> 20) as f64);
+        drop(p);
+
+        // Idle connections, then the same clients live (presence and one change each).
+        let p = Proc::spawn(&["--presence-interval", "50"]);
+        let warm = connect_clients(&p.addr, 50, 20).await;
+        let before = settled_rss(&p).await;
+        let mut clients = connect_clients(&p.addr, CLIENTS, 20).await;
+        let connected = settled_rss(&p).await;
+        idle.push((connected - before) as f64 / CLIENTS as f64);
+        for (i, ws) in clients.iter_mut().enumerate() {
+            let presence = json!({"type": "presence", "data": {"x": i, "y": i, "name": format!("player-{i}")}});
+            let change = json!({"type": "change", "clientReqId": 1, "ops": [{"op": "add", "path": format!("/p{i}"), "value": {"x": i, "y": i}}]});
+            ws.send(Message::text(presence.to_string())).await.unwrap();
+            ws.send(Message::text(change.to_string())).await.unwrap();
+        }
+        // Let the fan-out finish (each change reaches its room's 100 clients), reading nothing:
+        // the server's side of it is what is measured.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let active = settled_rss(&p).await;
+        live.push((active - before) as f64 / CLIENTS as f64);
+        drop((clients, warm, p));
+
+        // A ring of 1,000-op changes at its byte budget.
+        for (budget, growth) in &mut rings {
+            let p = Proc::spawn(&["--history-bytes", &budget.to_string()]);
+            let mut c = p.conn().await;
+            c.post_ops("ring", &replace_all(1000, 0, "add")).await;
+            let before = settled_rss(&p).await;
+            // Enough changes to fill the ring past its budget (as accounted before and after
+            // the fix: ~130 KB and ~630 KB a change), up to its 1,024 entries.
+            let changes = *budget / (64 * 1024);
+            for round in 1..=changes as usize {
+                let (s, v) = c.post_ops("ring", &replace_all(1000, round, "replace")).await;
+                assert_eq!(s, 200, "{v}");
+            }
+            growth.push((settled_rss(&p).await - before) as f64 / *budget as f64);
+        }
+    }
+    eprintln!("per room (one small change, over HTTP): {:.0} B (runs {room:?})", median(room.clone()));
+    eprintln!("per idle connection: {:.0} B (runs {idle:?})", median(idle.clone()));
+    eprintln!("per live client (presence + one change): {:.0} B (runs {live:?})", median(live.clone()));
+    eprintln!("5 rooms x 64 broadcasts of 1 MB, nobody connected: {:.0} MiB (runs {quiet:?})", median(quiet.clone()));
+    for (budget, growth) in rings {
+        eprintln!("ring at --history-bytes {} MiB: RSS growth {:.2}x (runs {growth:?})", budget >> 20, median(growth.clone()));
+    }
+}
