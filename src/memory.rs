@@ -107,28 +107,22 @@ pub fn cloned_heap(v: &Value) -> Heap {
     walk(v, true)
 }
 
-/// Walks `v` with an explicit stack, so no document is too deep for it.
+/// Walks `v` recursively, allocating nothing (it runs several times per commit). Every value
+/// the server holds is at most 128 levels deep (serde_json's parser limit, `patch::MAX_DEPTH`
+/// for states), a few KiB of stack.
 fn walk(v: &Value, cloned: bool) -> Heap {
-    let mut heap = Heap::default();
-    let mut stack = vec![v];
-    while let Some(v) = stack.pop() {
-        match v {
-            Value::String(s) => heap += Heap::block(if cloned { s.len() } else { s.capacity() }),
-            Value::Array(a) => {
-                heap += Heap::block(if cloned { a.len() } else { a.capacity() } * VALUE);
-                stack.extend(a.iter());
-            }
-            Value::Object(m) => {
-                heap += object_blocks(m.len());
-                for (k, v) in m {
-                    heap += Heap::block(if cloned { k.len() } else { k.capacity() });
-                    stack.push(v);
-                }
-            }
-            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    let len = |s: &String| if cloned { s.len() } else { s.capacity() };
+    match v {
+        Value::String(s) => Heap::block(len(s)),
+        Value::Array(a) => {
+            let slots = Heap::block(if cloned { a.len() } else { a.capacity() } * VALUE);
+            slots + a.iter().map(|v| walk(v, cloned)).sum()
         }
+        Value::Object(m) => {
+            object_blocks(m.len()) + m.iter().map(|(k, v)| Heap::block(len(k)) + walk(v, cloned)).sum()
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => Heap::default(),
     }
-    heap
 }
 
 /// The heap an object owns, its members included.
@@ -207,6 +201,13 @@ pub fn pointers_heap(paths: &Vec<Pointer>) -> Heap {
 /// An upper estimate: values an op replaces move from the state into the change, costing nothing.
 pub fn change_cost(ops: &Vec<Op>, encoded: usize) -> usize {
     2 * ops_heap(ops, Origin::Parsed).total() + 2 * encoded
+}
+
+/// A bound on [`change_cost`] that costs nothing to compute: no JSON text holds more than ~70
+/// heap bytes per encoded byte (`{"":0}`, 6 bytes, makes an object of ~400), twice that with the
+/// state's copy. While this fits, the exact estimate is not needed.
+pub fn change_cost_bound(encoded: usize) -> usize {
+    encoded.saturating_mul(160).saturating_add(4096)
 }
 
 /// A member's own cost in an object besides its value: the entry's hash and key, its index

@@ -518,10 +518,11 @@ async fn connect_clients(addr: &str, n: usize, rooms: usize) -> Vec<common::Ws> 
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let url = format!("ws://{addr}/v1/rooms/live{}/ws", i % rooms);
-        let (mut ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(url))
-            .await
-            .expect("connect in time")
-            .expect("connects");
+        let (mut ws, _) =
+            tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(url))
+                .await
+                .expect("connect in time")
+                .expect("connects");
         for _ in 0..2 {
             tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("welcome in time");
         }
@@ -581,7 +582,8 @@ async fn memory_figures() {
         let connected = settled_rss(&p).await;
         idle.push((connected - before) as f64 / CLIENTS as f64);
         for (i, ws) in clients.iter_mut().enumerate() {
-            let presence = json!({"type": "presence", "data": {"x": i, "y": i, "name": format!("player-{i}")}});
+            let presence =
+                json!({"type": "presence", "data": {"x": i, "y": i, "name": format!("player-{i}")}});
             let change = json!({"type": "change", "clientReqId": 1, "ops": [{"op": "add", "path": format!("/p{i}"), "value": {"x": i, "y": i}}]});
             ws.send(Message::text(presence.to_string())).await.unwrap();
             ws.send(Message::text(change.to_string())).await.unwrap();
@@ -612,8 +614,15 @@ async fn memory_figures() {
     eprintln!("per room (one small change, over HTTP): {:.0} B (runs {room:?})", median(room.clone()));
     eprintln!("per idle connection: {:.0} B (runs {idle:?})", median(idle.clone()));
     eprintln!("per live client (presence + one change): {:.0} B (runs {live:?})", median(live.clone()));
-    eprintln!("5 rooms x 64 broadcasts of 1 MB, nobody connected: {:.0} MiB (runs {quiet:?})", median(quiet.clone()));
+    eprintln!(
+        "5 rooms x 64 broadcasts of 1 MB, nobody connected: {:.0} MiB (runs {quiet:?})",
+        median(quiet.clone())
+    );
     for (budget, growth) in rings {
-        eprintln!("ring at --history-bytes {} MiB: RSS growth {:.2}x (runs {growth:?})", budget >> 20, median(growth.clone()));
+        eprintln!(
+            "ring at --history-bytes {} MiB: RSS growth {:.2}x (runs {growth:?})",
+            budget >> 20,
+            median(growth.clone())
+        );
     }
 }

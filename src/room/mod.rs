@@ -218,7 +218,12 @@ impl Room {
             ));
         }
         let ops_json = protocol::encode_ops(&req.ops);
-        let cost = memory::change_cost(&req.ops, ops_json.len());
+        let budget = self.memory.history.budget();
+        let cost = if budget.fits(memory::change_cost_bound(ops_json.len())) {
+            0
+        } else {
+            memory::change_cost(&req.ops, ops_json.len())
+        };
         let mut g = self.inner.write();
         let cur = g.ring.head();
         conflict::check(&g.ring, &req, cur)?;
