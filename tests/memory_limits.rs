@@ -5,7 +5,10 @@
 //!
 //! RSS figures come from `/proc/PID/status` of a spawned `ringsync` binary; bounds are generous
 //! (the findings they guard against were 5-20x over them) and nothing is timed. Every process a
-//! test starts is killed when the test ends, pass or fail.
+//! test starts is killed when the test ends, pass or fail. The heap estimates behind the
+//! accounting are checked against a counting global allocator (per thread, so tests running
+//! beside it do not disturb it). `memory_figures` (ignored) measures the figures of
+//! docs/BENCHMARKS.md's "Memory" section.
 
 mod common;
 

@@ -311,13 +311,6 @@ impl Room {
         before - g.ring.bytes()
     }
 
-    /// Bytes this room's state, history and caches hold, as charged to the memory budget (its
-    /// lanes charge their own).
-    pub fn accounted_bytes(&self) -> usize {
-        let m = &self.memory;
-        m.state.held() + m.history.held() + m.snapshot.held() + m.coalesced.held()
-    }
-
     fn reject(&self, code: ErrorCode, message: String) -> Reject {
         Reject::new(code, message, self.rev().0)
     }
