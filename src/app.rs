@@ -11,6 +11,8 @@
 //! [`App::begin_drain`] has returned, no commit is under way and none will start (every later one
 //! is refused with `draining`), so each connection's last catch-up before its shutdown close holds
 //! every change that will ever be acked.
+//! The rooms share one memory [`Budget`] of `--max-memory`; before each write the rings are asked to shed if it
+//! is tight ([`Rooms::relieve`]), and what it refuses is counted here.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -20,10 +22,12 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::ids::RoomId;
+use crate::memory::Budget;
 use crate::metrics as m;
 use crate::protocol::{ErrorCode, Reject};
 use crate::room::{Change, ChangeRequest, Room};
-use crate::rooms::Rooms;
+use crate::rooms::{NoNewRoom, Rooms};
 use crate::session::{SessionLimits, Sessions};
 
 /// Everything the request handlers share.
@@ -53,7 +57,7 @@ impl App {
     /// Builds the shared state (installing the metrics recorder on first use in the process).
     pub fn new(config: Config) -> Arc<App> {
         Arc::new(App {
-            rooms: Rooms::new(config.room_config(), config.max_rooms),
+            rooms: Rooms::with_budget(config.room_config(), config.max_rooms, Budget::new(config.max_memory)),
             sessions: Arc::new(Sessions::new(SessionLimits::from(&config))),
             metrics: m::install(),
             shutdown_tx: watch::channel(false).0,
@@ -134,6 +138,28 @@ impl App {
         self.body_bytes.load(Ordering::Acquire)
     }
 
+    /// The room to write to over HTTP, created if needed (a refusal is counted).
+    ///
+    /// # Errors
+    /// [`NoNewRoom`] when it does not exist and cannot be created.
+    pub fn room_for_write(&self, id: &RoomId) -> Result<Arc<Room>, NoNewRoom> {
+        let room = self.rooms.get_or_create(id);
+        if let Err(NoNewRoom::MemoryFull) = room {
+            m::MemoryRefusal::Room.count();
+        }
+        room
+    }
+
+    /// Once a second: sheds history if memory is tight, and publishes the memory gauges.
+    pub fn sweep_memory(&self) {
+        self.rooms.relieve();
+        let budget = self.rooms.budget();
+        metrics::gauge!(m::MEMORY_ACCOUNTED).set(budget.used() as f64);
+        metrics::gauge!(m::MEMORY_LIMIT).set(budget.limit() as f64);
+        metrics::gauge!(m::MEMORY_HISTORY).set(budget.history() as f64);
+        metrics::counter!(m::HISTORY_SHED).absolute(budget.shed_total());
+    }
+
     /// Commits a change to `room`, recording the outcome in the metrics. Every write, over a
     /// WebSocket or HTTP, goes through here.
     ///
@@ -148,6 +174,7 @@ impl App {
                 "the server is shutting down; the change was not applied: send it again after reconnecting";
             Err(Reject::new(ErrorCode::Draining, message, room.rev().0))
         } else {
+            self.rooms.relieve();
             room.commit(req)
         };
         drop(gate);
@@ -159,7 +186,12 @@ impl App {
                     metrics::counter!(m::OPS_APPLIED, "op" => op.kind().as_str()).increment(1);
                 }
             }
-            Err(r) => count_reject(r),
+            Err(r) => {
+                if r.code == ErrorCode::MemoryFull {
+                    m::MemoryRefusal::Change.count();
+                }
+                count_reject(r)
+            }
         }
         result
     }

@@ -2,15 +2,25 @@
 //! Nothing here enters the room's state, ring of changes or revision.
 //!
 //! Pull-based like the change stream, so a slow reader costs O(1) memory: broadcasts go into a
-//! ring of the last `broadcast_buffer` messages, each encoded once for every recipient, and a
-//! watch channel holds the newest sequence number. A connection keeps its own cursor and asks for
-//! everything after it; a cursor that fell behind the ring learns how many it missed.
+//! buffer of the last `capacity` messages (and at most `max_bytes` of them), each encoded once for
+//! every recipient, and a watch channel holds the newest sequence number. A connection keeps its
+//! own cursor and asks for everything after it; a cursor that fell behind the buffer learns how
+//! many it missed.
 //!
-//! Locking: one `parking_lot::Mutex`, held only to push to or read the ring, never across
-//! `.await`. Invariants: `seq` only grows; the ring holds at most `capacity` (≥ 1) messages, with
-//! consecutive sequence numbers ending at `seq`.
+//! Only what someone can still receive is kept: a connection starts at the sequence current when
+//! it subscribes and never asks for older broadcasts, so while nobody is subscribed (no writer
+//! holds a receiver) a broadcast is counted in the sequence and not stored, and
+//! [`Broadcasts::release_if_unwatched`] empties the buffer once the last reader has gone. The
+//! buffer grows as broadcasts arrive, and what it holds is charged to the memory budget.
+//!
+//! Locking: one `parking_lot::Mutex`, held only to push to or read the buffer, never across
+//! `.await`. Invariants: `seq` only grows; the buffer holds at most `capacity` (≥ 1) messages,
+//! with consecutive sequence numbers ending at `seq`, and more than `max_bytes` only when it holds
+//! just the newest.
 
 use std::collections::VecDeque;
+use std::mem::size_of;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -18,6 +28,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::ids::ClientId;
+use crate::memory::{Budget, Charge, Heap, Kind};
 use crate::protocol;
 
 #[derive(Debug)]
@@ -26,7 +37,28 @@ struct Inner {
     seq: u64,
     /// `(seq, sender, encoded message)`, oldest first.
     ring: VecDeque<(u64, ClientId, Bytes)>,
-    capacity: usize,
+    /// Encoded bytes in `ring`.
+    bytes: usize,
+}
+
+impl Inner {
+    fn clear(&mut self) {
+        self.ring = VecDeque::new();
+        self.bytes = 0;
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, _, f)) = self.ring.pop_front() {
+            self.bytes -= f.len();
+        }
+    }
+
+    /// What the buffer holds: its slots and each frame's block (with its shared header).
+    fn footprint(&self) -> usize {
+        let frames: usize = self.ring.iter().map(|(_, _, f)| Heap::block(f.len()).total()).sum();
+        let headers = Heap::blocks(self.ring.len(), 4 * size_of::<usize>()).total();
+        frames + headers + Heap::block(self.ring.capacity() * size_of::<(u64, ClientId, Bytes)>()).total()
+    }
 }
 
 /// What a connection gets when it catches up on broadcasts.
@@ -38,35 +70,69 @@ pub struct BroadcastBatch {
     pub frames: Vec<Bytes>,
 }
 
-/// The broadcast ring of one room.
+/// The broadcast buffer of one room.
 #[derive(Debug)]
 pub struct Broadcasts {
     inner: Mutex<Inner>,
-    /// The newest broadcast sequence, to wake writers.
+    /// The newest broadcast sequence, to wake writers; its receivers are the readers.
     tx: watch::Sender<u64>,
+    capacity: usize,
+    max_bytes: usize,
+    /// What the buffer holds, in the memory budget.
+    charge: Charge,
 }
 
 impl Broadcasts {
-    /// Keeps the last `capacity` broadcasts (at least one).
-    pub fn new(capacity: usize) -> Self {
+    /// Keeps the last `capacity` broadcasts (at least one) and at most `max_bytes` of them (0 = no
+    /// byte limit; the newest is always kept), charged to `budget`.
+    pub fn new(capacity: usize, max_bytes: usize, budget: &Arc<Budget>) -> Self {
         Broadcasts {
-            inner: Mutex::new(Inner { seq: 0, ring: VecDeque::new(), capacity: capacity.max(1) }),
+            inner: Mutex::new(Inner { seq: 0, ring: VecDeque::new(), bytes: 0 }),
             tx: watch::channel(0).0,
+            capacity: capacity.max(1),
+            max_bytes,
+            charge: Charge::new(budget, Kind::Held),
         }
     }
 
-    /// Queues a broadcast from `from` (encoded once for every recipient).
+    /// Queues a broadcast from `from` (encoded once for every recipient), or only counts it when
+    /// nobody is subscribed to receive it.
     pub fn send(&self, from: ClientId, data: &Value) {
-        let frame = protocol::broadcast_msg(from, data);
+        let encoded = (self.tx.receiver_count() > 0).then(|| protocol::broadcast_msg(from, data));
         let mut b = self.inner.lock();
         b.seq += 1;
         let seq = b.seq;
-        if b.ring.len() == b.capacity {
-            b.ring.pop_front();
+        // Checked again under the lock: a reader that subscribes after this reads `seq` after it
+        // too, so it never asks for this broadcast.
+        if self.tx.receiver_count() == 0 {
+            b.clear();
+        } else {
+            let frame = encoded.unwrap_or_else(|| protocol::broadcast_msg(from, data));
+            b.bytes += frame.len();
+            b.ring.push_back((seq, from, frame));
+            while b.ring.len() > self.capacity
+                || (self.max_bytes > 0 && b.bytes > self.max_bytes && b.ring.len() > 1)
+            {
+                b.pop_front();
+            }
         }
-        b.ring.push_back((seq, from, frame));
+        self.charge.set(b.footprint());
         drop(b);
         self.tx.send_replace(seq);
+    }
+
+    /// Empties the buffer when nobody is subscribed any more (the room's last connection left).
+    pub fn release_if_unwatched(&self) {
+        let mut b = self.inner.lock();
+        if self.tx.receiver_count() == 0 {
+            b.clear();
+            self.charge.set(0);
+        }
+    }
+
+    /// Bytes the buffer holds (encoded broadcasts).
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().bytes
     }
 
     /// The broadcast sequence now (a new connection starts here: it gets no old broadcasts).
@@ -74,6 +140,8 @@ impl Broadcasts {
         self.inner.lock().seq
     }
 
+    /// A receiver woken by every broadcast. A connection subscribes before it reads
+    /// [`Broadcasts::seq`], and holds the receiver as long as it reads.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.tx.subscribe()
     }
@@ -107,7 +175,8 @@ mod tests {
 
     #[test]
     fn broadcasts_drop_oldest_and_skip_own() {
-        let p = Broadcasts::new(3);
+        let p = Broadcasts::new(3, 0, &Budget::unlimited());
+        let _reader = p.subscribe();
         let mut cur = p.seq();
         p.send(ClientId(1), &json!(1));
         p.send(ClientId(2), &json!(2));
@@ -121,5 +190,34 @@ mod tests {
         let last: Value = serde_json::from_slice(&batch.frames[2]).unwrap();
         assert_eq!(last, json!({"type": "broadcast", "client": "c1", "data": 4}));
         assert_eq!(p.after(&mut cur, ClientId(2)).frames.len(), 0);
+    }
+
+    #[test]
+    fn nothing_is_kept_for_nobody_and_bytes_are_bounded() {
+        let budget = Budget::unlimited();
+        let p = Broadcasts::new(64, 1000, &budget);
+        let big = json!("x".repeat(400));
+        for _ in 0..10 {
+            p.send(ClientId(1), &big);
+        }
+        assert_eq!((p.seq(), p.bytes(), budget.used()), (10, 0, 0), "nobody subscribed");
+        let reader = p.subscribe();
+        let mut cur = p.seq();
+        for _ in 0..10 {
+            p.send(ClientId(1), &big);
+        }
+        let held = p.bytes();
+        assert!(held <= 1000 && held > 400, "{held}");
+        assert!(budget.used() >= held);
+        let batch = p.after(&mut cur, ClientId(2));
+        assert_eq!((batch.dropped, batch.frames.len()), (8, 2));
+        // One big one is kept alone, over the byte limit.
+        p.send(ClientId(1), &json!("y".repeat(5000)));
+        assert_eq!(p.after(&mut cur, ClientId(2)).frames.len(), 1);
+        p.release_if_unwatched();
+        assert!(p.bytes() > 0, "still watched");
+        drop(reader);
+        p.release_if_unwatched();
+        assert_eq!((p.bytes(), budget.used()), (0, 0));
     }
 }

@@ -35,6 +35,8 @@ pub enum CloseReason {
     TooManyRooms,
     /// 4007: `--max-sessions` reached and every session is connected.
     TooManySessions,
+    /// 4008: the memory budget (`--max-memory`) admits no new room and this one does not exist.
+    MemoryFull,
     /// The socket did not accept a write within `--write-timeout` (no close frame can be sent).
     SlowClient,
     /// The socket failed (reset, closed under us).
@@ -42,7 +44,7 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 12] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::Normal,
         CloseReason::Idle,
         CloseReason::Shutdown,
@@ -53,6 +55,7 @@ impl CloseReason {
         CloseReason::RoomFull,
         CloseReason::TooManyRooms,
         CloseReason::TooManySessions,
+        CloseReason::MemoryFull,
         CloseReason::SlowClient,
         CloseReason::Gone,
     ];
@@ -69,6 +72,7 @@ impl CloseReason {
             CloseReason::RoomFull => 4005,
             CloseReason::TooManyRooms => 4006,
             CloseReason::TooManySessions => 4007,
+            CloseReason::MemoryFull => 4008,
             CloseReason::SlowClient | CloseReason::Gone => 1006,
         }
     }
@@ -86,6 +90,7 @@ impl CloseReason {
             CloseReason::RoomFull => "room full",
             CloseReason::TooManyRooms => "too many rooms",
             CloseReason::TooManySessions => "too many sessions",
+            CloseReason::MemoryFull => "server memory full (--max-memory): no new rooms",
             CloseReason::SlowClient => "write timeout",
             CloseReason::Gone => "connection lost",
         }
@@ -104,6 +109,7 @@ impl CloseReason {
             CloseReason::RoomFull => "room_full",
             CloseReason::TooManyRooms => "too_many_rooms",
             CloseReason::TooManySessions => "too_many_sessions",
+            CloseReason::MemoryFull => "memory_full",
             CloseReason::SlowClient => "write_timeout",
             CloseReason::Gone => "connection_lost",
         }

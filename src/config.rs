@@ -40,11 +40,22 @@ pub struct Config {
     #[arg(long, env = "RINGSYNC_HISTORY", default_value_t = RoomConfig::DEFAULT.history, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub history: usize,
 
-    /// Most bytes of history per room (encoded changes plus the values their inverses keep); the
-    /// oldest changes are dropped beyond it, so clients that far behind get a snapshot (bytes; 0 =
-    /// unlimited).
+    /// Most memory one room's history may hold (bytes; 0 = unlimited): what its changes keep
+    /// alive (decoded ops and inverses, touched paths, encoded frames: about 7x the encoded size
+    /// for many small ops). The oldest changes are dropped beyond it, so clients that far behind
+    /// get a snapshot. 16 MiB holds the full 1,024-change ring of changes up to ~16 KiB each;
+    /// 64 rooms with full rings fill the default --max-memory, past which rings are shed anyway.
     #[arg(long, env = "RINGSYNC_HISTORY_BYTES", default_value_t = RoomConfig::DEFAULT.history_bytes)]
     pub history_bytes: usize,
+
+    /// Memory budget for what rooms hold: states, histories, cached snapshots, broadcasts and
+    /// presence, as the server accounts them (bytes; 0 = unlimited). Past 7/8 of it, rings shed
+    /// their oldest changes and new rooms are refused (HTTP 503 / close 4008 `memory_full`); a
+    /// change that does not fit is rejected with `memory_full`. Connections and sessions are not
+    /// in it (bounded by --max-connections): 1 GiB of rooms plus 20,000 idle connections
+    /// (~15 KiB each) fits a 2 GiB server.
+    #[arg(long, env = "RINGSYNC_MAX_MEMORY", default_value_t = 1 << 30)]
+    pub max_memory: usize,
 
     /// How long a disconnected session can be resumed (seconds).
     #[arg(long, env = "RINGSYNC_SESSION_TTL", default_value = "300", value_parser = parse_secs)]
@@ -79,20 +90,29 @@ pub struct Config {
     pub presence_grace: Duration,
 
     /// Undelivered broadcasts kept per room for slow readers (messages); older ones are dropped
-    /// and counted.
+    /// and counted. Only kept while someone in the room can still receive them.
     #[arg(long, env = "RINGSYNC_BROADCAST_BUFFER", default_value_t = RoomConfig::DEFAULT.broadcast_buffer, value_parser = RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub broadcast_buffer: usize,
 
-    /// Most simultaneous WebSocket connections (0 = unlimited).
-    #[arg(long, env = "RINGSYNC_MAX_CONNECTIONS", default_value_t = 0)]
+    /// Most bytes of undelivered broadcasts kept per room (encoded; the newest is always kept;
+    /// 0 = no limit besides --broadcast-buffer). 1 MiB is one largest message, or 64 of 16 KiB.
+    #[arg(long, env = "RINGSYNC_BROADCAST_BUFFER_BYTES", default_value_t = RoomConfig::DEFAULT.broadcast_bytes)]
+    pub broadcast_buffer_bytes: usize,
+
+    /// Most simultaneous WebSocket connections (0 = unlimited). An idle connection costs ~15 KiB
+    /// of the process plus its kernel socket buffers: 20,000 are ~300 MiB besides --max-memory.
+    #[arg(long, env = "RINGSYNC_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
 
-    /// Most connections in one room (0 = unlimited).
-    #[arg(long, env = "RINGSYNC_MAX_ROOM_CLIENTS", default_value_t = 0)]
+    /// Most connections in one room (0 = unlimited). Every commit wakes each of them, and each
+    /// join is sent everyone's presence (up to --max-presence-bytes each), so 5,000 is the most
+    /// one room serves well on one core.
+    #[arg(long, env = "RINGSYNC_MAX_ROOM_CLIENTS", default_value_t = 5_000)]
     pub max_room_clients: usize,
 
-    /// Most rooms in memory (0 = unlimited).
-    #[arg(long, env = "RINGSYNC_MAX_ROOMS", default_value_t = 0)]
+    /// Most rooms in memory (0 = unlimited). An empty room costs ~2 KiB, so 100,000 are ~200 MiB
+    /// of --max-memory; rooms that hold data are bounded by --max-memory first.
+    #[arg(long, env = "RINGSYNC_MAX_ROOMS", default_value_t = 100_000)]
     pub max_rooms: usize,
 
     /// Largest room state (bytes of encoded JSON, tracked exactly op by op; 0 = unlimited).
@@ -219,6 +239,9 @@ impl Config {
         if self.max_presence_bytes < 2 {
             return Err("--max-presence-bytes must be at least 2".into());
         }
+        if self.max_memory != 0 && self.max_memory < 1 << 20 {
+            return Err("--max-memory must be 0 (unlimited) or at least 1 MiB (1048576)".into());
+        }
         Ok(())
     }
 
@@ -229,6 +252,7 @@ impl Config {
             history_bytes: self.history_bytes,
             max_ops_per_change: self.max_ops_per_change,
             broadcast_buffer: self.broadcast_buffer,
+            broadcast_bytes: self.broadcast_buffer_bytes,
         }
     }
 }
@@ -271,5 +295,26 @@ mod tests {
             (c.history, c.max_state_bytes, c.history_bytes, c.max_ops_per_change, c.broadcast_buffer),
             (d.history, d.max_state_bytes, d.history_bytes, d.max_ops_per_change, d.broadcast_buffer)
         );
+        assert_eq!(c.broadcast_bytes, d.broadcast_bytes);
+    }
+
+    #[test]
+    fn every_limit_is_finite_by_default() {
+        let c = Config::default();
+        let limits = [
+            ("--max-memory", c.max_memory),
+            ("--max-rooms", c.max_rooms),
+            ("--max-connections", c.max_connections),
+            ("--max-room-clients", c.max_room_clients),
+            ("--history-bytes", c.history_bytes),
+            ("--broadcast-buffer-bytes", c.broadcast_buffer_bytes),
+            ("--max-state-bytes", c.max_state_bytes),
+            ("--max-ops-per-change", c.max_ops_per_change),
+        ];
+        for (flag, v) in limits {
+            assert!(v > 0, "{flag} defaults to unlimited");
+        }
+        let e = Config::from_flags(&["--max-memory", "1000"]).unwrap().validate().unwrap_err();
+        assert!(e.contains("--max-memory"), "{e}");
     }
 }

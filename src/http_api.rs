@@ -46,7 +46,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::Draining
         | ErrorCode::TooManyConnections
         | ErrorCode::TooManyRooms
-        | ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        | ErrorCode::Overloaded
+        | ErrorCode::MemoryFull => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Invalid
         | ErrorCode::BadMessage
         | ErrorCode::BadUpgrade
@@ -289,9 +290,9 @@ fn post_change(app: &App, id: &RoomId, body: Value) -> Response<Body> {
         (Err(message), _) => return json_error(ErrorCode::Invalid, &message),
         (_, Err(e)) => return json_error(e.clone().into(), &e.to_string()),
     };
-    let room = match app.rooms.get_or_create(id) {
+    let room = match app.room_for_write(id) {
         Ok(r) => r,
-        Err(e) => return json_error(ErrorCode::TooManyRooms, &e.to_string()),
+        Err(e) => return json_error(e.code(), &e.to_string()),
     };
     let req = ChangeRequest { author: ClientId::HTTP, client_req_id: None, base_rev: c.base_rev, mode, ops };
     match app.commit(&room, req) {

@@ -11,6 +11,7 @@
 //! The modules layer one way (`tests/layering.rs` enforces it), lowest first:
 //! - the synchronous core, which imports nothing from the shell:
 //!   [`ids`], [`patch`] (RFC 6902 + `incr`, atomic apply with inverse) and [`ring`];
+//!   [`memory`] (heap estimates of what rooms hold, and the process-wide budget);
 //!   [`protocol`] (the only encoder/decoder, and the error-code catalogue);
 //!   [`presence`] and [`broadcast`] (a room's two ephemeral lanes);
 //!   [`room`] (one room's ordering point: commit, conflict modes, catch-up decision, snapshots);
@@ -30,6 +31,7 @@ pub mod config;
 pub mod connection;
 pub mod http_api;
 pub mod ids;
+pub mod memory;
 pub mod metrics;
 pub mod patch;
 pub mod presence;

@@ -7,8 +7,13 @@ use ringsync::config::{Config, LogFormat};
 use ringsync::server;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before the runtime starts any thread (see the function's doc).
+    ringsync::memory::use_one_malloc_arena();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve())
+}
+
+async fn serve() -> anyhow::Result<()> {
     let config = Config::parse();
     if let Err(e) = config.validate() {
         eprintln!("error: {e}");

@@ -45,6 +45,11 @@ pub const DECODE_ERRORS: &str = "ringsync_decode_errors_total";
 pub const HTTP_REQUESTS: &str = "ringsync_http_requests_total";
 pub const HTTP_CONNECTIONS_OPEN: &str = "ringsync_http_connections_open";
 pub const HTTP_BODY_IN_FLIGHT: &str = "ringsync_http_body_in_flight_bytes";
+pub const MEMORY_ACCOUNTED: &str = "ringsync_memory_accounted_bytes";
+pub const MEMORY_LIMIT: &str = "ringsync_memory_limit_bytes";
+pub const MEMORY_HISTORY: &str = "ringsync_memory_history_bytes";
+pub const MEMORY_REFUSALS: &str = "ringsync_memory_refusals_total";
+pub const HISTORY_SHED: &str = "ringsync_history_shed_bytes_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static HOT: OnceLock<Hot> = OnceLock::new();
@@ -77,10 +82,12 @@ pub enum Refusal {
     MaxBodyBytesInFlight,
     /// A request body not received within `--body-timeout`.
     BodyTimeout,
+    /// The memory budget (`--max-memory`) admits no new room.
+    MaxMemory,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 8] = [
+    pub const ALL: [Refusal; 9] = [
         Refusal::MaxConnections,
         Refusal::MaxRoomClients,
         Refusal::MaxRooms,
@@ -89,6 +96,7 @@ impl Refusal {
         Refusal::MaxHttpConnections,
         Refusal::MaxBodyBytesInFlight,
         Refusal::BodyTimeout,
+        Refusal::MaxMemory,
     ];
 
     pub fn label(self) -> &'static str {
@@ -101,12 +109,38 @@ impl Refusal {
             Refusal::MaxHttpConnections => "max_http_connections",
             Refusal::MaxBodyBytesInFlight => "max_body_bytes_in_flight",
             Refusal::BodyTimeout => "body_timeout",
+            Refusal::MaxMemory => "max_memory",
         }
     }
 
     /// Counts one refusal.
     pub fn count(self) {
         metrics::counter!(CONNECTIONS_REFUSED, "limit" => self.label()).increment(1);
+    }
+}
+
+/// What the memory budget refused: the `what` label of `ringsync_memory_refusals_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryRefusal {
+    /// A new room (HTTP 503 or WebSocket close 4008).
+    Room,
+    /// A change (`memory_full` reject).
+    Change,
+}
+
+impl MemoryRefusal {
+    pub const ALL: [MemoryRefusal; 2] = [MemoryRefusal::Room, MemoryRefusal::Change];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            MemoryRefusal::Room => "room",
+            MemoryRefusal::Change => "change",
+        }
+    }
+
+    /// Counts one refusal.
+    pub fn count(self) {
+        metrics::counter!(MEMORY_REFUSALS, "what" => self.label()).increment(1);
     }
 }
 
@@ -228,8 +262,12 @@ fn initialise() {
         PRESENCE_COALESCED,
         BROADCASTS,
         BROADCASTS_DROPPED,
+        HISTORY_SHED,
     ] {
         metrics::counter!(name).increment(0);
+    }
+    for what in MemoryRefusal::ALL {
+        metrics::counter!(MEMORY_REFUSALS, "what" => what.label()).increment(0);
     }
     for reason in CloseReason::ALL {
         metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason.label()).increment(0);
@@ -258,6 +296,9 @@ fn initialise() {
     metrics::gauge!(HTTP_CONNECTIONS_OPEN).set(0.0);
     metrics::gauge!(HTTP_BODY_IN_FLIGHT).set(0.0);
     metrics::gauge!(SESSIONS_LIVE).set(0.0);
+    for gauge in [MEMORY_ACCOUNTED, MEMORY_LIMIT, MEMORY_HISTORY] {
+        metrics::gauge!(gauge).set(0.0);
+    }
 }
 
 fn describe() {
@@ -305,5 +346,21 @@ fn describe() {
         HTTP_BODY_IN_FLIGHT,
         Unit::Bytes,
         "Bytes of HTTP request bodies received and held by requests still being handled"
+    );
+    describe_gauge!(
+        MEMORY_ACCOUNTED,
+        Unit::Bytes,
+        "Memory the rooms hold as accounted against --max-memory (state, history, caches, broadcasts, presence)"
+    );
+    describe_gauge!(MEMORY_LIMIT, Unit::Bytes, "The memory budget, --max-memory (0 = unlimited)");
+    describe_gauge!(MEMORY_HISTORY, Unit::Bytes, "The part of the accounted memory the rooms' rings hold");
+    describe_counter!(
+        MEMORY_REFUSALS,
+        "New rooms and changes refused because the memory budget is full, by what"
+    );
+    describe_counter!(
+        HISTORY_SHED,
+        Unit::Bytes,
+        "History (oldest changes) shed because the memory budget was tight"
     );
 }

@@ -12,11 +12,17 @@
 //! so connections that were caught up share one frame: a join storm costs one frame per tick, not
 //! one per connection.
 //!
+//! What the lane holds (peers, their entries, the log, the cached frames) is charged to the
+//! memory budget after every change, under the lock.
+//!
 //! Locking: one `parking_lot::Mutex`, held only for map/log updates and reads, never across
-//! `.await`. Invariant: `seq` only grows, and each peer's `changed` is ≤ `seq`.
+//! `.await`. Invariants: `seq` only grows, and each peer's `changed` is ≤ `seq`; `peers_heap` is
+//! the sum of [`Peer::heap`] over `peers`.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
+use std::mem::size_of;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -24,6 +30,7 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 
 use crate::ids::ClientId;
+use crate::memory::{self, Budget, Charge, Heap, Kind};
 use crate::protocol;
 
 /// Presence changes remembered for incremental catch-up.
@@ -60,6 +67,11 @@ impl Peer {
         }
         self.entry = b.into();
     }
+
+    /// The heap this peer owns: its presence object and its encoded entry.
+    fn heap(&self) -> usize {
+        (memory::object_heap(&self.data) + Heap::block(self.entry.len())).total()
+    }
 }
 
 /// Most recent presence frames kept for sharing.
@@ -74,16 +86,42 @@ struct PresenceInner {
     cached: VecDeque<(u64, u64, Bytes)>,
     /// The current tick and the sequence its readers read up to.
     tick: (u64, u64),
+    /// What the peers own on the heap (see the invariant).
+    peers_heap: usize,
 }
 
 impl PresenceInner {
+    /// What the lane holds: the peers and their heap, the log, the cached frames.
+    fn footprint(&self) -> usize {
+        let peers = self.peers.capacity() * (size_of::<(ClientId, Peer)>() + 1) + self.peers_heap;
+        let log = self.log.capacity() * size_of::<(u64, ClientId)>();
+        let cached: usize = self.cached.iter().map(|(_, _, f)| Heap::block(f.len()).total()).sum();
+        peers + log + cached + self.cached.capacity() * size_of::<(u64, u64, Bytes)>()
+    }
+
+    /// Runs `f` on `client`'s peer entry (if any), keeping `peers_heap` true.
+    fn edit_peer<T>(&mut self, client: ClientId, f: impl FnOnce(&mut Peer) -> T) -> Option<T> {
+        let peer = self.peers.get_mut(&client)?;
+        let before = peer.heap();
+        let out = f(peer);
+        let after = peer.heap();
+        self.peers_heap = self.peers_heap + after - before;
+        Some(out)
+    }
+
+    fn remove_peer(&mut self, client: ClientId) {
+        if let Some(p) = self.peers.remove(&client) {
+            self.peers_heap -= p.heap();
+        }
+    }
+
     fn bump(&mut self, client: ClientId) -> u64 {
         self.seq += 1;
         if self.log.len() == LOG_CAPACITY
             && let Some((seq, old)) = self.log.pop_front()
             && self.peers.get(&old).is_some_and(|p| p.forgotten && p.changed <= seq)
         {
-            self.peers.remove(&old);
+            self.remove_peer(old);
         }
         self.log.push_back((self.seq, client));
         self.seq
@@ -95,6 +133,8 @@ impl PresenceInner {
 pub struct Presence {
     inner: Mutex<PresenceInner>,
     seq_tx: watch::Sender<u64>,
+    /// What the lane holds, in the memory budget.
+    charge: Charge,
 }
 
 impl Default for Presence {
@@ -104,8 +144,23 @@ impl Default for Presence {
 }
 
 impl Presence {
+    /// A lane outside any memory budget (tests, benches).
     pub fn new() -> Self {
-        Presence { inner: Mutex::new(PresenceInner::default()), seq_tx: watch::channel(0).0 }
+        Self::with_budget(&Budget::unlimited())
+    }
+
+    /// A lane whose memory is charged to `budget`.
+    pub fn with_budget(budget: &Arc<Budget>) -> Self {
+        Presence {
+            inner: Mutex::new(PresenceInner::default()),
+            seq_tx: watch::channel(0).0,
+            charge: Charge::new(budget, Kind::Held),
+        }
+    }
+
+    /// Charges what the lane holds now (called under the lock, after every change).
+    fn account(&self, g: &PresenceInner) {
+        self.charge.set(g.footprint());
     }
 
     /// Marks `client` present (a join for everyone else unless it already was). Returns the
@@ -116,16 +171,19 @@ impl Presence {
             Some(p) if p.online => g.seq,
             _ => {
                 let seq = g.bump(client);
-                let peer = g.peers.entry(client).or_insert(Peer {
+                g.peers.entry(client).or_insert(Peer {
                     data: Map::new(),
                     online: true,
                     changed: seq,
                     entry: Bytes::new(),
                     forgotten: false,
                 });
-                peer.online = true;
-                peer.changed = seq;
-                peer.encode(client);
+                g.edit_peer(client, |peer| {
+                    peer.online = true;
+                    peer.changed = seq;
+                    peer.encode(client);
+                });
+                self.account(&g);
                 seq
             }
         };
@@ -160,11 +218,15 @@ impl Presence {
             return Err(PresenceTooLarge { size, limit });
         }
         let seq = g.bump(client);
-        let peer = g.peers.get_mut(&client).expect("checked above");
-        peer.data = merged;
-        peer.changed = seq;
-        peer.encode(client);
-        let online = peer.online;
+        let online = g
+            .edit_peer(client, |peer| {
+                peer.data = merged;
+                peer.changed = seq;
+                peer.encode(client);
+                peer.online
+            })
+            .expect("checked above");
+        self.account(&g);
         drop(g);
         if online {
             self.notify(seq);
@@ -179,10 +241,12 @@ impl Presence {
             return;
         }
         let seq = g.bump(client);
-        let peer = g.peers.get_mut(&client).expect("checked above");
-        peer.online = false;
-        peer.changed = seq;
-        peer.encode(client);
+        g.edit_peer(client, |peer| {
+            peer.online = false;
+            peer.changed = seq;
+            peer.encode(client);
+        });
+        self.account(&g);
         drop(g);
         self.notify(seq);
     }
@@ -194,13 +258,14 @@ impl Presence {
         let mut g = self.inner.lock();
         let in_log = g.log.iter().any(|(_, c)| *c == client);
         if in_log {
-            if let Some(p) = g.peers.get_mut(&client) {
+            g.edit_peer(client, |p| {
                 p.forgotten = true;
                 p.data = Map::new();
-            }
+            });
         } else {
-            g.peers.remove(&client);
+            g.remove_peer(client);
         }
+        self.account(&g);
     }
 
     fn notify(&self, seq: u64) {
@@ -284,6 +349,7 @@ impl Presence {
             g.cached.pop_front();
         }
         g.cached.push_back((since, to, frame.clone()));
+        self.account(&g);
         Some((to, frame))
     }
 }
@@ -359,5 +425,20 @@ mod tests {
         let e = p.update(ClientId(1), obj(json!({"x": "y".repeat(100)})), 50).unwrap_err();
         assert_eq!(e.limit, 50);
         assert_eq!(p.online().1, obj(json!({"c1": {}})));
+    }
+
+    #[test]
+    fn what_the_lane_holds_is_charged() {
+        let budget = Budget::unlimited();
+        let p = Presence::with_budget(&budget);
+        p.join(ClientId(1));
+        let joined = budget.used();
+        assert!(joined > 0);
+        p.update(ClientId(1), obj(json!({"name": "x".repeat(3000)})), 4096).unwrap();
+        assert!(budget.used() > joined + 2 * 3000, "the object and its encoded entry");
+        p.forget(ClientId(1));
+        assert!(budget.used() < joined + 3000, "forgotten data is released");
+        drop(p);
+        assert_eq!(budget.used(), 0);
     }
 }

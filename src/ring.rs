@@ -1,18 +1,24 @@
-//! A fixed-capacity ring buffer of the most recent committed changes, indexed by revision.
+//! A bounded ring buffer of the most recent committed changes, indexed by revision.
 //!
-//! Allocated once at full capacity; `push` is O(1) (amortised, with the byte budget) and
-//! overwrites the oldest entry; reading the k entries after a revision is O(k). Besides the count
-//! limit, an optional byte budget drops the oldest entries while the entries' total size exceeds
-//! it (the newest entry always stays). Invariants: entries hold consecutive revisions, the newest
-//! is always `head()`, at most `capacity()` of them are kept, and `bytes()` is their total size.
+//! Grows as entries arrive, up to `capacity()` of them, so an idle room's ring costs nothing;
+//! `push` is O(1) (amortised, with the byte budget) and drops the oldest entry once full; reading
+//! the k entries after a revision is O(k). Besides the count limit, an optional byte budget drops
+//! the oldest entries while the entries' total size exceeds it (the newest entry always stays),
+//! and [`Ring::pop_oldest`] lets the owner shed history when memory is tight. Invariants: entries
+//! hold consecutive revisions, the newest is always `head()`, at most `capacity()` of them are
+//! kept, and `bytes()` is their total size.
+
+use std::collections::VecDeque;
+use std::mem::size_of;
 
 /// Ring of `T`s stamped with consecutive revisions `head-len+1 ..= head`.
 #[derive(Debug)]
 pub struct Ring<T> {
-    slots: Box<[Option<(T, usize)>]>,
+    /// `(entry, its size)`, oldest first.
+    entries: VecDeque<(T, usize)>,
+    capacity: usize,
     /// Revision of the newest entry (0 while empty).
     head: u64,
-    len: usize,
     /// Total size of the entries held, as given to `push`.
     bytes: usize,
     /// Most bytes to hold (0 = no limit).
@@ -32,7 +38,7 @@ impl<T> Ring<T> {
     /// When `capacity` is 0.
     pub fn with_budget(capacity: usize, budget: usize) -> Self {
         assert!(capacity > 0, "ring capacity must be positive");
-        Ring { slots: (0..capacity).map(|_| None).collect(), head: 0, len: 0, bytes: 0, budget }
+        Ring { entries: VecDeque::new(), capacity, head: 0, bytes: 0, budget }
     }
 
     /// Total size of the entries held.
@@ -40,16 +46,21 @@ impl<T> Ring<T> {
         self.bytes
     }
 
+    /// What the ring holds: its entries' sizes plus its slots as allocated now.
+    pub fn footprint(&self) -> usize {
+        self.bytes + self.entries.capacity() * size_of::<(T, usize)>()
+    }
+
     pub fn capacity(&self) -> usize {
-        self.slots.len()
+        self.capacity
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.entries.is_empty()
     }
 
     pub fn head(&self) -> u64 {
@@ -59,11 +70,7 @@ impl<T> Ring<T> {
     /// The oldest revision `r` for which every change after `r` is still held: a reader at `r`
     /// (or later, up to `head`) can be served from the ring.
     pub fn oldest_base(&self) -> u64 {
-        self.head - self.len as u64
-    }
-
-    fn slot(&self, rev: u64) -> usize {
-        (rev % self.slots.len() as u64) as usize
+        self.head - self.entries.len() as u64
     }
 
     /// Appends the entry for revision `rev`, which must be `head() + 1` (or any revision when
@@ -72,22 +79,37 @@ impl<T> Ring<T> {
     /// # Panics
     /// When `rev` is not consecutive: that would be a bug in the room's commit path.
     pub fn push(&mut self, rev: u64, value: T, bytes: usize) {
-        assert!(self.len == 0 || rev == self.head + 1, "ring push out of order: {rev} after {}", self.head);
-        let i = self.slot(rev);
-        if let Some((_, old)) = self.slots[i].replace((value, bytes)) {
-            self.bytes -= old;
+        assert!(self.is_empty() || rev == self.head + 1, "ring push out of order: {rev} after {}", self.head);
+        if self.entries.len() == self.capacity {
+            self.drop_oldest();
         }
+        self.entries.push_back((value, bytes));
         self.bytes += bytes;
         self.head = rev;
-        self.len = (self.len + 1).min(self.slots.len());
-        while self.budget > 0 && self.bytes > self.budget && self.len > 1 {
-            let oldest = self.oldest_base() + 1;
-            let i = self.slot(oldest);
-            if let Some((_, b)) = self.slots[i].take() {
-                self.bytes -= b;
-            }
-            self.len -= 1;
+        while self.budget > 0 && self.bytes > self.budget && self.entries.len() > 1 {
+            self.drop_oldest();
         }
+    }
+
+    fn drop_oldest(&mut self) -> Option<usize> {
+        let (_, b) = self.entries.pop_front()?;
+        self.bytes -= b;
+        Some(b)
+    }
+
+    /// Drops the oldest entry (readers that needed it get a snapshot instead) and returns its
+    /// size; `None` when empty. A ring shed to a quarter of its slots gives the rest back.
+    pub fn pop_oldest(&mut self) -> Option<usize> {
+        let freed = self.drop_oldest()?;
+        if self.entries.len() < self.entries.capacity() / 4 {
+            self.entries.shrink_to(self.entries.len() * 2);
+        }
+        Some(freed)
+    }
+
+    /// Index in `entries` of revision `rev`, which must be held.
+    fn index(&self, rev: u64) -> usize {
+        (rev - self.oldest_base() - 1) as usize
     }
 
     /// The entry for `rev`, if still held.
@@ -95,7 +117,7 @@ impl<T> Ring<T> {
         if rev > self.head || rev <= self.oldest_base() {
             return None;
         }
-        self.slots[self.slot(rev)].as_ref().map(|(v, _)| v)
+        self.entries.get(self.index(rev)).map(|(v, _)| v)
     }
 
     /// Every entry after `rev`, oldest first; `None` when some of them are no longer held or
@@ -104,14 +126,12 @@ impl<T> Ring<T> {
         if rev > self.head || rev < self.oldest_base() {
             return None;
         }
-        Some((rev + 1..self.head + 1).map(move |r| &self.slots[self.slot(r)].as_ref().expect("held slot").0))
+        Some(self.entries.range((rev - self.oldest_base()) as usize..).map(|(v, _)| v))
     }
 
     /// Entries newer than `rev`, newest first, while they exist (for conflict scans).
     pub fn newest_first(&self) -> impl Iterator<Item = &T> {
-        (self.oldest_base() + 1..=self.head)
-            .rev()
-            .map(move |r| &self.slots[self.slot(r)].as_ref().expect("held slot").0)
+        self.entries.iter().rev().map(|(v, _)| v)
     }
 }
 
@@ -150,6 +170,25 @@ mod tests {
         assert_eq!((r.len(), r.bytes(), r.oldest_base()), (1, 500, 4));
         assert!(r.after(3).is_none());
         assert_eq!(r.after(4).unwrap().copied().collect::<Vec<_>>(), vec![5]);
+    }
+
+    #[test]
+    fn grows_lazily_and_sheds_oldest_first() {
+        let mut r = Ring::new(1024);
+        assert_eq!(r.footprint(), 0, "an empty ring allocates nothing");
+        for rev in 1..=100 {
+            r.push(rev, rev, 10);
+        }
+        assert!(r.footprint() < 1000 + 128 * 24, "{}", r.footprint());
+        assert_eq!(r.pop_oldest(), Some(10));
+        assert_eq!((r.len(), r.oldest_base(), r.bytes()), (99, 1, 990));
+        assert!(r.after(0).is_none());
+        assert_eq!(r.after(98).unwrap().copied().collect::<Vec<_>>(), vec![99, 100]);
+        while r.pop_oldest().is_some() {}
+        assert_eq!((r.len(), r.head(), r.oldest_base(), r.bytes()), (0, 100, 100, 0));
+        assert_eq!(r.after(100).unwrap().count(), 0);
+        r.push(101, 101, 1);
+        assert_eq!(r.get(101), Some(&101));
     }
 
     #[test]

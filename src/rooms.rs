@@ -4,24 +4,45 @@
 //! Rooms are created on first use by a writer or a connection; reads through the HTTP API never
 //! create one. No map guard is ever held beyond the statement that takes it: callers get an
 //! `Arc<Room>` clone. The number of rooms is bounded by `max_rooms` (0 = unlimited), counted with
-//! an atomic so the check never locks every shard. Admission (`--max-room-clients`) and the idle
-//! sweep's "is anyone using it" both run under the room's shard lock, so the sweep can never drop
-//! a room between its admission of a connection (or an HTTP write's look-up) and that use.
+//! an atomic so the check never locks every shard, and by the memory budget: every room charges
+//! what it holds to one [`Budget`], and a new room is refused once the budget is 7/8 full, after
+//! the rings have shed what history they can ([`Rooms::relieve`]). Admission
+//! (`--max-room-clients`) and the idle sweep's "is anyone using it" both run under the room's
+//! shard lock, so the sweep can never drop a room between its admission of a connection (or an
+//! HTTP write's look-up) and that use.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
 use crate::ids::RoomId;
+use crate::memory::Budget;
+use crate::protocol::ErrorCode;
 use crate::room::{Room, RoomConfig};
 
-/// Creating another room would exceed `--max-rooms`.
+/// Why a room that does not exist could not be created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the server holds its maximum number of rooms")]
-pub struct TooManyRooms;
+pub enum NoNewRoom {
+    /// Creating another room would exceed `--max-rooms`.
+    #[error("the server holds its maximum number of rooms (--max-rooms)")]
+    TooManyRooms,
+    /// The memory budget is too full to admit another room.
+    #[error("the server's memory (--max-memory) is too full for a new room; rooms in memory still work")]
+    MemoryFull,
+}
+
+impl NoNewRoom {
+    /// The error code a client is told.
+    pub fn code(self) -> ErrorCode {
+        match self {
+            NoNewRoom::TooManyRooms => ErrorCode::TooManyRooms,
+            NoNewRoom::MemoryFull => ErrorCode::MemoryFull,
+        }
+    }
+}
 
 /// Why a connection was not admitted to a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -29,7 +50,7 @@ pub enum Refused {
     #[error("the room holds its maximum number of connections")]
     RoomFull,
     #[error(transparent)]
-    TooManyRooms(#[from] TooManyRooms),
+    NoNewRoom(#[from] NoNewRoom),
 }
 
 /// A room with the registry's bookkeeping about it.
@@ -61,7 +82,10 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+        if self.0.connections.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last reader left: nobody can receive the broadcasts still buffered.
+            self.0.room.broadcasts.release_if_unwatched();
+        }
         self.0.touch();
     }
 }
@@ -72,11 +96,49 @@ pub struct Rooms {
     count: AtomicUsize,
     config: RoomConfig,
     max_rooms: usize,
+    /// What every room holds is charged here.
+    budget: Arc<Budget>,
+    /// Set while one caller sheds history for everyone (others carry on meanwhile).
+    shedding: AtomicBool,
 }
 
 impl Rooms {
+    /// A registry outside any memory budget.
     pub fn new(config: RoomConfig, max_rooms: usize) -> Self {
-        Rooms { map: DashMap::new(), count: AtomicUsize::new(0), config, max_rooms }
+        Self::with_budget(config, max_rooms, Budget::unlimited())
+    }
+
+    /// A registry whose rooms charge what they hold to `budget`.
+    pub fn with_budget(config: RoomConfig, max_rooms: usize, budget: Arc<Budget>) -> Self {
+        Rooms {
+            map: DashMap::new(),
+            count: AtomicUsize::new(0),
+            config,
+            max_rooms,
+            budget,
+            shedding: AtomicBool::new(false),
+        }
+    }
+
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
+    }
+
+    /// When the memory budget is tight ([`Budget::excess_history`]), sheds the oldest history
+    /// of every room, the same share of each ring (each keeps its newest change), until the
+    /// budget is back to 3/4. Cheap when there is nothing to do; one caller at a time sheds.
+    /// Returns the bytes freed. Takes each room's write lock in turn, never two at once, and
+    /// must not be called under a map guard.
+    pub fn relieve(&self) -> usize {
+        let want = self.budget.excess_history();
+        if want == 0 || self.shedding.swap(true, Ordering::AcqRel) {
+            return 0;
+        }
+        let keep = 1.0 - want as f64 / self.budget.history().max(1) as f64;
+        let freed = self.all().iter().map(|room| room.shed_history(keep)).sum();
+        self.shedding.store(false, Ordering::Release);
+        self.budget.record_shed(freed);
+        freed
     }
 
     /// The room if it is in memory (never creates one).
@@ -87,8 +149,9 @@ impl Rooms {
     /// The room, created if needed, marked active under the shard lock (for writes).
     ///
     /// # Errors
-    /// [`TooManyRooms`] when the room does not exist and the limit is reached.
-    pub fn get_or_create(&self, id: &RoomId) -> Result<Arc<Room>, TooManyRooms> {
+    /// [`NoNewRoom`] when the room does not exist and `--max-rooms` or the memory budget does
+    /// not admit another.
+    pub fn get_or_create(&self, id: &RoomId) -> Result<Arc<Room>, NoNewRoom> {
         self.with_held(id, |h| h.room.clone())
     }
 
@@ -109,21 +172,25 @@ impl Rooms {
 
     /// Runs `f` on the room's entry (created if needed) under its shard lock, after marking it
     /// active.
-    fn with_held<T>(&self, id: &RoomId, f: impl FnOnce(&Arc<Held>) -> T) -> Result<T, TooManyRooms> {
+    fn with_held<T>(&self, id: &RoomId, f: impl FnOnce(&Arc<Held>) -> T) -> Result<T, NoNewRoom> {
+        self.relieve();
         match self.map.entry(id.clone()) {
             Entry::Occupied(e) => {
                 e.get().touch();
                 Ok(f(e.get()))
             }
             Entry::Vacant(e) => {
+                if !self.budget.admits_room() {
+                    return Err(NoNewRoom::MemoryFull);
+                }
                 let reserved = self.count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                     (self.max_rooms == 0 || n < self.max_rooms).then_some(n + 1)
                 });
                 if reserved.is_err() {
-                    return Err(TooManyRooms);
+                    return Err(NoNewRoom::TooManyRooms);
                 }
                 let held = Arc::new(Held {
-                    room: Arc::new(Room::new(id.clone(), self.config.clone())),
+                    room: Arc::new(Room::with_budget(id.clone(), self.config.clone(), &self.budget)),
                     connections: AtomicUsize::new(0),
                     last_active_ms: AtomicU64::new(now_ms()),
                 });
@@ -199,7 +266,7 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &a2));
         assert!(rooms.get(&id("b")).is_none());
         rooms.get_or_create(&id("b")).unwrap();
-        assert_eq!(rooms.get_or_create(&id("c")).unwrap_err(), TooManyRooms);
+        assert_eq!(rooms.get_or_create(&id("c")).unwrap_err(), NoNewRoom::TooManyRooms);
         assert_eq!(rooms.evict(|h| h.room.id().as_str() == "a"), 1);
         assert_eq!(rooms.len(), 1);
         let fresh = rooms.get_or_create(&id("a")).unwrap();
@@ -212,7 +279,7 @@ mod tests {
         let first = rooms.admit(&id("a"), 2).unwrap();
         let second = rooms.admit(&id("a"), 2).unwrap();
         assert_eq!(rooms.admit(&id("a"), 2).unwrap_err(), Refused::RoomFull);
-        assert_eq!(rooms.admit(&id("b"), 2).unwrap_err(), Refused::TooManyRooms(TooManyRooms));
+        assert_eq!(rooms.admit(&id("b"), 2).unwrap_err(), Refused::NoNewRoom(NoNewRoom::TooManyRooms));
         assert_eq!(rooms.clients(&id("a")), 2);
         assert_eq!(rooms.evict_idle(Duration::ZERO), 0, "in use");
         drop((first, second));
@@ -220,5 +287,59 @@ mod tests {
         assert_eq!(rooms.evict_idle(Duration::from_secs(3600)), 0, "recently used");
         assert_eq!(rooms.evict_idle(Duration::ZERO), 1);
         assert!(rooms.is_empty());
+    }
+
+    fn add(room: &Room, path: &str, value: serde_json::Value) -> Result<(), crate::protocol::Reject> {
+        let ops = crate::patch::parse_patch(serde_json::json!([{"op": "add", "path": path, "value": value}]));
+        let req = crate::room::ChangeRequest {
+            author: crate::ids::ClientId(1),
+            client_req_id: None,
+            base_rev: None,
+            mode: crate::protocol::Mode::Overwrite,
+            ops: ops.unwrap(),
+        };
+        room.commit(req).map(drop)
+    }
+
+    #[test]
+    fn the_memory_budget_sheds_history_before_refusing_rooms_and_changes() {
+        let limit = 1 << 20;
+        let budget = Budget::new(limit);
+        let rooms = Rooms::with_budget(RoomConfig::default(), 0, budget.clone());
+        let a = rooms.get_or_create(&id("a")).unwrap();
+        // Overwriting one member grows only the history (each change keeps the old value).
+        let blob = "x".repeat(20_000);
+        for i in 0..200 {
+            add(&a, "/v", format!("{i}{blob}").into()).unwrap();
+        }
+        assert!(budget.used() <= limit, "the room shed its own history to fit");
+        assert!(budget.history() > limit / 2, "{}", budget.history());
+        // A new room: the registry sheds everyone's history first, then admits it.
+        let b = rooms.get_or_create(&id("b")).unwrap();
+        assert!(budget.shed_total() > 0);
+        assert!(budget.used() <= limit - limit / 8 + 4096, "{}", budget.used());
+        let (held, _) = a.ring_occupancy();
+        assert!(held >= 1, "the newest change stays");
+        // State cannot be shed: fill it until changes and new rooms are refused (each write
+        // first asks the registry to relieve the budget, as `App::commit` does).
+        let mut refused = None;
+        for i in 0..1000 {
+            rooms.relieve();
+            if let Err(r) = add(&b, &format!("/k{i}"), blob.clone().into()) {
+                refused = Some(r);
+                break;
+            }
+        }
+        let r = refused.expect("a change is refused once state fills the budget");
+        assert_eq!(r.code, ErrorCode::MemoryFull, "{r:?}");
+        assert!(r.message.contains("--max-memory"), "{}", r.message);
+        assert_eq!(rooms.get_or_create(&id("c")).unwrap_err(), NoNewRoom::MemoryFull);
+        assert_eq!(rooms.admit(&id("c"), 0).unwrap_err(), Refused::NoNewRoom(NoNewRoom::MemoryFull));
+        // Rooms in memory still take small changes (their own history makes room).
+        add(&a, "/small", 1.into()).unwrap();
+        // Everything is released with the rooms.
+        drop((a, b));
+        assert_eq!(rooms.evict_idle(Duration::ZERO), 2);
+        assert_eq!((budget.used(), budget.history()), (0, 0));
     }
 }

@@ -40,7 +40,7 @@ use crate::http_api::{self, Body, RequestBody, json_error, query_pairs};
 use crate::ids::{Rev, RoomId};
 use crate::metrics::{self as m, Refusal};
 use crate::protocol::ErrorCode;
-use crate::rooms::Refused;
+use crate::rooms::{NoNewRoom, Refused};
 use crate::session::ResumeFrom;
 use crate::web;
 
@@ -362,9 +362,14 @@ fn websocket(app: Arc<App>, mut req: Request<RequestBody>, room_id: RoomId) -> R
             Refusal::MaxRoomClients.count();
             CloseReason::RoomFull
         }
-        Refused::TooManyRooms(_) => {
+        Refused::NoNewRoom(NoNewRoom::TooManyRooms) => {
             Refusal::MaxRooms.count();
             CloseReason::TooManyRooms
+        }
+        Refused::NoNewRoom(NoNewRoom::MemoryFull) => {
+            Refusal::MaxMemory.count();
+            m::MemoryRefusal::Room.count();
+            CloseReason::MemoryFull
         }
     });
     let (resp, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
@@ -392,7 +397,7 @@ fn websocket(app: Arc<App>, mut req: Request<RequestBody>, room_id: RoomId) -> R
     resp.map(|_| Full::new(Bytes::new()))
 }
 
-/// Once a second: room gauges, ring occupancy, and idle-room eviction.
+/// Once a second: room gauges, ring occupancy, memory, and idle-room eviction.
 async fn sweep(app: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut shutdown = app.shutdown_signal();
@@ -419,5 +424,6 @@ async fn sweep(app: Arc<App>) {
         metrics::gauge!(m::RING_ENTRIES).set(entries as f64);
         metrics::gauge!(m::RING_CAPACITY).set(capacity as f64);
         metrics::gauge!(m::RING_FULL_ROOMS).set(full as f64);
+        app.sweep_memory();
     }
 }

@@ -25,6 +25,8 @@ pub enum ErrorCode {
     Forbidden,
     /// The server is shutting down: the change was not applied (nor counted as processed).
     Draining,
+    /// The server's memory budget (`--max-memory`) cannot hold the change, or a new room.
+    MemoryFull,
     /// The `clientReqId` was already processed; not applied again.
     Duplicate,
     /// The message could not be decoded at all.
@@ -54,8 +56,8 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    /// Every code; the first seven are the ones a change can be rejected with.
-    pub const ALL: [ErrorCode; 21] = [
+    /// Every code; the first eight are the ones a change can be rejected with.
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::Conflict,
         ErrorCode::Stale,
         ErrorCode::Invalid,
@@ -63,6 +65,7 @@ impl ErrorCode {
         ErrorCode::TooLarge,
         ErrorCode::Forbidden,
         ErrorCode::Draining,
+        ErrorCode::MemoryFull,
         ErrorCode::Duplicate,
         ErrorCode::BadMessage,
         ErrorCode::NotFound,
@@ -81,7 +84,7 @@ impl ErrorCode {
 
     /// The codes a change can be rejected with (`reject` messages; the `code` label of
     /// `ringsync_changes_rejected_total`).
-    pub const REJECTS: &[ErrorCode] = Self::ALL.split_at(7).0;
+    pub const REJECTS: &[ErrorCode] = Self::ALL.split_at(8).0;
 
     /// The stable name clients see.
     pub fn as_str(self) -> &'static str {
@@ -92,6 +95,7 @@ impl ErrorCode {
             ErrorCode::TestFailed => "test_failed",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::MemoryFull => "memory_full",
             ErrorCode::Duplicate => "duplicate",
             ErrorCode::BadMessage => "bad_message",
             ErrorCode::NotFound => "not_found",
@@ -156,7 +160,16 @@ mod tests {
         let names: std::collections::HashSet<_> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
         assert_eq!(names.len(), ErrorCode::ALL.len());
         assert!(names.iter().all(|n| n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
-        let rejects = ["conflict", "stale", "invalid", "test_failed", "too_large", "forbidden", "draining"];
+        let rejects = [
+            "conflict",
+            "stale",
+            "invalid",
+            "test_failed",
+            "too_large",
+            "forbidden",
+            "draining",
+            "memory_full",
+        ];
         assert_eq!(ErrorCode::REJECTS.iter().map(|c| c.as_str()).collect::<Vec<_>>(), rejects);
     }
 }

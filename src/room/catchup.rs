@@ -15,6 +15,7 @@ use bytes::Bytes;
 
 use super::{Change, Room, Snapshot};
 use crate::ids::{ClientId, Rev};
+use crate::memory::Heap;
 use crate::protocol;
 
 /// Where a reader stands when it asks.
@@ -127,7 +128,9 @@ impl Room {
         }
         let frame = delta_for(changes, from, to, recipient);
         if !personal {
-            *self.coalesced.lock() = Some((from, to, frame.clone()));
+            let mut cached = self.coalesced.lock();
+            self.memory.coalesced.set(Heap::block(frame.len()).total());
+            *cached = Some((from, to, frame.clone()));
         }
         frame
     }

@@ -8,11 +8,18 @@
 //! [`catchup`] (the one decision of what a reader is sent) and [`snapshot`] (the state encoded once
 //! per revision).
 //!
+//! Memory: everything the room keeps is charged to the process's [`Budget`] (see
+//! [`crate::memory`]): the state (estimated op by op), the ring (each change's footprint), the
+//! cached snapshot and delta frame, and the two lanes. A change that would not fit is refused
+//! with `memory_full` after the room has shed its own oldest history; [`Room::shed_history`]
+//! lets the registry shed more when the whole process is short.
+//!
 //! Locking: `inner` is a `parking_lot::RwLock` that is never held across `.await` (the room has no
 //! async code at all). `commit` holds the write lock only to check, apply, push to the ring and
 //! bump the revision; the change's ops are encoded before the lock is taken. Readers take the read
 //! lock to clone a few `Arc`s. Invariants: `rev` equals the ring's head; every revision
-//! `oldest_base+1 ..= rev` is in the ring; a rejected change leaves state and rev as they were.
+//! `oldest_base+1 ..= rev` is in the ring; a rejected change leaves state and rev as they were;
+//! the `history` charge is the ring's footprint (both change only under the write lock).
 
 pub mod catchup;
 pub mod change;
@@ -35,6 +42,7 @@ pub use snapshot::Snapshot;
 
 use crate::broadcast::Broadcasts;
 use crate::ids::{Epoch, Rev, RoomId};
+use crate::memory::{self, Budget, Charge, Kind};
 use crate::patch;
 use crate::presence::Presence;
 use crate::protocol::{self, ErrorCode, Reject};
@@ -49,13 +57,16 @@ pub struct RoomConfig {
     /// the most a change may keep for undo (the values it overwrites or removes). 0 = unlimited.
     /// Tracked exactly, op by op and before each op allocates, by the patch engine.
     pub max_state_bytes: usize,
-    /// Most bytes the ring may hold (encoded changes plus the values their inverses keep); the
-    /// oldest changes are dropped beyond it. 0 = unlimited.
+    /// Most bytes the ring may hold: what its changes keep alive in memory (decoded ops and
+    /// inverses, touched paths, encoded frames; see [`Change::footprint`]); the oldest changes
+    /// are dropped beyond it. 0 = unlimited.
     pub history_bytes: usize,
     /// Most ops in one change; 0 = unlimited.
     pub max_ops_per_change: usize,
     /// Broadcasts kept for slow readers.
     pub broadcast_buffer: usize,
+    /// Most bytes of broadcasts kept for slow readers (the newest is always kept); 0 = no limit.
+    pub broadcast_bytes: usize,
 }
 
 impl RoomConfig {
@@ -63,9 +74,10 @@ impl RoomConfig {
     pub const DEFAULT: RoomConfig = RoomConfig {
         history: 1024,
         max_state_bytes: 16 << 20,
-        history_bytes: 64 << 20,
+        history_bytes: 16 << 20,
         max_ops_per_change: 1000,
         broadcast_buffer: 64,
+        broadcast_bytes: 1 << 20,
     };
 }
 
@@ -103,6 +115,22 @@ pub struct Room {
     pub presence: Presence,
     /// Broadcasts: the other ephemeral lane, a ring of the last `broadcast_buffer` messages.
     pub broadcasts: Broadcasts,
+    /// This room's part of the memory budget.
+    memory: Charges,
+}
+
+/// What a room holds, by part, in the memory budget.
+#[derive(Debug)]
+struct Charges {
+    /// The state's heap, estimated op by op, plus the room's fixed cost
+    /// ([`memory::ROOM_BASE`]).
+    state: Charge,
+    /// The ring's footprint.
+    history: Charge,
+    /// The cached snapshot.
+    snapshot: Charge,
+    /// The cached multi-change delta frame.
+    coalesced: Charge,
 }
 
 impl std::fmt::Debug for Room {
@@ -116,8 +144,21 @@ impl std::fmt::Debug for Room {
 }
 
 impl Room {
+    /// A room outside any memory budget (tests, benches).
     pub fn new(id: RoomId, config: RoomConfig) -> Self {
+        Self::with_budget(id, config, &Budget::unlimited())
+    }
+
+    /// A room whose memory is charged to `budget`.
+    pub fn with_budget(id: RoomId, config: RoomConfig, budget: &Arc<Budget>) -> Self {
         let (rev_tx, _) = watch::channel(Rev(0));
+        let memory = Charges {
+            state: Charge::new(budget, Kind::Held),
+            history: Charge::new(budget, Kind::History),
+            snapshot: Charge::new(budget, Kind::Held),
+            coalesced: Charge::new(budget, Kind::Held),
+        };
+        memory.state.set(memory::ROOM_BASE);
         Room {
             id,
             epoch: Epoch::random(),
@@ -126,8 +167,9 @@ impl Room {
                 ring: Ring::with_budget(config.history.max(1), config.history_bytes),
             }),
             state_bytes: AtomicUsize::new(2),
-            presence: Presence::new(),
-            broadcasts: Broadcasts::new(config.broadcast_buffer),
+            presence: Presence::with_budget(budget),
+            broadcasts: Broadcasts::new(config.broadcast_buffer, config.broadcast_bytes, budget),
+            memory,
             config,
             rev: AtomicU64::new(0),
             rev_tx,
@@ -163,8 +205,8 @@ impl Room {
     /// Commits a change atomically, or explains why not.
     ///
     /// # Errors
-    /// A [`Reject`] with code `conflict`, `stale`, `invalid`, `test_failed` or `too_large`; the
-    /// room is then unchanged.
+    /// A [`Reject`] with code `conflict`, `stale`, `invalid`, `test_failed`, `too_large` or
+    /// `memory_full`; the room is then unchanged (though it may have shed old history).
     pub fn commit(&self, req: ChangeRequest) -> Result<Arc<Change>, Reject> {
         if self.config.max_ops_per_change > 0 && req.ops.len() > self.config.max_ops_per_change {
             return Err(self.reject(
@@ -177,9 +219,16 @@ impl Room {
             ));
         }
         let ops_json = protocol::encode_ops(&req.ops);
+        let budget = self.memory.history.budget();
+        let cost = if budget.fits(memory::change_cost_bound(ops_json.len())) {
+            0
+        } else {
+            memory::change_cost(&req.ops, ops_json.len())
+        };
         let mut g = self.inner.write();
         let cur = g.ring.head();
         conflict::check(&g.ring, &req, cur)?;
+        self.make_room(&mut g, cost)?;
         // The size limit holds op by op, checked before each op allocates (a few `copy` ops
         // could otherwise double the state many times over before a check at the end).
         let size = self.state_bytes.load(Ordering::Relaxed);
@@ -203,7 +252,9 @@ impl Room {
         self.state_bytes.store(new_bytes, Ordering::Relaxed);
         let rev = Rev(cur + 1);
         let (change, held) = Change::encode(rev, req, &ops_json, applied);
+        let growth = memory::state_growth(&change.ops, &change.inverse, &g.state);
         g.ring.push(rev.0, change.clone(), held);
+        self.account(&g, growth);
         self.rev.store(rev.0, Ordering::Release);
         drop(g);
         // Concurrent commits may notify out of order: keep the highest revision.
@@ -215,6 +266,50 @@ impl Room {
             newer
         });
         Ok(change)
+    }
+
+    /// Makes sure a change of about `cost` bytes fits the memory budget, shedding this room's
+    /// oldest history if that is enough.
+    fn make_room(&self, g: &mut Inner, cost: usize) -> Result<(), Reject> {
+        let budget = self.memory.history.budget();
+        if budget.fits(cost) {
+            return Ok(());
+        }
+        if budget.fits(cost.saturating_sub(g.ring.bytes())) {
+            while !budget.fits(cost) && g.ring.pop_oldest().is_some() {
+                self.memory.history.set(g.ring.footprint());
+            }
+            if budget.fits(cost) {
+                return Ok(());
+            }
+        }
+        Err(self.reject(
+            ErrorCode::MemoryFull,
+            format!(
+                "the server's memory (--max-memory, {} bytes) is full: a change holding about {cost} bytes does not fit; try a smaller change or later",
+                budget.limit()
+            ),
+        ))
+    }
+
+    /// Charges the state's growth (bytes, negative when it shrank) and the ring as it is now.
+    fn account(&self, g: &Inner, growth: isize) {
+        let state = self.memory.state.held() as isize + growth;
+        self.memory.state.set(state.max(memory::ROOM_BASE as isize) as usize);
+        self.memory.history.set(g.ring.footprint());
+    }
+
+    /// Sheds the oldest history until the ring holds at most `keep` (0.0 to 1.0) of its bytes,
+    /// always keeping the newest change. Returns the bytes freed.
+    pub fn shed_history(&self, keep: f64) -> usize {
+        let mut g = self.inner.write();
+        let before = g.ring.bytes();
+        let target = (before as f64 * keep.clamp(0.0, 1.0)) as usize;
+        while g.ring.bytes() > target && g.ring.len() > 1 {
+            g.ring.pop_oldest();
+        }
+        self.memory.history.set(g.ring.footprint());
+        before - g.ring.bytes()
     }
 
     fn reject(&self, code: ErrorCode, message: String) -> Reject {

@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use super::Room;
 use crate::ids::Rev;
+use crate::memory::Heap;
 
 /// The state encoded at one revision.
 #[derive(Debug)]
@@ -43,7 +44,10 @@ impl Room {
             "size accounting is exact"
         );
         drop(g);
-        *self.snapshot.lock() = Some(snap.clone());
+        let mut cached = self.snapshot.lock();
+        self.memory.snapshot.set(Heap::block(snap.state.len()).total());
+        *cached = Some(snap.clone());
+        drop(cached);
         snap
     }
 
