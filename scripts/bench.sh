@@ -54,6 +54,9 @@ cargo build --release -p ringsync --bin ringsync -p ringsync-load --bin ringsync
 SERVER=target/release/ringsync
 LOAD=target/release/ringsync-load
 BASELINE=${BASELINE:-}
+# Default flags, except the per-room client cap (default 5,000): the idle scenario holds 10,000
+# clients in one room, and fanout N=5000 adds its writer to 5,000 readers.
+SERVER_FLAGS=(--max-room-clients 0)
 
 PIN=0
 if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then PIN=1; fi
@@ -76,7 +79,7 @@ trap 'exit 130' INT TERM
 
 start_server() {
     : > "$OUT/server.out"
-    (RUST_LOG=warn TOKIO_WORKER_THREADS=1 pinned $SERVER_CORE "$SERVER" --listen 127.0.0.1:0 "$@" \
+    (RUST_LOG=warn TOKIO_WORKER_THREADS=1 pinned $SERVER_CORE "$SERVER" --listen 127.0.0.1:0 "${SERVER_FLAGS[@]}" "$@" \
         > "$OUT/server.out" 2>> "$OUT/server.log") &
     SERVER_PID=$!
     ADDR=""
@@ -205,7 +208,7 @@ fi
     echo "- CPU: ${CPU:-unknown}, $(nproc) cores (shared: other jobs may run during a benchmark); $MEM RAM"
     echo "- Kernel: $(uname -sr); $(rustc --version)"
     if [ "$PIN" = 1 ]; then
-        echo "- Server: \`target/release/ringsync --listen 127.0.0.1:0\` (default flags) pinned to core $SERVER_CORE with"
+        echo "- Server: \`target/release/ringsync --listen 127.0.0.1:0 ${SERVER_FLAGS[*]}\` (otherwise default flags) pinned to core $SERVER_CORE with"
         echo "  \`TOKIO_WORKER_THREADS=1\`; a fresh process for every run."
         echo "- Load: \`target/release/ringsync-load\` pinned to core $LOAD_CORE (current-thread runtime, 64 connections per task)."
     else
