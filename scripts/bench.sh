@@ -51,7 +51,7 @@ echo "==> cargo build --release"
 # The load generator is its own workspace member (benches/ringsync-load); both land in target/release.
 # (--bin filters every selected package, so each binary is named.)
 cargo build --release -p ringsync --bin ringsync -p ringsync-load --bin ringsync-load
-SERVER=target/release/ringsync
+SERVER=${SERVER_BIN:-target/release/ringsync} # SERVER_BIN=path: measure another build instead
 LOAD=target/release/ringsync-load
 BASELINE=${BASELINE:-}
 # Default flags, except the per-room client cap (default 5,000): the idle scenario holds 10,000
