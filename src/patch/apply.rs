@@ -17,47 +17,13 @@
 //! no op can make the document nest deeper than [`MAX_DEPTH`] (each op checks before it writes);
 //! `incr` on two integers is exact and overflow is an error, never a float.
 
-use std::fmt;
-
-use serde::Serialize;
 use serde_json::Value;
 
+use super::budget::{Budget, Plan, plan_add};
 use super::eq::{add_numbers, json_eq};
-use super::pointer::{Pointer, array_index, get_mut, get_ref, parent_mut, parent_ref};
+use super::measure::{check_depth, json_size};
+use super::pointer::{Pointer, array_index, get_mut, get_ref, parent_mut};
 use super::{Op, PatchError};
-
-/// Deepest nesting a document may reach (containers from the root, as serde_json's parser
-/// allows). Keeping every state within it keeps every recursive walk (clone, encode, drop) far
-/// from the stack's end, whatever a client sends.
-pub const MAX_DEPTH: usize = 128;
-
-/// How large a patch may make things while it runs (see [`apply_within`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Budget {
-    /// The document's encoded size (compact JSON bytes) before the patch.
-    pub size: usize,
-    /// The most the document's encoded size may be after any op, and the most the values the
-    /// inverse keeps (what the patch overwrites or removes, `Applied::inverse_bytes`) may add up to.
-    pub limit: usize,
-}
-
-/// What a [`PatchError::TooLarge`] would have grown past its limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Grows {
-    /// The document itself.
-    State,
-    /// The values the change overwrites or removes, which its inverse keeps for undo.
-    Undo,
-}
-
-impl fmt::Display for Grows {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Grows::State => "the state",
-            Grows::Undo => "the values this change overwrites or removes (kept to undo it)",
-        })
-    }
-}
 
 /// What a successful [`apply`] produced.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -109,65 +75,6 @@ fn run(doc: &mut Value, ops: &[Op], budget: Option<Budget>) -> Result<Applied, P
     }
     applied.inverse.reverse();
     Ok(applied)
-}
-
-/// Length of `v` encoded as compact JSON, without allocating it.
-pub fn json_size<T: Serialize + ?Sized>(v: &T) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0 += b.len();
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut c = Count(0);
-    serde_json::to_writer(&mut c, v).expect("counting never fails");
-    c.0
-}
-
-/// Nesting depth of a value (0 for a scalar), walked with an explicit stack.
-pub fn depth(v: &Value) -> usize {
-    let mut max = 0;
-    let mut stack = vec![(v, 1usize)];
-    while let Some((v, d)) = stack.pop() {
-        match v {
-            Value::Array(a) => {
-                max = max.max(d);
-                stack.extend(a.iter().map(|c| (c, d + 1)));
-            }
-            Value::Object(m) => {
-                max = max.max(d);
-                stack.extend(m.values().map(|c| (c, d + 1)));
-            }
-            _ => {}
-        }
-    }
-    max
-}
-
-fn check_depth(path: &Pointer, value: &Value, i: usize) -> Result<(), PatchError> {
-    if !value.is_array() && !value.is_object() {
-        return Ok(());
-    }
-    if path.tokens().len() + depth(value) > MAX_DEPTH {
-        return Err(PatchError::invalid(
-            i,
-            format!("the document would nest deeper than {MAX_DEPTH} levels"),
-        ));
-    }
-    Ok(())
-}
-
-/// What one write will do, worked out before it is made: how much it grows the document's
-/// encoding (negative when it shrinks it) and the encoded size of the value it overwrites
-/// (which the inverse keeps).
-#[derive(Debug, Clone, Copy)]
-struct Plan {
-    growth: i64,
-    replaced: usize,
 }
 
 fn apply_one(
@@ -297,30 +204,6 @@ fn apply_one(
 }
 
 impl Applied {
-    /// Refuses a write of `plan` (plus `undo` more bytes kept by the inverse) that would take
-    /// the document or the inverse past the budget. A write that shrinks the document is never
-    /// refused for the document's size.
-    fn admit(&self, budget: Option<Budget>, i: usize, plan: Plan, undo: usize) -> Result<(), PatchError> {
-        let Some(b) = budget else { return Ok(()) };
-        if plan.growth > 0 {
-            let size = b.size as i64 + self.size_delta + plan.growth;
-            if size > b.limit as i64 {
-                return Err(PatchError::TooLarge {
-                    index: i,
-                    what: Grows::State,
-                    size: size as usize,
-                    limit: b.limit,
-                });
-            }
-        }
-        let kept = undo + plan.replaced;
-        if kept > 0 && self.inverse_bytes + kept > b.limit {
-            let size = self.inverse_bytes + kept;
-            return Err(PatchError::TooLarge { index: i, what: Grows::Undo, size, limit: b.limit });
-        }
-        Ok(())
-    }
-
     /// Records an add's inverse and the size effect its plan worked out.
     fn record_add(&mut self, added: Added, plan: Plan) {
         self.size_delta += plan.growth;
@@ -355,37 +238,6 @@ struct Removed {
     shifted: bool,
     /// Encoded bytes removed besides the value itself.
     overhead: usize,
-}
-
-/// Works out what adding a value of `size` encoded bytes at `path` would do, without writing:
-/// the same checks [`add_at`] makes (so it fails exactly where `add_at` would), and the exact
-/// growth: the value, plus `"name":` and a comma for a new member or a comma for an array
-/// element, minus the value it overwrites.
-fn plan_add(doc: &Value, path: &Pointer, size: usize, i: usize) -> Result<Plan, PatchError> {
-    let Some(last) = path.tokens().last() else {
-        let old = json_size(doc);
-        return Ok(Plan { growth: size as i64 - old as i64, replaced: old });
-    };
-    match parent_ref(doc, path, i)? {
-        Value::Object(m) => Ok(match m.get(last.as_str()) {
-            Some(old) => {
-                let old = json_size(old);
-                Plan { growth: size as i64 - old as i64, replaced: old }
-            }
-            None => {
-                let member = json_size(last.as_str()) + 1 + usize::from(!m.is_empty());
-                Plan { growth: (size + member) as i64, replaced: 0 }
-            }
-        }),
-        Value::Array(a) => {
-            let idx = if last == "-" { a.len() } else { array_index(last, i)? };
-            if idx > a.len() {
-                return Err(PatchError::invalid(i, format!("index {idx} is out of bounds at {path}")));
-            }
-            Ok(Plan { growth: (size + usize::from(!a.is_empty())) as i64, replaced: 0 })
-        }
-        _ => Err(PatchError::invalid(i, format!("parent of {path} is not a container"))),
-    }
 }
 
 /// RFC 6902 `add`. On error the value is handed back, so a `move` can restore it.
@@ -454,6 +306,7 @@ fn remove_at(doc: &mut Value, path: &Pointer, i: usize) -> Result<Removed, Patch
 mod tests {
     use super::*;
     use crate::patch::parse_patch;
+    use crate::patch::{Budget, Grows, MAX_DEPTH, depth};
     use serde_json::json;
 
     fn ops(v: Value) -> Vec<Op> {

@@ -15,18 +15,24 @@
 //! [`PatchError`] and [`parse_patch`]. The rest is split by idea, and everything public is
 //! re-exported here, so callers only ever name `crate::patch::…`:
 //! - `pointer`: RFC 6901 pointers: parsing, escaping, overlap, and resolving one in a document;
-//! - `apply`: atomic application with inverse, touched paths, exact size, budget and depth;
+//! - `apply`: atomic application with inverse, touched paths and exact size;
+//! - `budget`: what each write grows, planned before it is made, and the limit it is held to;
+//! - `measure`: encoded size without encoding, nesting depth and its limit;
 //! - `eq`: JSON equality with numbers compared by value, and exact number addition.
 
 mod apply;
+mod budget;
 mod eq;
+mod measure;
 mod pointer;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value};
 
-pub use apply::{Applied, Budget, Grows, MAX_DEPTH, apply, apply_within, depth, json_size};
+pub use apply::{Applied, apply, apply_within};
+pub use budget::{Budget, Grows};
 pub use eq::{add_numbers, json_eq};
+pub use measure::{MAX_DEPTH, depth, json_size};
 pub use pointer::Pointer;
 
 /// Why a patch did not apply. `code()` is the stable reject code clients see.
