@@ -6,11 +6,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Client, WAIT, binary, config, http, post_ops, start};
+use common::{Client, Spawned, WAIT, config, http, post_ops, spawn_server, start};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -170,43 +169,23 @@ except Exception as e:
     assert_eq!(body["code"], "too_large", "{out}");
 }
 
-/// Starts the real binary on a free port; the child is killed when the guard drops.
-struct Binary {
-    child: Child,
-    addr: std::net::SocketAddr,
-}
+/// The real binary on a free port (killed when dropped), with its /proc readings.
+struct Binary(Spawned);
 
 impl Binary {
     fn start(args: &[&str]) -> Binary {
-        let mut child = binary()
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("binary starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line.trim().rsplit("http://").next().expect("listening line").parse().unwrap();
-        Binary { child, addr }
+        Binary(spawn_server(args))
     }
 
     /// Resident set size (bytes), from /proc.
     fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.pid())).unwrap();
         let kb: u64 = status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmRSS");
         kb * 1024
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -232,7 +211,7 @@ async fn stalled_bodies_are_cut_off_and_hold_bounded_memory() {
     const SENT: usize = 1_040_000;
     const RSS_CAP: u64 = 128 << 20;
     let server = Binary::start(&["--body-timeout", "3"]);
-    let addr = server.addr;
+    let addr = server.0.addr;
     let body = body_of(DECLARED);
     let (wrote_tx, mut wrote_rx) = tokio::sync::mpsc::channel(CONNECTIONS);
     let mut stalled = Vec::new();

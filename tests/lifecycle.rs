@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Client, binary, close_code, config, http, post_ops, start};
+use common::{Client, Spawned, binary, close_code, config, http, post_ops, server_command, start};
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -146,30 +145,6 @@ async fn idle_rooms_are_dropped_and_come_back_with_a_new_epoch() {
     drop(held);
 }
 
-/// Starts the real binary on a free port; returns the child and its address.
-fn spawn_binary(args: &[&str]) -> (std::process::Child, String, BufReader<std::process::ChildStdout>) {
-    let mut child = binary()
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let addr = line.trim().rsplit("http://").next().expect("listening line").to_owned();
-    (child, addr, out)
-}
-
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn raw_get(addr: &str, path: &str) -> u16 {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
@@ -182,8 +157,10 @@ async fn raw_get(addr: &str, path: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_with_spread_1001_closes_and_exits_zero() {
-    let (child, addr, _out) = spawn_binary(&["--shutdown-timeout", "2", "--log-format", "json"]);
-    let mut child = Kill(child);
+    let mut cmd = server_command(&["--shutdown-timeout", "2", "--log-format", "json"]);
+    cmd.stderr(Stdio::piped());
+    let mut child = Spawned::start(cmd);
+    let addr = child.addr.to_string();
     let mut sockets = Vec::new();
     for _ in 0..8 {
         let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/rooms/bye/ws")).await.unwrap();
@@ -191,7 +168,7 @@ async fn sigterm_drains_with_spread_1001_closes_and_exits_zero() {
     }
     assert_eq!(raw_get(&addr, "/readyz").await, 200);
     let signalled = Instant::now();
-    let ok = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
+    let ok = Command::new("kill").args(["-TERM", &child.pid().to_string()]).status().unwrap();
     assert!(ok.success());
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(raw_get(&addr, "/readyz").await, 503, "not ready while draining");
@@ -214,17 +191,10 @@ async fn sigterm_drains_with_spread_1001_closes_and_exits_zero() {
     }
     let spread = closes.iter().max().unwrap().saturating_sub(*closes.iter().min().unwrap());
     assert!(spread > Duration::from_millis(100), "closes are spread over the window: {closes:?}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "exits after the drain");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = child.wait_exit(Duration::from_secs(10)).await;
     assert!(status.success(), "{status:?}");
     let mut logs = String::new();
-    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut logs).unwrap();
+    std::io::Read::read_to_string(child.child.stderr.as_mut().unwrap(), &mut logs).unwrap();
     let first = logs.lines().next().expect("some logs");
     let parsed: Value = serde_json::from_str(first).expect("--log-format json writes JSON lines");
     assert!(parsed.get("level").is_some());

@@ -6,13 +6,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{config, http, post_ops, start};
+use common::{Spawned, config, http, post_ops, start};
 use ringsync::ids::{ClientId, RoomId};
 use ringsync::patch;
 use ringsync::protocol::Mode;
@@ -22,19 +21,10 @@ use serde_json::{Value, json};
 /// Every blocking wait in these tests.
 const BOUND: Duration = Duration::from_secs(30);
 
-/// Kills and reaps the server however the test ends.
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The real binary on a free port, under an address-space cap: a server that lets a change
-/// allocate without bound then aborts instead of taking the machine with it. Returns the child
-/// and its address (from its "ringsync listening on http://ADDR" line).
-fn spawn_capped(address_space_kib: u64, args: &[&str]) -> (Kill, String) {
+/// allocate without bound then aborts instead of taking the machine with it. Returns the server
+/// (killed on drop) and its address (from its "ringsync listening on http://ADDR" line).
+fn spawn_capped(address_space_kib: u64, args: &[&str]) -> (Spawned, String) {
     let bin = common::binary();
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
@@ -42,7 +32,6 @@ fn spawn_capped(address_space_kib: u64, args: &[&str]) -> (Kill, String) {
         .arg(bin.get_program())
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
-        .stdout(Stdio::piped())
         .stderr(Stdio::null());
     // The same environment `binary()` gives (without the shell's RINGSYNC_* variables).
     for (k, v) in bin.get_envs() {
@@ -51,18 +40,9 @@ fn spawn_capped(address_space_kib: u64, args: &[&str]) -> (Kill, String) {
             None => cmd.env_remove(k),
         };
     }
-    let mut child = Kill(cmd.spawn().expect("binary starts"));
-    let out = child.0.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(out).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(BOUND).expect("listening line in time");
-    let addr = line.trim().rsplit("http://").next().expect("listening line").to_owned();
-    assert!(!addr.is_empty(), "listening line: {line:?}");
-    (child, addr)
+    let server = Spawned::start(cmd);
+    let addr = server.addr.to_string();
+    (server, addr)
 }
 
 /// One blocking HTTP/1.1 request with bounded waits; returns the status and JSON body.
@@ -106,7 +86,7 @@ fn copies_cannot_grow_the_state_past_its_limit_during_a_change() {
     // 2 GiB of address space: the fixed server needs a few dozen MiB; one that lets 24 copies
     // of the whole document run would need 64 KiB × 2^24 = 1 TiB and aborts.
     let (server, addr) = spawn_capped(2 << 20, &["--max-state-bytes", "16777216"]);
-    let pid = server.0.id();
+    let pid = server.pid();
     let blob = "x".repeat(64 << 10);
     let (status, body) = request(
         &addr,

@@ -12,49 +12,34 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Client, binary, close_code, config, http, post_ops, start};
+use common::{Client, Spawned, binary, close_code, config, http, post_ops, server_command, start};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 const MIB: u64 = 1 << 20;
 
-/// The binary, killed on drop.
+/// The binary (killed on drop), with its /proc readings.
 struct Proc {
-    child: Child,
+    server: Spawned,
     addr: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Proc {
     fn spawn(flags: &[&str]) -> Proc {
-        let mut child = binary()
-            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(flags)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("binary starts");
-        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        out.read_line(&mut line).expect("listening line");
-        let addr = line.trim().rsplit("http://").next().expect("listening line").to_owned();
-        Proc { child, addr }
+        let mut args = vec!["--log-format", "json"];
+        args.extend_from_slice(flags);
+        let mut cmd = server_command(&args);
+        cmd.env("RUST_LOG", "warn");
+        let server = Spawned::start(cmd);
+        let addr = server.addr.to_string();
+        Proc { server, addr }
     }
 
     /// A field of /proc/PID/status, in bytes (`VmRSS`, `VmHWM`).
     fn status_bytes(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("status");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.server.pid())).expect("status");
         let line = status.lines().find(|l| l.starts_with(field)).expect("field present");
         let kib: u64 = line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("a number");
         kib * 1024

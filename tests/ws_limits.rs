@@ -5,10 +5,10 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Client, WAIT, binary, config, http, start};
+use common::{Client, WAIT, binary, config, http, spawn_server, start};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -145,32 +145,6 @@ async fn unmasked_frames_and_oversized_control_frames_close_with_1002() {
     assert_eq!(ws.close_frame().await, Some((1000, 125)), "a 125-byte close is echoed");
 }
 
-/// Starts the real binary on a free port; returns it (killed on drop) and its address.
-fn spawn_binary(args: &[&str]) -> (Child, String) {
-    let mut child = binary()
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("binary starts");
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    let addr = line.trim().rsplit("http://").next().expect("listening line").to_owned();
-    (Child(child), addr)
-}
-
-/// The binary, killed when the test ends however it ends.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `ringsync_changes_committed_total` now, or `None` once the server has gone.
 async fn committed(addr: &str) -> Option<f64> {
     let mut s = TcpStream::connect(addr).await.ok()?;
@@ -289,7 +263,8 @@ async fn observe(addr: String) -> (BTreeSet<String>, Option<u16>) {
 /// server read after its close frame is not applied either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_streamed_across_sigterm_are_acked_or_rejected_never_applied_silently() {
-    let (mut child, addr) = spawn_binary(&["--shutdown-timeout", "6"]);
+    let mut child = spawn_server(&["--shutdown-timeout", "6"]);
+    let addr = child.addr.to_string();
     let observer = tokio::spawn(observe(addr.clone()));
     let (ready_tx, mut ready) = tokio::sync::mpsc::channel(4);
     let streamers: Vec<_> = (0..4)
@@ -298,7 +273,7 @@ async fn changes_streamed_across_sigterm_are_acked_or_rejected_never_applied_sil
     for _ in 0..4 {
         tokio::time::timeout(WAIT, ready.recv()).await.expect("streamers warm up").unwrap();
     }
-    let ok = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
+    let ok = Command::new("kill").args(["-TERM", &child.pid().to_string()]).status().unwrap();
     assert!(ok.success());
     let signalled = Instant::now();
     // Scrape the commit counter all through the drain: at no moment may more changes have been
@@ -359,14 +334,7 @@ async fn changes_streamed_across_sigterm_are_acked_or_rejected_never_applied_sil
     assert!(rejected > 0, "changes sent during the drain are answered with `draining`");
     assert!(!scrapes.is_empty(), "the counter was read during the drain");
     assert!(most <= acked.len() as f64, "{most} changes committed, only {} acked", acked.len());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "exits after the drain");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = child.wait_exit(Duration::from_secs(20)).await;
     assert!(status.success(), "{status:?}");
 }
 

@@ -64,6 +64,78 @@ pub fn binary() -> std::process::Command {
     cmd
 }
 
+/// The real binary on a free port (`--listen 127.0.0.1:0`, then `args`), stderr discarded; a
+/// caller that wants the logs or a wrapper adjusts the command and passes it to
+/// [`Spawned::start`].
+pub fn server_command(args: &[&str]) -> std::process::Command {
+    let mut cmd = binary();
+    cmd.args(["--listen", "127.0.0.1:0"]).args(args).stderr(std::process::Stdio::null());
+    cmd
+}
+
+/// Starts the real binary: see [`server_command`].
+pub fn spawn_server(args: &[&str]) -> Spawned {
+    Spawned::start(server_command(args))
+}
+
+/// A spawned server process, killed and reaped when dropped (pass or fail).
+pub struct Spawned {
+    pub child: std::process::Child,
+    /// From its "ringsync listening on http://ADDR" stdout line.
+    pub addr: SocketAddr,
+    /// The rest of its stdout, held open.
+    pub stdout: Option<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Spawned {
+    /// Spawns `cmd` with stdout piped and reads its listening line (bounded wait).
+    pub fn start(mut cmd: std::process::Command) -> Spawned {
+        let child = cmd.stdout(std::process::Stdio::piped()).spawn().expect("binary starts");
+        let mut spawned = Spawned { child, addr: SocketAddr::from(([0, 0, 0, 0], 0)), stdout: None };
+        let out = spawned.child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut out = std::io::BufReader::new(out);
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut out, &mut line);
+            let _ = tx.send((line, out));
+        });
+        let (line, out) = rx.recv_timeout(Duration::from_secs(30)).expect("listening line in time");
+        let addr = line.trim().rsplit("http://").next().unwrap_or_default();
+        spawned.addr = addr.parse().unwrap_or_else(|_| panic!("listening line: {line:?}"));
+        spawned.stdout = Some(out);
+        spawned
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Waits (polling, bounded) for the process to exit; panics if it is still running after
+    /// `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "exits after the drain");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A config for tests: defaults with the given flags (`RINGSYNC_*` variables are not read).
 pub fn config(flags: &[&str]) -> Config {
     let mut args = vec!["--listen", "127.0.0.1:0", "--presence-interval", "0", "--shutdown-timeout", "1"];
