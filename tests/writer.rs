@@ -342,8 +342,9 @@ async fn fresh_join_is_welcome_then_one_snapshot() {
     assert_eq!(log.len(), 3, "nothing but welcome and one snapshot before the marker: {log:#?}");
 }
 
-#[tokio::test]
-async fn resume_inside_the_ring_is_welcome_then_delta_to_head() {
+/// A room at revision 5 (five changes by someone else) and a session of it that has had
+/// `clientReqId` 7 processed: what the resume tests resume.
+fn a_session_five_changes_behind() -> (Arc<Room>, Sessions, ringsync::session::Attached) {
     let room = new_room(64);
     let sessions = Sessions::default();
     let first = sessions.attach(&room, None).unwrap();
@@ -351,6 +352,12 @@ async fn resume_inside_the_ring_is_welcome_then_delta_to_head() {
     for n in 1..=5 {
         commit(&room, OTHER, None, n);
     }
+    (room, sessions, first)
+}
+
+#[tokio::test]
+async fn resume_inside_the_ring_is_welcome_then_delta_to_head() {
+    let (room, sessions, first) = a_session_five_changes_behind();
     let from = ResumeFrom {
         session: Some(first.session.token.to_string()),
         epoch: Some(room.epoch().as_str().to_owned()),
@@ -373,13 +380,7 @@ async fn resume_inside_the_ring_is_welcome_then_delta_to_head() {
 
 #[tokio::test]
 async fn resume_from_another_epoch_is_a_snapshot() {
-    let room = new_room(64);
-    let sessions = Sessions::default();
-    let first = sessions.attach(&room, None).unwrap();
-    first.session.state.lock().last_req = ClientReqId(7);
-    for n in 1..=5 {
-        commit(&room, OTHER, None, n);
-    }
+    let (room, sessions, first) = a_session_five_changes_behind();
     let from = ResumeFrom {
         session: Some(first.session.token.to_string()),
         epoch: Some("another-epoch".into()),
