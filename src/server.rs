@@ -31,6 +31,7 @@ use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 
 use crate::app::{App, HttpSlot};
 use crate::close::CloseReason;
@@ -179,20 +180,27 @@ async fn serve_http(app: Arc<App>, stream: TcpStream, _slot: HttpSlot) {
     // request only once the previous body is done; an upgrade clears it, as the socket then
     // belongs to the WebSocket.
     let unread = Arc::new(AtomicBool::new(false));
+    // Signalled as each request begins (a stored permit once one has): see the shutdown arm below.
+    let begun = Arc::new(Notify::new());
     // A second handle on the socket, to linger on once hyper has closed its own. (The socket
     // itself must go to hyper: `connection` takes the upgraded `TcpStream` back from it.)
     let spare = second_handle(&stream);
     {
         let svc_app = app.clone();
         let svc_unread = unread.clone();
+        let svc_begun = begun.clone();
         let service = service_fn(move |req: Request<Incoming>| {
+            svc_begun.notify_one();
             svc_unread.store(false, Ordering::Release);
             let req = req.map(|body| RequestBody::new(body, svc_unread.clone()));
             let (app, unread) = (svc_app.clone(), svc_unread.clone());
             async move {
-                let resp = route(app, req).await?;
+                let mut resp = route(app.clone(), req).await?;
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     unread.store(false, Ordering::Release);
+                } else if app.is_draining() {
+                    // Say so, so the client does not reuse a connection about to close.
+                    resp.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
                 }
                 Ok::<_, Infallible>(resp)
             }
@@ -207,19 +215,32 @@ async fn serve_http(app: Arc<App>, stream: TcpStream, _slot: HttpSlot) {
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    if e.is_timeout() {
-                        // A client that did not finish its request headers within --handshake-timeout.
-                        Refusal::HandshakeTimeout.count();
-                    }
-                    tracing::debug!(error = %e, "http connection ended");
+        let ended = |r: Result<(), hyper::Error>| {
+            if let Err(e) = r {
+                if e.is_timeout() {
+                    // A client that did not finish its request headers within --handshake-timeout.
+                    Refusal::HandshakeTimeout.count();
                 }
+                tracing::debug!(error = %e, "http connection ended");
             }
+        };
+        tokio::select! {
+            r = conn.as_mut() => ended(r),
             _ = shutdown.changed() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(app.config.shutdown_timeout, conn).await;
+                // hyper's graceful shutdown closes a connection that has not begun a request as
+                // idle. One accepted just before the drain may have its first request on the way:
+                // wait for it to begin (--handshake-timeout bounds that), so it is answered with
+                // `Connection: close` instead of dropped. A keep-alive connection that has served
+                // a request holds a permit and closes at once when idle, as before.
+                let finish = async {
+                    tokio::select! {
+                        r = conn.as_mut() => return ended(r),
+                        () = begun.notified() => {}
+                    }
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(app.config.shutdown_timeout, conn.as_mut()).await;
+                };
+                let _ = tokio::time::timeout(app.config.shutdown_timeout, finish).await;
             }
         }
     }

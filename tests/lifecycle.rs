@@ -167,12 +167,22 @@ async fn sigterm_drains_with_spread_1001_closes_and_exits_zero() {
         sockets.push(ws);
     }
     assert_eq!(raw_get(&addr, "/readyz").await, 200);
+    // A connection accepted just before the drain whose request arrives after it began is
+    // answered, not closed unanswered (hyper's graceful shutdown alone drops it as idle).
+    let mut early = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let signalled = Instant::now();
     let ok = Command::new("kill").args(["-TERM", &child.pid().to_string()]).status().unwrap();
     assert!(ok.success());
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(raw_get(&addr, "/readyz").await, 503, "not ready while draining");
     assert_eq!(raw_get(&addr, "/healthz").await, 200, "alive while draining");
+    early.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), early.read_to_end(&mut buf)).await.unwrap().unwrap();
+    let head = String::from_utf8_lossy(&buf);
+    assert!(head.starts_with("HTTP/1.1 200"), "answered, then closed: {head:?}");
+    assert!(head.to_ascii_lowercase().contains("connection: close"), "{head:?}");
     // Read every socket concurrently so each close is timed when it arrives.
     let readers: Vec<_> = sockets
         .into_iter()
