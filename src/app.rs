@@ -21,6 +21,7 @@ use std::time::Instant;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::ids::RoomId;
 use crate::memory::Budget;
@@ -33,6 +34,8 @@ use crate::session::{SessionLimits, Sessions};
 /// Everything the request handlers share.
 pub struct App {
     pub config: Config,
+    /// Verifies tokens (open mode without a `--jwt-*` key); built once at start.
+    pub auth: Authenticator,
     pub rooms: Rooms,
     pub sessions: Arc<Sessions>,
     pub metrics: PrometheusHandle,
@@ -54,9 +57,21 @@ pub struct App {
 }
 
 impl App {
-    /// Builds the shared state (installing the metrics recorder on first use in the process).
+    /// Builds the shared state (installing the metrics recorder on first use in the process),
+    /// reading the token key files named in `config`.
+    ///
+    /// # Panics
+    /// When a key file cannot be read or holds no usable key (the binary checks it first with
+    /// [`Authenticator::from_config`] and exits with a message instead).
     pub fn new(config: Config) -> Arc<App> {
+        let auth = Authenticator::from_config(&config).unwrap_or_else(|e| panic!("{e}"));
+        App::with_auth(config, auth)
+    }
+
+    /// [`App::new`] with an authenticator already built.
+    pub fn with_auth(config: Config, auth: Authenticator) -> Arc<App> {
         Arc::new(App {
+            auth,
             rooms: Rooms::with_budget(config.room_config(), config.max_rooms, Budget::new(config.max_memory)),
             sessions: Arc::new(Sessions::new(SessionLimits::from(&config))),
             metrics: m::install(),

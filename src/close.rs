@@ -37,6 +37,13 @@ pub enum CloseReason {
     TooManySessions,
     /// 4008: the memory budget (`--max-memory`) admits no new room and this one does not exist.
     MemoryFull,
+    /// 4401: no valid token (missing, malformed, expired, not yet valid, badly signed), or the
+    /// token expired (past `--jwt-leeway`) without a refresh.
+    Unauthorized,
+    /// 4403: a valid token without permission for this room (or it lost read on a refresh).
+    Forbidden,
+    /// 4403: the session (or a refresh token) belongs to another user.
+    OtherUser,
     /// The socket did not accept a write within `--write-timeout` (no close frame can be sent).
     SlowClient,
     /// The socket failed (reset, closed under us).
@@ -44,7 +51,7 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 13] = [
+    pub const ALL: [CloseReason; 16] = [
         CloseReason::Normal,
         CloseReason::Idle,
         CloseReason::Shutdown,
@@ -56,6 +63,9 @@ impl CloseReason {
         CloseReason::TooManyRooms,
         CloseReason::TooManySessions,
         CloseReason::MemoryFull,
+        CloseReason::Unauthorized,
+        CloseReason::Forbidden,
+        CloseReason::OtherUser,
         CloseReason::SlowClient,
         CloseReason::Gone,
     ];
@@ -73,6 +83,8 @@ impl CloseReason {
             CloseReason::TooManyRooms => 4006,
             CloseReason::TooManySessions => 4007,
             CloseReason::MemoryFull => 4008,
+            CloseReason::Unauthorized => 4401,
+            CloseReason::Forbidden | CloseReason::OtherUser => 4403,
             CloseReason::SlowClient | CloseReason::Gone => 1006,
         }
     }
@@ -91,6 +103,9 @@ impl CloseReason {
             CloseReason::TooManyRooms => "too many rooms",
             CloseReason::TooManySessions => "too many sessions",
             CloseReason::MemoryFull => "server memory full (--max-memory): no new rooms",
+            CloseReason::Unauthorized => "unauthorized: missing, invalid or expired token",
+            CloseReason::Forbidden => "forbidden: the token grants no access to this room",
+            CloseReason::OtherUser => "forbidden: the session or token belongs to another user",
             CloseReason::SlowClient => "write timeout",
             CloseReason::Gone => "connection lost",
         }
@@ -110,6 +125,9 @@ impl CloseReason {
             CloseReason::TooManyRooms => "too_many_rooms",
             CloseReason::TooManySessions => "too_many_sessions",
             CloseReason::MemoryFull => "memory_full",
+            CloseReason::Unauthorized => "unauthorized",
+            CloseReason::Forbidden => "forbidden",
+            CloseReason::OtherUser => "other_user",
             CloseReason::SlowClient => "write_timeout",
             CloseReason::Gone => "connection_lost",
         }

@@ -162,6 +162,34 @@ pub struct Config {
     #[arg(long, env = "RINGSYNC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// HS256 secret for client tokens (JWT): a file read once at start (trailing whitespace
+    /// trimmed; at least 32 bytes). With this or --jwt-public-key-file, every WebSocket and HTTP
+    /// API request needs a token (see README "Security").
+    #[arg(long, env = "RINGSYNC_JWT_SECRET_FILE", value_name = "PATH")]
+    pub jwt_secret_file: Option<std::path::PathBuf>,
+
+    /// Public key for client tokens (JWT), PEM: RSA (RS256/384/512), EC P-256/P-384
+    /// (ES256/ES384) or Ed25519 (EdDSA), detected from the key. Read once at start.
+    #[arg(long, env = "RINGSYNC_JWT_PUBLIC_KEY_FILE", value_name = "PATH")]
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+
+    /// Required `iss` claim of client tokens (checked only when set).
+    #[arg(long, env = "RINGSYNC_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim of client tokens (checked only when set).
+    #[arg(long, env = "RINGSYNC_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock skew allowed when checking a token's `exp` and `nbf` (seconds).
+    #[arg(long, env = "RINGSYNC_JWT_LEEWAY", default_value_t = 30, value_name = "SECONDS")]
+    pub jwt_leeway: u64,
+
+    /// Open mode (no --jwt-* key) on a non-loopback --listen address: every client may read and
+    /// write every room. Without this flag the server refuses to start that way.
+    #[arg(long, env = "RINGSYNC_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+
     /// Test only: serve `GET /test/echo`, a WebSocket that echoes every message through the same
     /// read path and writer as a room connection (for the Autobahn TestSuite run in
     /// scripts/test.sh). Off by default; hidden from `--help` and deliberately without an
@@ -242,7 +270,21 @@ impl Config {
         if self.max_memory != 0 && self.max_memory < 1 << 20 {
             return Err("--max-memory must be 0 (unlimited) or at least 1 MiB (1048576)".into());
         }
+        if !self.tokens_required() && !self.allow_anonymous && !self.listen.ip().is_loopback() {
+            return Err(format!(
+                "--listen {} is not a loopback address and no token key is set: anyone could read and \
+                 write every room. Set --jwt-secret-file or --jwt-public-key-file, or pass \
+                 --allow-anonymous to serve open rooms on purpose",
+                self.listen
+            ));
+        }
         Ok(())
+    }
+
+    /// Whether clients need a token (a `--jwt-*` key is configured); else the server is in open
+    /// mode.
+    pub fn tokens_required(&self) -> bool {
+        self.jwt_secret_file.is_some() || self.jwt_public_key_file.is_some()
     }
 
     pub fn room_config(&self) -> RoomConfig {

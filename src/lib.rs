@@ -17,7 +17,8 @@
 //!   [`room`] (one room's ordering point: commit, conflict modes, catch-up decision, snapshots);
 //!   [`rooms`] (the registry: admission, activity, eviction);
 //! - the shell: [`config`] (every flag once), [`close`] (close-reason catalogue), [`metrics`]
-//!   (names, label enums, handles), [`web`] (embedded browser files); then [`session`] (identity
+//!   (names, label enums, handles), [`web`] (embedded browser files); [`auth`] (tokens and room
+//!   permissions); then [`session`] (identity
 //!   across reconnects, dedupe, takeover, the resume point); [`app`] (shared state, limit guards,
 //!   the one commit path); [`writer`] (the only socket writer, generic over its sink) and
 //!   [`reassembly`]; [`connection`] (one WebSocket's read loop; each client message is handled in
@@ -25,6 +26,7 @@
 //!   (accept loop, routing, drain, sweeps); `main.rs` last.
 
 pub mod app;
+pub mod auth;
 pub mod broadcast;
 pub mod close;
 pub mod config;

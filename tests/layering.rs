@@ -19,6 +19,7 @@ const LAYERS: &[&[&str]] = &[
     // The shell.
     &["config", "close", "web"],
     &["metrics"],
+    &["auth"],
     &["session"],
     &["app"],
     &["writer", "reassembly"],

@@ -21,7 +21,7 @@ pub enum ErrorCode {
     TestFailed,
     /// Over a size limit (message, state, ops per change, presence).
     TooLarge,
-    /// Not allowed for this client.
+    /// Not allowed for this client: its token lacks the permission (HTTP 403).
     Forbidden,
     /// The server is shutting down: the change was not applied (nor counted as processed).
     Draining,
@@ -53,11 +53,13 @@ pub enum ErrorCode {
     Timeout,
     /// `--max-body-bytes-in-flight` reached: the server holds as many request bodies as it may.
     Overloaded,
+    /// No valid token (missing, malformed, expired, not yet valid, badly signed).
+    Unauthorized,
 }
 
 impl ErrorCode {
     /// Every code; the first eight are the ones a change can be rejected with.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::Conflict,
         ErrorCode::Stale,
         ErrorCode::Invalid,
@@ -80,6 +82,7 @@ impl ErrorCode {
         ErrorCode::TooManyRooms,
         ErrorCode::Timeout,
         ErrorCode::Overloaded,
+        ErrorCode::Unauthorized,
     ];
 
     /// The codes a change can be rejected with (`reject` messages; the `code` label of
@@ -111,6 +114,7 @@ impl ErrorCode {
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Unauthorized => "unauthorized",
         }
     }
 }
