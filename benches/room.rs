@@ -49,6 +49,7 @@ fn small_change(i: u64) -> ChangeRequest {
     .expect("valid patch");
     ChangeRequest {
         author: WRITER,
+        user: None,
         client_req_id: Some(ClientReqId(i + 1)),
         base_rev: None,
         mode: Mode::Overwrite,
@@ -275,6 +276,7 @@ fn paths_check(c: &mut Criterion) {
         );
         let overwrite = |ops| ChangeRequest {
             author: WRITER,
+            user: None,
             client_req_id: None,
             base_rev: None,
             mode: Mode::Overwrite,

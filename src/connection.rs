@@ -28,14 +28,15 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::app::{self, App};
+use crate::auth::{Identity, Permission};
 use crate::close::{CLOSE_GRACE, CloseReason};
 use crate::ids::ClientReqId;
 use crate::metrics::{self as m, Refusal};
 use crate::protocol::{self, ClientMsg, ErrorCode, Reject};
 use crate::room::{ChangeRequest, Room};
 use crate::rooms::Lease;
-use crate::session::{Attached, ResumeFrom, Session, SessionState};
-use crate::writer::{self, Outgoing, Signals, Writer, WriterConfig};
+use crate::session::{AttachError, Attached, ResumeFrom, Session, SessionState};
+use crate::writer::{self, Outgoing, Signals, TokenExpiry, Writer, WriterConfig};
 
 mod inbound;
 
@@ -89,29 +90,44 @@ async fn close_now(mut write: WebSocketWrite<WriteIo>, reason: CloseReason) {
     metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
 }
 
-/// Serves an upgraded WebSocket until it closes. `lease` is its admission to the room.
-pub async fn serve(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<App>, lease: Lease, from: ResumeFrom) {
+/// Serves an upgraded WebSocket until it closes. `lease` is its admission to the room;
+/// `identity` is who the request's token names (at least `read` in this room, checked by the
+/// caller; [`Identity::open`] in open mode).
+pub async fn serve(
+    ws: WebSocket<TokioIo<Upgraded>>,
+    app: Arc<App>,
+    lease: Lease,
+    from: ResumeFrom,
+    identity: Identity,
+) {
     let room = lease.room().clone();
     let _open = OpenGauge::new();
     let Some((read, write)) = into_halves(ws) else {
         tracing::error!("upgraded connection is not a TCP stream");
         return;
     };
-    // Over --max-sessions with every session connected: nothing can make room for this one.
-    let Ok(attached) = app.sessions.attach(&room, from.session.as_deref()) else {
-        Refusal::MaxSessions.count();
-        return close_now(write, CloseReason::TooManySessions).await;
+    let user: Option<Arc<str>> = identity.user.as_deref().map(Arc::from);
+    let attached = match app.sessions.attach(&room, from.session.as_deref(), user.as_ref()) {
+        Ok(attached) => attached,
+        // Over --max-sessions with every session connected: nothing can make room for this one.
+        Err(AttachError::Full(_)) => {
+            Refusal::MaxSessions.count();
+            return close_now(write, CloseReason::TooManySessions).await;
+        }
+        Err(AttachError::OtherUser) => return close_now(write, CloseReason::OtherUser).await,
     };
     let Attached { session, conn, resumed, kicked } = attached;
-    room.presence.join(session.client);
+    room.presence.join_as(session.client, session.user.clone());
     // Boxed messages keep the channel's first block (CONTROL_QUEUE slots, allocated up front)
     // small: replies are rare next to the frames the writer pulls.
     let (tx, rx) = mpsc::channel::<Box<Outgoing>>(CONTROL_QUEUE);
-    let signals = Signals { replies: rx, kicked, shutdown: app.shutdown_signal() };
+    let expiry = identity.exp.map(|exp| TokenExpiry::new(exp, app.auth.leeway()));
+    let signals = Signals { replies: rx, kicked, shutdown: app.shutdown_signal(), expiry };
+    let permission = identity.permission(room.id()).unwrap_or(Permission::Read);
 
     let mut writer = Writer::new(write, WriterConfig::from(&app.config), &session);
     let writer_fut = writer.run(from, resumed, signals);
-    let reader_fut = read_loop(Inbound::new(read, &app.config, tx), &app, &room, &session, conn);
+    let reader_fut = read_loop(Inbound::new(read, &app.config, tx), &app, &room, &session, conn, permission);
     let (end, reason) = side_by_side(reader_fut, writer_fut).await;
     let end = if reason == CloseReason::TakenOver { End::TakenOver } else { end };
     let label = if end == End::Clean { CloseReason::Normal.label() } else { reason.label() };
@@ -195,7 +211,15 @@ impl Drop for OpenGauge {
 }
 
 /// The room connection's reader: every message to [`handle_message`], its reply to the writer.
-async fn read_loop(mut inbound: Inbound, app: &App, room: &Room, session: &Session, conn: u64) -> End {
+/// `permission` is what the connection's token grants in this room (a `refresh` may change it).
+async fn read_loop(
+    mut inbound: Inbound,
+    app: &App,
+    room: &Room,
+    session: &Session,
+    conn: u64,
+    mut permission: Permission,
+) -> End {
     loop {
         let message = match inbound.next().await {
             Ok(message) => message,
@@ -204,9 +228,13 @@ async fn read_loop(mut inbound: Inbound, app: &App, room: &Room, session: &Sessi
         let reply = if message.binary {
             let code = ErrorCode::BadMessage;
             metrics::counter!(m::DECODE_ERRORS, "code" => code.as_str()).increment(1);
-            Some(protocol::error_msg(code, "binary frames are not supported; send JSON text", None))
+            Some(Outgoing::Text(protocol::error_msg(
+                code,
+                "binary frames are not supported; send JSON text",
+                None,
+            )))
         } else {
-            match handle_message(&message.payload, app, room, session, conn) {
+            match handle_message(&message.payload, app, room, session, conn, &mut permission) {
                 Ok(reply) => reply,
                 // Taken over: this connection must not act for the session any more.
                 Err(Superseded) => return End::TakenOver,
@@ -214,7 +242,7 @@ async fn read_loop(mut inbound: Inbound, app: &App, room: &Room, session: &Sessi
         };
         if let Some(reply) = reply {
             // Fails only when the writer has gone; `next` then awaits the client's close.
-            let _ = inbound.reply(Outgoing::Text(reply)).await;
+            let _ = inbound.reply(reply).await;
         }
     }
 }
@@ -234,26 +262,58 @@ async fn echo_loop(mut inbound: Inbound) -> End {
 struct Superseded;
 
 /// Handles one text message from a client; returns the reply for the sender, if any.
-/// Synchronous: locks taken here are released before the caller awaits.
+/// Synchronous: locks taken here are released before the caller awaits. `permission` is the
+/// connection's in this room; a `refresh` replaces it.
 fn handle_message(
     text: &[u8],
     app: &App,
     room: &Room,
     session: &Session,
     conn: u64,
-) -> Result<Option<Bytes>, Superseded> {
+    permission: &mut Permission,
+) -> Result<Option<Outgoing>, Superseded> {
     let msg = match protocol::decode_client(text) {
         Ok(msg) => msg,
         Err(e) => {
             metrics::counter!(m::DECODE_ERRORS, "code" => e.code().as_str()).increment(1);
-            return Ok(Some(protocol::error_msg(e.code(), &e.message, None)));
+            return Ok(Some(Outgoing::Text(protocol::error_msg(e.code(), &e.message, None))));
         }
     };
     let st = session.state.lock();
     if !st.owned_by(conn) {
         return Err(Superseded);
     }
-    Ok(handle_owned(msg, app, room, session, st))
+    if let ClientMsg::Refresh { token } = msg {
+        drop(st);
+        return Ok(Some(refresh(&token, app, room, session, permission)));
+    }
+    Ok(handle_owned(msg, app, room, session, st, *permission).map(Outgoing::Text))
+}
+
+/// A `refresh`: the new token must verify and name the same user; its permissions apply at once.
+/// A bad token gets an `error` (the connection carries on until its current token expires);
+/// another user's token, or one without read in this room, closes the connection with 4403.
+fn refresh(token: &str, app: &App, room: &Room, session: &Session, permission: &mut Permission) -> Outgoing {
+    if !app.auth.tokens_required() {
+        let message = "this server runs without tokens (open mode): there is nothing to refresh";
+        return Outgoing::Text(protocol::error_msg(ErrorCode::BadMessage, message, None));
+    }
+    let identity = match app.auth.verify(token) {
+        Ok(identity) => identity,
+        Err(e) => {
+            let message = format!("refresh refused: {e}; the current token still holds until it expires");
+            return Outgoing::Text(protocol::error_msg(ErrorCode::Unauthorized, &message, None));
+        }
+    };
+    if identity.user.as_deref() != session.user.as_deref() {
+        return Outgoing::Close(CloseReason::OtherUser);
+    }
+    let (Some(granted), Some(exp)) = (identity.permission(room.id()), identity.exp) else {
+        return Outgoing::Close(CloseReason::Forbidden);
+    };
+    *permission = granted;
+    let expiry = TokenExpiry::new(exp, app.auth.leeway());
+    Outgoing::Refreshed { frame: protocol::refreshed_msg(exp), expiry }
 }
 
 /// [`handle_message`] for a connection that owns its session (`st` is its locked state; it is
@@ -264,6 +324,7 @@ fn handle_owned(
     room: &Room,
     session: &Session,
     mut st: parking_lot::MutexGuard<'_, SessionState>,
+    permission: Permission,
 ) -> Option<Bytes> {
     match msg {
         ClientMsg::Ping { t } => Some(protocol::pong_msg(&t)),
@@ -276,9 +337,14 @@ fn handle_owned(
                 return Some(protocol::error_msg(ErrorCode::Duplicate, &msg, Some(c.client_req_id)));
             }
             let processed = std::mem::replace(&mut st.last_req, c.client_req_id);
+            if permission < Permission::Write {
+                let message = "your token grants only read in this room: the change was not applied";
+                return Some(refuse_change(room, c.client_req_id, ErrorCode::Forbidden, message.into()));
+            }
             let req = match (c.mode, c.ops) {
                 (Ok(mode), Ok(ops)) => ChangeRequest {
                     author: session.client,
+                    user: session.user.clone(),
                     client_req_id: Some(c.client_req_id),
                     base_rev: c.base_rev,
                     mode,
@@ -310,12 +376,19 @@ fn handle_owned(
                 Err(e) => Some(protocol::error_msg(ErrorCode::TooLarge, &e.to_string(), None)),
             }
         }
+        ClientMsg::Broadcast { .. } if permission < Permission::Write => {
+            drop(st);
+            let message = "your token grants only read in this room: the broadcast was not sent";
+            Some(protocol::error_msg(ErrorCode::Forbidden, message, None))
+        }
         ClientMsg::Broadcast { data } => {
             drop(st);
             metrics::counter!(m::BROADCASTS).increment(1);
             room.broadcasts.send(session.client, &data);
             None
         }
+        // Answered by `handle_message` before the session lock is kept.
+        ClientMsg::Refresh { .. } => None,
     }
 }
 

@@ -22,6 +22,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::app::{App, BodyCharge};
+use crate::auth::{AuthError, Identity, Permission};
 use crate::ids::{ClientId, ClientReqId, Rev, RoomId};
 use crate::metrics::Refusal;
 use crate::protocol::{self, ErrorCode};
@@ -149,8 +150,50 @@ impl Drop for RequestBody {
     }
 }
 
-/// Routes `/v1/rooms/{room}/{tail}` (everything but the WebSocket).
+/// The answer to a request whose token is missing or refused: 401 with the JSON error body and
+/// `WWW-Authenticate: Bearer` (RFC 6750).
+pub fn unauthorized(e: &AuthError) -> Response<Body> {
+    let mut resp = json_error(ErrorCode::Unauthorized, &e.to_string());
+    resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    resp
+}
+
+/// Who sent `req` (its `Authorization: Bearer` token), if they hold `needed` in room `id`;
+/// else the 401 or 403 to answer.
+fn authorize<B>(
+    app: &App,
+    req: &Request<B>,
+    id: &RoomId,
+    needed: Permission,
+) -> Result<Identity, Box<Response<Body>>> {
+    let identity = app.auth.from_request(req.headers(), None).map_err(|e| Box::new(unauthorized(&e)))?;
+    if identity.allows(id, needed) {
+        return Ok(identity);
+    }
+    let message = match needed {
+        Permission::Read => format!("your token does not grant read in room {id}"),
+        Permission::Write => format!("your token does not grant write in room {id}"),
+        Permission::Admin => format!("your token does not grant admin in room {id}"),
+    };
+    Err(Box::new(json_error(ErrorCode::Forbidden, &message)))
+}
+
+/// Routes `/v1/rooms/{room}/{tail}` (everything but the WebSocket). Reads need `read` in the
+/// room, writes `write` (checked before the body is read).
 pub async fn handle(app: &App, req: Request<RequestBody>, id: &RoomId, tail: &str) -> Response<Body> {
+    let needed = match (req.method(), tail) {
+        (&Method::GET, "" | "changes" | "presence") => Some(Permission::Read),
+        (&Method::POST, "changes" | "broadcast") => Some(Permission::Write),
+        _ => None,
+    };
+    let identity = match needed.map(|needed| authorize(app, &req, id, needed)) {
+        Some(Ok(identity)) => Some(identity),
+        // The body, if any, is left unread: the connection closes after the answer.
+        Some(Err(resp)) if needed == Some(Permission::Write) => return closing(*resp),
+        Some(Err(resp)) => return *resp,
+        None => None,
+    };
+    let user: Option<Arc<str>> = identity.and_then(|i| i.user).map(Arc::from);
     match (req.method().clone(), tail) {
         (Method::GET, "") => get_room(app.rooms.get(id).as_deref()),
         (Method::GET, "changes") => {
@@ -159,7 +202,7 @@ pub async fn handle(app: &App, req: Request<RequestBody>, id: &RoomId, tail: &st
         }
         // The body's charge is held until the change is handled.
         (Method::POST, "changes") => match read_json(app, req).await {
-            Ok((body, _charge)) => post_change(app, id, body),
+            Ok((body, _charge)) => post_change(app, id, body, user),
             Err(resp) => resp,
         },
         (Method::GET, "presence") => {
@@ -269,6 +312,9 @@ fn get_changes(room: Option<&Room>, since: Option<&str>) -> Response<Body> {
         .iter()
         .map(|c| {
             let mut e = json!({"rev": c.rev.0, "client": c.author.to_string(), "ops": c.ops});
+            if let Some(user) = &c.user {
+                e["user"] = Value::from(&**user);
+            }
             if let Some(id) = c.client_req_id {
                 e["clientReqId"] = id.0.into();
             }
@@ -281,7 +327,7 @@ fn get_changes(room: Option<&Room>, since: Option<&str>) -> Response<Body> {
     )
 }
 
-fn post_change(app: &App, id: &RoomId, body: Value) -> Response<Body> {
+fn post_change(app: &App, id: &RoomId, body: Value, user: Option<Arc<str>>) -> Response<Body> {
     let Value::Object(mut m) = body else {
         return json_error(ErrorCode::BadMessage, "body must be a JSON object");
     };
@@ -295,7 +341,8 @@ fn post_change(app: &App, id: &RoomId, body: Value) -> Response<Body> {
         Ok(r) => r,
         Err(e) => return json_error(e.code(), &e.to_string()),
     };
-    let req = ChangeRequest { author: ClientId::HTTP, client_req_id: None, base_rev: c.base_rev, mode, ops };
+    let req =
+        ChangeRequest { author: ClientId::HTTP, user, client_req_id: None, base_rev: c.base_rev, mode, ops };
     match app.commit(&room, req) {
         Ok(change) => json(StatusCode::OK, &json!({"rev": change.rev.0})),
         Err(r) => json(status_of(r.code), &r),

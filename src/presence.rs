@@ -47,6 +47,9 @@ pub struct PresenceTooLarge {
 #[derive(Debug)]
 struct Peer {
     data: Map<String, Value>,
+    /// The peer's user (a token's `sub`), put first in its entry as `"user"`; a client cannot
+    /// set that key itself. `None` in open mode (the entry is then exactly its data).
+    user: Option<Arc<str>>,
     online: bool,
     changed: u64,
     /// `"c7":{...}` (or `"c7":null` while offline), encoded once per change.
@@ -60,7 +63,17 @@ impl Peer {
     fn encode(&mut self, client: ClientId) {
         let mut b = Vec::with_capacity(16);
         write!(b, "\"{client}\":").expect("vec write");
-        if self.online {
+        if let (true, Some(user)) = (self.online, &self.user) {
+            b.extend_from_slice(b"{\"user\":");
+            serde_json::to_writer(&mut b, &**user).expect("presence serialises");
+            for (k, v) in &self.data {
+                b.push(b',');
+                serde_json::to_writer(&mut b, k).expect("presence serialises");
+                b.push(b':');
+                serde_json::to_writer(&mut b, v).expect("presence serialises");
+            }
+            b.push(b'}');
+        } else if self.online {
             serde_json::to_writer(&mut b, &self.data).expect("presence serialises");
         } else {
             b.extend_from_slice(b"null");
@@ -166,6 +179,12 @@ impl Presence {
     /// Marks `client` present (a join for everyone else unless it already was). Returns the
     /// presence sequence after the join.
     pub fn join(&self, client: ClientId) -> u64 {
+        self.join_as(client, None)
+    }
+
+    /// [`Presence::join`] for a client acting as `user` (shown as `"user"` in its entry; kept
+    /// from its first join).
+    pub fn join_as(&self, client: ClientId, user: Option<Arc<str>>) -> u64 {
         let mut g = self.inner.lock();
         let seq = match g.peers.get(&client) {
             Some(p) if p.online => g.seq,
@@ -173,6 +192,7 @@ impl Presence {
                 let seq = g.bump(client);
                 g.peers.entry(client).or_insert(Peer {
                     data: Map::new(),
+                    user,
                     online: true,
                     changed: seq,
                     entry: Bytes::new(),
@@ -212,6 +232,10 @@ impl Presence {
             } else {
                 merged.insert(k, v);
             }
+        }
+        if peer.user.is_some() {
+            // The server says who the peer is; a client cannot claim another name.
+            merged.remove("user");
         }
         let size = serde_json::to_vec(&merged).map(|v| v.len()).unwrap_or(usize::MAX);
         if size > limit {
@@ -282,11 +306,14 @@ impl Presence {
     /// it corresponds to.
     pub fn online(&self) -> (u64, Map<String, Value>) {
         let g = self.inner.lock();
-        let peers = g
-            .peers
-            .iter()
-            .filter(|(_, p)| p.online)
-            .map(|(c, p)| (c.to_string(), Value::Object(p.data.clone())));
+        let peers = g.peers.iter().filter(|(_, p)| p.online).map(|(c, p)| {
+            let mut data = Map::new();
+            if let Some(user) = &p.user {
+                data.insert("user".into(), Value::from(&**user));
+            }
+            data.extend(p.data.iter().map(|(k, v)| (k.clone(), v.clone())));
+            (c.to_string(), Value::Object(data))
+        });
         (g.seq, peers.collect())
     }
 
@@ -365,6 +392,24 @@ mod tests {
 
     fn peers(frame: &Bytes) -> Value {
         serde_json::from_slice::<Value>(frame).unwrap()["peers"].clone()
+    }
+
+    #[test]
+    fn a_peer_with_a_user_shows_it_and_cannot_change_it() {
+        let p = Presence::new();
+        p.join_as(ClientId(1), Some("alice".into()));
+        p.update(ClientId(1), obj(json!({"name": "A", "user": "mallory"})), 4096).unwrap();
+        let (_, frame) = p.changes_since(0, None).unwrap();
+        assert_eq!(peers(&frame), json!({"c1": {"user": "alice", "name": "A"}}));
+        assert_eq!(p.online().1["c1"], json!({"user": "alice", "name": "A"}));
+        let (_, welcome) = p.online_json();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&welcome).unwrap(),
+            json!({"c1": {"user": "alice", "name": "A"}})
+        );
+        p.leave(ClientId(1));
+        let (_, frame) = p.changes_since(2, None).unwrap();
+        assert_eq!(peers(&frame), json!({"c1": null}));
     }
 
     #[test]

@@ -293,6 +293,7 @@ mod tests {
         let ops = crate::patch::parse_patch(serde_json::json!([{"op": "add", "path": path, "value": value}]));
         let req = crate::room::ChangeRequest {
             author: crate::ids::ClientId(1),
+            user: None,
             client_req_id: None,
             base_rev: None,
             mode: crate::protocol::Mode::Overwrite,

@@ -359,8 +359,11 @@ fn websocket(app: Arc<App>, mut req: Request<RequestBody>, room_id: RoomId) -> R
         );
     }
     let mut from = ResumeFrom::default();
+    let mut token = None;
     for (k, v) in query_pairs(&req) {
         match k.as_str() {
+            // Never logged: it is a credential.
+            "token" => token = Some(v),
             "session" => from.session = Some(v),
             "epoch" => from.epoch = Some(v),
             "since" => match v.parse() {
@@ -376,22 +379,36 @@ fn websocket(app: Arc<App>, mut req: Request<RequestBody>, room_id: RoomId) -> R
         Refusal::MaxConnections.count();
         return json_error(ErrorCode::TooManyConnections, "the server is at --max-connections");
     };
-    // A refused connection still upgrades and is closed with a code saying why (4005, 4006):
-    // browsers cannot read an HTTP status from a failed WebSocket handshake.
-    let admission = app.rooms.admit(&room_id, app.config.max_room_clients).map_err(|refused| match refused {
-        Refused::RoomFull => {
-            Refusal::MaxRoomClients.count();
-            CloseReason::RoomFull
+    // Who is connecting, checked before admission so a refused client creates no room: a
+    // missing or invalid token is closed with 4401, a room it grants nothing in with 4403.
+    let identity = match app.auth.from_request(req.headers(), token.as_deref()) {
+        Ok(identity) if identity.permission(&room_id).is_some() => Ok(identity),
+        Ok(_) => Err(CloseReason::Forbidden),
+        Err(e) => {
+            tracing::debug!(room = %room_id, error = %e, "websocket token refused");
+            Err(CloseReason::Unauthorized)
         }
-        Refused::NoNewRoom(NoNewRoom::TooManyRooms) => {
-            Refusal::MaxRooms.count();
-            CloseReason::TooManyRooms
-        }
-        Refused::NoNewRoom(NoNewRoom::MemoryFull) => {
-            Refusal::MaxMemory.count();
-            m::MemoryRefusal::Room.count();
-            CloseReason::MemoryFull
-        }
+    };
+    drop(token);
+    // A refused connection still upgrades and is closed with a code saying why (4005, 4006,
+    // 4401, 4403): browsers cannot read an HTTP status from a failed WebSocket handshake.
+    let admission = identity.and_then(|identity| {
+        let lease = app.rooms.admit(&room_id, app.config.max_room_clients).map_err(|refused| match refused {
+            Refused::RoomFull => {
+                Refusal::MaxRoomClients.count();
+                CloseReason::RoomFull
+            }
+            Refused::NoNewRoom(NoNewRoom::TooManyRooms) => {
+                Refusal::MaxRooms.count();
+                CloseReason::TooManyRooms
+            }
+            Refused::NoNewRoom(NoNewRoom::MemoryFull) => {
+                Refusal::MaxMemory.count();
+                m::MemoryRefusal::Room.count();
+                CloseReason::MemoryFull
+            }
+        });
+        lease.map(|lease| (lease, identity))
     });
     let (resp, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(x) => x,
@@ -402,9 +419,9 @@ fn websocket(app: Arc<App>, mut req: Request<RequestBody>, room_id: RoomId) -> R
         let _active = app.hold_active();
         match tokio::time::timeout(app.config.handshake_timeout, upgrade).await {
             Ok(Ok(ws)) => match admission {
-                Ok(lease) => {
+                Ok((lease, identity)) => {
                     metrics::counter!(m::CONNECTIONS_ACCEPTED).increment(1);
-                    connection::serve(ws, app.clone(), lease, from).await;
+                    connection::serve(ws, app.clone(), lease, from, identity).await;
                 }
                 Err(reason) => connection::refuse(ws, reason).await,
             },

@@ -109,6 +109,9 @@ impl SessionState {
 pub struct Session {
     pub token: Arc<str>,
     pub client: ClientId,
+    /// The user it belongs to (a token's `sub`; `None` in open mode): only that user may resume
+    /// it, and its changes and presence carry it.
+    pub user: Option<Arc<str>>,
     pub room: Arc<Room>,
     pub state: Mutex<SessionState>,
 }
@@ -173,6 +176,16 @@ impl From<&Config> for SessionLimits {
 #[error("--max-sessions reached and every session is connected")]
 pub struct SessionsFull;
 
+/// Why a connection could not attach to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AttachError {
+    #[error(transparent)]
+    Full(#[from] SessionsFull),
+    /// The session named belongs to another user: it is not resumed (nor replaced by a new one).
+    #[error("the session belongs to another user")]
+    OtherUser,
+}
+
 /// The map is shrunk only above this capacity (a small map is not worth the rehash).
 const SHRINK_ABOVE: usize = 1024;
 
@@ -214,16 +227,25 @@ impl Sessions {
     }
 
     /// Resumes the session named by `token` when it is live and belongs to `room`, else starts a
-    /// new one: an unknown or expired token simply gets a new session.
+    /// new one for `user`: an unknown or expired token simply gets a new session.
     ///
     /// # Errors
-    /// [`SessionsFull`] when a new session is needed, `--max-sessions` are held and every one of
-    /// them is connected. (A resume is never refused.)
-    pub fn attach(&self, room: &Arc<Room>, token: Option<&str>) -> Result<Attached, SessionsFull> {
+    /// [`AttachError::Full`] when a new session is needed, `--max-sessions` are held and every
+    /// one of them is connected; [`AttachError::OtherUser`] when the live session named belongs
+    /// to another user (in open mode every user is `None`, so this never happens).
+    pub fn attach(
+        &self,
+        room: &Arc<Room>,
+        token: Option<&str>,
+        user: Option<&Arc<str>>,
+    ) -> Result<Attached, AttachError> {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
         let (kick, kicked) = oneshot::channel();
         let existing = token.and_then(|t| self.map.get(t).map(|s| s.value().clone()));
         if let Some(session) = existing.filter(|s| Arc::ptr_eq(&s.room, room)) {
+            if session.user.as_deref() != user.map(|u| &**u) {
+                return Err(AttachError::OtherUser);
+            }
             let mut st = session.state.lock();
             if !st.expired {
                 if let Some(old) = st.kick.replace(kick) {
@@ -236,12 +258,13 @@ impl Sessions {
                 return Ok(Attached { session, conn, resumed: true, kicked });
             }
         }
-        self.create(room, conn, kick, kicked)
+        Ok(self.create(room, user, conn, kick, kicked)?)
     }
 
     fn create(
         &self,
         room: &Arc<Room>,
+        user: Option<&Arc<str>>,
         conn: u64,
         kick: oneshot::Sender<()>,
         kicked: oneshot::Receiver<()>,
@@ -252,6 +275,7 @@ impl Sessions {
         let session = Arc::new(Session {
             token: token.clone(),
             client,
+            user: user.cloned(),
             room: room.clone(),
             state: Mutex::new(SessionState {
                 last_req: ClientReqId(0),
@@ -428,9 +452,9 @@ mod tests {
     async fn resume_and_takeover() {
         let sessions = Arc::new(Sessions::new(limits(0)));
         let (room, other) = (room("r"), room("o"));
-        let mut a = sessions.attach(&room, None).unwrap();
+        let mut a = sessions.attach(&room, None, None).unwrap();
         assert!(!a.resumed);
-        let b = sessions.attach(&room, Some(&a.session.token)).unwrap();
+        let b = sessions.attach(&room, Some(&a.session.token), None).unwrap();
         assert!(b.resumed);
         assert_eq!(b.session.client, a.session.client);
         assert!(a.kicked.try_recv().is_ok(), "the first connection is kicked");
@@ -438,38 +462,51 @@ mod tests {
         assert_eq!(sessions.disconnected(), 0);
         assert!(sessions.detach(&b.session, b.conn, false));
         assert_eq!(sessions.disconnected(), 1);
-        let c = sessions.attach(&room, Some("no-such-token")).unwrap();
+        let c = sessions.attach(&room, Some("no-such-token"), None).unwrap();
         assert!(!c.resumed);
         assert_ne!(c.session.client, a.session.client);
-        let d = sessions.attach(&other, Some(&a.session.token)).unwrap();
+        let d = sessions.attach(&other, Some(&a.session.token), None).unwrap();
         assert!(!d.resumed, "a session belongs to one room");
-        let e = sessions.attach(&room, Some(&a.session.token)).unwrap();
+        let e = sessions.attach(&room, Some(&a.session.token), None).unwrap();
         assert!(e.resumed);
         assert_eq!(sessions.disconnected(), 0, "a resume leaves the idle queue");
+    }
+
+    #[tokio::test]
+    async fn a_session_is_resumed_only_by_its_user() {
+        let sessions = Arc::new(Sessions::new(limits(0)));
+        let room = room("r");
+        let (alice, bob): (Arc<str>, Arc<str>) = ("alice".into(), "bob".into());
+        let a = sessions.attach(&room, None, Some(&alice)).unwrap();
+        assert_eq!(a.session.user.as_deref(), Some("alice"));
+        let token = Some(&*a.session.token);
+        assert_eq!(sessions.attach(&room, token, Some(&bob)).unwrap_err(), AttachError::OtherUser);
+        assert_eq!(sessions.attach(&room, token, None).unwrap_err(), AttachError::OtherUser);
+        assert!(sessions.attach(&room, token, Some(&alice)).unwrap().resumed);
     }
 
     #[tokio::test]
     async fn a_full_server_drops_the_longest_disconnected_and_never_a_connected_one() {
         let sessions = Arc::new(Sessions::new(limits(3)));
         let room = room("r");
-        let a = sessions.attach(&room, None).unwrap();
-        let b = sessions.attach(&room, None).unwrap();
-        let c = sessions.attach(&room, None).unwrap();
+        let a = sessions.attach(&room, None, None).unwrap();
+        let b = sessions.attach(&room, None, None).unwrap();
+        let c = sessions.attach(&room, None, None).unwrap();
         sessions.detach(&b.session, b.conn, true);
         sessions.detach(&a.session, a.conn, true);
         // Full: b disconnected first, so b goes first.
-        let d = sessions.attach(&room, None).unwrap();
+        let d = sessions.attach(&room, None, None).unwrap();
         assert!(!sessions.is_live(&b.session.token) && sessions.is_live(&a.session.token));
         assert!(b.session.state.lock().expired);
-        let e = sessions.attach(&room, None).unwrap();
+        let e = sessions.attach(&room, None, None).unwrap();
         assert!(!sessions.is_live(&a.session.token));
         assert_eq!(sessions.len(), 3);
         // c, d and e are connected: no room for another.
-        assert_eq!(sessions.attach(&room, None).unwrap_err(), SessionsFull);
+        assert_eq!(sessions.attach(&room, None, None).unwrap_err(), AttachError::Full(SessionsFull));
         assert!([&c, &d, &e].iter().all(|x| sessions.is_live(&x.session.token)));
         // An evicted session's resume is a new session.
         sessions.detach(&c.session, c.conn, true);
-        let f = sessions.attach(&room, Some(&a.session.token)).unwrap();
+        let f = sessions.attach(&room, Some(&a.session.token), None).unwrap();
         assert!(!f.resumed);
         assert!(!sessions.is_live(&c.session.token));
     }
@@ -480,7 +517,7 @@ mod tests {
         let sessions = Arc::new(Sessions::new(SessionLimits { max: 0, presence_grace: ttl, ttl }));
         let room = room("r");
         for _ in 0..20_000 {
-            let a = sessions.attach(&room, None).unwrap();
+            let a = sessions.attach(&room, None, None).unwrap();
             sessions.detach(&a.session, a.conn, true);
         }
         let peak = sessions.capacity();

@@ -72,6 +72,39 @@ pub enum Outgoing {
     Close(CloseReason),
     /// A client message sent back as it came (the test-only echo endpoint).
     Echo { binary: bool, payload: Bytes },
+    /// A `refreshed` message: the connection's token was replaced, so its expiry moves.
+    Refreshed { frame: Bytes, expiry: TokenExpiry },
+}
+
+/// When a connection's token runs out: the writer sends `expiring` at `warn_at` (once per
+/// token) and closes with 4401 at `close_at` (`exp` plus `--jwt-leeway`) unless a refresh
+/// moved them. Connections without a token (open mode) have none and arm no timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenExpiry {
+    /// The token's `exp` (seconds since the Unix epoch), as sent in `expiring`.
+    pub exp: u64,
+    pub warn_at: Instant,
+    pub close_at: Instant,
+}
+
+impl TokenExpiry {
+    /// The expiry of a token with `exp` (Unix seconds): warned about 60 s before `exp`, or a
+    /// third of the remaining lifetime when that is shorter; closed `leeway` after `exp`.
+    pub fn new(exp: u64, leeway: Duration) -> TokenExpiry {
+        let now_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let left = Duration::from_secs(exp).saturating_sub(now_unix);
+        let now = Instant::now();
+        let warn_before = Duration::from_secs(60).min(left / 3);
+        TokenExpiry { exp, warn_at: now + (left - warn_before), close_at: now + left + leeway }
+    }
+}
+
+/// Sleeps until `at`; never resolves for `None` (and then costs nothing: no timer is armed).
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The writer's timings (from `Config`).
@@ -105,6 +138,8 @@ pub struct Signals {
     pub kicked: oneshot::Receiver<()>,
     /// Changes once, when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
+    /// When the connection's token expires (`None` without a token).
+    pub expiry: Option<TokenExpiry>,
 }
 
 /// A connection's socket end: writes frames (each under `--write-timeout`), carries out the
@@ -147,7 +182,9 @@ impl<'a, S: FrameSink> Writer<'a, S> {
     /// Sends `welcome` and the first catch-up, then everything the room and the reader produce,
     /// until the connection ends; returns why (after writing its close frame when it can).
     pub async fn run(&mut self, from: ResumeFrom, resumed: bool, signals: Signals) -> CloseReason {
-        let Signals { replies: mut rx, mut kicked, mut shutdown } = signals;
+        let Signals { replies: mut rx, mut kicked, mut shutdown, mut expiry } = signals;
+        // The next token deadline: `expiring` to send, then the 4401 close.
+        let mut warned = false;
         let mut revs = self.room.subscribe();
         let mut presence = self.room.presence.subscribe();
         let mut broadcasts = self.room.broadcasts.subscribe();
@@ -169,8 +206,22 @@ impl<'a, S: FrameSink> Writer<'a, S> {
         let result: WriteResult = loop {
             // Not `biased`: under a constant stream of commits the revision arm is always ready,
             // and a fixed order would starve pings, presence and broadcasts behind it.
+            let token_deadline = expiry.map(|e| if warned { e.close_at } else { e.warn_at });
             let step = tokio::select! {
-                out = rx.recv() => self.out.reply(out).await,
+                out = rx.recv() => {
+                    if let Some(Outgoing::Refreshed { expiry: renewed, .. }) = out.as_deref() {
+                        expiry = Some(*renewed);
+                        warned = false;
+                    }
+                    self.out.reply(out).await
+                }
+                () = until(token_deadline), if token_deadline.is_some() => match expiry {
+                    Some(e) if !warned => {
+                        warned = true;
+                        self.out.send(&protocol::expiring_msg(e.exp), Kind::Control).await
+                    }
+                    _ => Err(CloseReason::Unauthorized),
+                },
                 // A kick sender dropped without sending is not a takeover: stop listening.
                 r = &mut kicked, if !kick_gone => match r {
                     Ok(()) => Err(CloseReason::TakenOver),
@@ -253,6 +304,7 @@ impl<'a, S: FrameSink> Writer<'a, S> {
         metrics::counter!(m::SESSION_CONNECTS, "outcome" => outcome.label()).increment(1);
         let welcome = protocol::Welcome {
             client: self.session.client,
+            user: self.session.user.as_deref(),
             session: &self.session.token,
             epoch: room.epoch().as_str(),
             rev: to,
@@ -326,7 +378,9 @@ impl<S: FrameSink> Outbox<S> {
     /// Carries out one reply from the reader (`None`: the reader has gone).
     async fn reply(&mut self, out: Option<Box<Outgoing>>) -> WriteResult {
         match out.map(|b| *b) {
-            Some(Outgoing::Text(b)) => self.send(&b, Kind::Control).await,
+            Some(Outgoing::Text(b) | Outgoing::Refreshed { frame: b, .. }) => {
+                self.send(&b, Kind::Control).await
+            }
             Some(Outgoing::Echo { binary, payload }) => {
                 let frame = if binary { Frame::binary } else { Frame::text }(Payload::Borrowed(&payload));
                 self.write(frame).await?;

@@ -64,6 +64,7 @@ fn check(bytes: &[u8]) -> Result<(), TestCaseError> {
         ClientMsg::Ping { t: v } | ClientMsg::Presence { data: v } | ClientMsg::Broadcast { data: v } => {
             prop_assert!(clean(v), "{v}");
         }
+        ClientMsg::Refresh { token } => prop_assert!(token.len() <= bytes.len(), "{token}"),
     }
     if let Some(text) = encode(&msg) {
         prop_assert_eq!(decode_client(text.as_bytes()), Ok(msg), "round-trip through {}", text);
@@ -104,6 +105,7 @@ fn encode(msg: &ClientMsg) -> Option<String> {
         ClientMsg::Ping { t } => json!({"type": "ping", "t": t}),
         ClientMsg::Presence { data } => json!({"type": "presence", "data": data}),
         ClientMsg::Broadcast { data } => json!({"type": "broadcast", "data": data}),
+        ClientMsg::Refresh { token } => json!({"type": "refresh", "token": token}),
     };
     Some(v.to_string())
 }

@@ -145,6 +145,7 @@ async fn a_paths_check_over_a_full_ring_is_answered_and_does_not_freeze_the_room
     for _ in 1..1024 {
         let req = ChangeRequest {
             author: ClientId(7),
+            user: None,
             client_req_id: None,
             base_rev: None,
             mode: Mode::Overwrite,

@@ -449,6 +449,7 @@ fn heap_estimates_match_a_counting_allocator() {
     let room = Room::new(RoomId::parse("heap").unwrap(), RoomConfig { history: 64, ..RoomConfig::default() });
     let request = |round: usize, op: &str| ChangeRequest {
         author: ClientId(1),
+        user: None,
         client_req_id: Some(ClientReqId(round as u64)),
         base_rev: None,
         mode: Mode::Overwrite,

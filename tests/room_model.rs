@@ -97,7 +97,14 @@ fn arb_changes() -> impl Strategy<Value = Vec<Vec<Op>>> {
 }
 
 fn overwrite(ops: Vec<Op>) -> ChangeRequest {
-    ChangeRequest { author: ClientId(1), client_req_id: None, base_rev: None, mode: Mode::Overwrite, ops }
+    ChangeRequest {
+        author: ClientId(1),
+        user: None,
+        client_req_id: None,
+        base_rev: None,
+        mode: Mode::Overwrite,
+        ops,
+    }
 }
 
 proptest! {

@@ -205,12 +205,13 @@ fn new_room(history: usize) -> Arc<Room> {
 /// Attaches a session as `connection::serve` does (presence join before the writer starts) and
 /// spawns its writer.
 fn connect(room: &Arc<Room>, sessions: &Sessions, from: ResumeFrom, config: WriterConfig) -> Conn {
-    let attached = sessions.attach(room, from.session.as_deref()).expect("under --max-sessions");
+    let attached = sessions.attach(room, from.session.as_deref(), None).expect("under --max-sessions");
     room.presence.join(attached.session.client);
     let (sink, tap) = mem_sink();
     let (replies, replies_rx) = mpsc::channel(8);
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let signals = Signals { replies: replies_rx, kicked: attached.kicked, shutdown: shutdown_rx };
+    let signals =
+        Signals { replies: replies_rx, kicked: attached.kicked, shutdown: shutdown_rx, expiry: None };
     let session = attached.session.clone();
     let resumed = attached.resumed;
     let task = tokio::spawn(async move {
@@ -255,6 +256,7 @@ fn commit(room: &Room, author: ClientId, req: Option<u64>, n: u64) -> u64 {
     let change = room
         .commit(ChangeRequest {
             author,
+            user: None,
             client_req_id: req.map(ClientReqId),
             base_rev: None,
             mode: Mode::Overwrite,
@@ -347,7 +349,7 @@ async fn fresh_join_is_welcome_then_one_snapshot() {
 fn a_session_five_changes_behind() -> (Arc<Room>, Sessions, ringsync::session::Attached) {
     let room = new_room(64);
     let sessions = Sessions::default();
-    let first = sessions.attach(&room, None).unwrap();
+    let first = sessions.attach(&room, None, None).unwrap();
     first.session.state.lock().last_req = ClientReqId(7);
     for n in 1..=5 {
         commit(&room, OTHER, None, n);
@@ -596,7 +598,7 @@ async fn takeover_closes_with_4001() {
     let sessions = Sessions::default();
     let mut conn = connect(&room, &sessions, ResumeFrom::default(), writer_config());
     conn.hello().await;
-    let second = sessions.attach(&room, Some(&conn.session.token)).unwrap();
+    let second = sessions.attach(&room, Some(&conn.session.token), None).unwrap();
     assert!(second.resumed);
     assert_eq!(ended(&mut conn.task).await, CloseReason::TakenOver);
     let log = conn.tap.frames();

@@ -20,13 +20,15 @@ pub fn encode_ops(ops: &[Op]) -> Vec<u8> {
 }
 
 /// The one-change `delta` frame `rev-1 → rev` that every caught-up non-author is sent, and the
-/// entry inside it (`{"rev":..,"client":..,"ops":..}`) as a zero-copy slice of the same bytes,
-/// so a committed change is encoded and stored once.
-pub fn change_frame(rev: Rev, client: ClientId, ops_json: &[u8]) -> (Bytes, Bytes) {
-    let mut b = Vec::with_capacity(96 + ops_json.len());
+/// entry inside it (`{"rev":..,"client":..,"user":..,"ops":..}`, `user` only when the author has
+/// one) as a zero-copy slice of the same bytes, so a committed change is encoded and stored once.
+pub fn change_frame(rev: Rev, client: ClientId, user: Option<&str>, ops_json: &[u8]) -> (Bytes, Bytes) {
+    let mut b = Vec::with_capacity(96 + ops_json.len() + user.map_or(0, |u| u.len() + 16));
     write!(b, "{{\"type\":\"delta\",\"from\":{},\"to\":{rev},\"changes\":[", rev.0 - 1).expect("vec write");
     let start = b.len();
-    write!(b, "{{\"rev\":{rev},\"client\":\"{client}\",\"ops\":").expect("vec write");
+    write!(b, "{{\"rev\":{rev},\"client\":\"{client}\",").expect("vec write");
+    push_user(&mut b, user);
+    b.extend_from_slice(b"\"ops\":");
     b.extend_from_slice(ops_json);
     b.push(b'}');
     let end = b.len();
@@ -36,9 +38,23 @@ pub fn change_frame(rev: Rev, client: ClientId, ops_json: &[u8]) -> (Bytes, Byte
     (frame, entry)
 }
 
-/// `{"rev":42,"client":"c7","clientReqId":17}`: a change as its author sees it (an ack).
-pub fn entry_ack(rev: Rev, client: ClientId, req: ClientReqId) -> Bytes {
-    format!("{{\"rev\":{rev},\"client\":\"{client}\",\"clientReqId\":{}}}", req.0).into_bytes().into()
+/// `{"rev":42,"client":"c7","clientReqId":17}`: a change as its author sees it (an ack; with
+/// `"user":..` after `client` when the author has one).
+pub fn entry_ack(rev: Rev, client: ClientId, user: Option<&str>, req: ClientReqId) -> Bytes {
+    let mut b = Vec::with_capacity(64 + user.map_or(0, |u| u.len() + 16));
+    write!(b, "{{\"rev\":{rev},\"client\":\"{client}\",").expect("vec write");
+    push_user(&mut b, user);
+    write!(b, "\"clientReqId\":{}}}", req.0).expect("vec write");
+    b.into()
+}
+
+/// `"user":"alice",` when there is a user (its JSON string escaped), else nothing.
+fn push_user(b: &mut Vec<u8>, user: Option<&str>) {
+    if let Some(user) = user {
+        b.extend_from_slice(b"\"user\":");
+        serde_json::to_writer(&mut *b, user).expect("vec write");
+        b.push(b',');
+    }
 }
 
 /// A `delta` frame from pre-encoded entries.
@@ -96,6 +112,8 @@ pub fn encode<T: Serialize>(msg: &T) -> Bytes {
 /// The first message on every connection. `presence_json` is the encoded peers object.
 pub struct Welcome<'a> {
     pub client: ClientId,
+    /// The connection's user (a token's `sub`); absent from the message in open mode.
+    pub user: Option<&'a str>,
     pub session: &'a str,
     pub epoch: &'a str,
     pub rev: Rev,
@@ -107,10 +125,11 @@ pub struct Welcome<'a> {
 impl Welcome<'_> {
     pub fn encode(&self) -> Bytes {
         let mut b = Vec::with_capacity(160 + self.presence_json.len());
+        write!(b, "{{\"type\":\"welcome\",\"client\":\"{}\",", self.client).expect("vec write");
+        push_user(&mut b, self.user);
         write!(
             b,
-            "{{\"type\":\"welcome\",\"client\":\"{}\",\"session\":{},\"epoch\":{},\"rev\":{},\"resumed\":{},\"lastClientReqId\":{},\"presence\":",
-            self.client,
+            "\"session\":{},\"epoch\":{},\"rev\":{},\"resumed\":{},\"lastClientReqId\":{},\"presence\":",
             Value::from(self.session),
             Value::from(self.epoch),
             self.rev,
@@ -167,4 +186,15 @@ pub fn broadcast_msg(client: ClientId, data: &Value) -> Bytes {
 /// `{"type":"dropped","broadcasts":N}`.
 pub fn dropped_msg(n: u64) -> Bytes {
     encode(&serde_json::json!({"type": "dropped", "broadcasts": n}))
+}
+
+/// `{"type":"expiring","exp":1893456000}`: the connection's token expires at `exp` (seconds since
+/// the Unix epoch); send a `refresh` before then.
+pub fn expiring_msg(exp: u64) -> Bytes {
+    encode(&serde_json::json!({"type": "expiring", "exp": exp}))
+}
+
+/// `{"type":"refreshed","exp":1893459600}`: a `refresh` was accepted; its token expires at `exp`.
+pub fn refreshed_msg(exp: u64) -> Bytes {
+    encode(&serde_json::json!({"type": "refreshed", "exp": exp}))
 }

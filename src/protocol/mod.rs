@@ -85,9 +85,19 @@ pub struct ChangeMsg {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMsg {
     Change(ChangeMsg),
-    Ping { t: Value },
-    Presence { data: Value },
-    Broadcast { data: Value },
+    Ping {
+        t: Value,
+    },
+    Presence {
+        data: Value,
+    },
+    Broadcast {
+        data: Value,
+    },
+    /// A new token for the open connection (before the current one expires).
+    Refresh {
+        token: String,
+    },
 }
 
 /// Decodes one text frame from a client.
@@ -145,6 +155,10 @@ pub fn decode_client(text: &[u8]) -> Result<ClientMsg, DecodeError> {
         "broadcast" => match m.remove("data") {
             Some(data) => Ok(ClientMsg::Broadcast { data }),
             None => Err(DecodeError::new("broadcast needs \"data\"")),
+        },
+        "refresh" => match m.remove("token") {
+            Some(Value::String(token)) => Ok(ClientMsg::Refresh { token }),
+            _ => Err(DecodeError::new("refresh needs \"token\": a string")),
         },
         other => Err(DecodeError::new(format!("unknown message type {other:?}"))),
     }
@@ -317,15 +331,25 @@ mod tests {
         assert_eq!(data.to_string(), r#"{"x":0}"#);
     }
 
+    fn decode_refresh_roundtrip() -> Bytes {
+        let ClientMsg::Refresh { token } = decode_client(br#"{"type":"refresh","token":"a.b.c"}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(token, "a.b.c");
+        assert!(decode_client(br#"{"type":"refresh","token":1}"#).is_err());
+        refreshed_msg(7)
+    }
+
     #[test]
     fn frames_are_valid_json() {
         let ops = encode_ops(&patch::parse_patch(json!([{"op":"add","path":"/a","value":1}])).unwrap());
-        let (single, full) = change_frame(Rev(4), ClientId(3), &ops);
+        let (single, full) = change_frame(Rev(4), ClientId(3), None, &ops);
         assert_eq!(
             parse(&single),
             json!({"type":"delta","from":3,"to":4,"changes":[{"rev":4,"client":"c3","ops":[{"op":"add","path":"/a","value":1}]}]})
         );
-        let ack = entry_ack(Rev(5), ClientId(7), ClientReqId(17));
+        let ack = entry_ack(Rev(5), ClientId(7), None, ClientReqId(17));
         let d = delta_frame(Rev(3), Rev(5), [&full[..], &ack[..]].into_iter(), 0);
         assert_eq!(
             parse(&d),
@@ -342,6 +366,7 @@ mod tests {
         );
         let w = Welcome {
             client: ClientId(7),
+            user: None,
             session: "s",
             epoch: "e",
             rev: Rev(42),
@@ -353,5 +378,12 @@ mod tests {
             parse(&w.encode()),
             json!({"type":"welcome","client":"c7","session":"s","epoch":"e","rev":42,"resumed":false,"lastClientReqId":0,"presence":{}})
         );
+        let w = Welcome { user: Some("al\"ice"), ..w };
+        assert_eq!(parse(&w.encode())["user"], json!("al\"ice"));
+        let (single, _) = change_frame(Rev(4), ClientId(3), Some("bob"), &ops);
+        assert_eq!(parse(&single)["changes"][0]["user"], json!("bob"));
+        let ack = entry_ack(Rev(5), ClientId(7), Some("bob"), ClientReqId(17));
+        assert_eq!(parse(&ack), json!({"rev":5,"client":"c7","user":"bob","clientReqId":17}));
+        assert_eq!(parse(&decode_refresh_roundtrip()), json!({"type":"refreshed","exp":7}));
     }
 }

@@ -21,6 +21,8 @@ use crate::protocol::{self, Mode};
 #[derive(Debug, Clone)]
 pub struct ChangeRequest {
     pub author: ClientId,
+    /// The author's user (a token's `sub`), shown in the change's entries; `None` in open mode.
+    pub user: Option<Arc<str>>,
     pub client_req_id: Option<ClientReqId>,
     /// The revision the author had seen; required by `rev` and `paths` modes.
     pub base_rev: Option<Rev>,
@@ -33,6 +35,8 @@ pub struct ChangeRequest {
 pub struct Change {
     pub rev: Rev,
     pub author: ClientId,
+    /// The author's user (a token's `sub`); `None` in open mode.
+    pub user: Option<Arc<str>>,
     pub client_req_id: Option<ClientReqId>,
     /// The ops as applied.
     pub ops: Vec<Op>,
@@ -60,12 +64,14 @@ impl Change {
         ops_json: &[u8],
         applied: Applied,
     ) -> (Arc<Change>, usize) {
-        let (delta_frame, wire) = protocol::change_frame(rev, req.author, ops_json);
+        let user = req.user.as_deref();
+        let (delta_frame, wire) = protocol::change_frame(rev, req.author, user, ops_json);
         let change = Change {
             rev,
             author: req.author,
+            wire_ack: req.client_req_id.map(|id| protocol::entry_ack(rev, req.author, user, id)),
+            user: req.user,
             client_req_id: req.client_req_id,
-            wire_ack: req.client_req_id.map(|id| protocol::entry_ack(rev, req.author, id)),
             ops: req.ops,
             inverse: applied.inverse,
             touched: applied.touched,
@@ -93,6 +99,7 @@ impl Change {
             + Heap::block(4 * size_of::<usize>())
             + Heap::block(self.wire_ack.as_ref().map_or(0, Bytes::len));
         Heap::block(2 * size_of::<usize>() + size_of::<Change>())
+            + Heap::block(self.user.as_ref().map_or(0, |u| u.len() + 2 * size_of::<usize>()))
             + memory::ops_heap(&self.ops, Origin::Parsed)
             + memory::ops_heap(&self.inverse, Origin::Built)
             + memory::pointers_heap(&self.touched)

@@ -26,6 +26,7 @@ fn room(history: usize) -> Room {
 fn req(mode: Mode, base: u64, ops: Value) -> ChangeRequest {
     ChangeRequest {
         author: ClientId(1),
+        user: None,
         client_req_id: None,
         base_rev: Some(Rev(base)),
         mode,

@@ -130,13 +130,13 @@ mod tests {
     fn entry(rev: u64, ts: u64) -> Vec<u8> {
         let ops = serde_json::json!([{"op": "add", "path": "/t", "value": {"ts": ts, "p": "xxxx"}}]);
         let ops = protocol::encode_ops(&patch::parse_patch(ops).expect("a valid patch"));
-        protocol::change_frame(Rev(rev), ClientId(1), &ops).1.to_vec()
+        protocol::change_frame(Rev(rev), ClientId(1), None, &ops).1.to_vec()
     }
 
     #[test]
     fn reads_server_frames() {
         // Frames from the server's own encoders, so a change of field order there fails here.
-        let (e42, ack43) = (entry(42, 123), protocol::entry_ack(Rev(43), ClientId(2), ClientReqId(9)));
+        let (e42, ack43) = (entry(42, 123), protocol::entry_ack(Rev(43), ClientId(2), None, ClientReqId(9)));
         let (e44, e45) = (entry(44, 77), entry(45, 1_000_000_000));
         let parts = [&e42[..], &ack43[..], &e44[..], &e45[..]];
         let d = protocol::delta_frame(Rev(41), Rev(45), parts.into_iter(), 0);
@@ -151,6 +151,7 @@ mod tests {
         assert_eq!(num_after(head(&s), b"\"rev\":"), Some(1_234_567));
         let w = protocol::Welcome {
             client: ClientId(7),
+            user: None,
             session: "ab12",
             epoch: "e0",
             rev: Rev(5),
