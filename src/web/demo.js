@@ -37,7 +37,8 @@ const me = {
 sessionStorage.setItem("ringsync-name", me.name);
 sessionStorage.setItem("ringsync-color", me.color);
 
-const room = connect(null, roomName);
+// With tokens enabled on the server, open the page as /?room=NAME&token=JWT.
+const room = connect(null, roomName, { token: params.get("token") ?? undefined });
 // Handy in the console, and how the browser tests look inside.
 window.room = room;
 window.demo = { rejects: 0, INITIAL };

@@ -736,6 +736,59 @@ describe("Room transport", () => {
     room.close();
   });
 
+  test("tokens: sent on every (re)connect, a function is asked each time, room.user from welcome", async () => {
+    const { room, ws } = await openRoom({ token: "T1" });
+    assert.equal(ws.url.searchParams.get("token"), "T1");
+    assert.equal(room.user, null, "no user in a welcome without one");
+    ws.serverClose(1006);
+    await waitFor(() => FakeWebSocket.all.length === 2, 1000, "a reconnect");
+    assert.equal(FakeWebSocket.last.url.searchParams.get("token"), "T1");
+    assert.equal(FakeWebSocket.last.url.searchParams.get("session"), "s1");
+    room.close();
+
+    FakeWebSocket.reset();
+    let calls = 0;
+    const fnRoom = connect("ws://example.test", "r", { ...fast, token: async () => `F${++calls}` });
+    await waitFor(() => FakeWebSocket.all.length === 1, 1000, "a socket after the token");
+    const first = FakeWebSocket.last;
+    assert.equal(first.url.searchParams.get("token"), "F1");
+    first.accept();
+    first.deliver(welcome({ user: "alice" }));
+    assert.equal(fnRoom.user, "alice");
+    first.serverClose(4401, "unauthorized");
+    await waitFor(() => FakeWebSocket.all.length === 2, 1000, "a retry with a fresh token after 4401");
+    assert.equal(FakeWebSocket.last.url.searchParams.get("token"), "F2");
+    fnRoom.close();
+  });
+
+  test("expiring: the token function's result is sent as a refresh; refreshed is emitted", async () => {
+    let n = 0;
+    const { room, ws } = await openRoom({ token: "T0", getToken: () => Promise.resolve(`R${++n}`) });
+    const seen = [];
+    room.on("expiring", (exp) => seen.push(["expiring", exp]));
+    room.on("refreshed", (exp) => seen.push(["refreshed", exp]));
+    ws.deliver({ type: "expiring", exp: 100 });
+    await waitFor(() => ws.sentOfType("refresh").length === 1, 500, "a refresh");
+    assert.deepEqual(ws.sentOfType("refresh"), [{ type: "refresh", token: "R1" }]);
+    ws.deliver({ type: "refreshed", exp: 200 });
+    assert.deepEqual(seen, [["expiring", 100], ["refreshed", 200]]);
+    assert.equal(room.status, "open");
+    room.close();
+  });
+
+  test("4403, and 4401 with a fixed token, stay offline until reconnect()", async () => {
+    for (const code of [4403, 4401]) {
+      const { room, ws, statuses } = await openRoom({ token: "fixed" });
+      ws.serverClose(code, "no");
+      await new Promise((r) => setTimeout(r, 60));
+      assert.equal(FakeWebSocket.all.length, 1, `${code}: no retry`);
+      assert.deepEqual(statuses.at(-1), ["offline", { code, reason: "no" }]);
+      room.reconnect();
+      assert.equal(FakeWebSocket.all.length, 2);
+      room.close();
+    }
+  });
+
   test("a throwing listener does not break the room", async () => {
     const { room, ws } = await openRoom();
     const seen = [];

@@ -12,7 +12,15 @@ import { SyncCore } from "./sync.js";
 /** @typedef {import("./sync.js").ChangeInfo} ChangeInfo */
 
 /**
+ * @typedef {string | (() => string | Promise<string>)} TokenSource a token (JWT), or a function
+ *   returning one (or a promise of one), called afresh for each connection
+ */
+
+/**
  * @typedef {object} ConnectOptions
+ * @property {TokenSource} [token] sent as the `token` query parameter on every (re)connect
+ * @property {() => string | Promise<string>} [getToken] called when the server says the token is
+ *   `expiring`; its result is sent as a `refresh` (default: `token`, when it is a function)
  * @property {typeof WebSocket} [WebSocket] constructor to use (default: the global one)
  * @property {number} [minRetryMs=250] first reconnect delay (before jitter)
  * @property {number} [maxRetryMs=10000] backoff cap
@@ -28,6 +36,8 @@ import { SyncCore } from "./sync.js";
 const CLOSE_NORMAL = 1000;
 const CLOSE_TAKEN_OVER = 4001;
 const CLOSE_RESYNC = 4000; // ours: "I am dropping this socket on purpose"
+const CLOSE_UNAUTHORIZED = 4401; // no valid token (missing, invalid, expired)
+const CLOSE_FORBIDDEN = 4403; // the token grants nothing here, or the session is another user's
 
 /**
  * Connects to a room. The connection is kept up until `room.close()`. Local changes, presence and
@@ -57,6 +67,7 @@ export class Room {
   #closed = false;
   #stopped = false; // after 4001: no automatic reconnect
   #attempt = 0;
+  #opening = false; // waiting for a token function before opening a socket
   #lastHeard = 0;
   #timers = { retry: 0, heartbeat: 0, connect: 0, presence: 0 };
   #lastPresenceSent = 0;
@@ -109,6 +120,10 @@ export class Room {
   /** @returns {string|null} this client's public id, once welcomed */
   get client() {
     return this.#core.client;
+  }
+  /** @returns {string|null} the user the server knows this client as (the token's `sub`), once welcomed; null without tokens */
+  get user() {
+    return this.#core.user;
   }
   /** @returns {Status} */
   get status() {
@@ -166,6 +181,8 @@ export class Room {
    * - "reject" ({clientReqId, code, message, rev?, conflicts?, ops, mode})
    * - "status" (status, {code?, reason?, retryInMs?})
    * - "error" (server error message), "dropped" (number of broadcasts missed)
+   * - "expiring" (exp: unix seconds; a refresh is sent when a token function is set)
+   * - "refreshed" (exp: unix seconds of the token now in force)
    * @param {string} event
    * @param {Function} fn
    * @returns {() => void} unsubscribes
@@ -200,11 +217,32 @@ export class Room {
   }
 
   #open() {
-    if (this.#closed || this.#ws) return;
+    if (this.#closed || this.#ws || this.#opening) return;
     this.#timers.retry = 0;
     this.#setStatus("connecting", { attempt: this.#attempt });
+    const token = this.#opts.token;
+    if (typeof token !== "function") return this.#openWith(token);
+    // A fresh token for every connection attempt (it may have expired since the last one).
+    this.#opening = true;
+    Promise.resolve()
+      .then(token)
+      .then(
+        (t) => {
+          this.#opening = false;
+          if (!this.#closed && !this.#ws) this.#openWith(t);
+        },
+        (e) => {
+          this.#opening = false;
+          if (!this.#closed && !this.#ws) this.#scheduleRetry({ reason: `token: ${e}` });
+        },
+      );
+  }
+
+  /** @param {string|null|undefined} token */
+  #openWith(token) {
     const url = new URL(this.#url);
     for (const [k, v] of Object.entries(this.#core.resumeParams())) url.searchParams.set(k, v);
+    if (typeof token === "string" && token !== "") url.searchParams.set("token", token);
     let ws;
     try {
       ws = new this.#WebSocket(url.toString());
@@ -226,6 +264,7 @@ export class Room {
       } catch {
         return; // not ours to fix; the server never sends this
       }
+      if (msg?.type === "expiring" || msg?.type === "refreshed") return this.#tokenMessage(ws, msg);
       const wasSynced = this.#core.synced;
       this.#run(this.#core.handle(msg));
       if (this.#ws !== ws) return; // a resync dropped this socket
@@ -244,11 +283,35 @@ export class Room {
     };
   }
 
+  /** `expiring`: fetch a new token and send it as a `refresh`; `refreshed`: it took effect. */
+  #tokenMessage(ws, msg) {
+    this.#emit(msg.type, [msg.exp]);
+    if (msg.type !== "expiring") return;
+    const fn = this.#opts.getToken ?? (typeof this.#opts.token === "function" ? this.#opts.token : null);
+    if (!fn) return;
+    Promise.resolve()
+      .then(fn)
+      .then(
+        (token) => {
+          if (this.#ws === ws && typeof token === "string") this.#send({ type: "refresh", token });
+        },
+        (e) => this.#emit("error", [{ code: "refresh", message: String(e) }]),
+      );
+  }
+
   /** The socket ended (or we gave up on it): reconnect unless told not to. */
   #lost(ws, detail) {
     this.#drop();
     if (ws.readyState !== 3 /* CLOSED */) ws.close(CLOSE_RESYNC, "dropped");
     if (this.#closed) return;
+    const renewable = typeof this.#opts.token === "function";
+    if (detail.code === CLOSE_FORBIDDEN || (detail.code === CLOSE_UNAUTHORIZED && !renewable)) {
+      // Retrying with the same token cannot help: stay offline until `reconnect()` (after the
+      // app changed its token). A token function gets a fresh token on each retry instead.
+      this.#stopped = true;
+      this.#setStatus("offline", detail);
+      return;
+    }
     if (detail.code === CLOSE_TAKEN_OVER) {
       // Another connection took our session over (e.g. a duplicated tab). Reconnecting would take
       // it back and start a ping-pong; stay offline until `reconnect()`.

@@ -65,6 +65,8 @@ export class SyncCore {
     this.client = null;
     /** @type {string|null} secret session token, for resuming */
     this.session = null;
+    /** @type {string|null} the user the server knows this client as (its token's `sub`); null without tokens */
+    this.user = null;
     /** true between `welcome` and the connection's end: messages may be sent */
     this.ready = false;
     /** true once the current connection delivered its catch-up delta or snapshot */
@@ -193,6 +195,7 @@ export class SyncCore {
     }
     this.client = msg.client;
     this.session = msg.session;
+    this.user = typeof msg.user === "string" ? msg.user : null;
     this.ready = true;
     this.synced = false;
     this.welcomeLastReqId = Number.isInteger(msg.lastClientReqId) ? msg.lastClientReqId : 0;
