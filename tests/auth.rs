@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::*;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -474,5 +474,42 @@ fn open_mode_refuses_a_public_address_unless_anonymous_is_allowed() {
         assert_eq!(out.status.code(), Some(2), "{flag} {path}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(flag), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn tokens_never_reach_the_logs() {
+    let keys = Keys::new();
+    let secret = keys.secret_file();
+    let log = keys.dir.join("stderr.log");
+    let mut cmd = server_command(&["--jwt-secret-file", &secret]);
+    cmd.env("RUST_LOG", "trace").stderr(std::fs::File::create(&log).unwrap());
+    let server = Spawned::start(cmd);
+    let good = keys.hs256(&claims("logan", json!({"l": ["write"]})));
+    let forged = Keys::new().hs256(&claims("logan", json!({"l": ["write"]})));
+    for token in [&good, &forged] {
+        let url = format!("ws://{}/v1/rooms/l/ws?token={token}", server.addr);
+        let (mut ws, _) =
+            tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await.unwrap().unwrap();
+        if token == &good {
+            ws.send(Message::text(json!({"type": "refresh", "token": forged}).to_string())).await.unwrap();
+            let _ = until_type(&mut ws, "error").await;
+        } else {
+            assert_eq!(close_code(&mut ws).await, 4401);
+        }
+    }
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let req = format!(
+        "GET /v1/rooms/l HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {forged}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await.unwrap().unwrap();
+    drop(server);
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(!logs.is_empty(), "trace logging is on");
+    for token in [&good, &forged] {
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!logs.contains(signature), "a token reached the logs");
     }
 }
