@@ -330,6 +330,23 @@ mod tests {
     }
 
     #[test]
+    fn open_mode_is_refused_off_loopback_unless_asked_for() {
+        let e = Config::from_flags(&["--listen", "0.0.0.0:8080"]).unwrap().validate().unwrap_err();
+        for flag in ["--allow-anonymous", "--jwt-secret-file", "--jwt-public-key-file"] {
+            assert!(e.contains(flag), "{e}");
+        }
+        for ok in [
+            &["--listen", "0.0.0.0:8080", "--allow-anonymous"][..],
+            &["--listen", "[::]:8080", "--jwt-secret-file", "/k"],
+            &["--listen", "10.0.0.1:8080", "--jwt-public-key-file", "/k.pem"],
+            &["--listen", "[::1]:8080"],
+        ] {
+            Config::from_flags(ok).unwrap().validate().unwrap();
+        }
+        assert_eq!(Config::default().jwt_leeway, 30);
+    }
+
+    #[test]
     fn room_defaults_are_the_room_config_defaults() {
         let c = Config::default().room_config();
         let d = RoomConfig::DEFAULT;
