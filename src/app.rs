@@ -21,7 +21,7 @@ use std::time::Instant;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{AdminToken, Config};
 use crate::ids::RoomId;
 use crate::memory::Budget;
 use crate::metrics as m;
@@ -36,6 +36,8 @@ pub struct App {
     pub rooms: Rooms,
     pub sessions: Arc<Sessions>,
     pub metrics: PrometheusHandle,
+    /// The admin API's secret (`--admin-token-file`), read once at start.
+    pub admin_token: Option<AdminToken>,
     shutdown_tx: watch::Sender<bool>,
     draining: AtomicBool,
     /// Held shared by every commit and exclusively by `begin_drain` as it sets `draining`: a
@@ -55,8 +57,21 @@ pub struct App {
 
 impl App {
     /// Builds the shared state (installing the metrics recorder on first use in the process).
+    ///
+    /// # Panics
+    /// When a file the config names cannot be read (see [`App::try_new`]).
     pub fn new(config: Config) -> Arc<App> {
-        Arc::new(App {
+        App::try_new(config).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Builds the shared state, reading the files the config names (`--admin-token-file`).
+    ///
+    /// # Errors
+    /// A message naming the flag whose file cannot be used.
+    pub fn try_new(config: Config) -> Result<Arc<App>, String> {
+        let admin_token = config.read_admin_token()?;
+        Ok(Arc::new(App {
+            admin_token,
             rooms: Rooms::with_budget(config.room_config(), config.max_rooms, Budget::new(config.max_memory)),
             sessions: Arc::new(Sessions::new(SessionLimits::from(&config))),
             metrics: m::install(),
@@ -68,7 +83,7 @@ impl App {
             http_connections: AtomicUsize::new(0),
             body_bytes: AtomicUsize::new(0),
             config,
-        })
+        }))
     }
 
     /// A receiver that changes once, when shutdown begins.

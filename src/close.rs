@@ -41,10 +41,17 @@ pub enum CloseReason {
     SlowClient,
     /// The socket failed (reset, closed under us).
     Gone,
+    /// 4009: an operator kicked this client (admin API); its session stays resumable unless the
+    /// kick also ended it.
+    Kicked,
+    /// 4010: an operator closed the room (admin API); the room and its state stay.
+    RoomClosed,
+    /// 4011: an operator deleted the room (admin API); the next connection gets a fresh room.
+    RoomDeleted,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 13] = [
+    pub const ALL: [CloseReason; 16] = [
         CloseReason::Normal,
         CloseReason::Idle,
         CloseReason::Shutdown,
@@ -58,6 +65,9 @@ impl CloseReason {
         CloseReason::MemoryFull,
         CloseReason::SlowClient,
         CloseReason::Gone,
+        CloseReason::Kicked,
+        CloseReason::RoomClosed,
+        CloseReason::RoomDeleted,
     ];
 
     /// The WebSocket close code (RFC 6455 §7.4).
@@ -73,6 +83,9 @@ impl CloseReason {
             CloseReason::TooManyRooms => 4006,
             CloseReason::TooManySessions => 4007,
             CloseReason::MemoryFull => 4008,
+            CloseReason::Kicked => 4009,
+            CloseReason::RoomClosed => 4010,
+            CloseReason::RoomDeleted => 4011,
             CloseReason::SlowClient | CloseReason::Gone => 1006,
         }
     }
@@ -93,6 +106,9 @@ impl CloseReason {
             CloseReason::MemoryFull => "server memory full (--max-memory): no new rooms",
             CloseReason::SlowClient => "write timeout",
             CloseReason::Gone => "connection lost",
+            CloseReason::Kicked => "kicked by an operator",
+            CloseReason::RoomClosed => "room closed by an operator",
+            CloseReason::RoomDeleted => "room deleted by an operator",
         }
     }
 
@@ -112,6 +128,9 @@ impl CloseReason {
             CloseReason::MemoryFull => "memory_full",
             CloseReason::SlowClient => "write_timeout",
             CloseReason::Gone => "connection_lost",
+            CloseReason::Kicked => "kicked",
+            CloseReason::RoomClosed => "room_closed",
+            CloseReason::RoomDeleted => "room_deleted",
         }
     }
 

@@ -102,6 +102,14 @@ pub async fn serve(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<App>, lease: Lease
         Refusal::MaxSessions.count();
         return close_now(write, CloseReason::TooManySessions).await;
     };
+    // An admin delete may have retired the room since this connection was admitted. The delete
+    // retires the room before it closes the room's sessions, and this check follows the attach,
+    // so a connection is either found by the delete or sees the room retired here: none is left
+    // in a room nobody sees.
+    if room.is_retired() {
+        app.sessions.kick(&attached.session, CloseReason::RoomDeleted, true);
+        return close_now(write, CloseReason::RoomDeleted).await;
+    }
     let Attached { session, conn, resumed, kicked } = attached;
     room.presence.join(session.client);
     // Boxed messages keep the channel's first block (CONTROL_QUEUE slots, allocated up front)

@@ -33,7 +33,13 @@ async fn serve() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
     let addr = listener.local_addr()?;
     let metrics_listen = config.metrics_listen;
-    let app = App::new(config);
+    let app = match App::try_new(config) {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
     if let Some(addr) = metrics_listen {
         let l = server::bind(addr).with_context(|| format!("cannot listen on {addr} (--metrics-listen)"))?;
         tokio::spawn(server::run_metrics(l, app.clone()));

@@ -53,11 +53,14 @@ pub enum ErrorCode {
     Timeout,
     /// `--max-body-bytes-in-flight` reached: the server holds as many request bodies as it may.
     Overloaded,
+    /// The request needs credentials it did not carry, or carried wrong ones (admin API: the
+    /// `--admin-token-file` bearer).
+    Unauthorized,
 }
 
 impl ErrorCode {
     /// Every code; the first eight are the ones a change can be rejected with.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::Conflict,
         ErrorCode::Stale,
         ErrorCode::Invalid,
@@ -80,6 +83,7 @@ impl ErrorCode {
         ErrorCode::TooManyRooms,
         ErrorCode::Timeout,
         ErrorCode::Overloaded,
+        ErrorCode::Unauthorized,
     ];
 
     /// The codes a change can be rejected with (`reject` messages; the `code` label of
@@ -111,6 +115,7 @@ impl ErrorCode {
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Unauthorized => "unauthorized",
         }
     }
 }
