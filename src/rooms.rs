@@ -9,7 +9,9 @@
 //! the rings have shed what history they can ([`Rooms::relieve`]). Admission
 //! (`--max-room-clients`) and the idle sweep's "is anyone using it" both run under the room's
 //! shard lock, so the sweep can never drop a room between its admission of a connection (or an
-//! HTTP write's look-up) and that use.
+//! HTTP write's look-up) and that use. An admin delete ([`Rooms::remove`]) retires the room and
+//! takes it out under the same shard lock, so a look-up gets either the old room (which then
+//! refuses commits) or a fresh one, never a retired room still in the map.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

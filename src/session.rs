@@ -3,7 +3,8 @@
 //! A session belongs to one room. It has a secret token (only its owner ever sees it), a public
 //! client id (`c7`, the author id others see), the highest `clientReqId` it has had processed
 //! (dedupe: a change is never applied twice), and at most one live connection. A new connection
-//! naming a live session takes it over: the previous connection is told to close with 4001.
+//! naming a live session takes it over: the previous connection is told to close with 4001. The
+//! same kick channel carries an operator's close ([`Sessions::kick`]: 4009, 4010, 4011).
 //! A session outlives its connection for `--session-ttl`; its presence for `--presence-grace`
 //! (unless the client closed cleanly, which is an immediate leave).
 //!
