@@ -22,7 +22,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
 use crate::auth::Authenticator;
-use crate::config::Config;
+use crate::config::{AdminToken, Config};
 use crate::ids::RoomId;
 use crate::memory::Budget;
 use crate::metrics as m;
@@ -39,6 +39,8 @@ pub struct App {
     pub rooms: Rooms,
     pub sessions: Arc<Sessions>,
     pub metrics: PrometheusHandle,
+    /// The admin API's secret (`--admin-token-file`), read once at start.
+    pub admin_token: Option<AdminToken>,
     shutdown_tx: watch::Sender<bool>,
     draining: AtomicBool,
     /// Held shared by every commit and exclusively by `begin_drain` as it sets `draining`: a
@@ -57,21 +59,26 @@ pub struct App {
 }
 
 impl App {
-    /// Builds the shared state (installing the metrics recorder on first use in the process),
-    /// reading the token key files named in `config`.
+    /// Builds the shared state (installing the metrics recorder on first use in the process).
     ///
     /// # Panics
-    /// When a key file cannot be read or holds no usable key (the binary checks it first with
-    /// [`Authenticator::from_config`] and exits with a message instead).
+    /// When a file the config names cannot be used (the binary calls [`App::try_new`] and exits
+    /// with its message instead).
     pub fn new(config: Config) -> Arc<App> {
-        let auth = Authenticator::from_config(&config).unwrap_or_else(|e| panic!("{e}"));
-        App::with_auth(config, auth)
+        App::try_new(config).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// [`App::new`] with an authenticator already built.
-    pub fn with_auth(config: Config, auth: Authenticator) -> Arc<App> {
-        Arc::new(App {
+    /// Builds the shared state, reading the files the config names once: the token keys
+    /// (`--jwt-secret-file`, `--jwt-public-key-file`) and `--admin-token-file`.
+    ///
+    /// # Errors
+    /// A message naming the flag whose file cannot be used.
+    pub fn try_new(config: Config) -> Result<Arc<App>, String> {
+        let auth = Authenticator::from_config(&config)?;
+        let admin_token = config.read_admin_token()?;
+        Ok(Arc::new(App {
             auth,
+            admin_token,
             rooms: Rooms::with_budget(config.room_config(), config.max_rooms, Budget::new(config.max_memory)),
             sessions: Arc::new(Sessions::new(SessionLimits::from(&config))),
             metrics: m::install(),
@@ -83,7 +90,7 @@ impl App {
             http_connections: AtomicUsize::new(0),
             body_bytes: AtomicUsize::new(0),
             config,
-        })
+        }))
     }
 
     /// A receiver that changes once, when shutdown begins.

@@ -48,10 +48,17 @@ pub enum CloseReason {
     SlowClient,
     /// The socket failed (reset, closed under us).
     Gone,
+    /// 4009: an operator kicked this client (admin API); its session stays resumable unless the
+    /// kick also ended it.
+    Kicked,
+    /// 4010: an operator closed the room (admin API); the room and its state stay.
+    RoomClosed,
+    /// 4011: an operator deleted the room (admin API); the next connection gets a fresh room.
+    RoomDeleted,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 16] = [
+    pub const ALL: [CloseReason; 19] = [
         CloseReason::Normal,
         CloseReason::Idle,
         CloseReason::Shutdown,
@@ -68,6 +75,9 @@ impl CloseReason {
         CloseReason::OtherUser,
         CloseReason::SlowClient,
         CloseReason::Gone,
+        CloseReason::Kicked,
+        CloseReason::RoomClosed,
+        CloseReason::RoomDeleted,
     ];
 
     /// The WebSocket close code (RFC 6455 §7.4).
@@ -85,6 +95,9 @@ impl CloseReason {
             CloseReason::MemoryFull => 4008,
             CloseReason::Unauthorized => 4401,
             CloseReason::Forbidden | CloseReason::OtherUser => 4403,
+            CloseReason::Kicked => 4009,
+            CloseReason::RoomClosed => 4010,
+            CloseReason::RoomDeleted => 4011,
             CloseReason::SlowClient | CloseReason::Gone => 1006,
         }
     }
@@ -108,6 +121,9 @@ impl CloseReason {
             CloseReason::OtherUser => "forbidden: the session or token belongs to another user",
             CloseReason::SlowClient => "write timeout",
             CloseReason::Gone => "connection lost",
+            CloseReason::Kicked => "kicked by an operator",
+            CloseReason::RoomClosed => "room closed by an operator",
+            CloseReason::RoomDeleted => "room deleted by an operator",
         }
     }
 
@@ -130,6 +146,9 @@ impl CloseReason {
             CloseReason::OtherUser => "other_user",
             CloseReason::SlowClient => "write_timeout",
             CloseReason::Gone => "connection_lost",
+            CloseReason::Kicked => "kicked",
+            CloseReason::RoomClosed => "room_closed",
+            CloseReason::RoomDeleted => "room_deleted",
         }
     }
 

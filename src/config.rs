@@ -7,6 +7,7 @@
 //! ([`Config::validate`]); an invalid one stops the server with a message that names the flag.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::RangedU64ValueParser;
@@ -190,6 +191,12 @@ pub struct Config {
     #[arg(long, env = "RINGSYNC_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
 
+    /// A file holding the admin API's secret: `Authorization: Bearer <it>` grants every
+    /// `/v1/admin/...` call. Read once at start (surrounding whitespace ignored); an empty or
+    /// unreadable file stops the server. Without it, the admin API answers loopback peers only.
+    #[arg(long, env = "RINGSYNC_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
     /// Test only: serve `GET /test/echo`, a WebSocket that echoes every message through the same
     /// read path and writer as a room connection (for the Autobahn TestSuite run in
     /// scripts/test.sh). Off by default; hidden from `--help` and deliberately without an
@@ -287,6 +294,21 @@ impl Config {
         self.jwt_secret_file.is_some() || self.jwt_public_key_file.is_some()
     }
 
+    /// Reads the admin token named by `--admin-token-file` (`None` without the flag).
+    ///
+    /// # Errors
+    /// A message naming the flag when the file cannot be read or holds only whitespace.
+    pub fn read_admin_token(&self) -> Result<Option<AdminToken>, String> {
+        let Some(path) = &self.admin_token_file else { return Ok(None) };
+        let bytes = std::fs::read(path)
+            .map_err(|e| format!("--admin-token-file {}: cannot read it: {e}", path.display()))?;
+        let token = bytes.trim_ascii();
+        if token.is_empty() {
+            return Err(format!("--admin-token-file {}: the file is empty", path.display()));
+        }
+        Ok(Some(AdminToken(token.into())))
+    }
+
     pub fn room_config(&self) -> RoomConfig {
         RoomConfig {
             history: self.history,
@@ -296,6 +318,23 @@ impl Config {
             broadcast_buffer: self.broadcast_buffer,
             broadcast_bytes: self.broadcast_buffer_bytes,
         }
+    }
+}
+
+/// The admin API's secret (from `--admin-token-file`). Never printed: its `Debug` is redacted.
+#[derive(Clone)]
+pub struct AdminToken(Box<[u8]>);
+
+impl AdminToken {
+    /// The secret's bytes, for a constant-time comparison.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
     }
 }
 
@@ -344,6 +383,22 @@ mod tests {
             Config::from_flags(ok).unwrap().validate().unwrap();
         }
         assert_eq!(Config::default().jwt_leeway, 30);
+    }
+
+    #[test]
+    fn the_admin_token_file_is_read_trimmed_and_must_hold_something() {
+        assert!(Config::default().read_admin_token().unwrap().is_none());
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!("ringsync-admin-token-{}", std::process::id()));
+        std::fs::write(&path, "  s3cret\n").unwrap();
+        let c = Config::from_flags(&["--admin-token-file", path.to_str().unwrap()]).unwrap();
+        let token = c.read_admin_token().unwrap().unwrap();
+        assert_eq!(token.expose(), b"s3cret");
+        assert!(!format!("{token:?}").contains("s3cret"));
+        std::fs::write(&path, " \n").unwrap();
+        assert!(c.read_admin_token().unwrap_err().contains("--admin-token-file"));
+        std::fs::remove_file(&path).unwrap();
+        assert!(c.read_admin_token().unwrap_err().contains("--admin-token-file"));
     }
 
     #[test]

@@ -116,6 +116,14 @@ pub async fn serve(
         }
         Err(AttachError::OtherUser) => return close_now(write, CloseReason::OtherUser).await,
     };
+    // An admin delete may have retired the room since this connection was admitted. The delete
+    // retires the room before it closes the room's sessions, and this check follows the attach,
+    // so a connection is either found by the delete or sees the room retired here: none is left
+    // in a room nobody sees.
+    if room.is_retired() {
+        app.sessions.kick(&attached.session, CloseReason::RoomDeleted, true);
+        return close_now(write, CloseReason::RoomDeleted).await;
+    }
     let Attached { session, conn, resumed, kicked } = attached;
     room.presence.join_as(session.client, session.user.clone());
     // Boxed messages keep the channel's first block (CONTROL_QUEUE slots, allocated up front)

@@ -224,7 +224,10 @@ pub async fn handle(app: &App, req: Request<RequestBody>, id: &RoomId, tail: &st
 /// at once when `Content-Length` says so, else as soon as the bytes go over), charged as the bytes
 /// arrive to `--max-body-bytes-in-flight` (503). The charge is returned with the value, to be held
 /// until the request is handled; on a refusal it is released when this returns.
-async fn read_json(app: &App, req: Request<RequestBody>) -> Result<(Value, BodyCharge<'_>), Response<Body>> {
+pub async fn read_json(
+    app: &App,
+    req: Request<RequestBody>,
+) -> Result<(Value, BodyCharge<'_>), Response<Body>> {
     let limit = app.config.max_message_bytes as usize;
     let too_large =
         || closing(json_error(ErrorCode::TooLarge, &format!("body exceeds --max-message-bytes ({limit})")));
@@ -343,6 +346,7 @@ fn post_change(app: &App, id: &RoomId, body: Value, user: Option<Arc<str>>) -> R
     };
     let req =
         ChangeRequest { author: ClientId::HTTP, user, client_req_id: None, base_rev: c.base_rev, mode, ops };
+    // A room deleted (admin API) after the look-up refuses the change with `gone` (410).
     match app.commit(&room, req) {
         Ok(change) => json(StatusCode::OK, &json!({"rev": change.rev.0})),
         Err(r) => json(status_of(r.code), &r),

@@ -22,9 +22,11 @@
 //!   across reconnects, dedupe, takeover, the resume point); [`app`] (shared state, limit guards,
 //!   the one commit path); [`writer`] (the only socket writer, generic over its sink) and
 //!   [`reassembly`]; [`connection`] (one WebSocket's read loop; each client message is handled in
-//!   `connection::handle_message`) and [`http_api`] (HTTP endpoints for back-ends); [`server`]
+//!   `connection::handle_message`), [`http_api`] (HTTP endpoints for back-ends) and [`admin`]
+//!   (the operators' API: list, inspect, kick, close, delete; who may call it); [`server`]
 //!   (accept loop, routing, drain, sweeps); `main.rs` last.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod broadcast;

@@ -19,14 +19,6 @@ async fn serve() -> anyhow::Result<()> {
         eprintln!("error: {e}");
         std::process::exit(2);
     }
-    // Key files are read once, here; a bad one stops the server like any invalid flag.
-    let auth = match ringsync::auth::Authenticator::from_config(&config) {
-        Ok(auth) => auth,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    };
     // Logs go to stderr; stdout carries only the "listening on" line, for scripts.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match config.log_format {
@@ -41,7 +33,14 @@ async fn serve() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
     let addr = listener.local_addr()?;
     let metrics_listen = config.metrics_listen;
-    let app = App::with_auth(config, auth);
+    // Key and token files are read once, here; a bad one stops the server like any invalid flag.
+    let app = match App::try_new(config) {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
     if let Some(addr) = metrics_listen {
         let l = server::bind(addr).with_context(|| format!("cannot listen on {addr} (--metrics-listen)"))?;
         tokio::spawn(server::run_metrics(l, app.clone()));

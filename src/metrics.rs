@@ -50,6 +50,7 @@ pub const MEMORY_LIMIT: &str = "ringsync_memory_limit_bytes";
 pub const MEMORY_HISTORY: &str = "ringsync_memory_history_bytes";
 pub const MEMORY_REFUSALS: &str = "ringsync_memory_refusals_total";
 pub const HISTORY_SHED: &str = "ringsync_history_shed_bytes_total";
+pub const ADMIN_ACTIONS: &str = "ringsync_admin_actions_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static HOT: OnceLock<Hot> = OnceLock::new();
@@ -141,6 +142,36 @@ impl MemoryRefusal {
     /// Counts one refusal.
     pub fn count(self) {
         metrics::counter!(MEMORY_REFUSALS, "what" => self.label()).increment(1);
+    }
+}
+
+/// An admin API call served: the `action` label of `ringsync_admin_actions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAction {
+    List,
+    Details,
+    Kick,
+    Close,
+    Delete,
+}
+
+impl AdminAction {
+    pub const ALL: [AdminAction; 5] =
+        [AdminAction::List, AdminAction::Details, AdminAction::Kick, AdminAction::Close, AdminAction::Delete];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AdminAction::List => "list",
+            AdminAction::Details => "details",
+            AdminAction::Kick => "kick",
+            AdminAction::Close => "close",
+            AdminAction::Delete => "delete",
+        }
+    }
+
+    /// Counts one action carried out.
+    pub fn count(self) {
+        metrics::counter!(ADMIN_ACTIONS, "action" => self.label()).increment(1);
     }
 }
 
@@ -275,6 +306,9 @@ fn initialise() {
     for limit in Refusal::ALL {
         metrics::counter!(CONNECTIONS_REFUSED, "limit" => limit.label()).increment(0);
     }
+    for action in AdminAction::ALL {
+        metrics::counter!(ADMIN_ACTIONS, "action" => action.label()).increment(0);
+    }
     for outcome in ConnectOutcome::ALL {
         metrics::counter!(SESSION_CONNECTS, "outcome" => outcome.label()).increment(0);
     }
@@ -363,4 +397,5 @@ fn describe() {
         Unit::Bytes,
         "History (oldest changes) shed because the memory budget was tight"
     );
+    describe_counter!(ADMIN_ACTIONS, "Admin API calls carried out, by action");
 }

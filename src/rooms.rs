@@ -9,7 +9,9 @@
 //! the rings have shed what history they can ([`Rooms::relieve`]). Admission
 //! (`--max-room-clients`) and the idle sweep's "is anyone using it" both run under the room's
 //! shard lock, so the sweep can never drop a room between its admission of a connection (or an
-//! HTTP write's look-up) and that use.
+//! HTTP write's look-up) and that use. An admin delete ([`Rooms::remove`]) retires the room and
+//! takes it out under the same shard lock, so a look-up gets either the old room (which then
+//! refuses commits) or a fresh one, never a retired room still in the map.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -201,6 +203,22 @@ impl Rooms {
         }
     }
 
+    /// Removes the room (an admin delete): under its shard lock, it is retired ([`Room::retire`],
+    /// so a handle still held elsewhere can commit nothing more) and taken out of the map, so any
+    /// later look-up creates a fresh room (a new epoch). Connections still leased to it keep
+    /// their handle until they close. `None` when it is not in memory.
+    pub fn remove(&self, id: &RoomId) -> Option<Arc<Room>> {
+        match self.map.entry(id.clone()) {
+            Entry::Occupied(e) => {
+                e.get().room.retire();
+                let held = e.remove();
+                self.count.fetch_sub(1, Ordering::AcqRel);
+                Some(held.room.clone())
+            }
+            Entry::Vacant(_) => None,
+        }
+    }
+
     /// Live connections in the room (0 when it is not in memory).
     pub fn clients(&self, id: &RoomId) -> usize {
         self.map.get(id).map_or(0, |h| h.connections.load(Ordering::Acquire))
@@ -271,6 +289,26 @@ mod tests {
         assert_eq!(rooms.len(), 1);
         let fresh = rooms.get_or_create(&id("a")).unwrap();
         assert_ne!(fresh.epoch(), a.epoch());
+    }
+
+    #[test]
+    fn a_removed_room_is_retired_and_the_next_use_creates_a_fresh_one() {
+        let rooms = Rooms::new(RoomConfig::default(), 0);
+        let old = rooms.get_or_create(&id("a")).unwrap();
+        add(&old, "/x", 1.into()).unwrap();
+        let removed = rooms.remove(&id("a")).unwrap();
+        assert!(Arc::ptr_eq(&old, &removed));
+        assert!(rooms.is_empty() && rooms.get(&id("a")).is_none());
+        assert_eq!(
+            add(&old, "/y", 2.into()).unwrap_err().code,
+            ErrorCode::Gone,
+            "a stale handle commits nothing"
+        );
+        assert_eq!(old.rev().0, 1);
+        let fresh = rooms.get_or_create(&id("a")).unwrap();
+        assert_ne!(fresh.epoch(), old.epoch());
+        assert_eq!(fresh.rev().0, 0);
+        assert!(rooms.remove(&id("b")).is_none());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! [`run`] takes an already-bound listener (tests bind port 0) and a shutdown future. Every
 //! request is routed here: the demo page and client library (embedded in the binary), health and
-//! metrics, the WebSocket upgrade (handed to `connection`), and the HTTP API (`http_api`).
+//! metrics, the WebSocket upgrade (handed to `connection`), the HTTP API (`http_api`) and the
+//! admin API (`admin`, which is given the TCP peer address).
 //!
 //! Limits on plain HTTP: at most `--max-http-connections` open at once (past it a new connection
 //! is answered 503 and closed right after accept; an upgraded WebSocket leaves that count for
@@ -33,6 +34,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
+use crate::admin;
 use crate::app::{App, HttpSlot};
 use crate::close::CloseReason;
 use crate::config::Config;
@@ -175,6 +177,8 @@ fn serve_or_refuse(app: &Arc<App>, stream: TcpStream) {
 async fn serve_http(app: Arc<App>, stream: TcpStream, _slot: HttpSlot) {
     let _active = app.hold_active();
     let mut shutdown = app.shutdown_signal();
+    // The TCP peer, for the admin API's loopback rule (never a forwarded header).
+    let peer = stream.peer_addr().ok();
     // Whether to close by lingering: the latest request's body was left unread (hyper then closes
     // the connection after the response). Each request starts clear, as hyper reads the next
     // request only once the previous body is done; an upgrade clears it, as the socket then
@@ -195,7 +199,7 @@ async fn serve_http(app: Arc<App>, stream: TcpStream, _slot: HttpSlot) {
             let req = req.map(|body| RequestBody::new(body, svc_unread.clone()));
             let (app, unread) = (svc_app.clone(), svc_unread.clone());
             async move {
-                let mut resp = route(app.clone(), req).await?;
+                let mut resp = route(app.clone(), req, peer).await?;
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     unread.store(false, Ordering::Release);
                 } else if app.is_draining() {
@@ -288,7 +292,11 @@ async fn linger(mut stream: TcpStream, config: &Config) {
     }
 }
 
-async fn route(app: Arc<App>, mut req: Request<RequestBody>) -> Result<Response<Body>, Infallible> {
+async fn route(
+    app: Arc<App>,
+    mut req: Request<RequestBody>,
+    peer: Option<std::net::SocketAddr>,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let resp = match (method.clone(), path.as_str()) {
@@ -304,6 +312,9 @@ async fn route(app: Arc<App>, mut req: Request<RequestBody>) -> Result<Response<
             Ok(resp) => resp.map(|_| Full::new(Bytes::new())),
             Err(e) => json_error(ErrorCode::BadUpgrade, &e.to_string()),
         },
+        (_, p) if p.starts_with("/v1/admin/") => {
+            admin::handle(&app, req, peer, &p["/v1/admin".len()..]).await
+        }
         _ => match path.strip_prefix("/v1/rooms/") {
             Some(rest) => room_route(app, req, rest).await,
             None => json_error(ErrorCode::NotFound, &format!("no route for {method} {path}")),

@@ -3,7 +3,8 @@
 //! A session belongs to one room. It has a secret token (only its owner ever sees it), a public
 //! client id (`c7`, the author id others see), the highest `clientReqId` it has had processed
 //! (dedupe: a change is never applied twice), and at most one live connection. A new connection
-//! naming a live session takes it over: the previous connection is told to close with 4001.
+//! naming a live session takes it over: the previous connection is told to close with 4001. The
+//! same kick channel carries an operator's close ([`Sessions::kick`]: 4009, 4010, 4011).
 //! A session outlives its connection for `--session-ttl`; its presence for `--presence-grace`
 //! (unless the client closed cleanly, which is an immediate leave).
 //!
@@ -39,6 +40,7 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
+use crate::close::CloseReason;
 use crate::config::Config;
 use crate::ids::{ClientId, ClientReqId, Rev, random_hex};
 use crate::metrics as m;
@@ -88,8 +90,9 @@ pub struct SessionState {
     conn: u64,
     /// Whether that connection is still open.
     attached: bool,
-    /// Tells the owning connection it has been taken over.
-    kick: Option<oneshot::Sender<()>>,
+    /// Tells the owning connection to close, and why: taken over (4001), or an operator's kick
+    /// (4009), room close (4010) or room delete (4011).
+    kick: Option<oneshot::Sender<CloseReason>>,
     /// Set (under this lock) when the session is dropped; a resume then starts a new one.
     expired: bool,
     /// Its key in `Sessions::idle` while it is disconnected (and held).
@@ -114,9 +117,35 @@ pub struct Session {
     pub user: Option<Arc<str>>,
     pub room: Arc<Room>,
     pub state: Mutex<SessionState>,
+    /// When its current (or last) connection attached, in ms since the Unix epoch (admin API).
+    connected_at_ms: AtomicU64,
+    /// The revision its current connection has been sent (admin API: lag). One relaxed store
+    /// per delivery.
+    sent: AtomicU64,
 }
 
 impl Session {
+    /// Records that the connection has been sent everything up to `rev`.
+    pub fn note_sent(&self, rev: Rev) {
+        self.sent.store(rev.0, Ordering::Relaxed);
+    }
+
+    /// The revision the connection has been sent.
+    pub fn sent(&self) -> Rev {
+        Rev(self.sent.load(Ordering::Relaxed))
+    }
+
+    /// When its current (or last) connection attached, in ms since the Unix epoch.
+    pub fn connected_at_ms(&self) -> u64 {
+        self.connected_at_ms.load(Ordering::Relaxed)
+    }
+
+    /// Whether a connection owns the session now.
+    pub fn is_connected(&self) -> bool {
+        let st = self.state.lock();
+        st.attached && !st.expired
+    }
+
     /// What this session's connection, standing at `cursor`, is sent (`None`: it is current).
     /// `scratch` is the caller's reusable buffer for the changes a delta carries.
     pub fn catch_up(&self, cursor: Cursor<'_>, scratch: &mut Vec<Arc<Change>>) -> Option<Delivery> {
@@ -150,8 +179,9 @@ pub struct Attached {
     /// This connection's generation.
     pub conn: u64,
     pub resumed: bool,
-    /// Resolves when another connection takes the session over.
-    pub kicked: oneshot::Receiver<()>,
+    /// Resolves, with the close reason, when another connection takes the session over or an
+    /// operator closes the connection.
+    pub kicked: oneshot::Receiver<CloseReason>,
 }
 
 /// How many sessions are held, and how long a disconnected one lives.
@@ -249,11 +279,13 @@ impl Sessions {
             let mut st = session.state.lock();
             if !st.expired {
                 if let Some(old) = st.kick.replace(kick) {
-                    let _ = old.send(());
+                    let _ = old.send(CloseReason::TakenOver);
                 }
                 self.leave_idle(&mut st);
                 st.conn = conn;
                 st.attached = true;
+                session.connected_at_ms.store(now_ms(), Ordering::Relaxed);
+                session.sent.store(0, Ordering::Relaxed);
                 drop(st);
                 return Ok(Attached { session, conn, resumed: true, kicked });
             }
@@ -266,8 +298,8 @@ impl Sessions {
         room: &Arc<Room>,
         user: Option<&Arc<str>>,
         conn: u64,
-        kick: oneshot::Sender<()>,
-        kicked: oneshot::Receiver<()>,
+        kick: oneshot::Sender<CloseReason>,
+        kicked: oneshot::Receiver<CloseReason>,
     ) -> Result<Attached, SessionsFull> {
         self.reserve()?;
         let client = ClientId(self.next_client.fetch_add(1, Ordering::Relaxed) + 1);
@@ -286,6 +318,8 @@ impl Sessions {
                 idle_key: None,
                 expiry: None,
             }),
+            connected_at_ms: AtomicU64::new(now_ms()),
+            sent: AtomicU64::new(0),
         });
         self.map.insert(token, session.clone());
         self.update_gauge();
@@ -410,6 +444,34 @@ impl Sessions {
         metrics::gauge!(m::SESSIONS_LIVE).set(self.held.load(Ordering::Acquire) as f64);
     }
 
+    /// Every session held for `room` (that very room: a room deleted and created again is
+    /// another). Walks all sessions: for the admin API, never a hot path.
+    pub fn of_room(&self, room: &Arc<Room>) -> Vec<Arc<Session>> {
+        self.map.iter().filter(|s| Arc::ptr_eq(&s.room, room)).map(|s| s.value().clone()).collect()
+    }
+
+    /// Closes the session's connection, if one is attached, with `reason` (through the same
+    /// channel a takeover uses: its writer closes with that code). With `end`, the session is
+    /// also dropped, as if its TTL had run out: a resume then starts a new session, presence
+    /// forgets it, and a connection still reading stops acting for it. Returns whether a
+    /// connection was told to close.
+    pub fn kick(&self, session: &Session, reason: CloseReason, end: bool) -> bool {
+        let mut st = session.state.lock();
+        let told = match st.kick.take() {
+            Some(kick) if st.attached && !st.expired => kick.send(reason).is_ok(),
+            other => {
+                st.kick = other;
+                false
+            }
+        };
+        if end && !st.expired {
+            self.expire(session, &mut st);
+            drop(st);
+            self.shrink_if_sparse();
+        }
+        told
+    }
+
     /// Whether the session named by `token` is held.
     pub fn is_live(&self, token: &str) -> bool {
         self.map.contains_key(token)
@@ -432,6 +494,14 @@ impl Sessions {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -457,7 +527,7 @@ mod tests {
         let b = sessions.attach(&room, Some(&a.session.token), None).unwrap();
         assert!(b.resumed);
         assert_eq!(b.session.client, a.session.client);
-        assert!(a.kicked.try_recv().is_ok(), "the first connection is kicked");
+        assert_eq!(a.kicked.try_recv(), Ok(CloseReason::TakenOver), "the first connection is kicked");
         assert!(!sessions.detach(&a.session, a.conn, false), "a superseded connection does not detach");
         assert_eq!(sessions.disconnected(), 0);
         assert!(sessions.detach(&b.session, b.conn, false));

@@ -134,8 +134,9 @@ impl From<&Config> for WriterConfig {
 pub struct Signals {
     /// Replies from the reader.
     pub replies: mpsc::Receiver<Box<Outgoing>>,
-    /// Fires when another connection takes the session over.
-    pub kicked: oneshot::Receiver<()>,
+    /// Fires, with the close reason, when another connection takes the session over (4001) or an
+    /// operator closes this connection (admin API: 4009, 4010, 4011).
+    pub kicked: oneshot::Receiver<CloseReason>,
     /// Changes once, when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
     /// When the connection's token expires (`None` without a token).
@@ -222,9 +223,9 @@ impl<'a, S: FrameSink> Writer<'a, S> {
                     }
                     _ => Err(CloseReason::Unauthorized),
                 },
-                // A kick sender dropped without sending is not a takeover: stop listening.
+                // A kick sender dropped without sending is not a kick: stop listening.
                 r = &mut kicked, if !kick_gone => match r {
-                    Ok(()) => Err(CloseReason::TakenOver),
+                    Ok(reason) => Err(reason),
                     Err(_) => {
                         kick_gone = true;
                         Ok(())
@@ -316,6 +317,7 @@ impl<'a, S: FrameSink> Writer<'a, S> {
         self.out.send(&welcome, Kind::Control).await?;
         self.deliver(&frame, snapshot).await?;
         self.last_sent = to;
+        self.session.note_sent(to);
         Ok(())
     }
 
@@ -330,6 +332,7 @@ impl<'a, S: FrameSink> Writer<'a, S> {
             m::hot().delivery_lag.record(at.elapsed().as_secs_f64());
         }
         self.last_sent = d.to;
+        self.session.note_sent(d.to);
         Ok(())
     }
 

@@ -513,3 +513,40 @@ async fn tokens_never_reach_the_logs() {
         assert!(!logs.contains(signature), "a token reached the logs");
     }
 }
+
+/// A token with `admin` on a room reaches that room's admin calls (and sees its users); `write`
+/// does not, nor does any client token list the rooms (server-wide: the admin token only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_on_a_room_grants_its_admin_calls() {
+    let keys = Keys::new();
+    let server = server_with(&keys, &[]).await;
+    let bob = keys.hs256(&claims("bob", json!({"game:*": ["write"]})));
+    let op = keys.hs256(&claims("op", json!({"game:*": ["admin"]})));
+    let mut ws = open(&server, "game:1", &format!("token={bob}"), None).await;
+    let welcome = until_type(&mut ws, "welcome").await;
+    let client = welcome["client"].as_str().unwrap().to_owned();
+
+    let (status, _, body) = http_auth(&server, "GET", "/v1/admin/rooms/game:1", None, Some(&op)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["connected"][0]["user"], "bob", "{body}");
+    assert_eq!(body["connected"][0]["client"], client.as_str());
+    for (token, want) in [(Some(&bob), 403), (None, 401), (Some(&"not.a.token".to_owned()), 401)] {
+        let (status, _, body) =
+            http_auth(&server, "GET", "/v1/admin/rooms/game:1", None, token.map(|t| t.as_str())).await;
+        assert_eq!(status, want, "{body}");
+    }
+    // Admin on game:* is not admin elsewhere, nor server-wide.
+    let (status, _, _) = http_auth(&server, "GET", "/v1/admin/rooms/lobby", None, Some(&op)).await;
+    assert_eq!(status, 403);
+    let (status, _, _) = http_auth(&server, "GET", "/v1/admin/rooms", None, Some(&op)).await;
+    assert_eq!(status, 403);
+
+    let kick = json!({"client": client}).to_string();
+    let (status, _, body) =
+        http_auth(&server, "POST", "/v1/admin/rooms/game:1/kick", Some(&kick), Some(&bob)).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _, body) =
+        http_auth(&server, "POST", "/v1/admin/rooms/game:1/kick", Some(&kick), Some(&op)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(close_code(&mut ws).await, 4009);
+}

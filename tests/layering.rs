@@ -24,6 +24,8 @@ const LAYERS: &[&[&str]] = &[
     &["app"],
     &["writer", "reassembly"],
     &["connection", "http_api"],
+    // The admin API uses http_api's response and body helpers.
+    &["admin"],
     &["server"],
     &["main", "lib"],
 ];

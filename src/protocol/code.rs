@@ -53,7 +53,8 @@ pub enum ErrorCode {
     Timeout,
     /// `--max-body-bytes-in-flight` reached: the server holds as many request bodies as it may.
     Overloaded,
-    /// No valid token (missing, malformed, expired, not yet valid, badly signed).
+    /// No valid token (missing, malformed, expired, not yet valid, badly signed), or, for the
+    /// admin API, not the `--admin-token-file` bearer.
     Unauthorized,
 }
 

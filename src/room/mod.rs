@@ -14,6 +14,10 @@
 //! with `memory_full` after the room has shed its own oldest history; [`Room::shed_history`]
 //! lets the registry shed more when the whole process is short.
 //!
+//! Retirement: a room removed from the registry (an admin delete) is [`Room::retire`]d under its
+//! write lock first; from then on every commit is refused with `gone`, so a handle still held by
+//! an in-flight request can never commit into a room nobody sees.
+//!
 //! Locking: `inner` is a `parking_lot::RwLock` that is never held across `.await` (the room has no
 //! async code at all). `commit` holds the write lock only to check, apply, push to the ring and
 //! bump the revision; the change's ops are encoded before the lock is taken. Readers take the read
@@ -29,7 +33,7 @@ pub mod snapshot;
 mod tests;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -117,6 +121,8 @@ pub struct Room {
     pub broadcasts: Broadcasts,
     /// This room's part of the memory budget.
     memory: Charges,
+    /// Set (under the write lock) once the room has left the registry: no commit after it.
+    retired: AtomicBool,
 }
 
 /// What a room holds, by part, in the memory budget.
@@ -170,6 +176,7 @@ impl Room {
             presence: Presence::with_budget(budget),
             broadcasts: Broadcasts::new(config.broadcast_buffer, config.broadcast_bytes, budget),
             memory,
+            retired: AtomicBool::new(false),
             config,
             rev: AtomicU64::new(0),
             rev_tx,
@@ -227,6 +234,13 @@ impl Room {
         };
         let mut g = self.inner.write();
         let cur = g.ring.head();
+        if self.retired.load(Ordering::Acquire) {
+            return Err(Reject::new(
+                ErrorCode::Gone,
+                "the room was deleted (admin API); the change was not applied",
+                cur,
+            ));
+        }
         conflict::check(&g.ring, &req, cur)?;
         self.make_room(&mut g, cost)?;
         // The size limit holds op by op, checked before each op allocates (a few `copy` ops
@@ -266,6 +280,19 @@ impl Room {
             newer
         });
         Ok(change)
+    }
+
+    /// Refuses every later commit (with `gone`): the room is leaving the registry. Taken under
+    /// the write lock, so a commit either completed before it or is refused.
+    pub fn retire(&self) {
+        let g = self.inner.write();
+        self.retired.store(true, Ordering::Release);
+        drop(g);
+    }
+
+    /// Whether [`Room::retire`] has run.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 
     /// Makes sure a change of about `cost` bytes fits the memory budget, shedding this room's
