@@ -22,6 +22,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::guard::Guard;
 use crate::ids::RoomId;
 use crate::memory::Budget;
 use crate::metrics as m;
@@ -36,6 +37,8 @@ pub struct App {
     pub rooms: Rooms,
     pub sessions: Arc<Sessions>,
     pub metrics: PrometheusHandle,
+    /// Origins, CORS and the per-IP and per-caller rate limits (`guard`).
+    pub guard: Guard,
     shutdown_tx: watch::Sender<bool>,
     draining: AtomicBool,
     /// Held shared by every commit and exclusively by `begin_drain` as it sets `draining`: a
@@ -60,6 +63,7 @@ impl App {
             rooms: Rooms::with_budget(config.room_config(), config.max_rooms, Budget::new(config.max_memory)),
             sessions: Arc::new(Sessions::new(SessionLimits::from(&config))),
             metrics: m::install(),
+            guard: Guard::new(&config),
             shutdown_tx: watch::channel(false).0,
             draining: AtomicBool::new(false),
             commit_gate: parking_lot::RwLock::new(()),

@@ -41,10 +41,13 @@ pub enum CloseReason {
     SlowClient,
     /// The socket failed (reset, closed under us).
     Gone,
+    /// 4429: the client kept sending past its rate limits (more than `--rate-limit-strikes`
+    /// rate-limited messages within `--rate-limit-window`).
+    RateLimited,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 13] = [
+    pub const ALL: [CloseReason; 14] = [
         CloseReason::Normal,
         CloseReason::Idle,
         CloseReason::Shutdown,
@@ -58,6 +61,7 @@ impl CloseReason {
         CloseReason::MemoryFull,
         CloseReason::SlowClient,
         CloseReason::Gone,
+        CloseReason::RateLimited,
     ];
 
     /// The WebSocket close code (RFC 6455 §7.4).
@@ -74,6 +78,7 @@ impl CloseReason {
             CloseReason::TooManySessions => 4007,
             CloseReason::MemoryFull => 4008,
             CloseReason::SlowClient | CloseReason::Gone => 1006,
+            CloseReason::RateLimited => 4429,
         }
     }
 
@@ -93,6 +98,7 @@ impl CloseReason {
             CloseReason::MemoryFull => "server memory full (--max-memory): no new rooms",
             CloseReason::SlowClient => "write timeout",
             CloseReason::Gone => "connection lost",
+            CloseReason::RateLimited => "rate limited: too many messages over the limit",
         }
     }
 
@@ -112,6 +118,7 @@ impl CloseReason {
             CloseReason::MemoryFull => "memory_full",
             CloseReason::SlowClient => "write_timeout",
             CloseReason::Gone => "connection_lost",
+            CloseReason::RateLimited => "rate_limited",
         }
     }
 

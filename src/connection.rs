@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 
 use crate::app::{self, App};
 use crate::close::{CLOSE_GRACE, CloseReason};
+use crate::guard::{ConnLimits, RateLimited};
 use crate::ids::ClientReqId;
 use crate::metrics::{self as m, Refusal};
 use crate::protocol::{self, ClientMsg, ErrorCode, Reject};
@@ -195,18 +196,22 @@ impl Drop for OpenGauge {
 }
 
 /// The room connection's reader: every message to [`handle_message`], its reply to the writer.
+/// The connection's rate limits are checked here, before anything is decoded or committed; past
+/// its error budget the connection is closed with 4429.
 async fn read_loop(mut inbound: Inbound, app: &App, room: &Room, session: &Session, conn: u64) -> End {
+    let limits = ConnLimits::new(&app.config);
     loop {
         let message = match inbound.next().await {
             Ok(message) => message,
             Err(end) => return end,
         };
+        let over_bytes = limits.inbound(message.payload.len()).err();
         let reply = if message.binary {
             let code = ErrorCode::BadMessage;
             metrics::counter!(m::DECODE_ERRORS, "code" => code.as_str()).increment(1);
             Some(protocol::error_msg(code, "binary frames are not supported; send JSON text", None))
         } else {
-            match handle_message(&message.payload, app, room, session, conn) {
+            match handle_message(&message.payload, app, room, session, conn, &limits, over_bytes) {
                 Ok(reply) => reply,
                 // Taken over: this connection must not act for the session any more.
                 Err(Superseded) => return End::TakenOver,
@@ -215,6 +220,10 @@ async fn read_loop(mut inbound: Inbound, app: &App, room: &Room, session: &Sessi
         if let Some(reply) = reply {
             // Fails only when the writer has gone; `next` then awaits the client's close.
             let _ = inbound.reply(Outgoing::Text(reply)).await;
+        }
+        if limits.over_budget() {
+            let _ = inbound.reply(Outgoing::Close(CloseReason::RateLimited)).await;
+            return End::Abrupt;
         }
     }
 }
@@ -234,6 +243,8 @@ async fn echo_loop(mut inbound: Inbound) -> End {
 struct Superseded;
 
 /// Handles one text message from a client; returns the reply for the sender, if any.
+/// `over_bytes` says the message went over `--rate-inbound-bytes`: it is then only answered. A
+/// change or broadcast is checked against `--rate-changes` before it reaches the room.
 /// Synchronous: locks taken here are released before the caller awaits.
 fn handle_message(
     text: &[u8],
@@ -241,6 +252,8 @@ fn handle_message(
     room: &Room,
     session: &Session,
     conn: u64,
+    limits: &ConnLimits,
+    over_bytes: Option<RateLimited>,
 ) -> Result<Option<Bytes>, Superseded> {
     let msg = match protocol::decode_client(text) {
         Ok(msg) => msg,
@@ -249,6 +262,16 @@ fn handle_message(
             return Ok(Some(protocol::error_msg(e.code(), &e.message, None)));
         }
     };
+    let limited = match &msg {
+        ClientMsg::Change(_) | ClientMsg::Broadcast { .. } => over_bytes.or_else(|| limits.change().err()),
+        _ => over_bytes,
+    };
+    if let Some(limited) = limited {
+        // Not processed: a change keeps its clientReqId unused, to be sent again.
+        let id = if let ClientMsg::Change(c) = &msg { Some(c.client_req_id) } else { None };
+        let ms = limited.retry_after_ms();
+        return Ok(Some(protocol::rate_limited_msg(id, &limited.message(), room.rev().0, ms)));
+    }
     let st = session.state.lock();
     if !st.owned_by(conn) {
         return Err(Superseded);

@@ -19,6 +19,7 @@ const LAYERS: &[&[&str]] = &[
     // The shell.
     &["config", "close", "web"],
     &["metrics"],
+    &["guard"],
     &["session"],
     &["app"],
     &["writer", "reassembly"],

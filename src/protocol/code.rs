@@ -53,11 +53,18 @@ pub enum ErrorCode {
     Timeout,
     /// `--max-body-bytes-in-flight` reached: the server holds as many request bodies as it may.
     Overloaded,
+    /// The request's `Origin` is not in `--allowed-origins` (HTTP 403, before anything happens).
+    OriginNotAllowed,
+    /// An HTTP request body that is not `Content-Type: application/json` (HTTP 415).
+    UnsupportedMediaType,
+    /// Over a rate limit (HTTP 429 with `Retry-After`; a WebSocket `reject`/`error` with
+    /// `retryAfterMs`).
+    RateLimited,
 }
 
 impl ErrorCode {
     /// Every code; the first eight are the ones a change can be rejected with.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::Conflict,
         ErrorCode::Stale,
         ErrorCode::Invalid,
@@ -80,6 +87,9 @@ impl ErrorCode {
         ErrorCode::TooManyRooms,
         ErrorCode::Timeout,
         ErrorCode::Overloaded,
+        ErrorCode::OriginNotAllowed,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::RateLimited,
     ];
 
     /// The codes a change can be rejected with (`reject` messages; the `code` label of
@@ -111,6 +121,9 @@ impl ErrorCode {
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::OriginNotAllowed => "origin_not_allowed",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 }
