@@ -71,7 +71,9 @@ impl RateLimited {
             RateLimit::Changes => "too many changes and broadcasts (--rate-changes)",
             RateLimit::InboundBytes => "too many bytes sent (--rate-inbound-bytes)",
             RateLimit::Strikes => "too many messages over the rate limits (--rate-limit-strikes)",
-            RateLimit::IpConnectionRate => "too many new connections from this address (--rate-ip-connections)",
+            RateLimit::IpConnectionRate => {
+                "too many new connections from this address (--rate-ip-connections)"
+            }
             RateLimit::IpConnections => "too many connections open from this address (--max-ip-connections)",
             RateLimit::HttpRequests => "too many requests (--rate-http)",
         };
@@ -249,7 +251,8 @@ pub fn is_json(headers: &HeaderMap) -> bool {
     parts.all(|p| {
         p.is_empty()
             || p.split_once('=').is_some_and(|(k, v)| {
-                k.trim().eq_ignore_ascii_case("charset") && v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+                k.trim().eq_ignore_ascii_case("charset")
+                    && v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
             })
     })
 }
@@ -373,10 +376,22 @@ mod tests {
 
     #[test]
     fn json_content_types() {
-        for ok in ["application/json", "Application/JSON", "application/json; charset=utf-8", "application/json;charset=\"UTF-8\""] {
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+        ] {
             assert!(is_json(&headers(&[("content-type", ok)])), "{ok}");
         }
-        for bad in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/json; charset=latin1", "application/jsonx", ""] {
+        for bad in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/json; charset=latin1",
+            "application/jsonx",
+            "",
+        ] {
             assert!(!is_json(&headers(&[("content-type", bad)])), "{bad}");
         }
         assert!(!is_json(&HeaderMap::new()));
@@ -387,7 +402,10 @@ mod tests {
         let config = Config::from_flags(&["--allowed-origins", "https://game.example"]).unwrap();
         let g = Guard::new(&config);
         assert_eq!(g.check_origin(&HeaderMap::new()), OriginCheck::Absent);
-        assert!(matches!(g.check_origin(&headers(&[("origin", "https://game.example")])), OriginCheck::Allowed(_)));
+        assert!(matches!(
+            g.check_origin(&headers(&[("origin", "https://game.example")])),
+            OriginCheck::Allowed(_)
+        ));
         for bad in ["https://game.example.evil", "http://game.example", "null", "https://evil.example"] {
             let h = {
                 let mut h = HeaderMap::new();
@@ -408,7 +426,8 @@ mod tests {
 
     #[test]
     fn ip_slots_release_their_count() {
-        let config = Config::from_flags(&["--max-ip-connections", "2", "--rate-ip-connections", "0"]).unwrap();
+        let config =
+            Config::from_flags(&["--max-ip-connections", "2", "--rate-ip-connections", "0"]).unwrap();
         let g = Guard::new(&config);
         let ip: IpAddr = [10, 0, 0, 1].into();
         let a = g.admit_ip(Some(ip)).unwrap();

@@ -147,7 +147,12 @@ pub fn error_msg(code: ErrorCode, message: &str, client_req_id: Option<ClientReq
 
 /// A message refused by a rate limit: for a change (`client_req_id` given) a `reject` with code
 /// `rate_limited`, else an `error`; both carry `retryAfterMs`, the wait before it may succeed.
-pub fn rate_limited_msg(client_req_id: Option<ClientReqId>, message: &str, rev: u64, retry_after_ms: u64) -> Bytes {
+pub fn rate_limited_msg(
+    client_req_id: Option<ClientReqId>,
+    message: &str,
+    rev: u64,
+    retry_after_ms: u64,
+) -> Bytes {
     let code = ErrorCode::RateLimited;
     let v = match client_req_id {
         Some(id) => serde_json::json!({
