@@ -55,8 +55,11 @@ SERVER=${SERVER_BIN:-target/release/ringsync} # SERVER_BIN=path: measure another
 LOAD=target/release/ringsync-load
 BASELINE=${BASELINE:-}
 # Default flags, except the per-room client cap (default 5,000): the idle scenario holds 10,000
-# clients in one room, and fanout N=5000 adds its writer to 5,000 readers.
-SERVER_FLAGS=(--max-room-clients 0)
+# clients in one room, and fanout N=5000 adds its writer to 5,000 readers; the per-connection change
+# rate (default 200/s): the M=1000 scenarios send 1,000 changes/s from one client; and the per-IP
+# connection limits (20/s, 1,000 open): every load-generator client comes from 127.0.0.1. The
+# per-connection byte rate stays at its default, so its check is measured.
+SERVER_FLAGS=(--max-room-clients 0 --rate-changes 0 --rate-ip-connections 0 --max-ip-connections 0)
 
 PIN=0
 if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then PIN=1; fi

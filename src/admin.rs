@@ -405,7 +405,9 @@ mod tests {
     use hyper::header::HeaderValue;
 
     fn token(s: &str) -> AdminToken {
-        let path = std::env::temp_dir().join(format!("ringsync-admin-unit-{}-{s}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("ringsync-admin-unit-{}-{n}", std::process::id()));
         std::fs::write(&path, s).unwrap();
         let c = crate::config::Config::from_flags(&["--admin-token-file", path.to_str().unwrap()]).unwrap();
         let t = c.read_admin_token().unwrap().unwrap();

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::auth::Authenticator;
 use crate::config::{AdminToken, Config};
+use crate::guard::Guard;
 use crate::ids::RoomId;
 use crate::memory::Budget;
 use crate::metrics as m;
@@ -41,6 +42,8 @@ pub struct App {
     pub metrics: PrometheusHandle,
     /// The admin API's secret (`--admin-token-file`), read once at start.
     pub admin_token: Option<AdminToken>,
+    /// Origins, CORS and the per-IP and per-caller rate limits (`guard`).
+    pub guard: Guard,
     shutdown_tx: watch::Sender<bool>,
     draining: AtomicBool,
     /// Held shared by every commit and exclusively by `begin_drain` as it sets `draining`: a
@@ -82,6 +85,7 @@ impl App {
             rooms: Rooms::with_budget(config.room_config(), config.max_rooms, Budget::new(config.max_memory)),
             sessions: Arc::new(Sessions::new(SessionLimits::from(&config))),
             metrics: m::install(),
+            guard: Guard::new(&config),
             shutdown_tx: watch::channel(false).0,
             draining: AtomicBool::new(false),
             commit_gate: parking_lot::RwLock::new(()),

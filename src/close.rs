@@ -55,10 +55,13 @@ pub enum CloseReason {
     RoomClosed,
     /// 4011: an operator deleted the room (admin API); the next connection gets a fresh room.
     RoomDeleted,
+    /// 4429: the client kept sending past its rate limits (more than `--rate-limit-strikes`
+    /// rate-limited messages within `--rate-limit-window`).
+    RateLimited,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 19] = [
+    pub const ALL: [CloseReason; 20] = [
         CloseReason::Normal,
         CloseReason::Idle,
         CloseReason::Shutdown,
@@ -78,6 +81,7 @@ impl CloseReason {
         CloseReason::Kicked,
         CloseReason::RoomClosed,
         CloseReason::RoomDeleted,
+        CloseReason::RateLimited,
     ];
 
     /// The WebSocket close code (RFC 6455 §7.4).
@@ -99,6 +103,7 @@ impl CloseReason {
             CloseReason::RoomClosed => 4010,
             CloseReason::RoomDeleted => 4011,
             CloseReason::SlowClient | CloseReason::Gone => 1006,
+            CloseReason::RateLimited => 4429,
         }
     }
 
@@ -124,6 +129,7 @@ impl CloseReason {
             CloseReason::Kicked => "kicked by an operator",
             CloseReason::RoomClosed => "room closed by an operator",
             CloseReason::RoomDeleted => "room deleted by an operator",
+            CloseReason::RateLimited => "rate limited: too many messages over the limit",
         }
     }
 
@@ -149,6 +155,7 @@ impl CloseReason {
             CloseReason::Kicked => "kicked",
             CloseReason::RoomClosed => "room_closed",
             CloseReason::RoomDeleted => "room_deleted",
+            CloseReason::RateLimited => "rate_limited",
         }
     }
 

@@ -159,6 +159,68 @@ pub struct Config {
     #[arg(long, env = "RINGSYNC_SHUTDOWN_TIMEOUT", default_value = "10", value_parser = parse_secs)]
     pub shutdown_timeout: Duration,
 
+    /// Origins allowed to use the rooms (WebSocket and HTTP API) from a browser: comma-separated
+    /// exact origins (`https://game.example,http://localhost:5173`), or `*` for any. A request
+    /// whose `Origin` header is present and not listed is refused with 403; requests without
+    /// `Origin` (back-ends, curl) always pass. Also the origins CORS answers for.
+    #[arg(long, env = "RINGSYNC_ALLOWED_ORIGINS", default_value = "*")]
+    pub allowed_origins: String,
+
+    /// Changes and broadcasts one WebSocket may send (messages per second, sustained; 0 =
+    /// unlimited). Over it a change gets a `reject` with code `rate_limited` and `retryAfterMs`.
+    #[arg(long, env = "RINGSYNC_RATE_CHANGES", default_value_t = 200)]
+    pub rate_changes: u32,
+
+    /// Changes and broadcasts one WebSocket may send at once before --rate-changes applies
+    /// (messages).
+    #[arg(long, env = "RINGSYNC_RATE_CHANGES_BURST", default_value_t = 1000)]
+    pub rate_changes_burst: u32,
+
+    /// Bytes one WebSocket may send (message payload bytes per second, sustained; 0 = unlimited).
+    /// A message over it is answered `rate_limited` and not processed.
+    #[arg(long, env = "RINGSYNC_RATE_INBOUND_BYTES", default_value_t = 2 << 20)]
+    pub rate_inbound_bytes: u32,
+
+    /// Bytes one WebSocket may send at once before --rate-inbound-bytes applies (bytes; at least
+    /// --max-message-bytes).
+    #[arg(long, env = "RINGSYNC_RATE_INBOUND_BYTES_BURST", default_value_t = 8 << 20)]
+    pub rate_inbound_bytes_burst: u32,
+
+    /// A WebSocket that has more than this many messages refused as `rate_limited` within
+    /// --rate-limit-window is closed with 4429 (messages; 0 = never closed for it).
+    #[arg(long, env = "RINGSYNC_RATE_LIMIT_STRIKES", default_value_t = 100)]
+    pub rate_limit_strikes: u32,
+
+    /// The window of --rate-limit-strikes (seconds).
+    #[arg(long, env = "RINGSYNC_RATE_LIMIT_WINDOW", default_value = "10", value_parser = parse_secs)]
+    pub rate_limit_window: Duration,
+
+    /// New WebSocket connections from one IP address (connections per second, sustained; 0 =
+    /// unlimited); over it the upgrade is answered 429 with `Retry-After`. Behind a reverse proxy
+    /// every client has the proxy's address: set it to 0 there.
+    #[arg(long, env = "RINGSYNC_RATE_IP_CONNECTIONS", default_value_t = 20)]
+    pub rate_ip_connections: u32,
+
+    /// New WebSocket connections from one IP address at once before --rate-ip-connections
+    /// applies (connections).
+    #[arg(long, env = "RINGSYNC_RATE_IP_CONNECTIONS_BURST", default_value_t = 100)]
+    pub rate_ip_connections_burst: u32,
+
+    /// Most WebSocket connections open from one IP address (connections; 0 = unlimited); over it
+    /// the upgrade is answered 429 with `Retry-After`. Set it to 0 behind a reverse proxy.
+    #[arg(long, env = "RINGSYNC_MAX_IP_CONNECTIONS", default_value_t = 1000)]
+    pub max_ip_connections: usize,
+
+    /// HTTP API requests per caller: per bearer token (`Authorization: Bearer ..`, kept only as a
+    /// keyed hash), else per IP address (requests per second, sustained; 0 = unlimited); over it
+    /// 429 with `Retry-After`.
+    #[arg(long, env = "RINGSYNC_RATE_HTTP", default_value_t = 100)]
+    pub rate_http: u32,
+
+    /// HTTP API requests per caller at once before --rate-http applies (requests).
+    #[arg(long, env = "RINGSYNC_RATE_HTTP_BURST", default_value_t = 200)]
+    pub rate_http_burst: u32,
+
     /// Log format.
     #[arg(long, env = "RINGSYNC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -226,6 +288,35 @@ fn parse_millis(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(v))
 }
 
+/// `--allowed-origins` as a list: `None` for `*` (any origin), else each exact origin
+/// (`scheme://host[:port]`, compared byte for byte as browsers serialise them).
+///
+/// # Errors
+/// A message naming the flag and the entry that is not an origin.
+pub fn parse_origins(s: &str) -> Result<Option<Vec<String>>, String> {
+    let entries: Vec<&str> = s.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
+    if entries.contains(&"*") {
+        return Ok(None);
+    }
+    if entries.is_empty() {
+        return Err("--allowed-origins must list at least one origin, or be *".into());
+    }
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        let rest = e.strip_prefix("https://").or_else(|| e.strip_prefix("http://"));
+        let ok = rest.is_some_and(|host| {
+            !host.is_empty() && !host.contains(['/', '?', '#', '@', ' ']) && !host.ends_with(':')
+        });
+        if !ok {
+            return Err(format!(
+                "--allowed-origins: {e:?} is not an origin (scheme://host[:port], no path or trailing slash)"
+            ));
+        }
+        out.push(e.to_ascii_lowercase());
+    }
+    Ok(Some(out))
+}
+
 impl Config {
     /// The defaults with `flags` (as on the command line, without the program name) applied;
     /// `RINGSYNC_*` variables are not read.
@@ -274,6 +365,23 @@ impl Config {
         if self.max_presence_bytes < 2 {
             return Err("--max-presence-bytes must be at least 2".into());
         }
+        for (rate, burst, flag) in [
+            (self.rate_changes, self.rate_changes_burst, "--rate-changes-burst"),
+            (self.rate_inbound_bytes, self.rate_inbound_bytes_burst, "--rate-inbound-bytes-burst"),
+            (self.rate_ip_connections, self.rate_ip_connections_burst, "--rate-ip-connections-burst"),
+            (self.rate_http, self.rate_http_burst, "--rate-http-burst"),
+        ] {
+            if rate != 0 && burst == 0 {
+                return Err(format!("{flag} must be at least 1 when its rate is set"));
+            }
+        }
+        if self.rate_inbound_bytes != 0 && u64::from(self.rate_inbound_bytes_burst) < self.max_message_bytes {
+            return Err("--rate-inbound-bytes-burst must be at least --max-message-bytes".into());
+        }
+        if self.rate_limit_strikes != 0 && self.rate_limit_window.is_zero() {
+            return Err("--rate-limit-window must be positive".into());
+        }
+        parse_origins(&self.allowed_origins)?;
         if self.max_memory != 0 && self.max_memory < 1 << 20 {
             return Err("--max-memory must be 0 (unlimited) or at least 1 MiB (1048576)".into());
         }
@@ -352,6 +460,18 @@ mod tests {
     }
 
     #[test]
+    fn origins_parse() {
+        assert_eq!(parse_origins("*").unwrap(), None);
+        assert_eq!(
+            parse_origins("https://Game.example, http://localhost:5173").unwrap(),
+            Some(vec!["https://game.example".to_owned(), "http://localhost:5173".to_owned()])
+        );
+        for bad in ["", "game.example", "https://", "https://a.example/x", "ftp://a", "https://a.example:"] {
+            assert!(parse_origins(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn bad_values_name_the_flag() {
         let e = Config::try_parse_from(["ringsync", "--history", "0"]).unwrap_err().to_string();
         assert!(e.contains("--history"), "{e}");
@@ -364,6 +484,13 @@ mod tests {
         let c = Config::from_flags(&["--max-body-bytes-in-flight", "1000"]).unwrap();
         assert!(c.validate().unwrap_err().contains("--max-body-bytes-in-flight"));
         Config::from_flags(&["--max-body-bytes-in-flight", "0"]).unwrap().validate().unwrap();
+        let c = Config::from_flags(&["--rate-inbound-bytes-burst", "1000"]).unwrap();
+        assert!(c.validate().unwrap_err().contains("--rate-inbound-bytes-burst"));
+        let c = Config::from_flags(&["--rate-http-burst", "0"]).unwrap();
+        assert!(c.validate().unwrap_err().contains("--rate-http-burst"));
+        Config::from_flags(&["--rate-http", "0", "--rate-http-burst", "0"]).unwrap().validate().unwrap();
+        let c = Config::from_flags(&["--allowed-origins", "https://a.example/"]).unwrap();
+        assert!(c.validate().unwrap_err().contains("--allowed-origins"));
         let e = Config::from_flags(&["--history", "0"]).unwrap_err().to_string();
         assert!(e.contains("--history"), "{e}");
     }
@@ -424,6 +551,12 @@ mod tests {
             ("--broadcast-buffer-bytes", c.broadcast_buffer_bytes),
             ("--max-state-bytes", c.max_state_bytes),
             ("--max-ops-per-change", c.max_ops_per_change),
+            ("--rate-changes", c.rate_changes as usize),
+            ("--rate-inbound-bytes", c.rate_inbound_bytes as usize),
+            ("--rate-limit-strikes", c.rate_limit_strikes as usize),
+            ("--rate-ip-connections", c.rate_ip_connections as usize),
+            ("--max-ip-connections", c.max_ip_connections),
+            ("--rate-http", c.rate_http as usize),
         ];
         for (flag, v) in limits {
             assert!(v > 0, "{flag} defaults to unlimited");

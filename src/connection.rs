@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 use crate::app::{self, App};
 use crate::auth::{Identity, Permission};
 use crate::close::{CLOSE_GRACE, CloseReason};
+use crate::guard::{ConnLimits, RateLimited};
 use crate::ids::ClientReqId;
 use crate::metrics::{self as m, Refusal};
 use crate::protocol::{self, ClientMsg, ErrorCode, Reject};
@@ -220,19 +221,23 @@ impl Drop for OpenGauge {
 
 /// The room connection's reader: every message to [`handle_message`], its reply to the writer.
 /// `permission` is what the connection's token grants in this room (a `refresh` may change it).
+/// The connection's rate limits are checked here, before anything is decoded or committed; past
+/// its error budget the connection is closed with 4429.
 async fn read_loop(
     mut inbound: Inbound,
     app: &App,
     room: &Room,
     session: &Session,
     conn: u64,
-    mut permission: Permission,
+    permission: Permission,
 ) -> End {
+    let mut reader = Reader { app, room, session, conn, permission, limits: ConnLimits::new(&app.config) };
     loop {
         let message = match inbound.next().await {
             Ok(message) => message,
             Err(end) => return end,
         };
+        let over_bytes = reader.limits.inbound(message.payload.len()).err();
         let reply = if message.binary {
             let code = ErrorCode::BadMessage;
             metrics::counter!(m::DECODE_ERRORS, "code" => code.as_str()).increment(1);
@@ -242,7 +247,7 @@ async fn read_loop(
                 None,
             )))
         } else {
-            match handle_message(&message.payload, app, room, session, conn, &mut permission) {
+            match handle_message(&message.payload, &mut reader, over_bytes) {
                 Ok(reply) => reply,
                 // Taken over: this connection must not act for the session any more.
                 Err(Superseded) => return End::TakenOver,
@@ -251,6 +256,10 @@ async fn read_loop(
         if let Some(reply) = reply {
             // Fails only when the writer has gone; `next` then awaits the client's close.
             let _ = inbound.reply(reply).await;
+        }
+        if reader.limits.over_budget() {
+            let _ = inbound.reply(Outgoing::Close(CloseReason::RateLimited)).await;
+            return End::Abrupt;
         }
     }
 }
@@ -269,17 +278,28 @@ async fn echo_loop(mut inbound: Inbound) -> End {
 /// The connection no longer owns its session.
 struct Superseded;
 
+/// What the read loop knows of its connection, for [`handle_message`].
+struct Reader<'a> {
+    app: &'a App,
+    room: &'a Room,
+    session: &'a Session,
+    /// This connection's number within its session (see `SessionState::owned_by`).
+    conn: u64,
+    /// What the token grants in this room; a `refresh` replaces it.
+    permission: Permission,
+    limits: ConnLimits,
+}
+
 /// Handles one text message from a client; returns the reply for the sender, if any.
-/// Synchronous: locks taken here are released before the caller awaits. `permission` is the
-/// connection's in this room; a `refresh` replaces it.
+/// `over_bytes` says the message went over `--rate-inbound-bytes`: it is then only answered. A
+/// change or broadcast is checked against `--rate-changes` before it reaches the room.
+/// Synchronous: locks taken here are released before the caller awaits.
 fn handle_message(
     text: &[u8],
-    app: &App,
-    room: &Room,
-    session: &Session,
-    conn: u64,
-    permission: &mut Permission,
+    reader: &mut Reader<'_>,
+    over_bytes: Option<RateLimited>,
 ) -> Result<Option<Outgoing>, Superseded> {
+    let Reader { app, room, session, conn, ref mut permission, ref limits } = *reader;
     let msg = match protocol::decode_client(text) {
         Ok(msg) => msg,
         Err(e) => {
@@ -287,6 +307,21 @@ fn handle_message(
             return Ok(Some(Outgoing::Text(protocol::error_msg(e.code(), &e.message, None))));
         }
     };
+    let limited = match &msg {
+        ClientMsg::Change(_) | ClientMsg::Broadcast { .. } => over_bytes.or_else(|| limits.change().err()),
+        _ => over_bytes,
+    };
+    if let Some(limited) = limited {
+        // Not processed: a change keeps its clientReqId unused, to be sent again.
+        let id = if let ClientMsg::Change(c) = &msg { Some(c.client_req_id) } else { None };
+        let ms = limited.retry_after_ms();
+        return Ok(Some(Outgoing::Text(protocol::rate_limited_msg(
+            id,
+            &limited.message(),
+            room.rev().0,
+            ms,
+        ))));
+    }
     let st = session.state.lock();
     if !st.owned_by(conn) {
         return Err(Superseded);

@@ -18,7 +18,8 @@
 //!   [`rooms`] (the registry: admission, activity, eviction);
 //! - the shell: [`config`] (every flag once), [`close`] (close-reason catalogue), [`metrics`]
 //!   (names, label enums, handles), [`web`] (embedded browser files); [`auth`] (tokens and room
-//!   permissions); then [`session`] (identity
+//!   permissions) and [`guard`] (Origin checks, CORS, the JSON-only rule for HTTP bodies, rate
+//!   limits); then [`session`] (identity
 //!   across reconnects, dedupe, takeover, the resume point); [`app`] (shared state, limit guards,
 //!   the one commit path); [`writer`] (the only socket writer, generic over its sink) and
 //!   [`reassembly`]; [`connection`] (one WebSocket's read loop; each client message is handled in
@@ -33,6 +34,7 @@ pub mod broadcast;
 pub mod close;
 pub mod config;
 pub mod connection;
+pub mod guard;
 pub mod http_api;
 pub mod ids;
 pub mod memory;

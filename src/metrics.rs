@@ -51,6 +51,7 @@ pub const MEMORY_HISTORY: &str = "ringsync_memory_history_bytes";
 pub const MEMORY_REFUSALS: &str = "ringsync_memory_refusals_total";
 pub const HISTORY_SHED: &str = "ringsync_history_shed_bytes_total";
 pub const ADMIN_ACTIONS: &str = "ringsync_admin_actions_total";
+pub const RATE_LIMITED: &str = "ringsync_rate_limited_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static HOT: OnceLock<Hot> = OnceLock::new();
@@ -172,6 +173,51 @@ impl AdminAction {
     /// Counts one action carried out.
     pub fn count(self) {
         metrics::counter!(ADMIN_ACTIONS, "action" => self.label()).increment(1);
+    }
+}
+
+/// Which rate limit refused something: the `limit` label of `ringsync_rate_limited_total` (the
+/// limits themselves live in `guard`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimit {
+    /// A change or broadcast over `--rate-changes` on one WebSocket.
+    Changes,
+    /// A message over `--rate-inbound-bytes` on one WebSocket.
+    InboundBytes,
+    /// A WebSocket closed with 4429 for going past `--rate-limit-strikes`.
+    Strikes,
+    /// A WebSocket upgrade over `--rate-ip-connections` from one IP.
+    IpConnectionRate,
+    /// A WebSocket upgrade over `--max-ip-connections` open from one IP.
+    IpConnections,
+    /// An HTTP API request over `--rate-http` from one caller (bearer token, else IP).
+    HttpRequests,
+}
+
+impl RateLimit {
+    pub const ALL: [RateLimit; 6] = [
+        RateLimit::Changes,
+        RateLimit::InboundBytes,
+        RateLimit::Strikes,
+        RateLimit::IpConnectionRate,
+        RateLimit::IpConnections,
+        RateLimit::HttpRequests,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RateLimit::Changes => "changes",
+            RateLimit::InboundBytes => "inbound_bytes",
+            RateLimit::Strikes => "strikes",
+            RateLimit::IpConnectionRate => "ip_connection_rate",
+            RateLimit::IpConnections => "ip_connections",
+            RateLimit::HttpRequests => "http_requests",
+        }
+    }
+
+    /// Counts one refusal.
+    pub fn count(self) {
+        metrics::counter!(RATE_LIMITED, "limit" => self.label()).increment(1);
     }
 }
 
@@ -309,6 +355,9 @@ fn initialise() {
     for action in AdminAction::ALL {
         metrics::counter!(ADMIN_ACTIONS, "action" => action.label()).increment(0);
     }
+    for limit in RateLimit::ALL {
+        metrics::counter!(RATE_LIMITED, "limit" => limit.label()).increment(0);
+    }
     for outcome in ConnectOutcome::ALL {
         metrics::counter!(SESSION_CONNECTS, "outcome" => outcome.label()).increment(0);
     }
@@ -392,6 +441,7 @@ fn describe() {
         MEMORY_REFUSALS,
         "New rooms and changes refused because the memory budget is full, by what"
     );
+    describe_counter!(RATE_LIMITED, "Messages, connections and requests refused by a rate limit, by limit");
     describe_counter!(
         HISTORY_SHED,
         Unit::Bytes,

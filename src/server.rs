@@ -39,6 +39,7 @@ use crate::app::{App, HttpSlot};
 use crate::close::CloseReason;
 use crate::config::Config;
 use crate::connection;
+use crate::guard::{self, OriginCheck, Peer, RateLimited};
 use crate::http_api::{self, Body, RequestBody, json_error, query_pairs};
 use crate::ids::{Rev, RoomId};
 use crate::metrics::{self as m, Refusal};
@@ -177,8 +178,10 @@ fn serve_or_refuse(app: &Arc<App>, stream: TcpStream) {
 async fn serve_http(app: Arc<App>, stream: TcpStream, _slot: HttpSlot) {
     let _active = app.hold_active();
     let mut shutdown = app.shutdown_signal();
-    // The TCP peer, for the admin API's loopback rule (never a forwarded header).
-    let peer = stream.peer_addr().ok();
+    // The TCP peer: for the admin API's loopback rule, and (as `Peer`, a request extension) for
+    // the per-IP limits of `guard`. Never a forwarded header; never logged.
+    let addr = stream.peer_addr().ok();
+    let peer = addr.map(|a| Peer(a.ip()));
     // Whether to close by lingering: the latest request's body was left unread (hyper then closes
     // the connection after the response). Each request starts clear, as hyper reads the next
     // request only once the previous body is done; an upgrade clears it, as the socket then
@@ -196,10 +199,13 @@ async fn serve_http(app: Arc<App>, stream: TcpStream, _slot: HttpSlot) {
         let service = service_fn(move |req: Request<Incoming>| {
             svc_begun.notify_one();
             svc_unread.store(false, Ordering::Release);
-            let req = req.map(|body| RequestBody::new(body, svc_unread.clone()));
+            let mut req = req.map(|body| RequestBody::new(body, svc_unread.clone()));
+            if let Some(peer) = peer {
+                req.extensions_mut().insert(peer);
+            }
             let (app, unread) = (svc_app.clone(), svc_unread.clone());
             async move {
-                let mut resp = route(app.clone(), req, peer).await?;
+                let mut resp = route(app.clone(), req, addr).await?;
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     unread.store(false, Ordering::Release);
                 } else if app.is_draining() {
@@ -294,12 +300,79 @@ async fn linger(mut stream: TcpStream, config: &Config) {
 
 async fn route(
     app: Arc<App>,
-    mut req: Request<RequestBody>,
+    req: Request<RequestBody>,
     peer: Option<std::net::SocketAddr>,
 ) -> Result<Response<Body>, Infallible> {
+    // The Origin decides before anything else: a refused one touches no room.
+    let path = req.uri().path();
+    let admin = path.starts_with("/v1/admin/");
+    let origin = if admin {
+        app.guard.check_admin_origin(req.headers())
+    } else {
+        app.guard.check_origin(req.headers())
+    };
+    let mut resp = if guard::is_preflight(req.method(), req.headers()) {
+        preflight(&origin)
+    } else if origin == OriginCheck::Refused && (admin || path.starts_with("/v1/rooms/")) {
+        json_error(ErrorCode::OriginNotAllowed, "this Origin is not in the server's --allowed-origins")
+    } else {
+        dispatch(app, req, peer).await
+    };
+    if let OriginCheck::Allowed(origin) = origin
+        && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+    {
+        guard::add_cors(resp.headers_mut(), origin);
+    }
+    let class = match resp.status().as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!(m::HTTP_REQUESTS, "status" => class).increment(1);
+    Ok(resp)
+}
+
+/// The answer to a CORS preflight: 204 with the CORS headers for an allowed origin, else 403.
+fn preflight(origin: &OriginCheck) -> Response<Body> {
+    match origin {
+        OriginCheck::Allowed(origin) => {
+            let mut resp = Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .body(Full::new(Bytes::new()))
+                .expect("static response");
+            guard::add_preflight(resp.headers_mut(), origin.clone());
+            resp
+        }
+        _ => json_error(ErrorCode::OriginNotAllowed, "this Origin is not in the server's --allowed-origins"),
+    }
+}
+
+/// A 429 with `Retry-After` (whole seconds) and the JSON error body.
+fn rate_limited(r: &RateLimited) -> Response<Body> {
+    let mut resp = json_error(ErrorCode::RateLimited, &r.message());
+    resp.headers_mut().insert(header::RETRY_AFTER, r.retry_after_secs().into());
+    resp
+}
+
+/// `resp`, closing the connection after it when the request's body is left unread.
+fn closing_if_body(resp: Response<Body>, has_body: bool) -> Response<Body> {
+    let mut resp = resp;
+    if has_body {
+        resp.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+async fn dispatch(
+    app: Arc<App>,
+    mut req: Request<RequestBody>,
+    peer: Option<std::net::SocketAddr>,
+) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
-    let resp = match (method.clone(), path.as_str()) {
+    match (method.clone(), path.as_str()) {
         (Method::GET, p) if web::find(p).is_some() => asset(web::find(p).expect("matched")),
         (Method::GET, "/healthz") => http_api::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (Method::GET, "/readyz") if app.is_draining() => {
@@ -319,16 +392,7 @@ async fn route(
             Some(rest) => room_route(app, req, rest).await,
             None => json_error(ErrorCode::NotFound, &format!("no route for {method} {path}")),
         },
-    };
-    let class = match resp.status().as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
-    metrics::counter!(m::HTTP_REQUESTS, "status" => class).increment(1);
-    Ok(resp)
+    }
 }
 
 fn asset(a: &'static web::Asset) -> Response<Body> {
@@ -358,7 +422,20 @@ async fn room_route(app: Arc<App>, req: Request<RequestBody>, rest: &str) -> Res
     match (req.method().clone(), tail) {
         (Method::GET, "ws") => websocket(app, req, room_id),
         (_, "ws") => json_error(ErrorCode::MethodNotAllowed, "use GET with a WebSocket upgrade"),
-        _ => http_api::handle(&app, req, &room_id, tail).await,
+        _ => {
+            let has_body = guard::has_body(req.method(), req.headers());
+            let peer = req.extensions().get::<Peer>().map(|p| p.0);
+            if let Err(r) = app.guard.check_http(req.headers(), peer) {
+                return closing_if_body(rate_limited(&r), has_body);
+            }
+            // Only JSON bodies: a cross-site form or `text/plain` POST (sent without a CORS
+            // preflight) cannot write.
+            if has_body && !guard::is_json(req.headers()) {
+                let message = "request bodies must be Content-Type: application/json";
+                return closing_if_body(json_error(ErrorCode::UnsupportedMediaType, message), true);
+            }
+            http_api::handle(&app, req, &room_id, tail).await
+        }
     }
 }
 
@@ -384,6 +461,13 @@ fn websocket(app: Arc<App>, mut req: Request<RequestBody>, room_id: RoomId) -> R
             _ => {}
         }
     }
+    // The per-IP place is taken like the server-wide slot below, and released when the connection
+    // (or the failed upgrade) ends.
+    let peer = req.extensions().get::<Peer>().map(|p| p.0);
+    let ip_slot = match app.guard.admit_ip(peer) {
+        Ok(slot) => slot,
+        Err(r) => return rate_limited(&r),
+    };
     // The slot is taken here and moved into the connection's task, so concurrent upgrades can
     // never overshoot --max-connections.
     let Some(slot) = app.websocket_slot() else {
@@ -426,7 +510,7 @@ fn websocket(app: Arc<App>, mut req: Request<RequestBody>, room_id: RoomId) -> R
         Err(e) => return json_error(ErrorCode::BadUpgrade, &e.to_string()),
     };
     tokio::spawn(async move {
-        let _slot = slot;
+        let _slot = (slot, ip_slot);
         let _active = app.hold_active();
         match tokio::time::timeout(app.config.handshake_timeout, upgrade).await {
             Ok(Ok(ws)) => match admission {
@@ -474,5 +558,6 @@ async fn sweep(app: Arc<App>) {
         metrics::gauge!(m::RING_CAPACITY).set(capacity as f64);
         metrics::gauge!(m::RING_FULL_ROOMS).set(full as f64);
         app.sweep_memory();
+        app.guard.sweep();
     }
 }

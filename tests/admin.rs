@@ -351,7 +351,9 @@ async fn admin_actions_and_their_closes_are_counted() {
 /// on the old room held by a request in flight commits nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_racing_writes_loses_no_acknowledged_write() {
-    let server = Arc::new(start(config(&[])).await);
+    // 240 POSTs from one IP as fast as they go: over the default --rate-http, which is not what
+    // this test is about.
+    let server = Arc::new(start(config(&["--rate-http", "0"])).await);
     let (s, _) = post_ops(&server, "race", json!([{"op": "incr", "path": "/n", "value": 1}])).await;
     assert_eq!(s, 200);
     let old = server.app.rooms.get(&ringsync::ids::RoomId::parse("race").unwrap()).unwrap();
@@ -479,4 +481,41 @@ async fn a_delete_racing_websocket_admissions_leaves_nobody_in_the_deleted_room(
     }
     assert_eq!(refused + closed_later + alive.len(), 24);
     drop(first);
+}
+
+/// Without a token file the admin API trusts loopback callers, and an operator's browser is one:
+/// a page it visits must not reach the admin API. `--allowed-origins *` (the default) does not
+/// cover it; only an origin listed by name does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_pages_reach_the_admin_api_only_from_origins_listed_by_name() {
+    let server = start(config(&[])).await;
+    let mut c = Client::connect(&server, "csrf").await;
+    let evil = "Origin: http://evil.example";
+    let (s, v) = request(&server, "POST", "/v1/admin/rooms/csrf/close", &[evil], None).await;
+    assert_eq!((s, v["code"].as_str()), (403, Some("origin_not_allowed")), "{v}");
+    let (s, _) = request(&server, "DELETE", "/v1/admin/rooms/csrf", &[evil], None).await;
+    assert_eq!(s, 403);
+    let preflight = ["Origin: http://evil.example", "Access-Control-Request-Method: DELETE"];
+    let (s, _) = request(&server, "OPTIONS", "/v1/admin/rooms/csrf", &preflight, None).await;
+    assert_eq!(s, 403, "no preflight for the admin API under *");
+    // The room's API is open to every origin under `*`, the admin API is not.
+    let (s, _) = request(&server, "GET", "/v1/rooms/csrf", &[evil], None).await;
+    assert_eq!(s, 200);
+    // Nothing happened: the client is still connected and served.
+    let (s, _) = post_ops(&server, "csrf", json!([{"op": "add", "path": "/x", "value": 1}])).await;
+    assert_eq!(s, 200);
+    c.sync_to(1).await;
+    // Without an Origin (curl, a back-end) the loopback rule applies as before.
+    let (s, _) = request(&server, "GET", "/v1/admin/rooms/csrf", &[], None).await;
+    assert_eq!(s, 200);
+
+    let server = start(config(&["--allowed-origins", "http://ops.example"])).await;
+    let _c = Client::connect(&server, "csrf").await;
+    let (s, _) = request(&server, "GET", "/v1/admin/rooms/csrf", &["Origin: http://ops.example"], None).await;
+    assert_eq!(s, 200);
+    let preflight = ["Origin: http://ops.example", "Access-Control-Request-Method: DELETE"];
+    let (s, _) = request(&server, "OPTIONS", "/v1/admin/rooms/csrf", &preflight, None).await;
+    assert_eq!(s, 204);
+    let (s, _) = request(&server, "GET", "/v1/admin/rooms/csrf", &[evil], None).await;
+    assert_eq!(s, 403);
 }

@@ -97,7 +97,7 @@ async fn an_oversized_body_gets_a_readable_413_even_when_written_whole() {
     // A chunked body is only found too large while streaming; the 413 is readable all the same.
     let body = body_of(2 << 20);
     let mut request =
-        b"POST /v1/rooms/big/changes HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        b"POST /v1/rooms/big/changes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for chunk in body.chunks(60_000) {
         request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
         request.extend_from_slice(chunk);

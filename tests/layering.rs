@@ -19,7 +19,7 @@ const LAYERS: &[&[&str]] = &[
     // The shell.
     &["config", "close", "web"],
     &["metrics"],
-    &["auth"],
+    &["auth", "guard"],
     &["session"],
     &["app"],
     &["writer", "reassembly"],

@@ -241,7 +241,16 @@ fn invalid_configuration_names_the_flag() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_accepting_writes_is_disconnected() {
-    let server = start(config(&["--write-timeout", "0.5", "--max-state-bytes", "100000000"])).await;
+    // 40 MB sent as fast as acked: past the default --rate-inbound-bytes.
+    let server = start(config(&[
+        "--write-timeout",
+        "0.5",
+        "--max-state-bytes",
+        "100000000",
+        "--rate-inbound-bytes",
+        "0",
+    ]))
+    .await;
     let stuck = Client::connect(&server, "wt").await;
     let mut writer = Client::connect(&server, "wt").await;
     let blob = "w".repeat(200_000);

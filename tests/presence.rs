@@ -184,7 +184,8 @@ async fn half_open_connection_leaves_after_the_liveness_timeouts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcasts_keep_sender_order_skip_the_sender_and_count_drops() {
-    let server = start(config(&["--broadcast-buffer", "64"])).await;
+    // 30 MB of broadcasts sent at once: past the default --rate-inbound-bytes.
+    let server = start(config(&["--broadcast-buffer", "64", "--rate-inbound-bytes", "0"])).await;
     let mut a = Client::connect(&server, "bc").await;
     let mut b = Client::connect(&server, "bc").await;
     for i in 0..50 {

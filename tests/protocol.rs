@@ -110,7 +110,8 @@ async fn concurrent_writers_converge_and_acks_sit_in_rev_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_reader_gets_a_snapshot_and_converges_while_others_flow() {
     // A small ring and large changes so the slow client's socket buffers fill up.
-    let server = start(config(&["--history", "16"])).await;
+    // 40 MB sent as fast as possible: past the default --rate-inbound-bytes.
+    let server = start(config(&["--history", "16", "--rate-inbound-bytes", "0"])).await;
     let mut slow = Client::connect(&server, "slow").await;
     let mut fast = Client::connect(&server, "slow").await;
     let mut writer = Client::connect(&server, "slow").await;

@@ -263,7 +263,8 @@ async fn observe(addr: String) -> (BTreeSet<String>, Option<u16>) {
 /// server read after its close frame is not applied either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_streamed_across_sigterm_are_acked_or_rejected_never_applied_silently() {
-    let mut child = spawn_server(&["--shutdown-timeout", "6"]);
+    // The streamers send as fast as the server acks, past the default --rate-changes.
+    let mut child = spawn_server(&["--shutdown-timeout", "6", "--rate-changes", "0"]);
     let addr = child.addr.to_string();
     let observer = tokio::spawn(observe(addr.clone()));
     let (ready_tx, mut ready) = tokio::sync::mpsc::channel(4);

@@ -56,11 +56,18 @@ pub enum ErrorCode {
     /// No valid token (missing, malformed, expired, not yet valid, badly signed), or, for the
     /// admin API, not the `--admin-token-file` bearer.
     Unauthorized,
+    /// The request's `Origin` is not in `--allowed-origins` (HTTP 403, before anything happens).
+    OriginNotAllowed,
+    /// An HTTP request body that is not `Content-Type: application/json` (HTTP 415).
+    UnsupportedMediaType,
+    /// Over a rate limit (HTTP 429 with `Retry-After`; a WebSocket `reject`/`error` with
+    /// `retryAfterMs`).
+    RateLimited,
 }
 
 impl ErrorCode {
     /// Every code; the first eight are the ones a change can be rejected with.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::Conflict,
         ErrorCode::Stale,
         ErrorCode::Invalid,
@@ -84,6 +91,9 @@ impl ErrorCode {
         ErrorCode::Timeout,
         ErrorCode::Overloaded,
         ErrorCode::Unauthorized,
+        ErrorCode::OriginNotAllowed,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::RateLimited,
     ];
 
     /// The codes a change can be rejected with (`reject` messages; the `code` label of
@@ -116,6 +126,9 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::OriginNotAllowed => "origin_not_allowed",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 }

@@ -164,6 +164,27 @@ pub fn error_msg(code: ErrorCode, message: &str, client_req_id: Option<ClientReq
     encode(&v)
 }
 
+/// A message refused by a rate limit: for a change (`client_req_id` given) a `reject` with code
+/// `rate_limited`, else an `error`; both carry `retryAfterMs`, the wait before it may succeed.
+pub fn rate_limited_msg(
+    client_req_id: Option<ClientReqId>,
+    message: &str,
+    rev: u64,
+    retry_after_ms: u64,
+) -> Bytes {
+    let code = ErrorCode::RateLimited;
+    let v = match client_req_id {
+        Some(id) => serde_json::json!({
+            "type": "reject", "clientReqId": id.0, "code": code, "message": message, "rev": rev,
+            "retryAfterMs": retry_after_ms,
+        }),
+        None => {
+            serde_json::json!({"type": "error", "code": code, "message": message, "retryAfterMs": retry_after_ms})
+        }
+    };
+    encode(&v)
+}
+
 /// `{"type":"pong","t":..}`.
 pub fn pong_msg(t: &Value) -> Bytes {
     encode(&serde_json::json!({"type": "pong", "t": t}))
