@@ -315,9 +315,11 @@ impl<'a, S: FrameSink> Writer<'a, S> {
         }
         .encode();
         self.out.send(&welcome, Kind::Control).await?;
+        // Noted as the frame is handed to the socket, so a client that has read it never sees an
+        // older figure in the admin API (and a failed write ends the connection anyway).
+        self.session.note_sent(to);
         self.deliver(&frame, snapshot).await?;
         self.last_sent = to;
-        self.session.note_sent(to);
         Ok(())
     }
 
@@ -327,12 +329,12 @@ impl<'a, S: FrameSink> Writer<'a, S> {
             return Ok(());
         };
         m::hot().catchup_lag.record(d.to.0.saturating_sub(self.last_sent.0) as f64);
+        self.session.note_sent(d.to);
         self.deliver(&d.frame, d.snapshot).await?;
         if let Some(at) = d.newest_committed_at {
             m::hot().delivery_lag.record(at.elapsed().as_secs_f64());
         }
         self.last_sent = d.to;
-        self.session.note_sent(d.to);
         Ok(())
     }
 
