@@ -13,6 +13,7 @@
 #   DOC=/tmp/b.md scripts/bench.sh      # write the report elsewhere
 #   BASELINE=/tmp/old/ringsync scripts/bench.sh  # A/B: also run every scenario against another
 #                                       # server binary, interleaved, labelled "(baseline)"
+#                                       # (BASELINE_FLAGS='...' when it needs other server flags)
 #
 # Load stays on 127.0.0.1 and is bounded: at most 10,000 connections, every run time-limited.
 set -euo pipefail
@@ -60,6 +61,9 @@ BASELINE=${BASELINE:-}
 # connection limits (20/s, 1,000 open): every load-generator client comes from 127.0.0.1. The
 # per-connection byte rate stays at its default, so its check is measured.
 SERVER_FLAGS=(--max-room-clients 0 --rate-changes 0 --rate-ip-connections 0 --max-ip-connections 0)
+# BASELINE_FLAGS='--max-room-clients 0': the baseline's flags instead (an older build may not know
+# the newer ones).
+if [ -n "${BASELINE_FLAGS+set}" ]; then read -r -a BASE_FLAGS <<<"$BASELINE_FLAGS"; else BASE_FLAGS=("${SERVER_FLAGS[@]}"); fi
 
 PIN=0
 if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then PIN=1; fi
@@ -138,10 +142,13 @@ run_ab() {
     run "$@"
     if [ -n "$BASELINE" ]; then
         local label=$1 ours=$SERVER
+        local our_flags=("${SERVER_FLAGS[@]}")
         shift
         SERVER=$BASELINE
+        SERVER_FLAGS=("${BASE_FLAGS[@]}")
         run "$label (baseline)" "$@"
         SERVER=$ours
+        SERVER_FLAGS=("${our_flags[@]}")
     fi
 }
 
