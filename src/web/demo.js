@@ -6,6 +6,9 @@
 //   test /board/<from> == piece, remove /board/<from>, [test /board/<to> == captured], add /board/<to>
 // Two moves that touch the same square after that rev conflict, so the later one is rejected and
 // its piece snaps back. Presence carries {name, color, cursor: {x, y} (board fractions), holding}.
+// Each move carries `meta: {label: "e2 → e4"}`. Undo / Redo ask the server to revert this user's
+// last move (or undo); the server refuses (`conflict`) once someone else's later move touched the
+// same squares — e.g. the opponent took the piece you moved — and the page says so (#history-msg).
 // Tests find things by id and by data-square / data-piece / data-client attributes.
 
 import { connect, PatchError } from "./client.js";
@@ -200,7 +203,7 @@ function move(from, to, dragged) {
     { op: "add", path: `/board/${to}`, value: placed },
   ];
   try {
-    const id = room.change(ops, { mode: "paths" });
+    const id = room.change(ops, { mode: "paths", meta: { label: `${from} → ${to}` } });
     myMoves.set(id, { from, to, piece });
   } catch (e) {
     if (!(e instanceof PatchError)) throw e;
@@ -243,8 +246,44 @@ function maybeSetUp() {
 }
 
 $("#reset-btn").addEventListener("click", () => {
-  room.change([{ op: "add", path: "/board", value: INITIAL }]);
+  room.change([{ op: "add", path: "/board", value: INITIAL }], { meta: { label: "reset" } });
 });
+
+// ---------------------------------------------------------------------------------------------
+// Undo and redo (server-side: the server reverts this user's last change as a new change)
+// ---------------------------------------------------------------------------------------------
+
+$("#undo-btn").addEventListener("click", () => askHistory("undo"));
+$("#redo-btn").addEventListener("click", () => askHistory("redo"));
+
+function renderHistory() {
+  const supported = room.historySupported !== false;
+  $("#undo-btn").disabled = !supported || !room.canUndo;
+  $("#redo-btn").disabled = !supported || !room.canRedo;
+  if (!supported) $("#undo-btn").title = $("#redo-btn").title = "This server has no undo";
+}
+
+function askHistory(kind) {
+  $("#history-msg").textContent = "";
+  room[kind]().then(
+    () => {},
+    (r) => {
+      if (r instanceof Error) return; // the page is closing
+      window.demo.refused = (window.demo.refused ?? 0) + 1;
+      window.demo.lastRefusal = { kind, code: r.code, revs: r.revs ?? [] };
+      let why;
+      if (r.code === "conflict") {
+        const revs = Array.isArray(r.revs) && r.revs.length ? ` (#${r.revs.join(", #")})` : "";
+        why = `someone already answered on the same squares${revs}`;
+      } else if (r.code === "stale") why = "that move is too old to take back";
+      else why = r.message ?? r.code;
+      const text = `Cannot ${kind}: ${why}.`;
+      $("#history-msg").textContent = text;
+      addLog({ client: room.client, html: `${kind} <i>refused: ${escapeHtml(why)}</i>`, reject: true });
+      toast(text, { bad: true });
+    },
+  );
+}
 
 // ---------------------------------------------------------------------------------------------
 // Log of recent changes
@@ -400,9 +439,16 @@ room.on("broadcast", (data, { client }) => {
 room.on("state", (state, info) => {
   if (info.source === "delta") {
     for (const c of info.changes) {
+      if (c.own) myMoves.delete(c.clientReqId);
+      if (c.reverts !== undefined) {
+        // An undo or redo: a revert of revision c.reverts.
+        const label = typeof c.meta?.label === "string" ? ` ${escapeHtml(c.meta.label)}` : "";
+        addLog({ rev: c.rev, client: c.client, html: `reverted #${c.reverts}${label}` });
+        lastMove = null;
+        continue;
+      }
       const d = describe(c.ops ?? []);
       if (d.move) lastMove = d.move;
-      if (c.own) myMoves.delete(c.clientReqId);
       addLog({ rev: c.rev, client: c.client, html: d.html });
     }
   }
@@ -412,6 +458,7 @@ room.on("state", (state, info) => {
 });
 
 room.on("reject", (r) => {
+  if (r.kind && r.kind !== "change") return; // undo/redo/revert: askHistory() shows those
   const mv = myMoves.get(r.clientReqId);
   myMoves.delete(r.clientReqId);
   // A losing setup race is expected and silent: someone else set the board up.
@@ -420,6 +467,7 @@ room.on("reject", (r) => {
 });
 
 room.on("presence", renderPresence);
+room.on("history", renderHistory);
 
 room.on("status", (status, detail) => {
   const el = $("#status");
@@ -428,6 +476,7 @@ room.on("status", (status, detail) => {
     status === "open" ? "live" : status === "connecting" ? "connecting…" : detail?.retryInMs ? `offline · retry in ${Math.ceil(detail.retryInMs / 100) / 10}s` : "offline";
   if (status === "offline" && detail?.code === 4001) toast("This session was opened elsewhere; reload to take it back.", { bad: true });
   renderRev();
+  renderHistory();
   maybeSetUp();
 });
 
@@ -469,3 +518,4 @@ window.addEventListener("pageshow", (ev) => {
 });
 renderBoard();
 renderPresence();
+renderHistory();

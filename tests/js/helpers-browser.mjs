@@ -95,6 +95,37 @@ export async function startServer({ listen = "127.0.0.1:0", args = [], timeoutMs
   };
 }
 
+/**
+ * Whether the server at `base` has undo/redo: its `welcome` carries `canUndo` (issue #14). A page of
+ * `browser` opens one WebSocket to a scratch room and closes it (node 20 has no WebSocket). Tests of
+ * the history features skip without it, so they run by themselves once the server side is in.
+ */
+export async function serverHasHistory(browser, base, timeoutMs = 10000) {
+  const context = await browser.newContext();
+  try {
+    const page = await context.newPage();
+    await page.goto(`${base}/`, { timeout: timeoutMs });
+    return await page.evaluate(
+      ([url, ms]) =>
+        new Promise((resolve, reject) => {
+          const ws = new WebSocket(url);
+          const t = setTimeout(() => reject(new Error("no welcome from the server")), ms);
+          ws.onmessage = (ev) => {
+            const msg = JSON.parse(ev.data);
+            if (msg.type !== "welcome") return;
+            clearTimeout(t);
+            ws.close();
+            resolve(typeof msg.canUndo === "boolean");
+          };
+          ws.onerror = () => reject(new Error("probe WebSocket failed"));
+        }),
+      [`${base.replace(/^http/, "ws")}/v1/rooms/history-probe/ws`, timeoutMs],
+    );
+  } finally {
+    await context.close();
+  }
+}
+
 /** GET/POST JSON against the server's HTTP API. */
 export async function http(base, path, body) {
   const res = await fetch(base + path, body === undefined ? {} : { method: "POST", body: JSON.stringify(body), headers: { "content-type": "application/json" } });
@@ -202,7 +233,9 @@ export async function maybeServeWebFromDisk(context) {
     "/client/patch.js": js("client/patch.js"),
     "/client/sync.js": js("client/sync.js"),
     "/client/room.js": js("client/room.js"),
+    "/client/list.js": js("client/list.js"),
     "/demo.js": js("demo.js"),
+    "/todo.js": js("todo.js"),
   };
   await context.route(
     (url) => Object.hasOwn(files, url.pathname),

@@ -21,3 +21,23 @@ test("every src/web/client/*.js module is embedded by src/web.rs", () => {
     assert.equal(assets.get(`/client/${f}`), `web/client/${f}`, `src/web.rs must serve /client/${f} from web/client/${f}`);
   }
 });
+
+test("every demo page and the scripts it loads are embedded by src/web.rs", () => {
+  const table = readFileSync(src + "web.rs", "utf8");
+  const assets = new Map(
+    [...table.matchAll(/Asset\s*\{\s*path:\s*"([^"]+)",\s*body:\s*include_str!\("([^"]+)"\)/g)].map((m) => [m[1], m[2]]),
+  );
+  assert.equal(assets.get("/"), "web/index.html");
+  assert.equal(assets.get("/todo.html"), "web/todo.html", "the to-do demo is served at /todo.html");
+  for (const page of ["index.html", "todo.html"]) {
+    const html = readFileSync(src + "web/" + page, "utf8");
+    const scripts = [...html.matchAll(/<script[^>]*src="\.\/([^"]+)"/g)].map((m) => m[1]);
+    assert.ok(scripts.length > 0, `no script in ${page}`);
+    for (const s of scripts) {
+      assert.equal(assets.get(`/${s}`), `web/${s}`, `${page} loads ./${s}, which src/web.rs must serve`);
+      // The page's own script imports the client library by its public path.
+      assert.match(readFileSync(src + "web/" + s, "utf8"), /from "\.\/client\.js"/);
+    }
+  }
+  assert.match(readFileSync(src + "web/index.html", "utf8"), /href="\/todo\.html"/, "the chess page links the to-do demo");
+});

@@ -1,4 +1,6 @@
-// JSON Patch for the ringsync client: RFC 6902 (with RFC 6901 pointers) plus ringsync's `incr`.
+// JSON Patch for the ringsync client: RFC 6902 (with RFC 6901 pointers) plus ringsync's `incr` and
+// its id-addressed list ops (`list_insert`, `list_move`, `list_remove`, `list_update`), with the
+// server's semantics exactly (docs/PROTOCOL.md), so an optimistic result equals the committed one.
 //
 // Patches apply *persistently*: the input document is never modified; only the containers along
 // each op's path are copied, everything else is shared between old and new. That makes SyncCore's
@@ -14,7 +16,11 @@
  * creating it when absent).
  * @typedef {{op: "add"|"replace"|"test"|"incr", path: string, value: Json}
  *   | {op: "remove", path: string}
- *   | {op: "move"|"copy", from: string, path: string}} Op
+ *   | {op: "move"|"copy", from: string, path: string}
+ *   | {op: "list_insert", path: string, after: string|null, value: {id: string}}
+ *   | {op: "list_move", path: string, id: string, after: string|null}
+ *   | {op: "list_remove", path: string, id: string}
+ *   | {op: "list_update", path: string, id: string, value: object}} Op
  */
 
 /** A patch that does not apply. `code` matches the server's reject codes. */
@@ -216,9 +222,100 @@ function applyOp(doc, op) {
       if (typeof old !== "number") throw invalid(`incr target ${path} is not a number`);
       return replaceAt(doc, tokens, path, old + n);
     }
+    case "list_insert":
+    case "list_move":
+    case "list_remove":
+    case "list_update":
+    {
+      const list = getAt(doc, tokens, path);
+      const next = applyListOp(list, op, path);
+      return next === list ? doc : replaceAt(doc, tokens, path, next); // a no-op shares everything
+    }
     default:
       throw invalid(`unknown op ${JSON.stringify(op.op)}`);
   }
+}
+
+/**
+ * The id-addressed list ops on the array `list` (at `path`); returns the new array. The rules make
+ * every op made against a stale view still apply, so concurrent edits by id all commit and converge:
+ * - `after` naming an element that is not there (removed meanwhile) → the element goes to the end;
+ *   `after: null` → the head.
+ * - move / remove / update of an id that is not there → no-op (nothing lost, no error).
+ * - inserting an id already present → `invalid` (ids are the client's job: see `randomId`).
+ * - two inserts after the same anchor: each goes immediately after it, so the later one (in commit
+ *   order) ends up first; two moves of the same element: the later commit wins.
+ * - `path` not an array, or an element without a string `id` → `invalid`.
+ * @param {Json} list
+ * @param {any} op
+ * @param {string} path
+ * @returns {Json[]}
+ */
+function applyListOp(list, op, path) {
+  if (!Array.isArray(list)) throw invalid(`${op.op} target ${path} is not an array`);
+  const ids = new Set();
+  for (const el of list) {
+    if (!isObject(el) || typeof el.id !== "string") throw invalid(`an element of ${path} has no string "id"`);
+    ids.add(el.id);
+  }
+  const needId = () => {
+    if (typeof op.id !== "string") throw invalid(`"${op.op}" needs a string "id"`);
+    return op.id;
+  };
+  const needAfter = () => {
+    if (!Object.hasOwn(op, "after") || (op.after !== null && typeof op.after !== "string")) {
+      throw invalid(`"${op.op}" needs "after": an element id or null`);
+    }
+    return op.after;
+  };
+  /** Where an element placed after `after` goes in `arr`. */
+  const slot = (arr, after) => {
+    if (after === null) return 0;
+    const i = arr.findIndex((el) => el.id === after);
+    return i < 0 ? arr.length : i + 1;
+  };
+  switch (op.op) {
+    case "list_insert": {
+      const after = needAfter();
+      const value = op.value;
+      if (!isObject(value) || typeof value.id !== "string") throw invalid(`"list_insert" needs a value that is an object with a string "id"`);
+      if (ids.has(value.id)) throw invalid(`id ${JSON.stringify(value.id)} is already in ${path}`);
+      const copy = list.slice();
+      copy.splice(slot(list, after), 0, value);
+      return copy;
+    }
+    case "list_move": {
+      const id = needId();
+      const after = needAfter();
+      if (!ids.has(id) || after === id) return list;
+      const from = list.findIndex((el) => el.id === id);
+      const copy = list.slice();
+      const [el] = copy.splice(from, 1);
+      copy.splice(slot(copy, after), 0, el);
+      return copy;
+    }
+    case "list_remove": {
+      const id = needId();
+      return ids.has(id) ? list.filter((el) => el.id !== id) : list;
+    }
+    case "list_update": {
+      const id = needId();
+      const value = op.value;
+      if (!isObject(value)) throw invalid(`"list_update" needs a value that is an object`);
+      if (Object.hasOwn(value, "id") && value.id !== id) throw invalid(`"list_update" cannot change an element's id`);
+      if (!ids.has(id)) return list;
+      return list.map((el) => {
+        if (el.id !== id) return el;
+        const merged = { ...el };
+        for (const [k, v] of Object.entries(value)) {
+          if (v === null) delete merged[k];
+          else Object.defineProperty(merged, k, { value: v, enumerable: true, writable: true, configurable: true }); // even "__proto__"
+        }
+        return merged;
+      });
+    }
+  }
+  throw invalid(`unknown op ${JSON.stringify(op.op)}`);
 }
 
 /**

@@ -1,8 +1,10 @@
 // The ringsync WebSocket transport: `connect()` → `Room`, a SyncCore (./sync.js) kept on a
 // self-healing socket. It reconnects with backoff and jitter, resumes sessions, heartbeats and
-// throttles presence; `roomUrl` builds the room's WebSocket URL.
+// throttles presence; `roomUrl` builds the room's WebSocket URL. `undo()`/`redo()`/`revert()` return
+// promises settled by the server's answer; `list(path)` gives id-addressed list helpers (./list.js).
 
 import { SyncCore } from "./sync.js";
+import { List } from "./list.js";
 
 /** @typedef {import("./patch.js").Json} Json */
 /** @typedef {import("./patch.js").Op} Op */
@@ -71,6 +73,8 @@ export class Room {
   #lastHeard = 0;
   #timers = { retry: 0, heartbeat: 0, connect: 0, presence: 0 };
   #lastPresenceSent = 0;
+  /** @type {Map<number, {resolve: Function, reject: Function}>} undo/redo/revert requests awaiting the server */
+  #requests = new Map();
   #onOnline = () => {
     if (this.#timers.retry && !this.#closed && !this.#stopped) {
       clearTimeout(this.#timers.retry);
@@ -129,19 +133,32 @@ export class Room {
   get status() {
     return this.#status;
   }
-  /** @returns {number} local changes not yet confirmed by the server */
+  /** @returns {number} local changes (and undo/redo requests) not yet confirmed by the server */
   get pendingCount() {
     return this.#core.pending.length;
+  }
+  /** @returns {boolean} whether the server can undo a change of this user here (false on servers without undo) */
+  get canUndo() {
+    return this.#core.canUndo;
+  }
+  /** @returns {boolean} whether the server can redo an undo of this user here */
+  get canRedo() {
+    return this.#core.canRedo;
+  }
+  /** @returns {boolean|null} whether the server supports undo/redo (its welcome carries `canUndo`); null until welcomed */
+  get historySupported() {
+    return this.#core.historySupported;
   }
 
   /**
    * Changes the room. Applied to `state` at once; sent now or after reconnecting.
    * @param {Op[]} ops
-   * @param {{mode?: Mode}} [options]
+   * @param {{mode?: Mode, meta?: Record<string, Json>}} [options] `meta`: a JSON object of at most
+   *   1024 bytes, stored with the change and relayed to everyone (e.g. `{label: "e2–e4"}`)
    * @returns {number} the change's clientReqId (it appears in a later "reject" if the server refuses)
    * @throws {PatchError} when the ops do not apply to the current state (nothing is sent)
    */
-  change(ops, { mode = "overwrite" } = {}) {
+  change(ops, { mode = "overwrite", meta } = {}) {
     if (this.#closed) throw new Error("room is closed");
     // A private deep copy: the caller may reuse its objects, and it proves the ops are JSON.
     const text = JSON.stringify(ops);
@@ -149,9 +166,98 @@ export class Room {
     if (new TextEncoder().encode(text).length + 128 > this.#opts.maxMessageBytes) {
       throw new RangeError(`change is larger than ${this.#opts.maxMessageBytes} bytes`);
     }
-    const { clientReqId, effects } = this.#core.localChange(JSON.parse(text), mode);
+    const copy = meta === undefined ? undefined : JSON.parse(JSON.stringify(meta));
+    const { clientReqId, effects } = this.#core.localChange(JSON.parse(text), mode, copy === undefined ? {} : { meta: copy });
     this.#run(effects);
     return clientReqId;
+  }
+
+  /**
+   * Asks the server to undo this user's most recent change in this room that is not undone yet. The
+   * server commits the revert as a new change everyone sees; nothing changes locally before that.
+   * @param {{mode?: "overwrite", meta?: Record<string, Json>}} [options] `mode: "overwrite"` reverts
+   *   even over later changes by others (by default the server refuses with `conflict`)
+   * @returns {Promise<ChangeInfo>} the committed entry (with its `ops` and `reverts`); rejected with
+   *   the reject (`{clientReqId, code: "conflict"|"stale"|"invalid"|…, message, revs?, kind}`), or
+   *   with an Error when the room closes first
+   */
+  undo(options = {}) {
+    return this.#history("undo", options);
+  }
+
+  /**
+   * Asks the server to redo this user's latest undo. Like `undo()`.
+   * @param {{mode?: "overwrite", meta?: Record<string, Json>}} [options]
+   * @returns {Promise<ChangeInfo>}
+   */
+  redo(options = {}) {
+    return this.#history("redo", options);
+  }
+
+  /**
+   * Asks the server to revert revision `rev` (one's own; anyone's with `admin`). Like `undo()`.
+   * @param {number} rev
+   * @param {{mode?: "overwrite", meta?: Record<string, Json>}} [options]
+   * @returns {Promise<ChangeInfo>}
+   */
+  revert(rev, options = {}) {
+    return this.#history("revert", { ...options, reverts: rev });
+  }
+
+  /**
+   * Helpers for the id-addressed list at `path` (elements are objects with a string `id`):
+   * `insertAfter(afterId, value)`, `push(value)`, `move(id, afterId)`, `remove(id)`,
+   * `update(id, fields)`, `items`. See ./list.js.
+   * @param {string} path
+   * @returns {List}
+   */
+  list(path) {
+    return new List(this, path);
+  }
+
+  #history(kind, { mode, meta, reverts } = {}) {
+    if (this.#closed) return Promise.reject(new Error("room is closed"));
+    let started;
+    try {
+      const copy = meta === undefined ? undefined : JSON.parse(JSON.stringify(meta));
+      started = this.#core.localHistory(kind, { mode, meta: copy, reverts });
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    const promise = new Promise((resolve, reject) => this.#requests.set(started.clientReqId, { resolve, reject }));
+    this.#run(started.effects);
+    return promise;
+  }
+
+  /** Settles undo/redo/revert promises from the effects just run. */
+  #settle(effects) {
+    if (this.#requests.size === 0) return;
+    for (const e of effects) {
+      if (!("emit" in e)) continue;
+      if (e.emit === "state") {
+        for (const c of e.args[1].changes) {
+          const r = c.own && this.#requests.get(c.clientReqId);
+          if (r) {
+            this.#requests.delete(c.clientReqId);
+            r.resolve(c);
+          }
+        }
+      } else if (e.emit === "reject") {
+        const r = this.#requests.get(e.args[0].clientReqId);
+        if (r) {
+          this.#requests.delete(e.args[0].clientReqId);
+          r.reject(e.args[0]);
+        }
+      }
+    }
+    // A snapshot covering a request drops it without saying how it went: the state is right either
+    // way; the promise resolves with what is known.
+    for (const [id, r] of [...this.#requests]) {
+      if (!this.#core.pending.some((p) => p.clientReqId === id)) {
+        this.#requests.delete(id);
+        r.resolve({ clientReqId: id, rev: null, own: true, ops: [], unknown: true });
+      }
+    }
   }
 
   /**
@@ -178,7 +284,9 @@ export class Room {
    * - "state" (state, {source: "local"|"delta"|"snapshot"|"reject", rev, changes: ChangeInfo[]})
    * - "presence" (peers, {changed: string[]})
    * - "broadcast" (data, {client})
-   * - "reject" ({clientReqId, code, message, rev?, conflicts?, ops, mode})
+   * - "reject" ({clientReqId, code, message, rev?, conflicts?, revs?, ops, mode, kind})
+   *   (`kind`: "change", or "undo"/"redo"/"revert" for those requests, whose promises reject too)
+   * - "history" ({canUndo, canRedo}) when either changed (from `welcome` and this client's acks)
    * - "status" (status, {code?, reason?, retryInMs?})
    * - "error" (server error message), "dropped" (number of broadcasts missed)
    * - "expiring" (exp: unix seconds; a refresh is sent when a token function is set)
@@ -203,6 +311,8 @@ export class Room {
     ws?.close(CLOSE_NORMAL, "bye");
     globalThis.removeEventListener?.("online", this.#onOnline);
     this.#setStatus("offline", { reason: "closed" });
+    for (const r of this.#requests.values()) r.reject(new Error("room is closed"));
+    this.#requests.clear();
   }
 
   /** Reconnects now (e.g. after the session was taken over by another tab). */
@@ -382,6 +492,12 @@ export class Room {
 
   /** @param {Effect[]} effects */
   #run(effects) {
+    this.#runEffects(effects);
+    this.#settle(effects);
+  }
+
+  /** @param {Effect[]} effects */
+  #runEffects(effects) {
     for (const e of effects) {
       if ("send" in e) this.#send(e.send);
       else if ("emit" in e) this.#emit(e.emit, e.args);

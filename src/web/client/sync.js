@@ -9,6 +9,11 @@
 // just going back to it; no inverse ops are needed, so floating-point `incr`s and move/copy cannot
 // drift the way a computed inverse could.
 //
+// Undo, redo and `reverts` requests are pending entries too, but without ops: only the server knows
+// what reverting means now, so they change nothing locally. Their ack (the author's own entry) carries
+// the ops, which are applied to the server copy like anyone's, and the pending changes are replayed
+// on top. `canUndo`/`canRedo` come from `welcome` and from this client's own acks.
+//
 // Wire protocol: docs/PROTOCOL.md.
 
 import { applyPatch, isObject } from "./patch.js";
@@ -26,7 +31,10 @@ import { applyPatch, isObject } from "./patch.js";
  * @property {Mode} mode
  * @property {number} baseRev the server rev this change was made against
  * @property {string|null} epoch the server epoch `baseRev` belongs to
- * @property {Op[]} ops
+ * @property {Op[]} ops (empty for undo/redo/revert requests: the server decides them)
+ * @property {"change"|"undo"|"redo"|"revert"} kind
+ * @property {number} [reverts] for "revert": the rev to revert
+ * @property {Record<string, Json>} [meta] stored with the change and relayed verbatim
  * @property {boolean} applies false while the ops do not apply on top of the current server copy
  *   (it stays pending: the server has the last word, and usually rejects it)
  */
@@ -34,7 +42,10 @@ import { applyPatch, isObject } from "./patch.js";
 /**
  * An entry of a delta, as reported in "state" events. For the recipient's own changes (acks) the
  * ops are filled in from the pending change.
- * @typedef {{rev: number, client: string, ops: Op[], clientReqId?: number, own: boolean}} ChangeInfo
+ * `reverts`, `meta`, `ts` and `user` are there when the entry has them (own undo/redo acks carry
+ * `reverts`; `meta` of an own change comes from the request).
+ * @typedef {{rev: number, client: string, ops: Op[], clientReqId?: number, own: boolean,
+ *   kind?: "undo"|"redo"|"revert", reverts?: number, meta?: Record<string, Json>, ts?: number, user?: string}} ChangeInfo
  */
 
 /**
@@ -83,6 +94,12 @@ export class SyncCore {
     this.presencePatch = null;
     /** `lastClientReqId` from the current connection's welcome */
     this.welcomeLastReqId = 0;
+    /** whether this user has a change the server can undo in this room (from welcome and own acks) */
+    this.canUndo = false;
+    /** whether this user has an undo the server can redo */
+    this.canRedo = false;
+    /** @type {boolean|null} whether the server has undo/redo (its welcome says `canUndo`); null before */
+    this.historySupported = null;
   }
 
   /**
@@ -105,20 +122,44 @@ export class SyncCore {
    * Records a local change: applies it to the view at once and sends it when connected.
    * @param {Op[]} ops
    * @param {Mode} [mode]
+   * @param {{meta?: Record<string, Json>}} [options] `meta`: a small object stored and relayed with it
    * @returns {{clientReqId: number, effects: Effect[]}}
    * @throws {PatchError} when the ops do not apply to the current view (nothing is recorded)
    */
-  localChange(ops, mode = "overwrite") {
+  localChange(ops, mode = "overwrite", { meta } = {}) {
     if (!MODES.includes(mode)) throw new TypeError(`mode must be one of ${MODES.join(", ")}`);
+    checkMeta(meta);
     const view = applyPatch(this.view, ops);
     /** @type {Pending} */
-    const p = { clientReqId: this.nextReqId++, mode, baseRev: this.rev, epoch: this.epoch, ops, applies: true };
+    const p = { clientReqId: this.nextReqId++, kind: "change", mode, baseRev: this.rev, epoch: this.epoch, ops, applies: true };
+    if (meta !== undefined) p.meta = meta;
     this.pending.push(p);
     this.view = view;
     /** @type {Effect[]} */
     const out = [{ emit: "state", args: [this.view, { source: "local", rev: this.rev, changes: [] }] }];
     if (this.ready) out.unshift({ send: changeMessage(p) });
     return { clientReqId: p.clientReqId, effects: out };
+  }
+
+  /**
+   * Asks the server to undo this user's latest change ("undo"), redo the latest undo ("redo"), or
+   * revert revision `reverts` ("revert"). Nothing changes locally until the ack brings the ops.
+   * @param {"undo"|"redo"|"revert"} kind
+   * @param {{mode?: "overwrite", meta?: Record<string, Json>, reverts?: number}} [options] `mode:
+   *   "overwrite"` reverts even over later changes by others (default: the server refuses with `conflict`)
+   * @returns {{clientReqId: number, effects: Effect[]}}
+   */
+  localHistory(kind, { mode, meta, reverts } = {}) {
+    if (!["undo", "redo", "revert"].includes(kind)) throw new TypeError(`unknown history request ${kind}`);
+    if (mode !== undefined && mode !== "overwrite") throw new TypeError(`mode must be "overwrite" or absent`);
+    if (kind === "revert" && !(Number.isInteger(reverts) && reverts > 0)) throw new TypeError("reverts must be a revision (integer ≥ 1)");
+    checkMeta(meta);
+    /** @type {Pending} */
+    const p = { clientReqId: this.nextReqId++, kind, mode, baseRev: this.rev, epoch: this.epoch, ops: [], applies: true };
+    if (meta !== undefined) p.meta = meta;
+    if (kind === "revert") p.reverts = reverts;
+    this.pending.push(p);
+    return { clientReqId: p.clientReqId, effects: this.ready ? [{ send: changeMessage(p) }] : [] };
   }
 
   /**
@@ -199,6 +240,8 @@ export class SyncCore {
     this.ready = true;
     this.synced = false;
     this.welcomeLastReqId = Number.isInteger(msg.lastClientReqId) ? msg.lastClientReqId : 0;
+    const history = this.#setHistory(msg.canUndo, msg.canRedo, true);
+    this.historySupported = typeof msg.canUndo === "boolean";
     // Changes made against another epoch (server restarted, or before the first sync) have a
     // meaningless baseRev; they are judged against the room as it is now.
     for (const p of this.pending) {
@@ -227,6 +270,7 @@ export class SyncCore {
     out.push({ emit: "presence", args: [this.presence, { changed: Object.keys(peers) }] });
     const p = this.takePresenceMessage();
     if (p) out.push({ send: p });
+    out.push(...history);
     return out;
   }
 
@@ -242,15 +286,21 @@ export class SyncCore {
     /** @type {ChangeInfo[]} */
     const changes = [];
     const acked = new Set();
+    let history = null;
     for (const entry of msg.changes) {
       if (!isObject(entry) || entry.rev !== rev + 1) return this.#protocolError(`delta entry out of order after rev ${rev}`);
       const own = entry.client === this.client && Number.isInteger(entry.clientReqId);
       let ops = entry.ops;
+      /** @type {Pending|undefined} */
+      let p;
       if (own) {
-        const p = this.pending.find((q) => q.clientReqId === entry.clientReqId);
+        p = this.pending.find((q) => q.clientReqId === entry.clientReqId);
         if (!p || acked.has(p.clientReqId)) return this.#protocolError(`ack for unknown change ${entry.clientReqId}`);
+        // Only the server knows an undo's ops: its ack must carry them.
+        if (p.kind !== "change" && !Array.isArray(ops)) return this.#protocolError(`ack of ${p.kind} ${entry.clientReqId} without ops`);
         ops ??= p.ops;
         acked.add(p.clientReqId);
+        if (typeof entry.canUndo === "boolean" || typeof entry.canRedo === "boolean") history = [entry.canUndo, entry.canRedo];
       }
       try {
         server = applyPatch(server, ops);
@@ -258,7 +308,15 @@ export class SyncCore {
         return this.#protocolError(`committed change ${entry.rev} does not apply here: ${e.message}`);
       }
       rev = entry.rev;
-      changes.push({ rev, client: entry.client, ops, clientReqId: entry.clientReqId, own });
+      /** @type {ChangeInfo} */
+      const info = { rev, client: entry.client, ops, clientReqId: entry.clientReqId, own };
+      if (p && p.kind !== "change") info.kind = p.kind;
+      if (Number.isInteger(entry.reverts)) info.reverts = entry.reverts;
+      const meta = isObject(entry.meta) ? entry.meta : p?.meta;
+      if (meta !== undefined) info.meta = meta;
+      if (Number.isFinite(entry.ts)) info.ts = entry.ts;
+      if (typeof entry.user === "string") info.user = entry.user;
+      changes.push(info);
     }
     if (rev !== msg.to) return this.#protocolError(`delta ends at ${rev}, not ${msg.to}`);
     this.server = server;
@@ -272,6 +330,7 @@ export class SyncCore {
     }
     this.#rebuild();
     out.unshift({ emit: "state", args: [this.view, { source: "delta", rev, changes }] });
+    if (history) out.push(...this.#setHistory(history[0], history[1], false));
     return out;
   }
 
@@ -298,12 +357,26 @@ export class SyncCore {
     if (i < 0) return []; // already dropped (e.g. covered by a snapshot)
     const [p] = this.pending.splice(i, 1);
     this.#rebuild();
-    const info = { ...msg, ops: p.ops, mode: p.mode };
+    const info = { ...msg, ops: p.ops, mode: p.mode, kind: p.kind };
     delete info.type;
     return [
       { emit: "reject", args: [info] },
       { emit: "state", args: [this.view, { source: "reject", rev: this.rev, changes: [] }] },
     ];
+  }
+
+  /**
+   * Updates canUndo/canRedo (a value that is not a boolean leaves the flag as it is, except at
+   * welcome, which resets to what the server says); emits "history" when either changed.
+   * @returns {Effect[]}
+   */
+  #setHistory(canUndo, canRedo, atWelcome) {
+    const u = typeof canUndo === "boolean" ? canUndo : atWelcome ? false : this.canUndo;
+    const r = typeof canRedo === "boolean" ? canRedo : atWelcome ? false : this.canRedo;
+    if (u === this.canUndo && r === this.canRedo) return [];
+    this.canUndo = u;
+    this.canRedo = r;
+    return [{ emit: "history", args: [{ canUndo: u, canRedo: r }] }];
   }
 
   #presence(msg) {
@@ -329,7 +402,7 @@ export class SyncCore {
     for (const p of this.pending.filter((q) => q.clientReqId <= last)) {
       out.push({
         emit: "reject",
-        args: [{ clientReqId: p.clientReqId, code: "unknown", message: "rejected while disconnected", ops: p.ops, mode: p.mode }],
+        args: [{ clientReqId: p.clientReqId, code: "unknown", message: "rejected while disconnected", ops: p.ops, mode: p.mode, kind: p.kind }],
       });
     }
     this.pending = this.pending.filter((q) => q.clientReqId > last);
@@ -359,5 +432,19 @@ export class SyncCore {
 
 /** @param {Pending} p */
 function changeMessage(p) {
-  return { type: "change", clientReqId: p.clientReqId, baseRev: p.baseRev, mode: p.mode, ops: p.ops };
+  /** @type {Record<string, any>} */
+  let msg;
+  if (p.kind === "undo" || p.kind === "redo") msg = { type: p.kind, clientReqId: p.clientReqId };
+  else if (p.kind === "revert") msg = { type: "change", clientReqId: p.clientReqId, baseRev: p.baseRev, reverts: p.reverts };
+  else msg = { type: "change", clientReqId: p.clientReqId, baseRev: p.baseRev, mode: p.mode, ops: p.ops };
+  if (p.kind !== "change" && p.mode !== undefined) msg.mode = p.mode;
+  if (p.meta !== undefined) msg.meta = p.meta;
+  return msg;
+}
+
+/** `meta` must be a JSON object of at most 1024 bytes (compact), as the server requires. */
+function checkMeta(meta) {
+  if (meta === undefined) return;
+  if (!isObject(meta)) throw new TypeError("meta must be an object");
+  if (new TextEncoder().encode(JSON.stringify(meta)).length > 1024) throw new RangeError("meta is larger than 1024 bytes");
 }
