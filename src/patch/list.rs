@@ -121,7 +121,9 @@ impl Cx<'_> {
         let mut found = Found { target: None, anchor: None };
         for (k, el) in a.iter().enumerate() {
             let Some(id) = id_of(el) else {
-                return Err(self.invalid(format!("element {k} of {path} is not an object with a string \"id\"")));
+                return Err(
+                    self.invalid(format!("element {k} of {path} is not an object with a string \"id\""))
+                );
             };
             for (name, slot) in [(target, &mut found.target), (anchor, &mut found.anchor)] {
                 if name == Some(id) {
@@ -178,7 +180,13 @@ impl Cx<'_> {
         Ok(())
     }
 
-    fn mv(&mut self, doc: &mut Value, path: &Pointer, id: &str, after: Option<&str>) -> Result<(), PatchError> {
+    fn mv(
+        &mut self,
+        doc: &mut Value,
+        path: &Pointer,
+        id: &str,
+        after: Option<&str>,
+    ) -> Result<(), PatchError> {
         let a = self.array(doc, path)?;
         let found = self.scan(a, path, Some(id), after)?;
         let Some(k) = found.target else { return Ok(()) };
@@ -225,7 +233,9 @@ impl Cx<'_> {
         let found = self.scan(a, path, Some(id), None)?;
         let Some(k) = found.target else { return Ok(()) };
         let members = || changes.iter().filter(|(m, _)| m.as_str() != "id");
-        let Some(el) = a[k].as_object() else { return Err(self.invalid(format!("element {k} is not an object"))) };
+        let Some(el) = a[k].as_object() else {
+            return Err(self.invalid(format!("element {k} is not an object")));
+        };
         // An old member that is null cannot be restored by an update (null removes): the
         // inverse then re-inserts the whole old element instead.
         let restores_null = members().any(|(m, _)| matches!(el.get(m), Some(Value::Null)));
@@ -251,7 +261,9 @@ impl Cx<'_> {
         let pred = if restores_null { self.predecessor(a, k, path)? } else { None };
         let replaced = if restores_null { old_size } else { replaced };
         self.acc.admit(self.budget, self.i, Plan { growth, replaced }, 0)?;
-        let Some(el) = a[k].as_object_mut() else { return Err(self.invalid(format!("element {k} is not an object"))) };
+        let Some(el) = a[k].as_object_mut() else {
+            return Err(self.invalid(format!("element {k} is not an object")));
+        };
         let old_element = restores_null.then(|| el.clone());
         let mut back = Map::new();
         for (m, v) in members() {
@@ -266,11 +278,304 @@ impl Cx<'_> {
         match old_element {
             // Pushed in reverse: the inverse removes the element, then re-inserts the old one.
             Some(old) => {
-                self.acc.inverse.push(Op::ListInsert { path: path.clone(), after: pred, value: Value::Object(old) });
+                self.acc.inverse.push(Op::ListInsert {
+                    path: path.clone(),
+                    after: pred,
+                    value: Value::Object(old),
+                });
                 self.acc.inverse.push(Op::ListRemove { path, id: id.to_owned() });
             }
-            None => self.acc.inverse.push(Op::ListUpdate { path, id: id.to_owned(), value: Value::Object(back) }),
+            None => {
+                self.acc.inverse.push(Op::ListUpdate { path, id: id.to_owned(), value: Value::Object(back) })
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::patch::{Grows, apply, apply_within, parse_patch};
+    use serde_json::json;
+
+    fn ops(v: Value) -> Vec<Op> {
+        parse_patch(v).unwrap()
+    }
+
+    fn doc() -> Value {
+        json!({"l": [{"id": "a", "t": 1}, {"id": "b", "t": 2}, {"id": "c", "t": 3}], "o": {}})
+    }
+
+    fn ids(d: &Value) -> Vec<&str> {
+        d["l"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect()
+    }
+
+    /// Applies `patch` to `d`, checks the size accounting is exact and that the inverse restores
+    /// the document exactly; returns the new document and the inverse length.
+    fn check(d: &Value, patch: Value) -> (Value, usize) {
+        let mut new = d.clone();
+        let a = apply(&mut new, &ops(patch.clone())).unwrap_or_else(|e| panic!("{patch}: {e}"));
+        assert_eq!(json_size(d) as i64 + a.size_delta, json_size(&new) as i64, "{patch}");
+        let mut back = new.clone();
+        apply(&mut back, &a.inverse).unwrap();
+        assert_eq!(&back, d, "{patch}: inverse {:?}", a.inverse);
+        assert_eq!(a.list_touched.len(), ops(patch).len());
+        assert!(a.touched.is_empty());
+        (new, a.inverse.len())
+    }
+
+    fn err(d: &Value, patch: Value) -> String {
+        let mut new = d.clone();
+        let e = apply(&mut new, &ops(patch)).unwrap_err();
+        assert_eq!(&new, d, "a failed patch leaves the document as it was");
+        e.to_string()
+    }
+
+    #[test]
+    fn insert_at_head_after_an_element_and_at_the_end_for_a_missing_anchor() {
+        let d = doc();
+        let ins =
+            |after: Value| json!([{"op": "list_insert", "path": "/l", "after": after, "value": {"id": "x"}}]);
+        assert_eq!(ids(&check(&d, ins(json!(null))).0), ["x", "a", "b", "c"]);
+        assert_eq!(ids(&check(&d, ins(json!("a"))).0), ["a", "x", "b", "c"]);
+        assert_eq!(ids(&check(&d, ins(json!("c"))).0), ["a", "b", "c", "x"]);
+        assert_eq!(ids(&check(&d, ins(json!("gone"))).0), ["a", "b", "c", "x"]);
+        // Into an empty list.
+        let (e, _) = check(&json!({"l": []}), ins(json!(null)));
+        assert_eq!(e, json!({"l": [{"id": "x"}]}));
+    }
+
+    #[test]
+    fn two_inserts_after_one_anchor_keep_both_the_later_first() {
+        let (d, _) = check(
+            &doc(),
+            json!([
+                {"op": "list_insert", "path": "/l", "after": "a", "value": {"id": "x"}},
+                {"op": "list_insert", "path": "/l", "after": "a", "value": {"id": "y"}}
+            ]),
+        );
+        assert_eq!(ids(&d), ["a", "y", "x", "b", "c"]);
+    }
+
+    #[test]
+    fn insert_refuses_a_present_id_and_a_value_without_an_id() {
+        let d = doc();
+        let m = err(&d, json!([{"op": "list_insert", "path": "/l", "after": null, "value": {"id": "b"}}]));
+        assert!(m.contains("already in /l"), "{m}");
+        for value in [json!({"id": 1}), json!({}), json!("b"), json!(null)] {
+            let m = err(&d, json!([{"op": "list_insert", "path": "/l", "after": null, "value": value}]));
+            assert!(m.contains("string \"id\""), "{m}");
+        }
+    }
+
+    #[test]
+    fn after_is_required_and_ops_round_trip_on_the_wire() {
+        let e = parse_patch(json!([{"op": "list_insert", "path": "/l", "value": {"id": "x"}}])).unwrap_err();
+        assert!(e.to_string().contains("after"), "{e}");
+        let e = parse_patch(json!([{"op": "list_move", "path": "/l", "id": "x"}])).unwrap_err();
+        assert!(e.to_string().contains("after"), "{e}");
+        let e = parse_patch(json!([{"op": "list_remove", "path": "/l"}])).unwrap_err();
+        assert!(e.to_string().contains("id"), "{e}");
+        let wire = json!([
+            {"op": "list_insert", "path": "/l", "after": null, "value": {"id": "x"}},
+            {"op": "list_move", "path": "/l", "id": "x", "after": "a"},
+            {"op": "list_remove", "path": "/l", "id": "x"},
+            {"op": "list_update", "path": "/l", "id": "x", "value": {"t": null}}
+        ]);
+        let parsed = ops(wire.clone());
+        assert_eq!(serde_json::to_value(&parsed).unwrap(), wire);
+        let kinds: Vec<_> = parsed.iter().map(|o| o.kind().as_str()).collect();
+        assert_eq!(kinds, ["list_insert", "list_move", "list_remove", "list_update"]);
+        assert!(parsed.iter().all(Op::is_list));
+    }
+
+    #[test]
+    fn move_after_head_end_self_and_missing() {
+        let d = doc();
+        let mv =
+            |id: &str, after: Value| json!([{"op": "list_move", "path": "/l", "id": id, "after": after}]);
+        assert_eq!(ids(&check(&d, mv("c", json!(null))).0), ["c", "a", "b"]);
+        assert_eq!(ids(&check(&d, mv("a", json!("b"))).0), ["b", "a", "c"]);
+        assert_eq!(ids(&check(&d, mv("a", json!("c"))).0), ["b", "c", "a"]);
+        assert_eq!(ids(&check(&d, mv("c", json!("a"))).0), ["a", "c", "b"]);
+        // An anchor that is not there: the end.
+        assert_eq!(ids(&check(&d, mv("a", json!("gone"))).0), ["b", "c", "a"]);
+        // After itself: stays.
+        assert_eq!(check(&d, mv("b", json!("b"))), (d.clone(), 1));
+        // A target that is not there: no-op, and no inverse.
+        assert_eq!(check(&d, mv("gone", json!("a"))), (d.clone(), 0));
+    }
+
+    #[test]
+    fn remove_present_and_missing() {
+        let d = doc();
+        let rm = |id: &str| json!([{"op": "list_remove", "path": "/l", "id": id}]);
+        for (id, left) in [("a", ["b", "c"]), ("b", ["a", "c"]), ("c", ["a", "b"])] {
+            let (new, n) = check(&d, rm(id));
+            assert_eq!((ids(&new), n), (left.to_vec(), 1));
+        }
+        assert_eq!(check(&d, rm("gone")), (d.clone(), 0));
+        // Twice in one change: the second is a no-op.
+        let (new, n) = check(
+            &d,
+            json!([{"op": "list_remove", "path": "/l", "id": "b"}, {"op": "list_remove", "path": "/l", "id": "b"}]),
+        );
+        assert_eq!((ids(&new), n), (vec!["a", "c"], 1));
+        let (new, _) =
+            check(&json!({"l": [{"id": "a"}]}), json!([{"op": "list_remove", "path": "/l", "id": "a"}]));
+        assert_eq!(new, json!({"l": []}));
+    }
+
+    #[test]
+    fn update_merges_removes_with_null_and_keeps_the_id() {
+        let d = json!({"l": [{"id": "a", "t": 1, "n": null}, {"id": "b", "t": 2, "k": "v"}]});
+        let up = |id: &str, v: Value| json!([{"op": "list_update", "path": "/l", "id": id, "value": v}]);
+        let (new, n) = check(&d, up("b", json!({"t": 5, "k": null, "new": [1], "gone": null, "id": "b"})));
+        assert_eq!(new["l"][1], json!({"id": "b", "t": 5, "new": [1]}));
+        assert_eq!(n, 1);
+        // An old member that is null: restored by remove + insert of the old element.
+        let (new, n) = check(&d, up("a", json!({"n": 3})));
+        assert_eq!((new["l"][0].clone(), n), (json!({"id": "a", "t": 1, "n": 3}), 2));
+        let (new, _) = check(&d, up("b", json!({"n": null, "t": null})));
+        assert_eq!(new["l"][1], json!({"id": "b", "k": "v"}));
+        let (new, _) = check(&d, up("b", json!({})));
+        assert_eq!(new, d);
+        assert_eq!(check(&d, up("gone", json!({"t": 9}))), (d.clone(), 0));
+        let m = err(&d, up("a", json!({"id": "z"})));
+        assert!(m.contains("cannot change \"id\""), "{m}");
+        let m = err(&d, up("a", json!({"id": null})));
+        assert!(m.contains("cannot change \"id\""), "{m}");
+        let m = err(&d, up("a", json!([1])));
+        assert!(m.contains("an object of members"), "{m}");
+    }
+
+    #[test]
+    fn the_array_must_be_a_list_of_objects_with_unique_string_ids() {
+        let rm = |path: &str| json!([{"op": "list_remove", "path": path, "id": "a"}]);
+        let m = err(&doc(), rm("/o"));
+        assert!(m.contains("/o is not an array"), "{m}");
+        let m = err(&doc(), rm("/missing"));
+        assert!(m.contains("does not exist"), "{m}");
+        for bad in [json!([{"id": "a"}, 3]), json!([{"id": 1}]), json!([{"x": "a"}]), json!([[]])] {
+            let m = err(&json!({"l": bad}), rm("/l"));
+            assert!(m.contains("string \"id\""), "{m}");
+        }
+        // Ids the op relies on must be unique: the target, the anchor, the predecessor.
+        let dup = json!({"l": [{"id": "p"}, {"id": "a"}, {"id": "p"}, {"id": "b"}, {"id": "a"}]});
+        assert!(err(&dup, rm("/l")).contains("more than once"));
+        let m = err(&dup, json!([{"op": "list_move", "path": "/l", "id": "b", "after": "a"}]));
+        assert!(m.contains("more than once"), "{m}");
+        let m = err(&dup, json!([{"op": "list_remove", "path": "/l", "id": "b"}]));
+        assert!(m.contains("\"p\" appears more than once"), "{m}");
+        // Duplicates elsewhere do not stop an op that does not rely on them.
+        check(&dup, json!([{"op": "list_insert", "path": "/l", "after": "b", "value": {"id": "x"}}]));
+        // Nested lists by pointer.
+        let nested = json!({"l": [{"id": "a", "sub": [{"id": "s"}]}]});
+        let (new, _) = check(
+            &nested,
+            json!([{"op": "list_insert", "path": "/l/0/sub", "after": "s", "value": {"id": "t"}}]),
+        );
+        assert_eq!(new["l"][0]["sub"][1], json!({"id": "t"}));
+    }
+
+    #[test]
+    fn a_failing_later_op_rolls_every_list_op_back() {
+        let d = doc();
+        for last in [
+            json!({"op": "test", "path": "/o", "value": 1}),
+            json!({"op": "list_insert", "path": "/l", "after": null, "value": {"id": "a"}}),
+            json!({"op": "list_update", "path": "/l", "id": "c", "value": {"id": "no"}}),
+        ] {
+            let patch = json!([
+                {"op": "list_insert", "path": "/l", "after": "a", "value": {"id": "x", "v": 1}},
+                {"op": "list_move", "path": "/l", "id": "a", "after": "c"},
+                {"op": "list_update", "path": "/l", "id": "x", "value": {"v": null, "w": 2}},
+                {"op": "add", "path": "/l/0", "value": {"id": "i"}},
+                {"op": "list_remove", "path": "/l", "id": "b"},
+                {"op": "list_move", "path": "/l", "id": "i", "after": "gone"},
+                last
+            ]);
+            err(&d, patch);
+        }
+    }
+
+    #[test]
+    fn list_ops_mixed_with_index_ops_invert_exactly() {
+        let (new, _) = {
+            let d = doc();
+            let mut new = d.clone();
+            let patch = ops(json!([
+                {"op": "add", "path": "/l/1", "value": {"id": "i"}},
+                {"op": "list_move", "path": "/l", "id": "i", "after": "c"},
+                {"op": "replace", "path": "/l/0/t", "value": null},
+                {"op": "list_update", "path": "/l", "id": "a", "value": {"t": 7}},
+                {"op": "list_remove", "path": "/l", "id": "c"},
+                {"op": "remove", "path": "/l/0"}
+            ]));
+            let a = apply(&mut new, &patch).unwrap();
+            assert_eq!(json_size(&d) as i64 + a.size_delta, json_size(&new) as i64);
+            let mut back = new.clone();
+            apply(&mut back, &a.inverse).unwrap();
+            assert_eq!(back, d);
+            (new, ())
+        };
+        assert_eq!(ids(&new), ["b", "i"]);
+    }
+
+    #[test]
+    fn the_size_budget_counts_list_growth_before_writing() {
+        let d = json!({"l": [{"id": "a"}]});
+        let size = json_size(&d);
+        let within = |patch: Value, limit: usize| {
+            let mut new = d.clone();
+            let r = apply_within(&mut new, &ops(patch), Budget { size, limit });
+            if r.is_err() {
+                assert_eq!(new, d);
+            }
+            r
+        };
+        // `,{"id":"x"}` is 11 bytes.
+        let ins = json!([{"op": "list_insert", "path": "/l", "after": "a", "value": {"id": "x"}}]);
+        within(ins.clone(), size + 11).unwrap();
+        let e = within(ins, size + 10).unwrap_err();
+        assert!(matches!(e, PatchError::TooLarge { index: 0, what: Grows::State, .. }), "{e:?}");
+        // `,"v":"yyyy"` is 11 bytes too.
+        let up =
+            |n: usize| json!([{"op": "list_update", "path": "/l", "id": "a", "value": {"v": "y".repeat(n)}}]);
+        within(up(4), size + 11).unwrap();
+        assert!(matches!(within(up(5), size + 11), Err(PatchError::TooLarge { what: Grows::State, .. })));
+        // Insert then remove, again and again: the document stays small, undo grows.
+        let churn: Vec<Value> = (0..50)
+            .flat_map(|_| {
+                [
+                    json!({"op": "list_insert", "path": "/l", "after": null, "value": {"id": "x", "v": "y".repeat(100)}}),
+                    json!({"op": "list_remove", "path": "/l", "id": "x"}),
+                ]
+            })
+            .collect();
+        let e = within(Value::Array(churn), 2_000).unwrap_err();
+        assert!(matches!(e, PatchError::TooLarge { what: Grows::Undo, .. }), "{e:?}");
+    }
+
+    #[test]
+    fn the_scan_bound_refuses_a_change_that_would_scan_too_much() {
+        let n = 100_000;
+        let list: Vec<Value> = (0..n).map(|k| json!({"id": k.to_string()})).collect();
+        let d = json!({ "l": list });
+        let mv = |count: usize| {
+            Value::Array(
+                (0..count)
+                    .map(|_| json!({"op": "list_move", "path": "/l", "id": "0", "after": null}))
+                    .collect(),
+            )
+        };
+        // 40 moves of element 0 scan 40 × 100,000 = the bound exactly (it has no predecessor).
+        let mut ok = d.clone();
+        apply(&mut ok, &ops(mv(MAX_LIST_SCAN / n))).unwrap();
+        let mut over = d.clone();
+        let e = apply(&mut over, &ops(mv(MAX_LIST_SCAN / n + 1))).unwrap_err();
+        assert!(matches!(e, PatchError::TooMuchWork { index: 40, limit: MAX_LIST_SCAN }), "{e:?}");
+        assert_eq!(over, d);
     }
 }

@@ -35,9 +35,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value};
 
 pub use apply::{Applied, apply, apply_within, revert};
-pub use list::MAX_LIST_SCAN;
 pub use budget::{Budget, Grows};
 pub use eq::{add_numbers, json_eq};
+pub use list::MAX_LIST_SCAN;
 pub use measure::{MAX_DEPTH, depth, json_size};
 pub use pointer::Pointer;
 
@@ -122,11 +122,18 @@ pub enum Op {
     },
     /// Extension: remove element `id`; no-op if it is not there.
     #[serde(rename = "list_remove")]
-    ListRemove { path: Pointer, id: String },
+    ListRemove {
+        path: Pointer,
+        id: String,
+    },
     /// Extension: shallow-merge the members of `value` (an object) into element `id` (a member
     /// set to `null` is removed; `id` cannot change); no-op if it is not there.
     #[serde(rename = "list_update")]
-    ListUpdate { path: Pointer, id: String, value: Value },
+    ListUpdate {
+        path: Pointer,
+        id: String,
+        value: Value,
+    },
 }
 
 /// `after` must be present (`null` or a string): a forgotten `after` is an error, not a silent
@@ -202,7 +209,10 @@ impl Op {
     /// True for the id-addressed list ops: their one path is the array they edit, and in
     /// `paths` mode they conflict only with index-based ops on it (see `room::conflict`).
     pub fn is_list(&self) -> bool {
-        matches!(self, Op::ListInsert { .. } | Op::ListMove { .. } | Op::ListRemove { .. } | Op::ListUpdate { .. })
+        matches!(
+            self,
+            Op::ListInsert { .. } | Op::ListMove { .. } | Op::ListRemove { .. } | Op::ListUpdate { .. }
+        )
     }
 
     /// Every path the op reads or writes (`from` and `path`; `test` counts as a read).
