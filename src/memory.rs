@@ -182,7 +182,16 @@ pub fn op_heap(op: &Op, origin: Origin) -> Heap {
         }
         Op::Move { from, path } | Op::Copy { from, path } => p(from) + p(path),
         Op::Remove { path } | Op::Incr { path, .. } => p(path),
+        Op::ListInsert { path, after, value } => p(path) + string_heap(after.as_deref()) + value_heap(value),
+        Op::ListMove { path, id, after } => p(path) + string_heap(Some(id)) + string_heap(after.as_deref()),
+        Op::ListRemove { path, id } => p(path) + string_heap(Some(id)),
+        Op::ListUpdate { path, id, value } => p(path) + string_heap(Some(id)) + value_heap(value),
     }
+}
+
+/// The heap an op's id string owns.
+fn string_heap(s: Option<&str>) -> Heap {
+    Heap::block(s.map_or(0, str::len))
 }
 
 /// The heap a vector of ops owns: its buffer and every op's.
@@ -239,10 +248,47 @@ pub fn state_growth(ops: &[Op], inverse: &[Op], state: &Value) -> isize {
         Some(Op::Replace { value, .. } | Op::Add { value, .. }) => -(node(value) as isize),
         _ => 0,
     };
-    let mut inv = inverse.iter().rev();
+    let mut inv = inverse.iter().rev().peekable();
     let mut growth = 0isize;
     for op in ops {
         growth += match op {
+            // A list op records one inverse op, none when it was a no-op, or two for an update
+            // that restores a null member; which one is told by peeking (see `patch::list`).
+            Op::ListInsert { value, .. } => {
+                inv.next();
+                (VALUE + node(value)) as isize
+            }
+            Op::ListRemove { path, id } => {
+                match inv.next_if(|i| matches!(i, Op::ListInsert { path: p, value, .. } if p == path && value.get("id").and_then(Value::as_str) == Some(id)))
+                {
+                    Some(Op::ListInsert { value, .. }) => -((VALUE + node(value)) as isize),
+                    _ => 0,
+                }
+            }
+            Op::ListMove { path, id, .. } => {
+                inv.next_if(|i| matches!(i, Op::ListMove { path: p, id: x, .. } if p == path && x == id));
+                0
+            }
+            Op::ListUpdate { path, id, value } => {
+                let set: isize = value
+                    .as_object()
+                    .map_or(0, |m| m.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (MAP_ENTRY + k.len() + node(v)) as isize).sum());
+                match inv.next_if(|i| match i {
+                    Op::ListUpdate { path: p, id: x, .. } => p == path && x == id,
+                    Op::ListInsert { path: p, value, .. } => p == path && value.get("id").and_then(Value::as_str) == Some(id),
+                    _ => false,
+                }) {
+                    Some(Op::ListUpdate { value: old, .. }) => {
+                        let held: isize = old.as_object().map_or(0, |m| m.values().filter(|v| !v.is_null()).map(|v| node(v) as isize).sum());
+                        set - held
+                    }
+                    Some(Op::ListInsert { value: old, .. }) => {
+                        inv.next(); // its `list_remove`
+                        set - node(old) as isize + VALUE as isize
+                    }
+                    _ => 0,
+                }
+            }
             Op::Test { .. } => 0,
             Op::Move { from, path } if from == path => 0,
             Op::Move { from, .. } => {

@@ -12,6 +12,12 @@
 //! for a moment: a chain of `copy` ops that would double the document each time stops at the
 //! first op that would cross it, having allocated at most the limit.
 //!
+//! The id-addressed list ops are applied by [`super::list`] under the same rules (plan, admit,
+//! write, record the inverse); their paths go to `Applied::list_touched`, not `touched`, because
+//! `paths` mode treats them differently. Forward ops share one scan bound
+//! ([`super::MAX_LIST_SCAN`]); rollback and [`revert`] (applying an inverse just made) do not,
+//! so they can never fail on it.
+//!
 //! Invariants: applying `Applied::inverse` to the new document yields the old one exactly; the
 //! growth each op is checked against is the growth it then records, so `size_delta` stays exact;
 //! no op can make the document nest deeper than [`MAX_DEPTH`] (each op checks before it writes);
@@ -21,6 +27,7 @@ use serde_json::Value;
 
 use super::budget::{Budget, Plan, plan_add};
 use super::eq::{add_numbers, json_eq};
+use super::list::{self, MAX_LIST_SCAN};
 use super::measure::{check_depth, json_size};
 use super::pointer::{Pointer, array_index, get_mut, get_ref, parent_mut};
 use super::{Op, PatchError};
@@ -37,6 +44,11 @@ pub struct Applied {
     pub size_delta: i64,
     /// Encoded size of the values the inverse holds (what undo keeps alive).
     pub inverse_bytes: usize,
+    /// The arrays the id-addressed list ops edited (or looked into), once per op. Kept apart
+    /// from `touched`: in `paths` mode they conflict only with index-based ops on the array.
+    pub list_touched: Vec<Pointer>,
+    /// Array elements the list ops have scanned so far (bounded by [`MAX_LIST_SCAN`]).
+    pub(super) scanned: usize,
 }
 
 /// Applies `ops` atomically, without a size limit.
@@ -44,7 +56,18 @@ pub struct Applied {
 /// # Errors
 /// The first failing op's error; `doc` is then unchanged.
 pub fn apply(doc: &mut Value, ops: &[Op]) -> Result<Applied, PatchError> {
-    run(doc, ops, None)
+    run(doc, ops, None, Some(MAX_LIST_SCAN))
+}
+
+/// Applies an inverse that was just made (`Applied::inverse`) to the document it was made on,
+/// restoring the old document. Like [`apply`], but without the list scan bound: an inverse
+/// scans about what its change scanned, and undoing a change must not fail on a bound the
+/// change itself only just passed.
+///
+/// # Errors
+/// Only if `inverse` does not belong to `doc` (a bug); `doc` is then unchanged.
+pub fn revert(doc: &mut Value, inverse: &[Op]) -> Result<Applied, PatchError> {
+    run(doc, inverse, None, None)
 }
 
 /// Applies `ops` atomically, refusing the first op that would make the document's encoded size
@@ -55,19 +78,24 @@ pub fn apply(doc: &mut Value, ops: &[Op]) -> Result<Applied, PatchError> {
 /// [`PatchError::TooLarge`] for an op over the budget, else the first failing op's error; `doc`
 /// is then unchanged.
 pub fn apply_within(doc: &mut Value, ops: &[Op], budget: Budget) -> Result<Applied, PatchError> {
-    run(doc, ops, Some(budget))
+    run(doc, ops, Some(budget), Some(MAX_LIST_SCAN))
 }
 
-fn run(doc: &mut Value, ops: &[Op], budget: Option<Budget>) -> Result<Applied, PatchError> {
+fn run(
+    doc: &mut Value,
+    ops: &[Op],
+    budget: Option<Budget>,
+    max_scan: Option<usize>,
+) -> Result<Applied, PatchError> {
     let mut applied = Applied::default();
     // Inverse groups are pushed in reverse order of their own application and the whole list is
     // reversed at the end, so each group stays internally ordered.
     for (i, op) in ops.iter().enumerate() {
-        if let Err(e) = apply_one(doc, op, i, &mut applied, budget) {
+        if let Err(e) = apply_one(doc, op, i, &mut applied, budget, max_scan) {
             applied.inverse.reverse();
             let mut scratch = Applied::default();
             for inv in &applied.inverse {
-                let rolled_back = apply_one(doc, inv, 0, &mut scratch, None);
+                let rolled_back = apply_one(doc, inv, 0, &mut scratch, None, None);
                 debug_assert!(rolled_back.is_ok(), "rollback failed: {rolled_back:?}");
             }
             return Err(e);
@@ -83,8 +111,12 @@ fn apply_one(
     i: usize,
     acc: &mut Applied,
     budget: Option<Budget>,
+    max_scan: Option<usize>,
 ) -> Result<(), PatchError> {
     match op {
+        Op::ListInsert { .. } | Op::ListMove { .. } | Op::ListRemove { .. } | Op::ListUpdate { .. } => {
+            list::apply_list(doc, op, i, acc, budget, max_scan)?;
+        }
         Op::Add { path, value } => {
             check_depth(path, value, i)?;
             let plan = plan_add(doc, path, json_size(value), i)?;

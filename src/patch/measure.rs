@@ -52,10 +52,15 @@ pub fn depth(v: &Value) -> usize {
 }
 
 pub(super) fn check_depth(path: &Pointer, value: &Value, i: usize) -> Result<(), PatchError> {
+    check_depth_at(path.tokens().len(), value, i)
+}
+
+/// [`check_depth`] for a value placed `tokens` levels below the root.
+pub(super) fn check_depth_at(tokens: usize, value: &Value, i: usize) -> Result<(), PatchError> {
     if !value.is_array() && !value.is_object() {
         return Ok(());
     }
-    if path.tokens().len() + depth(value) > MAX_DEPTH {
+    if tokens + depth(value) > MAX_DEPTH {
         return Err(PatchError::invalid(
             i,
             format!("the document would nest deeper than {MAX_DEPTH} levels"),

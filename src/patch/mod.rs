@@ -1,4 +1,5 @@
-//! RFC 6902 JSON Patch (plus the `incr` extension) over `serde_json::Value`.
+//! RFC 6902 JSON Patch (plus the `incr` extension and the id-addressed list ops `list_insert`,
+//! `list_move`, `list_remove`, `list_update`) over `serde_json::Value`.
 //!
 //! Pure and synchronous. [`apply`] is atomic: either every op applies, or the document is left
 //! exactly as it was (rolled back with the inverse ops collected so far; no whole-document clone).
@@ -18,20 +19,25 @@
 //! - `apply`: atomic application with inverse, touched paths and exact size;
 //! - `budget`: what each write grows, planned before it is made, and the limit it is held to;
 //! - `measure`: encoded size without encoding, nesting depth and its limit;
-//! - `eq`: JSON equality with numbers compared by value, and exact number addition.
+//! - `eq`: JSON equality with numbers compared by value, and exact number addition;
+//! - `list`: the id-addressed list ops (elements are objects with a unique string `id`), their
+//!   concurrency rules (a missing anchor means the end, a missing target means no-op) and the
+//!   bound on the elements one change may scan ([`MAX_LIST_SCAN`]).
 
 mod apply;
 mod budget;
 mod eq;
+mod list;
 mod measure;
 mod pointer;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value};
 
-pub use apply::{Applied, apply, apply_within};
+pub use apply::{Applied, apply, apply_within, revert};
 pub use budget::{Budget, Grows};
 pub use eq::{add_numbers, json_eq};
+pub use list::MAX_LIST_SCAN;
 pub use measure::{MAX_DEPTH, depth, json_size};
 pub use pointer::Pointer;
 
@@ -48,6 +54,13 @@ pub enum PatchError {
     /// [`Budget`] allows ([`apply_within`] only). Nothing was allocated for it.
     #[error("op {index}: {what} would be {size} bytes, over the limit of {limit}")]
     TooLarge { index: usize, what: Grows, size: usize, limit: usize },
+    /// The change's list ops would scan more than [`MAX_LIST_SCAN`] array elements in all
+    /// (finding an element by id is a linear scan). Nothing was applied.
+    #[error(
+        "op {index}: the list ops of this change would scan more than {limit} array elements; \
+         split it into smaller changes"
+    )]
+    TooMuchWork { index: usize, limit: usize },
 }
 
 impl PatchError {
@@ -88,6 +101,45 @@ pub enum Op {
         path: Pointer,
         value: Number,
     },
+    /// Extension: insert `value` (an object with a new string `id`) into the array at `path`
+    /// just after the element whose id is `after` (`null`: at the head; an id not there: at
+    /// the end).
+    #[serde(rename = "list_insert")]
+    ListInsert {
+        path: Pointer,
+        #[serde(deserialize_with = "required_nullable")]
+        after: Option<String>,
+        value: Value,
+    },
+    /// Extension: move element `id` to just after `after` (same rules); no-op if `id` is not
+    /// there.
+    #[serde(rename = "list_move")]
+    ListMove {
+        path: Pointer,
+        id: String,
+        #[serde(deserialize_with = "required_nullable")]
+        after: Option<String>,
+    },
+    /// Extension: remove element `id`; no-op if it is not there.
+    #[serde(rename = "list_remove")]
+    ListRemove {
+        path: Pointer,
+        id: String,
+    },
+    /// Extension: shallow-merge the members of `value` (an object) into element `id` (a member
+    /// set to `null` is removed; `id` cannot change); no-op if it is not there.
+    #[serde(rename = "list_update")]
+    ListUpdate {
+        path: Pointer,
+        id: String,
+        value: Value,
+    },
+}
+
+/// `after` must be present (`null` or a string): a forgotten `after` is an error, not a silent
+/// insert at the head.
+fn required_nullable<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<String>::deserialize(d)
 }
 
 /// The kind of an op, for metrics labels.
@@ -100,10 +152,14 @@ pub enum OpKind {
     Copy,
     Test,
     Incr,
+    ListInsert,
+    ListMove,
+    ListRemove,
+    ListUpdate,
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 7] = [
+    pub const ALL: [OpKind; 11] = [
         OpKind::Add,
         OpKind::Remove,
         OpKind::Replace,
@@ -111,6 +167,10 @@ impl OpKind {
         OpKind::Copy,
         OpKind::Test,
         OpKind::Incr,
+        OpKind::ListInsert,
+        OpKind::ListMove,
+        OpKind::ListRemove,
+        OpKind::ListUpdate,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -121,6 +181,10 @@ impl OpKind {
             OpKind::Copy => "copy",
             OpKind::Test => "test",
             OpKind::Incr => "incr",
+            OpKind::ListInsert => "list_insert",
+            OpKind::ListMove => "list_move",
+            OpKind::ListRemove => "list_remove",
+            OpKind::ListUpdate => "list_update",
         }
     }
 }
@@ -135,7 +199,20 @@ impl Op {
             Op::Copy { .. } => OpKind::Copy,
             Op::Test { .. } => OpKind::Test,
             Op::Incr { .. } => OpKind::Incr,
+            Op::ListInsert { .. } => OpKind::ListInsert,
+            Op::ListMove { .. } => OpKind::ListMove,
+            Op::ListRemove { .. } => OpKind::ListRemove,
+            Op::ListUpdate { .. } => OpKind::ListUpdate,
         }
+    }
+
+    /// True for the id-addressed list ops: their one path is the array they edit, and in
+    /// `paths` mode they conflict only with index-based ops on it (see `room::conflict`).
+    pub fn is_list(&self) -> bool {
+        matches!(
+            self,
+            Op::ListInsert { .. } | Op::ListMove { .. } | Op::ListRemove { .. } | Op::ListUpdate { .. }
+        )
     }
 
     /// Every path the op reads or writes (`from` and `path`; `test` counts as a read).
@@ -146,7 +223,11 @@ impl Op {
             | Op::Remove { path }
             | Op::Replace { path, .. }
             | Op::Test { path, .. }
-            | Op::Incr { path, .. } => (path, None),
+            | Op::Incr { path, .. }
+            | Op::ListInsert { path, .. }
+            | Op::ListMove { path, .. }
+            | Op::ListRemove { path, .. }
+            | Op::ListUpdate { path, .. } => (path, None),
         };
         std::iter::once(a).chain(b)
     }

@@ -145,6 +145,7 @@ impl From<PatchError> for ErrorCode {
             PatchError::Invalid { .. } => ErrorCode::Invalid,
             PatchError::TestFailed { .. } => ErrorCode::TestFailed,
             PatchError::TooLarge { .. } => ErrorCode::TooLarge,
+            PatchError::TooMuchWork { .. } => ErrorCode::TooLarge,
         }
     }
 }

@@ -44,6 +44,9 @@ pub struct Change {
     pub inverse: Vec<Op>,
     /// Paths read or written, for `paths`-mode conflict checks.
     pub touched: Vec<Pointer>,
+    /// The arrays its id-addressed list ops edited (`paths` mode treats them apart: see
+    /// `conflict`).
+    pub list_touched: Vec<Pointer>,
     pub committed_at: Instant,
     /// `{"rev":..,"client":..,"ops":..}`, encoded once (a slice of `delta_frame`).
     pub wire: Bytes,
@@ -75,6 +78,7 @@ impl Change {
             ops: req.ops,
             inverse: applied.inverse,
             touched: applied.touched,
+            list_touched: applied.list_touched,
             committed_at: Instant::now(),
             wire,
             delta_frame,
@@ -103,6 +107,7 @@ impl Change {
             + memory::ops_heap(&self.ops, Origin::Parsed)
             + memory::ops_heap(&self.inverse, Origin::Built)
             + memory::pointers_heap(&self.touched)
+            + memory::pointers_heap(&self.list_touched)
             + frames
     }
 

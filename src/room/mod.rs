@@ -254,7 +254,7 @@ impl Room {
         }
         .map_err(|e| Reject::new(e.clone().into(), e.to_string(), cur))?;
         let undo = |g: &mut Inner| {
-            let restored = patch::apply(&mut g.state, &applied.inverse);
+            let restored = patch::revert(&mut g.state, &applied.inverse);
             debug_assert!(restored.is_ok(), "inverse must apply: {restored:?}");
         };
         if !g.state.is_object() {

@@ -349,3 +349,136 @@ mod paths_check {
         const { assert!(conflict::MAX_PATHS_CHECK_WORK >= 1024 * 1000 * 2) };
     }
 }
+
+mod lists {
+    //! `paths` mode with the id-addressed list ops: list ops on one array never conflict with
+    //! each other; they conflict with index-based ops on the array, both ways.
+    use super::*;
+    use crate::patch::Pointer;
+    use crate::room::conflict::PathTrie;
+
+    fn setup() -> Room {
+        let r = room(16);
+        let l = json!([{"id": "a"}, {"id": "b"}, {"id": "c"}]);
+        r.commit(req(
+            Mode::Overwrite,
+            0,
+            json!([{"op": "add", "path": "/l", "value": l}, {"op": "add", "path": "/m", "value": []}]),
+        ))
+        .unwrap();
+        r
+    }
+
+    fn ids(r: &Room) -> Vec<String> {
+        r.state().1["l"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect()
+    }
+
+    #[test]
+    fn list_ops_from_one_stale_base_all_commit() {
+        let r = setup();
+        for op in [
+            json!({"op": "list_move", "path": "/l", "id": "c", "after": null}),
+            json!({"op": "list_insert", "path": "/l", "after": "a", "value": {"id": "x"}}),
+            json!({"op": "list_move", "path": "/l", "id": "c", "after": "b"}),
+            json!({"op": "list_remove", "path": "/l", "id": "a"}),
+            json!({"op": "list_insert", "path": "/l", "after": "a", "value": {"id": "y"}}),
+            json!({"op": "list_update", "path": "/l", "id": "a", "value": {"done": true}}),
+            json!({"op": "list_remove", "path": "/l", "id": "a"}),
+            json!({"op": "list_update", "path": "/l", "id": "b", "value": {"done": true}}),
+        ] {
+            r.commit(req(Mode::Paths, 1, json!([op]))).unwrap_or_else(|e| panic!("{op}: {e:?}"));
+        }
+        assert_eq!(ids(&r), ["x", "b", "c", "y"]);
+        assert_eq!(r.state().1["l"][1], json!({"id": "b", "done": true}));
+        assert_eq!(r.state_bytes(), serde_json::to_vec(&r.state().1).unwrap().len());
+    }
+
+    #[test]
+    fn list_ops_and_index_ops_on_one_array_conflict_both_ways() {
+        let index_ops = [
+            json!({"op": "add", "path": "/l/-", "value": {"id": "i"}}),
+            json!({"op": "add", "path": "/l/0/t", "value": 1}),
+            json!({"op": "test", "path": "/l/0/id", "value": "a"}),
+            json!({"op": "replace", "path": "", "value": {}}),
+        ];
+        let list_ops = [
+            json!({"op": "list_insert", "path": "/l", "after": null, "value": {"id": "x"}}),
+            json!({"op": "list_move", "path": "/l", "id": "a", "after": "c"}),
+            json!({"op": "list_remove", "path": "/l", "id": "b"}),
+            json!({"op": "list_update", "path": "/l", "id": "a", "value": {"t": 2}}),
+        ];
+        for index in &index_ops {
+            for list in &list_ops {
+                for (first, second) in [(index, list), (list, index)] {
+                    let r = setup();
+                    r.commit(req(Mode::Paths, 1, json!([first]))).unwrap();
+                    let e = r.commit(req(Mode::Paths, 1, json!([second]))).unwrap_err();
+                    assert_eq!(
+                        (e.code, e.conflicts),
+                        (ErrorCode::Conflict, vec![2]),
+                        "{first} then {second}"
+                    );
+                }
+            }
+        }
+        // Other arrays and other paths do not conflict.
+        let r = setup();
+        r.commit(req(Mode::Paths, 1, json!([{"op": "list_move", "path": "/l", "id": "a", "after": "c"}])))
+            .unwrap();
+        r.commit(req(Mode::Paths, 1, json!([{"op": "add", "path": "/m/-", "value": 1}]))).unwrap();
+        r.commit(req(Mode::Paths, 1, json!([{"op": "add", "path": "/z", "value": 1}]))).unwrap();
+        r.commit(req(
+            Mode::Paths,
+            1,
+            json!([{"op": "list_insert", "path": "/l", "after": null, "value": {"id": "q"}}]),
+        ))
+        .unwrap();
+        r.commit(req(Mode::Paths, 3, json!([{"op": "add", "path": "/l/-", "value": {"id": "r"}}])))
+            .unwrap_err();
+    }
+
+    #[test]
+    fn list_ops_on_nested_arrays_conflict_through_the_outer_index() {
+        let r = room(16);
+        let l = json!([{"id": "a", "sub": [{"id": "s"}]}, {"id": "b", "sub": []}]);
+        r.commit(req(Mode::Overwrite, 0, json!([{"op": "add", "path": "/l", "value": l}]))).unwrap();
+        r.commit(req(Mode::Paths, 1, json!([{"op": "list_move", "path": "/l", "id": "a", "after": "b"}])))
+            .unwrap();
+        // /l/0 is no longer `a`: a list op through that index conflicts.
+        let e = r
+            .commit(req(Mode::Paths, 1, json!([{"op": "list_remove", "path": "/l/0/sub", "id": "s"}])))
+            .unwrap_err();
+        assert_eq!(e.conflicts, vec![2]);
+    }
+
+    #[test]
+    fn the_trie_applies_the_list_rule() {
+        let p = |s: &str| Pointer::parse(s).unwrap();
+        let ops = patch::parse_patch(json!([
+            {"op": "list_remove", "path": "/l", "id": "a"},
+            {"op": "replace", "path": "/o/k", "value": 1}
+        ]))
+        .unwrap();
+        let t = PathTrie::from_ops(&ops);
+        assert!(!t.overlaps_list(&p("/l")));
+        assert!(t.overlaps(&p("/l")) && t.overlaps(&p("/l/0")) && t.overlaps(&p("")));
+        assert!(t.overlaps_list(&p("/l/0/sub")) && t.overlaps_list(&p("/o")) && t.overlaps_list(&p("")));
+        assert!(!t.overlaps_list(&p("/m")) && !t.overlaps(&p("/o/j")));
+        let r = setup();
+        let c = r
+            .commit(req(Mode::Overwrite, 0, json!([{"op": "list_remove", "path": "/l", "id": "a"}])))
+            .unwrap();
+        let past = PathTrie::from_change(&c);
+        assert!(!past.overlaps_list(&p("/l")) && past.overlaps(&p("/l/1")));
+        let later = r
+            .commit(req(
+                Mode::Overwrite,
+                0,
+                json!([{"op": "list_move", "path": "/l", "id": "b", "after": null}]),
+            ))
+            .unwrap();
+        assert!(!past.conflicts_with(&later));
+        let index = r.commit(req(Mode::Overwrite, 0, json!([{"op": "remove", "path": "/l/0"}]))).unwrap();
+        assert!(past.conflicts_with(&index));
+    }
+}
