@@ -456,6 +456,7 @@ fn heap_estimates_match_a_counting_allocator() {
         base_rev: None,
         mode: Mode::Overwrite,
         ops: patch::parse_patch(replace_all(1000, round, op)).unwrap(),
+        extras: Default::default(),
     };
     room.commit(request(0, "add")).unwrap();
     for round in 1..5 {

@@ -204,7 +204,9 @@ fn entry_len(filler: usize) -> usize {
     write_ops(&mut ops, 10_000_000, filler);
     let ops = serde_json::from_slice(&ops).expect("the writer's ops are JSON");
     let ops = patch::parse_patch(ops).expect("the writer's ops are a valid patch");
-    let (_, entry) = protocol::change_frame(Rev(100_000), ClientId(1), None, &protocol::encode_ops(&ops));
+    // The server's commit time: 13 digits until 2286.
+    let head = protocol::EntryHead::new(Rev(100_000), ClientId(1), None, 1_700_000_000_000);
+    let (_, entry) = protocol::change_frame(&head, &protocol::encode_ops(&ops));
     entry.len()
 }
 
