@@ -395,7 +395,13 @@ fn handle_owned(
                     base_rev: c.base_rev,
                     mode,
                     ops,
-                    extras: Extras { kind: c.kind, meta: c.meta, may_revert_any: permission >= Permission::Admin },
+                    // Anyone's change may be reverted only with a token granting admin (in open mode
+                    // everyone holds admin, so there it is one's own changes only).
+                    extras: Extras {
+                        kind: c.kind,
+                        meta: c.meta,
+                        may_revert_any: session.user.is_some() && permission >= Permission::Admin,
+                    },
                 },
                 (Err(message), _) => {
                     return Some(refuse_change(room, c.client_req_id, ErrorCode::Invalid, message));

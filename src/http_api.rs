@@ -195,7 +195,8 @@ pub async fn handle(app: &App, req: Request<RequestBody>, id: &RoomId, tail: &st
         Some(Err(resp)) => return *resp,
         None => None,
     };
-    let admin = identity.as_ref().is_some_and(|i| i.allows(id, Permission::Admin));
+    // Reverting anyone's change takes a token granting admin (open mode grants everyone admin).
+    let admin = identity.as_ref().is_some_and(|i| i.user.is_some() && i.allows(id, Permission::Admin));
     let user: Option<Arc<str>> = identity.and_then(|i| i.user).map(Arc::from);
     match (req.method().clone(), tail) {
         (Method::GET, "") => {
@@ -310,13 +311,16 @@ fn get_room_at(room: Option<&Room>, rev: &str) -> Response<Body> {
         };
     };
     match room.state_at(Rev(rev)) {
-        Ok(state) => json(StatusCode::OK, &json!({"epoch": room.epoch().as_str(), "rev": rev, "state": state})),
+        Ok(state) => {
+            json(StatusCode::OK, &json!({"epoch": room.epoch().as_str(), "rev": rev, "state": state}))
+        }
         Err(e @ TimeTravel::Future { .. }) => {
             json_error(ErrorCode::Invalid, &format!("rev {rev} is in the future: {e}"))
         }
-        Err(e @ TimeTravel::Gone { .. }) => {
-            json_error(ErrorCode::Gone, &format!("the state at rev {rev} can no longer be reconstructed: {e}"))
-        }
+        Err(e @ TimeTravel::Gone { .. }) => json_error(
+            ErrorCode::Gone,
+            &format!("the state at rev {rev} can no longer be reconstructed: {e}"),
+        ),
     }
 }
 
@@ -370,8 +374,15 @@ fn post_change(app: &App, id: &RoomId, body: Value, user: Option<Arc<str>>, admi
         Err(e) => return json_error(e.code(), &e.to_string()),
     };
     let extras = Extras { kind: c.kind, meta: c.meta, may_revert_any: admin };
-    let req =
-        ChangeRequest { author: ClientId::HTTP, user, client_req_id: None, base_rev: c.base_rev, mode, ops, extras };
+    let req = ChangeRequest {
+        author: ClientId::HTTP,
+        user,
+        client_req_id: None,
+        base_rev: c.base_rev,
+        mode,
+        ops,
+        extras,
+    };
     // A room deleted (admin API) after the look-up refuses the change with `gone` (410).
     match app.commit(&room, req) {
         Ok(change) => {

@@ -316,10 +316,8 @@ pub fn decode_change_body(m: &mut serde_json::Map<String, Value>, client_req_id:
     if kind.is_revert() {
         let ops_given = !matches!(m.get("ops"), None | Some(Value::Null))
             && m.get("ops").and_then(Value::as_array).is_none_or(|a| !a.is_empty());
-        let refusal = unknown
-            .map(|message| (ErrorCode::Invalid, message))
-            .or(meta_refusal)
-            .or(ops_given.then(|| {
+        let refusal = unknown.map(|message| (ErrorCode::Invalid, message)).or(meta_refusal).or(ops_given
+            .then(|| {
                 let message = "a change with \"reverts\" carries no ops: the server computes them";
                 (ErrorCode::Invalid, message.to_owned())
             }));
@@ -523,7 +521,11 @@ mod tests {
         );
         // A revert: every entry says what it reverts and carries meta; the author's its ops.
         let meta = br#"{"label":"e2\u2013e4"}"#;
-        let head = EntryHead { reverts: Some(Rev(2)), meta_json: Some(meta), ..EntryHead::new(Rev(6), ClientId(7), None, 9) };
+        let head = EntryHead {
+            reverts: Some(Rev(2)),
+            meta_json: Some(meta),
+            ..EntryHead::new(Rev(6), ClientId(7), None, 9)
+        };
         let (single, _) = change_frame(&head, &ops);
         assert_eq!(
             parse(&single)["changes"][0],
@@ -560,7 +562,12 @@ mod tests {
         assert_eq!(parse(&w.encode())["user"], json!("al\"ice"));
         let (single, _) = change_frame(&EntryHead::new(Rev(4), ClientId(3), Some("bob"), 5), &ops);
         assert_eq!(parse(&single)["changes"][0]["user"], json!("bob"));
-        let ack = entry_ack(&EntryHead::new(Rev(5), ClientId(7), Some("bob"), 5), ClientReqId(17), Stacks::default(), None);
+        let ack = entry_ack(
+            &EntryHead::new(Rev(5), ClientId(7), Some("bob"), 5),
+            ClientReqId(17),
+            Stacks::default(),
+            None,
+        );
         assert_eq!(
             parse(&ack),
             json!({"rev":5,"client":"c7","user":"bob","ts":5,"clientReqId":17,"canUndo":false,"canRedo":false})

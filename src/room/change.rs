@@ -93,7 +93,8 @@ impl Change {
         done: Committed,
     ) -> (Arc<Change>, usize) {
         let user = req.user.as_deref();
-        let meta_json = req.extras.meta.as_ref().map(|m| serde_json::to_vec(m).expect("JSON values serialise"));
+        let meta_json =
+            req.extras.meta.as_ref().map(|m| serde_json::to_vec(m).expect("JSON values serialise"));
         let head = EntryHead {
             rev,
             client: req.author,

@@ -112,7 +112,13 @@ impl Stacks {
     /// # Errors
     /// `invalid` when there is nothing to undo or redo, `stale` when the next one fell out of
     /// the retained history.
-    pub(super) fn top(&mut self, key: &UserKey, kind: ChangeKind, floor: u64, cur: u64) -> Result<u64, Reject> {
+    pub(super) fn top(
+        &mut self,
+        key: &UserKey,
+        kind: ChangeKind,
+        floor: u64,
+        cur: u64,
+    ) -> Result<u64, Reject> {
         let undo = kind == ChangeKind::Undo;
         let word = if undo { "undo" } else { "redo" };
         let Some(s) = self.users.get_mut(key) else {
@@ -124,7 +130,10 @@ impl Stacks {
             Some(r) => Ok(*r),
             None if stack.lost => Err(Reject::new(
                 ErrorCode::Stale,
-                format!("the change to {word} is older than the retained history (oldest revision {})", floor + 1),
+                format!(
+                    "the change to {word} is older than the retained history (oldest revision {})",
+                    floor + 1
+                ),
                 cur,
             )),
             None => Err(Reject::new(ErrorCode::Invalid, format!("nothing to {word} in this room"), cur)),
@@ -133,7 +142,14 @@ impl Stacks {
 
     /// Records the change `rev` by `key` of `kind` (after it committed) and returns `key`'s flags.
     /// `floor` is the ring's oldest base after the commit; `capacity` the ring's.
-    pub(super) fn record(&mut self, key: &UserKey, kind: ChangeKind, rev: u64, floor: u64, capacity: usize) -> Flags {
+    pub(super) fn record(
+        &mut self,
+        key: &UserKey,
+        kind: ChangeKind,
+        rev: u64,
+        floor: u64,
+        capacity: usize,
+    ) -> Flags {
         let s = self.users.entry(key.clone()).or_default();
         let mut removed = s.undo.prune(floor) + s.redo.prune(floor);
         let mut added = 1;
@@ -204,16 +220,19 @@ pub(super) fn target(
         }
     };
     if rev > cur || rev == 0 {
-        return Err(Reject::new(ErrorCode::Invalid, format!("revision {rev} does not exist (the room is at {cur})"), cur));
+        return Err(Reject::new(
+            ErrorCode::Invalid,
+            format!("revision {rev} does not exist (the room is at {cur})"),
+            cur,
+        ));
     }
     let Some(x) = ring.get(rev) else {
         let message = format!("revision {rev} is older than the retained history (oldest {})", floor + 1);
         return Err(Reject::new(ErrorCode::Stale, message, cur));
     };
     if !may_revert_any && x.key.as_ref() != key {
-        let message = format!(
-            "revision {rev} is not yours: reverting another user's change needs admin in this room"
-        );
+        let message =
+            format!("revision {rev} is not yours: reverting another user's change needs admin in this room");
         return Err(Reject::new(ErrorCode::Forbidden, message, cur));
     }
     Ok(x.clone())

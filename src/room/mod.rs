@@ -301,8 +301,9 @@ impl Room {
             return Err(Reject::new(ErrorCode::Stale, message, cur));
         }
         let size = self.state_bytes.load(Ordering::Relaxed);
-        let (ops, applied) = history::apply_inverse(&mut g.state, &x.inverse, size, self.config.max_state_bytes)
-            .map_err(|e| Reject::new(e.clone().into(), e.to_string(), cur))?;
+        let (ops, applied) =
+            history::apply_inverse(&mut g.state, &x.inverse, size, self.config.max_state_bytes)
+                .map_err(|e| Reject::new(e.clone().into(), e.to_string(), cur))?;
         self.check_root(g, &applied, cur)?;
         req.ops = ops;
         let ops_json = protocol::encode_ops(&req.ops);
