@@ -151,8 +151,9 @@ impl Stacks {
         capacity: usize,
     ) -> Flags {
         let s = self.users.entry(key.clone()).or_default();
-        let mut removed = s.undo.prune(floor) + s.redo.prune(floor);
-        let mut added = 1;
+        // The reverted entry leaves its stack first: it was retained when it was reverted, and
+        // must not count as lost now that this commit moves the floor past it.
+        let mut removed = 0;
         match kind {
             ChangeKind::Plain | ChangeKind::Reverts(_) => {
                 removed += s.redo.revs.len();
@@ -168,9 +169,10 @@ impl Stacks {
                 s.undo.revs.push(rev);
             }
         }
+        removed += s.undo.prune(floor) + s.redo.prune(floor);
+        let added = 1;
         let flags = Flags { can_undo: s.undo.top_within(floor), can_redo: s.redo.top_within(floor) };
-        added += self.entries;
-        self.entries = added - removed;
+        self.entries = self.entries + added - removed;
         if self.entries > 2 * capacity + SLACK {
             self.prune_all(floor);
         }

@@ -31,6 +31,8 @@ pub mod catchup;
 pub mod change;
 mod conflict;
 pub mod history;
+#[cfg(test)]
+mod history_tests;
 pub mod snapshot;
 #[cfg(test)]
 mod tests;
