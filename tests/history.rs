@@ -417,3 +417,25 @@ async fn time_travel_returns_past_states_and_refuses_the_edges() {
     let (s, v) = http(&server, "GET", "/v1/rooms/nothing-here?rev=0", None).await;
     assert_eq!((s, &v["rev"]), (200, &json!(0)));
 }
+
+#[tokio::test]
+async fn reverts_over_http() {
+    let server = start(config(&[])).await;
+    let (s, v) = post_ops(&server, "web", add("/x", json!(1))).await;
+    assert_eq!((s, &v["rev"]), (200, &json!(1)), "{v}");
+    let mut a = Client::connect(&server, "web").await;
+    let id = a.change("overwrite", add("/y", json!(2))).await;
+    answer(&mut a, id).await;
+    // An HTTP change without a token is the anonymous back-end's own: it may revert it.
+    let (s, v) = http(&server, "POST", "/v1/rooms/web/changes", Some(r#"{"reverts":1}"#)).await;
+    assert_eq!((s, &v["rev"], &v["reverts"]), (200, &json!(3), &json!(1)), "{v}");
+    assert_eq!(v["ops"], json!([{"op": "remove", "path": "/x"}]));
+    // A session's change is not its own; nor is a revision that does not exist.
+    let (s, v) = http(&server, "POST", "/v1/rooms/web/changes", Some(r#"{"reverts":2}"#)).await;
+    assert_eq!((s, v["code"].as_str()), (403, Some("forbidden")), "{v}");
+    let (s, v) = http(&server, "POST", "/v1/rooms/web/changes", Some(r#"{"reverts":9}"#)).await;
+    assert_eq!((s, v["code"].as_str()), (400, Some("invalid")), "{v}");
+    a.sync_to(3).await;
+    assert_eq!(a.others.last().unwrap()["reverts"], 1);
+    assert_eq!(state_of(&server, "web").await, json!({"y": 2}));
+}
