@@ -54,6 +54,7 @@ fn small_change(i: u64) -> ChangeRequest {
         base_rev: None,
         mode: Mode::Overwrite,
         ops,
+        extras: Default::default(),
     }
 }
 
@@ -281,6 +282,7 @@ fn paths_check(c: &mut Criterion) {
             base_rev: None,
             mode: Mode::Overwrite,
             ops,
+            extras: Default::default(),
         };
         for _ in 1..changes {
             room.commit(overwrite(incrs("k", ops))).expect("commits");

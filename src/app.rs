@@ -27,7 +27,7 @@ use crate::guard::Guard;
 use crate::ids::RoomId;
 use crate::memory::Budget;
 use crate::metrics as m;
-use crate::protocol::{ErrorCode, Reject};
+use crate::protocol::{ChangeKind, ErrorCode, Reject};
 use crate::room::{Change, ChangeRequest, Room};
 use crate::rooms::{NoNewRoom, Rooms};
 use crate::session::{SessionLimits, Sessions};
@@ -194,6 +194,12 @@ impl App {
     /// unchanged.
     pub fn commit(&self, room: &Room, req: ChangeRequest) -> Result<Arc<Change>, Reject> {
         let started = Instant::now();
+        let history = match req.extras.kind {
+            ChangeKind::Plain => None,
+            ChangeKind::Undo => Some(m::HISTORY_KINDS[0]),
+            ChangeKind::Redo => Some(m::HISTORY_KINDS[1]),
+            ChangeKind::Reverts(_) => Some(m::HISTORY_KINDS[2]),
+        };
         let gate = self.commit_gate.read();
         let result = if self.is_draining() {
             let message =
@@ -208,6 +214,9 @@ impl App {
             Ok(change) => {
                 metrics::histogram!(m::COMMIT_DURATION).record(started.elapsed().as_secs_f64());
                 metrics::counter!(m::CHANGES_COMMITTED).increment(1);
+                if let Some(kind) = history {
+                    metrics::counter!(m::HISTORY_COMMITS, "kind" => kind).increment(1);
+                }
                 for op in &change.ops {
                     metrics::counter!(m::OPS_APPLIED, "op" => op.kind().as_str()).increment(1);
                 }

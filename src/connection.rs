@@ -34,7 +34,7 @@ use crate::guard::{ConnLimits, RateLimited};
 use crate::ids::ClientReqId;
 use crate::metrics::{self as m, Refusal};
 use crate::protocol::{self, ClientMsg, ErrorCode, Reject};
-use crate::room::{ChangeRequest, Room};
+use crate::room::{ChangeRequest, Extras, Room};
 use crate::rooms::Lease;
 use crate::session::{AttachError, Attached, ResumeFrom, Session, SessionState};
 use crate::writer::{self, Outgoing, Signals, TokenExpiry, Writer, WriterConfig};
@@ -384,6 +384,9 @@ fn handle_owned(
                 let message = "your token grants only read in this room: the change was not applied";
                 return Some(refuse_change(room, c.client_req_id, ErrorCode::Forbidden, message.into()));
             }
+            if let Some((code, message)) = c.refusal {
+                return Some(refuse_change(room, c.client_req_id, code, message));
+            }
             let req = match (c.mode, c.ops) {
                 (Ok(mode), Ok(ops)) => ChangeRequest {
                     author: session.client,
@@ -392,6 +395,13 @@ fn handle_owned(
                     base_rev: c.base_rev,
                     mode,
                     ops,
+                    // Anyone's change may be reverted only with a token granting admin (in open mode
+                    // everyone holds admin, so there it is one's own changes only).
+                    extras: Extras {
+                        kind: c.kind,
+                        meta: c.meta,
+                        may_revert_any: session.user.is_some() && permission >= Permission::Admin,
+                    },
                 },
                 (Err(message), _) => {
                     return Some(refuse_change(room, c.client_req_id, ErrorCode::Invalid, message));

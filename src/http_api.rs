@@ -26,7 +26,7 @@ use crate::auth::{AuthError, Identity, Permission};
 use crate::ids::{ClientId, ClientReqId, Rev, RoomId};
 use crate::metrics::Refusal;
 use crate::protocol::{self, ErrorCode};
-use crate::room::{ChangeRequest, Room};
+use crate::room::{ChangeRequest, Extras, Room, TimeTravel};
 
 /// Every response body the server sends.
 pub type Body = Full<Bytes>;
@@ -195,16 +195,24 @@ pub async fn handle(app: &App, req: Request<RequestBody>, id: &RoomId, tail: &st
         Some(Err(resp)) => return *resp,
         None => None,
     };
+    // Reverting anyone's change takes a token granting admin (open mode grants everyone admin).
+    let admin = identity.as_ref().is_some_and(|i| i.user.is_some() && i.allows(id, Permission::Admin));
     let user: Option<Arc<str>> = identity.and_then(|i| i.user).map(Arc::from);
     match (req.method().clone(), tail) {
-        (Method::GET, "") => get_room(app.rooms.get(id).as_deref()),
+        (Method::GET, "") => {
+            let rev = query_pairs(&req).into_iter().find(|(k, _)| k == "rev").map(|(_, v)| v);
+            match rev {
+                Some(rev) => get_room_at(app.rooms.get(id).as_deref(), &rev),
+                None => get_room(app.rooms.get(id).as_deref()),
+            }
+        }
         (Method::GET, "changes") => {
             let since = query_pairs(&req).into_iter().find(|(k, _)| k == "since").map(|(_, v)| v);
             get_changes(app.rooms.get(id).as_deref(), since.as_deref())
         }
         // The body's charge is held until the change is handled.
         (Method::POST, "changes") => match read_json(app, req).await {
-            Ok((body, _charge)) => post_change(app, id, body, user),
+            Ok((body, _charge)) => post_change(app, id, body, user, admin),
             Err(resp) => resp,
         },
         (Method::GET, "presence") => {
@@ -290,6 +298,32 @@ fn get_room(room: Option<&Room>) -> Response<Body> {
     }
 }
 
+/// `GET /v1/rooms/{room}?rev=N`: the state as it was at revision N (time travel).
+fn get_room_at(room: Option<&Room>, rev: &str) -> Response<Body> {
+    let Ok(rev) = rev.parse::<u64>() else {
+        return json_error(ErrorCode::Invalid, "?rev=N must be a revision number");
+    };
+    let Some(room) = room else {
+        return if rev == 0 {
+            json(StatusCode::OK, &json!({"epoch": null, "rev": 0, "state": {}}))
+        } else {
+            json_error(ErrorCode::Invalid, &format!("rev {rev} is above the current revision 0"))
+        };
+    };
+    match room.state_at(Rev(rev)) {
+        Ok(state) => {
+            json(StatusCode::OK, &json!({"epoch": room.epoch().as_str(), "rev": rev, "state": state}))
+        }
+        Err(e @ TimeTravel::Future { .. }) => {
+            json_error(ErrorCode::Invalid, &format!("rev {rev} is in the future: {e}"))
+        }
+        Err(e @ TimeTravel::Gone { .. }) => json_error(
+            ErrorCode::Gone,
+            &format!("the state at rev {rev} can no longer be reconstructed: {e}"),
+        ),
+    }
+}
+
 fn get_changes(room: Option<&Room>, since: Option<&str>) -> Response<Body> {
     let Some(since) = since.and_then(|s| s.parse::<u64>().ok()) else {
         return json_error(ErrorCode::BadSince, "?since=REV (a revision number) is required");
@@ -313,30 +347,23 @@ fn get_changes(room: Option<&Room>, since: Option<&str>) -> Response<Body> {
         return json_error(ErrorCode::Gone, &format!("changes after {since} are no longer in the history"));
     }
     let to = changes.last().map_or(since, |c| c.rev.0);
-    let entries: Vec<Value> = changes
-        .iter()
-        .map(|c| {
-            let mut e = json!({"rev": c.rev.0, "client": c.author.to_string(), "ops": c.ops});
-            if let Some(user) = &c.user {
-                e["user"] = Value::from(&**user);
-            }
-            if let Some(id) = c.client_req_id {
-                e["clientReqId"] = id.0.into();
-            }
-            e
-        })
-        .collect();
+    let entries: Vec<Value> = changes.iter().map(|c| c.to_json()).collect();
     json(
         StatusCode::OK,
         &json!({"epoch": room.epoch().as_str(), "from": since, "to": to, "changes": entries}),
     )
 }
 
-fn post_change(app: &App, id: &RoomId, body: Value, user: Option<Arc<str>>) -> Response<Body> {
+/// `POST .../changes`: a plain change, or a `reverts` (of one's own change, or anyone's with
+/// `admin` in the room).
+fn post_change(app: &App, id: &RoomId, body: Value, user: Option<Arc<str>>, admin: bool) -> Response<Body> {
     let Value::Object(mut m) = body else {
         return json_error(ErrorCode::BadMessage, "body must be a JSON object");
     };
     let c = protocol::decode_change_body(&mut m, ClientReqId(0));
+    if let Some((code, message)) = c.refusal {
+        return json_error(code, &message);
+    }
     let (mode, ops) = match (c.mode, c.ops) {
         (Ok(mode), Ok(ops)) => (mode, ops),
         (Err(message), _) => return json_error(ErrorCode::Invalid, &message),
@@ -346,11 +373,26 @@ fn post_change(app: &App, id: &RoomId, body: Value, user: Option<Arc<str>>) -> R
         Ok(r) => r,
         Err(e) => return json_error(e.code(), &e.to_string()),
     };
-    let req =
-        ChangeRequest { author: ClientId::HTTP, user, client_req_id: None, base_rev: c.base_rev, mode, ops };
+    let extras = Extras { kind: c.kind, meta: c.meta, may_revert_any: admin };
+    let req = ChangeRequest {
+        author: ClientId::HTTP,
+        user,
+        client_req_id: None,
+        base_rev: c.base_rev,
+        mode,
+        ops,
+        extras,
+    };
     // A room deleted (admin API) after the look-up refuses the change with `gone` (410).
     match app.commit(&room, req) {
-        Ok(change) => json(StatusCode::OK, &json!({"rev": change.rev.0})),
+        Ok(change) => {
+            let mut body = json!({"rev": change.rev.0, "ts": change.ts});
+            if let Some(r) = change.reverts {
+                body["reverts"] = r.0.into();
+                body["ops"] = serde_json::to_value(&change.ops).expect("ops serialise");
+            }
+            json(StatusCode::OK, &body)
+        }
         Err(r) => json(status_of(r.code), &r),
     }
 }

@@ -51,6 +51,10 @@ pub const MEMORY_HISTORY: &str = "ringsync_memory_history_bytes";
 pub const MEMORY_REFUSALS: &str = "ringsync_memory_refusals_total";
 pub const HISTORY_SHED: &str = "ringsync_history_shed_bytes_total";
 pub const ADMIN_ACTIONS: &str = "ringsync_admin_actions_total";
+/// Committed undo, redo and `reverts` changes, by `kind` (also counted in `CHANGES_COMMITTED`).
+pub const HISTORY_COMMITS: &str = "ringsync_history_commits_total";
+/// The `kind` labels of [`HISTORY_COMMITS`].
+pub const HISTORY_KINDS: [&str; 3] = ["undo", "redo", "revert"];
 pub const RATE_LIMITED: &str = "ringsync_rate_limited_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -374,7 +378,11 @@ fn initialise() {
     for reason in SnapshotReason::ALL {
         metrics::counter!(SNAPSHOTS_SENT, "reason" => reason.as_str()).increment(0);
     }
+    for kind in HISTORY_KINDS {
+        metrics::counter!(HISTORY_COMMITS, "kind" => kind).increment(0);
+    }
     metrics::counter!(DECODE_ERRORS, "code" => ErrorCode::BadMessage.as_str()).increment(0);
+    metrics::counter!(DECODE_ERRORS, "code" => ErrorCode::Invalid.as_str()).increment(0);
     metrics::gauge!(CONNECTIONS_OPEN).set(0.0);
     metrics::gauge!(HTTP_CONNECTIONS_OPEN).set(0.0);
     metrics::gauge!(HTTP_BODY_IN_FLIGHT).set(0.0);
@@ -448,4 +456,5 @@ fn describe() {
         "History (oldest changes) shed because the memory budget was tight"
     );
     describe_counter!(ADMIN_ACTIONS, "Admin API calls carried out, by action");
+    describe_counter!(HISTORY_COMMITS, "Undo, redo and reverts changes committed, by kind");
 }

@@ -336,6 +336,7 @@ mod tests {
             base_rev: None,
             mode: crate::protocol::Mode::Overwrite,
             ops: ops.unwrap(),
+            extras: Default::default(),
         };
         room.commit(req).map(drop)
     }

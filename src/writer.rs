@@ -39,7 +39,7 @@ use crate::config::Config;
 use crate::ids::Rev;
 use crate::metrics::{self as m, ConnectOutcome, FrameKind as Kind};
 use crate::protocol;
-use crate::room::{Change, Cursor, Room};
+use crate::room::{Change, Cursor, Room, UserKey};
 use crate::session::{Delivery, ResumeFrom, Session};
 
 /// Where a writer's frames go: a WebSocket's write half, or an in-memory sink in tests.
@@ -312,6 +312,7 @@ impl<'a, S: FrameSink> Writer<'a, S> {
             resumed,
             last_client_req_id: last_req,
             presence_json: &peers_json,
+            stacks: room.history_flags(UserKey::of(self.session.user.as_ref(), self.session.client).as_ref()),
         }
         .encode();
         self.out.send(&welcome, Kind::Control).await?;

@@ -412,6 +412,7 @@ async fn a_delete_racing_writes_loses_no_acknowledged_write() {
         base_rev: None,
         mode: ringsync::protocol::Mode::Overwrite,
         ops,
+        extras: Default::default(),
     };
     let r = server.app.commit(&old, req).unwrap_err();
     assert_eq!(r.code.as_str(), "gone");

@@ -320,9 +320,11 @@ async fn open_mode_keeps_the_wire_format() {
     }
     a.change("overwrite", json!([{"op": "add", "path": "/k", "value": 1}])).await;
     b.sync_to(1).await;
+    let ts = b.others[0]["ts"].clone();
+    assert!(ts.is_u64(), "every entry carries its commit time: {}", b.others[0]);
     assert_eq!(
         b.others[0],
-        json!({"rev": 1, "client": a.client, "ops": [{"op": "add", "path": "/k", "value": 1}]})
+        json!({"rev": 1, "client": a.client, "ts": ts, "ops": [{"op": "add", "path": "/k", "value": 1}]})
     );
 }
 

@@ -17,7 +17,7 @@ use proptest::prelude::*;
 use proptest::sample::{Index, select};
 use proptest::test_runner::FileFailurePersistence;
 use ringsync::protocol::json::{self, JsonError};
-use ringsync::protocol::{ClientMsg, MAX_SAFE_INTEGER, Mode, decode_client};
+use ringsync::protocol::{ChangeKind, ClientMsg, MAX_SAFE_INTEGER, Mode, decode_client};
 use serde_json::{Value, json};
 
 /// Cases per property: `FUZZ_CASES`, else 2,000. (The only variable any test reads.)
@@ -85,20 +85,33 @@ fn clean(v: &Value) -> bool {
     }
 }
 
-/// A decoded message as a client would send it; `None` for a change with a part in error
-/// (there is nothing to re-encode).
+/// A decoded message as a client would send it; `None` for a change with a part in error or a
+/// refusal (there is nothing to re-encode).
 fn encode(msg: &ClientMsg) -> Option<String> {
     let v = match msg {
+        ClientMsg::Change(c) if c.refusal.is_some() => return None,
         ClientMsg::Change(c) => {
             let mode = match c.mode.as_ref().ok()? {
                 Mode::Overwrite => "overwrite",
                 Mode::Rev => "rev",
                 Mode::Paths => "paths",
             };
-            let mut v = json!({"type": "change", "clientReqId": c.client_req_id.0, "mode": mode,
-                "ops": c.ops.as_ref().ok()?});
+            let mut v = match c.kind {
+                ChangeKind::Plain => json!({"type": "change", "clientReqId": c.client_req_id.0, "mode": mode,
+                    "ops": c.ops.as_ref().ok()?}),
+                ChangeKind::Undo | ChangeKind::Redo => {
+                    let ty = if c.kind == ChangeKind::Undo { "undo" } else { "redo" };
+                    json!({"type": ty, "clientReqId": c.client_req_id.0, "mode": mode})
+                }
+                ChangeKind::Reverts(r) => {
+                    json!({"type": "change", "clientReqId": c.client_req_id.0, "mode": mode, "reverts": r.0})
+                }
+            };
             if let Some(base) = c.base_rev {
                 v["baseRev"] = base.0.into();
+            }
+            if let Some(meta) = &c.meta {
+                v["meta"] = meta.clone();
             }
             v
         }

@@ -44,8 +44,10 @@ fn post_head(path: &str, content_length: usize) -> String {
 
 /// A JSON change body of exactly `n` bytes (n >= 20).
 fn body_of(n: usize) -> Vec<u8> {
-    let base = json!({"ops": [], "pad": ""}).to_string().len();
-    json!({"ops": [], "pad": "p".repeat(n - base)}).to_string().into_bytes()
+    // One small op, then JSON whitespace up to `n` bytes.
+    let mut body = json!({"ops": [{"op": "incr", "path": "/n", "value": 1}]}).to_string().into_bytes();
+    body.resize(n.max(body.len()), b' ');
+    body
 }
 
 /// Writes the whole request before reading anything, as Node's fetch and Python's urllib do; a
@@ -147,7 +149,7 @@ async fn pythons_urllib_reads_the_413_of_a_16_mib_post() {
     let script = r#"
 import sys, urllib.request, urllib.error
 url, n = sys.argv[1], int(sys.argv[2])
-body = b'{"ops":[],"pad":"' + b"p" * n + b'"}'
+body = b'{"ops":[{"op":"incr","path":"/n","value":1}]' + b" " * n + b'}'
 req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
 try:
     urllib.request.urlopen(req, timeout=20)
@@ -313,7 +315,7 @@ async fn body_bytes_in_flight_are_bounded_and_released() {
     let mut b = stall(35_000).await;
     eventually("100,000 bytes in flight", || app.body_bytes_in_flight() == 100_000).await;
     // A new body, however small, is refused before it is read.
-    let (s, v) = post_ops(&server, "f", json!([])).await;
+    let (s, v) = post_ops(&server, "f", json!([{"op": "add", "path": "/x", "value": 1}])).await;
     assert_eq!((s, v["code"].as_str()), (503, Some("overloaded")), "{v}");
     assert!(v["message"].as_str().unwrap().contains("--max-body-bytes-in-flight"), "{v}");
     let (s, _) = http(&server, "GET", "/v1/rooms/f", None).await;
@@ -326,7 +328,7 @@ async fn body_bytes_in_flight_are_bounded_and_released() {
         assert_eq!((reply.status, reply.body["code"].as_str()), (408, Some("timeout")), "{reply:?}");
     }
     eventually("the budget released", || app.body_bytes_in_flight() == 0).await;
-    let (s, _) = post_ops(&server, "f", json!([])).await;
+    let (s, _) = post_ops(&server, "f", json!([{"op": "add", "path": "/x", "value": 1}])).await;
     assert_eq!(s, 200);
     // A body that goes over the budget part-way is refused then, and its bytes released.
     let _c = stall(65_000).await;

@@ -30,14 +30,14 @@ async fn connection_and_room_limits_at_the_boundary() {
     assert!(err.to_string().contains("503"), "{err}");
     drop(a);
     // max-rooms 2: r1 and r2 exist; a third room cannot be created, existing ones still work.
-    let (s, v) = post_ops(&server, "r3", json!([])).await;
+    let (s, v) = post_ops(&server, "r3", json!([{"op": "add", "path": "/x", "value": 1}])).await;
     assert_eq!((s, v["code"].as_str()), (503, Some("too_many_rooms")));
     // Over WebSocket the refusal is a close code a browser can see.
     let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("r3", "")).await.unwrap();
     let code = close_code(&mut ws).await;
     assert_eq!(code, 4006);
     drop(ws);
-    let (s, _) = post_ops(&server, "r2", json!([])).await;
+    let (s, _) = post_ops(&server, "r2", json!([{"op": "add", "path": "/x", "value": 1}])).await;
     assert_eq!(s, 200);
     let (_, m) = http(&server, "GET", "/metrics", None).await;
     let m = m.as_str().unwrap();
@@ -91,8 +91,9 @@ async fn state_ops_and_message_size_limits_at_the_boundary() {
     assert_eq!(c.closed().await, 1009);
     // HTTP bodies: exactly the limit is read, one over is 413.
     let body = |n: usize| {
-        let base = json!({"ops": [], "pad": ""}).to_string().len();
-        json!({"ops": [], "pad": "q".repeat(n - base)}).to_string()
+        // One small op, then JSON whitespace up to `n` bytes.
+        let body = json!({"ops": [{"op": "incr", "path": "/n", "value": 1}]}).to_string();
+        format!("{body:<n$}")
     };
     let (s, _) = http(&server, "POST", "/v1/rooms/lim/changes", Some(&body(400))).await;
     assert_eq!(s, 200);

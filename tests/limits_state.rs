@@ -150,6 +150,7 @@ async fn a_paths_check_over_a_full_ring_is_answered_and_does_not_freeze_the_room
             base_rev: None,
             mode: Mode::Overwrite,
             ops: ops.clone(),
+            extras: Default::default(),
         };
         server.app.commit(&room, req).expect("commits");
     }

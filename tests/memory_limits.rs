@@ -287,7 +287,7 @@ async fn max_memory_refuses_new_rooms_and_big_changes_while_existing_rooms_work(
     };
     assert_eq!(refusal["code"], "memory_full", "{refusal}");
     // A new room is refused over HTTP (503) ...
-    let (s, v) = post_ops(&server, "newroom", json!([])).await;
+    let (s, v) = post_ops(&server, "newroom", json!([{"op": "add", "path": "/x", "value": 1}])).await;
     assert_eq!((s, v["code"].as_str()), (503, Some("memory_full")), "{v}");
     assert!(v["message"].as_str().unwrap().contains("--max-memory"), "{v}");
     // ... and over a WebSocket (close 4008).
@@ -456,6 +456,7 @@ fn heap_estimates_match_a_counting_allocator() {
         base_rev: None,
         mode: Mode::Overwrite,
         ops: patch::parse_patch(replace_all(1000, round, op)).unwrap(),
+        extras: Default::default(),
     };
     room.commit(request(0, "add")).unwrap();
     for round in 1..5 {

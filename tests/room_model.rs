@@ -104,6 +104,7 @@ fn overwrite(ops: Vec<Op>) -> ChangeRequest {
         base_rev: None,
         mode: Mode::Overwrite,
         ops,
+        extras: Default::default(),
     }
 }
 

@@ -261,6 +261,7 @@ fn commit(room: &Room, author: ClientId, req: Option<u64>, n: u64) -> u64 {
             base_rev: None,
             mode: Mode::Overwrite,
             ops,
+            extras: Default::default(),
         })
         .expect("an overwrite commits");
     change.rev.0

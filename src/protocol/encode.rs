@@ -19,15 +19,60 @@ pub fn encode_ops(ops: &[Op]) -> Vec<u8> {
     serde_json::to_vec(ops).expect("ops always serialise")
 }
 
+/// What every entry of one committed change says besides its ops: who, when, and what it
+/// reverts and carries.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryHead<'a> {
+    pub rev: Rev,
+    pub client: ClientId,
+    /// The author's user (a token's `sub`), when it has one.
+    pub user: Option<&'a str>,
+    /// Commit time, ms since the Unix epoch.
+    pub ts: u64,
+    /// The revision this change reverts (undo, redo, `reverts`).
+    pub reverts: Option<Rev>,
+    /// The change's `meta` object, encoded.
+    pub meta_json: Option<&'a [u8]>,
+}
+
+impl<'a> EntryHead<'a> {
+    /// A plain change's head (no `reverts`, no `meta`).
+    pub fn new(rev: Rev, client: ClientId, user: Option<&'a str>, ts: u64) -> Self {
+        EntryHead { rev, client, user, ts, reverts: None, meta_json: None }
+    }
+
+    /// `"rev":..,"client":..,"user"?:..,"ts":..,` (the members every entry starts with).
+    fn push(&self, b: &mut Vec<u8>) {
+        write!(b, "\"rev\":{},\"client\":\"{}\",", self.rev, self.client).expect("vec write");
+        push_user(b, self.user);
+        write!(b, "\"ts\":{},", self.ts).expect("vec write");
+    }
+
+    /// `"reverts":R,` when it reverts.
+    fn push_reverts(&self, b: &mut Vec<u8>) {
+        if let Some(r) = self.reverts {
+            write!(b, "\"reverts\":{r},").expect("vec write");
+        }
+    }
+}
+
 /// The one-change `delta` frame `rev-1 → rev` that every caught-up non-author is sent, and the
-/// entry inside it (`{"rev":..,"client":..,"user":..,"ops":..}`, `user` only when the author has
-/// one) as a zero-copy slice of the same bytes, so a committed change is encoded and stored once.
-pub fn change_frame(rev: Rev, client: ClientId, user: Option<&str>, ops_json: &[u8]) -> (Bytes, Bytes) {
-    let mut b = Vec::with_capacity(96 + ops_json.len() + user.map_or(0, |u| u.len() + 16));
-    write!(b, "{{\"type\":\"delta\",\"from\":{},\"to\":{rev},\"changes\":[", rev.0 - 1).expect("vec write");
+/// entry inside it (`{"rev":..,"client":..,"user"?:..,"ts":..,"reverts"?:..,"meta"?:..,"ops":..}`)
+/// as a zero-copy slice of the same bytes, so a committed change is encoded and stored once.
+pub fn change_frame(head: &EntryHead<'_>, ops_json: &[u8]) -> (Bytes, Bytes) {
+    let extra = head.user.map_or(0, |u| u.len() + 16) + head.meta_json.map_or(0, |m| m.len() + 8);
+    let mut b = Vec::with_capacity(128 + ops_json.len() + extra);
+    write!(b, "{{\"type\":\"delta\",\"from\":{},\"to\":{},\"changes\":[", head.rev.0 - 1, head.rev)
+        .expect("vec write");
     let start = b.len();
-    write!(b, "{{\"rev\":{rev},\"client\":\"{client}\",").expect("vec write");
-    push_user(&mut b, user);
+    b.push(b'{');
+    head.push(&mut b);
+    head.push_reverts(&mut b);
+    if let Some(meta) = head.meta_json {
+        b.extend_from_slice(b"\"meta\":");
+        b.extend_from_slice(meta);
+        b.push(b',');
+    }
     b.extend_from_slice(b"\"ops\":");
     b.extend_from_slice(ops_json);
     b.push(b'}');
@@ -38,13 +83,30 @@ pub fn change_frame(rev: Rev, client: ClientId, user: Option<&str>, ops_json: &[
     (frame, entry)
 }
 
-/// `{"rev":42,"client":"c7","clientReqId":17}`: a change as its author sees it (an ack; with
-/// `"user":..` after `client` when the author has one).
-pub fn entry_ack(rev: Rev, client: ClientId, user: Option<&str>, req: ClientReqId) -> Bytes {
-    let mut b = Vec::with_capacity(64 + user.map_or(0, |u| u.len() + 16));
-    write!(b, "{{\"rev\":{rev},\"client\":\"{client}\",").expect("vec write");
-    push_user(&mut b, user);
-    write!(b, "\"clientReqId\":{}}}", req.0).expect("vec write");
+/// What the author's entry (its ack) says of the author's history in the room after the commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stacks {
+    pub can_undo: bool,
+    pub can_redo: bool,
+}
+
+/// `{"rev":42,"client":"c7","user"?:..,"ts":..,"clientReqId":17,"canUndo":..,"canRedo":..}`: a
+/// change as its author sees it (an ack). A revert's ack also carries `"reverts"` and its ops
+/// (`ops_json`), which only the server knows.
+pub fn entry_ack(head: &EntryHead<'_>, req: ClientReqId, stacks: Stacks, ops_json: Option<&[u8]>) -> Bytes {
+    let extra = head.user.map_or(0, |u| u.len() + 16) + ops_json.map_or(0, |o| o.len() + 8);
+    let mut b = Vec::with_capacity(112 + extra);
+    b.push(b'{');
+    head.push(&mut b);
+    write!(b, "\"clientReqId\":{},\"canUndo\":{},\"canRedo\":{}", req.0, stacks.can_undo, stacks.can_redo)
+        .expect("vec write");
+    if let Some(ops) = ops_json {
+        b.push(b',');
+        head.push_reverts(&mut b);
+        b.extend_from_slice(b"\"ops\":");
+        b.extend_from_slice(ops);
+    }
+    b.push(b'}');
     b.into()
 }
 
@@ -120,6 +182,8 @@ pub struct Welcome<'a> {
     pub resumed: bool,
     pub last_client_req_id: ClientReqId,
     pub presence_json: &'a [u8],
+    /// Whether this connection's user can undo / redo in the room.
+    pub stacks: Stacks,
 }
 
 impl Welcome<'_> {
@@ -129,12 +193,14 @@ impl Welcome<'_> {
         push_user(&mut b, self.user);
         write!(
             b,
-            "\"session\":{},\"epoch\":{},\"rev\":{},\"resumed\":{},\"lastClientReqId\":{},\"presence\":",
+            "\"session\":{},\"epoch\":{},\"rev\":{},\"resumed\":{},\"lastClientReqId\":{},\"canUndo\":{},\"canRedo\":{},\"presence\":",
             Value::from(self.session),
             Value::from(self.epoch),
             self.rev,
             self.resumed,
             self.last_client_req_id.0,
+            self.stacks.can_undo,
+            self.stacks.can_redo,
         )
         .expect("vec write");
         b.extend_from_slice(self.presence_json);

@@ -3,7 +3,8 @@
 //! once at commit.
 //!
 //! Invariant: `wire` is a zero-copy slice of `delta_frame`, so a committed change's bytes are held
-//! once; `wire_ack` exists exactly when the author gave a `clientReqId`. What a change keeps alive
+//! once; `wire_ack` exists exactly when the author gave a `clientReqId`. Every entry carries the
+//! commit time `ts`; a revert's entries carry `reverts`, and its ack its ops as well. What a change keeps alive
 //! ([`Change::footprint`]) is what the ring's byte budget and the memory budget count.
 
 use std::mem::size_of;
@@ -11,11 +12,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use serde_json::Value;
 
+use super::history::UserKey;
 use crate::ids::{ClientId, ClientReqId, Rev};
 use crate::memory::{self, Heap, Origin};
 use crate::patch::{Applied, Op, Pointer};
-use crate::protocol::{self, Mode};
+use crate::protocol::{self, ChangeKind, EntryHead, Mode, Stacks};
 
 /// A change submitted for commit.
 #[derive(Debug, Clone)]
@@ -28,6 +31,20 @@ pub struct ChangeRequest {
     pub base_rev: Option<Rev>,
     pub mode: Mode,
     pub ops: Vec<Op>,
+    /// What it reverts, its `meta`, and whether its author may revert anyone's change.
+    pub extras: Extras,
+}
+
+/// The parts of a change request beyond plain ops (all absent by default).
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// A plain change, or an undo, redo or `reverts` (then `ops` is empty: the room computes
+    /// them, and `mode` `overwrite` applies the revert despite conflicts).
+    pub kind: ChangeKind,
+    /// The client's `meta` object, stored and relayed verbatim.
+    pub meta: Option<Value>,
+    /// The author holds `admin` in the room: a `reverts` may name anyone's change.
+    pub may_revert_any: bool,
 }
 
 /// A committed change, shared by the ring and every writer that sends it.
@@ -48,9 +65,18 @@ pub struct Change {
     /// `conflict`).
     pub list_touched: Vec<Pointer>,
     pub committed_at: Instant,
-    /// `{"rev":..,"client":..,"ops":..}`, encoded once (a slice of `delta_frame`).
+    /// Commit time, ms since the Unix epoch (`ts` in its entries).
+    pub ts: u64,
+    /// The revision this change reverted (undo, redo, `reverts`).
+    pub reverts: Option<Rev>,
+    /// The client's `meta` object.
+    pub meta: Option<Value>,
+    /// Whose undo stack it went on (see [`UserKey`]); `None` for HTTP changes without a user.
+    pub key: Option<UserKey>,
+    /// `{"rev":..,"client":..,"ts":..,"ops":..}`, encoded once (a slice of `delta_frame`).
     pub wire: Bytes,
-    /// `{"rev":..,"client":..,"clientReqId":..}` for the author (when it has a request id).
+    /// `{"rev":..,"client":..,"ts":..,"clientReqId":..,"canUndo":..,"canRedo":..}` for the
+    /// author (when it has a request id); a revert's also carries `reverts` and `ops`.
     pub wire_ack: Option<Bytes>,
     /// The whole `delta` frame `rev-1 → rev` for everyone but the author, shared by every
     /// caught-up connection.
@@ -58,21 +84,34 @@ pub struct Change {
 }
 
 impl Change {
-    /// Builds the committed change at `rev` from its request, its ops encoded once (`ops_json`)
-    /// and what applying them returned. Also returns its [`footprint`](Change::footprint), for
-    /// the ring's budget.
+    /// Builds the committed change at `rev` from its request (whose `ops` are the ops as
+    /// applied), its ops encoded once (`ops_json`), what applying them returned, and what the
+    /// author's entry says: `stacks` (after this commit), `reverts`, the commit time `ts`. Also
+    /// returns its [`footprint`](Change::footprint), for the ring's budget.
     pub(super) fn encode(
         rev: Rev,
         req: ChangeRequest,
         ops_json: &[u8],
         applied: Applied,
+        done: Committed,
     ) -> (Arc<Change>, usize) {
         let user = req.user.as_deref();
-        let (delta_frame, wire) = protocol::change_frame(rev, req.author, user, ops_json);
+        let meta_json =
+            req.extras.meta.as_ref().map(|m| serde_json::to_vec(m).expect("JSON values serialise"));
+        let head = EntryHead {
+            rev,
+            client: req.author,
+            user,
+            ts: done.ts,
+            reverts: done.reverts,
+            meta_json: meta_json.as_deref(),
+        };
+        let (delta_frame, wire) = protocol::change_frame(&head, ops_json);
+        let ack_ops = done.reverts.map(|_| ops_json);
         let change = Change {
             rev,
             author: req.author,
-            wire_ack: req.client_req_id.map(|id| protocol::entry_ack(rev, req.author, user, id)),
+            wire_ack: req.client_req_id.map(|id| protocol::entry_ack(&head, id, done.stacks, ack_ops)),
             user: req.user,
             client_req_id: req.client_req_id,
             ops: req.ops,
@@ -80,6 +119,10 @@ impl Change {
             touched: applied.touched,
             list_touched: applied.list_touched,
             committed_at: Instant::now(),
+            ts: done.ts,
+            reverts: done.reverts,
+            meta: req.extras.meta,
+            key: done.key,
             wire,
             delta_frame,
         };
@@ -108,7 +151,28 @@ impl Change {
             + memory::ops_heap(&self.inverse, Origin::Built)
             + memory::pointers_heap(&self.touched)
             + memory::pointers_heap(&self.list_touched)
+            + self.meta.as_ref().map_or(Heap::default(), memory::value_heap)
             + frames
+    }
+
+    /// The entry as the HTTP API lists it (`GET .../changes`): everything its entries say.
+    pub fn to_json(&self) -> Value {
+        let mut e = serde_json::json!({"rev": self.rev.0, "client": self.author.to_string()});
+        if let Some(user) = &self.user {
+            e["user"] = Value::from(&**user);
+        }
+        if let Some(id) = self.client_req_id {
+            e["clientReqId"] = id.0.into();
+        }
+        e["ts"] = self.ts.into();
+        if let Some(r) = self.reverts {
+            e["reverts"] = r.0.into();
+        }
+        if let Some(meta) = &self.meta {
+            e["meta"] = meta.clone();
+        }
+        e["ops"] = serde_json::to_value(&self.ops).expect("ops serialise");
+        e
     }
 
     /// The entry a given recipient should see: an ack for its own change, else the full entry.
@@ -118,4 +182,13 @@ impl Change {
             _ => &self.wire,
         }
     }
+}
+
+/// What the room decided at commit, for the change's entries.
+#[derive(Debug, Clone)]
+pub(super) struct Committed {
+    pub ts: u64,
+    pub reverts: Option<Rev>,
+    pub key: Option<UserKey>,
+    pub stacks: Stacks,
 }

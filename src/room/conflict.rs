@@ -85,21 +85,14 @@ pub(super) fn check_within(
                 return Err(Reject::new(ErrorCode::Stale, message, cur));
             }
             let newer = || ring.newest_first().take_while(|c| c.rev.0 > base.0);
-            // Counted before any of it is done, and the count itself stops at the bound.
-            let mut work = 0usize;
-            for c in newer() {
-                work += c.touched.iter().chain(&c.list_touched).map(|t| 1 + t.tokens().len()).sum::<usize>();
-                if work > max_work {
-                    let message = format!(
-                        "checking baseRev {base} would scan more than {max_work} path tokens of the \
-                         {} changes after it; resync and retry with a newer baseRev",
-                        cur - base.0
-                    );
-                    return Err(Reject::new(ErrorCode::Stale, message, cur));
-                }
-            }
-            let mine = PathTrie::from_ops(&req.ops);
-            let conflicts: Vec<u64> = newer().filter(|c| mine.conflicts_with(c)).map(|c| c.rev.0).collect();
+            let Some(conflicts) = overlapping(newer, &req.ops, max_work) else {
+                let message = format!(
+                    "checking baseRev {base} would scan more than {max_work} path tokens of the \
+                     {} changes after it; resync and retry with a newer baseRev",
+                    cur - base.0
+                );
+                return Err(Reject::new(ErrorCode::Stale, message, cur));
+            };
             if conflicts.is_empty() {
                 Ok(())
             } else {
@@ -109,9 +102,30 @@ pub(super) fn check_within(
     }
 }
 
+/// The `paths` rule, shared by `paths` mode and the history's conflict check: the revisions of
+/// the changes `newer()` yields whose touched paths overlap a path `ops` read or write, newest
+/// first. `None`, without checking anything, when the check would do more than `max_work`
+/// (touched paths plus their tokens, counted before any of it is done; the count itself stops
+/// at the bound). `newer` is called twice: to count, then to check.
+pub(super) fn overlapping<'c, I>(newer: impl Fn() -> I, ops: &[Op], max_work: usize) -> Option<Vec<u64>>
+where
+    I: Iterator<Item = &'c Arc<Change>>,
+{
+    // Counted before any of it is done, and the count itself stops at the bound.
+    let mut work = 0usize;
+    for c in newer() {
+        work += c.touched.iter().chain(&c.list_touched).map(|t| 1 + t.tokens().len()).sum::<usize>();
+        if work > max_work {
+            return None;
+        }
+    }
+    let mine = PathTrie::from_ops(ops);
+    Some(newer().filter(|c| mine.conflicts_with(c)).map(|c| c.rev.0).collect())
+}
+
 fn conflict(message: String, cur: u64, mut conflicts: Vec<u64>) -> Reject {
     conflicts.sort_unstable();
-    Reject { code: ErrorCode::Conflict, message, rev: cur, conflicts }
+    Reject { code: ErrorCode::Conflict, message, rev: cur, conflicts, revs: Vec::new() }
 }
 
 /// A set of pointers as a trie of their tokens, answering "does this pointer overlap any of

@@ -5,6 +5,8 @@
 //! ([`crate::presence`] and [`crate::broadcast`]). It is synchronous and knows nothing of sockets: the shell feeds it decoded
 //! changes and executes what it decides each reader gets. The parts live beside this file:
 //! [`change`] (what is submitted and what is kept), `conflict` (the `rev` and `paths` mode checks),
+//! [`history`] (undo and redo stacks, reverts and their conflict rule; time travel is
+//! [`Room::state_at`]),
 //! [`catchup`] (the one decision of what a reader is sent) and [`snapshot`] (the state encoded once
 //! per revision).
 //!
@@ -28,6 +30,9 @@
 pub mod catchup;
 pub mod change;
 mod conflict;
+pub mod history;
+#[cfg(test)]
+mod history_tests;
 pub mod snapshot;
 #[cfg(test)]
 mod tests;
@@ -41,7 +46,8 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 pub use catchup::{CatchUp, Cursor, SnapshotReason, delta_for};
-pub use change::{Change, ChangeRequest};
+pub use change::{Change, ChangeRequest, Extras};
+pub use history::UserKey;
 pub use snapshot::Snapshot;
 
 use crate::broadcast::Broadcasts;
@@ -94,6 +100,8 @@ impl Default for RoomConfig {
 struct Inner {
     state: Value,
     ring: Ring<Arc<Change>>,
+    /// Every user's undo and redo stacks (see [`history`]).
+    stacks: history::Stacks,
 }
 
 /// A room. Cheap to share as `Arc<Room>`.
@@ -171,6 +179,7 @@ impl Room {
             inner: RwLock::new(Inner {
                 state: Value::Object(Default::default()),
                 ring: Ring::with_budget(config.history.max(1), config.history_bytes),
+                stacks: history::Stacks::default(),
             }),
             state_bytes: AtomicUsize::new(2),
             presence: Presence::with_budget(budget),
@@ -209,12 +218,17 @@ impl Room {
         (g.ring.len(), g.ring.capacity())
     }
 
-    /// Commits a change atomically, or explains why not.
+    /// Commits a change atomically, or explains why not. An undo, redo or `reverts` request
+    /// (see [`Extras::kind`]) has its ops computed here, from the reverted change's inverse.
     ///
     /// # Errors
-    /// A [`Reject`] with code `conflict`, `stale`, `invalid`, `test_failed`, `too_large` or
-    /// `memory_full`; the room is then unchanged (though it may have shed old history).
+    /// A [`Reject`] with code `conflict`, `stale`, `invalid`, `test_failed`, `too_large`,
+    /// `forbidden` (reverting another user's change without admin) or `memory_full`; the room is
+    /// then unchanged (though it may have shed old history).
     pub fn commit(&self, req: ChangeRequest) -> Result<Arc<Change>, Reject> {
+        if req.extras.kind.is_revert() {
+            return self.commit_revert(req);
+        }
         if self.config.max_ops_per_change > 0 && req.ops.len() > self.config.max_ops_per_change {
             return Err(self.reject(
                 ErrorCode::TooLarge,
@@ -234,13 +248,7 @@ impl Room {
         };
         let mut g = self.inner.write();
         let cur = g.ring.head();
-        if self.retired.load(Ordering::Acquire) {
-            return Err(Reject::new(
-                ErrorCode::Gone,
-                "the room was deleted (admin API); the change was not applied",
-                cur,
-            ));
-        }
+        self.check_retired(cur)?;
         conflict::check(&g.ring, &req, cur)?;
         self.make_room(&mut g, cost)?;
         // The size limit holds op by op, checked before each op allocates (a few `copy` ops
@@ -253,25 +261,120 @@ impl Room {
             patch::apply(&mut g.state, &req.ops)
         }
         .map_err(|e| Reject::new(e.clone().into(), e.to_string(), cur))?;
-        let undo = |g: &mut Inner| {
-            let restored = patch::revert(&mut g.state, &applied.inverse);
-            debug_assert!(restored.is_ok(), "inverse must apply: {restored:?}");
-        };
-        if !g.state.is_object() {
-            undo(&mut g);
-            return Err(self.reject(ErrorCode::Invalid, "the room state's root must stay an object".into()));
+        self.check_root(&mut g, &applied, cur)?;
+        let change = self.record(&mut g, req, &ops_json, applied, None);
+        drop(g);
+        self.notify(change.rev);
+        Ok(change)
+    }
+
+    /// [`Room::commit`] of an undo, redo or `reverts`: finds the change it reverts, checks the
+    /// conflict rule (unless `overwrite`), and applies that change's inverse, skipping the ops
+    /// that no longer apply (see [`history::apply_inverse`]). The lock is held for the ring
+    /// scan and the inverse, both bounded by what the ring holds.
+    fn commit_revert(&self, mut req: ChangeRequest) -> Result<Arc<Change>, Reject> {
+        let key = UserKey::of(req.user.as_ref(), req.author);
+        let mut guard = self.inner.write();
+        let cur = guard.ring.head();
+        self.check_retired(cur)?;
+        let g = &mut *guard;
+        let x = history::target(
+            &mut g.stacks,
+            &g.ring,
+            key.as_ref(),
+            req.extras.kind,
+            req.extras.may_revert_any,
+            cur,
+        )?;
+        if req.mode != protocol::Mode::Overwrite {
+            history::check_conflicts(&g.ring, &x, key.as_ref(), cur, conflict::MAX_PATHS_CHECK_WORK)?;
         }
+        let budget = self.memory.history.budget();
+        let encoded = patch::json_size(&x.inverse);
+        let cost = if budget.fits(memory::change_cost_bound(encoded)) {
+            0
+        } else {
+            memory::change_cost(&x.inverse, encoded)
+        };
+        self.make_room(g, cost)?;
+        // `make_room` may have shed `x` itself.
+        if g.ring.get(x.rev.0).is_none() {
+            let message = format!("revision {} left the retained history to make room", x.rev);
+            return Err(Reject::new(ErrorCode::Stale, message, cur));
+        }
+        let size = self.state_bytes.load(Ordering::Relaxed);
+        let (ops, applied) =
+            history::apply_inverse(&mut g.state, &x.inverse, size, self.config.max_state_bytes)
+                .map_err(|e| Reject::new(e.clone().into(), e.to_string(), cur))?;
+        self.check_root(g, &applied, cur)?;
+        req.ops = ops;
+        let ops_json = protocol::encode_ops(&req.ops);
+        let change = self.record(g, req, &ops_json, applied, Some(x.rev));
+        drop(guard);
+        self.notify(change.rev);
+        Ok(change)
+    }
+
+    fn check_retired(&self, cur: u64) -> Result<(), Reject> {
+        if self.retired.load(Ordering::Acquire) {
+            return Err(Reject::new(
+                ErrorCode::Gone,
+                "the room was deleted (admin API); the change was not applied",
+                cur,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses a change that made the root something other than an object, undoing it.
+    fn check_root(&self, g: &mut Inner, applied: &patch::Applied, cur: u64) -> Result<(), Reject> {
+        if g.state.is_object() {
+            return Ok(());
+        }
+        let restored = patch::revert(&mut g.state, &applied.inverse);
+        debug_assert!(restored.is_ok(), "inverse must apply: {restored:?}");
+        Err(Reject::new(ErrorCode::Invalid, "the room state's root must stay an object", cur))
+    }
+
+    /// Records a change whose ops applied (state size, stacks, ring, memory, revision) under
+    /// the write lock the caller holds. The caller then drops the lock and calls
+    /// [`Room::notify`].
+    fn record(
+        &self,
+        g: &mut Inner,
+        req: ChangeRequest,
+        ops_json: &[u8],
+        applied: patch::Applied,
+        reverts: Option<Rev>,
+    ) -> Arc<Change> {
+        let size = self.state_bytes.load(Ordering::Relaxed);
+        let limit = self.config.max_state_bytes;
         let new_bytes = (size as i64 + applied.size_delta).max(0) as usize;
         debug_assert!(limit == 0 || new_bytes <= limit.max(size), "the budget holds: {new_bytes} > {limit}");
         self.state_bytes.store(new_bytes, Ordering::Relaxed);
-        let rev = Rev(cur + 1);
-        let (change, held) = Change::encode(rev, req, &ops_json, applied);
+        let rev = Rev(g.ring.head() + 1);
+        let key = UserKey::of(req.user.as_ref(), req.author);
+        // The floor once this change is in (the count limit; a byte budget may drop more).
+        let floor = g.ring.oldest_base() + u64::from(g.ring.len() == g.ring.capacity());
+        let stacks = match &key {
+            Some(k) => g.stacks.record(k, req.extras.kind, rev.0, floor, g.ring.capacity()),
+            None => Default::default(),
+        };
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let done = change::Committed { ts, reverts, key, stacks };
+        let (change, held) = Change::encode(rev, req, ops_json, applied, done);
         let growth = memory::state_growth(&change.ops, &change.inverse, &g.state);
         g.ring.push(rev.0, change.clone(), held);
-        self.account(&g, growth);
+        self.account(g, growth);
         self.rev.store(rev.0, Ordering::Release);
-        drop(g);
-        // Concurrent commits may notify out of order: keep the highest revision.
+        change
+    }
+
+    /// Wakes the writers: the revision advanced to `rev` (called after the write lock is
+    /// released). Concurrent commits may notify out of order: the highest revision is kept.
+    fn notify(&self, rev: Rev) {
         self.rev_tx.send_if_modified(|v| {
             let newer = rev > *v;
             if newer {
@@ -279,7 +382,6 @@ impl Room {
             }
             newer
         });
-        Ok(change)
     }
 
     /// Refuses every later commit (with `gone`): the room is leaving the registry. Taken under
@@ -372,4 +474,47 @@ impl Room {
         let g = self.inner.read();
         (Rev(g.ring.head()), g.state.clone())
     }
+
+    /// Whether `key` can undo / redo in this room now (the `welcome` message's flags).
+    pub fn history_flags(&self, key: Option<&UserKey>) -> protocol::Stacks {
+        let g = self.inner.read();
+        g.stacks.flags(key, g.ring.oldest_base())
+    }
+
+    /// The state as it was at revision `rev` (time travel): the current state with the retained
+    /// inverses of every later change applied, newest first. The state and the changes are
+    /// cloned under the read lock; the inverses are applied after it is released.
+    ///
+    /// # Errors
+    /// [`TimeTravel::Future`] when `rev` is above the current revision, [`TimeTravel::Gone`] when
+    /// the ring no longer holds every change after it.
+    pub fn state_at(&self, rev: Rev) -> Result<Value, TimeTravel> {
+        let mut later = Vec::new();
+        let mut state = {
+            let g = self.inner.read();
+            let head = g.ring.head();
+            if rev.0 > head {
+                return Err(TimeTravel::Future { head });
+            }
+            match g.ring.after(rev.0) {
+                Some(it) => later.extend(it.cloned()),
+                None => return Err(TimeTravel::Gone { oldest: g.ring.oldest_base() }),
+            }
+            g.state.clone()
+        };
+        for c in later.iter().rev() {
+            let undone = patch::revert(&mut state, &c.inverse);
+            debug_assert!(undone.is_ok(), "a retained inverse must apply: {undone:?}");
+        }
+        Ok(state)
+    }
+}
+
+/// Why [`Room::state_at`] cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TimeTravel {
+    #[error("the room is at revision {head}")]
+    Future { head: u64 },
+    #[error("the retained history reaches back to revision {oldest}")]
+    Gone { oldest: u64 },
 }

@@ -31,6 +31,7 @@ fn req(mode: Mode, base: u64, ops: Value) -> ChangeRequest {
         base_rev: Some(Rev(base)),
         mode,
         ops: patch::parse_patch(ops).unwrap(),
+        extras: Default::default(),
     }
 }
 
@@ -190,7 +191,11 @@ fn coalesced_frames_are_shared_but_acks_stay_personal() {
     let third = woken(&r, 0, 3);
     assert_eq!(other.as_ptr(), third.as_ptr(), "shared");
     let author: Value = serde_json::from_slice(&author).unwrap();
-    assert_eq!(author["changes"][0], json!({"rev": 1, "client": "c1", "clientReqId": 5}));
+    let ts = author["changes"][0]["ts"].as_u64().expect("a commit time");
+    assert_eq!(
+        author["changes"][0],
+        json!({"rev": 1, "client": "c1", "ts": ts, "clientReqId": 5, "canUndo": true, "canRedo": false})
+    );
     let other: Value = serde_json::from_slice(&other).unwrap();
     assert_eq!(other["changes"][0]["ops"][0]["path"], "/a");
 }
@@ -201,10 +206,14 @@ fn acks_go_to_the_author_only() {
     let mut q = req(Mode::Overwrite, 0, json!([{"op": "add", "path": "/a", "value": 1}]));
     q.client_req_id = Some(ClientReqId(9));
     let c = r.commit(q).unwrap();
-    assert_eq!(c.entry_for(ClientId(1)), br#"{"rev":1,"client":"c1","clientReqId":9}"#);
+    let ts = c.ts;
     assert_eq!(
-        c.entry_for(ClientId(2)),
-        br#"{"rev":1,"client":"c1","ops":[{"op":"add","path":"/a","value":1}]}"#
+        std::str::from_utf8(c.entry_for(ClientId(1))).unwrap(),
+        format!(r#"{{"rev":1,"client":"c1","ts":{ts},"clientReqId":9,"canUndo":true,"canRedo":false}}"#)
+    );
+    assert_eq!(
+        std::str::from_utf8(c.entry_for(ClientId(2))).unwrap(),
+        format!(r#"{{"rev":1,"client":"c1","ts":{ts},"ops":[{{"op":"add","path":"/a","value":1}}]}}"#)
     );
 }
 

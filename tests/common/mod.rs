@@ -287,6 +287,27 @@ impl Client {
         id
     }
 
+    /// Sends an `undo` or `redo` (`ty`) with a fresh clientReqId and any `extra` members; returns
+    /// the id. The ack carries the ops.
+    pub async fn history(&mut self, ty: &str, extra: Value) -> u64 {
+        let mut m = json!({"type": ty});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            m[k] = v.clone();
+        }
+        self.request(m).await
+    }
+
+    /// Sends `m` (a change-like message, e.g. a `reverts`) with a fresh clientReqId; returns the
+    /// id. A revert's ack carries its ops.
+    pub async fn request(&mut self, mut m: Value) -> u64 {
+        let id = self.next_req;
+        self.next_req += 1;
+        self.pending.push((id, m.get("ops").cloned().unwrap_or(Value::Null)));
+        m["clientReqId"] = id.into();
+        self.send(m).await;
+        id
+    }
+
     /// Next text message, whatever it is.
     pub async fn recv_raw(&mut self) -> Value {
         loop {
@@ -325,7 +346,9 @@ impl Client {
                             .iter()
                             .position(|(p, _)| *p == id)
                             .expect("ack for a pending change");
-                        self.pending.remove(i).1
+                        let sent = self.pending.remove(i).1;
+                        // An undo, redo or revert: only the server knew the ops, its ack has them.
+                        e.get("ops").cloned().unwrap_or(sent)
                     } else {
                         assert!(e.get("ops").is_some(), "others' entries carry ops: {e}");
                         self.others.push(e.clone());

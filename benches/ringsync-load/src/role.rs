@@ -204,7 +204,9 @@ fn entry_len(filler: usize) -> usize {
     write_ops(&mut ops, 10_000_000, filler);
     let ops = serde_json::from_slice(&ops).expect("the writer's ops are JSON");
     let ops = patch::parse_patch(ops).expect("the writer's ops are a valid patch");
-    let (_, entry) = protocol::change_frame(Rev(100_000), ClientId(1), None, &protocol::encode_ops(&ops));
+    // The server's commit time: 13 digits until 2286.
+    let head = protocol::EntryHead::new(Rev(100_000), ClientId(1), None, 1_700_000_000_000);
+    let (_, entry) = protocol::change_frame(&head, &protocol::encode_ops(&ops));
     entry.len()
 }
 
@@ -222,6 +224,7 @@ mod tests {
         let Ok(ClientMsg::Change(c)) = protocol::decode_client(&m) else { panic!("not a change") };
         assert_eq!((c.client_req_id, c.mode), (ClientReqId(7), Ok(Mode::Overwrite)));
         assert_eq!(c.ops.expect("valid ops").len(), 1);
+        assert_eq!(c.refusal, None, "strict decoding accepts it");
         m.clear();
         write_presence(&mut m, 3, 4, 99);
         assert!(matches!(protocol::decode_client(&m), Ok(ClientMsg::Presence { .. })));
@@ -231,8 +234,9 @@ mod tests {
     fn filler_makes_entries_of_the_payload_size() {
         assert_eq!(entry_len(filler_for(300)), 300);
         assert_eq!(entry_len(filler_for(1000)), 1000);
-        // 92 bytes without filler, as the hand-written entry this replaced.
-        assert_eq!(filler_for(100), 8);
-        assert_eq!(filler_for(50), 0);
+        // 111 bytes without filler: the 92 of the hand-written entry this replaced, plus the
+        // commit time the server adds (`"ts":` and 13 digits).
+        assert_eq!(filler_for(120), 9);
+        assert_eq!(filler_for(100), 0);
     }
 }

@@ -87,6 +87,21 @@ pub fn msg_type(p: &[u8]) -> &[u8] {
     }
 }
 
+/// Calls `f` with every `"ts":N` value in `hay` that opens an object (`{"ts":N`), in order: the
+/// writers' stamps in change values, not the commit time `"ts"` the server puts in every change
+/// entry (which always follows another member).
+pub fn each_value_ts(hay: &[u8], mut f: impl FnMut(u64)) {
+    let mut from = 0;
+    while let Some(i) = find(&hay[from..], b"{\"ts\":") {
+        let at = from + i + 6;
+        from = at;
+        if let Some((n, len)) = parse_u64(&hay[at..]) {
+            f(n);
+            from = at + len;
+        }
+    }
+}
+
 /// Calls `f` with every `"ts":N` value in `hay`, in order.
 pub fn each_ts(hay: &[u8], mut f: impl FnMut(u64)) {
     let mut from = 0;
@@ -130,13 +145,16 @@ mod tests {
     fn entry(rev: u64, ts: u64) -> Vec<u8> {
         let ops = serde_json::json!([{"op": "add", "path": "/t", "value": {"ts": ts, "p": "xxxx"}}]);
         let ops = protocol::encode_ops(&patch::parse_patch(ops).expect("a valid patch"));
-        protocol::change_frame(Rev(rev), ClientId(1), None, &ops).1.to_vec()
+        let head = protocol::EntryHead::new(Rev(rev), ClientId(1), None, 1_700_000_000_000 + rev);
+        protocol::change_frame(&head, &ops).1.to_vec()
     }
 
     #[test]
     fn reads_server_frames() {
         // Frames from the server's own encoders, so a change of field order there fails here.
-        let (e42, ack43) = (entry(42, 123), protocol::entry_ack(Rev(43), ClientId(2), None, ClientReqId(9)));
+        let head43 = protocol::EntryHead::new(Rev(43), ClientId(2), None, 1_700_000_000_043);
+        let ack43 = protocol::entry_ack(&head43, ClientReqId(9), protocol::Stacks::default(), None);
+        let e42 = entry(42, 123);
         let (e44, e45) = (entry(44, 77), entry(45, 1_000_000_000));
         let parts = [&e42[..], &ack43[..], &e44[..], &e45[..]];
         let d = protocol::delta_frame(Rev(41), Rev(45), parts.into_iter(), 0);
@@ -144,8 +162,8 @@ mod tests {
         assert_eq!(num_after(head(&d), b"\"from\":"), Some(41));
         assert_eq!(num_after(head(&d), b"\"to\":"), Some(45));
         let mut ts = Vec::new();
-        each_ts(&d, |t| ts.push(t));
-        assert_eq!(ts, vec![123, 77, 1_000_000_000]);
+        each_value_ts(&d, |t| ts.push(t));
+        assert_eq!(ts, vec![123, 77, 1_000_000_000], "the writers' stamps, not the commit times");
         let s = protocol::snapshot_frame(Rev(1_234_567), ClientReqId(3), br#"{"t":{"ts":5,"p":""}}"#);
         assert_eq!(msg_type(&s), b"snapshot");
         assert_eq!(num_after(head(&s), b"\"rev\":"), Some(1_234_567));
@@ -158,6 +176,7 @@ mod tests {
             resumed: true,
             last_client_req_id: ClientReqId(0),
             presence_json: br#"{"c7":{}}"#,
+            stacks: protocol::Stacks::default(),
         }
         .encode();
         assert_eq!(msg_type(&w), b"welcome");

@@ -54,7 +54,7 @@ impl Conn {
             }
             if sink.measuring {
                 let (lat, now_us) = (&mut *sink.lat, sink.now_us);
-                scan::each_ts(p, |ts| lat.saturating_record(now_us.saturating_sub(ts).max(1)));
+                scan::each_value_ts(p, |ts| lat.saturating_record(now_us.saturating_sub(ts).max(1)));
             }
         } else {
             sink.ctx.writer_rev.fetch_max(to, Relaxed);
