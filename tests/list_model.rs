@@ -150,6 +150,7 @@ fn request(client: u64, base: Option<u64>, mode: Mode, ops: Vec<Op>) -> ChangeRe
         base_rev: base.map(Rev),
         mode,
         ops,
+        extras: Default::default(),
     }
 }
 

@@ -6,10 +6,9 @@
 //
 // Every scenario runs twice, against two backends:
 //   1. "real server": the pages' WebSockets go to the binary (through a proxy that can hold them).
-//      The server side of issue #14 (undo/redo: part A; list ops: part B) is detected at runtime:
-//      the scenarios that need it skip, naming what is missing, while the server lacks it — undo
-//      when its `welcome` has no `canUndo`, list ops when an HTTP change with `list_insert` is
-//      refused — so they run by themselves once it is there.
+//      The server side of issue #14 (undo/redo, list ops) is checked at runtime: a scenario fails,
+//      naming what is missing, when the server lacks it (undo: `welcome` has no `canUndo`; list
+//      ops: an HTTP change with `list_insert` is refused).
 //   2. "contract stand-in": the binary serves the pages, but their WebSockets are routed to
 //      helpers-contract-server.mjs, an in-memory room written from the wire contract; this checks
 //      the pages and the client now, whatever the server has.
@@ -391,9 +390,10 @@ describe("undo/redo and id-addressed lists in headless Chromium", { skip: skip ?
     ["to-do: two pages reordering and inserting at once converge with no item lost or duplicated", todoConcurrentReorder, ["lists"]],
   ];
   for (const [name, run, needs] of scenarios) {
-    test(`real server — ${name}`, { timeout: 120000 }, async (t) => {
-      if (needs.includes("undo") && !hasUndo) return t.skip(NO_UNDO);
-      if (needs.includes("lists") && !hasLists) return t.skip(NO_LISTS);
+    test(`real server — ${name}`, { timeout: 120000 }, async () => {
+      // The server has both parts now: a server that lost either is a failure, not a skip.
+      if (needs.includes("undo")) assert.ok(hasUndo, NO_UNDO);
+      if (needs.includes("lists")) assert.ok(hasLists, NO_LISTS);
       await run(browser, real);
     });
     test(`contract stand-in — ${name}`, { timeout: 120000 }, async () => {
