@@ -161,16 +161,12 @@ pub struct Reject {
     /// Revisions that conflicted (`conflict` only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<u64>,
-    /// The same revisions under the name the history contract gives them (`undo`, `redo` and
-    /// `reverts` conflicts only; `conflicts` is sent too, as for every conflict).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub revs: Vec<u64>,
 }
 
 impl Reject {
     /// A reject with no conflict list.
     pub fn new(code: ErrorCode, message: impl Into<String>, rev: u64) -> Self {
-        Reject { code, message: message.into(), rev, conflicts: Vec::new(), revs: Vec::new() }
+        Reject { code, message: message.into(), rev, conflicts: Vec::new() }
     }
 }
 

@@ -125,7 +125,7 @@ where
 
 fn conflict(message: String, cur: u64, mut conflicts: Vec<u64>) -> Reject {
     conflicts.sort_unstable();
-    Reject { code: ErrorCode::Conflict, message, rev: cur, conflicts, revs: Vec::new() }
+    Reject { code: ErrorCode::Conflict, message, rev: cur, conflicts }
 }
 
 /// A set of pointers as a trie of their tokens, answering "does this pointer overlap any of

@@ -245,7 +245,7 @@ pub(super) fn target(
 /// own later changes never conflict.
 ///
 /// # Errors
-/// `conflict` listing those revisions (ascending, in `conflicts` and `revs`); `stale` when the
+/// `conflict` listing those revisions (ascending, in `conflicts`); `stale` when the
 /// check would exceed the `paths` check's work bound.
 pub(super) fn check_conflicts(
     ring: &Ring<Arc<Change>>,
@@ -271,7 +271,7 @@ pub(super) fn check_conflicts(
         "later changes by others ({list}) touched what reverting revision {} would change; nothing was applied (\"mode\":\"overwrite\" reverts anyway)",
         x.rev
     );
-    Err(Reject { conflicts: revs.clone(), revs, ..Reject::new(ErrorCode::Conflict, message, cur) })
+    Err(Reject { conflicts: revs, ..Reject::new(ErrorCode::Conflict, message, cur) })
 }
 
 /// Applies `inverse` to `state` op by op, skipping every op that does not apply (`invalid`:

@@ -270,10 +270,10 @@ function askHistory(kind) {
     (r) => {
       if (r instanceof Error) return; // the page is closing
       window.demo.refused = (window.demo.refused ?? 0) + 1;
-      window.demo.lastRefusal = { kind, code: r.code, revs: r.revs ?? [] };
+      window.demo.lastRefusal = { kind, code: r.code, revs: r.conflicts ?? [] };
       let why;
       if (r.code === "conflict") {
-        const revs = Array.isArray(r.revs) && r.revs.length ? ` (#${r.revs.join(", #")})` : "";
+        const revs = Array.isArray(r.conflicts) && r.conflicts.length ? ` (#${r.conflicts.join(", #")})` : "";
         why = `someone already answered on the same squares${revs}`;
       } else if (r.code === "stale") why = "that move is too old to take back";
       else why = r.message ?? r.code;

@@ -194,7 +194,7 @@ function askHistory(kind) {
     (r) => {
       if (r instanceof Error) return; // the page is closing
       window.todo.refused++;
-      window.todo.lastRefusal = { kind, code: r.code, revs: r.revs ?? [] };
+      window.todo.lastRefusal = { kind, code: r.code, revs: r.conflicts ?? [] };
       const text = refusal(kind, r);
       $("#history-msg").textContent = text;
       toast(text, { bad: true });
@@ -206,7 +206,7 @@ function askHistory(kind) {
 function refusal(kind, r) {
   const what = kind === "undo" ? "undo" : "redo";
   if (r.code === "conflict") {
-    const revs = Array.isArray(r.revs) && r.revs.length ? ` (rev ${r.revs.join(", ")})` : "";
+    const revs = Array.isArray(r.conflicts) && r.conflicts.length ? ` (rev ${r.conflicts.join(", ")})` : "";
     return `Cannot ${what}: someone else changed the same thing since${revs}.`;
   }
   if (r.code === "stale") return `Cannot ${what}: that change is too old to revert.`;

@@ -124,7 +124,7 @@ export class ContractRoom {
       const entry = this.log.find((e) => e.rev === target);
       const later = this.log.filter((e) => e.rev > target && e.client !== conn.client && overlap(touched(e.ops), touched(entry.ops)));
       if (later.length && msg.mode !== "overwrite") {
-        return this.#reject(conn, msg, "conflict", `rev ${later.map((e) => e.rev).join(", ")} changed the same paths since`, { revs: later.map((e) => e.rev) });
+        return this.#reject(conn, msg, "conflict", `rev ${later.map((e) => e.rev).join(", ")} changed the same paths since`, { conflicts: later.map((e) => e.rev) });
       }
       from.pop();
       const ops = entry.inverse;

@@ -234,11 +234,11 @@ describe("SyncCore history", () => {
     const core = syncedCore({ board: { e4: "wP" } }, 7, { canUndo: true });
     collect(core.localChange([{ op: "add", path: "/x", value: 1 }]).effects);
     collect(core.localHistory("undo").effects);
-    const log = collect(core.handle({ type: "reject", clientReqId: 2, code: "conflict", revs: [7], message: "someone answered", rev: 7 }));
+    const log = collect(core.handle({ type: "reject", clientReqId: 2, code: "conflict", conflicts: [7], message: "someone answered", rev: 7 }));
     const [[rej]] = events(log, "reject");
     assert.equal(rej.kind, "undo");
     assert.equal(rej.code, "conflict");
-    assert.deepEqual(rej.revs, [7]);
+    assert.deepEqual(rej.conflicts, [7]);
     assert.deepEqual(core.view, { board: { e4: "wP" }, x: 1 });
     assert.deepEqual(core.pending.map((p) => p.clientReqId), [1]);
     assert.equal(core.canUndo, true, "a reject does not change the flags");
@@ -320,8 +320,8 @@ describe("Room history and lists", () => {
     const rejects = [];
     room.on("reject", (r) => rejects.push(r));
     const p = room.redo();
-    ws.deliver({ type: "reject", clientReqId: 1, code: "conflict", revs: [2], message: "conflict", rev: 2 });
-    await assert.rejects(p, (r) => r.code === "conflict" && r.kind === "redo" && r.revs[0] === 2);
+    ws.deliver({ type: "reject", clientReqId: 1, code: "conflict", conflicts: [2], message: "conflict", rev: 2 });
+    await assert.rejects(p, (r) => r.code === "conflict" && r.kind === "redo" && r.conflicts[0] === 2);
     assert.equal(rejects.length, 1, "the reject event fires too");
     const q = room.revert(2, { mode: "overwrite" });
     assert.deepEqual(ws.sentOfType("change").at(-1), { type: "change", clientReqId: 2, baseRev: 2, reverts: 2, mode: "overwrite" });

@@ -114,7 +114,7 @@ impl Harness {
     pub fn add(&mut self, pool: Pool, room: Arc<str>, role: Role) {
         let size = self.o.group_size;
         let p = &mut self.pools[pool as usize];
-        if p.added % size == 0 {
+        if p.added.is_multiple_of(size) {
             p.txs.push(group::spawn_group(self.ctx.clone(), p.tick));
         }
         p.added += 1;

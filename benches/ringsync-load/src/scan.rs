@@ -108,11 +108,13 @@ pub fn each_ts(hay: &[u8], mut f: impl FnMut(u64)) {
     while let Some(i) = find_byte(&hay[from..], b't') {
         let at = from + i;
         from = at + 1;
-        if at > 0 && hay[at - 1] == b'"' && hay[at + 1..].starts_with(b"s\":") {
-            if let Some((n, len)) = parse_u64(&hay[at + 4..]) {
-                f(n);
-                from = at + 4 + len;
-            }
+        if at > 0
+            && hay[at - 1] == b'"'
+            && hay[at + 1..].starts_with(b"s\":")
+            && let Some((n, len)) = parse_u64(&hay[at + 4..])
+        {
+            f(n);
+            from = at + 4 + len;
         }
     }
 }

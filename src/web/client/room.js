@@ -178,7 +178,7 @@ export class Room {
    * @param {{mode?: "overwrite", meta?: Record<string, Json>}} [options] `mode: "overwrite"` reverts
    *   even over later changes by others (by default the server refuses with `conflict`)
    * @returns {Promise<ChangeInfo>} the committed entry (with its `ops` and `reverts`); rejected with
-   *   the reject (`{clientReqId, code: "conflict"|"stale"|"invalid"|…, message, revs?, kind}`), or
+   *   the reject (`{clientReqId, code: "conflict"|"stale"|"invalid"|…, message, conflicts?, kind}`), or
    *   with an Error when the room closes first
    */
   undo(options = {}) {
@@ -284,7 +284,7 @@ export class Room {
    * - "state" (state, {source: "local"|"delta"|"snapshot"|"reject", rev, changes: ChangeInfo[]})
    * - "presence" (peers, {changed: string[]})
    * - "broadcast" (data, {client})
-   * - "reject" ({clientReqId, code, message, rev?, conflicts?, revs?, ops, mode, kind})
+   * - "reject" ({clientReqId, code, message, rev?, conflicts?, ops, mode, kind})
    *   (`kind`: "change", or "undo"/"redo"/"revert" for those requests, whose promises reject too)
    * - "history" ({canUndo, canRedo}) when either changed (from `welcome` and this client's acks)
    * - "status" (status, {code?, reason?, retryInMs?})
