@@ -789,6 +789,19 @@ describe("Room transport", () => {
     }
   });
 
+  test("an operator's kick, room close and room delete (4009-4011) stay offline until reconnect()", async () => {
+    for (const code of [4009, 4010, 4011]) {
+      const { room, ws, statuses } = await openRoom();
+      ws.serverClose(code, "operator");
+      await new Promise((r) => setTimeout(r, 60));
+      assert.equal(FakeWebSocket.all.length, 1, `${code}: no automatic retry`);
+      assert.deepEqual(statuses.at(-1), ["offline", { code, reason: "operator" }]);
+      room.reconnect();
+      assert.equal(FakeWebSocket.all.length, 2);
+      room.close();
+    }
+  });
+
   test("a throwing listener does not break the room", async () => {
     const { room, ws } = await openRoom();
     const seen = [];

@@ -40,6 +40,8 @@ const CLOSE_TAKEN_OVER = 4001;
 const CLOSE_RESYNC = 4000; // ours: "I am dropping this socket on purpose"
 const CLOSE_UNAUTHORIZED = 4401; // no valid token (missing, invalid, expired)
 const CLOSE_FORBIDDEN = 4403; // the token grants nothing here, or the session is another user's
+// An operator's admin API call: kicked (4009), room closed (4010), room deleted (4011).
+const CLOSE_BY_OPERATOR = [4009, 4010, 4011];
 
 /**
  * Connects to a room. The connection is kept up until `room.close()`. Local changes, presence and
@@ -418,6 +420,13 @@ export class Room {
     if (detail.code === CLOSE_FORBIDDEN || (detail.code === CLOSE_UNAUTHORIZED && !renewable)) {
       // Retrying with the same token cannot help: stay offline until `reconnect()` (after the
       // app changed its token). A token function gets a fresh token on each retry instead.
+      this.#stopped = true;
+      this.#setStatus("offline", detail);
+      return;
+    }
+    if (CLOSE_BY_OPERATOR.includes(detail.code)) {
+      // An operator ended this connection on purpose; coming straight back would undo the kick or
+      // re-open the closed (or deleted) room. Stay offline until the app calls `reconnect()`.
       this.#stopped = true;
       this.#setStatus("offline", detail);
       return;
