@@ -14,8 +14,8 @@
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -306,12 +306,20 @@ pub fn add_preflight(headers: &mut HeaderMap, origin: HeaderValue) {
 /// One WebSocket's limits: `--rate-changes` on changes and broadcasts, `--rate-inbound-bytes` on
 /// every message, and the error budget (`--rate-limit-strikes` per `--rate-limit-window`) past
 /// which it is closed with 4429. Each check is a single atomic update; a limit set to 0 has no
-/// limiter and costs a branch.
+/// limiter and costs a branch. The limiters are built at the connection's first message, so a
+/// connection that only listens (most of them) never pays for them; a fresh limiter starts with
+/// its whole burst, so building it later changes nothing a client can see.
 pub struct ConnLimits {
+    /// The quotas of `changes`, `bytes` and `strikes`.
+    quotas: [Option<Quota>; 3],
+    limiters: OnceLock<Limiters>,
+    over_budget: AtomicBool,
+}
+
+struct Limiters {
     changes: Option<DefaultDirectRateLimiter>,
     bytes: Option<DefaultDirectRateLimiter>,
     strikes: Option<DefaultDirectRateLimiter>,
-    over_budget: AtomicBool,
 }
 
 impl ConnLimits {
@@ -322,11 +330,21 @@ impl ConnLimits {
             Quota::with_period(period.max(Duration::from_nanos(1))).map(|q| q.allow_burst(n))
         });
         ConnLimits {
-            changes: quota(config.rate_changes, config.rate_changes_burst).map(RateLimiter::direct),
-            bytes: quota(config.rate_inbound_bytes, config.rate_inbound_bytes_burst).map(RateLimiter::direct),
-            strikes: strikes.map(RateLimiter::direct),
+            quotas: [
+                quota(config.rate_changes, config.rate_changes_burst),
+                quota(config.rate_inbound_bytes, config.rate_inbound_bytes_burst),
+                strikes,
+            ],
+            limiters: OnceLock::new(),
             over_budget: AtomicBool::new(false),
         }
+    }
+
+    fn limiters(&self) -> &Limiters {
+        self.limiters.get_or_init(|| {
+            let [changes, bytes, strikes] = self.quotas.map(|q| q.map(RateLimiter::direct));
+            Limiters { changes, bytes, strikes }
+        })
     }
 
     /// A message of `len` payload bytes arrived.
@@ -334,7 +352,7 @@ impl ConnLimits {
     /// # Errors
     /// Over `--rate-inbound-bytes` (counted, and a strike).
     pub fn inbound(&self, len: usize) -> Result<(), RateLimited> {
-        let (Some(limiter), Some(n)) = (&self.bytes, cells(len)) else { return Ok(()) };
+        let (Some(limiter), Some(n)) = (&self.limiters().bytes, cells(len)) else { return Ok(()) };
         let wait = match limiter.check_n(n) {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(not_until)) => not_until.wait_time_from(DefaultClock::default().now()),
@@ -349,7 +367,7 @@ impl ConnLimits {
     /// # Errors
     /// Over `--rate-changes` (counted, and a strike).
     pub fn change(&self) -> Result<(), RateLimited> {
-        let Some(limiter) = &self.changes else { return Ok(()) };
+        let Some(limiter) = &self.limiters().changes else { return Ok(()) };
         limiter.check().map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             self.strike(RateLimited::new(RateLimit::Changes, wait))
@@ -358,7 +376,7 @@ impl ConnLimits {
 
     /// Records a refused message against the error budget.
     fn strike(&self, limited: RateLimited) -> RateLimited {
-        if let Some(budget) = &self.strikes
+        if let Some(budget) = &self.limiters().strikes
             && budget.check().is_err()
             && !self.over_budget.swap(true, Ordering::AcqRel)
         {
