@@ -21,7 +21,7 @@ import {
   connect,
   roomUrl,
 } from "../../src/web/client.js";
-import { prng, SimServer, FakeWebSocket, waitFor } from "./helpers-sim.mjs";
+import { prng, SimServer, FakeWebSocket, waitFor, collect, welcome } from "./helpers-sim.mjs";
 
 // ---------------------------------------------------------------------------------------------
 // JSON Patch
@@ -104,27 +104,6 @@ describe("applyPatch", () => {
 // SyncCore scenarios
 // ---------------------------------------------------------------------------------------------
 
-/** Runs effects the way Room does, collecting what was sent and emitted. */
-function collect(effects, log = { sent: [], events: [], resync: [] }) {
-  for (const e of effects) {
-    if ("send" in e) log.sent.push(e.send);
-    else if ("emit" in e) log.events.push([e.emit, ...e.args]);
-    else log.resync.push(e.resync);
-  }
-  return log;
-}
-
-const welcome = (extra = {}) => ({
-  type: "welcome",
-  client: "c1",
-  session: "s1",
-  epoch: "E",
-  rev: 0,
-  resumed: false,
-  lastClientReqId: 0,
-  presence: { c1: {} },
-  ...extra,
-});
 
 /** A core that is connected and synced at `rev` with `state`. */
 function syncedCore(state = {}, rev = 0) {

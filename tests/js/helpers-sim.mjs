@@ -270,3 +270,26 @@ export async function waitFor(cond, ms = 2000, what = "condition") {
     await new Promise((r) => setTimeout(r, 5));
   }
 }
+
+/** Runs a SyncCore's effects the way Room does, collecting what was sent and emitted. */
+export function collect(effects, log = { sent: [], events: [], resync: [] }) {
+  for (const e of effects) {
+    if ("send" in e) log.sent.push(e.send);
+    else if ("emit" in e) log.events.push([e.emit, ...e.args]);
+    else log.resync.push(e.resync);
+  }
+  return log;
+}
+
+/** A `welcome` for client c1 of session s1, epoch E, with `extra` fields on top. */
+export const welcome = (extra = {}) => ({
+  type: "welcome",
+  client: "c1",
+  session: "s1",
+  epoch: "E",
+  rev: 0,
+  resumed: false,
+  lastClientReqId: 0,
+  presence: { c1: {} },
+  ...extra,
+});

@@ -13,7 +13,7 @@ import { test, describe } from "node:test";
 import assert from "node:assert/strict";
 
 import { applyPatch, PatchError, SyncCore, connect, List, randomId } from "../../src/web/client.js";
-import { prng, FakeWebSocket } from "./helpers-sim.mjs";
+import { prng, FakeWebSocket, collect, welcome as baseWelcome } from "./helpers-sim.mjs";
 
 const ids = (list) => list.map((el) => el.id);
 const doc = (...names) => ({ todos: names.map((id) => ({ id, t: id.toUpperCase() })) });
@@ -126,28 +126,8 @@ describe("list ops (client/patch.js)", () => {
 // SyncCore: undo, redo, revert, canUndo/canRedo, meta
 // ---------------------------------------------------------------------------------------------
 
-function collect(effects, log = { sent: [], events: [], resync: [] }) {
-  for (const e of effects) {
-    if ("send" in e) log.sent.push(e.send);
-    else if ("emit" in e) log.events.push([e.emit, ...e.args]);
-    else log.resync.push(e.resync);
-  }
-  return log;
-}
-
-const welcome = (extra = {}) => ({
-  type: "welcome",
-  client: "c1",
-  session: "s1",
-  epoch: "E",
-  rev: 0,
-  resumed: false,
-  lastClientReqId: 0,
-  presence: { c1: {} },
-  canUndo: false,
-  canRedo: false,
-  ...extra,
-});
+// A welcome from a server with undo: both stacks empty unless `extra` says otherwise.
+const welcome = (extra = {}) => baseWelcome({ canUndo: false, canRedo: false, ...extra });
 
 function syncedCore(state = {}, rev = 0, extra = {}) {
   const core = new SyncCore();
