@@ -441,9 +441,10 @@ async fn deltas_are_gapless_and_in_order() {
 // 3. Coalescing behind a slow socket
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn a_blocked_socket_gets_the_backlog_coalesced() {
-    let room = new_room(1024);
+/// A welcomed connection whose socket blocked on change 1 while changes 2..=`changes` were
+/// committed behind it (ring of `history`); returns the room's head.
+async fn stalled_behind(history: usize, changes: u64) -> (Arc<Room>, Sessions, Conn, u64) {
+    let room = new_room(history);
     let sessions = Sessions::default();
     let conn = connect(&room, &sessions, ResumeFrom::default(), writer_config());
     conn.hello().await;
@@ -451,9 +452,15 @@ async fn a_blocked_socket_gets_the_backlog_coalesced() {
     commit(&room, OTHER, None, 1);
     conn.tap.wait_stalled().await;
     let mut head = 0;
-    for n in 2..=50 {
+    for n in 2..=changes {
         head = commit(&room, OTHER, None, n);
     }
+    (room, sessions, conn, head)
+}
+
+#[tokio::test]
+async fn a_blocked_socket_gets_the_backlog_coalesced() {
+    let (_room, _sessions, conn, head) = stalled_behind(1024, 50).await;
     let before = conn.tap.frames().len();
     conn.tap.unblock();
     let log = conn.tap.wait_rev(head).await;
@@ -473,17 +480,7 @@ async fn a_blocked_socket_gets_the_backlog_coalesced() {
 
 #[tokio::test]
 async fn a_client_behind_the_ring_gets_a_snapshot_then_deltas() {
-    let room = new_room(4);
-    let sessions = Sessions::default();
-    let conn = connect(&room, &sessions, ResumeFrom::default(), writer_config());
-    conn.hello().await;
-    conn.tap.block();
-    commit(&room, OTHER, None, 1);
-    conn.tap.wait_stalled().await;
-    let mut head = 0;
-    for n in 2..=20 {
-        head = commit(&room, OTHER, None, n);
-    }
+    let (room, _sessions, conn, head) = stalled_behind(4, 20).await;
     conn.tap.unblock();
     let log = conn.tap.wait_rev(head).await;
     let frames = catch_ups(&log);
