@@ -48,5 +48,6 @@ pub mod room;
 pub mod rooms;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod web;
 pub mod writer;

@@ -11,6 +11,8 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     // The synchronous core.
     &["ids", "patch", "ring"],
+    // The storage seam and its stores (synchronous: the file store runs its own thread).
+    &["store"],
     &["memory"],
     &["protocol"],
     &["presence", "broadcast"],
@@ -31,7 +33,7 @@ const LAYERS: &[&[&str]] = &[
 ];
 
 /// Layers `0..CORE` are the synchronous core.
-const CORE: usize = 6;
+const CORE: usize = 7;
 
 /// External paths the core must not use.
 const SHELL_ONLY: &[&str] = &[

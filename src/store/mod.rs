@@ -1,0 +1,175 @@
+//! The storage seam: how a room's committed changes and snapshots reach a store and come back.
+//!
+//! A room with a store ([`Store::open`] gives it a [`RoomLog`]) hands every committed change to
+//! its log as a [`Record`], under its write lock and in revision order; the append only queues
+//! (no disk or network I/O is ever done under a room's lock). The store writes the records on
+//! its own thread and reports back through the room's [`Journal`]: [`Journal::written`] once a
+//! revision is stored as the `--fsync` policy promises, [`Journal::failed`] when it could not be
+//! (the room then rolls back every change after the last written one and rejects them
+//! `unavailable`). Nothing is acknowledged or sent to anyone before `written`: its completion
+//! gates the ack. Snapshots ([`SnapshotData`]) are queued the same way and written only after
+//! every record up to their revision.
+//!
+//! Invariants a store keeps: records of a room are stored in revision order with no gap; a
+//! record is reported written only when every earlier one is; after a failure for generation
+//! `generation`, later queued records of that generation are dropped (the room rolled them back and
+//! reuses their revisions under the next generation); what [`Store::load`] returns is a prefix
+//! of what was appended (a torn or corrupt tail is cut, reported in [`Loaded::damage`]).
+//!
+//! Implementations: `file::FileStore` (an append-only log per room, CRC32C-framed rkyv
+//! records, rkyv snapshots; see `codec`) and [`memory::MemoryStore`] (records kept in memory,
+//! with fault injection, for tests). `--memory-only` runs without a store at all: a room without
+//! a log counts every change as written when it commits, exactly as before there was a seam.
+
+pub mod memory;
+
+use std::sync::{Arc, Weak};
+
+use crate::ids::RoomId;
+
+/// One committed change as stored: everything needed to rebuild the room's ring entry (and so
+/// its deltas, acks, undo stacks and dedupe state) without re-applying it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub rev: u64,
+    /// Commit time, ms since the Unix epoch.
+    pub ts: u64,
+    /// The author's client id (`ClientId.0`; 0 = HTTP).
+    pub author: u64,
+    /// The author's session token (dedupe survives a restart); `None` for HTTP.
+    pub session: Option<String>,
+    /// The author's user (a token's `sub`).
+    pub user: Option<String>,
+    pub client_req_id: Option<u64>,
+    /// 0 plain, 1 undo, 2 redo, 3 reverts (then `reverts` names the revision).
+    pub kind: u8,
+    pub reverts: Option<u64>,
+    /// The ops as applied, a JSON array.
+    pub ops: String,
+    /// Their inverse, a JSON array.
+    pub inverse: String,
+    /// Paths read or written (JSON pointers), for `paths`-mode conflict checks.
+    pub touched: Vec<String>,
+    /// Arrays edited by id-addressed list ops.
+    pub list_touched: Vec<String>,
+    /// The client's `meta` object as JSON.
+    pub meta: Option<String>,
+    /// An HTTP `Idempotency-Key` and the fingerprint of the request it came with.
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub fingerprint: u64,
+}
+
+/// A session's dedupe state, kept in snapshots so a resend after a restart is applied once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub token: String,
+    pub client: u64,
+    pub user: Option<String>,
+    /// The highest `clientReqId` of its that committed.
+    pub last_req: u64,
+    /// When it last committed, ms since the Unix epoch.
+    pub seen_ms: u64,
+}
+
+/// An HTTP `Idempotency-Key` answered, kept in snapshots so a retry after a restart gets the
+/// original answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub key: String,
+    pub fingerprint: u64,
+    pub rev: u64,
+    /// The original response body (JSON).
+    pub response: String,
+    pub ts_ms: u64,
+}
+
+/// The room at one revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotData {
+    pub epoch: String,
+    pub rev: u64,
+    /// When it was taken, ms since the Unix epoch.
+    pub ts: u64,
+    /// The state as JSON.
+    pub state: String,
+    pub sessions: Vec<SessionRecord>,
+    pub idempotency: Vec<IdempotencyRecord>,
+    /// The highest client id the room has seen (new sessions get higher ones).
+    pub max_client: u64,
+}
+
+/// What [`Store::load`] found for a room.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Loaded {
+    pub epoch: String,
+    /// The newest snapshot that decoded (a damaged one is skipped for the one before it).
+    pub snapshot: Option<SnapshotData>,
+    /// Consecutive records ending with the newest whole one: every record after the snapshot,
+    /// and up to `keep` before it (to refill the ring), oldest first.
+    pub records: Vec<Record>,
+    /// What was damaged and cut or skipped (file, offset, why), for the log and the metric.
+    pub damage: Vec<String>,
+}
+
+/// Why a store could not do something.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+impl StoreError {
+    pub fn io(what: impl std::fmt::Display, e: &std::io::Error) -> Self {
+        StoreError(format!("{what}: {e}"))
+    }
+}
+
+/// How a room hears what became of its appends (implemented by the room; called on the store's
+/// thread, never under the room's lock).
+pub trait Journal: Send + Sync {
+    /// Every record up to `rev` is stored as the fsync policy promises.
+    fn written(&self, rev: u64);
+    /// The record `rev` of generation `generation` (and every later one of that generation) could not
+    /// be stored.
+    fn failed(&self, generation: u64, rev: u64, error: &StoreError);
+}
+
+/// One room's way into the store (from [`Store::open`]).
+pub trait RoomLog: Send + Sync {
+    /// Queues a committed change. Called under the room's write lock in revision order: it must
+    /// not block on I/O.
+    fn append(&self, generation: u64, record: Record);
+    /// Queues a snapshot, written once every record up to its revision is.
+    fn snapshot(&self, data: SnapshotData);
+}
+
+/// A place rooms are stored.
+pub trait Store: Send + Sync {
+    /// Reads a room back: `None` when nothing is stored for it. Cuts a torn or corrupt tail.
+    ///
+    /// # Errors
+    /// When the room's files exist but cannot be read at all.
+    fn load(&self, room: &RoomId, keep: usize) -> Result<Option<Loaded>, StoreError>;
+    /// The room's log, for a room with `epoch` that reports to `journal`.
+    fn open(&self, room: &RoomId, epoch: &str, journal: Weak<dyn Journal>) -> Arc<dyn RoomLog>;
+    /// Up to `limit` stored records after revision `after`, oldest first (the history API beyond
+    /// the ring). Empty when none are stored after it.
+    ///
+    /// # Errors
+    /// When the files cannot be read.
+    fn changes(&self, room: &RoomId, after: u64, limit: usize) -> Result<Vec<Record>, StoreError>;
+    /// The oldest revision whose record is still stored (`None` when nothing is).
+    fn oldest(&self, room: &RoomId) -> Option<u64>;
+    /// Removes everything stored for the room (after what is queued for it is dropped).
+    ///
+    /// # Errors
+    /// When the files cannot be removed.
+    fn delete(&self, room: &RoomId) -> Result<(), StoreError>;
+    /// Writes and syncs everything queued so far, and closes the room's files (eviction).
+    fn close(&self, room: &RoomId);
+    /// Writes and syncs everything queued so far (shutdown).
+    fn flush(&self);
+}
