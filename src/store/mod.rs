@@ -16,11 +16,13 @@
 //! reuses their revisions under the next generation); what [`Store::load`] returns is a prefix
 //! of what was appended (a torn or corrupt tail is cut, reported in [`Loaded::damage`]).
 //!
-//! Implementations: `file::FileStore` (an append-only log per room, CRC32C-framed rkyv
-//! records, rkyv snapshots; see `codec`) and [`memory::MemoryStore`] (records kept in memory,
+//! Implementations: [`file::FileStore`] (an append-only log per room, CRC32C-framed rkyv
+//! records, rkyv snapshots; see [`codec`]) and [`memory::MemoryStore`] (records kept in memory,
 //! with fault injection, for tests). `--memory-only` runs without a store at all: a room without
 //! a log counts every change as written when it commits, exactly as before there was a seam.
 
+pub mod codec;
+pub mod file;
 pub mod memory;
 
 use std::sync::{Arc, Weak};
@@ -29,7 +31,7 @@ use crate::ids::RoomId;
 
 /// One committed change as stored: everything needed to rebuild the room's ring entry (and so
 /// its deltas, acks, undo stacks and dedupe state) without re-applying it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Record {
     pub rev: u64,
     /// Commit time, ms since the Unix epoch.
@@ -58,14 +60,14 @@ pub struct Record {
     pub idempotency: Option<IdempotencyKey>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct IdempotencyKey {
     pub key: String,
     pub fingerprint: u64,
 }
 
 /// A session's dedupe state, kept in snapshots so a resend after a restart is applied once.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct SessionRecord {
     pub token: String,
     pub client: u64,
@@ -78,7 +80,7 @@ pub struct SessionRecord {
 
 /// An HTTP `Idempotency-Key` answered, kept in snapshots so a retry after a restart gets the
 /// original answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct IdempotencyRecord {
     pub key: String,
     pub fingerprint: u64,
@@ -89,7 +91,7 @@ pub struct IdempotencyRecord {
 }
 
 /// The room at one revision.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct SnapshotData {
     pub epoch: String,
     pub rev: u64,
