@@ -1,1 +1,1336 @@
-//! stub
+//! The file store: one directory per room holding an append-only log of CRC32C-framed rkyv
+//! records (in segments) and rkyv snapshots, written by one dedicated thread.
+//!
+//! Layout: `DIR/LOCK` (an OS lock held while the store lives, with the holder's pid in it) and
+//! `DIR/rooms/<room>/` per room (see [`dir_name`]), holding `log-<first rev>.rsl` segments and
+//! `snap-<rev>.rss` snapshots (revisions as 20 digits, so names sort by revision). Formats are
+//! in [`super::codec`].
+//!
+//! Threads: [`RoomLog::append`] and [`RoomLog::snapshot`] only push onto a queue. The writer
+//! thread (`ringsync-store`) takes the whole queue each round, writes each room's records of the
+//! round with one `write_all`, syncs as [`Fsync`] says (group commit: one `sync_data` per file
+//! written in the round), then reports to each room's [`Journal`]. Every write, sync, rename and
+//! delete happens on that thread; readers ([`Store::load`], [`Store::changes`], [`check`]) use
+//! their own read-only handles and read only whole frames.
+//!
+//! Invariants: a room's records are on disk in revision order with no gap inside a segment, and
+//! a segment's name is its first record's revision (so a segment's last revision is the next
+//! one's first minus one); a record is reported written only after every earlier one of its
+//! room, and, with `--fsync always`, only after it is synced; a record whose write fails is cut
+//! from the file again (or the room is re-read before its next write), and its generation's later
+//! records are dropped. What the room reads back ([`scan_room`], shared by `load`, `check` and
+//! the writer) is one decision: the newest snapshot that validates, then consecutive records up
+//! to the first torn, corrupt or out-of-order one, where `load` cuts and `check` only reports.
+//! The store never panics on I/O errors: it logs them (room, file, offset) and counts them.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use super::codec::{self, LOG_MAGIC};
+use super::{Journal, Loaded, Record, RoomLog, SnapshotData, Store, StoreError};
+use crate::ids::RoomId;
+
+/// A segment that has grown past this many bytes is closed; the next append starts a new one.
+pub const MAX_SEGMENT: u64 = 64 << 20;
+
+/// When appended records are synced to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// After every round of writes, before any of them is reported written.
+    Always,
+    /// At most every [`FileOptions::fsync_interval`]; records are reported written once written.
+    Batch,
+    /// Only on flush and close; the OS decides the rest.
+    Never,
+}
+
+impl Fsync {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fsync::Always => "always",
+            Fsync::Batch => "batch",
+            Fsync::Never => "never",
+        }
+    }
+}
+
+impl FromStr for Fsync {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(Fsync::Always),
+            "batch" => Ok(Fsync::Batch),
+            "never" => Ok(Fsync::Never),
+            other => Err(format!("fsync must be always, batch or never (not {other:?})")),
+        }
+    }
+}
+
+/// How a [`FileStore`] writes.
+#[derive(Debug, Clone)]
+pub struct FileOptions {
+    pub fsync: Fsync,
+    /// How often `Fsync::Batch` syncs what was written.
+    pub fsync_interval: Duration,
+    /// Records kept before the newest snapshot for the history API (at least the ring's size).
+    pub retain: u64,
+}
+
+impl Default for FileOptions {
+    fn default() -> Self {
+        FileOptions { fsync: Fsync::Batch, fsync_interval: Duration::from_secs(1), retain: 0 }
+    }
+}
+
+/// The store's counters (published as metrics by the shell).
+#[derive(Debug, Default)]
+pub struct Stats {
+    appends_written: AtomicU64,
+    bytes_written: AtomicU64,
+    fsyncs: AtomicU64,
+    fsync_nanos: AtomicU64,
+    write_failures: AtomicU64,
+    fsync_failures: AtomicU64,
+    damaged_records: AtomicU64,
+    damaged_snapshots: AtomicU64,
+    snapshots_written: AtomicU64,
+    segments_deleted: AtomicU64,
+    queue_len: AtomicU64,
+}
+
+/// The counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Records written to a segment.
+    pub appends_written: u64,
+    /// Bytes written to segments and snapshots.
+    pub bytes_written: u64,
+    pub fsyncs: u64,
+    /// Time spent in fsync, in total.
+    pub fsync_nanos: u64,
+    /// Writes (records or snapshots) that failed.
+    pub write_failures: u64,
+    pub fsync_failures: u64,
+    /// Torn or corrupt records found (and cut) when reading a room back.
+    pub damaged_records: u64,
+    /// Snapshots that did not validate when reading a room back.
+    pub damaged_snapshots: u64,
+    pub snapshots_written: u64,
+    pub segments_deleted: u64,
+    /// Operations queued for the writer thread.
+    pub queue_len: u64,
+}
+
+impl Stats {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            appends_written: get(&self.appends_written),
+            bytes_written: get(&self.bytes_written),
+            fsyncs: get(&self.fsyncs),
+            fsync_nanos: get(&self.fsync_nanos),
+            write_failures: get(&self.write_failures),
+            fsync_failures: get(&self.fsync_failures),
+            damaged_records: get(&self.damaged_records),
+            damaged_snapshots: get(&self.damaged_snapshots),
+            snapshots_written: get(&self.snapshots_written),
+            segments_deleted: get(&self.segments_deleted),
+            queue_len: get(&self.queue_len),
+        }
+    }
+
+    /// `sync_data`, counted and timed.
+    fn sync(&self, file: &File) -> io::Result<()> {
+        let start = Instant::now();
+        let result = file.sync_data();
+        Stats::add(&self.fsyncs, 1);
+        Stats::add(&self.fsync_nanos, u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        if result.is_err() {
+            Stats::add(&self.fsync_failures, 1);
+        }
+        result
+    }
+}
+
+/// A room's directory name: the room id with `:` as `+` and a leading `.` as `=` (room ids
+/// hold neither `+` nor `=`, so the mapping reverses, and no name is `.` or `..`).
+pub fn dir_name(room: &RoomId) -> String {
+    let name = room.as_str().replace(':', "+");
+    match name.strip_prefix('.') {
+        Some(rest) => format!("={rest}"),
+        None => name,
+    }
+}
+
+/// The room a directory name stands for (`None` for a name [`dir_name`] does not make).
+pub fn room_of_dir(name: &str) -> Option<RoomId> {
+    let id = name.replace('+', ":");
+    let id = match id.strip_prefix('=') {
+        Some(rest) => format!(".{rest}"),
+        None => id,
+    };
+    RoomId::parse(&id).ok().filter(|room| dir_name(room) == name)
+}
+
+fn segment_name(first: u64) -> String {
+    format!("log-{first:020}.rsl")
+}
+
+fn snapshot_name(rev: u64) -> String {
+    format!("snap-{rev:020}.rss")
+}
+
+fn parse_rev(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok()).flatten()
+}
+
+/// A room directory's files, by name.
+#[derive(Default)]
+struct Listing {
+    segments: Vec<u64>,
+    snapshots: Vec<u64>,
+    /// Snapshots whose writing never finished (a crash between write and rename).
+    temporary: Vec<PathBuf>,
+    bytes: u64,
+}
+
+/// `None` when the directory does not exist.
+fn list(dir: &Path) -> Result<Option<Listing>, StoreError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io(format!("cannot list {}", dir.display()), &e)),
+    };
+    let mut listing = Listing::default();
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io(format!("cannot list {}", dir.display()), &e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+        if let Some(first) = parse_rev(name, "log-", ".rsl") {
+            listing.segments.push(first);
+        } else if let Some(rev) = parse_rev(name, "snap-", ".rss") {
+            listing.snapshots.push(rev);
+        } else if parse_rev(name, "snap-", ".tmp").is_some() {
+            listing.temporary.push(entry.path());
+            continue;
+        } else {
+            continue;
+        }
+        listing.bytes += len;
+    }
+    listing.segments.sort_unstable();
+    listing.snapshots.sort_unstable();
+    Ok(Some(listing))
+}
+
+/// What reading a room is for.
+#[derive(Clone, Copy)]
+struct ScanOpts {
+    /// Cut damage (truncate the segment, rename later segments and bad snapshots `.damaged`):
+    /// `load` and the writer. `check` only reports.
+    cut: bool,
+    /// `Some(keep)`: read the log from `keep` records before the snapshot on (`load`, the
+    /// writer); `None`: read every segment and every snapshot (`check`).
+    keep: Option<u64>,
+    /// Keep the records read (not needed by `check` and the writer).
+    collect: bool,
+}
+
+/// What reading a room found.
+#[derive(Default)]
+struct Scan {
+    epoch: Option<String>,
+    snapshot: Option<SnapshotData>,
+    /// Snapshots left on disk (by revision), segments left on disk (by first revision).
+    snapshots: Vec<u64>,
+    segments: Vec<u64>,
+    /// Consecutive records ending with the newest whole one (from the scan's start on).
+    records: Vec<Record>,
+    first_rev: Option<u64>,
+    last_rev: Option<u64>,
+    count: u64,
+    /// The newest segment left: its first revision, whole length and next revision.
+    tail: Option<(u64, u64, u64)>,
+    bytes: u64,
+    damage: Vec<String>,
+    damaged_records: u64,
+    damaged_snapshots: u64,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, StoreError> {
+    fs::read(path).map_err(|e| StoreError::io(format!("cannot read {}", path.display()), &e))
+}
+
+fn quarantine(path: &Path) -> Result<(), StoreError> {
+    let mut to = path.as_os_str().to_owned();
+    to.push(".damaged");
+    fs::rename(path, &to).map_err(|e| StoreError::io(format!("cannot rename {}", path.display()), &e))
+}
+
+fn truncate(path: &Path, len: u64) -> Result<(), StoreError> {
+    let done = OpenOptions::new().write(true).open(path).and_then(|f| f.set_len(len).and_then(|()| f.sync_all()));
+    done.map_err(|e| StoreError::io(format!("cannot truncate {} to {len} bytes", path.display()), &e))
+}
+
+/// Syncs a directory so renames and new files in it survive a crash (best effort where the
+/// platform cannot open directories).
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    match File::open(dir) {
+        Ok(d) => d.sync_all().or_else(|e| if cfg!(unix) { Err(e) } else { Ok(()) }),
+        Err(e) if cfg!(unix) => Err(e),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Reads one room's directory: the one place that decides what of it is valid.
+///
+/// # Errors
+/// When a file cannot be listed or read at all, or damage cannot be cut.
+fn scan_room(room: &str, dir: &Path, opts: ScanOpts) -> Result<Option<Scan>, StoreError> {
+    let Some(listing) = list(dir)? else { return Ok(None) };
+    if listing.segments.is_empty() && listing.snapshots.is_empty() {
+        return Ok(None);
+    }
+    let mut scan = Scan { bytes: listing.bytes, ..Scan::default() };
+    let (verb, verb_rename) = if opts.cut { ("truncated", "renamed .damaged") } else { ("would be truncated", "would be renamed .damaged") };
+    if opts.cut {
+        for tmp in &listing.temporary {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+
+    // The newest snapshot that validates (check verifies every one).
+    for &rev in listing.snapshots.iter().rev() {
+        if scan.snapshot.is_some() && opts.keep.is_some() {
+            scan.snapshots.push(rev);
+            continue;
+        }
+        let path = dir.join(snapshot_name(rev));
+        let found = codec::decode_snapshot(&read(&path)?).and_then(|(header, data)| {
+            if header.room != room || header.rev != rev {
+                Err(format!("header names room {:?} rev {}", header.room, header.rev))
+            } else {
+                Ok(data)
+            }
+        });
+        match found {
+            Ok(data) => {
+                scan.snapshots.push(rev);
+                scan.snapshot.get_or_insert(data);
+            }
+            Err(why) => {
+                scan.damaged_snapshots += 1;
+                scan.damage.push(format!("room {room}: {}: {why} (skipped, {verb_rename})", snapshot_name(rev)));
+                if opts.cut {
+                    quarantine(&path)?;
+                }
+            }
+        }
+    }
+    scan.snapshots.sort_unstable();
+    let base = scan.snapshot.as_ref().map_or(0, |s| s.rev);
+    let from = match opts.keep {
+        Some(keep) if scan.snapshot.is_some() => base.saturating_sub(keep),
+        _ => 0,
+    };
+    let segments = &listing.segments;
+    let start = segments.iter().rposition(|&first| first <= from.saturating_add(1)).unwrap_or(0);
+    scan.segments = segments[..start].to_vec();
+
+    // The log: consecutive records, stopping at the first damage.
+    let mut prev: Option<u64> = None;
+    // The first segment to quarantine, and whether its header is the damage.
+    let mut cut_at: Option<(usize, bool)> = None;
+    for (i, &first) in segments.iter().enumerate().skip(start) {
+        let path = dir.join(segment_name(first));
+        let name = segment_name(first);
+        let buf = read(&path)?;
+        let header = codec::decode_header(&buf, LOG_MAGIC).map_err(|e| e.to_string()).and_then(|(h, at)| {
+            if h.room != room || h.rev != first {
+                Err(format!("header names room {:?} first rev {}", h.room, h.rev))
+            } else {
+                Ok((h, at))
+            }
+        });
+        let (header, mut offset) = match header {
+            Ok(found) => found,
+            Err(why) => {
+                scan.damaged_records += 1;
+                scan.damage.push(format!("room {room}: {name}: bad header: {why} ({verb_rename}, with every later segment)"));
+                cut_at = Some((i, true));
+                break;
+            }
+        };
+        scan.epoch.get_or_insert(header.epoch);
+        let mut next = first;
+        let mut damaged = None;
+        loop {
+            match codec::decode_frame::<Record>(&buf, offset) {
+                Ok(None) => break,
+                Ok(Some((record, after))) => {
+                    let rev = record.rev;
+                    if rev != next {
+                        damaged = Some(format!("record rev {rev} at offset {offset} where rev {next} belongs"));
+                        break;
+                    }
+                    if next == first {
+                        match prev {
+                            // A gap the snapshot covers (the log before it was lost or never
+                            // synced): the records before the gap are no use.
+                            Some(p) if rev > p.saturating_add(1) && rev <= base.saturating_add(1) => {
+                                scan.records.clear();
+                                scan.first_rev = Some(rev);
+                            }
+                            Some(p) if rev != p.saturating_add(1) => {
+                                damaged = Some(format!("starts at rev {rev} but the log before it ends at rev {p}"));
+                                break;
+                            }
+                            Some(_) => {}
+                            None => {
+                                if scan.snapshot.is_some() && rev > base.saturating_add(1) {
+                                    scan.damage.push(format!(
+                                        "room {room}: {name}: the log starts at rev {rev}, after snapshot rev {base}: revs {}..{} are missing",
+                                        base + 1,
+                                        rev - 1
+                                    ));
+                                } else if scan.snapshot.is_none() && start == 0 && rev != 1 {
+                                    scan.damage
+                                        .push(format!("room {room}: {name}: the log starts at rev {rev} and there is no snapshot"));
+                                }
+                            }
+                        }
+                    }
+                    if opts.collect && rev > from {
+                        scan.records.push(record);
+                    }
+                    scan.first_rev.get_or_insert(rev);
+                    scan.last_rev = Some(rev);
+                    scan.count += 1;
+                    prev = Some(rev);
+                    next = rev.saturating_add(1);
+                    offset = after;
+                }
+                Err(d) => {
+                    damaged = Some(d.to_string());
+                    break;
+                }
+            }
+        }
+        match damaged {
+            None => {
+                scan.segments.push(first);
+                scan.tail = Some((first, offset as u64, next));
+            }
+            Some(why) => {
+                scan.damaged_records += 1;
+                scan.damage.push(format!("room {room}: {name}: {why} ({verb} at offset {offset})"));
+                if opts.cut {
+                    truncate(&path, offset as u64)?;
+                }
+                scan.segments.push(first);
+                scan.tail = Some((first, offset as u64, next));
+                cut_at = Some((i + 1, false));
+                break;
+            }
+        }
+    }
+    if let Some((cut, bad_header)) = cut_at {
+        for (i, &first) in segments.iter().enumerate().skip(cut) {
+            if opts.cut {
+                quarantine(&dir.join(segment_name(first)))?;
+            }
+            if !(bad_header && i == cut) {
+                scan.damage.push(format!("room {room}: {}: after the cut ({verb_rename})", segment_name(first)));
+            }
+        }
+        if opts.cut {
+            let _ = sync_dir(dir);
+        }
+    }
+    if let Some(s) = &scan.snapshot {
+        scan.epoch = Some(s.epoch.clone());
+    }
+    Ok(Some(scan))
+}
+
+/// What [`check`] found for one room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomReport {
+    /// The room id (the directory's name when it maps to none).
+    pub room: String,
+    pub epoch: String,
+    /// The newest snapshot that validates.
+    pub snapshot_rev: Option<u64>,
+    /// The first and last record of the consecutive log.
+    pub first_rev: Option<u64>,
+    pub last_rev: Option<u64>,
+    pub records: u64,
+    /// Segments and snapshots, in bytes.
+    pub bytes: u64,
+    pub damage: Vec<String>,
+}
+
+/// Verifies a data directory offline (`ringsync check-data DIR`): reads every room, modifies
+/// nothing and takes no lock.
+///
+/// # Errors
+/// When `DIR/rooms` cannot be listed or a room's files cannot be read.
+pub fn check(dir: &Path) -> Result<Vec<RoomReport>, StoreError> {
+    let rooms = dir.join("rooms");
+    let entries = fs::read_dir(&rooms).map_err(|e| StoreError::io(format!("cannot list {}", rooms.display()), &e))?;
+    let mut reports = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io(format!("cannot list {}", rooms.display()), &e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(room) = room_of_dir(&name) else {
+            reports.push(RoomReport {
+                room: name.clone(),
+                epoch: String::new(),
+                snapshot_rev: None,
+                first_rev: None,
+                last_rev: None,
+                records: 0,
+                bytes: 0,
+                damage: vec![format!("{name}: not a room directory name")],
+            });
+            continue;
+        };
+        let opts = ScanOpts { cut: false, keep: None, collect: false };
+        let Some(scan) = scan_room(room.as_str(), &entry.path(), opts)? else { continue };
+        reports.push(RoomReport {
+            room: room.to_string(),
+            epoch: scan.epoch.unwrap_or_default(),
+            snapshot_rev: scan.snapshot.map(|s| s.rev),
+            first_rev: scan.first_rev,
+            last_rev: scan.last_rev,
+            records: scan.count,
+            bytes: scan.bytes,
+            damage: scan.damage,
+        });
+    }
+    reports.sort_by(|a, b| a.room.cmp(&b.room));
+    Ok(reports)
+}
+
+/// Work for the writer thread.
+enum Op {
+    Open { room: RoomId, epoch: String, journal: Weak<dyn Journal> },
+    Append { room: RoomId, generation: u64, record: Record },
+    Snapshot { room: RoomId, data: SnapshotData },
+    Flush { done: mpsc::SyncSender<()> },
+    Close { room: RoomId, done: mpsc::SyncSender<()> },
+    Delete { room: RoomId, done: mpsc::SyncSender<Result<(), StoreError>> },
+}
+
+#[derive(Default)]
+struct Queue {
+    ops: Vec<Op>,
+    stop: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    stats: Stats,
+}
+
+/// Rooms stored as files under one directory (see the module doc).
+pub struct FileStore {
+    rooms: PathBuf,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Holds the directory's OS lock while the store lives.
+    _lock: File,
+}
+
+impl FileStore {
+    /// Opens (creating it if needed) and locks a data directory, and starts the writer thread.
+    ///
+    /// # Errors
+    /// When the directory cannot be created or locked (another process holds it: the message
+    /// names the directory and that process's pid), or the thread cannot start.
+    pub fn open_dir(dir: &Path, opts: FileOptions) -> Result<Arc<FileStore>, StoreError> {
+        fs::create_dir_all(dir).map_err(|e| StoreError::io(format!("cannot create {}", dir.display()), &e))?;
+        let lock = lock_dir(dir)?;
+        let rooms = dir.join("rooms");
+        fs::create_dir_all(&rooms).map_err(|e| StoreError::io(format!("cannot create {}", rooms.display()), &e))?;
+        let shared = Arc::new(Shared { queue: Mutex::new(Queue::default()), wake: Condvar::new(), stats: Stats::default() });
+        let mut writer = Writer {
+            rooms_dir: rooms.clone(),
+            opts,
+            shared: shared.clone(),
+            rooms: HashMap::new(),
+            dirty: Vec::new(),
+            last_sync: Instant::now(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("ringsync-store".into())
+            .spawn(move || writer.run())
+            .map_err(|e| StoreError::io("cannot start the store's writer thread", &e))?;
+        Ok(Arc::new(FileStore { rooms, shared, thread: Mutex::new(Some(thread)), _lock: lock }))
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    fn room_dir(&self, room: &RoomId) -> PathBuf {
+        self.rooms.join(dir_name(room))
+    }
+
+    fn push(&self, op: Op) {
+        let mut queue = self.shared.queue.lock();
+        queue.ops.push(op);
+        self.shared.stats.queue_len.store(queue.ops.len() as u64, Ordering::Relaxed);
+        drop(queue);
+        self.shared.wake.notify_one();
+    }
+
+    /// Queues `op` (made with the reply's sender) and waits for the writer's reply.
+    fn call<T>(&self, op: impl FnOnce(mpsc::SyncSender<T>) -> Op) -> Option<T> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.push(op(tx));
+        rx.recv().ok()
+    }
+}
+
+impl Drop for FileStore {
+    fn drop(&mut self) {
+        self.shared.queue.lock().stop = true;
+        self.shared.wake.notify_one();
+        // The last handle may go on the writer thread itself (a room dropped by a journal
+        // callback): it then stops after this round, unjoined.
+        if let Some(thread) = self.thread.lock().take()
+            && thread.thread().id() != std::thread::current().id()
+            && thread.join().is_err()
+        {
+            tracing::error!("store: the writer thread panicked");
+        }
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join("LOCK");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StoreError::io(format!("cannot open {}", path.display()), &e))?;
+    match file.try_lock() {
+        Ok(()) => {
+            let pid = format!("{}\n", std::process::id());
+            file.set_len(0)
+                .and_then(|()| file.write_all(pid.as_bytes()))
+                .and_then(|()| file.sync_data())
+                .map_err(|e| StoreError::io(format!("cannot write {}", path.display()), &e))?;
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let holder = if holder.is_empty() { "unknown" } else { holder };
+            Err(StoreError(format!(
+                "data directory {} is in use by another ringsync (pid {holder}); stop it or use another --data-dir",
+                dir.display()
+            )))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::io(format!("cannot lock {}", path.display()), &e)),
+    }
+}
+
+/// A room's log as handed to the room.
+struct Log {
+    store: Arc<FileStore>,
+    room: RoomId,
+}
+
+impl RoomLog for Log {
+    fn append(&self, generation: u64, record: Record) {
+        self.store.push(Op::Append { room: self.room.clone(), generation, record });
+    }
+
+    fn snapshot(&self, data: SnapshotData) {
+        self.store.push(Op::Snapshot { room: self.room.clone(), data });
+    }
+}
+
+impl Store for Arc<FileStore> {
+    /// Reads a room back, cutting damage. Call it for a room that is not open (its log closed).
+    fn load(&self, room: &RoomId, keep: usize) -> Result<Option<Loaded>, StoreError> {
+        let dir = self.room_dir(room);
+        let opts = ScanOpts { cut: true, keep: Some(keep as u64), collect: true };
+        let Some(scan) = scan_room(room.as_str(), &dir, opts)? else { return Ok(None) };
+        let stats = &self.shared.stats;
+        Stats::add(&stats.damaged_records, scan.damaged_records);
+        Stats::add(&stats.damaged_snapshots, scan.damaged_snapshots);
+        for damage in &scan.damage {
+            tracing::warn!(room = %room, "store: {damage}");
+        }
+        let epoch = scan.epoch.unwrap_or_default();
+        Ok(Some(Loaded { epoch, snapshot: scan.snapshot, records: scan.records, damage: scan.damage }))
+    }
+
+    fn open(&self, room: &RoomId, epoch: &str, journal: Weak<dyn Journal>) -> Arc<dyn RoomLog> {
+        self.push(Op::Open { room: room.clone(), epoch: epoch.to_string(), journal });
+        Arc::new(Log { store: self.clone(), room: room.clone() })
+    }
+
+    fn changes(&self, room: &RoomId, after: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
+        let mut out: Vec<Record> = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let dir = self.room_dir(room);
+        let Some(listing) = list(&dir)? else { return Ok(out) };
+        let start = listing.segments.iter().rposition(|&first| first <= after.saturating_add(1)).unwrap_or(0);
+        for &first in &listing.segments[start..] {
+            let path = dir.join(segment_name(first));
+            let buf = match fs::read(&path) {
+                Ok(buf) => buf,
+                // Deleted since the listing (it held older records than what is left).
+                Err(e) if e.kind() == io::ErrorKind::NotFound && out.is_empty() => continue,
+                Err(e) => return Err(StoreError::io(format!("cannot read {}", path.display()), &e)),
+            };
+            let Ok((_, mut offset)) = codec::decode_header(&buf, LOG_MAGIC) else { return Ok(out) };
+            // Whole frames only: a frame being written, or damage, ends what is served.
+            while let Ok(Some((record, next))) = codec::decode_frame::<Record>(&buf, offset) {
+                offset = next;
+                if record.rev <= after {
+                    continue;
+                }
+                if out.last().is_some_and(|last| last.rev.saturating_add(1) != record.rev) {
+                    return Ok(out);
+                }
+                out.push(record);
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn oldest(&self, room: &RoomId) -> Option<u64> {
+        list(&self.room_dir(room)).ok().flatten().and_then(|l| l.segments.first().copied())
+    }
+
+    fn delete(&self, room: &RoomId) -> Result<(), StoreError> {
+        self.shared.queue.lock().ops.retain(|op| match op {
+            Op::Append { room: r, .. } | Op::Snapshot { room: r, .. } => r != room,
+            _ => true,
+        });
+        self.call(|done| Op::Delete { room: room.clone(), done })
+            .unwrap_or_else(|| Err(StoreError("the store's writer thread is gone".into())))
+    }
+
+    fn close(&self, room: &RoomId) {
+        self.call(|done| Op::Close { room: room.clone(), done });
+    }
+
+    fn flush(&self) {
+        self.call(|done| Op::Flush { done });
+    }
+}
+
+/// The segment a room appends to.
+struct Segment {
+    first: u64,
+    file: File,
+    path: PathBuf,
+    /// Bytes of whole frames in it (where the next write goes).
+    len: u64,
+    /// The revision its next record must have.
+    next: u64,
+}
+
+/// What the writer knows of a room's files (`None` in [`RoomState::files`] until read).
+struct Files {
+    last_rev: Option<u64>,
+    snap_rev: Option<u64>,
+    snapshots: Vec<u64>,
+    segments: Vec<u64>,
+    seg: Option<Segment>,
+}
+
+impl Files {
+    /// The revision the room's next record must have.
+    fn next_rev(&self) -> u64 {
+        self.last_rev.map_or(1, |l| l.saturating_add(1)).max(self.snap_rev.map_or(1, |s| s.saturating_add(1)))
+    }
+}
+
+struct RoomState {
+    dir: PathBuf,
+    epoch: String,
+    journal: Weak<dyn Journal>,
+    /// The generation whose append failed: its later records are dropped.
+    failed_gen: Option<u64>,
+    files: Option<Files>,
+    /// Written but not yet synced (`Fsync::Batch`).
+    dirty: bool,
+    /// A failed write that could not be cut: retried before the room's files are read again.
+    pending_truncate: Option<(PathBuf, u64)>,
+}
+
+struct NoJournal;
+impl Journal for NoJournal {
+    fn written(&self, _rev: u64) {}
+    fn failed(&self, _generation: u64, _rev: u64, _error: &StoreError) {}
+}
+
+/// A room's part of one round, to report once synced.
+struct Written {
+    last: u64,
+    /// Each generation in the batch with its first revision.
+    gens: Vec<(u64, u64)>,
+    old_len: u64,
+    old_last: Option<u64>,
+    created: bool,
+}
+
+/// The writer thread's state.
+struct Writer {
+    rooms_dir: PathBuf,
+    opts: FileOptions,
+    shared: Arc<Shared>,
+    rooms: HashMap<RoomId, RoomState>,
+    /// Rooms with unsynced writes (`Fsync::Batch`).
+    dirty: Vec<RoomId>,
+    last_sync: Instant,
+}
+
+type Batch = Vec<(u64, Record)>;
+
+impl Writer {
+    fn run(&mut self) {
+        loop {
+            let (ops, stop) = {
+                let mut queue = self.shared.queue.lock();
+                while queue.ops.is_empty() && !queue.stop {
+                    if self.opts.fsync == Fsync::Batch && !self.dirty.is_empty() {
+                        let deadline = self.last_sync + self.opts.fsync_interval;
+                        if Instant::now() >= deadline {
+                            break;
+                        }
+                        self.shared.wake.wait_until(&mut queue, deadline);
+                    } else {
+                        self.shared.wake.wait(&mut queue);
+                    }
+                }
+                self.shared.stats.queue_len.store(0, Ordering::Relaxed);
+                (std::mem::take(&mut queue.ops), queue.stop)
+            };
+            self.round(ops);
+            if self.opts.fsync == Fsync::Batch && self.last_sync.elapsed() >= self.opts.fsync_interval {
+                self.sync_dirty();
+            }
+            if stop {
+                self.sync_all();
+                return;
+            }
+        }
+    }
+
+    fn round(&mut self, ops: Vec<Op>) {
+        let mut pending: Vec<(RoomId, Batch)> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Append { room, generation, record } => match pending.iter_mut().find(|(r, _)| *r == room) {
+                    Some((_, batch)) => batch.push((generation, record)),
+                    None => pending.push((room, vec![(generation, record)])),
+                },
+                Op::Open { room, epoch, journal } => {
+                    self.commit(take_room(&mut pending, &room));
+                    let state = self.state(&room);
+                    state.epoch = epoch;
+                    state.journal = journal;
+                    state.failed_gen = None;
+                }
+                Op::Snapshot { room, data } => {
+                    self.commit(take_room(&mut pending, &room));
+                    self.write_snapshot(&room, &data);
+                }
+                Op::Flush { done } => {
+                    self.commit(std::mem::take(&mut pending));
+                    self.sync_all();
+                    let _ = done.send(());
+                }
+                Op::Close { room, done } => {
+                    self.commit(take_room(&mut pending, &room));
+                    if let Some(state) = self.rooms.get_mut(&room) {
+                        sync_room(&self.shared.stats, &room, state);
+                        state.files = None;
+                    }
+                    let _ = done.send(());
+                }
+                Op::Delete { room, done } => {
+                    drop(take_room(&mut pending, &room));
+                    self.rooms.remove(&room);
+                    self.dirty.retain(|r| *r != room);
+                    let dir = self.rooms_dir.join(dir_name(&room));
+                    let result = match fs::remove_dir_all(&dir) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                            Err(StoreError::io(format!("cannot remove {}", dir.display()), &e))
+                        }
+                        _ => Ok(()),
+                    };
+                    let _ = done.send(result);
+                }
+            }
+        }
+        self.commit(pending);
+    }
+
+    fn state(&mut self, room: &RoomId) -> &mut RoomState {
+        let dir = self.rooms_dir.join(dir_name(room));
+        self.rooms.entry(room.clone()).or_insert_with(|| RoomState {
+            dir,
+            epoch: String::new(),
+            journal: Weak::<NoJournal>::new(),
+            failed_gen: None,
+            files: None,
+            dirty: false,
+            pending_truncate: None,
+        })
+    }
+
+    /// Writes each room's batch, syncs as the policy says, then reports.
+    fn commit(&mut self, batches: Vec<(RoomId, Batch)>) {
+        let mut reports = Vec::with_capacity(batches.len());
+        for (room, batch) in batches {
+            let (written, failures) = self.write_room(&room, batch);
+            reports.push((room, written, failures));
+        }
+        for (room, written, mut failures) in reports {
+            let Some(state) = self.rooms.get_mut(&room) else { continue };
+            let mut done = None;
+            if let Some(w) = written {
+                let synced = match (self.opts.fsync, state.files.as_ref().and_then(|f| f.seg.as_ref())) {
+                    (Fsync::Always, Some(seg)) => self.shared.stats.sync(&seg.file).map_err(|e| (seg.path.clone(), seg.len, e)),
+                    _ => Ok(()),
+                };
+                match synced {
+                    Ok(()) => done = Some(w.last),
+                    Err((path, at, e)) => {
+                        tracing::error!(room = %room, file = %path.display(), offset = at, error = %e, "store: fsync failed");
+                        let error = StoreError::io(format!("room {room}: cannot sync {}", path.display()), &e);
+                        undo(state, &w);
+                        fail_gens(state, &w.gens, &error, &mut failures);
+                    }
+                }
+            }
+            let Some(journal) = state.journal.upgrade() else { continue };
+            if let Some(last) = done {
+                journal.written(last);
+            }
+            for (generation, rev, error) in failures {
+                journal.failed(generation, rev, &error);
+            }
+        }
+    }
+
+    /// Writes one room's records of the round with one `write_all`: what was written (to report
+    /// once synced) and the failures to report after it.
+    fn write_room(&mut self, room: &RoomId, batch: Batch) -> (Option<Written>, Vec<(u64, u64, StoreError)>) {
+        let shared = self.shared.clone();
+        let stats = &shared.stats;
+        let fsync = self.opts.fsync;
+        let rooms_dir = self.rooms_dir.clone();
+        self.state(room);
+        let Some(state) = self.rooms.get_mut(room) else { return (None, Vec::new()) };
+        let mut failures = Vec::new();
+        if let Err(e) = ensure_files(room, state, stats) {
+            tracing::error!(room = %room, error = %e, "store: cannot read the room's files");
+            fail_all(state, &batch, &e, &mut failures);
+            return (None, failures);
+        }
+        let Some(files) = state.files.as_mut() else { return (None, failures) };
+        let mut expected = files.next_rev();
+        let mut buf = Vec::new();
+        let mut gens: Vec<(u64, u64)> = Vec::new();
+        let mut last = None;
+        for (generation, record) in batch {
+            if state.failed_gen == Some(generation) {
+                continue;
+            }
+            let rev = record.rev;
+            if rev != expected {
+                let e = StoreError(format!("room {room}: record {rev} out of order (expected {expected})"));
+                failures.push((generation, rev, e));
+                state.failed_gen = Some(generation);
+                continue;
+            }
+            if let Err(e) = codec::encode_record(&record, &mut buf) {
+                failures.push((generation, rev, e));
+                state.failed_gen = Some(generation);
+                continue;
+            }
+            if gens.last().is_none_or(|&(g, _)| g != generation) {
+                gens.push((generation, rev));
+            }
+            expected = expected.saturating_add(1);
+            last = Some(rev);
+        }
+        let (Some(last), Some(&(_, first_rev))) = (last, gens.first()) else { return (None, failures) };
+        let count = last - first_rev + 1;
+
+        // The segment: the open one when it continues, else a new one named by the first rev.
+        let mut created = false;
+        if files.seg.as_ref().is_none_or(|s| s.next != first_rev || s.len >= MAX_SEGMENT) {
+            if let Some(old) = files.seg.take()
+                && state.dirty
+                && fsync != Fsync::Never
+                && let Err(e) = stats.sync(&old.file)
+            {
+                tracing::error!(room = %room, file = %old.path.display(), error = %e, "store: fsync failed");
+            }
+            match create_segment(&rooms_dir, &state.dir, room, &state.epoch, first_rev, fsync, stats) {
+                Ok(seg) => {
+                    files.segments.push(first_rev);
+                    files.seg = Some(seg);
+                    created = true;
+                }
+                Err(e) => {
+                    Stats::add(&stats.write_failures, 1);
+                    tracing::error!(room = %room, error = %e, "store: cannot create a log segment");
+                    fail_gens(state, &gens, &e, &mut failures);
+                    return (None, failures);
+                }
+            }
+        }
+        let Some(seg) = files.seg.as_mut() else { return (None, failures) };
+        let old_len = seg.len;
+        let wrote = seg.file.seek(SeekFrom::Start(old_len)).and_then(|_| seg.file.write_all(&buf));
+        let w = Written { last, gens, old_len, old_last: files.last_rev, created };
+        if let Err(e) = wrote {
+            Stats::add(&stats.write_failures, 1);
+            tracing::error!(room = %room, file = %seg.path.display(), offset = old_len, error = %e, "store: write failed");
+            let error = StoreError::io(format!("room {room}: cannot write {}", seg.path.display()), &e);
+            undo(state, &w);
+            let gens = w.gens;
+            fail_gens(state, &gens, &error, &mut failures);
+            return (None, failures);
+        }
+        seg.len += buf.len() as u64;
+        seg.next = last.saturating_add(1);
+        files.last_rev = Some(last);
+        Stats::add(&stats.appends_written, count);
+        Stats::add(&stats.bytes_written, buf.len() as u64);
+        if fsync == Fsync::Batch && !state.dirty {
+            state.dirty = true;
+            self.dirty.push(room.clone());
+        }
+        (Some(w), failures)
+    }
+
+    fn write_snapshot(&mut self, room: &RoomId, data: &SnapshotData) {
+        let shared = self.shared.clone();
+        let stats = &shared.stats;
+        let fsync = self.opts.fsync;
+        let retain = self.opts.retain;
+        let rooms_dir = self.rooms_dir.clone();
+        self.state(room);
+        let Some(state) = self.rooms.get_mut(room) else { return };
+        if let Err(e) = ensure_files(room, state, stats) {
+            tracing::error!(room = %room, error = %e, "store: cannot read the room's files; snapshot not written");
+            return;
+        }
+        let Some(files) = state.files.as_ref() else { return };
+        if files.last_rev.is_some_and(|last| last < data.rev) {
+            // The records it covers failed: the room rolled them back.
+            tracing::debug!(room = %room, rev = data.rev, "store: snapshot ahead of the log dropped");
+            return;
+        }
+        // The records it covers reach the disk before it does.
+        if fsync != Fsync::Never {
+            sync_room(stats, room, state);
+        }
+        let rev = data.rev;
+        let tmp = state.dir.join(format!("snap-{rev:020}.tmp"));
+        let path = state.dir.join(snapshot_name(rev));
+        let written = (|| {
+            let mut buf = Vec::new();
+            codec::encode_snapshot(room.as_str(), data, &mut buf)?;
+            let io = |what: &str, e: io::Error| StoreError::io(format!("cannot {what} {}", tmp.display()), &e);
+            make_room_dir(&rooms_dir, &state.dir, fsync)?;
+            let mut file = File::create(&tmp).map_err(|e| io("create", e))?;
+            file.write_all(&buf).map_err(|e| io("write", e))?;
+            if fsync != Fsync::Never {
+                stats.sync(&file).map_err(|e| io("sync", e))?;
+            }
+            fs::rename(&tmp, &path).map_err(|e| io("rename", e))?;
+            if fsync != Fsync::Never {
+                sync_dir(&state.dir).map_err(|e| io("sync the directory of", e))?;
+            }
+            Ok::<u64, StoreError>(buf.len() as u64)
+        })();
+        match written {
+            Ok(bytes) => {
+                Stats::add(&stats.snapshots_written, 1);
+                Stats::add(&stats.bytes_written, bytes);
+            }
+            Err(e) => {
+                Stats::add(&stats.write_failures, 1);
+                tracing::error!(room = %room, file = %tmp.display(), error = %e, "store: snapshot not written");
+                let _ = fs::remove_file(&tmp);
+                return;
+            }
+        }
+        let Some(files) = state.files.as_mut() else { return };
+        if !files.snapshots.contains(&rev) {
+            files.snapshots.push(rev);
+            files.snapshots.sort_unstable();
+        }
+        files.snap_rev = files.snap_rev.max(Some(rev));
+        // Rotate: the next append starts a new segment, so whole segments fall behind snapshots.
+        files.seg = None;
+        state.dirty = false;
+
+        // Keep the two newest snapshots and the log from the older one (and `retain` records
+        // before the newest) on.
+        let n = files.snapshots.len();
+        if n < 2 {
+            return;
+        }
+        for old in files.snapshots.drain(..n - 2) {
+            let path = state.dir.join(snapshot_name(old));
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!(room = %room, file = %path.display(), error = %e, "store: cannot delete an old snapshot");
+            }
+        }
+        let (older, newest) = (files.snapshots[0], files.snapshots[1]);
+        let bound = older.min(newest.saturating_sub(retain));
+        while files.segments.len() >= 2 && files.segments[1] - 1 <= bound {
+            let path = state.dir.join(segment_name(files.segments[0]));
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!(room = %room, file = %path.display(), error = %e, "store: cannot delete an old segment");
+                break;
+            }
+            files.segments.remove(0);
+            Stats::add(&stats.segments_deleted, 1);
+        }
+    }
+
+    /// `Fsync::Batch`'s periodic sync.
+    fn sync_dirty(&mut self) {
+        for room in std::mem::take(&mut self.dirty) {
+            if let Some(state) = self.rooms.get_mut(&room) {
+                sync_room(&self.shared.stats, &room, state);
+            }
+        }
+        self.last_sync = Instant::now();
+    }
+
+    /// Syncs every room's open segment (flush and stop, in every mode).
+    fn sync_all(&mut self) {
+        for (room, state) in &mut self.rooms {
+            sync_room(&self.shared.stats, room, state);
+        }
+        self.dirty.clear();
+        self.last_sync = Instant::now();
+    }
+}
+
+fn take_room(pending: &mut Vec<(RoomId, Batch)>, room: &RoomId) -> Vec<(RoomId, Batch)> {
+    match pending.iter().position(|(r, _)| r == room) {
+        Some(i) => vec![pending.remove(i)],
+        None => Vec::new(),
+    }
+}
+
+/// Syncs the room's open segment if anything was written to it since its last sync.
+fn sync_room(stats: &Stats, room: &RoomId, state: &mut RoomState) {
+    let Some(seg) = state.files.as_ref().and_then(|f| f.seg.as_ref()) else { return };
+    if let Err(e) = stats.sync(&seg.file) {
+        // Acknowledged records may not be on disk; the next read of the room decides.
+        tracing::error!(room = %room, file = %seg.path.display(), offset = seg.len, error = %e, "store: fsync failed");
+        state.files = None;
+    }
+    state.dirty = false;
+}
+
+/// Reads the room's files once (after opening or a failure).
+fn ensure_files(room: &RoomId, state: &mut RoomState, stats: &Stats) -> Result<(), StoreError> {
+    if state.files.is_some() {
+        return Ok(());
+    }
+    if let Some((path, len)) = state.pending_truncate.take() {
+        if let Err(e) = truncate(&path, len) {
+            state.pending_truncate = Some((path, len));
+            return Err(e);
+        }
+    }
+    let opts = ScanOpts { cut: true, keep: Some(0), collect: false };
+    let files = match scan_room(room.as_str(), &state.dir, opts)? {
+        None => Files { last_rev: None, snap_rev: None, snapshots: Vec::new(), segments: Vec::new(), seg: None },
+        Some(scan) => {
+            Stats::add(&stats.damaged_records, scan.damaged_records);
+            Stats::add(&stats.damaged_snapshots, scan.damaged_snapshots);
+            for damage in &scan.damage {
+                tracing::warn!(room = %room, "store: {damage}");
+            }
+            let seg = match scan.tail {
+                Some((first, len, next)) if scan.segments.last() == Some(&first) => {
+                    let path = state.dir.join(segment_name(first));
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(|e| StoreError::io(format!("cannot open {}", path.display()), &e))?;
+                    Some(Segment { first, file, path, len, next })
+                }
+                _ => None,
+            };
+            Files {
+                last_rev: scan.last_rev,
+                snap_rev: scan.snapshot.map(|s| s.rev),
+                snapshots: scan.snapshots,
+                segments: scan.segments,
+                seg,
+            }
+        }
+    };
+    state.files = Some(files);
+    Ok(())
+}
+
+/// Creates the room's directory (and syncs its parent) when it is missing.
+fn make_room_dir(rooms_dir: &Path, dir: &Path, fsync: Fsync) -> Result<(), StoreError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).map_err(|e| StoreError::io(format!("cannot create {}", dir.display()), &e))?;
+    if fsync != Fsync::Never {
+        sync_dir(rooms_dir).map_err(|e| StoreError::io(format!("cannot sync {}", rooms_dir.display()), &e))?;
+    }
+    Ok(())
+}
+
+/// A new segment, its header written (and its directory entry synced unless `Never`).
+fn create_segment(
+    rooms_dir: &Path,
+    dir: &Path,
+    room: &RoomId,
+    epoch: &str,
+    first: u64,
+    fsync: Fsync,
+    stats: &Stats,
+) -> Result<Segment, StoreError> {
+    make_room_dir(rooms_dir, dir, fsync)?;
+    let path = dir.join(segment_name(first));
+    let mut header = Vec::new();
+    let header_rec = codec::FileHeader { room: room.to_string(), epoch: epoch.to_string(), rev: first };
+    codec::encode_header(LOG_MAGIC, &header_rec, &mut header)?;
+    let made = (|| {
+        let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&path)?;
+        file.write_all(&header)?;
+        if fsync != Fsync::Never {
+            sync_dir(dir)?;
+        }
+        Ok::<File, io::Error>(file)
+    })();
+    match made {
+        Ok(file) => {
+            Stats::add(&stats.bytes_written, header.len() as u64);
+            Ok(Segment { first, file, path, len: header.len() as u64, next: first })
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&path);
+            Err(StoreError::io(format!("cannot create {}", path.display()), &e))
+        }
+    }
+}
+
+/// Takes back a write that failed (or whose sync failed): the new segment is removed, or the
+/// segment cut back to its length before; when even that fails the room's files are read
+/// again (after retrying the cut) before its next write.
+fn undo(state: &mut RoomState, w: &Written) {
+    let Some(files) = state.files.as_mut() else { return };
+    files.last_rev = w.old_last;
+    let Some(seg) = files.seg.take() else { return };
+    if w.created {
+        drop(seg.file);
+        files.segments.retain(|&s| s != seg.first);
+        if let Err(e) = fs::remove_file(&seg.path) {
+            tracing::error!(file = %seg.path.display(), error = %e, "store: cannot remove a failed segment");
+            state.pending_truncate = Some((seg.path, 0));
+            state.files = None;
+        }
+        return;
+    }
+    match seg.file.set_len(w.old_len) {
+        Ok(()) => {
+            files.seg = Some(Segment { next: w.gens.first().map_or(seg.next, |&(_, rev)| rev), ..seg });
+        }
+        Err(e) => {
+            tracing::error!(file = %seg.path.display(), offset = w.old_len, error = %e, "store: cannot cut a failed write");
+            state.pending_truncate = Some((seg.path, w.old_len));
+            state.files = None;
+        }
+    }
+}
+
+fn fail_gens(state: &mut RoomState, gens: &[(u64, u64)], error: &StoreError, failures: &mut Vec<(u64, u64, StoreError)>) {
+    failures.retain(|(g, _, _)| !gens.iter().any(|(wg, _)| wg == g));
+    let mut all: Vec<_> = gens.iter().map(|&(g, rev)| (g, rev, error.clone())).collect();
+    all.append(failures);
+    *failures = all;
+    if let Some(&(g, _)) = gens.last() {
+        state.failed_gen = Some(g);
+    }
+}
+
+/// Every generation in `batch` fails at its first record (the room's files cannot be read).
+fn fail_all(state: &mut RoomState, batch: &Batch, error: &StoreError, failures: &mut Vec<(u64, u64, StoreError)>) {
+    let mut gens: Vec<(u64, u64)> = Vec::new();
+    for (generation, record) in batch {
+        if state.failed_gen != Some(*generation) && gens.last().is_none_or(|&(g, _)| g != *generation) {
+            gens.push((*generation, record.rev));
+        }
+    }
+    fail_gens(state, &gens, error, failures);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_directory_names_reverse_and_stay_inside() {
+        for id in ["lobby", ".", "..", ".hidden", "a:b:c", ":x", "A-z_0.9", "..:.."] {
+            let room = RoomId::parse(id).unwrap();
+            let name = dir_name(&room);
+            assert!(name != "." && name != ".." && !name.starts_with('.') && !name.contains('/'), "{id} -> {name}");
+            assert_eq!(room_of_dir(&name), Some(room), "{id} -> {name}");
+        }
+        assert_eq!(room_of_dir("a:b"), None, "not a name dir_name makes");
+        assert_eq!(room_of_dir("a=b"), None);
+        assert_eq!(parse_rev(&segment_name(42), "log-", ".rsl"), Some(42));
+        assert_eq!(parse_rev("log-42.rsl", "log-", ".rsl"), None);
+    }
+
+    #[test]
+    fn fsync_names() {
+        for f in [Fsync::Always, Fsync::Batch, Fsync::Never] {
+            assert_eq!(f.as_str().parse::<Fsync>(), Ok(f));
+        }
+        assert!("sometimes".parse::<Fsync>().is_err());
+    }
+}

@@ -1,0 +1,437 @@
+//! The file store against real files in temporary directories: round trips through a restart,
+//! torn tails at every offset, a flipped byte, a damaged snapshot, rotation and retention,
+//! generations, fsync modes, the directory lock and the offline check.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use ringsync::ids::RoomId;
+use ringsync::store::codec::{self, LOG_MAGIC};
+use ringsync::store::file::{self, FileOptions, FileStore, Fsync};
+use ringsync::store::{Journal, Record, RoomLog, SnapshotData, Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ev {
+    Written(u64),
+    Failed(u64, u64),
+}
+
+/// Records what the store reports, and the store's fsync count at each `written`.
+#[derive(Default)]
+struct TestJournal {
+    events: Mutex<Vec<Ev>>,
+    fsyncs_at_written: Mutex<Vec<u64>>,
+    store: Mutex<Option<Weak<FileStore>>>,
+    cv: Condvar,
+}
+
+impl Journal for TestJournal {
+    fn written(&self, rev: u64) {
+        if let Some(store) = self.store.lock().as_ref().and_then(Weak::upgrade) {
+            self.fsyncs_at_written.lock().push(store.stats().fsyncs);
+        }
+        self.events.lock().push(Ev::Written(rev));
+        self.cv.notify_all();
+    }
+    fn failed(&self, generation: u64, rev: u64, _error: &StoreError) {
+        self.events.lock().push(Ev::Failed(generation, rev));
+        self.cv.notify_all();
+    }
+}
+
+impl TestJournal {
+    /// Waits (10 s at most) until `rev` is reported written.
+    fn wait_written(&self, rev: u64) {
+        let mut events = self.events.lock();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !events.iter().any(|e| matches!(e, Ev::Written(r) if *r >= rev)) {
+            assert!(!self.cv.wait_until(&mut events, deadline).timed_out(), "rev {rev} never written: {events:?}");
+        }
+    }
+    fn events(&self) -> Vec<Ev> {
+        self.events.lock().clone()
+    }
+}
+
+fn record(rev: u64) -> Record {
+    Record {
+        rev,
+        ts: 1_700_000_000_000 + rev,
+        author: 3,
+        session: Some(format!("sess-{}", rev % 3)),
+        user: None,
+        client_req_id: Some(rev),
+        kind: 0,
+        reverts: None,
+        ops: format!(r#"[{{"op":"replace","path":"/n","value":{rev}}}]"#),
+        inverse: format!(r#"[{{"op":"replace","path":"/n","value":{}}}]"#, rev - 1),
+        touched: vec!["/n".into()],
+        list_touched: vec![],
+        meta: None,
+        idempotency: None,
+    }
+}
+
+fn snapshot(rev: u64) -> SnapshotData {
+    SnapshotData {
+        epoch: "ep-1".into(),
+        rev,
+        ts: 1,
+        state: format!(r#"{{"n":{rev}}}"#),
+        sessions: vec![],
+        idempotency: vec![],
+        max_client: 3,
+    }
+}
+
+fn options(fsync: Fsync, retain: u64) -> FileOptions {
+    FileOptions { fsync, fsync_interval: Duration::from_millis(50), retain }
+}
+
+fn room() -> RoomId {
+    RoomId::parse("game:1").unwrap()
+}
+
+fn room_dir(dir: &Path) -> PathBuf {
+    dir.join("rooms").join("game+1")
+}
+
+fn segment(dir: &Path, first: u64) -> PathBuf {
+    room_dir(dir).join(format!("log-{first:020}.rsl"))
+}
+
+fn snapshot_file(dir: &Path, rev: u64) -> PathBuf {
+    room_dir(dir).join(format!("snap-{rev:020}.rss"))
+}
+
+/// Opens the room's log, reporting to a fresh journal.
+fn open(store: &Arc<FileStore>) -> (Arc<TestJournal>, Arc<dyn RoomLog>) {
+    let journal = Arc::new(TestJournal::default());
+    *journal.store.lock() = Some(Arc::downgrade(store));
+    let weak: Weak<dyn Journal> = Arc::downgrade(&(journal.clone() as Arc<dyn Journal>));
+    let log = store.open(&room(), "ep-1", weak);
+    (journal, log)
+}
+
+fn append(log: &Arc<dyn RoomLog>, generation: u64, revs: std::ops::RangeInclusive<u64>) {
+    for rev in revs {
+        log.append(generation, record(rev));
+    }
+}
+
+fn revs(records: &[Record]) -> Vec<u64> {
+    records.iter().map(|r| r.rev).collect()
+}
+
+fn range(a: u64, b: u64) -> Vec<u64> {
+    (a..=b).collect()
+}
+
+/// Offsets where each record of a segment file starts, and its length.
+fn frame_offsets(bytes: &[u8]) -> Vec<usize> {
+    let (_, mut at) = codec::decode_header(bytes, LOG_MAGIC).unwrap();
+    let mut out = Vec::new();
+    while let Some((_, next)) = codec::decode_frame::<Record>(bytes, at).unwrap() {
+        out.push(at);
+        at = next;
+    }
+    out.push(at);
+    out
+}
+
+#[test]
+fn records_and_snapshots_survive_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = FileStore::open_dir(tmp.path(), options(Fsync::Batch, 0)).unwrap();
+        assert_eq!(store.load(&room(), 10).unwrap(), None, "nothing stored yet");
+        let (journal, log) = open(&store);
+        append(&log, 0, 1..=10);
+        log.snapshot(snapshot(10));
+        append(&log, 0, 11..=20);
+        journal.wait_written(20);
+        assert!(journal.events().iter().all(|e| matches!(e, Ev::Written(_))));
+    }
+    let store = FileStore::open_dir(tmp.path(), options(Fsync::Batch, 0)).unwrap();
+    let loaded = store.load(&room(), 3).unwrap().unwrap();
+    assert_eq!(loaded.epoch, "ep-1");
+    assert_eq!(loaded.snapshot, Some(snapshot(10)));
+    assert_eq!(loaded.records, (8..=20).map(record).collect::<Vec<_>>(), "3 before the snapshot, all after");
+    assert!(loaded.damage.is_empty(), "{:?}", loaded.damage);
+    assert_eq!(revs(&store.load(&room(), 100).unwrap().unwrap().records), range(1, 20));
+    // The log goes on where it stopped.
+    let (journal, log) = open(&store);
+    append(&log, 0, 21..=21);
+    journal.wait_written(21);
+    assert_eq!(revs(&store.changes(&room(), 19, 10).unwrap()), vec![20, 21]);
+}
+
+#[test]
+fn a_torn_tail_at_any_offset_recovers_the_whole_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = FileStore::open_dir(tmp.path(), options(Fsync::Never, 0)).unwrap();
+        let (journal, log) = open(&store);
+        append(&log, 0, 1..=5);
+        journal.wait_written(5);
+    }
+    let path = segment(tmp.path(), 1);
+    let original = std::fs::read(&path).unwrap();
+    let offsets = frame_offsets(&original);
+    assert_eq!(offsets.len(), 6);
+    for cut in offsets[3]..original.len() {
+        std::fs::write(&path, &original[..cut]).unwrap();
+        let whole = offsets.iter().filter(|&&o| o <= cut).count() as u64 - 1;
+        let store = FileStore::open_dir(tmp.path(), options(Fsync::Never, 0)).unwrap();
+        let loaded = store.load(&room(), 0).unwrap().unwrap();
+        assert_eq!(revs(&loaded.records), range(1, whole), "cut at {cut}");
+        if offsets.contains(&cut) {
+            assert!(loaded.damage.is_empty(), "cut at a record boundary {cut}: {:?}", loaded.damage);
+        } else {
+            assert_eq!(loaded.damage.len(), 1, "cut at {cut}: {:?}", loaded.damage);
+            assert!(loaded.damage[0].contains("torn record at offset") && loaded.damage[0].contains("truncated"));
+            assert_eq!(store.stats().damaged_records, 1);
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), offsets[whole as usize] as u64, "cut back to whole records");
+        let (journal, log) = open(&store);
+        append(&log, 0, whole + 1..=whole + 1);
+        journal.wait_written(whole + 1);
+        assert_eq!(journal.events(), vec![Ev::Written(whole + 1)]);
+        drop(log);
+        drop(store);
+        let store = FileStore::open_dir(tmp.path(), options(Fsync::Never, 0)).unwrap();
+        let again = store.load(&room(), 0).unwrap().unwrap();
+        assert_eq!(revs(&again.records), range(1, whole + 1), "cut at {cut}, after the next append");
+        assert!(again.damage.is_empty());
+    }
+}
+
+#[test]
+fn a_flipped_byte_mid_log_cuts_there_and_sets_later_segments_aside() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = FileStore::open_dir(tmp.path(), options(Fsync::Batch, 0)).unwrap();
+        let (journal, log) = open(&store);
+        append(&log, 0, 1..=5);
+        log.snapshot(snapshot(5)); // rotates: 6.. go to a second segment
+        append(&log, 0, 6..=9);
+        journal.wait_written(9);
+    }
+    let first = segment(tmp.path(), 1);
+    assert!(segment(tmp.path(), 6).exists());
+    let mut bytes = std::fs::read(&first).unwrap();
+    let offsets = frame_offsets(&bytes);
+    let third = offsets[2];
+    bytes[third + 20] ^= 0x10;
+    std::fs::write(&first, &bytes).unwrap();
+
+    let store = FileStore::open_dir(tmp.path(), options(Fsync::Batch, 0)).unwrap();
+    let loaded = store.load(&room(), 100).unwrap().unwrap();
+    assert_eq!(revs(&loaded.records), vec![1, 2], "up to the record before the flipped byte");
+    assert_eq!(loaded.snapshot.map(|s| s.rev), Some(5));
+    let damage = loaded.damage.join("\n");
+    assert!(damage.contains(&format!("crc mismatch")) && damage.contains(&format!("offset {third}")), "{damage}");
+    assert!(damage.contains("log-00000000000000000006.rsl"), "{damage}");
+    assert!(!segment(tmp.path(), 6).exists());
+    assert!(room_dir(tmp.path()).join("log-00000000000000000006.rsl.damaged").exists());
+    assert_eq!(std::fs::metadata(&first).unwrap().len(), third as u64);
+    // The room resumes after its snapshot.
+    let (journal, log) = open(&store);
+    append(&log, 0, 6..=6);
+    journal.wait_written(6);
+}
+
+#[test]
+fn a_damaged_newest_snapshot_falls_back_to_the_previous_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = FileStore::open_dir(tmp.path(), options(Fsync::Always, 0)).unwrap();
+        let (journal, log) = open(&store);
+        append(&log, 0, 1..=4);
+        log.snapshot(snapshot(4));
+        append(&log, 0, 5..=8);
+        log.snapshot(snapshot(8));
+        append(&log, 0, 9..=10);
+        journal.wait_written(10);
+    }
+    let newest = snapshot_file(tmp.path(), 8);
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xFF;
+    std::fs::write(&newest, &bytes).unwrap();
+
+    let store = FileStore::open_dir(tmp.path(), options(Fsync::Always, 0)).unwrap();
+    let loaded = store.load(&room(), 0).unwrap().unwrap();
+    assert_eq!(loaded.snapshot, Some(snapshot(4)));
+    assert_eq!(revs(&loaded.records), range(5, 10), "the log still covers the older snapshot");
+    assert!(loaded.damage.iter().any(|d| d.contains("snap-00000000000000000008.rss")), "{:?}", loaded.damage);
+    assert_eq!(store.stats().damaged_snapshots, 1);
+}
+
+#[test]
+fn snapshots_rotate_segments_and_old_ones_go_except_what_retain_keeps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FileStore::open_dir(tmp.path(), options(Fsync::Batch, 3)).unwrap();
+    let (journal, log) = open(&store);
+    for chunk in 0..4 {
+        let first = chunk * 5 + 1;
+        append(&log, 0, first..=first + 4);
+        log.snapshot(snapshot(first + 4));
+    }
+    append(&log, 0, 21..=22);
+    journal.wait_written(22);
+    store.flush();
+    // Snapshots 15 and 20 are kept; the log from min(15, 20 - 3) on.
+    let mut names: Vec<String> =
+        std::fs::read_dir(room_dir(tmp.path())).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    let expected: Vec<String> = vec![
+        "log-00000000000000000016.rsl".into(),
+        "log-00000000000000000021.rsl".into(),
+        "snap-00000000000000000015.rss".into(),
+        "snap-00000000000000000020.rss".into(),
+    ];
+    assert_eq!(names, expected);
+    assert_eq!(store.stats().segments_deleted, 3);
+    assert_eq!(store.stats().snapshots_written, 4);
+    assert_eq!(store.oldest(&room()), Some(16));
+    assert_eq!(revs(&store.changes(&room(), 0, 100).unwrap()), range(16, 22));
+    assert_eq!(revs(&store.changes(&room(), 17, 2).unwrap()), vec![18, 19]);
+    assert_eq!(revs(&store.changes(&room(), 19, 100).unwrap()), vec![20, 21, 22]);
+    assert!(store.changes(&room(), 22, 100).unwrap().is_empty());
+    let loaded = store.load(&room(), 2).unwrap();
+    assert_eq!(revs(&loaded.unwrap().records), range(19, 22));
+}
+
+#[test]
+fn an_unexpected_rev_fails_its_generation_once_and_the_next_generation_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FileStore::open_dir(tmp.path(), options(Fsync::Batch, 0)).unwrap();
+    let (journal, log) = open(&store);
+    append(&log, 0, 1..=2);
+    journal.wait_written(2);
+    log.append(0, record(5)); // a gap
+    log.append(0, record(3)); // same generation: dropped
+    log.append(0, record(4));
+    store.flush();
+    assert_eq!(journal.events(), vec![Ev::Written(2), Ev::Failed(0, 5)]);
+    append(&log, 1, 3..=4);
+    journal.wait_written(4);
+    assert_eq!(journal.events(), vec![Ev::Written(2), Ev::Failed(0, 5), Ev::Written(4)]);
+    // A snapshot ahead of the log (its records failed) is dropped.
+    log.snapshot(snapshot(9));
+    store.flush();
+    assert!(!snapshot_file(tmp.path(), 9).exists());
+    assert_eq!(revs(&store.changes(&room(), 0, 10).unwrap()), range(1, 4));
+}
+
+#[test]
+fn fsync_always_syncs_before_written_and_never_only_on_flush() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = FileStore::open_dir(tmp.path(), options(Fsync::Always, 0)).unwrap();
+        let (journal, log) = open(&store);
+        append(&log, 0, 1..=3);
+        journal.wait_written(3);
+        let at_written = journal.fsyncs_at_written.lock().clone();
+        assert!(!at_written.is_empty() && at_written.iter().all(|&n| n >= 1), "{at_written:?}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FileStore::open_dir(tmp.path(), options(Fsync::Never, 0)).unwrap();
+    let (journal, log) = open(&store);
+    append(&log, 0, 1..=3);
+    journal.wait_written(3);
+    assert_eq!(store.stats().fsyncs, 0);
+    assert_eq!(store.stats().appends_written, 3);
+    store.flush();
+    assert!(store.stats().fsyncs >= 1);
+}
+
+#[test]
+fn fsync_batch_syncs_within_its_interval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FileStore::open_dir(tmp.path(), options(Fsync::Batch, 0)).unwrap();
+    let (journal, log) = open(&store);
+    append(&log, 0, 1..=3);
+    journal.wait_written(3);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.stats().fsyncs == 0 {
+        assert!(std::time::Instant::now() < deadline, "the batch sync never came");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_second_store_on_the_same_directory_is_refused_naming_it_and_us() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _first = FileStore::open_dir(tmp.path(), options(Fsync::Batch, 0)).unwrap();
+    let Err(e) = FileStore::open_dir(tmp.path(), options(Fsync::Batch, 0)) else { panic!("a second store opened") };
+    let message = e.to_string();
+    assert!(message.contains(&tmp.path().display().to_string()), "{message}");
+    assert!(message.contains(&format!("pid {}", std::process::id())), "{message}");
+    drop(_first);
+    assert!(FileStore::open_dir(tmp.path(), options(Fsync::Batch, 0)).is_ok(), "the lock goes with the store");
+}
+
+#[test]
+fn close_and_delete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FileStore::open_dir(tmp.path(), options(Fsync::Never, 0)).unwrap();
+    let (journal, log) = open(&store);
+    append(&log, 0, 1..=3);
+    store.close(&room());
+    assert!(journal.events().contains(&Ev::Written(3)));
+    assert!(store.stats().fsyncs >= 1, "close syncs");
+    // Appends after a close reopen the segment and go on.
+    append(&log, 0, 4..=4);
+    journal.wait_written(4);
+    assert_eq!(revs(&store.changes(&room(), 0, 10).unwrap()), range(1, 4));
+    store.delete(&room()).unwrap();
+    assert!(!room_dir(tmp.path()).exists());
+    assert_eq!(store.load(&room(), 0).unwrap(), None);
+    assert_eq!(store.oldest(&room()), None);
+}
+
+fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(all_files(&path));
+        } else {
+            out.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn check_reports_damage_and_modifies_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = FileStore::open_dir(tmp.path(), options(Fsync::Batch, 0)).unwrap();
+        let (journal, log) = open(&store);
+        append(&log, 0, 1..=3);
+        log.snapshot(snapshot(3));
+        append(&log, 0, 4..=6);
+        journal.wait_written(6);
+    }
+    let seg = segment(tmp.path(), 4);
+    let len = std::fs::metadata(&seg).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    file.set_len(len - 3).unwrap();
+    drop(file);
+    let before = all_files(tmp.path());
+    let reports = file::check(tmp.path()).unwrap();
+    assert_eq!(all_files(tmp.path()), before, "check is read-only");
+    assert_eq!(reports.len(), 1);
+    let r = &reports[0];
+    assert_eq!((r.room.as_str(), r.epoch.as_str()), ("game:1", "ep-1"));
+    assert_eq!((r.snapshot_rev, r.first_rev, r.last_rev, r.records), (Some(3), Some(1), Some(5), 5));
+    assert!(r.bytes > 0);
+    assert_eq!(r.damage.len(), 1, "{:?}", r.damage);
+    assert!(r.damage[0].contains("torn record") && r.damage[0].contains("would be truncated"), "{:?}", r.damage);
+}
