@@ -379,9 +379,19 @@ fn close(app: &App, id: &RoomId, peer: Option<SocketAddr>) -> Response<Body> {
 /// `DELETE /v1/admin/rooms/{room}`: the room leaves the registry (retired first, so nothing more
 /// commits to it), every connection closes with 4011 and every session of it ends; the next use
 /// of the name creates a fresh room with a new epoch.
-fn delete(app: &App, id: &RoomId, peer: Option<SocketAddr>) -> Response<Body> {
-    let Some(room) = app.rooms.remove(id) else {
+pub fn delete(app: &App, id: &RoomId, peer: Option<SocketAddr>) -> Response<Body> {
+    // A stored room not in memory is loaded first, so its sessions are found and ended too.
+    if app.rooms.get(id).is_none() {
         return no_room(id);
+    }
+    let room = match app.rooms.remove(id) {
+        Ok(Some(room)) => room,
+        Ok(None) => return no_room(id),
+        Err(e) => {
+            tracing::error!(room = %id, error = %e, "cannot delete the room's stored data");
+            let message = format!("the room left memory but its stored data could not be deleted: {e}");
+            return json_error(ErrorCode::Unavailable, &message);
+        }
     };
     let closed = close_all(app, &room, CloseReason::RoomDeleted, true);
     AdminAction::Delete.count();
@@ -396,7 +406,7 @@ fn close_all(app: &App, room: &std::sync::Arc<Room>, reason: CloseReason, end: b
 }
 
 fn no_room(id: &RoomId) -> Response<Body> {
-    json_error(ErrorCode::NotFound, &format!("no room {id} in memory"))
+    json_error(ErrorCode::NotFound, &format!("no room {id}"))
 }
 
 #[cfg(test)]

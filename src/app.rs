@@ -22,7 +22,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
 use crate::auth::Authenticator;
-use crate::config::{AdminToken, Config};
+use crate::config::{AdminToken, Config, FsyncMode};
 use crate::guard::Guard;
 use crate::ids::RoomId;
 use crate::memory::Budget;
@@ -31,6 +31,7 @@ use crate::protocol::{ChangeKind, ErrorCode, Reject};
 use crate::room::{Change, ChangeRequest, Room};
 use crate::rooms::{NoNewRoom, Rooms};
 use crate::session::{SessionLimits, Sessions};
+use crate::store::file::{FileOptions, FileStore, Fsync};
 
 /// Everything the request handlers share.
 pub struct App {
@@ -38,6 +39,9 @@ pub struct App {
     /// Verifies tokens (open mode without a `--jwt-*` key); built once at start.
     pub auth: Authenticator,
     pub rooms: Rooms,
+    /// The data directory's store (`None` with `--memory-only`); the rooms hold it as their
+    /// [`Store`](crate::store::Store), this handle is for its statistics and shutdown flush.
+    pub file_store: Option<Arc<FileStore>>,
     pub sessions: Arc<Sessions>,
     pub metrics: PrometheusHandle,
     /// The admin API's secret (`--admin-token-file`), read once at start.
@@ -79,10 +83,30 @@ impl App {
     pub fn try_new(config: Config) -> Result<Arc<App>, String> {
         let auth = Authenticator::from_config(&config)?;
         let admin_token = config.read_admin_token()?;
+        let mut rooms =
+            Rooms::with_budget(config.room_config(), config.max_rooms, Budget::new(config.max_memory));
+        let file_store = if config.memory_only {
+            None
+        } else {
+            let options = FileOptions {
+                fsync: match config.fsync {
+                    FsyncMode::Always => Fsync::Always,
+                    FsyncMode::Batch => Fsync::Batch,
+                    FsyncMode::Never => Fsync::Never,
+                },
+                fsync_interval: config.fsync_interval,
+                retain: config.retain_history.max(config.history as u64),
+            };
+            let store =
+                FileStore::open_dir(&config.data_dir, options).map_err(|e| format!("--data-dir: {e}"))?;
+            rooms = rooms.with_store(Arc::new(store.clone()));
+            Some(store)
+        };
         Ok(Arc::new(App {
             auth,
             admin_token,
-            rooms: Rooms::with_budget(config.room_config(), config.max_rooms, Budget::new(config.max_memory)),
+            file_store,
+            rooms,
             sessions: Arc::new(Sessions::new(SessionLimits::from(&config))),
             metrics: m::install(),
             guard: Guard::new(&config),
@@ -184,6 +208,9 @@ impl App {
         metrics::gauge!(m::MEMORY_LIMIT).set(budget.limit() as f64);
         metrics::gauge!(m::MEMORY_HISTORY).set(budget.history() as f64);
         metrics::counter!(m::HISTORY_SHED).absolute(budget.shed_total());
+        if let Some(store) = &self.file_store {
+            m::publish_store(&store.stats());
+        }
     }
 
     /// Commits a change to `room`, recording the outcome in the metrics. Every write, over a

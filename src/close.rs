@@ -55,13 +55,15 @@ pub enum CloseReason {
     RoomClosed,
     /// 4011: an operator deleted the room (admin API); the next connection gets a fresh room.
     RoomDeleted,
+    /// 4012: the room is stored but its data cannot be read back (see the server's log).
+    RoomUnreadable,
     /// 4429: the client kept sending past its rate limits (more than `--rate-limit-strikes`
     /// rate-limited messages within `--rate-limit-window`).
     RateLimited,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 20] = [
+    pub const ALL: [CloseReason; 21] = [
         CloseReason::Normal,
         CloseReason::Idle,
         CloseReason::Shutdown,
@@ -81,6 +83,7 @@ impl CloseReason {
         CloseReason::Kicked,
         CloseReason::RoomClosed,
         CloseReason::RoomDeleted,
+        CloseReason::RoomUnreadable,
         CloseReason::RateLimited,
     ];
 
@@ -102,6 +105,7 @@ impl CloseReason {
             CloseReason::Kicked => 4009,
             CloseReason::RoomClosed => 4010,
             CloseReason::RoomDeleted => 4011,
+            CloseReason::RoomUnreadable => 4012,
             CloseReason::SlowClient | CloseReason::Gone => 1006,
             CloseReason::RateLimited => 4429,
         }
@@ -129,6 +133,7 @@ impl CloseReason {
             CloseReason::Kicked => "kicked by an operator",
             CloseReason::RoomClosed => "room closed by an operator",
             CloseReason::RoomDeleted => "room deleted by an operator",
+            CloseReason::RoomUnreadable => "the room's stored data cannot be read",
             CloseReason::RateLimited => "rate limited: too many messages over the limit",
         }
     }
@@ -155,6 +160,7 @@ impl CloseReason {
             CloseReason::Kicked => "kicked",
             CloseReason::RoomClosed => "room_closed",
             CloseReason::RoomDeleted => "room_deleted",
+            CloseReason::RoomUnreadable => "room_unreadable",
             CloseReason::RateLimited => "rate_limited",
         }
     }

@@ -25,7 +25,19 @@ pub enum LogFormat {
     Json,
 }
 
-/// ringsync: an in-memory delta-sync server (rooms of JSON state, deltas or snapshots per client).
+/// `--fsync`: when a change's record is flushed to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum FsyncMode {
+    /// Before the ack (group commit).
+    Always,
+    /// At most every `--fsync-interval`.
+    #[default]
+    Batch,
+    /// When the OS decides.
+    Never,
+}
+
+/// ringsync: a delta-sync server (rooms of JSON state, deltas or snapshots per client).
 #[derive(Debug, Clone, Parser)]
 #[command(version, about, long_about = None, args_override_self = true)]
 pub struct Config {
@@ -253,6 +265,46 @@ pub struct Config {
     #[arg(long, env = "RINGSYNC_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
 
+    /// Where rooms are stored (an append-only log and snapshots per room, see README
+    /// "Durability"); created if missing, locked against a second server. Relative to the working
+    /// directory.
+    #[arg(long, env = "RINGSYNC_DATA_DIR", default_value = "ringsync-data")]
+    pub data_dir: PathBuf,
+
+    /// Keep rooms in memory only, as before durable rooms: a restart loses every room and session.
+    #[arg(long, env = "RINGSYNC_MEMORY_ONLY")]
+    pub memory_only: bool,
+
+    /// When a change's record is fsynced: `always` (the ack waits for it, with group commit: an
+    /// OS crash loses nothing acknowledged), `batch` (at most every --fsync-interval: an OS crash
+    /// loses at most that window), `never` (the OS decides). Every mode writes the record before
+    /// the ack, so a process crash loses nothing acknowledged.
+    #[arg(long, env = "RINGSYNC_FSYNC", value_enum, default_value_t = FsyncMode::Batch)]
+    pub fsync: FsyncMode,
+
+    /// Most time between fsyncs in `--fsync batch` (milliseconds).
+    #[arg(long, env = "RINGSYNC_FSYNC_INTERVAL", default_value = "1000", value_parser = parse_millis)]
+    pub fsync_interval: Duration,
+
+    /// A stored room writes a snapshot every this many changes (0 = only by bytes), so a restart
+    /// replays at most that many.
+    #[arg(long, env = "RINGSYNC_SNAPSHOT_EVERY", default_value_t = RoomConfig::DEFAULT.snapshot_every)]
+    pub snapshot_every: u64,
+
+    /// ... or every this many bytes of logged ops, whichever comes first (0 = only by count).
+    #[arg(long, env = "RINGSYNC_SNAPSHOT_EVERY_BYTES", default_value_t = RoomConfig::DEFAULT.snapshot_bytes)]
+    pub snapshot_every_bytes: usize,
+
+    /// Changes kept on disk before the newest snapshot, for `GET .../changes` beyond the ring
+    /// (changes; at least --history are always kept).
+    #[arg(long, env = "RINGSYNC_RETAIN_HISTORY", default_value_t = 10_000)]
+    pub retain_history: u64,
+
+    /// A stored room with no connection and no write for this long is written out and evicted
+    /// from memory, and loaded again on its next use (seconds; 0 = never evict).
+    #[arg(long, env = "RINGSYNC_EVICT_IDLE", default_value = "300", value_parser = parse_secs)]
+    pub evict_idle: Duration,
+
     /// A file holding the admin API's secret: `Authorization: Bearer <it>` grants every
     /// `/v1/admin/...` call. Read once at start (surrounding whitespace ignored); an empty or
     /// unreadable file stops the server. Without it, the admin API answers loopback peers only.
@@ -359,6 +411,9 @@ impl Config {
                 "--max-body-bytes-in-flight must be 0 (unlimited) or at least --max-message-bytes".into()
             );
         }
+        if !self.memory_only && self.snapshot_every == 0 && self.snapshot_every_bytes == 0 {
+            return Err("--snapshot-every and --snapshot-every-bytes cannot both be 0".into());
+        }
         if self.session_ttl < self.presence_grace {
             return Err("--session-ttl must be at least --presence-grace".into());
         }
@@ -425,6 +480,9 @@ impl Config {
             max_ops_per_change: self.max_ops_per_change,
             broadcast_buffer: self.broadcast_buffer,
             broadcast_bytes: self.broadcast_buffer_bytes,
+            snapshot_every: self.snapshot_every,
+            snapshot_bytes: self.snapshot_every_bytes,
+            session_ttl_ms: self.session_ttl.as_millis() as u64,
         }
     }
 }

@@ -401,6 +401,8 @@ fn handle_owned(
                         kind: c.kind,
                         meta: c.meta,
                         may_revert_any: session.user.is_some() && permission >= Permission::Admin,
+                        session: Some(session.token.clone()),
+                        idempotency: None,
                     },
                 },
                 (Err(message), _) => {

@@ -25,8 +25,10 @@ use crate::app::{App, BodyCharge};
 use crate::auth::{AuthError, Identity, Permission};
 use crate::ids::{ClientId, ClientReqId, Rev, RoomId};
 use crate::metrics::Refusal;
+use crate::protocol::Reject;
 use crate::protocol::{self, ErrorCode};
-use crate::room::{ChangeRequest, Extras, Room, TimeTravel};
+use crate::room::{Change, ChangeRequest, Extras, Outcome, Room, TimeTravel};
+use crate::store::IdempotencyKey;
 
 /// Every response body the server sends.
 pub type Body = Full<Bytes>;
@@ -51,7 +53,9 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::TooManyConnections
         | ErrorCode::TooManyRooms
         | ErrorCode::Overloaded
-        | ErrorCode::MemoryFull => StatusCode::SERVICE_UNAVAILABLE,
+        | ErrorCode::MemoryFull
+        | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::Invalid
         | ErrorCode::BadMessage
         | ErrorCode::BadUpgrade
@@ -207,14 +211,21 @@ pub async fn handle(app: &App, req: Request<RequestBody>, id: &RoomId, tail: &st
             }
         }
         (Method::GET, "changes") => {
-            let since = query_pairs(&req).into_iter().find(|(k, _)| k == "since").map(|(_, v)| v);
-            get_changes(app.rooms.get(id).as_deref(), since.as_deref())
+            let q = query_pairs(&req);
+            let find = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+            get_changes(app, id, find("since"), find("limit"))
         }
         // The body's charge is held until the change is handled.
-        (Method::POST, "changes") => match read_json(app, req).await {
-            Ok((body, _charge)) => post_change(app, id, body, user, admin),
-            Err(resp) => resp,
-        },
+        (Method::POST, "changes") => {
+            let key = match idempotency_key(req.headers()) {
+                Ok(key) => key,
+                Err(resp) => return closing(*resp),
+            };
+            match read_json(app, req).await {
+                Ok((body, _charge)) => post_change(app, id, body, user, admin, key).await,
+                Err(resp) => resp,
+            }
+        }
         (Method::GET, "presence") => {
             let peers = app.rooms.get(id).map(|r| r.presence.online().1).unwrap_or_default();
             json(StatusCode::OK, &json!({"peers": peers}))
@@ -324,11 +335,22 @@ fn get_room_at(room: Option<&Room>, rev: &str) -> Response<Body> {
     }
 }
 
-fn get_changes(room: Option<&Room>, since: Option<&str>) -> Response<Body> {
+/// Most changes one `GET .../changes` returns (`?limit=` may ask for fewer).
+pub const MAX_CHANGES_PAGE: usize = 10_000;
+
+/// `GET .../changes?since=N[&limit=K]`: the changes after N, oldest first, from the ring, or
+/// from the store when N is older than the ring; paged by `limit` (then `to` is where the next
+/// page starts). 410 only when they are gone from the ring and the store alike.
+fn get_changes(app: &App, id: &RoomId, since: Option<&str>, limit: Option<&str>) -> Response<Body> {
     let Some(since) = since.and_then(|s| s.parse::<u64>().ok()) else {
         return json_error(ErrorCode::BadSince, "?since=REV (a revision number) is required");
     };
-    let Some(room) = room else {
+    let limit = match limit.map(str::parse::<usize>) {
+        None => MAX_CHANGES_PAGE,
+        Some(Ok(n)) if n > 0 => n.min(MAX_CHANGES_PAGE),
+        Some(_) => return json_error(ErrorCode::Invalid, "?limit=K must be a positive number"),
+    };
+    let Some(room) = app.rooms.get(id) else {
         return if since == 0 {
             json(StatusCode::OK, &json!({"epoch": null, "from": 0, "to": 0, "changes": []}))
         } else {
@@ -343,23 +365,83 @@ fn get_changes(room: Option<&Room>, since: Option<&str>) -> Response<Body> {
         );
     }
     let mut changes = Vec::new();
-    if !room.changes_after(Rev(since), &mut changes) {
-        return json_error(ErrorCode::Gone, &format!("changes after {since} are no longer in the history"));
-    }
-    let to = changes.last().map_or(since, |c| c.rev.0);
-    let entries: Vec<Value> = changes.iter().map(|c| c.to_json()).collect();
+    let entries: Vec<Value> = if room.changes_after(Rev(since), &mut changes) {
+        changes.iter().take(limit).map(|c| c.to_json()).collect()
+    } else {
+        match stored_changes(app, id, since, head.0, limit) {
+            Ok(entries) => entries,
+            Err(resp) => return *resp,
+        }
+    };
+    let to = entries.last().and_then(|e| e["rev"].as_u64()).unwrap_or(since);
     json(
         StatusCode::OK,
         &json!({"epoch": room.epoch().as_str(), "from": since, "to": to, "changes": entries}),
     )
 }
 
+/// The changes after `since` (up to `head`) as the store holds them.
+fn stored_changes(
+    app: &App,
+    id: &RoomId,
+    since: u64,
+    head: u64,
+    limit: usize,
+) -> Result<Vec<Value>, Box<Response<Body>>> {
+    let gone = || {
+        Box::new(json_error(ErrorCode::Gone, &format!("changes after {since} are no longer in the history")))
+    };
+    let Some(store) = app.rooms.store() else { return Err(gone()) };
+    let records = store.changes(id, since, limit).map_err(|e| {
+        tracing::error!(room = %id, error = %e, "cannot read stored changes");
+        Box::new(json_error(ErrorCode::Unavailable, &format!("the stored history cannot be read: {e}")))
+    })?;
+    if records.first().is_none_or(|r| r.rev != since + 1) {
+        return Err(gone());
+    }
+    Ok(records.iter().take_while(|r| r.rev <= head).map(crate::room::change::record_json).collect())
+}
+
+/// The `Idempotency-Key` header, if any (at most 255 visible ASCII characters).
+fn idempotency_key(headers: &hyper::HeaderMap) -> Result<Option<String>, Box<Response<Body>>> {
+    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    match v.to_str() {
+        Ok(k) if (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic() || b == b' ') => {
+            Ok(Some(k.to_string()))
+        }
+        _ => Err(Box::new(json_error(
+            ErrorCode::Invalid,
+            "Idempotency-Key must be 1-255 visible ASCII characters",
+        ))),
+    }
+}
+
 /// `POST .../changes`: a plain change, or a `reverts` (of one's own change, or anyone's with
-/// `admin` in the room).
-fn post_change(app: &App, id: &RoomId, body: Value, user: Option<Arc<str>>, admin: bool) -> Response<Body> {
+/// `admin` in the room). Answered once the store has written it (or rolled it back: 503
+/// `unavailable`). With an `Idempotency-Key`, a retry of the same request gets the first
+/// answer and is not applied again (a different request under the same key gets 422).
+async fn post_change(
+    app: &App,
+    id: &RoomId,
+    body: Value,
+    user: Option<Arc<str>>,
+    admin: bool,
+    key: Option<String>,
+) -> Response<Body> {
+    let fingerprint = crc32c_fingerprint(&body, user.as_deref());
     let Value::Object(mut m) = body else {
         return json_error(ErrorCode::BadMessage, "body must be a JSON object");
     };
+    let room = match app.room_for_write(id) {
+        Ok(r) => r,
+        Err(e) => return json_error(e.code(), &e.to_string()),
+    };
+    let idempotency = key.map(|key| IdempotencyKey { key, fingerprint });
+    if let Some(k) = &idempotency
+        && let Some(resp) = replay(&room, k).await
+    {
+        return resp;
+    }
     let c = protocol::decode_change_body(&mut m, ClientReqId(0));
     if let Some((code, message)) = c.refusal {
         return json_error(code, &message);
@@ -369,11 +451,13 @@ fn post_change(app: &App, id: &RoomId, body: Value, user: Option<Arc<str>>, admi
         (Err(message), _) => return json_error(ErrorCode::Invalid, &message),
         (_, Err(e)) => return json_error(e.clone().into(), &e.to_string()),
     };
-    let room = match app.room_for_write(id) {
-        Ok(r) => r,
-        Err(e) => return json_error(e.code(), &e.to_string()),
+    let extras = Extras {
+        kind: c.kind,
+        meta: c.meta,
+        may_revert_any: admin,
+        idempotency: idempotency.clone(),
+        ..Extras::default()
     };
-    let extras = Extras { kind: c.kind, meta: c.meta, may_revert_any: admin };
     let req = ChangeRequest {
         author: ClientId::HTTP,
         user,
@@ -383,18 +467,79 @@ fn post_change(app: &App, id: &RoomId, body: Value, user: Option<Arc<str>>, admi
         ops,
         extras,
     };
+    let mut written = room.subscribe();
     // A room deleted (admin API) after the look-up refuses the change with `gone` (410).
     match app.commit(&room, req) {
-        Ok(change) => {
-            let mut body = json!({"rev": change.rev.0, "ts": change.ts});
-            if let Some(r) = change.reverts {
-                body["reverts"] = r.0.into();
-                body["ops"] = serde_json::to_value(&change.ops).expect("ops serialise");
-            }
-            json(StatusCode::OK, &body)
+        Ok(change) => match settle(&room, &change, &mut written).await {
+            Outcome::Written => json(StatusCode::OK, &change.http_response()),
+            Outcome::Deleted => json_error(
+                ErrorCode::Gone,
+                "the room was deleted (admin API) before the change was stored; it went with the room",
+            ),
+            Outcome::RolledBack | Outcome::Pending => unavailable(&room),
+        },
+        // The same key committed meanwhile (a concurrent retry): its answer.
+        Err(r) if r.code == ErrorCode::Duplicate && idempotency.is_some() => {
+            let k = idempotency.as_ref().expect("checked");
+            replay(&room, k).await.unwrap_or_else(|| unavailable(&room))
         }
         Err(r) => json(status_of(r.code), &r),
     }
+}
+
+fn unavailable(room: &Room) -> Response<Body> {
+    let r = Reject::new(
+        ErrorCode::Unavailable,
+        "the change could not be stored; it was not applied: send it again",
+        room.rev().0,
+    );
+    json(status_of(r.code), &r)
+}
+
+/// The answer an `Idempotency-Key` already got, once its change is written; `None` when the
+/// key is new (or its change was rolled back).
+async fn replay(room: &Arc<Room>, key: &IdempotencyKey) -> Option<Response<Body>> {
+    let mut written = room.subscribe();
+    match room.idempotent_answer(key)? {
+        Err(()) => Some(json_error(
+            ErrorCode::IdempotencyKeyReused,
+            "this Idempotency-Key was used with a different request",
+        )),
+        Ok((rev, response)) => {
+            let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+            while room.rev() < rev {
+                if tokio::time::timeout_at(deadline, written.changed()).await.is_err() {
+                    return Some(unavailable(room));
+                }
+                room.idempotent_answer(key)?.ok()?;
+            }
+            Some(json(StatusCode::OK, &response))
+        }
+    }
+}
+
+/// How long an HTTP write waits for the store before answering `unavailable`.
+const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits until the store has written `change` or the room rolled it back.
+async fn settle(room: &Room, change: &Change, written: &mut tokio::sync::watch::Receiver<Rev>) -> Outcome {
+    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        match room.outcome(change) {
+            Outcome::Pending => {}
+            done => return done,
+        }
+        if tokio::time::timeout_at(deadline, written.changed()).await.is_err() {
+            return Outcome::Pending;
+        }
+    }
+}
+
+/// What identifies a request under its `Idempotency-Key`: its body and its user.
+fn crc32c_fingerprint(body: &Value, user: Option<&str>) -> u64 {
+    let bytes = serde_json::to_vec(body).expect("JSON values serialise");
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&bytes), user.unwrap_or("").as_bytes());
+    (u64::from(crc) << 32) | (bytes.len() as u64 & 0xffff_ffff)
 }
 
 fn post_broadcast(app: &App, id: &RoomId, body: Value) -> Response<Body> {

@@ -44,6 +44,10 @@ impl Epoch {
     pub fn random() -> Self {
         Epoch(random_hex(8).into())
     }
+    /// The epoch a stored room was created with.
+    pub fn restored(s: &str) -> Self {
+        Epoch(s.into())
+    }
     pub fn as_str(&self) -> &str {
         &self.0
     }

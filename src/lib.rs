@@ -1,21 +1,25 @@
-//! ringsync: an in-memory delta-sync server.
+//! ringsync: a delta-sync server with durable rooms.
 //!
 //! Every room holds one authoritative JSON state, a revision counter, a fixed-size ring of recent
 //! changes and a lazily encoded snapshot. Each connected client is sent exactly what it is
 //! missing: the changes after its last revision while the ring still holds them, else a snapshot.
 //!
 //! Data flows one way: socket → [`connection`] (read, [`reassembly`], [`protocol`] decode) →
-//! [`app::App::commit`] → [`room`] commit → [`ring`]; then the room decides what each reader gets
-//! ([`room::catchup`]) and each connection's [`writer`] sends it → socket.
+//! [`app::App::commit`] → [`room`] commit → [`ring`] and the room's [`store`] log; once the store
+//! has written it ([`room::durable`]) the room decides what each reader gets ([`room::catchup`])
+//! and each connection's [`writer`] sends it → socket.
 //!
 //! The modules layer one way (`tests/layering.rs` enforces it), lowest first:
 //! - the synchronous core, which imports nothing from the shell:
 //!   [`ids`], [`patch`] (RFC 6902 + `incr`, atomic apply with inverse) and [`ring`];
+//!   [`store`] (the storage seam, the file store: CRC32C-framed rkyv log and snapshots on its own
+//!   thread, and an in-memory store for tests);
 //!   [`memory`] (heap estimates of what rooms hold, and the process-wide budget);
 //!   [`protocol`] (the only encoder/decoder, and the error-code catalogue);
 //!   [`presence`] and [`broadcast`] (a room's two ephemeral lanes);
-//!   [`room`] (one room's ordering point: commit, conflict modes, catch-up decision, snapshots);
-//!   [`rooms`] (the registry: admission, activity, eviction);
+//!   [`room`] (one room's ordering point: commit, conflict modes, catch-up decision, snapshots,
+//!   what the store's answers do to it and how it is rebuilt from what was stored);
+//!   [`rooms`] (the registry: admission, activity, lazy loading from the store, eviction);
 //! - the shell: [`config`] (every flag once), [`close`] (close-reason catalogue), [`metrics`]
 //!   (names, label enums, handles), [`web`] (embedded browser files); [`auth`] (tokens and room
 //!   permissions) and [`guard`] (Origin checks, CORS, the JSON-only rule for HTTP bodies, rate

@@ -14,6 +14,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("check-data") {
+        std::process::exit(check_data(std::env::args().nth(2)));
+    }
     let config = Config::parse();
     if let Err(e) = config.validate() {
         eprintln!("error: {e}");
@@ -29,6 +32,7 @@ async fn serve() -> anyhow::Result<()> {
             tracing_subscriber::fmt().json().with_writer(std::io::stderr).with_env_filter(filter).init()
         }
     }
+    ignore_file_size_signal();
     let listener = server::bind(config.listen)
         .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
     let addr = listener.local_addr()?;
@@ -51,6 +55,59 @@ async fn serve() -> anyhow::Result<()> {
     tracing::info!(%addr, "listening; open http://{addr}/ in two tabs");
     server::run(listener, app, shutdown_signal()).await?;
     Ok(())
+}
+
+/// `ringsync check-data DIR`: verifies a data directory offline (reading only) and prints each
+/// room's revision, epoch, sizes and any damage. Exit status 0 when nothing is damaged, 1 when
+/// something is, 2 when the directory cannot be read.
+fn check_data(dir: Option<String>) -> i32 {
+    let Some(dir) = dir else {
+        eprintln!("usage: ringsync check-data DIR");
+        return 2;
+    };
+    let reports = match ringsync::store::file::check(std::path::Path::new(&dir)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let mut damaged = 0;
+    for r in &reports {
+        let or_none = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+        let rev = r.last_rev.max(r.snapshot_rev);
+        println!(
+            "room {}: epoch {}, rev {}, snapshot at {}, log {}..{} ({} records), {} bytes{}",
+            r.room,
+            r.epoch,
+            or_none(rev),
+            or_none(r.snapshot_rev),
+            or_none(r.first_rev),
+            or_none(r.last_rev),
+            r.records,
+            r.bytes,
+            if r.damage.is_empty() { "" } else { ", DAMAGED:" }
+        );
+        for d in &r.damage {
+            println!("  {d}");
+        }
+        damaged += usize::from(!r.damage.is_empty());
+    }
+    println!("{} rooms, {damaged} damaged", reports.len());
+    i32::from(damaged > 0)
+}
+
+/// A write past the file-size limit (`RLIMIT_FSIZE`) raises SIGXFSZ, which would kill the
+/// process; with a handler installed the write fails with `EFBIG` instead, and the store
+/// treats it like a full disk (the change is rejected `unavailable`, the server carries on).
+fn ignore_file_size_signal() {
+    #[cfg(target_os = "linux")]
+    {
+        const SIGXFSZ: i32 = 25;
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ)) {
+            tokio::spawn(async move { while s.recv().await.is_some() {} });
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

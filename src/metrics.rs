@@ -24,6 +24,15 @@ pub const SESSIONS_EVICTED: &str = "ringsync_sessions_evicted_total";
 pub const SESSION_CONNECTS: &str = "ringsync_session_connects_total";
 pub const ROOMS: &str = "ringsync_rooms";
 pub const ROOMS_EVICTED: &str = "ringsync_rooms_evicted_total";
+pub const STORE_APPENDS: &str = "ringsync_store_appends_total";
+pub const STORE_BYTES: &str = "ringsync_store_written_bytes_total";
+pub const STORE_FSYNCS: &str = "ringsync_store_fsyncs_total";
+pub const STORE_FSYNC_SECONDS: &str = "ringsync_store_fsync_seconds_total";
+pub const STORE_FAILURES: &str = "ringsync_store_failures_total";
+pub const STORE_DAMAGED: &str = "ringsync_store_damaged_total";
+pub const STORE_SNAPSHOTS: &str = "ringsync_store_snapshots_total";
+pub const STORE_SEGMENTS_DELETED: &str = "ringsync_store_segments_deleted_total";
+pub const STORE_QUEUE: &str = "ringsync_store_queue_length";
 pub const CHANGES_COMMITTED: &str = "ringsync_changes_committed_total";
 pub const CHANGES_REJECTED: &str = "ringsync_changes_rejected_total";
 pub const OPS_APPLIED: &str = "ringsync_ops_applied_total";
@@ -344,9 +353,18 @@ fn initialise() {
         BROADCASTS,
         BROADCASTS_DROPPED,
         HISTORY_SHED,
+        STORE_APPENDS,
+        STORE_BYTES,
+        STORE_FSYNCS,
+        STORE_FAILURES,
+        STORE_DAMAGED,
+        STORE_SNAPSHOTS,
+        STORE_SEGMENTS_DELETED,
     ] {
         metrics::counter!(name).increment(0);
     }
+    metrics::gauge!(STORE_FSYNC_SECONDS).set(0.0);
+    metrics::gauge!(STORE_QUEUE).set(0.0);
     for what in MemoryRefusal::ALL {
         metrics::counter!(MEMORY_REFUSALS, "what" => what.label()).increment(0);
     }
@@ -457,4 +475,32 @@ fn describe() {
     );
     describe_counter!(ADMIN_ACTIONS, "Admin API calls carried out, by action");
     describe_counter!(HISTORY_COMMITS, "Undo, redo and reverts changes committed, by kind");
+    describe_counter!(STORE_APPENDS, "Change records written to the rooms' logs");
+    describe_counter!(STORE_BYTES, Unit::Bytes, "Bytes written to the data directory (logs and snapshots)");
+    describe_counter!(STORE_FSYNCS, "fsyncs of log segments and snapshots");
+    describe_gauge!(STORE_FSYNC_SECONDS, Unit::Seconds, "Time spent in fsync, in total");
+    describe_counter!(
+        STORE_FAILURES,
+        "Writes and fsyncs that failed (disk full, I/O error): their changes were rejected unavailable"
+    );
+    describe_counter!(
+        STORE_DAMAGED,
+        "Torn or corrupt records and snapshots found (and cut) when loading rooms"
+    );
+    describe_counter!(STORE_SNAPSHOTS, "Room snapshots written");
+    describe_counter!(STORE_SEGMENTS_DELETED, "Log segments deleted once a newer snapshot covered them");
+    describe_gauge!(STORE_QUEUE, "Records and snapshots waiting for the store's writer thread");
+}
+
+/// Publishes the file store's statistics (the sweep calls it once a second).
+pub fn publish_store(s: &crate::store::file::StatsSnapshot) {
+    metrics::counter!(STORE_APPENDS).absolute(s.appends_written);
+    metrics::counter!(STORE_BYTES).absolute(s.bytes_written);
+    metrics::counter!(STORE_FSYNCS).absolute(s.fsyncs);
+    metrics::gauge!(STORE_FSYNC_SECONDS).set(s.fsync_nanos as f64 / 1e9);
+    metrics::counter!(STORE_FAILURES).absolute(s.write_failures + s.fsync_failures);
+    metrics::counter!(STORE_DAMAGED).absolute(s.damaged_records + s.damaged_snapshots);
+    metrics::counter!(STORE_SNAPSHOTS).absolute(s.snapshots_written);
+    metrics::counter!(STORE_SEGMENTS_DELETED).absolute(s.segments_deleted);
+    metrics::gauge!(STORE_QUEUE).set(s.queue_len as f64);
 }

@@ -79,7 +79,11 @@ impl<T> Ring<T> {
     /// # Panics
     /// When `rev` is not consecutive: that would be a bug in the room's commit path.
     pub fn push(&mut self, rev: u64, value: T, bytes: usize) {
-        assert!(self.is_empty() || rev == self.head + 1, "ring push out of order: {rev} after {}", self.head);
+        assert!(
+            (self.is_empty() && self.head == 0) || rev == self.head + 1,
+            "ring push out of order: {rev} after {}",
+            self.head
+        );
         if self.entries.len() == self.capacity {
             self.drop_oldest();
         }
@@ -105,6 +109,25 @@ impl<T> Ring<T> {
             self.entries.shrink_to(self.entries.len() * 2);
         }
         Some(freed)
+    }
+
+    /// Takes the newest entry back out (a commit the store could not write is rolled back);
+    /// `head` steps back one revision.
+    pub fn pop_newest(&mut self) -> Option<T> {
+        let (v, b) = self.entries.pop_back()?;
+        self.bytes -= b;
+        self.head -= 1;
+        Some(v)
+    }
+
+    /// Starts an empty ring at revision `head` (a room restored from a snapshot whose history
+    /// is not kept): the next push is `head + 1`.
+    ///
+    /// # Panics
+    /// When the ring is not empty.
+    pub fn start_at(&mut self, head: u64) {
+        assert!(self.is_empty(), "start_at on a ring that holds entries");
+        self.head = head;
     }
 
     /// Index in `entries` of revision `rev`, which must be held.

@@ -24,6 +24,7 @@ use crate::ids::RoomId;
 use crate::memory::Budget;
 use crate::protocol::ErrorCode;
 use crate::room::{Room, RoomConfig};
+use crate::store::{Journal, Store};
 
 /// Why a room that does not exist could not be created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -34,6 +35,9 @@ pub enum NoNewRoom {
     /// The memory budget is too full to admit another room.
     #[error("the server's memory (--max-memory) is too full for a new room; rooms in memory still work")]
     MemoryFull,
+    /// The room is stored but could not be read back.
+    #[error("the room's stored data cannot be read; it was not loaded (see the server's log)")]
+    Unreadable,
 }
 
 impl NoNewRoom {
@@ -42,6 +46,7 @@ impl NoNewRoom {
         match self {
             NoNewRoom::TooManyRooms => ErrorCode::TooManyRooms,
             NoNewRoom::MemoryFull => ErrorCode::MemoryFull,
+            NoNewRoom::Unreadable => ErrorCode::Unavailable,
         }
     }
 }
@@ -102,6 +107,16 @@ pub struct Rooms {
     budget: Arc<Budget>,
     /// Set while one caller sheds history for everyone (others carry on meanwhile).
     shedding: AtomicBool,
+    /// Where rooms are stored (`None`: memory only).
+    store: Option<Arc<dyn Store>>,
+    /// Damage found and cut while loading rooms, for the log and the metric.
+    damaged: AtomicU64,
+}
+
+impl std::fmt::Debug for dyn Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
 }
 
 impl Rooms {
@@ -119,7 +134,25 @@ impl Rooms {
             max_rooms,
             budget,
             shedding: AtomicBool::new(false),
+            store: None,
+            damaged: AtomicU64::new(0),
         }
+    }
+
+    /// The registry with rooms kept in `store`: loaded on first use, written as they change.
+    pub fn with_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The store behind the rooms, if any.
+    pub fn store(&self) -> Option<&Arc<dyn Store>> {
+        self.store.as_ref()
+    }
+
+    /// Stored records found damaged (and cut) while loading rooms.
+    pub fn damaged(&self) -> u64 {
+        self.damaged.load(Ordering::Relaxed)
     }
 
     pub fn budget(&self) -> &Arc<Budget> {
@@ -143,9 +176,38 @@ impl Rooms {
         freed
     }
 
-    /// The room if it is in memory (never creates one).
+    /// The room if it is in memory or stored (loading it); never creates one.
     pub fn get(&self, id: &RoomId) -> Option<Arc<Room>> {
-        self.map.get(id).map(|h| h.room.clone())
+        if let Some(h) = self.map.get(id) {
+            return Some(h.room.clone());
+        }
+        self.store.as_ref()?;
+        match self.load(id) {
+            Ok(Some(_)) => self.with_held(id, |h| h.room.clone()).ok(),
+            _ => None,
+        }
+    }
+
+    /// Reads a stored room back (no lock held: the disk is read before the map is touched).
+    /// `Ok(None)` when nothing is stored for it.
+    fn load(&self, id: &RoomId) -> Result<Option<Room>, NoNewRoom> {
+        let Some(store) = &self.store else { return Ok(None) };
+        let loaded = store.load(id, self.config.history).map_err(|e| {
+            tracing::error!(room = %id, error = %e, "cannot read the stored room");
+            NoNewRoom::Unreadable
+        })?;
+        let Some(loaded) = loaded else { return Ok(None) };
+        let (room, damage) =
+            Room::restore(id.clone(), self.config.clone(), &self.budget, loaded).map_err(|e| {
+                tracing::error!(room = %id, error = %e, "cannot rebuild the stored room");
+                NoNewRoom::Unreadable
+            })?;
+        for d in &damage {
+            tracing::warn!(room = %id, damage = %d, "stored room damaged: cut at the last whole record");
+        }
+        self.damaged.fetch_add(damage.len() as u64, Ordering::Relaxed);
+        tracing::info!(room = %id, rev = room.rev().0, "room loaded from the store");
+        Ok(Some(room))
     }
 
     /// The room, created if needed, marked active under the shard lock (for writes).
@@ -176,6 +238,12 @@ impl Rooms {
     /// active.
     fn with_held<T>(&self, id: &RoomId, f: impl FnOnce(&Arc<Held>) -> T) -> Result<T, NoNewRoom> {
         self.relieve();
+        // A stored room is read before the shard is locked; a racing loader's copy is dropped
+        // unused (only the one inserted gets a log).
+        let mut loaded = None;
+        if self.store.is_some() && !self.map.contains_key(id) {
+            loaded = self.load(id)?;
+        }
         match self.map.entry(id.clone()) {
             Entry::Occupied(e) => {
                 e.get().touch();
@@ -191,8 +259,16 @@ impl Rooms {
                 if reserved.is_err() {
                     return Err(NoNewRoom::TooManyRooms);
                 }
+                let room = Arc::new(
+                    loaded
+                        .unwrap_or_else(|| Room::with_budget(id.clone(), self.config.clone(), &self.budget)),
+                );
+                if let Some(store) = &self.store {
+                    let journal: std::sync::Weak<dyn Journal> = Arc::downgrade(&room) as _;
+                    room.attach_log(store.open(id, room.epoch().as_str(), journal));
+                }
                 let held = Arc::new(Held {
-                    room: Arc::new(Room::with_budget(id.clone(), self.config.clone(), &self.budget)),
+                    room,
                     connections: AtomicUsize::new(0),
                     last_active_ms: AtomicU64::new(now_ms()),
                 });
@@ -207,8 +283,14 @@ impl Rooms {
     /// so a handle still held elsewhere can commit nothing more) and taken out of the map, so any
     /// later look-up creates a fresh room (a new epoch). Connections still leased to it keep
     /// their handle until they close. `None` when it is not in memory.
-    pub fn remove(&self, id: &RoomId) -> Option<Arc<Room>> {
-        match self.map.entry(id.clone()) {
+    ///
+    /// With a store, the room's stored data is deleted too (after it left the map, so a later
+    /// look-up starts afresh); a room that is only on disk is deleted there.
+    ///
+    /// # Errors
+    /// When the store cannot delete the room's data (it stays out of memory meanwhile).
+    pub fn remove(&self, id: &RoomId) -> Result<Option<Arc<Room>>, crate::store::StoreError> {
+        let removed = match self.map.entry(id.clone()) {
             Entry::Occupied(e) => {
                 e.get().room.retire();
                 let held = e.remove();
@@ -216,7 +298,11 @@ impl Rooms {
                 Some(held.room.clone())
             }
             Entry::Vacant(_) => None,
+        };
+        if let Some(store) = &self.store {
+            store.delete(id)?;
         }
+        Ok(removed)
     }
 
     /// Live connections in the room (0 when it is not in memory).
@@ -234,24 +320,37 @@ impl Rooms {
 
     /// Drops every room with no connection that has not been used for `ttl`. Returns how many
     /// were dropped.
+    ///
+    /// A stored room is evicted only once everything it committed is written; it is retired
+    /// first (a handle still held elsewhere commits nothing more) and its files are closed
+    /// after it left the map, so the next use loads exactly what was written.
     pub fn evict_idle(&self, ttl: Duration) -> usize {
         let now = now_ms();
         let ttl = ttl.as_millis() as u64;
         self.evict(|h| {
             h.connections.load(Ordering::Acquire) == 0
                 && now.saturating_sub(h.last_active_ms.load(Ordering::Relaxed)) >= ttl
+                && h.room.is_settled()
         })
     }
 
     fn evict(&self, mut idle: impl FnMut(&Held) -> bool) -> usize {
-        let mut dropped = 0;
-        self.map.retain(|_, h| {
+        let mut evicted = Vec::new();
+        self.map.retain(|id, h| {
             let drop = idle(h);
-            dropped += usize::from(drop);
+            if drop {
+                h.room.retire();
+                evicted.push(id.clone());
+            }
             !drop
         });
-        self.count.fetch_sub(dropped, Ordering::AcqRel);
-        dropped
+        self.count.fetch_sub(evicted.len(), Ordering::AcqRel);
+        if let Some(store) = &self.store {
+            for id in &evicted {
+                store.close(id);
+            }
+        }
+        evicted.len()
     }
 
     /// A snapshot of every room handle (for metrics and sweeps).
@@ -296,7 +395,7 @@ mod tests {
         let rooms = Rooms::new(RoomConfig::default(), 0);
         let old = rooms.get_or_create(&id("a")).unwrap();
         add(&old, "/x", 1.into()).unwrap();
-        let removed = rooms.remove(&id("a")).unwrap();
+        let removed = rooms.remove(&id("a")).unwrap().unwrap();
         assert!(Arc::ptr_eq(&old, &removed));
         assert!(rooms.is_empty() && rooms.get(&id("a")).is_none());
         assert_eq!(
@@ -308,7 +407,7 @@ mod tests {
         let fresh = rooms.get_or_create(&id("a")).unwrap();
         assert_ne!(fresh.epoch(), old.epoch());
         assert_eq!(fresh.rev().0, 0);
-        assert!(rooms.remove(&id("b")).is_none());
+        assert!(rooms.remove(&id("b")).unwrap().is_none());
     }
 
     #[test]

@@ -91,6 +91,8 @@ pub async fn run(
     }
     tracing::info!("shutting down: draining connections");
     app.begin_drain();
+    // What was committed before the drain is written now, so its acks go out before the closes.
+    let flushing = app.rooms.store().cloned().map(|store| tokio::task::spawn_blocking(move || store.flush()));
     // Keep answering during the drain so load balancers see `/readyz` 503 (and new WebSocket
     // upgrades a clear 503) instead of refused connections; no new work is accepted.
     let deadline = tokio::time::Instant::now() + app.config.shutdown_timeout;
@@ -107,6 +109,12 @@ pub async fn run(
                 }
             }
         }
+    }
+    if let Some(flushing) = flushing {
+        let _ = flushing.await;
+    }
+    if let Some(store) = app.rooms.store().cloned() {
+        let _ = tokio::task::spawn_blocking(move || store.flush()).await;
     }
     tracing::info!(remaining = app.active(), "shutdown complete");
     Ok(())
@@ -389,7 +397,7 @@ async fn dispatch(
             admin::handle(&app, req, peer, &p["/v1/admin".len()..]).await
         }
         _ => match path.strip_prefix("/v1/rooms/") {
-            Some(rest) => room_route(app, req, rest).await,
+            Some(rest) => room_route(app, req, rest, peer).await,
             None => json_error(ErrorCode::NotFound, &format!("no route for {method} {path}")),
         },
     }
@@ -411,7 +419,12 @@ pub fn metrics_response(app: &App) -> Response<Body> {
         .expect("static response")
 }
 
-async fn room_route(app: Arc<App>, req: Request<RequestBody>, rest: &str) -> Response<Body> {
+async fn room_route(
+    app: Arc<App>,
+    req: Request<RequestBody>,
+    rest: &str,
+    socket_peer: Option<std::net::SocketAddr>,
+) -> Response<Body> {
     if app.is_draining() {
         return json_error(ErrorCode::Draining, "the server is shutting down");
     }
@@ -422,6 +435,8 @@ async fn room_route(app: Arc<App>, req: Request<RequestBody>, rest: &str) -> Res
     match (req.method().clone(), tail) {
         (Method::GET, "ws") => websocket(app, req, room_id),
         (_, "ws") => json_error(ErrorCode::MethodNotAllowed, "use GET with a WebSocket upgrade"),
+        // Deleting a room (its stored data too) is the admin API's delete, with its checks.
+        (Method::DELETE, "") => admin::handle(&app, req, socket_peer, &format!("/rooms/{room_id}")).await,
         _ => {
             let has_body = guard::has_body(req.method(), req.headers());
             let peer = req.extensions().get::<Peer>().map(|p| p.0);
@@ -502,6 +517,7 @@ fn websocket(app: Arc<App>, mut req: Request<RequestBody>, room_id: RoomId) -> R
                 m::MemoryRefusal::Room.count();
                 CloseReason::MemoryFull
             }
+            Refused::NoNewRoom(NoNewRoom::Unreadable) => CloseReason::RoomUnreadable,
         });
         lease.map(|lease| (lease, identity))
     });
@@ -539,9 +555,12 @@ async fn sweep(app: Arc<App>) {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let ttl = app.config.room_idle_ttl;
+        // Stored rooms are evicted (and reloaded on demand); memory-only ones dropped.
+        let ttl = if app.rooms.store().is_some() { app.config.evict_idle } else { app.config.room_idle_ttl };
         if !ttl.is_zero() {
-            let dropped = app.rooms.evict_idle(ttl);
+            // Evicting closes the rooms' files (a flush): off the async workers.
+            let a = app.clone();
+            let dropped = tokio::task::spawn_blocking(move || a.rooms.evict_idle(ttl)).await.unwrap_or(0);
             if dropped > 0 {
                 metrics::counter!(m::ROOMS_EVICTED).increment(dropped as u64);
             }

@@ -290,7 +290,16 @@ impl Sessions {
                 return Ok(Attached { session, conn, resumed: true, kicked });
             }
         }
-        Ok(self.create(room, user, conn, kick, kicked)?)
+        // A session the room stored (it committed before a restart or its expiry) comes back
+        // with its client id and dedupe state, so a resend is applied once.
+        let stored = token
+            .filter(|t| !self.map.contains_key(*t))
+            .and_then(|t| room.stored_session(t))
+            .filter(|s| s.user.as_deref() == user.map(|u| &**u));
+        let resumed = stored.is_some();
+        let mut attached = self.create(room, user, conn, kick, kicked, stored)?;
+        attached.resumed = resumed;
+        Ok(attached)
     }
 
     fn create(
@@ -300,17 +309,25 @@ impl Sessions {
         conn: u64,
         kick: oneshot::Sender<CloseReason>,
         kicked: oneshot::Receiver<CloseReason>,
+        stored: Option<crate::store::SessionRecord>,
     ) -> Result<Attached, SessionsFull> {
         self.reserve()?;
-        let client = ClientId(self.next_client.fetch_add(1, Ordering::Relaxed) + 1);
-        let token: Arc<str> = random_hex(16).into();
+        // Client ids a stored room has seen are never handed out again.
+        self.next_client.fetch_max(room.max_client(), Ordering::Relaxed);
+        let (client, token, last_req) = match stored {
+            Some(s) => (ClientId(s.client), Arc::<str>::from(s.token), ClientReqId(s.last_req)),
+            None => {
+                let client = ClientId(self.next_client.fetch_add(1, Ordering::Relaxed) + 1);
+                (client, random_hex(16).into(), ClientReqId(0))
+            }
+        };
         let session = Arc::new(Session {
             token: token.clone(),
             client,
             user: user.cloned(),
             room: room.clone(),
             state: Mutex::new(SessionState {
-                last_req: ClientReqId(0),
+                last_req,
                 conn,
                 attached: true,
                 kick: Some(kick),

@@ -161,6 +161,8 @@ pub struct Writer<'a, S> {
     broadcast_seq: u64,
     /// Reused between catch-ups (allocated on first need).
     changes: Vec<Arc<Change>>,
+    /// The newest rollback reject this connection has looked at (see `room::durable`).
+    rejections_seen: u64,
 }
 
 /// Why the writer stopped on its own.
@@ -177,6 +179,7 @@ impl<'a, S: FrameSink> Writer<'a, S> {
             presence_seq: 0,
             broadcast_seq: 0,
             changes: Vec::new(),
+            rejections_seen: session.room.rejection_seq(),
         }
     }
 
@@ -326,6 +329,12 @@ impl<'a, S: FrameSink> Writer<'a, S> {
 
     /// Sends everything after `last_sent` in one frame.
     async fn wake_up(&mut self) -> WriteResult {
+        if self.room.rejection_seq() > self.rejections_seen {
+            // Changes of this client's that the store could not write were rolled back.
+            for r in self.room.rejections_for(self.session.client, &mut self.rejections_seen) {
+                self.out.send(&protocol::reject_msg(r.client_req_id, &r.reject), Kind::Control).await?;
+            }
+        }
         let Some(d) = self.session.catch_up(Cursor::Holds(self.last_sent), &mut self.changes) else {
             return Ok(());
         };

@@ -27,6 +27,9 @@ pub enum ErrorCode {
     Draining,
     /// The server's memory budget (`--max-memory`) cannot hold the change, or a new room.
     MemoryFull,
+    /// The store could not write the change (disk full, I/O error): it was not applied, nor
+    /// acknowledged or delivered; the room is as it was. Safe to send again.
+    Unavailable,
     /// The `clientReqId` was already processed; not applied again.
     Duplicate,
     /// The message could not be decoded at all.
@@ -63,11 +66,13 @@ pub enum ErrorCode {
     /// Over a rate limit (HTTP 429 with `Retry-After`; a WebSocket `reject`/`error` with
     /// `retryAfterMs`).
     RateLimited,
+    /// An HTTP `Idempotency-Key` reused with a different request (HTTP 422).
+    IdempotencyKeyReused,
 }
 
 impl ErrorCode {
-    /// Every code; the first eight are the ones a change can be rejected with.
-    pub const ALL: [ErrorCode; 26] = [
+    /// Every code; the first nine are the ones a change can be rejected with.
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::Conflict,
         ErrorCode::Stale,
         ErrorCode::Invalid,
@@ -76,6 +81,7 @@ impl ErrorCode {
         ErrorCode::Forbidden,
         ErrorCode::Draining,
         ErrorCode::MemoryFull,
+        ErrorCode::Unavailable,
         ErrorCode::Duplicate,
         ErrorCode::BadMessage,
         ErrorCode::NotFound,
@@ -94,11 +100,12 @@ impl ErrorCode {
         ErrorCode::OriginNotAllowed,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::RateLimited,
+        ErrorCode::IdempotencyKeyReused,
     ];
 
     /// The codes a change can be rejected with (`reject` messages; the `code` label of
     /// `ringsync_changes_rejected_total`).
-    pub const REJECTS: &[ErrorCode] = Self::ALL.split_at(8).0;
+    pub const REJECTS: &[ErrorCode] = Self::ALL.split_at(9).0;
 
     /// The stable name clients see.
     pub fn as_str(self) -> &'static str {
@@ -129,6 +136,8 @@ impl ErrorCode {
             ErrorCode::OriginNotAllowed => "origin_not_allowed",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
         }
     }
 }
@@ -188,6 +197,7 @@ mod tests {
             "forbidden",
             "draining",
             "memory_full",
+            "unavailable",
         ];
         assert_eq!(ErrorCode::REJECTS.iter().map(|c| c.as_str()).collect::<Vec<_>>(), rejects);
     }

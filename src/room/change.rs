@@ -45,6 +45,12 @@ pub struct Extras {
     pub meta: Option<Value>,
     /// The author holds `admin` in the room: a `reverts` may name anyone's change.
     pub may_revert_any: bool,
+    /// The author's session token, stored with the change so its dedupe state survives a
+    /// restart (`None` over HTTP).
+    pub session: Option<Arc<str>>,
+    /// An HTTP `Idempotency-Key` and its request's fingerprint: a retry is answered from the
+    /// change it committed, never applied twice.
+    pub idempotency: Option<crate::store::IdempotencyKey>,
 }
 
 /// A committed change, shared by the ring and every writer that sends it.
@@ -67,12 +73,17 @@ pub struct Change {
     pub committed_at: Instant,
     /// Commit time, ms since the Unix epoch (`ts` in its entries).
     pub ts: u64,
+    /// A plain change, an undo, a redo or a `reverts`.
+    pub kind: ChangeKind,
     /// The revision this change reverted (undo, redo, `reverts`).
     pub reverts: Option<Rev>,
     /// The client's `meta` object.
     pub meta: Option<Value>,
     /// Whose undo stack it went on (see [`UserKey`]); `None` for HTTP changes without a user.
     pub key: Option<UserKey>,
+    /// Set when the store could not write it and the room rolled it back (it was never
+    /// delivered; its author is rejected `unavailable`).
+    pub rolled_back: std::sync::atomic::AtomicBool,
     /// `{"rev":..,"client":..,"ts":..,"ops":..}`, encoded once (a slice of `delta_frame`).
     pub wire: Bytes,
     /// `{"rev":..,"client":..,"ts":..,"clientReqId":..,"canUndo":..,"canRedo":..}` for the
@@ -120,9 +131,11 @@ impl Change {
             list_touched: applied.list_touched,
             committed_at: Instant::now(),
             ts: done.ts,
+            kind: req.extras.kind,
             reverts: done.reverts,
             meta: req.extras.meta,
             key: done.key,
+            rolled_back: Default::default(),
             wire,
             delta_frame,
         };
@@ -175,6 +188,16 @@ impl Change {
         e
     }
 
+    /// What `POST .../changes` answers for it (and a retry with its `Idempotency-Key`).
+    pub fn http_response(&self) -> Value {
+        let mut body = serde_json::json!({"rev": self.rev.0, "ts": self.ts});
+        if let Some(r) = self.reverts {
+            body["reverts"] = r.0.into();
+            body["ops"] = serde_json::to_value(&self.ops).expect("ops serialise");
+        }
+        body
+    }
+
     /// The entry a given recipient should see: an ack for its own change, else the full entry.
     pub fn entry_for(&self, recipient: ClientId) -> &[u8] {
         match &self.wire_ack {
@@ -182,6 +205,26 @@ impl Change {
             _ => &self.wire,
         }
     }
+}
+
+/// A stored record as the HTTP API lists it (the same fields as [`Change::to_json`]).
+pub fn record_json(r: &crate::store::Record) -> Value {
+    let mut e = serde_json::json!({"rev": r.rev, "client": ClientId(r.author).to_string()});
+    if let Some(user) = &r.user {
+        e["user"] = Value::from(user.as_str());
+    }
+    if let Some(id) = r.client_req_id {
+        e["clientReqId"] = id.into();
+    }
+    e["ts"] = r.ts.into();
+    if let Some(rev) = r.reverts.filter(|_| r.kind != 0) {
+        e["reverts"] = rev.into();
+    }
+    if let Some(meta) = r.meta.as_deref().and_then(|m| serde_json::from_str::<Value>(m).ok()) {
+        e["meta"] = meta;
+    }
+    e["ops"] = serde_json::from_str(&r.ops).unwrap_or(Value::Null);
+    e
 }
 
 /// What the room decided at commit, for the change's entries.

@@ -22,7 +22,7 @@ fn request(user: u64, kind: ChangeKind, mode: Mode, ops: Vec<Op>) -> ChangeReque
         base_rev: None,
         mode,
         ops,
-        extras: Extras { kind, meta: None, may_revert_any: false },
+        extras: Extras { kind, ..Extras::default() },
     }
 }
 

@@ -30,6 +30,9 @@
 pub mod catchup;
 pub mod change;
 mod conflict;
+pub mod durable;
+#[cfg(test)]
+mod durable_tests;
 pub mod history;
 #[cfg(test)]
 mod history_tests;
@@ -37,8 +40,8 @@ pub mod snapshot;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -47,6 +50,7 @@ use tokio::sync::watch;
 
 pub use catchup::{CatchUp, Cursor, SnapshotReason, delta_for};
 pub use change::{Change, ChangeRequest, Extras};
+pub use durable::{Outcome, Rejection, RestoreError};
 pub use history::UserKey;
 pub use snapshot::Snapshot;
 
@@ -57,6 +61,7 @@ use crate::patch;
 use crate::presence::Presence;
 use crate::protocol::{self, ErrorCode, Reject};
 use crate::ring::Ring;
+use crate::store::RoomLog;
 
 /// Limits a room enforces on every change.
 #[derive(Debug, Clone)]
@@ -77,6 +82,13 @@ pub struct RoomConfig {
     pub broadcast_buffer: usize,
     /// Most bytes of broadcasts kept for slow readers (the newest is always kept); 0 = no limit.
     pub broadcast_bytes: usize,
+    /// A stored room snapshots every this many changes (`--snapshot-every`; 0 = never by count).
+    pub snapshot_every: u64,
+    /// ... or every this many bytes of ops, whichever comes first (`--snapshot-every-bytes`).
+    pub snapshot_bytes: usize,
+    /// How long a stored session's dedupe state and an `Idempotency-Key` are kept
+    /// (`--session-ttl`, ms; 0 = forever).
+    pub session_ttl_ms: u64,
 }
 
 impl RoomConfig {
@@ -88,6 +100,9 @@ impl RoomConfig {
         max_ops_per_change: 1000,
         broadcast_buffer: 64,
         broadcast_bytes: 1 << 20,
+        snapshot_every: 1000,
+        snapshot_bytes: 8 << 20,
+        session_ttl_ms: 0,
     };
 }
 
@@ -131,6 +146,18 @@ pub struct Room {
     memory: Charges,
     /// Set (under the write lock) once the room has left the registry: no commit after it.
     retired: AtomicBool,
+    /// The store's log (`None`: memory only; see [`durable`]).
+    log: OnceLock<Arc<dyn RoomLog>>,
+    /// The highest revision the store has written: what is visible ([`Room::rev`]).
+    durable: AtomicU64,
+    /// Bumped by each rollback (the store drops what it still holds of the old line).
+    generation: AtomicU64,
+    /// Held from a commit's write lock until its record is queued: records leave in order.
+    append_order: Mutex<()>,
+    /// Dedupe, snapshot pacing and rollback rejects (see [`durable`]).
+    keep: Mutex<durable::Keep>,
+    /// Sequence of the newest rollback reject.
+    rejection_seq: AtomicU64,
 }
 
 /// What a room holds, by part, in the memory budget.
@@ -186,6 +213,12 @@ impl Room {
             broadcasts: Broadcasts::new(config.broadcast_buffer, config.broadcast_bytes, budget),
             memory,
             retired: AtomicBool::new(false),
+            log: OnceLock::new(),
+            durable: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            append_order: Mutex::new(()),
+            keep: Mutex::new(durable::Keep::default()),
+            rejection_seq: AtomicU64::new(0),
             config,
             rev: AtomicU64::new(0),
             rev_tx,
@@ -203,8 +236,10 @@ impl Room {
         &self.epoch
     }
 
+    /// The newest visible revision: written by the store (the newest committed one without a
+    /// store).
     pub fn rev(&self) -> Rev {
-        Rev(self.rev.load(Ordering::Acquire))
+        Rev(self.durable.load(Ordering::Acquire))
     }
 
     /// A receiver that is marked changed whenever the revision advances.
@@ -249,6 +284,7 @@ impl Room {
         let mut g = self.inner.write();
         let cur = g.ring.head();
         self.check_retired(cur)?;
+        self.check_idempotency(&req, cur)?;
         conflict::check(&g.ring, &req, cur)?;
         self.make_room(&mut g, cost)?;
         // The size limit holds op by op, checked before each op allocates (a few `copy` ops
@@ -262,9 +298,9 @@ impl Room {
         }
         .map_err(|e| Reject::new(e.clone().into(), e.to_string(), cur))?;
         self.check_root(&mut g, &applied, cur)?;
+        let extras = req.extras.clone();
         let change = self.record(&mut g, req, &ops_json, applied, None);
-        drop(g);
-        self.notify(change.rev);
+        self.publish(g, &change, &ops_json, &extras);
         Ok(change)
     }
 
@@ -309,10 +345,37 @@ impl Room {
         self.check_root(g, &applied, cur)?;
         req.ops = ops;
         let ops_json = protocol::encode_ops(&req.ops);
+        let extras = req.extras.clone();
         let change = self.record(g, req, &ops_json, applied, Some(x.rev));
-        drop(guard);
-        self.notify(change.rev);
+        self.publish(guard, &change, &ops_json, &extras);
         Ok(change)
+    }
+
+    /// Ends a commit: notes its dedupe state, lets go of the write lock and, with a store,
+    /// queues its record (and a snapshot when one is due) in revision order; without one the
+    /// change is visible at once. Then wakes the writers.
+    fn publish(
+        &self,
+        g: parking_lot::RwLockWriteGuard<'_, Inner>,
+        change: &Arc<Change>,
+        ops_json: &[u8],
+        extras: &Extras,
+    ) {
+        let snapshot = self.note_commit(&g, change, extras, ops_json.len());
+        match self.log.get() {
+            None => {
+                self.durable.store(change.rev.0, Ordering::Release);
+                drop(g);
+                self.notify(change.rev);
+            }
+            Some(log) => {
+                let generation = self.generation.load(Ordering::Acquire);
+                let order = self.append_order.lock();
+                drop(g);
+                self.append(&**log, generation, change, ops_json, extras, snapshot);
+                drop(order);
+            }
+        }
     }
 
     fn check_retired(&self, cur: u64) -> Result<(), Reject> {
@@ -390,6 +453,11 @@ impl Room {
         let g = self.inner.write();
         self.retired.store(true, Ordering::Release);
         drop(g);
+        // A commit that got past the write lock before has queued its record once this is
+        // free: nothing reaches the store after `retire` returns (a delete then drops it all).
+        drop(self.append_order.lock());
+        // Whoever waits for a change to be written learns it will not be.
+        self.rev_tx.send_modify(|_| {});
     }
 
     /// Whether [`Room::retire`] has run.
@@ -449,10 +517,14 @@ impl Room {
     /// (leaving `out` empty) when the ring no longer holds all of them or `rev` is in the future.
     pub fn changes_after(&self, rev: Rev, out: &mut Vec<Arc<Change>>) -> bool {
         out.clear();
+        let visible = self.rev();
+        if rev > visible {
+            return false;
+        }
         let g = self.inner.read();
         match g.ring.after(rev.0) {
             Some(it) => {
-                out.extend(it.cloned());
+                out.extend(it.take_while(|c| c.rev <= visible).cloned());
                 true
             }
             None => false,
@@ -472,7 +544,8 @@ impl Room {
     /// A copy of the current state with its revision (for the HTTP API and tests).
     pub fn state(&self) -> (Rev, Value) {
         let g = self.inner.read();
-        (Rev(g.ring.head()), g.state.clone())
+        let rev = self.rev();
+        if g.ring.head() == rev.0 { (rev, g.state.clone()) } else { (rev, self.visible_state(&g, rev)) }
     }
 
     /// Whether `key` can undo / redo in this room now (the `welcome` message's flags).
@@ -492,7 +565,7 @@ impl Room {
         let mut later = Vec::new();
         let mut state = {
             let g = self.inner.read();
-            let head = g.ring.head();
+            let head = self.rev().0;
             if rev.0 > head {
                 return Err(TimeTravel::Future { head });
             }

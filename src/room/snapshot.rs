@@ -34,21 +34,44 @@ impl Room {
             return s;
         }
         let g = self.inner.read();
-        let snap = Arc::new(Snapshot {
-            rev: Rev(g.ring.head()),
-            state: serde_json::to_vec(&g.state).expect("state always serialises").into(),
-        });
-        debug_assert_eq!(
-            self.state_bytes.load(Ordering::Relaxed),
-            snap.state.len(),
-            "size accounting is exact"
-        );
-        drop(g);
+        let rev = self.rev();
+        let snap = if g.ring.head() == rev.0 {
+            let snap = Snapshot {
+                rev,
+                state: serde_json::to_vec(&g.state).expect("state always serialises").into(),
+            };
+            debug_assert_eq!(
+                self.state_bytes.load(Ordering::Relaxed),
+                snap.state.len(),
+                "size accounting is exact"
+            );
+            drop(g);
+            Arc::new(snap)
+        } else {
+            // Changes the store has not written yet are left out (see `durable`).
+            let state = self.visible_state(&g, rev);
+            drop(g);
+            Arc::new(Snapshot {
+                rev,
+                state: serde_json::to_vec(&state).expect("state always serialises").into(),
+            })
+        };
         let mut cached = self.snapshot.lock();
         self.memory.snapshot.set(Heap::block(snap.state.len()).total());
         *cached = Some(snap.clone());
         drop(cached);
         snap
+    }
+
+    /// The state at `rev` (the visible revision, at most a few changes behind the head): the
+    /// current state with the newer changes' inverses applied.
+    pub(super) fn visible_state(&self, g: &super::Inner, rev: Rev) -> serde_json::Value {
+        let mut state = g.state.clone();
+        for c in g.ring.newest_first().take_while(|c| c.rev > rev) {
+            let undone = crate::patch::revert(&mut state, &c.inverse);
+            debug_assert!(undone.is_ok(), "a retained inverse must apply: {undone:?}");
+        }
+        state
     }
 
     fn cached_snapshot(&self) -> Option<Arc<Snapshot>> {

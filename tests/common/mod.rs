@@ -24,6 +24,8 @@ pub struct Server {
     pub app: Arc<App>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<()>>,
+    /// The temporary data directory `start` gave a config that named none (removed on drop).
+    _data: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -67,9 +69,15 @@ pub fn binary() -> std::process::Command {
 /// The real binary on a free port (`--listen 127.0.0.1:0`, then `args`), stderr discarded; a
 /// caller that wants the logs or a wrapper adjusts the command and passes it to
 /// [`Spawned::start`].
+///
+/// Without `--data-dir` in `args` it runs `--memory-only`, so no test writes to the working
+/// directory; tests of durability pass a temporary `--data-dir`.
 pub fn server_command(args: &[&str]) -> std::process::Command {
     let mut cmd = binary();
     cmd.args(["--listen", "127.0.0.1:0"]).args(args).stderr(std::process::Stdio::null());
+    if !args.iter().any(|a| *a == "--data-dir" || *a == "--memory-only") {
+        cmd.arg("--memory-only");
+    }
     cmd
 }
 
@@ -143,8 +151,17 @@ pub fn config(flags: &[&str]) -> Config {
     Config::from_flags(&args).expect("valid test flags")
 }
 
-pub async fn start(config: Config) -> Server {
+/// Starts the server in-process. A config left at the default `--data-dir` (and not
+/// `--memory-only`) gets a fresh temporary data directory, so every test runs with durable rooms
+/// and none shares a directory with another.
+pub async fn start(mut config: Config) -> Server {
     config.validate().expect("test config is valid");
+    let mut data = None;
+    if !config.memory_only && config.data_dir == std::path::Path::new("ringsync-data") {
+        let dir = tempfile::tempdir().expect("a temporary data directory");
+        config.data_dir = dir.path().to_path_buf();
+        data = Some(dir);
+    }
     let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = App::new(config);
@@ -155,16 +172,27 @@ pub async fn start(config: Config) -> Server {
     let task = tokio::spawn(async move {
         task.await.unwrap().unwrap();
     });
-    Server { addr, app, stop: Some(stop), task: Some(task) }
+    Server { addr, app, stop: Some(stop), task: Some(task), _data: data }
 }
 
 /// A minimal HTTP/1.1 client over a raw socket (no extra dependency; one request per connection).
 pub async fn http(server: &Server, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    http_at(server.addr, method, path, body, "").await
+}
+
+/// [`http`] to any address, with extra header lines (`"Name: value\r\n"` each).
+pub async fn http_at(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &str,
+) -> (u16, Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
     let body = body.unwrap_or("");
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
@@ -228,11 +256,16 @@ impl Client {
 
     /// Connects and consumes `welcome` plus the first delta/snapshot.
     pub async fn connect_query(server: &Server, room: &str, query: &str) -> Client {
-        let (ws, _) =
-            tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(server.ws_url(room, query)))
-                .await
-                .expect("connect in time")
-                .expect("websocket connects");
+        Self::connect_at(server.addr, room, query).await
+    }
+
+    /// [`Client::connect_query`] to any address (a spawned binary's).
+    pub async fn connect_at(addr: SocketAddr, room: &str, query: &str) -> Client {
+        let url = format!("ws://{addr}/v1/rooms/{room}/ws{}{query}", if query.is_empty() { "" } else { "?" });
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .expect("websocket connects");
         let mut c = Client {
             ws,
             welcome: Value::Null,

@@ -1,0 +1,534 @@
+//! A room and its store: what a commit hands the log, what the store's answers do to the room,
+//! and how a room is rebuilt from what was stored.
+//!
+//! Visibility follows the store: [`Room::rev`] is the highest revision the store has written
+//! (`durable`), and nothing after it is delivered, acknowledged, snapshotted or served, so what
+//! clients saw and what is on disk agree. A room without a log (`--memory-only`, tests, benches)
+//! counts each change as written when it commits. Records reach the log in revision order:
+//! a commit takes `append_order` before it lets go of the write lock and queues its record
+//! under it. When the store reports a failure ([`Journal::failed`]) the room rolls back every
+//! change after `durable` (their inverses, newest first), bumps its generation (so the store
+//! drops what is still queued of the old line), rebuilds the undo stacks from the ring, and
+//! queues an `unavailable` reject for each author ([`Room::rejections_for`]); the revisions are
+//! then reused by the next commits.
+//!
+//! Dedupe that survives a restart is kept here too: every session's highest committed
+//! `clientReqId` (with its client id and user) and every HTTP `Idempotency-Key` answered, both
+//! stored in each change's record and in snapshots, and pruned after `--session-ttl`.
+//! Snapshots are taken every `snapshot_every` changes or `snapshot_bytes` bytes of ops, whichever
+//! comes first: the state is cloned under the write lock and encoded outside it.
+//!
+//! Lock order: the room's write lock, then `keep` (never the other way round); `append_order`
+//! is taken under the write lock and held after it is released, never while waiting for it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde_json::Value;
+
+use super::change::{ChangeRequest, Committed, Extras};
+use super::{Change, Inner, Room, RoomConfig, UserKey, history};
+use crate::ids::{ClientId, ClientReqId, Epoch, Rev, RoomId};
+use crate::memory::{self, Budget};
+use crate::patch::{self, Applied, Pointer};
+use crate::protocol::{ChangeKind, ErrorCode, Mode, Reject};
+use crate::store::{
+    IdempotencyKey, IdempotencyRecord, Journal, Loaded, Record, RoomLog, SessionRecord, SnapshotData,
+    StoreError,
+};
+
+/// Most `unavailable` rejects kept for authors to collect after a rollback.
+const MAX_REJECTIONS: usize = 4096;
+
+/// What the room keeps for its store besides the state: dedupe, snapshot pacing, rejects.
+#[derive(Debug, Default)]
+pub(super) struct Keep {
+    /// Session token → its dedupe state.
+    sessions: HashMap<Arc<str>, SessionRecord>,
+    /// `Idempotency-Key` → the answer it got.
+    idempotency: HashMap<String, IdempotencyRecord>,
+    /// The highest client id seen in this room (stored or live).
+    max_client: u64,
+    /// Changes and op bytes since the last snapshot.
+    since_snapshot: (u64, usize),
+    /// `unavailable` rejects for authors whose changes were rolled back, oldest first.
+    rejections: VecDeque<Rejection>,
+}
+
+/// A change rolled back because the store could not write it.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub seq: u64,
+    pub author: ClientId,
+    pub client_req_id: ClientReqId,
+    pub reject: Reject,
+}
+
+/// What became of a committed change in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not yet written.
+    Pending,
+    /// Written: it may be acknowledged.
+    Written,
+    /// The store failed and the room rolled it back: it was not applied.
+    RolledBack,
+    /// Not yet written when the room was deleted: it went with the room.
+    Deleted,
+}
+
+/// Why a stored room could not be rebuilt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("room {room}: {message}")]
+pub struct RestoreError {
+    pub room: String,
+    pub message: String,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Room {
+    /// Connects the room to its store's log; from then on a change is visible only once written.
+    pub fn attach_log(&self, log: Arc<dyn RoomLog>) {
+        let _ = self.log.set(log);
+    }
+
+    /// Whether the room has a log (a store behind it).
+    pub fn is_stored(&self) -> bool {
+        self.log.get().is_some()
+    }
+
+    /// What became of `change` in the store.
+    pub fn outcome(&self, change: &Change) -> Outcome {
+        if change.rolled_back.load(Ordering::Acquire) {
+            Outcome::RolledBack
+        } else if self.rev() >= change.rev {
+            Outcome::Written
+        } else if self.is_retired() {
+            Outcome::Deleted
+        } else {
+            Outcome::Pending
+        }
+    }
+
+    /// Whether every committed change is written (an idle room may then be evicted).
+    pub fn is_settled(&self) -> bool {
+        self.rev().0 == self.head()
+    }
+
+    /// The newest revision committed in memory (written or not).
+    pub(super) fn head(&self) -> u64 {
+        self.rev.load(Ordering::Acquire)
+    }
+
+    /// The dedupe state a stored session had, for a resume after a restart.
+    pub fn stored_session(&self, token: &str) -> Option<SessionRecord> {
+        self.keep.lock().sessions.get(token).cloned()
+    }
+
+    /// The highest client id the room has seen: new sessions in it must get higher ones.
+    pub fn max_client(&self) -> u64 {
+        self.keep.lock().max_client
+    }
+
+    /// The answer an `Idempotency-Key` got: `Some(Ok((rev, response)))` for the same request,
+    /// `Some(Err(()))` when the key came with another request.
+    #[allow(clippy::result_unit_err)]
+    pub fn idempotent_answer(&self, key: &IdempotencyKey) -> Option<Result<(Rev, Value), ()>> {
+        let keep = self.keep.lock();
+        let r = keep.idempotency.get(&key.key)?;
+        if r.fingerprint != key.fingerprint {
+            return Some(Err(()));
+        }
+        let response = serde_json::from_str(&r.response).unwrap_or(Value::Null);
+        Some(Ok((Rev(r.rev), response)))
+    }
+
+    /// The sequence number of the newest `unavailable` reject (0: none yet).
+    pub fn rejection_seq(&self) -> u64 {
+        self.rejection_seq.load(Ordering::Acquire)
+    }
+
+    /// The `unavailable` rejects for `author` after `*seen`, which is moved to the newest.
+    pub fn rejections_for(&self, author: ClientId, seen: &mut u64) -> Vec<Rejection> {
+        let newest = self.rejection_seq();
+        if newest <= *seen {
+            return Vec::new();
+        }
+        let keep = self.keep.lock();
+        let out = keep.rejections.iter().filter(|r| r.seq > *seen && r.author == author).cloned().collect();
+        *seen = newest;
+        out
+    }
+
+    /// Under the write lock, after a commit: refuses an `Idempotency-Key` already used.
+    pub(super) fn check_idempotency(&self, req: &ChangeRequest, cur: u64) -> Result<(), Reject> {
+        let Some(key) = &req.extras.idempotency else { return Ok(()) };
+        if self.keep.lock().idempotency.contains_key(&key.key) {
+            let message = "this Idempotency-Key was already used in this room";
+            return Err(Reject::new(ErrorCode::Duplicate, message, cur));
+        }
+        Ok(())
+    }
+
+    /// Under the write lock, once `change` is recorded: notes its dedupe state and decides
+    /// whether a snapshot is due (returning the state to encode).
+    pub(super) fn note_commit(
+        &self,
+        g: &Inner,
+        change: &Change,
+        extras: &Extras,
+        ops_len: usize,
+    ) -> Option<Value> {
+        let mut keep = self.keep.lock();
+        keep.max_client = keep.max_client.max(change.author.0);
+        if let (Some(token), Some(id)) = (&extras.session, change.client_req_id) {
+            let s = SessionRecord {
+                token: token.to_string(),
+                client: change.author.0,
+                user: change.user.as_deref().map(str::to_string),
+                last_req: id.0,
+                seen_ms: change.ts,
+            };
+            keep.sessions.insert(token.clone(), s);
+        }
+        if let Some(k) = &extras.idempotency {
+            let r = IdempotencyRecord {
+                key: k.key.clone(),
+                fingerprint: k.fingerprint,
+                rev: change.rev.0,
+                response: change.http_response().to_string(),
+                ts_ms: change.ts,
+            };
+            keep.idempotency.insert(k.key.clone(), r);
+        }
+        self.log.get()?;
+        keep.since_snapshot.0 += 1;
+        keep.since_snapshot.1 += ops_len;
+        let (n, bytes) = keep.since_snapshot;
+        let due = (self.config.snapshot_every > 0 && n >= self.config.snapshot_every)
+            || (self.config.snapshot_bytes > 0 && bytes >= self.config.snapshot_bytes);
+        due.then(|| {
+            keep.since_snapshot = (0, 0);
+            g.state.clone()
+        })
+    }
+
+    /// After a commit's write lock (the caller holds `append_order`): hands the change, and the
+    /// snapshot if one is due, to the log.
+    pub(super) fn append(
+        &self,
+        log: &dyn RoomLog,
+        generation: u64,
+        change: &Change,
+        ops_json: &[u8],
+        extras: &Extras,
+        snapshot: Option<Value>,
+    ) {
+        log.append(generation, record_of(change, ops_json, extras));
+        if let Some(state) = snapshot {
+            log.snapshot(self.snapshot_data(change.rev.0, &state));
+        }
+    }
+
+    fn snapshot_data(&self, rev: u64, state: &Value) -> SnapshotData {
+        let ttl = self.config.session_ttl_ms;
+        let now = now_ms();
+        let mut keep = self.keep.lock();
+        let live = |seen: u64| ttl == 0 || now.saturating_sub(seen) <= ttl;
+        keep.sessions.retain(|_, s| live(s.seen_ms));
+        keep.idempotency.retain(|_, r| live(r.ts_ms));
+        SnapshotData {
+            epoch: self.epoch.as_str().to_string(),
+            rev,
+            ts: now,
+            state: serde_json::to_string(state).expect("state serialises"),
+            sessions: keep.sessions.values().filter(|s| s.last_req > 0).cloned().collect(),
+            idempotency: keep.idempotency.values().filter(|r| r.rev <= rev).cloned().collect(),
+            max_client: keep.max_client,
+        }
+    }
+
+    /// The store wrote everything up to `rev`: it becomes visible.
+    fn written_up_to(&self, rev: u64) {
+        let before = self.durable.fetch_max(rev, Ordering::AcqRel);
+        if rev > before {
+            self.notify(Rev(rev));
+        }
+    }
+
+    /// The store could not write revision `rev` of generation `generation`: every change after
+    /// the last written one is taken back, newest first, and its author told `unavailable`.
+    fn roll_back(&self, generation: u64, rev: u64, error: &StoreError) {
+        let mut guard = self.inner.write();
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let g = &mut *guard;
+        let durable = self.rev().0;
+        let mut undone = Vec::new();
+        while g.ring.head() > durable {
+            let Some(change) = g.ring.pop_newest() else { break };
+            let reverted = patch::revert(&mut g.state, &change.inverse);
+            debug_assert!(reverted.is_ok(), "a retained inverse must apply: {reverted:?}");
+            change.rolled_back.store(true, Ordering::Release);
+            undone.push(change);
+        }
+        if g.ring.is_empty() && g.ring.head() != durable {
+            g.ring.start_at(durable);
+        }
+        g.stacks = rebuild_stacks(&g.ring);
+        self.state_bytes.store(patch::json_size(&g.state), Ordering::Relaxed);
+        self.memory.state.set(memory::ROOM_BASE + memory::value_heap(&g.state).total());
+        self.memory.history.set(g.ring.footprint());
+        self.rev.store(g.ring.head(), Ordering::Release);
+        let mut keep = self.keep.lock();
+        keep.since_snapshot = (0, 0);
+        keep.idempotency.retain(|_, r| r.rev <= durable);
+        let message = format!(
+            "the change could not be stored ({error}); it was not applied: send it again (revision {rev} failed)"
+        );
+        for change in undone.iter().rev() {
+            if let Some(id) = change.client_req_id {
+                let seq = self.rejection_seq.fetch_add(1, Ordering::AcqRel) + 1;
+                let reject = Reject::new(ErrorCode::Unavailable, message.clone(), durable);
+                keep.rejections.push_back(Rejection {
+                    seq,
+                    author: change.author,
+                    client_req_id: id,
+                    reject,
+                });
+            }
+        }
+        while keep.rejections.len() > MAX_REJECTIONS {
+            keep.rejections.pop_front();
+        }
+        drop(keep);
+        drop(guard);
+        tracing::error!(room = %self.id, rev, durable, undone = undone.len(), %error, "store write failed: changes rolled back");
+        self.rev_tx.send_modify(|_| {});
+    }
+
+    /// Rebuilds a stored room: its epoch, the snapshot's state, the log after it re-applied, the
+    /// ring refilled from the log's tail (so a client resumes by delta), the undo stacks and the
+    /// dedupe state. Damage found on the way (a record that does not apply, a gap) ends the
+    /// replay there and is reported in the returned list.
+    ///
+    /// # Errors
+    /// When nothing usable is stored (no snapshot and a log that does not start at revision 1).
+    pub fn restore(
+        id: RoomId,
+        config: RoomConfig,
+        budget: &Arc<Budget>,
+        loaded: Loaded,
+    ) -> Result<(Room, Vec<String>), RestoreError> {
+        let fail = |message: String| RestoreError { room: id.to_string(), message };
+        let mut room = Room::with_budget(id.clone(), config, budget);
+        room.epoch = Epoch::restored(&loaded.epoch);
+        let mut damage = loaded.damage;
+        let mut keep = Keep::default();
+        let (base, mut state) = match &loaded.snapshot {
+            Some(s) => {
+                let state: Value = serde_json::from_str(&s.state)
+                    .map_err(|e| fail(format!("snapshot {} does not parse: {e}", s.rev)))?;
+                for sess in &s.sessions {
+                    keep.sessions.insert(sess.token.as_str().into(), sess.clone());
+                }
+                for r in &s.idempotency {
+                    keep.idempotency.insert(r.key.clone(), r.clone());
+                }
+                keep.max_client = s.max_client;
+                (s.rev, state)
+            }
+            None => (0, Value::Object(Default::default())),
+        };
+        if !state.is_object() {
+            return Err(fail("the stored state is not an object".into()));
+        }
+        let first = loaded.records.first().map(|r| r.rev);
+        if loaded.snapshot.is_none() && first.is_some_and(|f| f != 1) {
+            return Err(fail(format!("no snapshot and the log starts at revision {}", first.unwrap_or(0))));
+        }
+        let g = room.inner.get_mut();
+        // Changes at or before the snapshot only refill the ring; a ring that cannot reach back
+        // to them starts at the snapshot.
+        let start = first.filter(|&f| f <= base + 1).unwrap_or(base + 1);
+        g.ring.start_at(start - 1);
+        let mut expected = start;
+        for rec in &loaded.records {
+            if rec.rev < start {
+                continue;
+            }
+            if rec.rev != expected {
+                damage.push(format!(
+                    "room {id}: the log jumps from revision {} to {}; replay stops",
+                    expected - 1,
+                    rec.rev
+                ));
+                break;
+            }
+            let (req, inverse, touched, list_touched, ts) = match decode_record(rec) {
+                Ok(x) => x,
+                Err(e) => {
+                    damage.push(format!("room {id}: record {}: {e}; replay stops", rec.rev));
+                    break;
+                }
+            };
+            if rec.rev > base
+                && let Err(e) = patch::apply(&mut state, &req.ops)
+            {
+                damage.push(format!("room {id}: record {} does not apply ({e}); replay stops", rec.rev));
+                break;
+            }
+            let key = UserKey::of(req.user.as_ref(), req.author);
+            let floor = g.ring.oldest_base() + u64::from(g.ring.len() == g.ring.capacity());
+            let stacks = match &key {
+                Some(k) => g.stacks.record(k, req.extras.kind, rec.rev, floor, g.ring.capacity()),
+                None => Default::default(),
+            };
+            keep.max_client = keep.max_client.max(rec.author);
+            if let (Some(token), Some(id)) = (&rec.session, rec.client_req_id) {
+                keep.sessions.insert(
+                    token.as_str().into(),
+                    SessionRecord {
+                        token: token.clone(),
+                        client: rec.author,
+                        user: rec.user.clone(),
+                        last_req: id,
+                        seen_ms: ts,
+                    },
+                );
+            }
+            let ops_json = rec.ops.as_bytes();
+            let mut applied = Applied::default();
+            (applied.inverse, applied.touched, applied.list_touched) = (inverse, touched, list_touched);
+            let reverts = rec.reverts.map(Rev);
+            let done = Committed { ts, reverts, key, stacks };
+            let idempotency = rec.idempotency.clone();
+            let (change, held) = Change::encode(Rev(rec.rev), req, ops_json, applied, done);
+            if let Some(k) = idempotency {
+                let response = change.http_response().to_string();
+                let r = IdempotencyRecord {
+                    key: k.key.clone(),
+                    fingerprint: k.fingerprint,
+                    rev: rec.rev,
+                    response,
+                    ts_ms: ts,
+                };
+                keep.idempotency.insert(k.key, r);
+            }
+            g.ring.push(rec.rev, change, held);
+            expected += 1;
+        }
+        let head = g.ring.head().max(base);
+        if head > g.ring.head() {
+            // The log ends before the snapshot (its tail was cut): the snapshot is newer.
+            while g.ring.pop_oldest().is_some() {}
+            g.ring.start_at(base);
+            g.stacks = history::Stacks::default();
+        }
+        let head = g.ring.head();
+        debug_assert_eq!(head, head.max(base));
+        room.state_bytes.store(patch::json_size(&state), Ordering::Relaxed);
+        room.memory.state.set(memory::ROOM_BASE + memory::value_heap(&state).total());
+        g.state = state;
+        room.memory.history.set(g.ring.footprint());
+        room.rev.store(head, Ordering::Release);
+        room.durable.store(head, Ordering::Release);
+        room.rev_tx.send_replace(Rev(head));
+        *room.keep.get_mut() = keep;
+        Ok((room, damage))
+    }
+}
+
+impl Journal for Room {
+    fn written(&self, rev: u64) {
+        self.written_up_to(rev);
+    }
+
+    fn failed(&self, generation: u64, rev: u64, error: &StoreError) {
+        self.roll_back(generation, rev, error);
+    }
+}
+
+/// The undo stacks as the ring's changes, replayed in order, leave them.
+fn rebuild_stacks(ring: &crate::ring::Ring<Arc<Change>>) -> history::Stacks {
+    let mut stacks = history::Stacks::default();
+    let floor = ring.oldest_base();
+    let changes: Vec<_> = ring.newest_first().collect();
+    for c in changes.into_iter().rev() {
+        if let Some(k) = &c.key {
+            stacks.record(k, c.kind, c.rev.0, floor, ring.capacity());
+        }
+    }
+    stacks
+}
+
+/// The record a committed change is stored as.
+fn record_of(change: &Change, ops_json: &[u8], extras: &Extras) -> Record {
+    let (kind, reverts) = match change.kind {
+        ChangeKind::Plain => (0, None),
+        ChangeKind::Undo => (1, change.reverts),
+        ChangeKind::Redo => (2, change.reverts),
+        ChangeKind::Reverts(r) => (3, Some(r)),
+    };
+    Record {
+        rev: change.rev.0,
+        ts: change.ts,
+        author: change.author.0,
+        session: extras.session.as_deref().map(str::to_string),
+        user: change.user.as_deref().map(str::to_string),
+        client_req_id: change.client_req_id.map(|c| c.0),
+        kind,
+        reverts: reverts.map(|r| r.0),
+        ops: String::from_utf8_lossy(ops_json).into_owned(),
+        inverse: serde_json::to_string(&change.inverse).expect("ops serialise"),
+        touched: change.touched.iter().map(ToString::to_string).collect(),
+        list_touched: change.list_touched.iter().map(ToString::to_string).collect(),
+        meta: change.meta.as_ref().map(Value::to_string),
+        idempotency: extras.idempotency.clone(),
+    }
+}
+
+type Decoded = (ChangeRequest, Vec<patch::Op>, Vec<Pointer>, Vec<Pointer>, u64);
+
+/// A stored record back as the request it committed and what applying it returned.
+fn decode_record(rec: &Record) -> Result<Decoded, String> {
+    let parse_ops = |what: &str, s: &str| -> Result<Vec<patch::Op>, String> {
+        let v: Value = serde_json::from_str(s).map_err(|e| format!("{what}: {e}"))?;
+        patch::parse_patch(v).map_err(|e| format!("{what}: {e}"))
+    };
+    let pointers =
+        |ps: &[String]| -> Result<Vec<Pointer>, String> { ps.iter().map(|p| Pointer::parse(p)).collect() };
+    let kind = match (rec.kind, rec.reverts) {
+        (0, _) => ChangeKind::Plain,
+        (1, _) => ChangeKind::Undo,
+        (2, _) => ChangeKind::Redo,
+        (3, Some(r)) => ChangeKind::Reverts(Rev(r)),
+        (k, _) => return Err(format!("unknown change kind {k}")),
+    };
+    let meta = match &rec.meta {
+        Some(m) => Some(serde_json::from_str(m).map_err(|e| format!("meta: {e}"))?),
+        None => None,
+    };
+    let req = ChangeRequest {
+        author: ClientId(rec.author),
+        user: rec.user.as_deref().map(Arc::from),
+        client_req_id: rec.client_req_id.map(ClientReqId),
+        base_rev: None,
+        mode: Mode::Overwrite,
+        ops: parse_ops("ops", &rec.ops)?,
+        extras: Extras { kind, meta, ..Extras::default() },
+    };
+    Ok((
+        req,
+        parse_ops("inverse", &rec.inverse)?,
+        pointers(&rec.touched)?,
+        pointers(&rec.list_touched)?,
+        rec.ts,
+    ))
+}
