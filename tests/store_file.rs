@@ -47,7 +47,10 @@ impl TestJournal {
         let mut events = self.events.lock();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !events.iter().any(|e| matches!(e, Ev::Written(r) if *r >= rev)) {
-            assert!(!self.cv.wait_until(&mut events, deadline).timed_out(), "rev {rev} never written: {events:?}");
+            assert!(
+                !self.cv.wait_until(&mut events, deadline).timed_out(),
+                "rev {rev} never written: {events:?}"
+            );
         }
     }
     fn events(&self) -> Vec<Ev> {
@@ -191,10 +194,16 @@ fn a_torn_tail_at_any_offset_recovers_the_whole_records() {
             assert!(loaded.damage.is_empty(), "cut at a record boundary {cut}: {:?}", loaded.damage);
         } else {
             assert_eq!(loaded.damage.len(), 1, "cut at {cut}: {:?}", loaded.damage);
-            assert!(loaded.damage[0].contains("torn record at offset") && loaded.damage[0].contains("truncated"));
+            assert!(
+                loaded.damage[0].contains("torn record at offset") && loaded.damage[0].contains("truncated")
+            );
             assert_eq!(store.stats().damaged_records, 1);
         }
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), offsets[whole as usize] as u64, "cut back to whole records");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            offsets[whole as usize] as u64,
+            "cut back to whole records"
+        );
         let (journal, log) = open(&store);
         append(&log, 0, whole + 1..=whole + 1);
         journal.wait_written(whole + 1);
@@ -232,7 +241,7 @@ fn a_flipped_byte_mid_log_cuts_there_and_sets_later_segments_aside() {
     assert_eq!(revs(&loaded.records), vec![1, 2], "up to the record before the flipped byte");
     assert_eq!(loaded.snapshot.map(|s| s.rev), Some(5));
     let damage = loaded.damage.join("\n");
-    assert!(damage.contains(&format!("crc mismatch")) && damage.contains(&format!("offset {third}")), "{damage}");
+    assert!(damage.contains("crc mismatch") && damage.contains(&format!("offset {third}")), "{damage}");
     assert!(damage.contains("log-00000000000000000006.rsl"), "{damage}");
     assert!(!segment(tmp.path(), 6).exists());
     assert!(room_dir(tmp.path()).join("log-00000000000000000006.rsl.damaged").exists());
@@ -284,8 +293,10 @@ fn snapshots_rotate_segments_and_old_ones_go_except_what_retain_keeps() {
     journal.wait_written(22);
     store.flush();
     // Snapshots 15 and 20 are kept; the log from min(15, 20 - 3) on.
-    let mut names: Vec<String> =
-        std::fs::read_dir(room_dir(tmp.path())).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(room_dir(tmp.path()))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
     let expected: Vec<String> = vec![
         "log-00000000000000000016.rsl".into(),
@@ -367,12 +378,17 @@ fn fsync_batch_syncs_within_its_interval() {
 fn a_second_store_on_the_same_directory_is_refused_naming_it_and_us() {
     let tmp = tempfile::tempdir().unwrap();
     let _first = FileStore::open_dir(tmp.path(), options(Fsync::Batch, 0)).unwrap();
-    let Err(e) = FileStore::open_dir(tmp.path(), options(Fsync::Batch, 0)) else { panic!("a second store opened") };
+    let Err(e) = FileStore::open_dir(tmp.path(), options(Fsync::Batch, 0)) else {
+        panic!("a second store opened")
+    };
     let message = e.to_string();
     assert!(message.contains(&tmp.path().display().to_string()), "{message}");
     assert!(message.contains(&format!("pid {}", std::process::id())), "{message}");
     drop(_first);
-    assert!(FileStore::open_dir(tmp.path(), options(Fsync::Batch, 0)).is_ok(), "the lock goes with the store");
+    assert!(
+        FileStore::open_dir(tmp.path(), options(Fsync::Batch, 0)).is_ok(),
+        "the lock goes with the store"
+    );
 }
 
 #[test]
@@ -433,5 +449,9 @@ fn check_reports_damage_and_modifies_nothing() {
     assert_eq!((r.snapshot_rev, r.first_rev, r.last_rev, r.records), (Some(3), Some(1), Some(5), 5));
     assert!(r.bytes > 0);
     assert_eq!(r.damage.len(), 1, "{:?}", r.damage);
-    assert!(r.damage[0].contains("torn record") && r.damage[0].contains("would be truncated"), "{:?}", r.damage);
+    assert!(
+        r.damage[0].contains("torn record") && r.damage[0].contains("would be truncated"),
+        "{:?}",
+        r.damage
+    );
 }

@@ -94,7 +94,10 @@ where
     let payload =
         rkyv::to_bytes::<rancor::Error>(value).map_err(|e| StoreError(format!("cannot encode: {e}")))?;
     if payload.len() > MAX_FRAME {
-        return Err(StoreError(format!("record of {} bytes is over the {MAX_FRAME}-byte limit", payload.len())));
+        return Err(StoreError(format!(
+            "record of {} bytes is over the {MAX_FRAME}-byte limit",
+            payload.len()
+        )));
     }
     let len = u32::try_from(payload.len()).map_err(|_| StoreError("record too large".into()))?;
     out.reserve(FRAME_OVERHEAD + payload.len());
@@ -122,7 +125,8 @@ pub fn encode_record(record: &Record, out: &mut Vec<u8>) -> Result<(), StoreErro
 pub fn decode_frame<T>(buf: &[u8], offset: usize) -> Result<Option<(T, usize)>, Damage>
 where
     T: rkyv::Archive,
-    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>> + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
+    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+        + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
 {
     let rest = match buf.get(offset..) {
         Some([]) => return Ok(None),
@@ -265,7 +269,11 @@ mod tests {
         let mut buf = Vec::new();
         encode_record(&record(1), &mut buf).unwrap();
         for cut in 1..buf.len() {
-            assert_eq!(decode_frame::<Record>(&buf[..cut], 0), Err(Damage::Torn { offset: 0 }), "cut at {cut}");
+            assert_eq!(
+                decode_frame::<Record>(&buf[..cut], 0),
+                Err(Damage::Torn { offset: 0 }),
+                "cut at {cut}"
+            );
         }
         for i in 0..buf.len() {
             let mut bad = buf.clone();

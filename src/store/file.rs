@@ -283,7 +283,8 @@ fn quarantine(path: &Path) -> Result<(), StoreError> {
 }
 
 fn truncate(path: &Path, len: u64) -> Result<(), StoreError> {
-    let done = OpenOptions::new().write(true).open(path).and_then(|f| f.set_len(len).and_then(|()| f.sync_all()));
+    let done =
+        OpenOptions::new().write(true).open(path).and_then(|f| f.set_len(len).and_then(|()| f.sync_all()));
     done.map_err(|e| StoreError::io(format!("cannot truncate {} to {len} bytes", path.display()), &e))
 }
 
@@ -307,7 +308,11 @@ fn scan_room(room: &str, dir: &Path, opts: ScanOpts) -> Result<Option<Scan>, Sto
         return Ok(None);
     }
     let mut scan = Scan { bytes: listing.bytes, ..Scan::default() };
-    let (verb, verb_rename) = if opts.cut { ("truncated", "renamed .damaged") } else { ("would be truncated", "would be renamed .damaged") };
+    let (verb, verb_rename) = if opts.cut {
+        ("truncated", "renamed .damaged")
+    } else {
+        ("would be truncated", "would be renamed .damaged")
+    };
     if opts.cut {
         for tmp in &listing.temporary {
             let _ = fs::remove_file(tmp);
@@ -335,7 +340,8 @@ fn scan_room(room: &str, dir: &Path, opts: ScanOpts) -> Result<Option<Scan>, Sto
             }
             Err(why) => {
                 scan.damaged_snapshots += 1;
-                scan.damage.push(format!("room {room}: {}: {why} (skipped, {verb_rename})", snapshot_name(rev)));
+                scan.damage
+                    .push(format!("room {room}: {}: {why} (skipped, {verb_rename})", snapshot_name(rev)));
                 if opts.cut {
                     quarantine(&path)?;
                 }
@@ -371,7 +377,9 @@ fn scan_room(room: &str, dir: &Path, opts: ScanOpts) -> Result<Option<Scan>, Sto
             Ok(found) => found,
             Err(why) => {
                 scan.damaged_records += 1;
-                scan.damage.push(format!("room {room}: {name}: bad header: {why} ({verb_rename}, with every later segment)"));
+                scan.damage.push(format!(
+                    "room {room}: {name}: bad header: {why} ({verb_rename}, with every later segment)"
+                ));
                 cut_at = Some((i, true));
                 break;
             }
@@ -385,7 +393,8 @@ fn scan_room(room: &str, dir: &Path, opts: ScanOpts) -> Result<Option<Scan>, Sto
                 Ok(Some((record, after))) => {
                     let rev = record.rev;
                     if rev != next {
-                        damaged = Some(format!("record rev {rev} at offset {offset} where rev {next} belongs"));
+                        damaged =
+                            Some(format!("record rev {rev} at offset {offset} where rev {next} belongs"));
                         break;
                     }
                     if next == first {
@@ -397,7 +406,9 @@ fn scan_room(room: &str, dir: &Path, opts: ScanOpts) -> Result<Option<Scan>, Sto
                                 scan.first_rev = Some(rev);
                             }
                             Some(p) if rev != p.saturating_add(1) => {
-                                damaged = Some(format!("starts at rev {rev} but the log before it ends at rev {p}"));
+                                damaged = Some(format!(
+                                    "starts at rev {rev} but the log before it ends at rev {p}"
+                                ));
                                 break;
                             }
                             Some(_) => {}
@@ -455,7 +466,8 @@ fn scan_room(room: &str, dir: &Path, opts: ScanOpts) -> Result<Option<Scan>, Sto
                 quarantine(&dir.join(segment_name(first)))?;
             }
             if !(bad_header && i == cut) {
-                scan.damage.push(format!("room {room}: {}: after the cut ({verb_rename})", segment_name(first)));
+                scan.damage
+                    .push(format!("room {room}: {}: after the cut ({verb_rename})", segment_name(first)));
             }
         }
         if opts.cut {
@@ -492,7 +504,8 @@ pub struct RoomReport {
 /// When `DIR/rooms` cannot be listed or a room's files cannot be read.
 pub fn check(dir: &Path) -> Result<Vec<RoomReport>, StoreError> {
     let rooms = dir.join("rooms");
-    let entries = fs::read_dir(&rooms).map_err(|e| StoreError::io(format!("cannot list {}", rooms.display()), &e))?;
+    let entries =
+        fs::read_dir(&rooms).map_err(|e| StoreError::io(format!("cannot list {}", rooms.display()), &e))?;
     let mut reports = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| StoreError::io(format!("cannot list {}", rooms.display()), &e))?;
@@ -565,11 +578,17 @@ impl FileStore {
     /// When the directory cannot be created or locked (another process holds it: the message
     /// names the directory and that process's pid), or the thread cannot start.
     pub fn open_dir(dir: &Path, opts: FileOptions) -> Result<Arc<FileStore>, StoreError> {
-        fs::create_dir_all(dir).map_err(|e| StoreError::io(format!("cannot create {}", dir.display()), &e))?;
+        fs::create_dir_all(dir)
+            .map_err(|e| StoreError::io(format!("cannot create {}", dir.display()), &e))?;
         let lock = lock_dir(dir)?;
         let rooms = dir.join("rooms");
-        fs::create_dir_all(&rooms).map_err(|e| StoreError::io(format!("cannot create {}", rooms.display()), &e))?;
-        let shared = Arc::new(Shared { queue: Mutex::new(Queue::default()), wake: Condvar::new(), stats: Stats::default() });
+        fs::create_dir_all(&rooms)
+            .map_err(|e| StoreError::io(format!("cannot create {}", rooms.display()), &e))?;
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            stats: Stats::default(),
+        });
         let mut writer = Writer {
             rooms_dir: rooms.clone(),
             opts,
@@ -652,7 +671,9 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
                 dir.display()
             )))
         }
-        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::io(format!("cannot lock {}", path.display()), &e)),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(StoreError::io(format!("cannot lock {}", path.display()), &e))
+        }
     }
 }
 
@@ -853,7 +874,8 @@ impl Writer {
         let mut pending: Vec<(RoomId, Batch)> = Vec::new();
         for op in ops {
             match op {
-                Op::Append { room, generation, record } => match pending.iter_mut().find(|(r, _)| *r == room) {
+                Op::Append { room, generation, record } => match pending.iter_mut().find(|(r, _)| *r == room)
+                {
                     Some((_, batch)) => batch.push((generation, record)),
                     None => pending.push((room, vec![(generation, record)])),
                 },
@@ -924,14 +946,17 @@ impl Writer {
             let mut done = None;
             if let Some(w) = written {
                 let synced = match (self.opts.fsync, state.files.as_ref().and_then(|f| f.seg.as_ref())) {
-                    (Fsync::Always, Some(seg)) => self.shared.stats.sync(&seg.file).map_err(|e| (seg.path.clone(), seg.len, e)),
+                    (Fsync::Always, Some(seg)) => {
+                        self.shared.stats.sync(&seg.file).map_err(|e| (seg.path.clone(), seg.len, e))
+                    }
                     _ => Ok(()),
                 };
                 match synced {
                     Ok(()) => done = Some(w.last),
                     Err((path, at, e)) => {
                         tracing::error!(room = %room, file = %path.display(), offset = at, error = %e, "store: fsync failed");
-                        let error = StoreError::io(format!("room {room}: cannot sync {}", path.display()), &e);
+                        let error =
+                            StoreError::io(format!("room {room}: cannot sync {}", path.display()), &e);
                         undo(state, &w);
                         fail_gens(state, &w.gens, &error, &mut failures);
                     }
@@ -1069,7 +1094,8 @@ impl Writer {
         let written = (|| {
             let mut buf = Vec::new();
             codec::encode_snapshot(room.as_str(), data, &mut buf)?;
-            let io = |what: &str, e: io::Error| StoreError::io(format!("cannot {what} {}", tmp.display()), &e);
+            let io =
+                |what: &str, e: io::Error| StoreError::io(format!("cannot {what} {}", tmp.display()), &e);
             make_room_dir(&rooms_dir, &state.dir, fsync)?;
             let mut file = File::create(&tmp).map_err(|e| io("create", e))?;
             file.write_all(&buf).map_err(|e| io("write", e))?;
@@ -1172,15 +1198,17 @@ fn ensure_files(room: &RoomId, state: &mut RoomState, stats: &Stats) -> Result<(
     if state.files.is_some() {
         return Ok(());
     }
-    if let Some((path, len)) = state.pending_truncate.take() {
-        if let Err(e) = truncate(&path, len) {
-            state.pending_truncate = Some((path, len));
-            return Err(e);
-        }
+    if let Some((path, len)) = state.pending_truncate.take()
+        && let Err(e) = truncate(&path, len)
+    {
+        state.pending_truncate = Some((path, len));
+        return Err(e);
     }
     let opts = ScanOpts { cut: true, keep: Some(0), collect: false };
     let files = match scan_room(room.as_str(), &state.dir, opts)? {
-        None => Files { last_rev: None, snap_rev: None, snapshots: Vec::new(), segments: Vec::new(), seg: None },
+        None => {
+            Files { last_rev: None, snap_rev: None, snapshots: Vec::new(), segments: Vec::new(), seg: None }
+        }
         Some(scan) => {
             Stats::add(&stats.damaged_records, scan.damaged_records);
             Stats::add(&stats.damaged_snapshots, scan.damaged_snapshots);
@@ -1218,7 +1246,8 @@ fn make_room_dir(rooms_dir: &Path, dir: &Path, fsync: Fsync) -> Result<(), Store
     }
     fs::create_dir_all(dir).map_err(|e| StoreError::io(format!("cannot create {}", dir.display()), &e))?;
     if fsync != Fsync::Never {
-        sync_dir(rooms_dir).map_err(|e| StoreError::io(format!("cannot sync {}", rooms_dir.display()), &e))?;
+        sync_dir(rooms_dir)
+            .map_err(|e| StoreError::io(format!("cannot sync {}", rooms_dir.display()), &e))?;
     }
     Ok(())
 }
@@ -1287,7 +1316,12 @@ fn undo(state: &mut RoomState, w: &Written) {
     }
 }
 
-fn fail_gens(state: &mut RoomState, gens: &[(u64, u64)], error: &StoreError, failures: &mut Vec<(u64, u64, StoreError)>) {
+fn fail_gens(
+    state: &mut RoomState,
+    gens: &[(u64, u64)],
+    error: &StoreError,
+    failures: &mut Vec<(u64, u64, StoreError)>,
+) {
     failures.retain(|(g, _, _)| !gens.iter().any(|(wg, _)| wg == g));
     let mut all: Vec<_> = gens.iter().map(|&(g, rev)| (g, rev, error.clone())).collect();
     all.append(failures);
@@ -1298,7 +1332,12 @@ fn fail_gens(state: &mut RoomState, gens: &[(u64, u64)], error: &StoreError, fai
 }
 
 /// Every generation in `batch` fails at its first record (the room's files cannot be read).
-fn fail_all(state: &mut RoomState, batch: &Batch, error: &StoreError, failures: &mut Vec<(u64, u64, StoreError)>) {
+fn fail_all(
+    state: &mut RoomState,
+    batch: &Batch,
+    error: &StoreError,
+    failures: &mut Vec<(u64, u64, StoreError)>,
+) {
     let mut gens: Vec<(u64, u64)> = Vec::new();
     for (generation, record) in batch {
         if state.failed_gen != Some(*generation) && gens.last().is_none_or(|&(g, _)| g != *generation) {
@@ -1317,7 +1356,10 @@ mod tests {
         for id in ["lobby", ".", "..", ".hidden", "a:b:c", ":x", "A-z_0.9", "..:.."] {
             let room = RoomId::parse(id).unwrap();
             let name = dir_name(&room);
-            assert!(name != "." && name != ".." && !name.starts_with('.') && !name.contains('/'), "{id} -> {name}");
+            assert!(
+                name != "." && name != ".." && !name.starts_with('.') && !name.contains('/'),
+                "{id} -> {name}"
+            );
             assert_eq!(room_of_dir(&name), Some(room), "{id} -> {name}");
         }
         assert_eq!(room_of_dir("a:b"), None, "not a name dir_name makes");

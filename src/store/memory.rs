@@ -64,7 +64,8 @@ impl RoomLog for Log {
         let outcome = {
             let mut rooms = self.store.rooms.lock();
             let s = rooms.entry(self.room.clone()).or_default();
-            let next = s.records.last().map_or(1, |r| r.rev + 1).max(s.snapshots.last().map_or(1, |x| x.rev + 1));
+            let next =
+                s.records.last().map_or(1, |r| r.rev + 1).max(s.snapshots.last().map_or(1, |x| x.rev + 1));
             if s.failed_gen == Some(generation) {
                 None
             } else if self.store.failing.load(Ordering::SeqCst) {
