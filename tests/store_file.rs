@@ -241,10 +241,7 @@ fn a_flipped_byte_mid_log_cuts_there_and_sets_later_segments_aside() {
     assert_eq!(revs(&loaded.records), vec![1, 2], "up to the record before the flipped byte");
     assert_eq!(loaded.snapshot.map(|s| s.rev), Some(5));
     let damage = loaded.damage.join("\n");
-    assert!(
-        damage.contains(&format!("crc mismatch")) && damage.contains(&format!("offset {third}")),
-        "{damage}"
-    );
+    assert!(damage.contains("crc mismatch") && damage.contains(&format!("offset {third}")), "{damage}");
     assert!(damage.contains("log-00000000000000000006.rsl"), "{damage}");
     assert!(!segment(tmp.path(), 6).exists());
     assert!(room_dir(tmp.path()).join("log-00000000000000000006.rsl.damaged").exists());

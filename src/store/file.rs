@@ -1198,11 +1198,11 @@ fn ensure_files(room: &RoomId, state: &mut RoomState, stats: &Stats) -> Result<(
     if state.files.is_some() {
         return Ok(());
     }
-    if let Some((path, len)) = state.pending_truncate.take() {
-        if let Err(e) = truncate(&path, len) {
-            state.pending_truncate = Some((path, len));
-            return Err(e);
-        }
+    if let Some((path, len)) = state.pending_truncate.take()
+        && let Err(e) = truncate(&path, len)
+    {
+        state.pending_truncate = Some((path, len));
+        return Err(e);
     }
     let opts = ScanOpts { cut: true, keep: Some(0), collect: false };
     let files = match scan_room(room.as_str(), &state.dir, opts)? {
