@@ -35,7 +35,7 @@ rm -rf "$out" && mkdir -p "$out"
 unset_flags=()
 for name in $(compgen -e); do [[ $name == RINGSYNC_* ]] && unset_flags+=(-u "$name"); done
 env "${unset_flags[@]}" "$bin" \
-    --listen 127.0.0.1:0 --test-echo-endpoint --max-message-bytes 16777216 --rate-inbound-bytes 0 \
+    --listen 127.0.0.1:0 --memory-only --test-echo-endpoint --max-message-bytes 16777216 --rate-inbound-bytes 0 \
     >"$out/server.out" 2>"$out/server.log" &
 server=$!
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true' EXIT

@@ -142,7 +142,8 @@ pub struct Config {
     #[arg(long, env = "RINGSYNC_MAX_SESSIONS", default_value_t = 100_000)]
     pub max_sessions: usize,
 
-    /// Drop rooms with no connection and no write for this long (seconds; 0 = keep forever).
+    /// With --memory-only: drop rooms with no connection and no write for this long, losing them
+    /// (seconds; 0 = keep forever). Stored rooms are evicted by --evict-idle instead, and come back.
     #[arg(long, env = "RINGSYNC_ROOM_IDLE_TTL", default_value = "0", value_parser = parse_secs)]
     pub room_idle_ttl: Duration,
 

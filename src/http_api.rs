@@ -493,6 +493,7 @@ fn unavailable(room: &Room) -> Response<Body> {
         "the change could not be stored; it was not applied: send it again",
         room.rev().0,
     );
+    crate::app::count_reject(&r);
     json(status_of(r.code), &r)
 }
 

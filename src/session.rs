@@ -152,19 +152,23 @@ impl Session {
         // Session lock first, then the room's (as in a commit): no commit of this session is
         // half-way, so the lastClientReqId reported and the revision agree.
         let st = self.state.lock();
-        let last_req = st.last_req;
+        // As of the revision delivered: changes committed but not yet written are not in it.
+        let last_req = |to| self.room.processed_as_of(self.client, st.last_req, to);
         let delivery = match self.room.catch_up(cursor, self.client, scratch) {
             CatchUp::Current => None,
             CatchUp::Delta { frame, to, newest_committed_at, .. } => {
-                Some(Delivery { frame, to, snapshot: None, last_req, newest_committed_at })
+                Some(Delivery { frame, to, snapshot: None, last_req: last_req(to), newest_committed_at })
             }
-            CatchUp::Snapshot(snap, reason) => Some(Delivery {
-                frame: protocol::snapshot_frame(snap.rev, last_req, &snap.state),
-                to: snap.rev,
-                snapshot: Some(reason),
-                last_req,
-                newest_committed_at: None,
-            }),
+            CatchUp::Snapshot(snap, reason) => {
+                let last_req = last_req(snap.rev);
+                Some(Delivery {
+                    frame: protocol::snapshot_frame(snap.rev, last_req, &snap.state),
+                    to: snap.rev,
+                    snapshot: Some(reason),
+                    last_req,
+                    newest_committed_at: None,
+                })
+            }
         };
         drop(st);
         scratch.clear();

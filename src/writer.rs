@@ -332,6 +332,7 @@ impl<'a, S: FrameSink> Writer<'a, S> {
         if self.room.rejection_seq() > self.rejections_seen {
             // Changes of this client's that the store could not write were rolled back.
             for r in self.room.rejections_for(self.session.client, &mut self.rejections_seen) {
+                crate::app::count_reject(&r.reject);
                 self.out.send(&protocol::reject_msg(r.client_req_id, &r.reject), Kind::Control).await?;
             }
         }

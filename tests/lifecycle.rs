@@ -119,8 +119,8 @@ async fn slow_handshakes_are_cut_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_rooms_are_dropped_and_come_back_with_a_new_epoch() {
-    let server = start(config(&["--room-idle-ttl", "0.5"])).await;
+async fn memory_only_idle_rooms_are_dropped_and_come_back_with_a_new_epoch() {
+    let server = start(config(&["--memory-only", "--room-idle-ttl", "0.5"])).await;
     let (s, _) = post_ops(&server, "idle", json!([{"op": "add", "path": "/a", "value": 1}])).await;
     assert_eq!(s, 200);
     let (_, v) = http(&server, "GET", "/v1/rooms/idle", None).await;

@@ -317,7 +317,16 @@ async fn http_endpoints_and_statuses() {
     assert_eq!((s, &v["from"], &v["to"]), (200, &json!(4), &json!(7)));
     assert_eq!(v["changes"].as_array().unwrap().len(), 3);
     assert_eq!(v["changes"][0]["ops"][0]["op"], "add");
+    // Older than the ring: served from the room's log on disk.
     let (s, v) = http(&server, "GET", "/v1/rooms/h/changes?since=1", None).await;
+    assert_eq!((s, &v["from"], &v["to"]), (200, &json!(1), &json!(7)), "{v}");
+    assert_eq!(v["changes"][0]["rev"], 2);
+    // Memory only, the ring is all there is.
+    let memory = start(config(&["--memory-only", "--history", "4"])).await;
+    for i in 0..7 {
+        post_ops(&memory, "h", json!([{"op": "add", "path": "/n", "value": i}])).await;
+    }
+    let (s, v) = http(&memory, "GET", "/v1/rooms/h/changes?since=1", None).await;
     assert_eq!((s, v["code"].as_str()), (410, Some("gone")));
     let (s, _) = http(&server, "GET", "/v1/rooms/h/changes?since=99", None).await;
     assert_eq!(s, 400);

@@ -124,6 +124,24 @@ impl Room {
         self.rev.load(Ordering::Acquire)
     }
 
+    /// The `lastClientReqId` a reader at `rev` may be told for `author`, whose highest processed
+    /// id is `processed`: its changes committed after `rev` (not yet written, so not in what the
+    /// reader is sent) are not reported as processed, or the client would drop them as if the
+    /// frame held them. Free when everything committed is visible.
+    pub fn processed_as_of(&self, author: ClientId, processed: ClientReqId, rev: Rev) -> ClientReqId {
+        if self.head() <= rev.0 {
+            return processed;
+        }
+        let g = self.inner.read();
+        let mut out = processed;
+        for c in g.ring.newest_first().take_while(|c| c.rev > rev) {
+            if let Some(id) = c.client_req_id.filter(|_| c.author == author) {
+                out = out.min(ClientReqId(id.0.saturating_sub(1)));
+            }
+        }
+        out
+    }
+
     /// The dedupe state a stored session had, for a resume after a restart.
     pub fn stored_session(&self, token: &str) -> Option<SessionRecord> {
         self.keep.lock().sessions.get(token).cloned()

@@ -153,3 +153,57 @@ fn a_room_restored_from_a_snapshot_alone_starts_its_ring_there() {
     let next = back.commit(set(1, 7, "v", 7)).unwrap();
     assert_eq!(next.rev.0, 7);
 }
+
+#[test]
+fn nothing_is_visible_before_the_store_writes_it() {
+    let store = MemoryStore::new();
+    let room = stored(&store, RoomConfig::default());
+    room.commit(set(1, 1, "a", 1)).unwrap();
+    let before = room.snapshot();
+    store.hold();
+    let pending = room.commit(set(1, 2, "b", 2)).unwrap();
+    room.commit(set(2, 1, "c", 3)).unwrap();
+    // Committed in memory, not written: readers, snapshots and the HTTP view stay at rev 1.
+    assert_eq!((room.rev().0, room.outcome(&pending)), (1, Outcome::Pending));
+    assert_eq!(room.state(), (Rev(1), json!({"a": 1})));
+    assert_eq!(room.snapshot().state, before.state);
+    assert!(matches!(room.catch_up(Cursor::Holds(Rev(1)), ClientId(9), &mut Vec::new()), CatchUp::Current));
+    assert_eq!(room.state_at(Rev(2)), Err(TimeTravel::Future { head: 1 }));
+    // A reader at rev 1 is not told client 1's second change was processed: it is not in rev 1.
+    assert_eq!(room.processed_as_of(ClientId(1), ClientReqId(2), Rev(1)), ClientReqId(1));
+    assert_eq!(room.processed_as_of(ClientId(2), ClientReqId(1), Rev(1)), ClientReqId(0));
+    store.release();
+    assert_eq!((room.rev().0, room.outcome(&pending)), (3, Outcome::Written));
+    assert_eq!(room.state().1, json!({"a": 1, "b": 2, "c": 3}));
+    assert_eq!(room.processed_as_of(ClientId(1), ClientReqId(2), Rev(3)), ClientReqId(2));
+    match room.catch_up(Cursor::Holds(Rev(1)), ClientId(9), &mut Vec::new()) {
+        CatchUp::Delta { from, to, .. } => assert_eq!((from, to), (Rev(1), Rev(3))),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_failure_after_a_slow_append_rolls_back_only_what_was_not_stored() {
+    let store = MemoryStore::new();
+    let room = stored(&store, RoomConfig::default());
+    room.commit(set(1, 1, "a", 1)).unwrap();
+    store.hold();
+    let stored_late = room.commit(set(1, 2, "b", 2)).unwrap();
+    store.set_failing(true);
+    let failed = room.commit(set(2, 1, "c", 3)).unwrap();
+    let also = room.commit(set(1, 3, "d", 4)).unwrap();
+    // The store reports the stored one written before the failure: only later ones go back.
+    assert_eq!(room.outcome(&stored_late), Outcome::Written);
+    assert_eq!((room.outcome(&failed), room.outcome(&also)), (Outcome::RolledBack, Outcome::RolledBack));
+    assert_eq!(room.state(), (Rev(2), json!({"a": 1, "b": 2})));
+    assert_eq!(room.rejections_for(ClientId(1), &mut 0).len(), 1);
+    assert_eq!(room.rejections_for(ClientId(2), &mut 0).len(), 1);
+    store.set_failing(false);
+    store.release();
+    let next = room.commit(set(1, 4, "e", 5)).unwrap();
+    assert_eq!((next.rev.0, room.rev().0), (3, 3));
+    let revs: Vec<u64> = store.records(&id()).iter().map(|r| r.rev).collect();
+    assert_eq!(revs, [1, 2, 3], "what the room shows is what is stored");
+    let back = restored(&store, RoomConfig::default());
+    assert_eq!(back.state(), room.state());
+}

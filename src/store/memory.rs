@@ -20,6 +20,10 @@ use crate::ids::RoomId;
 pub struct MemoryStore {
     rooms: Mutex<HashMap<RoomId, Stored>>,
     failing: AtomicBool,
+    /// While set, appends are kept but not reported written (a slow disk).
+    holding: AtomicBool,
+    /// Held appends: (room's journal, newest rev held).
+    held: Mutex<Vec<(Weak<dyn Journal>, u64)>>,
 }
 
 #[derive(Default, Clone)]
@@ -39,6 +43,29 @@ impl MemoryStore {
     /// From now on every append fails (`true`) or succeeds again (`false`).
     pub fn set_failing(&self, failing: bool) {
         self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// From now on appends are stored but not reported written until [`MemoryStore::release`]
+    /// (a slow disk: the room's changes stay invisible meanwhile).
+    pub fn hold(&self) {
+        self.holding.store(true, Ordering::SeqCst);
+    }
+
+    /// Reports every held append written, and stops holding.
+    pub fn release(&self) {
+        self.holding.store(false, Ordering::SeqCst);
+        self.report_held();
+    }
+
+    /// Reports the held appends written (a failure is reported only after every earlier record
+    /// was reported written: see [`Journal`]).
+    fn report_held(&self) {
+        let held = std::mem::take(&mut *self.held.lock());
+        for (journal, rev) in held {
+            if let Some(j) = journal.upgrade() {
+                j.written(rev);
+            }
+        }
     }
 
     /// The records stored for `room`.
@@ -79,6 +106,13 @@ impl RoomLog for Log {
                 Some(Ok(()))
             }
         };
+        if matches!(outcome, Some(Ok(()))) && self.store.holding.load(Ordering::SeqCst) {
+            self.store.held.lock().push((self.journal.clone(), rev));
+            return;
+        }
+        if matches!(outcome, Some(Err(_))) {
+            self.store.report_held();
+        }
         let Some(journal) = self.journal.upgrade() else { return };
         match outcome {
             Some(Ok(())) => journal.written(rev),

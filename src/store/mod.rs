@@ -130,7 +130,9 @@ impl StoreError {
 }
 
 /// How a room hears what became of its appends (implemented by the room; called on the store's
-/// thread, never under the room's lock).
+/// thread, never under the room's lock). Order: `failed(_, rev)` comes only after `written` has
+/// covered `rev - 1` (everything stored before a failure is reported first), so a rollback
+/// never takes back a record that is on disk.
 pub trait Journal: Send + Sync {
     /// Every record up to `rev` is stored as the fsync policy promises.
     fn written(&self, rev: u64);

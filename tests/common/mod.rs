@@ -374,11 +374,12 @@ impl Client {
                         assert_eq!(e["client"], self.client.as_str());
                         assert!(!self.acks.iter().any(|(a, _)| *a == id), "ack {id} appears once");
                         self.acks.push((id, rev));
-                        let i = self
-                            .pending
-                            .iter()
-                            .position(|(p, _)| *p == id)
-                            .expect("ack for a pending change");
+                        let i = self.pending.iter().position(|(p, _)| *p == id).unwrap_or_else(|| {
+                            panic!(
+                                "ack for a pending change: {m} pending {:?} acks {:?}",
+                                self.pending, self.acks
+                            )
+                        });
                         let sent = self.pending.remove(i).1;
                         // An undo, redo or revert: only the server knew the ops, its ack has them.
                         e.get("ops").cloned().unwrap_or(sent)

@@ -293,9 +293,37 @@ describe("demo page in headless Chromium", { skip: skip ?? false, timeout: 24000
     }
   });
 
-  test("a server restart (new epoch): queued changes commit exactly once, pages converge", { timeout: 90000 }, async () => {
-    const room = uniqueRoom("restart");
+  test("a restart of a server with durable rooms: the game survives, pages resume in the same epoch", { timeout: 90000 }, async () => {
+    const room = uniqueRoom("durable");
     let own = await startServer();
+    const pages = [];
+    try {
+      const a = await openDemo(browser, own.url, room, { name: "Ada" });
+      pages.push(a);
+      const b = await openDemo(browser, own.url, room, { name: "Linus" });
+      pages.push(b);
+      await drag(a, "e2", "e4");
+      await drag(b, "e7", "e5");
+      const before = await settled(own.url, room, pages);
+      await own.stop();
+      await a.evaluate(() => window.room.change([{ op: "incr", path: "/offline", value: 1 }]));
+      own = await startServer({ listen: `127.0.0.1:${own.port}`, dataDir: own.dataDir });
+      const after = await assertConverged(own.url, room, pages);
+      assert.equal(after.epoch, before.epoch, "the same epoch: the room came back from disk");
+      assert.equal(after.rev, before.rev + 1, "every revision kept, plus the change queued while down");
+      assert.deepEqual(after.state.board, before.state.board, "the game is still there (not set up again)");
+      assert.equal(after.state.setup, before.state.setup);
+      assert.equal(after.state.offline, 1, "the queued change committed once");
+      assertNoPageErrors(pages);
+    } finally {
+      await closeAll(pages);
+      await own.stop();
+    }
+  });
+
+  test("a memory-only server restart (new epoch): queued changes commit exactly once, pages converge", { timeout: 90000 }, async () => {
+    const room = uniqueRoom("restart");
+    let own = await startServer({ args: ["--memory-only"] });
     const pages = [];
     try {
       const a = await openDemo(browser, own.url, room, { name: "Ada" });
@@ -325,7 +353,7 @@ describe("demo page in headless Chromium", { skip: skip ?? false, timeout: 24000
       await b.evaluate(() => window.room.change([{ op: "incr", path: "/offline", value: 10 }]));
       assert.equal(await a.evaluate(() => window.room.state.offline), 3);
 
-      own = await startServer({ listen: `127.0.0.1:${own.port}` });
+      own = await startServer({ listen: `127.0.0.1:${own.port}`, args: ["--memory-only"] });
       const server1 = await assertConverged(own.url, room, pages);
       assert.notEqual(server1.epoch, epoch1, "a new epoch");
       assert.equal(server1.state.offline, 13, "each queued change committed exactly once");

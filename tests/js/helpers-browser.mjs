@@ -2,8 +2,9 @@
 // cut or mute a page's connection, and headless Chromium through playwright-core.
 
 import { spawn } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import net from "node:net";
+import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -31,8 +32,10 @@ function missingPrerequisite() {
 }
 
 const children = new Set();
+const tempDirs = new Set();
 process.on("exit", () => {
   for (const c of children) c.kill("SIGKILL");
+  for (const d of tempDirs) rmSync(d, { recursive: true, force: true });
 });
 
 /**
@@ -46,11 +49,18 @@ function serverEnv() {
 
 /**
  * Starts the server and waits for its "listening on http://127.0.0.1:PORT" line. SIGTERM makes it
- * close every WebSocket with 1001 within `--shutdown-timeout`, set short here.
- * @param {{listen?: string, args?: string[], timeoutMs?: number}} [opts]
+ * close every WebSocket with 1001 within `--shutdown-timeout`, set short here. Rooms are stored in
+ * `dataDir` (a fresh temporary directory unless given, removed when the tests exit) unless `args`
+ * say `--memory-only`; pass the returned `dataDir` to a second server to restart on the same rooms.
+ * @param {{listen?: string, args?: string[], dataDir?: string, timeoutMs?: number}} [opts]
  */
-export async function startServer({ listen = "127.0.0.1:0", args = [], timeoutMs = 15000 } = {}) {
-  const child = spawn(serverBin, ["--listen", listen, "--shutdown-timeout", "1", ...args], {
+export async function startServer({ listen = "127.0.0.1:0", args = [], dataDir, timeoutMs = 15000 } = {}) {
+  if (!dataDir && !args.includes("--memory-only") && !args.includes("--data-dir")) {
+    dataDir = mkdtempSync(join(tmpdir(), "ringsync-test-"));
+    tempDirs.add(dataDir);
+  }
+  const storage = dataDir ? ["--data-dir", dataDir] : [];
+  const child = spawn(serverBin, ["--listen", listen, "--shutdown-timeout", "1", ...storage, ...args], {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...serverEnv(), RUST_LOG: process.env.RUST_LOG ?? "warn" },
   });
@@ -79,6 +89,7 @@ export async function startServer({ listen = "127.0.0.1:0", args = [], timeoutMs
   const exited = new Promise((r) => child.once("exit", r));
   return {
     port,
+    dataDir,
     url: `http://127.0.0.1:${port}`,
     get stderr() {
       return stderr;
@@ -168,6 +179,7 @@ export async function startProxy(targetPort) {
   const port = server.address().port;
   return {
     port,
+    dataDir,
     url: `http://127.0.0.1:${port}`,
     hold() {
       for (const p of pairs) p.held ??= [];
