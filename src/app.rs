@@ -200,6 +200,16 @@ impl App {
         room
     }
 
+    /// Reads a stored room that is not in memory on a blocking thread, so the async workers
+    /// that then use it never wait on the disk (no-op when it is in memory, or memory only).
+    pub async fn load_stored(self: &Arc<Self>, id: &RoomId) {
+        if self.rooms.store().is_none() || self.rooms.is_loaded(id) {
+            return;
+        }
+        let (app, id) = (self.clone(), id.clone());
+        let _ = tokio::task::spawn_blocking(move || app.rooms.get(&id)).await;
+    }
+
     /// Once a second: sheds history if memory is tight, and publishes the memory gauges.
     pub fn sweep_memory(&self) {
         self.rooms.relieve();

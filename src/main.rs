@@ -37,6 +37,12 @@ async fn serve() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
     let addr = listener.local_addr()?;
     let metrics_listen = config.metrics_listen;
+    let storage = if config.memory_only {
+        "memory only (--memory-only): rooms are lost when the server stops".to_string()
+    } else {
+        let fsync = format!("{:?}", config.fsync).to_lowercase();
+        format!("rooms stored in {} (--fsync {fsync})", config.data_dir.display())
+    };
     // Key and token files are read once, here; a bad one stops the server like any invalid flag.
     let app = match App::try_new(config) {
         Ok(app) => app,
@@ -53,6 +59,7 @@ async fn serve() -> anyhow::Result<()> {
     // Printed on stdout so scripts and tests can find a port chosen with --listen ...:0.
     println!("ringsync listening on http://{addr}");
     tracing::info!(%addr, "listening; open http://{addr}/ in two tabs");
+    tracing::info!("{storage}");
     server::run(listener, app, shutdown_signal()).await?;
     Ok(())
 }

@@ -176,6 +176,11 @@ impl Rooms {
         freed
     }
 
+    /// Whether the room is in memory.
+    pub fn is_loaded(&self, id: &RoomId) -> bool {
+        self.map.contains_key(id)
+    }
+
     /// The room if it is in memory or stored (loading it); never creates one.
     pub fn get(&self, id: &RoomId) -> Option<Arc<Room>> {
         if let Some(h) = self.map.get(id) {

@@ -433,7 +433,12 @@ async fn room_route(
         return json_error(ErrorCode::BadRoom, "room name must be 1-128 characters of A-Z a-z 0-9 . _ - :");
     };
     match (req.method().clone(), tail) {
-        (Method::GET, "ws") => websocket(app, req, room_id),
+        (Method::GET, "ws") => {
+            if fastwebsockets::upgrade::is_upgrade_request(&req) {
+                app.load_stored(&room_id).await;
+            }
+            websocket(app, req, room_id)
+        }
         (_, "ws") => json_error(ErrorCode::MethodNotAllowed, "use GET with a WebSocket upgrade"),
         // Deleting a room (its stored data too) is the admin API's delete, with its checks.
         (Method::DELETE, "") => admin::handle(&app, req, socket_peer, &format!("/rooms/{room_id}")).await,
@@ -449,6 +454,7 @@ async fn room_route(
                 let message = "request bodies must be Content-Type: application/json";
                 return closing_if_body(json_error(ErrorCode::UnsupportedMediaType, message), true);
             }
+            app.load_stored(&room_id).await;
             http_api::handle(&app, req, &room_id, tail).await
         }
     }

@@ -276,7 +276,7 @@ impl Sessions {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
         let (kick, kicked) = oneshot::channel();
         let existing = token.and_then(|t| self.map.get(t).map(|s| s.value().clone()));
-        if let Some(session) = existing.filter(|s| Arc::ptr_eq(&s.room, room)) {
+        if let Some(session) = existing.clone().filter(|s| Arc::ptr_eq(&s.room, room)) {
             if session.user.as_deref() != user.map(|u| &**u) {
                 return Err(AttachError::OtherUser);
             }
@@ -294,8 +294,18 @@ impl Sessions {
                 return Ok(Attached { session, conn, resumed: true, kicked });
             }
         }
-        // A session the room stored (it committed before a restart or its expiry) comes back
-        // with its client id and dedupe state, so a resend is applied once.
+        // A session of an earlier copy of this room (evicted from memory and loaded again) is
+        // resumed from what the room stored, below.
+        if let Some(old) = existing
+            .filter(|s| !Arc::ptr_eq(&s.room, room) && s.room.id() == room.id() && s.room.is_retired())
+        {
+            let mut st = old.state.lock();
+            if !st.expired && !st.attached {
+                self.expire(&old, &mut st);
+            }
+        }
+        // A session the room stored (it committed before a restart, an eviction or its expiry)
+        // comes back with its client id and dedupe state, so a resend is applied once.
         let stored = token
             .filter(|t| !self.map.contains_key(*t))
             .and_then(|t| room.stored_session(t))

@@ -450,10 +450,21 @@ async fn an_idle_room_is_evicted_and_loaded_again_on_its_next_use() {
     let mut a = Client::connect_at(server.addr, "lazy", "").await;
     a.change("overwrite", incr(7)).await;
     a.sync_to(1).await;
+    let a_session = (a.session.clone(), a.epoch.clone(), a.client.clone());
     drop(a);
     assert!(counted(server.addr, "ringsync_rooms_evicted_total").await, "the room is evicted");
     let (_, room) = get(server.addr, "/v1/rooms/lazy").await;
     assert_eq!((room["rev"].as_u64(), room["state"]["n"].as_u64()), (Some(1), Some(7)), "loaded back");
+    // The session outlived the room's copy in memory: it resumes, with its dedupe state.
+    let query = format!("session={}&epoch={}&since=1", a_session.0, a_session.1);
+    let mut b = Client::connect_at(server.addr, "lazy", &query).await;
+    assert_eq!(b.welcome["resumed"], true, "{}", b.welcome);
+    assert_eq!(
+        (b.welcome["client"].as_str(), b.welcome["lastClientReqId"].as_u64()),
+        (Some(a_session.2.as_str()), Some(1))
+    );
+    b.send(json!({"type": "change", "clientReqId": 1, "ops": incr(7)})).await;
+    assert_eq!(b.recv().await["code"], "duplicate", "a resend after the eviction is not applied again");
     stop(server).await;
 }
 

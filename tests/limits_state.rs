@@ -30,7 +30,7 @@ fn spawn_capped(address_space_kib: u64, args: &[&str]) -> (Spawned, String) {
     cmd.arg("-c")
         .arg(format!("ulimit -v {address_space_kib} && exec \"$0\" \"$@\""))
         .arg(bin.get_program())
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--memory-only"])
         .args(args)
         .stderr(Stdio::null());
     // The same environment `binary()` gives (without the shell's RINGSYNC_* variables).

@@ -352,7 +352,7 @@ async fn http_endpoints_and_statuses() {
     assert_eq!(s, 200);
     let (s, v) = http(&server, "GET", "/nope", None).await;
     assert_eq!((s, v["code"].as_str()), (404, Some("not_found")));
-    let (s, _) = http(&server, "DELETE", "/v1/rooms/h", None).await;
+    let (s, _) = http(&server, "PUT", "/v1/rooms/h", None).await;
     assert_eq!(s, 405);
 }
 

@@ -56,8 +56,12 @@ impl Drop for Server {
 
 /// The real binary as a command, without the `RINGSYNC_*` variables of the shell that runs the
 /// tests (they are the server's flags; a test passes every flag it means explicitly).
+///
+/// It runs in the system's temporary directory, so a server started without `--data-dir` never
+/// writes `ringsync-data` into the checkout.
 pub fn binary() -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ringsync"));
+    cmd.current_dir(std::env::temp_dir());
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("RINGSYNC_") {
             cmd.env_remove(name);
