@@ -240,7 +240,7 @@ if wanted recovery; then
         for i in $(seq "$RUNS"); do
             startup_run "recovery 1 room ${RECOVERY_CHANGES} ($variant snapshots)" "$dir" \
                 --room "recovery-$variant-0" --rev "$RECOVERY_CHANGES"
-            startup_run "start-up, ${RECOVERY_CHANGES}-change room on disk, no GET" "$dir"
+            startup_run "start-up, ${RECOVERY_CHANGES}-change room on disk ($variant), no GET" "$dir"
         done
         if [ "$variant" = nosnap ]; then
             echo "    files: $(ls "$dir"/rooms/*/ | tr '\n' ' ')"
