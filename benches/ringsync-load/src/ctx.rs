@@ -123,6 +123,8 @@ counters!(
     slow_snapshots,
     // Sent by writers (changes) and movers (presence updates).
     sent,
+    // Acknowledged to `commit`'s writers (their own changes' `clientReqId` entries).
+    acked,
     send_skipped,
     // Connection lifecycle.
     synced,

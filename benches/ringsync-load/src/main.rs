@@ -4,7 +4,11 @@
 //! one writer each), `presence` (N clients each moving a cursor at F Hz), `reconnect` (N readers
 //! drop at once and resume their sessions), `idle` (server memory per connection), `overload`
 //! (one room whose readers partly cannot keep up with the writer: are the fast ones slowed, do the
-//! slow ones still end at the final revision, does the server's memory stay bounded). Each run
+//! slow ones still end at the final revision, does the server's memory stay bounded); for durable
+//! rooms (issue 16) `commit` (W writers in R rooms, each keeping K changes in flight: committed
+//! changes/s and send → ack latency), `fsync-rate` (the disk's own rate of small appends + fsync,
+//! the floor under `--fsync always`) and `startup` (spawns a server on a data directory and times
+//! it to listening and to serving a stored room). Each run
 //! prints a table, appends a JSON line to `--json FILE`, and `report FILE...` turns those lines
 //! into the Markdown tables of `docs/BENCHMARKS.md` (medians per label).
 //!
@@ -17,18 +21,23 @@
 //! time, and goes to loopback addresses only.
 //!
 //! This file is the command line and the dispatch. Module map: one file per scenario (`fanout`,
-//! which `rooms` reuses, `presence`, `reconnect`, `idle`, `overload`), each owning its flags and
+//! which `rooms` reuses, `presence`, `reconnect`, `idle`, `overload`, `commit`, `fsync_rate`,
+//! `startup`), each owning its flags and
 //! its figures; `harness` (pools of groups, windows, the figures every run reports); `group`
 //! (one task driving many connections), `conn` (one connection and what each server message does
 //! to the counters), `role` (what writers, movers and slow readers send), `ctx` (state and
 //! counters shared by the run); `ws` (RFC 6455 client), `scan` (fields found in frames without
-//! parsing), `procfs` (CPU and memory of a process), `report` (tables, JSON lines, `report`).
+//! parsing), `procfs` (CPU and memory of a process), `http` (plain GETs: `/metrics`, a room),
+//! `report` (tables, JSON lines, `report`).
 
+mod commit;
 mod conn;
 mod ctx;
 mod fanout;
+mod fsync_rate;
 mod group;
 mod harness;
+mod http;
 mod idle;
 mod overload;
 mod presence;
@@ -38,6 +47,7 @@ mod report;
 mod role;
 mod rooms;
 mod scan;
+mod startup;
 mod ws;
 
 use std::net::SocketAddr;
@@ -125,6 +135,16 @@ enum Cmd {
     Overload(overload::Args),
     /// Connect N clients that only listen; report the server's RSS growth per connection.
     Idle(idle::Args),
+    /// W writers in R rooms (writer i in room i % R), no readers, each keeping K changes in
+    /// flight: committed changes/s, send → ack latency, server CPU per change, and the store's
+    /// fsyncs from /metrics (durable rooms, `--fsync` modes).
+    Commit(commit::Args),
+    /// The disk's own rate: append ~100 bytes + fsync (`sync_data`) in a loop on a file in DIR,
+    /// for --duration; fsyncs/s and latency. No server needed.
+    FsyncRate(fsync_rate::Args),
+    /// Spawn the server command after `--` (on a data directory), time it to listening and, with
+    /// --room, to the first `GET /v1/rooms/{room}` at --rev; then stop it with SIGTERM.
+    Startup(startup::Args),
     /// Markdown tables from JSON-lines result files (median per label).
     Report { files: Vec<PathBuf> },
 }
@@ -139,7 +159,8 @@ impl Cmd {
             Cmd::Rooms(a) => a.rooms * (a.clients + 1),
             Cmd::Presence(a) => a.clients,
             Cmd::Idle(a) => a.clients,
-            Cmd::Report { .. } => 0,
+            Cmd::Commit(a) => a.writers,
+            Cmd::FsyncRate(_) | Cmd::Startup(_) | Cmd::Report { .. } => 0,
         }
     }
 }
@@ -192,6 +213,9 @@ async fn scenario(opts: Opts, cmd: Cmd) -> anyhow::Result<report::Run> {
         Cmd::Reconnect(a) => reconnect::run(&mut h, a).await,
         Cmd::Idle(a) => idle::run(&mut h, a).await,
         Cmd::Overload(a) => overload::run(&mut h, a).await,
+        Cmd::Commit(a) => commit::run(&mut h, a).await,
+        Cmd::FsyncRate(a) => fsync_rate::run(&mut h, a).await,
+        Cmd::Startup(a) => startup::run(&mut h, a).await,
         Cmd::Report { .. } => unreachable!("handled in main"),
     }
 }

@@ -197,6 +197,42 @@ const OVERLOAD: &[Col] = &[
     Col("server closes", "server_closes", Show::Num),
 ];
 
+const COMMIT: &[Col] = &[
+    Col("writers", "writers", Show::Num),
+    Col("rooms", "rooms", Show::Num),
+    Col("window K", "window", Show::Num),
+    Col("committed/s", "committed_per_s", Show::Range),
+    Col("ack p50 ms", "ack_p50_ms", Show::Num),
+    Col("ack p99 ms", "ack_p99_ms", Show::Range),
+    Col("ack max ms", "ack_max_ms", Show::Num),
+    Col("fsyncs/s", "fsyncs_per_s", Show::Big),
+    Col("changes/fsync", "changes_per_fsync", Show::Num),
+    Col("fsync ms", "fsync_ms_mean", Show::Num),
+    Col("server CPU", "server_cpu_util", Show::Pct),
+    Col("µs CPU/change", "server_cpu_us_per_change", Show::Num),
+    Col("loadgen CPU", "client_cpu_util", Show::Pct),
+    Col("other CPU", "other_cpu_util", Show::Pct),
+    Col("errors", "errors", Show::Num),
+];
+
+const FSYNC_RATE: &[Col] = &[
+    Col("bytes", "bytes", Show::Num),
+    Col("fsyncs/s", "fsyncs_per_s", Show::Range),
+    Col("p50 ms", "fsync_p50_ms", Show::Num),
+    Col("p99 ms", "fsync_p99_ms", Show::Range),
+    Col("max ms", "fsync_max_ms", Show::Num),
+];
+
+const STARTUP: &[Col] = &[
+    Col("rev", "rev", Show::Big),
+    Col("listening ms", "listen_ms", Show::Range),
+    Col("first GET ms", "first_get_ms", Show::Range),
+    Col("load ms", "load_ms", Show::Num),
+    Col("server CPU s", "server_cpu_s", Show::Num),
+    Col("server RSS MB", "server_rss_mb", Show::Num),
+    Col("SIGTERM → exit ms", "stop_ms", Show::Num),
+];
+
 /// Markdown tables for every run in `files`: one table per scenario kind, one row per label
 /// (median of its runs).
 ///
@@ -215,6 +251,9 @@ fn tables(runs: &[Run]) -> String {
         ("Reconnect storm", &["reconnect"][..], RECONNECT),
         ("Idle connections", &["idle"][..], IDLE),
         ("Overload (slow readers)", &["overload"][..], OVERLOAD),
+        ("Commit throughput", &["commit"][..], COMMIT),
+        ("Disk fsync rate", &["fsync-rate"][..], FSYNC_RATE),
+        ("Start-up and recovery", &["startup"][..], STARTUP),
     ] {
         let mine: Vec<&Run> = runs.iter().filter(|r| kinds.contains(&text(r, "scenario").as_str())).collect();
         if !mine.is_empty() {
