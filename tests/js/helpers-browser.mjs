@@ -179,7 +179,6 @@ export async function startProxy(targetPort) {
   const port = server.address().port;
   return {
     port,
-    dataDir,
     url: `http://127.0.0.1:${port}`,
     hold() {
       for (const p of pairs) p.held ??= [];
