@@ -89,6 +89,23 @@ impl Pointer {
     }
 }
 
+impl Pointer {
+    /// The pointer as text (`/a/b~1c`), built in one allocation (what [`Display`](fmt::Display)
+    /// writes, without the formatter).
+    pub fn encoded(&self) -> String {
+        let mut s = String::with_capacity(self.tokens.iter().map(|t| t.len() + 1).sum());
+        for t in &self.tokens {
+            s.push('/');
+            if t.contains(['~', '/']) {
+                s.push_str(&t.replace('~', "~0").replace('/', "~1"));
+            } else {
+                s.push_str(t);
+            }
+        }
+        s
+    }
+}
+
 impl fmt::Display for Pointer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for t in &self.tokens {

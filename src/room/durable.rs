@@ -241,12 +241,18 @@ impl Room {
         &self,
         log: &dyn RoomLog,
         generation: u64,
-        change: &Change,
-        ops_json: &[u8],
+        change: &Arc<Change>,
+        ops_json: Vec<u8>,
         extras: &Extras,
         snapshot: Option<Value>,
     ) {
-        log.append(generation, record_of(change, ops_json, extras));
+        // The record is built on the store's thread: here only references move.
+        let (change_ref, session, idempotency) =
+            (change.clone(), extras.session.clone(), extras.idempotency.clone());
+        log.append_with(
+            generation,
+            Box::new(move || record_of(&change_ref, ops_json, session.as_deref(), idempotency)),
+        );
         if let Some(state) = snapshot {
             log.snapshot(self.snapshot_data(change.rev.0, &state));
         }
@@ -487,7 +493,12 @@ fn rebuild_stacks(ring: &crate::ring::Ring<Arc<Change>>) -> history::Stacks {
 }
 
 /// The record a committed change is stored as.
-fn record_of(change: &Change, ops_json: &[u8], extras: &Extras) -> Record {
+fn record_of(
+    change: &Change,
+    ops_json: Vec<u8>,
+    session: Option<&str>,
+    idempotency: Option<IdempotencyKey>,
+) -> Record {
     let (kind, reverts) = match change.kind {
         ChangeKind::Plain => (0, None),
         ChangeKind::Undo => (1, change.reverts),
@@ -498,17 +509,19 @@ fn record_of(change: &Change, ops_json: &[u8], extras: &Extras) -> Record {
         rev: change.rev.0,
         ts: change.ts,
         author: change.author.0,
-        session: extras.session.as_deref().map(str::to_string),
+        session: session.map(str::to_string),
         user: change.user.as_deref().map(str::to_string),
         client_req_id: change.client_req_id.map(|c| c.0),
         kind,
         reverts: reverts.map(|r| r.0),
-        ops: String::from_utf8_lossy(ops_json).into_owned(),
+        // serde_json wrote it: valid UTF-8, so the bytes become the string without a copy.
+        ops: String::from_utf8(ops_json)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
         inverse: serde_json::to_string(&change.inverse).expect("ops serialise"),
-        touched: change.touched.iter().map(ToString::to_string).collect(),
-        list_touched: change.list_touched.iter().map(ToString::to_string).collect(),
+        touched: change.touched.iter().map(Pointer::encoded).collect(),
+        list_touched: change.list_touched.iter().map(Pointer::encoded).collect(),
         meta: change.meta.as_ref().map(Value::to_string),
-        idempotency: extras.idempotency.clone(),
+        idempotency,
     }
 }
 

@@ -100,7 +100,7 @@ impl RoomConfig {
         max_ops_per_change: 1000,
         broadcast_buffer: 64,
         broadcast_bytes: 1 << 20,
-        snapshot_every: 1000,
+        snapshot_every: 10_000,
         snapshot_bytes: 8 << 20,
         session_ttl_ms: 0,
     };
@@ -300,7 +300,7 @@ impl Room {
         self.check_root(&mut g, &applied, cur)?;
         let extras = req.extras.clone();
         let change = self.record(&mut g, req, &ops_json, applied, None);
-        self.publish(g, &change, &ops_json, &extras);
+        self.publish(g, &change, ops_json, &extras);
         Ok(change)
     }
 
@@ -347,7 +347,7 @@ impl Room {
         let ops_json = protocol::encode_ops(&req.ops);
         let extras = req.extras.clone();
         let change = self.record(g, req, &ops_json, applied, Some(x.rev));
-        self.publish(guard, &change, &ops_json, &extras);
+        self.publish(guard, &change, ops_json, &extras);
         Ok(change)
     }
 
@@ -358,7 +358,7 @@ impl Room {
         &self,
         g: parking_lot::RwLockWriteGuard<'_, Inner>,
         change: &Arc<Change>,
-        ops_json: &[u8],
+        ops_json: Vec<u8>,
         extras: &Extras,
     ) {
         let snapshot = self.note_commit(&g, change, extras, ops_json.len());

@@ -91,19 +91,31 @@ pub fn encode_frame<T>(value: &T, out: &mut Vec<u8>) -> Result<(), StoreError>
 where
     T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
 {
-    let payload =
-        rkyv::to_bytes::<rancor::Error>(value).map_err(|e| StoreError(format!("cannot encode: {e}")))?;
-    if payload.len() > MAX_FRAME {
-        return Err(StoreError(format!(
-            "record of {} bytes is over the {MAX_FRAME}-byte limit",
-            payload.len()
-        )));
+    // One scratch buffer per thread (the store's writer encodes every record): no allocation
+    // per record. A buffer grown past `KEEP_SCRATCH` (a large snapshot) is not kept.
+    const KEEP_SCRATCH: usize = 1 << 20;
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<AlignedVec> = std::cell::RefCell::new(AlignedVec::new());
     }
-    let len = u32::try_from(payload.len()).map_err(|_| StoreError("record too large".into()))?;
+    let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    scratch.clear();
+    let payload = rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, scratch)
+        .map_err(|e| StoreError(format!("cannot encode: {e}")))?;
+    let keep = |payload: AlignedVec| {
+        if payload.capacity() <= KEEP_SCRATCH {
+            SCRATCH.with(|s| *s.borrow_mut() = payload);
+        }
+    };
+    if payload.len() > MAX_FRAME {
+        let error = format!("record of {} bytes is over the {MAX_FRAME}-byte limit", payload.len());
+        return Err(StoreError(error));
+    }
+    let Ok(len) = u32::try_from(payload.len()) else { return Err(StoreError("record too large".into())) };
     out.reserve(FRAME_OVERHEAD + payload.len());
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
     out.extend_from_slice(&payload);
+    keep(payload);
     Ok(())
 }
 
