@@ -96,8 +96,14 @@ impl Pointer {
         let mut s = String::with_capacity(self.tokens.iter().map(|t| t.len() + 1).sum());
         for t in &self.tokens {
             s.push('/');
-            if t.contains(['~', '/']) {
-                s.push_str(&t.replace('~', "~0").replace('/', "~1"));
+            if t.bytes().any(|b| b == b'~' || b == b'/') {
+                for c in t.chars() {
+                    match c {
+                        '~' => s.push_str("~0"),
+                        '/' => s.push_str("~1"),
+                        c => s.push(c),
+                    }
+                }
             } else {
                 s.push_str(t);
             }
@@ -128,7 +134,9 @@ impl fmt::Debug for Pointer {
 
 impl Serialize for Pointer {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        // One string and one `serialize_str` beat `collect_str`'s formatter, piece by piece (every
+        // op of every change is encoded, and stored rooms encode their inverses too).
+        s.serialize_str(&self.encoded())
     }
 }
 

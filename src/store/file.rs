@@ -590,6 +590,10 @@ impl FileStore {
             wake: Condvar::new(),
             stats: Stats::default(),
         });
+        let syncer = match opts.fsync {
+            Fsync::Batch => Some(Syncer::start(shared.clone())?),
+            _ => None,
+        };
         let mut writer = Writer {
             rooms_dir: rooms.clone(),
             opts,
@@ -598,6 +602,7 @@ impl FileStore {
             buf: Vec::new(),
             dirty: Vec::new(),
             last_sync: Instant::now(),
+            syncer,
         };
         let thread = std::thread::Builder::new()
             .name("ringsync-store".into())
@@ -875,6 +880,52 @@ struct Writer {
     /// Rooms with unsynced writes (`Fsync::Batch`).
     dirty: Vec<RoomId>,
     last_sync: Instant,
+    /// `Fsync::Batch`'s background syncs.
+    syncer: Option<Syncer>,
+}
+
+/// One segment for the syncer: a duplicate of the writer's handle.
+struct SyncJob {
+    room: RoomId,
+    file: File,
+    path: PathBuf,
+    len: u64,
+}
+
+/// The thread that runs `Fsync::Batch`'s periodic syncs, so a slow fsync does not hold up the
+/// writer (and with it every ack). It stops when the writer (holding `jobs`) goes.
+struct Syncer {
+    jobs: mpsc::Sender<Vec<SyncJob>>,
+    /// A sync is queued or running.
+    busy: Arc<std::sync::atomic::AtomicBool>,
+    /// Rooms whose sync failed, for the writer.
+    failed: Arc<Mutex<Vec<RoomId>>>,
+}
+
+impl Syncer {
+    fn start(shared: Arc<Shared>) -> Result<Syncer, StoreError> {
+        let (jobs, rx) = mpsc::channel::<Vec<SyncJob>>();
+        let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let (busy2, failed2) = (busy.clone(), failed.clone());
+        std::thread::Builder::new()
+            .name("ringsync-sync".into())
+            .spawn(move || {
+                for round in rx {
+                    for job in round {
+                        if let Err(e) = shared.stats.sync(&job.file) {
+                            // Acknowledged records may not be on disk; the writer reads the
+                            // room's files again before its next write.
+                            tracing::error!(room = %job.room, file = %job.path.display(), offset = job.len, error = %e, "store: fsync failed");
+                            failed2.lock().push(job.room);
+                        }
+                    }
+                    busy2.store(false, Ordering::Release);
+                }
+            })
+            .map_err(|e| StoreError::io("cannot start the store's sync thread", &e))?;
+        Ok(Syncer { jobs, busy, failed })
+    }
 }
 
 type Batch = Vec<(u64, Record)>;
@@ -899,6 +950,7 @@ impl Writer {
                 self.shared.stats.queue_len.store(0, Ordering::Relaxed);
                 (std::mem::take(&mut queue.ops), queue.stop)
             };
+            self.take_sync_failures();
             self.round(ops);
             if self.opts.fsync == Fsync::Batch && self.last_sync.elapsed() >= self.opts.fsync_interval {
                 self.sync_dirty();
@@ -1215,14 +1267,57 @@ impl Writer {
         }
     }
 
-    /// `Fsync::Batch`'s periodic sync.
+    /// `Fsync::Batch`'s periodic sync: the dirty segments go to the syncer thread (duplicated
+    /// handles), so appends go on while the disk syncs. While the previous sync still runs,
+    /// this one waits for the next interval.
     fn sync_dirty(&mut self) {
+        self.last_sync = Instant::now();
+        let Some(syncer) = &self.syncer else {
+            for room in std::mem::take(&mut self.dirty) {
+                if let Some(state) = self.rooms.get_mut(&room) {
+                    sync_room(&self.shared.stats, &room, state);
+                }
+            }
+            return;
+        };
+        if syncer.busy.load(Ordering::Acquire) {
+            return;
+        }
+        let mut jobs = Vec::with_capacity(self.dirty.len());
         for room in std::mem::take(&mut self.dirty) {
-            if let Some(state) = self.rooms.get_mut(&room) {
-                sync_room(&self.shared.stats, &room, state);
+            let Some(state) = self.rooms.get_mut(&room) else { continue };
+            let Some(seg) = state.files.as_ref().and_then(|f| f.seg.as_ref()) else { continue };
+            match seg.file.try_clone() {
+                Ok(file) => {
+                    jobs.push(SyncJob { room, file, path: seg.path.clone(), len: seg.len });
+                    state.dirty = false;
+                }
+                Err(_) => sync_room(&self.shared.stats, &room, state),
             }
         }
-        self.last_sync = Instant::now();
+        if !jobs.is_empty() {
+            syncer.busy.store(true, Ordering::Release);
+            if let Err(mpsc::SendError(jobs)) = syncer.jobs.send(jobs) {
+                syncer.busy.store(false, Ordering::Release);
+                for job in jobs {
+                    if let Err(e) = self.shared.stats.sync(&job.file) {
+                        tracing::error!(room = %job.room, file = %job.path.display(), error = %e, "store: fsync failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rooms whose background sync failed: their files are read again before the next write
+    /// (as after a failed inline sync).
+    fn take_sync_failures(&mut self) {
+        let Some(syncer) = &self.syncer else { return };
+        let failed = std::mem::take(&mut *syncer.failed.lock());
+        for room in failed {
+            if let Some(state) = self.rooms.get_mut(&room) {
+                state.files = None;
+            }
+        }
     }
 
     /// Syncs every room's open segment (flush and stop, in every mode).
