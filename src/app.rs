@@ -96,6 +96,7 @@ impl App {
                 },
                 fsync_interval: config.fsync_interval,
                 retain: config.retain_history.max(config.history as u64),
+                max_open: open_segment_cap(),
             };
             let store =
                 FileStore::open_dir(&config.data_dir, options).map_err(|e| format!("--data-dir: {e}"))?;
@@ -337,4 +338,11 @@ impl Drop for BodyCharge<'_> {
             metrics::gauge!(m::HTTP_BODY_IN_FLIGHT).decrement(self.bytes as f64);
         }
     }
+}
+
+/// How many log segments the file store keeps open: a quarter of the process's open-file limit
+/// (the rest is for connections), between 64 and 65,536.
+pub fn open_segment_cap() -> usize {
+    let limit = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+    usize::try_from(limit / 4).unwrap_or(usize::MAX).clamp(64, 65_536)
 }

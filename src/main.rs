@@ -33,6 +33,7 @@ async fn serve() -> anyhow::Result<()> {
         }
     }
     ignore_file_size_signal();
+    let open_files = raise_open_file_limit();
     let listener = server::bind(config.listen)
         .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
     let addr = listener.local_addr()?;
@@ -60,6 +61,11 @@ async fn serve() -> anyhow::Result<()> {
     println!("ringsync listening on http://{addr}");
     tracing::info!(%addr, "listening; open http://{addr}/ in two tabs");
     tracing::info!("{storage}");
+    tracing::info!(
+        limit = open_files,
+        store_segments = ringsync::app::open_segment_cap(),
+        "open files (RLIMIT_NOFILE raised to its hard limit): connections and the store's open log segments share it"
+    );
     server::run(listener, app, shutdown_signal()).await?;
     Ok(())
 }
@@ -102,6 +108,20 @@ fn check_data(dir: Option<String>) -> i32 {
     }
     println!("{} rooms, {damaged} damaged", reports.len());
     i32::from(damaged > 0)
+}
+
+/// Raises the soft limit on open files to the hard one (as Go's runtime does for every
+/// program): each connection and each active stored room's log segment holds a descriptor, and
+/// the soft default (often 1024) would refuse connections long before the hard limit. Returns
+/// the limit in effect.
+fn raise_open_file_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft)
+        }
+    }
 }
 
 /// A write past the file-size limit (`RLIMIT_FSIZE`) raises SIGXFSZ, which would kill the

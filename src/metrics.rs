@@ -32,6 +32,7 @@ pub const STORE_FAILURES: &str = "ringsync_store_failures_total";
 pub const STORE_DAMAGED: &str = "ringsync_store_damaged_total";
 pub const STORE_SNAPSHOTS: &str = "ringsync_store_snapshots_total";
 pub const STORE_SEGMENTS_DELETED: &str = "ringsync_store_segments_deleted_total";
+pub const STORE_SEGMENTS_PARKED: &str = "ringsync_store_segments_parked_total";
 pub const STORE_QUEUE: &str = "ringsync_store_queue_length";
 pub const CHANGES_COMMITTED: &str = "ringsync_changes_committed_total";
 pub const CHANGES_REJECTED: &str = "ringsync_changes_rejected_total";
@@ -360,6 +361,7 @@ fn initialise() {
         STORE_DAMAGED,
         STORE_SNAPSHOTS,
         STORE_SEGMENTS_DELETED,
+        STORE_SEGMENTS_PARKED,
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -489,6 +491,10 @@ fn describe() {
     );
     describe_counter!(STORE_SNAPSHOTS, "Room snapshots written");
     describe_counter!(STORE_SEGMENTS_DELETED, "Log segments deleted once a newer snapshot covered them");
+    describe_counter!(
+        STORE_SEGMENTS_PARKED,
+        "Log segments closed to keep the store's open files within its cap (reopened on their next write)"
+    );
     describe_gauge!(STORE_QUEUE, "Records and snapshots waiting for the store's writer thread");
 }
 
@@ -502,5 +508,6 @@ pub fn publish_store(s: &crate::store::file::StatsSnapshot) {
     metrics::counter!(STORE_DAMAGED).absolute(s.damaged_records + s.damaged_snapshots);
     metrics::counter!(STORE_SNAPSHOTS).absolute(s.snapshots_written);
     metrics::counter!(STORE_SEGMENTS_DELETED).absolute(s.segments_deleted);
+    metrics::counter!(STORE_SEGMENTS_PARKED).absolute(s.segments_parked);
     metrics::gauge!(STORE_QUEUE).set(s.queue_len as f64);
 }

@@ -90,7 +90,7 @@ fn snapshot(rev: u64) -> SnapshotData {
 }
 
 fn options(fsync: Fsync, retain: u64) -> FileOptions {
-    FileOptions { fsync, fsync_interval: Duration::from_millis(50), retain }
+    FileOptions { fsync, fsync_interval: Duration::from_millis(50), retain, max_open: 0 }
 }
 
 fn room() -> RoomId {
@@ -463,4 +463,44 @@ fn check_reports_damage_and_modifies_nothing() {
         "{:?}",
         r.damage
     );
+}
+
+#[test]
+fn past_the_open_file_cap_segments_are_parked_and_reopened_not_multiplied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rooms: Vec<RoomId> = (0..6).map(|i| RoomId::parse(&format!("cap:{i}")).unwrap()).collect();
+    let opts = FileOptions { max_open: 2, ..options(Fsync::Batch, 0) };
+    {
+        let store = FileStore::open_dir(tmp.path(), opts.clone()).unwrap();
+        let mut logs = Vec::new();
+        for room in &rooms {
+            let journal = Arc::new(TestJournal::default());
+            let weak: Weak<dyn Journal> = Arc::downgrade(&(journal.clone() as Arc<dyn Journal>));
+            logs.push((journal, store.open(room, "ep-cap", weak)));
+        }
+        // Rooms take turns, each write its own round (waited for), so every round past the
+        // second opens a segment over the cap.
+        for rev in 1..=20 {
+            for (journal, log) in &logs {
+                log.append(0, record(rev));
+                journal.wait_written(rev);
+            }
+        }
+        assert!(store.stats().segments_parked > 0, "{:?}", store.stats());
+        store.flush();
+    }
+    for room in &rooms {
+        let dir = tmp.path().join("rooms").join(file::dir_name(room));
+        let segments = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("log-"))
+            .count();
+        assert_eq!(segments, 1, "{room}: a parked segment is reopened, not replaced by a new one");
+    }
+    let store = FileStore::open_dir(tmp.path(), opts).unwrap();
+    for room in &rooms {
+        let loaded = store.load(room, 100).unwrap().unwrap();
+        assert_eq!(revs(&loaded.records), range(1, 20), "{room}");
+        assert!(loaded.damage.is_empty(), "{room}: {:?}", loaded.damage);
+    }
 }

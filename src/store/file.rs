@@ -83,11 +83,26 @@ pub struct FileOptions {
     pub fsync_interval: Duration,
     /// Records kept before the newest snapshot for the history API (at least the ring's size).
     pub retain: u64,
+    /// Most log segments held open at once (0 = no cap). Past it, the least recently written
+    /// rooms' segments are closed (synced first where the mode promises it) and reopened on their
+    /// next write, so the store's file descriptors stay within a share of the process's limit
+    /// however many rooms are active.
+    pub max_open: usize,
+}
+
+impl FileOptions {
+    /// What [`FileOptions::default`] caps open segments at.
+    pub const DEFAULT_MAX_OPEN: usize = 1024;
 }
 
 impl Default for FileOptions {
     fn default() -> Self {
-        FileOptions { fsync: Fsync::Batch, fsync_interval: Duration::from_secs(1), retain: 0 }
+        FileOptions {
+            fsync: Fsync::Batch,
+            fsync_interval: Duration::from_secs(1),
+            retain: 0,
+            max_open: Self::DEFAULT_MAX_OPEN,
+        }
     }
 }
 
@@ -104,6 +119,7 @@ pub struct Stats {
     damaged_snapshots: AtomicU64,
     snapshots_written: AtomicU64,
     segments_deleted: AtomicU64,
+    segments_parked: AtomicU64,
     queue_len: AtomicU64,
 }
 
@@ -126,6 +142,8 @@ pub struct StatsSnapshot {
     pub damaged_snapshots: u64,
     pub snapshots_written: u64,
     pub segments_deleted: u64,
+    /// Segments closed to stay within `FileOptions::max_open` (reopened on their next write).
+    pub segments_parked: u64,
     /// Operations queued for the writer thread.
     pub queue_len: u64,
 }
@@ -148,6 +166,7 @@ impl Stats {
             damaged_snapshots: get(&self.damaged_snapshots),
             snapshots_written: get(&self.snapshots_written),
             segments_deleted: get(&self.segments_deleted),
+            segments_parked: get(&self.segments_parked),
             queue_len: get(&self.queue_len),
         }
     }
@@ -603,6 +622,8 @@ impl FileStore {
             dirty: Vec::new(),
             last_sync: Instant::now(),
             syncer,
+            rounds: 0,
+            opened: 0,
         };
         let thread = std::thread::Builder::new()
             .name("ringsync-store".into())
@@ -802,6 +823,23 @@ struct Files {
     snapshots: Vec<u64>,
     segments: Vec<u64>,
     seg: Option<Segment>,
+    /// The segment appends continue while its handle is closed (the open-file cap, or not yet
+    /// reopened after reading the room): reopened by the next write that continues it.
+    parked: Option<Parked>,
+}
+
+/// A [`Segment`] without its handle.
+struct Parked {
+    first: u64,
+    path: PathBuf,
+    len: u64,
+    next: u64,
+}
+
+impl Segment {
+    fn park(self) -> Parked {
+        Parked { first: self.first, path: self.path, len: self.len, next: self.next }
+    }
 }
 
 impl Files {
@@ -822,6 +860,8 @@ struct RoomState {
     dirty: bool,
     /// A failed write that could not be cut: retried before the room's files are read again.
     pending_truncate: Option<(PathBuf, u64)>,
+    /// The writer's round that last wrote to it (which segments the open-file cap closes first).
+    last_write: u64,
 }
 
 struct NoJournal;
@@ -882,6 +922,10 @@ struct Writer {
     last_sync: Instant,
     /// `Fsync::Batch`'s background syncs.
     syncer: Option<Syncer>,
+    /// Rounds so far (the clock of `RoomState::last_write`).
+    rounds: u64,
+    /// Segments opened since the last count (at least the number open).
+    opened: usize,
 }
 
 /// One segment for the syncer: a duplicate of the writer's handle.
@@ -963,6 +1007,7 @@ impl Writer {
     }
 
     fn round(&mut self, ops: Vec<Op>) {
+        self.rounds += 1;
         let mut pending: Vec<(RoomId, Batch)> = Vec::new();
         let add =
             |pending: &mut Vec<(RoomId, Batch)>, room: RoomId, generation: u64, record: Record| match pending
@@ -1016,6 +1061,44 @@ impl Writer {
             }
         }
         self.commit(pending);
+        self.cap_open_segments();
+    }
+
+    /// Keeps open segments within `max_open`: past it, the least recently written rooms'
+    /// segments are parked (synced first in `batch` mode, whose periodic sync needs the handle;
+    /// `always` synced them when written) down to nine tenths of the cap, so the count is
+    /// redone only every tenth of the cap's opens.
+    fn cap_open_segments(&mut self) {
+        let cap = self.opts.max_open;
+        if cap == 0 || self.opened <= cap {
+            return;
+        }
+        let mut open: Vec<(u64, RoomId)> = self
+            .rooms
+            .iter()
+            .filter(|(_, s)| s.files.as_ref().is_some_and(|f| f.seg.is_some()))
+            .map(|(room, s)| (s.last_write, room.clone()))
+            .collect();
+        self.opened = open.len();
+        if open.len() <= cap {
+            return;
+        }
+        let target = cap - cap / 10;
+        open.sort_unstable_by_key(|(at, _)| *at);
+        for (_, room) in open.into_iter().take(self.opened - target) {
+            let Some(state) = self.rooms.get_mut(&room) else { continue };
+            if state.dirty {
+                sync_room(&self.shared.stats, &room, state);
+                self.dirty.retain(|r| *r != room);
+            }
+            if let Some(files) = state.files.as_mut()
+                && let Some(seg) = files.seg.take()
+            {
+                files.parked = Some(seg.park());
+                self.opened -= 1;
+                Stats::add(&self.shared.stats.segments_parked, 1);
+            }
+        }
     }
 
     fn state(&mut self, room: &RoomId) -> &mut RoomState {
@@ -1028,6 +1111,7 @@ impl Writer {
             files: None,
             dirty: false,
             pending_truncate: None,
+            last_write: 0,
         })
     }
 
@@ -1129,6 +1213,22 @@ impl Writer {
         let (Some(last), Some(&(_, first_rev))) = (last, gens.first()) else { return (None, failures) };
         let count = last - first_rev + 1;
 
+        // A parked segment that this write continues is reopened.
+        if files.seg.is_none()
+            && let Some(p) = files.parked.take_if(|p| p.next == first_rev && p.len < MAX_SEGMENT)
+        {
+            match OpenOptions::new().write(true).open(&p.path) {
+                Ok(file) => {
+                    files.seg =
+                        Some(Segment { first: p.first, file, path: p.path, len: p.len, next: p.next });
+                    self.opened += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(room = %room, file = %p.path.display(), error = %e, "store: cannot reopen a log segment; starting a new one");
+                }
+            }
+        }
+        files.parked = None;
         // The segment: the open one when it continues, else a new one named by the first rev.
         let mut created = false;
         if files.seg.as_ref().is_none_or(|s| s.next != first_rev || s.len >= MAX_SEGMENT) {
@@ -1144,6 +1244,7 @@ impl Writer {
                     files.segments.push(first_rev);
                     files.seg = Some(seg);
                     created = true;
+                    self.opened += 1;
                 }
                 Err(e) => {
                     Stats::add(&stats.write_failures, 1);
@@ -1168,6 +1269,7 @@ impl Writer {
         }
         seg.len += buf.len() as u64;
         seg.next = last.saturating_add(1);
+        state.last_write = self.rounds;
         files.last_rev = Some(last);
         Stats::add(&stats.appends_written, count);
         Stats::add(&stats.bytes_written, buf.len() as u64);
@@ -1240,6 +1342,7 @@ impl Writer {
         files.snap_rev = files.snap_rev.max(Some(rev));
         // Rotate: the next append starts a new segment, so whole segments fall behind snapshots.
         files.seg = None;
+        files.parked = None;
         state.dirty = false;
 
         // Keep the two newest snapshots and the log from the older one (and `retain` records
@@ -1361,23 +1464,24 @@ fn ensure_files(room: &RoomId, state: &mut RoomState, stats: &Stats) -> Result<(
     }
     let opts = ScanOpts { cut: true, keep: Some(0), collect: false };
     let files = match scan_room(room.as_str(), &state.dir, opts)? {
-        None => {
-            Files { last_rev: None, snap_rev: None, snapshots: Vec::new(), segments: Vec::new(), seg: None }
-        }
+        None => Files {
+            last_rev: None,
+            snap_rev: None,
+            snapshots: Vec::new(),
+            segments: Vec::new(),
+            seg: None,
+            parked: None,
+        },
         Some(scan) => {
             Stats::add(&stats.damaged_records, scan.damaged_records);
             Stats::add(&stats.damaged_snapshots, scan.damaged_snapshots);
             for damage in &scan.damage {
                 tracing::warn!(room = %room, "store: {damage}");
             }
-            let seg = match scan.tail {
+            // The tail is opened by the first write that continues it.
+            let parked = match scan.tail {
                 Some((first, len, next)) if scan.segments.last() == Some(&first) => {
-                    let path = state.dir.join(segment_name(first));
-                    let file = OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .map_err(|e| StoreError::io(format!("cannot open {}", path.display()), &e))?;
-                    Some(Segment { first, file, path, len, next })
+                    Some(Parked { first, path: state.dir.join(segment_name(first)), len, next })
                 }
                 _ => None,
             };
@@ -1386,7 +1490,8 @@ fn ensure_files(room: &RoomId, state: &mut RoomState, stats: &Stats) -> Result<(
                 snap_rev: scan.snapshot.map(|s| s.rev),
                 snapshots: scan.snapshots,
                 segments: scan.segments,
-                seg,
+                seg: None,
+                parked,
             }
         }
     };
