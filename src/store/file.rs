@@ -886,6 +886,42 @@ fn batch_priority() {
     }
 }
 
+/// Syncs each `Some` file, up to [`SYNC_THREADS`] at once (scoped threads, when more than one
+/// needs it): the result for each index that had a file.
+fn sync_side_by_side(stats: &Stats, files: &[Option<&File>]) -> Vec<Option<io::Result<()>>> {
+    let todo: Vec<(usize, &File)> = files.iter().enumerate().filter_map(|(i, f)| Some((i, (*f)?))).collect();
+    let mut out: Vec<Option<io::Result<()>>> = files.iter().map(|_| None).collect();
+    if todo.len() <= 1 {
+        for (i, file) in todo {
+            out[i] = Some(stats.sync(file));
+        }
+        return out;
+    }
+    let per = todo.len().div_ceil(SYNC_THREADS);
+    let results: Vec<(usize, io::Result<()>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = todo
+            .chunks(per)
+            .map(|chunk| {
+                scope.spawn(move || chunk.iter().map(|&(i, f)| (i, stats.sync(f))).collect::<Vec<_>>())
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|_| Vec::new())).collect()
+    });
+    for (i, r) in results {
+        out[i] = Some(r);
+    }
+    // A sync thread that panicked left its files without a result: treat them as failed.
+    for &(i, _) in &todo {
+        if out[i].is_none() {
+            out[i] = Some(Err(io::Error::other("fsync thread failed")));
+        }
+    }
+    out
+}
+
+/// Most fsyncs one `always` round issues at once.
+const SYNC_THREADS: usize = 8;
+
 /// Writes `buf` at `offset`: one `pwrite` where the platform has it.
 fn write_at(file: &mut File, buf: &[u8], offset: u64) -> io::Result<()> {
     #[cfg(unix)]
@@ -1122,15 +1158,29 @@ impl Writer {
             let (written, failures) = self.write_room(&room, batch);
             reports.push((room, written, failures));
         }
-        for (room, written, mut failures) in reports {
+        // `always`: every room written this round is synced before any is reported, the rooms'
+        // fsyncs issued side by side (the filesystem's journal commits them together).
+        let mut synced: Vec<Option<io::Result<()>>> = if self.opts.fsync == Fsync::Always {
+            let files: Vec<Option<&File>> = reports
+                .iter()
+                .map(|(room, written, _)| {
+                    written.as_ref()?;
+                    let seg = self.rooms.get(room)?.files.as_ref()?.seg.as_ref()?;
+                    Some(&seg.file)
+                })
+                .collect();
+            sync_side_by_side(&self.shared.stats, &files)
+        } else {
+            Vec::new()
+        };
+        for (i, (room, written, mut failures)) in reports.into_iter().enumerate() {
             let Some(state) = self.rooms.get_mut(&room) else { continue };
             let mut done = None;
             if let Some(w) = written {
-                let synced = match (self.opts.fsync, state.files.as_ref().and_then(|f| f.seg.as_ref())) {
-                    (Fsync::Always, Some(seg)) => {
-                        self.shared.stats.sync(&seg.file).map_err(|e| (seg.path.clone(), seg.len, e))
-                    }
-                    _ => Ok(()),
+                let result = synced.get_mut(i).and_then(Option::take).unwrap_or(Ok(()));
+                let synced = match state.files.as_ref().and_then(|f| f.seg.as_ref()) {
+                    Some(seg) => result.map_err(|e| (seg.path.clone(), seg.len, e)),
+                    None => result.map_err(|e| (state.dir.clone(), 0, e)),
                 };
                 match synced {
                     Ok(()) => done = Some(w.last),
