@@ -12,6 +12,7 @@
 #   NOISE_MAX=0.1 RETRIES=2             # repeat a run when other processes took >10 % of a core
 #   DOC=/tmp/b.md scripts/bench.sh      # write the report elsewhere
 #   BASELINE=/tmp/old/ringsync scripts/bench.sh  # A/B: also run every scenario against another
+#   STORE=batch scripts/bench.sh              # servers with durable rooms (a fresh --data-dir each), not --memory-only
 #                                       # server binary, interleaved, labelled "(baseline)"
 #                                       # (BASELINE_FLAGS='...' when it needs other server flags)
 #
@@ -61,6 +62,11 @@ BASELINE=${BASELINE:-}
 # connection limits (20/s, 1,000 open): every load-generator client comes from 127.0.0.1. The
 # per-connection byte rate stays at its default, so its check is measured.
 SERVER_FLAGS=(--max-room-clients 0 --rate-changes 0 --rate-ip-connections 0 --max-ip-connections 0)
+# Rooms in memory (--memory-only), as every figure before durable rooms was measured; STORE=batch
+# (or always, never) gives each server start a fresh data directory under $OUT with that --fsync
+# (durable rooms' own figures: scripts/bench-durable.sh). Never the default ./ringsync-data.
+STORE=${STORE:-memory}
+if [ "$STORE" = memory ]; then SERVER_FLAGS+=(--memory-only); fi
 # BASELINE_FLAGS='--max-room-clients 0': the baseline's flags instead (an older build may not know
 # the newer ones).
 if [ -n "${BASELINE_FLAGS+set}" ]; then read -r -a BASE_FLAGS <<<"$BASELINE_FLAGS"; else BASE_FLAGS=("${SERVER_FLAGS[@]}"); fi
@@ -80,13 +86,20 @@ stop_server() {
         wait "$SERVER_PID" 2>/dev/null || true
         SERVER_PID=""
     fi
+    if [ -n "$DATA_DIR" ]; then rm -rf "$DATA_DIR"; DATA_DIR=""; fi
 }
 trap stop_server EXIT
 trap 'exit 130' INT TERM
 
+DATA_DIR=""
 start_server() {
     : > "$OUT/server.out"
-    (RUST_LOG=warn TOKIO_WORKER_THREADS=1 pinned $SERVER_CORE "$SERVER" --listen 127.0.0.1:0 "${SERVER_FLAGS[@]}" "$@" \
+    local store_flags=()
+    if [ "$STORE" != memory ]; then
+        DATA_DIR=$(mktemp -d "$OUT/data.XXXXXX")
+        store_flags=(--data-dir "$DATA_DIR" --fsync "$STORE")
+    fi
+    (RUST_LOG=warn TOKIO_WORKER_THREADS=1 pinned $SERVER_CORE "$SERVER" --listen 127.0.0.1:0 "${SERVER_FLAGS[@]}" "${store_flags[@]}" "$@" \
         > "$OUT/server.out" 2>> "$OUT/server.log") &
     SERVER_PID=$!
     ADDR=""
