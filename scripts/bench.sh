@@ -12,9 +12,9 @@
 #   NOISE_MAX=0.1 RETRIES=2             # repeat a run when other processes took >10 % of a core
 #   DOC=/tmp/b.md scripts/bench.sh      # write the report elsewhere
 #   BASELINE=/tmp/old/ringsync scripts/bench.sh  # A/B: also run every scenario against another
-#   STORE=batch scripts/bench.sh              # servers with durable rooms (a fresh --data-dir each), not --memory-only
 #                                       # server binary, interleaved, labelled "(baseline)"
 #                                       # (BASELINE_FLAGS='...' when it needs other server flags)
+#   STORE=batch scripts/bench.sh          # servers with durable rooms (a fresh --data-dir each), not --memory-only
 #
 # Load stays on 127.0.0.1 and is bounded: at most 10,000 connections, every run time-limited.
 set -euo pipefail
