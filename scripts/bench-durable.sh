@@ -227,7 +227,7 @@ fi
 
 if wanted recovery; then
     # One writer, 64 changes in flight; the room ends at rev RECOVERY_CHANGES (its first change
-    # creates /n). Twice: with the default snapshots (every 1000 changes or 8 MiB: a restart
+    # creates /n). Twice: with the default snapshots (every 10,000 changes or 8 MiB: a restart
     # replays at most that), and with snapshots by count off and by bytes at 64 GiB, so the whole
     # log is replayed (the worst case the issue names).
     n=$((RECOVERY_CHANGES - 1))

@@ -27,7 +27,7 @@ pub const ROOMS_EVICTED: &str = "ringsync_rooms_evicted_total";
 pub const STORE_APPENDS: &str = "ringsync_store_appends_total";
 pub const STORE_BYTES: &str = "ringsync_store_written_bytes_total";
 pub const STORE_FSYNCS: &str = "ringsync_store_fsyncs_total";
-pub const STORE_FSYNC_SECONDS: &str = "ringsync_store_fsync_seconds_total";
+pub const STORE_FSYNC_SECONDS: &str = "ringsync_store_fsync_seconds";
 pub const STORE_FAILURES: &str = "ringsync_store_failures_total";
 pub const STORE_DAMAGED: &str = "ringsync_store_damaged_total";
 pub const STORE_SNAPSHOTS: &str = "ringsync_store_snapshots_total";
@@ -480,7 +480,11 @@ fn describe() {
     describe_counter!(STORE_APPENDS, "Change records written to the rooms' logs");
     describe_counter!(STORE_BYTES, Unit::Bytes, "Bytes written to the data directory (logs and snapshots)");
     describe_counter!(STORE_FSYNCS, "fsyncs of log segments and snapshots");
-    describe_gauge!(STORE_FSYNC_SECONDS, Unit::Seconds, "Time spent in fsync, in total");
+    describe_gauge!(
+        STORE_FSYNC_SECONDS,
+        Unit::Seconds,
+        "Time spent in fsync since the server started (a running total: rate() it; a gauge because the metrics crate's counters are integers)"
+    );
     describe_counter!(
         STORE_FAILURES,
         "Writes and fsyncs that failed (disk full, I/O error): their changes were rejected unavailable"
