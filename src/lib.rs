@@ -18,7 +18,7 @@
 //!   [`protocol`] (the only encoder/decoder, and the error-code catalogue);
 //!   [`presence`] and [`broadcast`] (a room's two ephemeral lanes);
 //!   [`room`] (one room's ordering point: commit, conflict modes, catch-up decision, snapshots,
-//!   what the store's answers do to it and how it is rebuilt from what was stored);
+//!   what the store's answers do to it and how it is rebuilt as the store streams it back);
 //!   [`rooms`] (the registry: admission, activity, lazy loading from the store, eviction);
 //! - the shell: [`config`] (every flag once), [`close`] (close-reason catalogue), [`metrics`]
 //!   (names, label enums, handles), [`web`] (embedded browser files); [`auth`] (tokens and room

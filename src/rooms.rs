@@ -23,7 +23,7 @@ use dashmap::mapref::entry::Entry;
 use crate::ids::RoomId;
 use crate::memory::Budget;
 use crate::protocol::ErrorCode;
-use crate::room::{Room, RoomConfig};
+use crate::room::{Restore, Room, RoomConfig};
 use crate::store::{Journal, Store};
 
 /// Why a room that does not exist could not be created.
@@ -193,20 +193,21 @@ impl Rooms {
         }
     }
 
-    /// Reads a stored room back (no lock held: the disk is read before the map is touched).
-    /// `Ok(None)` when nothing is stored for it.
+    /// Reads a stored room back (no lock held: the disk is read before the map is touched),
+    /// replaying its records as the store streams them (memory in the ring's size, not the
+    /// log's: see [`Restore`]). `Ok(None)` when nothing is stored for it.
     fn load(&self, id: &RoomId) -> Result<Option<Room>, NoNewRoom> {
         let Some(store) = &self.store else { return Ok(None) };
-        let loaded = store.load(id, self.config.history).map_err(|e| {
+        let mut restore = Restore::new(id.clone(), self.config.clone(), &self.budget);
+        let loaded = store.load_with(id, self.config.history, &mut restore).map_err(|e| {
             tracing::error!(room = %id, error = %e, "cannot read the stored room");
             NoNewRoom::Unreadable
         })?;
         let Some(loaded) = loaded else { return Ok(None) };
-        let (room, damage) =
-            Room::restore(id.clone(), self.config.clone(), &self.budget, loaded).map_err(|e| {
-                tracing::error!(room = %id, error = %e, "cannot rebuild the stored room");
-                NoNewRoom::Unreadable
-            })?;
+        let (room, damage) = restore.finish(loaded).map_err(|e| {
+            tracing::error!(room = %id, error = %e, "cannot rebuild the stored room");
+            NoNewRoom::Unreadable
+        })?;
         for d in &damage {
             tracing::warn!(room = %id, damage = %d, "stored room damaged: cut at the last whole record");
         }

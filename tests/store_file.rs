@@ -1,6 +1,7 @@
 //! The file store against real files in temporary directories: round trips through a restart,
-//! torn tails at every offset, a flipped byte, a damaged snapshot, rotation and retention,
-//! generations, fsync modes, the directory lock and the offline check.
+//! streaming loads (and a gap the snapshot covers), torn tails at every offset, a flipped byte, a
+//! damaged snapshot, rotation and retention, generations, fsync modes, the directory lock and the
+//! offline check.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -10,7 +11,7 @@ use parking_lot::{Condvar, Mutex};
 use ringsync::ids::RoomId;
 use ringsync::store::codec::{self, LOG_MAGIC};
 use ringsync::store::file::{self, FileOptions, FileStore, Fsync};
-use ringsync::store::{Journal, Record, RoomLog, SnapshotData, Store, StoreError};
+use ringsync::store::{Journal, LoadSink, Record, RoomLog, SnapshotData, Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Ev {
@@ -169,6 +170,82 @@ fn records_and_snapshots_survive_a_restart() {
     append(&log, 0, 21..=21);
     journal.wait_written(21);
     assert_eq!(revs(&store.changes(&room(), 19, 10).unwrap()), vec![20, 21]);
+}
+
+/// What a streaming load handed over, in order.
+#[derive(Debug, Default, PartialEq)]
+struct Seen {
+    snapshot: Option<Option<u64>>,
+    revs: Vec<u64>,
+    /// Records handed over before the snapshot (the contract says none).
+    early: usize,
+}
+
+impl LoadSink for Seen {
+    fn snapshot(&mut self, snapshot: Option<&SnapshotData>) {
+        self.snapshot = Some(snapshot.map(|s| s.rev));
+    }
+    fn record(&mut self, record: Record) {
+        self.early += usize::from(self.snapshot.is_none());
+        self.revs.push(record.rev);
+    }
+}
+
+#[test]
+fn load_with_streams_the_snapshot_then_the_records_and_load_collects_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = FileStore::open_dir(tmp.path(), options(Fsync::Batch, 0)).unwrap();
+        let (journal, log) = open(&store);
+        append(&log, 0, 1..=10);
+        log.snapshot(snapshot(10));
+        append(&log, 0, 11..=20);
+        journal.wait_written(20);
+    }
+    let store = FileStore::open_dir(tmp.path(), options(Fsync::Batch, 0)).unwrap();
+    let mut seen = Seen::default();
+    let loaded = store.load_with(&room(), 3, &mut seen).unwrap().unwrap();
+    assert_eq!(seen, Seen { snapshot: Some(Some(10)), revs: range(8, 20), early: 0 });
+    assert!(loaded.records.is_empty(), "the stream kept none");
+    assert_eq!((loaded.epoch.as_str(), loaded.snapshot), ("ep-1", Some(snapshot(10))));
+    assert_eq!(revs(&store.load(&room(), 3).unwrap().unwrap().records), range(8, 20));
+    let mut none = Seen::default();
+    let other = RoomId::parse("never-stored").unwrap();
+    assert_eq!(store.load_with(&other, 3, &mut none).unwrap(), None);
+    assert_eq!(none, Seen::default(), "nothing stored: the sink is not called");
+}
+
+#[test]
+fn a_gap_the_snapshot_covers_makes_the_records_before_it_of_no_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        // Retention keeps every segment; the middle one is then lost.
+        let store = FileStore::open_dir(tmp.path(), options(Fsync::Batch, 100)).unwrap();
+        let (journal, log) = open(&store);
+        append(&log, 0, 1..=5);
+        log.snapshot(snapshot(5));
+        append(&log, 0, 6..=9);
+        log.snapshot(snapshot(9));
+        append(&log, 0, 10..=12);
+        journal.wait_written(12);
+    }
+    std::fs::remove_file(segment(tmp.path(), 6)).unwrap();
+    let store = FileStore::open_dir(tmp.path(), options(Fsync::Batch, 100)).unwrap();
+    let mut seen = Seen::default();
+    let loaded = store.load_with(&room(), 100, &mut seen).unwrap().unwrap();
+    let mut streamed = range(1, 5);
+    streamed.extend(range(10, 12));
+    assert_eq!(
+        seen,
+        Seen { snapshot: Some(Some(9)), revs: streamed, early: 0 },
+        "the jump is the sink's cue"
+    );
+    assert!(loaded.damage.is_empty(), "{:?}", loaded.damage);
+    assert_eq!(
+        revs(&store.load(&room(), 100).unwrap().unwrap().records),
+        range(10, 12),
+        "collected: dropped"
+    );
 }
 
 #[test]

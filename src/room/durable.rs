@@ -1,5 +1,5 @@
-//! A room and its store: what a commit hands the log, what the store's answers do to the room,
-//! and how a room is rebuilt from what was stored.
+//! A room and its store: what a commit hands the log and what the store's answers do to the
+//! room (how a room is rebuilt from what was stored is [`super::restore`]).
 //!
 //! Visibility follows the store: [`Room::rev`] is the highest revision the store has written
 //! (`durable`), and nothing after it is delivered, acknowledged, snapshotted or served, so what
@@ -27,15 +27,14 @@ use std::sync::atomic::Ordering;
 
 use serde_json::Value;
 
-use super::change::{ChangeRequest, Committed, Extras};
-use super::{Change, Inner, Room, RoomConfig, UserKey, history};
-use crate::ids::{ClientId, ClientReqId, Epoch, Rev, RoomId};
-use crate::memory::{self, Budget};
-use crate::patch::{self, Applied, Pointer};
-use crate::protocol::{ChangeKind, ErrorCode, Mode, Reject};
+use super::change::{ChangeRequest, Extras};
+use super::{Change, Inner, Room, history};
+use crate::ids::{ClientId, ClientReqId, Rev};
+use crate::memory;
+use crate::patch::{self, Pointer};
+use crate::protocol::{ChangeKind, ErrorCode, Reject};
 use crate::store::{
-    IdempotencyKey, IdempotencyRecord, Journal, Loaded, Record, RoomLog, SessionRecord, SnapshotData,
-    StoreError,
+    IdempotencyKey, IdempotencyRecord, Journal, Record, RoomLog, SessionRecord, SnapshotData, StoreError,
 };
 
 /// Most `unavailable` rejects kept for authors to collect after a rollback.
@@ -45,11 +44,11 @@ const MAX_REJECTIONS: usize = 4096;
 #[derive(Debug, Default)]
 pub(super) struct Keep {
     /// Session token → its dedupe state.
-    sessions: HashMap<Arc<str>, SessionRecord>,
+    pub(super) sessions: HashMap<Arc<str>, SessionRecord>,
     /// `Idempotency-Key` → the answer it got.
-    idempotency: HashMap<String, IdempotencyRecord>,
+    pub(super) idempotency: HashMap<String, IdempotencyRecord>,
     /// The highest client id seen in this room (stored or live).
-    max_client: u64,
+    pub(super) max_client: u64,
     /// Changes and op bytes since the last snapshot.
     since_snapshot: (u64, usize),
     /// `unavailable` rejects for authors whose changes were rolled back, oldest first.
@@ -76,14 +75,6 @@ pub enum Outcome {
     RolledBack,
     /// Not yet written when the room was deleted: it went with the room.
     Deleted,
-}
-
-/// Why a stored room could not be rebuilt.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("room {room}: {message}")]
-pub struct RestoreError {
-    pub room: String,
-    pub message: String,
 }
 
 fn now_ms() -> u64 {
@@ -336,137 +327,6 @@ impl Room {
         tracing::error!(room = %self.id, rev, durable, undone = undone.len(), %error, "store write failed: changes rolled back");
         self.rev_tx.send_modify(|_| {});
     }
-
-    /// Rebuilds a stored room: its epoch, the snapshot's state, the log after it re-applied, the
-    /// ring refilled from the log's tail (so a client resumes by delta), the undo stacks and the
-    /// dedupe state. Damage found on the way (a record that does not apply, a gap) ends the
-    /// replay there and is reported in the returned list.
-    ///
-    /// # Errors
-    /// When nothing usable is stored (no snapshot and a log that does not start at revision 1).
-    pub fn restore(
-        id: RoomId,
-        config: RoomConfig,
-        budget: &Arc<Budget>,
-        loaded: Loaded,
-    ) -> Result<(Room, Vec<String>), RestoreError> {
-        let fail = |message: String| RestoreError { room: id.to_string(), message };
-        let mut room = Room::with_budget(id.clone(), config, budget);
-        room.epoch = Epoch::restored(&loaded.epoch);
-        let mut damage = loaded.damage;
-        let mut keep = Keep::default();
-        let (base, mut state) = match &loaded.snapshot {
-            Some(s) => {
-                let state: Value = serde_json::from_str(&s.state)
-                    .map_err(|e| fail(format!("snapshot {} does not parse: {e}", s.rev)))?;
-                for sess in &s.sessions {
-                    keep.sessions.insert(sess.token.as_str().into(), sess.clone());
-                }
-                for r in &s.idempotency {
-                    keep.idempotency.insert(r.key.clone(), r.clone());
-                }
-                keep.max_client = s.max_client;
-                (s.rev, state)
-            }
-            None => (0, Value::Object(Default::default())),
-        };
-        if !state.is_object() {
-            return Err(fail("the stored state is not an object".into()));
-        }
-        let first = loaded.records.first().map(|r| r.rev);
-        if loaded.snapshot.is_none() && first.is_some_and(|f| f != 1) {
-            return Err(fail(format!("no snapshot and the log starts at revision {}", first.unwrap_or(0))));
-        }
-        let g = room.inner.get_mut();
-        // Changes at or before the snapshot only refill the ring; a ring that cannot reach back
-        // to them starts at the snapshot.
-        let start = first.filter(|&f| f <= base + 1).unwrap_or(base + 1);
-        g.ring.start_at(start - 1);
-        let mut expected = start;
-        for rec in &loaded.records {
-            if rec.rev < start {
-                continue;
-            }
-            if rec.rev != expected {
-                damage.push(format!(
-                    "room {id}: the log jumps from revision {} to {}; replay stops",
-                    expected - 1,
-                    rec.rev
-                ));
-                break;
-            }
-            let (req, inverse, touched, list_touched, ts) = match decode_record(rec) {
-                Ok(x) => x,
-                Err(e) => {
-                    damage.push(format!("room {id}: record {}: {e}; replay stops", rec.rev));
-                    break;
-                }
-            };
-            if rec.rev > base
-                && let Err(e) = patch::apply(&mut state, &req.ops)
-            {
-                damage.push(format!("room {id}: record {} does not apply ({e}); replay stops", rec.rev));
-                break;
-            }
-            let key = UserKey::of(req.user.as_ref(), req.author);
-            let floor = g.ring.oldest_base() + u64::from(g.ring.len() == g.ring.capacity());
-            let stacks = match &key {
-                Some(k) => g.stacks.record(k, req.extras.kind, rec.rev, floor, g.ring.capacity()),
-                None => Default::default(),
-            };
-            keep.max_client = keep.max_client.max(rec.author);
-            if let (Some(token), Some(id)) = (&rec.session, rec.client_req_id) {
-                keep.sessions.insert(
-                    token.as_str().into(),
-                    SessionRecord {
-                        token: token.clone(),
-                        client: rec.author,
-                        user: rec.user.clone(),
-                        last_req: id,
-                        seen_ms: ts,
-                    },
-                );
-            }
-            let ops_json = rec.ops.as_bytes();
-            let mut applied = Applied::default();
-            (applied.inverse, applied.touched, applied.list_touched) = (inverse, touched, list_touched);
-            let reverts = rec.reverts.map(Rev);
-            let done = Committed { ts, reverts, key, stacks };
-            let idempotency = rec.idempotency.clone();
-            let (change, held) = Change::encode(Rev(rec.rev), req, ops_json, applied, done);
-            if let Some(k) = idempotency {
-                let response = change.http_response().to_string();
-                let r = IdempotencyRecord {
-                    key: k.key.clone(),
-                    fingerprint: k.fingerprint,
-                    rev: rec.rev,
-                    response,
-                    ts_ms: ts,
-                };
-                keep.idempotency.insert(k.key, r);
-            }
-            g.ring.push(rec.rev, change, held);
-            expected += 1;
-        }
-        let head = g.ring.head().max(base);
-        if head > g.ring.head() {
-            // The log ends before the snapshot (its tail was cut): the snapshot is newer.
-            while g.ring.pop_oldest().is_some() {}
-            g.ring.start_at(base);
-            g.stacks = history::Stacks::default();
-        }
-        let head = g.ring.head();
-        debug_assert_eq!(head, head.max(base));
-        room.state_bytes.store(patch::json_size(&state), Ordering::Relaxed);
-        room.memory.state.set(memory::ROOM_BASE + memory::value_heap(&state).total());
-        g.state = state;
-        room.memory.history.set(g.ring.footprint());
-        room.rev.store(head, Ordering::Release);
-        room.durable.store(head, Ordering::Release);
-        room.rev_tx.send_replace(Rev(head));
-        *room.keep.get_mut() = keep;
-        Ok((room, damage))
-    }
 }
 
 impl Journal for Room {
@@ -523,43 +383,4 @@ fn record_of(
         meta: change.meta.as_ref().map(Value::to_string),
         idempotency,
     }
-}
-
-type Decoded = (ChangeRequest, Vec<patch::Op>, Vec<Pointer>, Vec<Pointer>, u64);
-
-/// A stored record back as the request it committed and what applying it returned.
-fn decode_record(rec: &Record) -> Result<Decoded, String> {
-    let parse_ops = |what: &str, s: &str| -> Result<Vec<patch::Op>, String> {
-        let v: Value = serde_json::from_str(s).map_err(|e| format!("{what}: {e}"))?;
-        patch::parse_patch(v).map_err(|e| format!("{what}: {e}"))
-    };
-    let pointers =
-        |ps: &[String]| -> Result<Vec<Pointer>, String> { ps.iter().map(|p| Pointer::parse(p)).collect() };
-    let kind = match (rec.kind, rec.reverts) {
-        (0, _) => ChangeKind::Plain,
-        (1, _) => ChangeKind::Undo,
-        (2, _) => ChangeKind::Redo,
-        (3, Some(r)) => ChangeKind::Reverts(Rev(r)),
-        (k, _) => return Err(format!("unknown change kind {k}")),
-    };
-    let meta = match &rec.meta {
-        Some(m) => Some(serde_json::from_str(m).map_err(|e| format!("meta: {e}"))?),
-        None => None,
-    };
-    let req = ChangeRequest {
-        author: ClientId(rec.author),
-        user: rec.user.as_deref().map(Arc::from),
-        client_req_id: rec.client_req_id.map(ClientReqId),
-        base_rev: None,
-        mode: Mode::Overwrite,
-        ops: parse_ops("ops", &rec.ops)?,
-        extras: Extras { kind, meta, ..Extras::default() },
-    };
-    Ok((
-        req,
-        parse_ops("inverse", &rec.inverse)?,
-        pointers(&rec.touched)?,
-        pointers(&rec.list_touched)?,
-        rec.ts,
-    ))
 }

@@ -27,8 +27,9 @@ fn attach(store: &Arc<MemoryStore>, room: &Arc<Room>) {
 }
 
 fn restored(store: &Arc<MemoryStore>, config: RoomConfig) -> Arc<Room> {
-    let loaded = store.load(&id(), config.history).unwrap().expect("stored");
-    let (room, damage) = Room::restore(id(), config, &Budget::unlimited(), loaded).unwrap();
+    let mut restore = Restore::new(id(), config.clone(), &Budget::unlimited());
+    let loaded = store.load_with(&id(), config.history, &mut restore).unwrap().expect("stored");
+    let (room, damage) = restore.finish(loaded).unwrap();
     assert!(damage.is_empty(), "{damage:?}");
     let room = Arc::new(room);
     attach(store, &room);

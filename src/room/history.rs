@@ -60,7 +60,7 @@ impl std::fmt::Display for UserKey {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 struct Stack {
     /// Ascending revisions; the top is the last.
     revs: Vec<u64>,
@@ -84,14 +84,14 @@ impl Stack {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 struct UserStacks {
     undo: Stack,
     redo: Stack,
 }
 
 /// Every user's undo and redo stacks in one room.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub(super) struct Stacks {
     users: HashMap<UserKey, UserStacks>,
     /// Entries over all stacks.

@@ -8,7 +8,8 @@
 //! [`history`] (undo and redo stacks, reverts and their conflict rule; time travel is
 //! [`Room::state_at`]),
 //! [`catchup`] (the one decision of what a reader is sent) and [`snapshot`] (the state encoded once
-//! per revision).
+//! per revision); a stored room's side is [`durable`] (its store's log and answers) and [`restore`]
+//! (rebuilding it as the store streams it back).
 //!
 //! Memory: everything the room keeps is charged to the process's [`Budget`] (see
 //! [`crate::memory`]): the state (estimated op by op), the ring (each change's footprint), the
@@ -36,6 +37,9 @@ mod durable_tests;
 pub mod history;
 #[cfg(test)]
 mod history_tests;
+pub mod restore;
+#[cfg(test)]
+mod restore_tests;
 pub mod snapshot;
 #[cfg(test)]
 mod tests;
@@ -50,8 +54,9 @@ use tokio::sync::watch;
 
 pub use catchup::{CatchUp, Cursor, SnapshotReason, delta_for};
 pub use change::{Change, ChangeRequest, Extras};
-pub use durable::{Outcome, Rejection, RestoreError};
+pub use durable::{Outcome, Rejection};
 pub use history::UserKey;
+pub use restore::{Restore, RestoreError};
 pub use snapshot::Snapshot;
 
 use crate::broadcast::Broadcasts;

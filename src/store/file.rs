@@ -10,17 +10,19 @@
 //! thread (`ringsync-store`) takes the whole queue each round, writes each room's records of the
 //! round with one `write_all`, syncs as [`Fsync`] says (group commit: one `sync_data` per file
 //! written in the round), then reports to each room's [`Journal`]. Every write, sync, rename and
-//! delete happens on that thread; readers ([`Store::load`], [`Store::changes`], [`check`]) use
-//! their own read-only handles and read only whole frames.
+//! delete happens on that thread; readers ([`Store::load_with`], [`Store::changes`], [`check`])
+//! use their own read-only handles and read only whole frames, one segment file at a time. A
+//! load hands each record on as it decodes it, so what it holds is one segment's bytes (a
+//! segment is closed once past [`MAX_SEGMENT`]), whatever the log's length.
 //!
 //! Invariants: a room's records are on disk in revision order with no gap inside a segment, and
 //! a segment's name is its first record's revision (so a segment's last revision is the next
 //! one's first minus one); a record is reported written only after every earlier one of its
 //! room, and, with `--fsync always`, only after it is synced; a record whose write fails is cut
 //! from the file again (or the room is re-read before its next write), and its generation's later
-//! records are dropped. What the room reads back ([`scan_room`], shared by `load`, `check` and
-//! the writer) is one decision: the newest snapshot that validates, then consecutive records up
-//! to the first torn, corrupt or out-of-order one, where `load` cuts and `check` only reports.
+//! records are dropped. What the room reads back ([`scan_room`], shared by `load_with`, `check`
+//! and the writer) is one decision: the newest snapshot that validates, then consecutive records
+//! up to the first torn, corrupt or out-of-order one, where `load` cuts and `check` only reports.
 //! The store never panics on I/O errors: it logs them (room, file, offset) and counts them.
 
 use std::collections::HashMap;
@@ -36,7 +38,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use super::codec::{self, LOG_MAGIC};
-use super::{Journal, Loaded, MakeRecord, Record, RoomLog, SnapshotData, Store, StoreError};
+use super::{Journal, LoadSink, Loaded, MakeRecord, Record, RoomLog, SnapshotData, Store, StoreError};
 use crate::ids::RoomId;
 
 /// A segment that has grown past this many bytes is closed; the next append starts a new one.
@@ -266,8 +268,6 @@ struct ScanOpts {
     /// `Some(keep)`: read the log from `keep` records before the snapshot on (`load`, the
     /// writer); `None`: read every segment and every snapshot (`check`).
     keep: Option<u64>,
-    /// Keep the records read (not needed by `check` and the writer).
-    collect: bool,
 }
 
 /// What reading a room found.
@@ -278,8 +278,6 @@ struct Scan {
     /// Snapshots left on disk (by revision), segments left on disk (by first revision).
     snapshots: Vec<u64>,
     segments: Vec<u64>,
-    /// Consecutive records ending with the newest whole one (from the scan's start on).
-    records: Vec<Record>,
     first_rev: Option<u64>,
     last_rev: Option<u64>,
     count: u64,
@@ -317,11 +315,19 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Reads one room's directory: the one place that decides what of it is valid.
+/// Reads one room's directory: the one place that decides what of it is valid. With a `sink`
+/// (`load`), hands it the snapshot found and then each valid record after `keep` before it as
+/// it is decoded, under [`LoadSink`]'s contract (the records before a gap the snapshot covers
+/// are of no use); `check` and the writer keep only the counts and bounds.
 ///
 /// # Errors
 /// When a file cannot be listed or read at all, or damage cannot be cut.
-fn scan_room(room: &str, dir: &Path, opts: ScanOpts) -> Result<Option<Scan>, StoreError> {
+fn scan_room(
+    room: &str,
+    dir: &Path,
+    opts: ScanOpts,
+    mut sink: Option<&mut dyn LoadSink>,
+) -> Result<Option<Scan>, StoreError> {
     let Some(listing) = list(dir)? else { return Ok(None) };
     if listing.segments.is_empty() && listing.snapshots.is_empty() {
         return Ok(None);
@@ -368,6 +374,9 @@ fn scan_room(room: &str, dir: &Path, opts: ScanOpts) -> Result<Option<Scan>, Sto
         }
     }
     scan.snapshots.sort_unstable();
+    if let Some(sink) = sink.as_deref_mut() {
+        sink.snapshot(scan.snapshot.as_ref());
+    }
     let base = scan.snapshot.as_ref().map_or(0, |s| s.rev);
     let from = match opts.keep {
         Some(keep) if scan.snapshot.is_some() => base.saturating_sub(keep),
@@ -419,9 +428,9 @@ fn scan_room(room: &str, dir: &Path, opts: ScanOpts) -> Result<Option<Scan>, Sto
                     if next == first {
                         match prev {
                             // A gap the snapshot covers (the log before it was lost or never
-                            // synced): the records before the gap are no use.
+                            // synced): the records before the gap are no use (the sink sees
+                            // the jump and drops them).
                             Some(p) if rev > p.saturating_add(1) && rev <= base.saturating_add(1) => {
-                                scan.records.clear();
                                 scan.first_rev = Some(rev);
                             }
                             Some(p) if rev != p.saturating_add(1) => {
@@ -445,8 +454,12 @@ fn scan_room(room: &str, dir: &Path, opts: ScanOpts) -> Result<Option<Scan>, Sto
                             }
                         }
                     }
-                    if opts.collect && rev > from {
-                        scan.records.push(record);
+                    // Records before damage found later in this segment are valid: they go
+                    // now, and the scan stops at the damage.
+                    if rev > from
+                        && let Some(sink) = sink.as_deref_mut()
+                    {
+                        sink.record(record);
                     }
                     scan.first_rev.get_or_insert(rev);
                     scan.last_rev = Some(rev);
@@ -542,8 +555,8 @@ pub fn check(dir: &Path) -> Result<Vec<RoomReport>, StoreError> {
             });
             continue;
         };
-        let opts = ScanOpts { cut: false, keep: None, collect: false };
-        let Some(scan) = scan_room(room.as_str(), &entry.path(), opts)? else { continue };
+        let opts = ScanOpts { cut: false, keep: None };
+        let Some(scan) = scan_room(room.as_str(), &entry.path(), opts, None)? else { continue };
         reports.push(RoomReport {
             room: room.to_string(),
             epoch: scan.epoch.unwrap_or_default(),
@@ -726,11 +739,17 @@ impl RoomLog for Log {
 }
 
 impl Store for Arc<FileStore> {
-    /// Reads a room back, cutting damage. Call it for a room that is not open (its log closed).
-    fn load(&self, room: &RoomId, keep: usize) -> Result<Option<Loaded>, StoreError> {
+    /// Reads a room back, cutting damage, on the caller's thread, one segment file in memory
+    /// at a time. Call it for a room that is not open (its log closed).
+    fn load_with(
+        &self,
+        room: &RoomId,
+        keep: usize,
+        sink: &mut dyn LoadSink,
+    ) -> Result<Option<Loaded>, StoreError> {
         let dir = self.room_dir(room);
-        let opts = ScanOpts { cut: true, keep: Some(keep as u64), collect: true };
-        let Some(scan) = scan_room(room.as_str(), &dir, opts)? else { return Ok(None) };
+        let opts = ScanOpts { cut: true, keep: Some(keep as u64) };
+        let Some(scan) = scan_room(room.as_str(), &dir, opts, Some(sink))? else { return Ok(None) };
         let stats = &self.shared.stats;
         Stats::add(&stats.damaged_records, scan.damaged_records);
         Stats::add(&stats.damaged_snapshots, scan.damaged_snapshots);
@@ -738,7 +757,7 @@ impl Store for Arc<FileStore> {
             tracing::warn!(room = %room, "store: {damage}");
         }
         let epoch = scan.epoch.unwrap_or_default();
-        Ok(Some(Loaded { epoch, snapshot: scan.snapshot, records: scan.records, damage: scan.damage }))
+        Ok(Some(Loaded { epoch, snapshot: scan.snapshot, records: Vec::new(), damage: scan.damage }))
     }
 
     fn open(&self, room: &RoomId, epoch: &str, journal: Weak<dyn Journal>) -> Arc<dyn RoomLog> {
@@ -1512,8 +1531,8 @@ fn ensure_files(room: &RoomId, state: &mut RoomState, stats: &Stats) -> Result<(
         state.pending_truncate = Some((path, len));
         return Err(e);
     }
-    let opts = ScanOpts { cut: true, keep: Some(0), collect: false };
-    let files = match scan_room(room.as_str(), &state.dir, opts)? {
+    let opts = ScanOpts { cut: true, keep: Some(0) };
+    let files = match scan_room(room.as_str(), &state.dir, opts, None)? {
         None => Files {
             last_rev: None,
             snap_rev: None,

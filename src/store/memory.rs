@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
-use super::{Journal, Loaded, Record, RoomLog, SnapshotData, Store, StoreError};
+use super::{Journal, LoadSink, Loaded, Record, RoomLog, SnapshotData, Store, StoreError};
 use crate::ids::RoomId;
 
 /// Records and snapshots kept in memory, with a switch that makes appends fail.
@@ -131,13 +131,23 @@ impl RoomLog for Log {
 }
 
 impl Store for Arc<MemoryStore> {
-    fn load(&self, room: &RoomId, keep: usize) -> Result<Option<Loaded>, StoreError> {
+    /// Hands the sink clones of what is stored, under the store's lock (the sink must not use
+    /// the store).
+    fn load_with(
+        &self,
+        room: &RoomId,
+        keep: usize,
+        sink: &mut dyn LoadSink,
+    ) -> Result<Option<Loaded>, StoreError> {
         let rooms = self.rooms.lock();
         let Some(s) = rooms.get(room) else { return Ok(None) };
         let snapshot = s.snapshots.last().cloned();
+        sink.snapshot(snapshot.as_ref());
         let from = snapshot.as_ref().map_or(0, |x| x.rev.saturating_sub(keep as u64));
-        let records = s.records.iter().filter(|r| r.rev > from).cloned().collect();
-        Ok(Some(Loaded { epoch: s.epoch.clone(), snapshot, records, damage: Vec::new() }))
+        for record in s.records.iter().filter(|r| r.rev > from) {
+            sink.record(record.clone());
+        }
+        Ok(Some(Loaded { epoch: s.epoch.clone(), snapshot, records: Vec::new(), damage: Vec::new() }))
     }
 
     fn open(&self, room: &RoomId, epoch: &str, journal: Weak<dyn Journal>) -> Arc<dyn RoomLog> {

@@ -13,8 +13,18 @@
 //! Invariants a store keeps: records of a room are stored in revision order with no gap; a
 //! record is reported written only when every earlier one is; after a failure for generation
 //! `generation`, later queued records of that generation are dropped (the room rolled them back and
-//! reuses their revisions under the next generation); what [`Store::load`] returns is a prefix
-//! of what was appended (a torn or corrupt tail is cut, reported in [`Loaded::damage`]).
+//! reuses their revisions under the next generation); what [`Store::load_with`] reads back is a
+//! prefix of what was appended (a torn or corrupt tail is cut, reported in [`Loaded::damage`]).
+//!
+//! Reading a room back streams: [`Store::load_with`] hands a [`LoadSink`] the snapshot, then the
+//! records one at a time, oldest first, as it decodes them, so a load holds what the receiver keeps
+//! (a restoring room: its ring) plus what the store reads at once (the file store: one segment),
+//! never the whole log. Records come in ascending revision order; where one does not follow the
+//! one before it (`rev != previous + 1`) the ones before it are of no use and the receiver
+//! discards them. A store does that only where the snapshot covers the gap (the record after it is
+//! at most the snapshot's revision + 1: the log before the snapshot was lost or never synced), so a
+//! record after the snapshot is never taken back. [`Store::load`] collects the same stream into
+//! [`Loaded::records`] (tests and tools; a room loads through the stream).
 //!
 //! Implementations: [`file::FileStore`] (an append-only log per room, CRC32C-framed rkyv
 //! records, rkyv snapshots; see [`codec`]) and [`memory::MemoryStore`] (records kept in memory,
@@ -105,14 +115,15 @@ pub struct SnapshotData {
     pub max_client: u64,
 }
 
-/// What [`Store::load`] found for a room.
+/// What [`Store::load`] or [`Store::load_with`] found for a room.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Loaded {
     pub epoch: String,
     /// The newest snapshot that decoded (a damaged one is skipped for the one before it).
     pub snapshot: Option<SnapshotData>,
     /// Consecutive records ending with the newest whole one: every record after the snapshot,
-    /// and up to `keep` before it (to refill the ring), oldest first.
+    /// and up to `keep` before it (to refill the ring), oldest first. Filled by [`Store::load`]
+    /// only: [`Store::load_with`] hands them to its sink and leaves this empty.
     pub records: Vec<Record>,
     /// What was damaged and cut or skipped (file, offset, why), for the log and the metric.
     pub damage: Vec<String>,
@@ -160,13 +171,65 @@ pub trait RoomLog: Send + Sync {
     fn snapshot(&self, data: SnapshotData);
 }
 
+/// Where [`Store::load_with`] hands what it reads, as it reads it (see the module doc).
+///
+/// Order: [`snapshot`](Self::snapshot) once, then every [`record`](Self::record), oldest first.
+/// The snapshot comes first because what a record is for depends on it: one at or before its
+/// revision only refills the ring, one after it is applied.
+pub trait LoadSink {
+    /// The newest snapshot that decoded (`None`: none is stored or none decoded), before any
+    /// record. The same snapshot is in the [`Loaded`] the load returns.
+    fn snapshot(&mut self, snapshot: Option<&SnapshotData>);
+    /// The next record: its revision is above the previous record's. When it is not the
+    /// previous one's + 1, every record before it is of no use (a gap the snapshot covers; only
+    /// records at or before the snapshot's revision are ever taken back this way).
+    fn record(&mut self, record: Record);
+}
+
+/// The sink [`Store::load`] collects through: every record, minus those a gap makes of no use.
+#[derive(Debug, Default)]
+struct Collect(Vec<Record>);
+
+impl LoadSink for Collect {
+    fn snapshot(&mut self, _: Option<&SnapshotData>) {}
+
+    fn record(&mut self, record: Record) {
+        if self.0.last().is_some_and(|last| last.rev.checked_add(1) != Some(record.rev)) {
+            self.0.clear();
+        }
+        self.0.push(record);
+    }
+}
+
 /// A place rooms are stored.
 pub trait Store: Send + Sync {
-    /// Reads a room back: `None` when nothing is stored for it. Cuts a torn or corrupt tail.
+    /// Reads a room back, streaming: hands `sink` the newest snapshot that decoded, then the
+    /// records from `keep` before the snapshot on (every record when there is no snapshot),
+    /// oldest first, as they are read, under the contract of [`LoadSink`]. Returns what else it
+    /// found ([`Loaded::records`] empty), or `None` when nothing is stored for the room (the sink
+    /// is then not called). Cuts a torn or corrupt tail: the records before the damage have been
+    /// handed over and stay valid, none after it is.
     ///
     /// # Errors
-    /// When the room's files exist but cannot be read at all.
-    fn load(&self, room: &RoomId, keep: usize) -> Result<Option<Loaded>, StoreError>;
+    /// When the room's files exist but cannot be read at all; what the sink got is then to be
+    /// dropped.
+    fn load_with(
+        &self,
+        room: &RoomId,
+        keep: usize,
+        sink: &mut dyn LoadSink,
+    ) -> Result<Option<Loaded>, StoreError>;
+    /// As [`load_with`](Self::load_with), with the records collected into
+    /// [`Loaded::records`]: memory in the length of the log (tests and tools; rooms load
+    /// through the stream).
+    ///
+    /// # Errors
+    /// As [`load_with`](Self::load_with).
+    fn load(&self, room: &RoomId, keep: usize) -> Result<Option<Loaded>, StoreError> {
+        let mut records = Collect::default();
+        let loaded = self.load_with(room, keep, &mut records)?;
+        Ok(loaded.map(|loaded| Loaded { records: records.0, ..loaded }))
+    }
     /// The room's log, for a room with `epoch` that reports to `journal`.
     fn open(&self, room: &RoomId, epoch: &str, journal: Weak<dyn Journal>) -> Arc<dyn RoomLog>;
     /// Up to `limit` stored records after revision `after`, oldest first (the history API beyond
