@@ -12,6 +12,7 @@
 //! logged at info with the room and action, never a token.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use hyper::header::{AUTHORIZATION, HeaderMap};
 use hyper::{Method, Request, Response, StatusCode};
@@ -175,7 +176,7 @@ fn parse_route(rest: &str) -> Option<Route<'_>> {
 
 /// Serves `/v1/admin/...` for a caller at `peer` (`rest` is the path after `/v1/admin`).
 pub async fn handle(
-    app: &App,
+    app: &Arc<App>,
     req: Request<RequestBody>,
     peer: Option<SocketAddr>,
     rest: &str,
@@ -203,6 +204,8 @@ pub async fn handle(
     let Some(id) = room_id else {
         return json_error(ErrorCode::BadRoom, "room name must be 1-128 characters of A-Z a-z 0-9 . _ - :");
     };
+    // A stored room not in memory is read on a blocking thread, not on this async worker.
+    app.load_stored(&id).await;
     match (route, method) {
         (Route::Room(_), Method::GET) => details(app, &id),
         (Route::Room(_), Method::DELETE) => delete(app, &id, peer),
