@@ -476,7 +476,8 @@ async fn post_change(
                 ErrorCode::Gone,
                 "the room was deleted (admin API) before the change was stored; it went with the room",
             ),
-            Outcome::RolledBack | Outcome::Pending => unavailable(&room),
+            Outcome::RolledBack => unavailable(&room),
+            Outcome::Pending => unconfirmed(&room, change.rev.0),
         },
         // The same key committed meanwhile (a concurrent retry): its answer.
         Err(r) if r.code == ErrorCode::Duplicate && idempotency.is_some() => {
@@ -497,6 +498,21 @@ fn unavailable(room: &Room) -> Response<Body> {
     json(status_of(r.code), &r)
 }
 
+/// The store did not confirm within [`SETTLE_TIMEOUT`] (a disk stalled, not failed): the change
+/// may still be stored and applied, so the answer must not say it was not. 503 `unavailable`,
+/// naming the revision it would have, so the sender can read the room or retry with the same
+/// `Idempotency-Key` to learn the outcome.
+fn unconfirmed(room: &Room, rev: u64) -> Response<Body> {
+    let message = format!(
+        "the store did not confirm the change within {} s; it may still be applied as revision {rev}: \
+         retry with the same Idempotency-Key to learn its outcome, or read the room",
+        SETTLE_TIMEOUT.as_secs()
+    );
+    let r = Reject::new(ErrorCode::Unavailable, message, room.rev().0);
+    crate::app::count_reject(&r);
+    json(status_of(r.code), &r)
+}
+
 /// The answer an `Idempotency-Key` already got, once its change is written; `None` when the
 /// key is new (or its change was rolled back).
 async fn replay(room: &Arc<Room>, key: &IdempotencyKey) -> Option<Response<Body>> {
@@ -510,7 +526,7 @@ async fn replay(room: &Arc<Room>, key: &IdempotencyKey) -> Option<Response<Body>
             let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
             while room.rev() < rev {
                 if tokio::time::timeout_at(deadline, written.changed()).await.is_err() {
-                    return Some(unavailable(room));
+                    return Some(unconfirmed(room, rev.0));
                 }
                 room.idempotent_answer(key)?.ok()?;
             }
