@@ -488,12 +488,13 @@ async fn post_change(
     }
 }
 
+/// 503 `unavailable`: the store failed the change and the room rolled it back.
 fn unavailable(room: &Room) -> Response<Body> {
-    let r = Reject::new(
-        ErrorCode::Unavailable,
-        "the change could not be stored; it was not applied: send it again",
-        room.rev().0,
-    );
+    unavailable_saying(room, "the change could not be stored; it was not applied: send it again".into())
+}
+
+fn unavailable_saying(room: &Room, message: String) -> Response<Body> {
+    let r = Reject::new(ErrorCode::Unavailable, message, room.rev().0);
     crate::app::count_reject(&r);
     json(status_of(r.code), &r)
 }
@@ -508,9 +509,7 @@ fn unconfirmed(room: &Room, rev: u64) -> Response<Body> {
          retry with the same Idempotency-Key to learn its outcome, or read the room",
         SETTLE_TIMEOUT.as_secs()
     );
-    let r = Reject::new(ErrorCode::Unavailable, message, room.rev().0);
-    crate::app::count_reject(&r);
-    json(status_of(r.code), &r)
+    unavailable_saying(room, message)
 }
 
 /// The answer an `Idempotency-Key` already got, once its change is written; `None` when the

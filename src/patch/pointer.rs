@@ -90,8 +90,8 @@ impl Pointer {
 }
 
 impl Pointer {
-    /// The pointer as text (`/a/b~1c`), built in one allocation (what [`Display`](fmt::Display)
-    /// writes, without the formatter).
+    /// The pointer as text (`/a/b~1c`), built in one allocation: the one place that escapes
+    /// tokens (`Display` and `Serialize` write it).
     pub fn encoded(&self) -> String {
         let mut s = String::with_capacity(self.tokens.iter().map(|t| t.len() + 1).sum());
         for t in &self.tokens {
@@ -114,15 +114,7 @@ impl Pointer {
 
 impl fmt::Display for Pointer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for t in &self.tokens {
-            f.write_str("/")?;
-            if t.contains(['~', '/']) {
-                f.write_str(&t.replace('~', "~0").replace('/', "~1"))?;
-            } else {
-                f.write_str(t)?;
-            }
-        }
-        Ok(())
+        f.write_str(&self.encoded())
     }
 }
 
