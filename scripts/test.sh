@@ -16,6 +16,8 @@ step "test dependencies"
 command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
 # openssl generates the Ed25519 key pair tests/auth.rs signs tokens with.
 command -v openssl >/dev/null || apt_install openssl
+# prlimit (util-linux) caps the file size a durable-rooms test's server may write (a full disk).
+command -v prlimit >/dev/null || apt_install util-linux
 # promtool (Debian package prometheus) checks the /metrics exposition.
 command -v promtool >/dev/null || apt_install prometheus
 # Python 3 with venv runs kosoku (pinned in scripts/autobahn.sh), the Autobahn TestSuite runner.
