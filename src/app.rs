@@ -97,6 +97,7 @@ impl App {
                 fsync_interval: config.fsync_interval,
                 retain: config.retain_history.max(config.history as u64),
                 max_open: open_segment_cap(),
+                wal_max: FileOptions::DEFAULT_WAL_MAX,
             };
             let store =
                 FileStore::open_dir(&config.data_dir, options).map_err(|e| format!("--data-dir: {e}"))?;

@@ -81,8 +81,13 @@ fn room() -> RoomId {
 }
 
 fn open_store(dir: &Path) -> Arc<FileStore> {
-    let opts =
-        FileOptions { fsync: Fsync::Never, fsync_interval: Duration::from_secs(1), retain: 0, max_open: 0 };
+    let opts = FileOptions {
+        fsync: Fsync::Never,
+        fsync_interval: Duration::from_secs(1),
+        retain: 0,
+        max_open: 0,
+        ..FileOptions::default()
+    };
     FileStore::open_dir(dir, opts).unwrap()
 }
 

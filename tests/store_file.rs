@@ -91,7 +91,13 @@ fn snapshot(rev: u64) -> SnapshotData {
 }
 
 fn options(fsync: Fsync, retain: u64) -> FileOptions {
-    FileOptions { fsync, fsync_interval: Duration::from_millis(50), retain, max_open: 0 }
+    FileOptions {
+        fsync,
+        fsync_interval: Duration::from_millis(50),
+        retain,
+        max_open: 0,
+        ..FileOptions::default()
+    }
 }
 
 fn room() -> RoomId {

@@ -79,8 +79,13 @@ fn a_failed_write_is_cut_back_fails_its_generation_and_the_next_one_goes_on() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let room = RoomId::parse("disk").unwrap();
-    let opts =
-        FileOptions { fsync: Fsync::Always, fsync_interval: Duration::from_secs(1), retain: 0, max_open: 0 };
+    let opts = FileOptions {
+        fsync: Fsync::Always,
+        fsync_interval: Duration::from_secs(1),
+        retain: 0,
+        max_open: 0,
+        ..FileOptions::default()
+    };
     let store = FileStore::open_dir(tmp.path(), opts.clone()).unwrap();
     let events = Arc::new(Events::default());
     let weak: Weak<dyn Journal> = Arc::downgrade(&(events.clone() as Arc<dyn Journal>));

@@ -2,9 +2,11 @@
 //! starts with. The only code that turns store data into bytes and back.
 //!
 //! A frame is `[u32 LE payload length][u32 LE crc32c(payload)][payload]`, the payload an rkyv
-//! archive. A file is an 8-byte magic (`RSYNCLOG` for a log segment, `RSYNCSNP` for a snapshot),
-//! a u32 LE format version, then one framed [`FileHeader`]; a segment continues with framed
-//! [`Record`]s, a snapshot with one framed [`SnapshotData`].
+//! archive. A file is an 8-byte magic (`RSYNCLOG` for a log segment, `RSYNCSNP` for a snapshot,
+//! `RSYNCWAL` for the shared write-ahead log), a u32 LE format version, then one framed
+//! [`FileHeader`]; a segment continues with framed [`Record`]s, a snapshot with one framed
+//! [`SnapshotData`], the write-ahead log with framed [`WalEntry`]s (its header's `rev` is the
+//! file's sequence number, `room` and `epoch` empty).
 //!
 //! Invariants: bytes read back are never trusted. A frame is accepted only when its length is
 //! within [`MAX_FRAME`] and the buffer, its CRC matches, and rkyv's checked `access` (bytecheck)
@@ -27,6 +29,8 @@ use super::{Record, SnapshotData, StoreError};
 pub const LOG_MAGIC: &[u8; 8] = b"RSYNCLOG";
 /// The magic a snapshot file starts with.
 pub const SNAP_MAGIC: &[u8; 8] = b"RSYNCSNP";
+/// The magic a write-ahead log file (`--fsync always`'s shared log) starts with.
+pub const WAL_MAGIC: &[u8; 8] = b"RSYNCWAL";
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 /// The largest payload a frame may carry (256 MiB); a longer length field is corruption.
@@ -44,6 +48,17 @@ pub struct FileHeader {
     pub epoch: String,
     /// A segment's first revision; a snapshot's revision.
     pub rev: u64,
+}
+
+/// One entry of the shared write-ahead log (`--fsync always`): what one round of the writer
+/// did to one room, in the order it did it.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum WalEntry {
+    /// Records appended to a room's log: its framed [`Record`]s exactly as written to its
+    /// segment (consecutive revisions), and the room's epoch (for a segment replay must create).
+    Records { room: String, epoch: String, frames: Vec<u8> },
+    /// The room's data was deleted: records before this entry must not bring it back.
+    Delete { room: String },
 }
 
 /// Why a frame could not be read.
@@ -184,7 +199,11 @@ pub fn encode_header(magic: &[u8; 8], header: &FileHeader, out: &mut Vec<u8>) ->
 /// # Errors
 /// A wrong magic or version, or a torn or corrupt header frame.
 pub fn decode_header(buf: &[u8], magic: &[u8; 8]) -> Result<(FileHeader, usize), HeaderError> {
-    let expected = if magic == LOG_MAGIC { "log segment" } else { "snapshot" };
+    let expected = match magic {
+        LOG_MAGIC => "log segment",
+        WAL_MAGIC => "write-ahead log",
+        _ => "snapshot",
+    };
     if buf.len() < PREAMBLE {
         if magic.starts_with(buf) {
             return Err(HeaderError::Frame(Damage::Torn { offset: 0 }));

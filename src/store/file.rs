@@ -1,15 +1,19 @@
 //! The file store: one directory per room holding an append-only log of CRC32C-framed rkyv
 //! records (in segments) and rkyv snapshots, written by one dedicated thread.
 //!
-//! Layout: `DIR/LOCK` (an OS lock held while the store lives, with the holder's pid in it) and
-//! `DIR/rooms/<room>/` per room (see [`dir_name`]), holding `log-<first rev>.rsl` segments and
+//! Layout: `DIR/LOCK` (an OS lock held while the store lives, with the holder's pid in it),
+//! `DIR/wal/` (the write-ahead log, `always` only) and `DIR/rooms/<room>/` per room (see [`dir_name`]), holding `log-<first rev>.rsl` segments and
 //! `snap-<rev>.rss` snapshots (revisions as 20 digits, so names sort by revision). Formats are
 //! in [`super::codec`].
 //!
 //! Threads: [`RoomLog::append`] and [`RoomLog::snapshot`] only push onto a queue. The writer
 //! thread (`ringsync-store`) takes the whole queue each round, writes each room's records of the
-//! round with one `write_all`, syncs as [`Fsync`] says (group commit: one `sync_data` per file
-//! written in the round), then reports to each room's [`Journal`]. Every write, sync, rename and
+//! round with one `pwrite`, syncs as [`Fsync`] says, then reports to each room's [`Journal`].
+//! Group commit with `always`: the round's records of every room also go, with one write, to the
+//! shared write-ahead log (`DIR/wal/`, see [`wal`]), and its one `sync_data` covers every room
+//! written in the round; segments are synced at the log's checkpoints, and a start after an
+//! unclean stop replays the log into them first. `batch` syncs written segments every interval on
+//! its own thread (`ringsync-sync`). Every write, sync, rename and
 //! delete happens on that thread; readers ([`Store::load_with`], [`Store::changes`], [`check`])
 //! use their own read-only handles and read only whole frames, one segment file at a time. A
 //! load hands each record on as it decodes it, so what it holds is one segment's bytes (a
@@ -37,9 +41,11 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::codec::{self, LOG_MAGIC};
+use super::codec::{self, LOG_MAGIC, WalEntry};
 use super::{Journal, LoadSink, Loaded, MakeRecord, Record, RoomLog, SnapshotData, Store, StoreError};
 use crate::ids::RoomId;
+
+mod wal;
 
 /// A segment that has grown past this many bytes is closed; the next append starts a new one.
 pub const MAX_SEGMENT: u64 = 64 << 20;
@@ -90,11 +96,17 @@ pub struct FileOptions {
     /// next write, so the store's file descriptors stay within a share of the process's limit
     /// however many rooms are active.
     pub max_open: usize,
+    /// `Fsync::Always`: the shared write-ahead log is checkpointed (every segment written since
+    /// the last checkpoint synced, the log started afresh) once it holds this many bytes. It
+    /// bounds both the log on disk and what a start after a crash reads back.
+    pub wal_max: u64,
 }
 
 impl FileOptions {
     /// What [`FileOptions::default`] caps open segments at.
     pub const DEFAULT_MAX_OPEN: usize = 1024;
+    /// [`FileOptions::wal_max`]'s default.
+    pub const DEFAULT_WAL_MAX: u64 = 64 << 20;
 }
 
 impl Default for FileOptions {
@@ -104,6 +116,7 @@ impl Default for FileOptions {
             fsync_interval: Duration::from_secs(1),
             retain: 0,
             max_open: Self::DEFAULT_MAX_OPEN,
+            wal_max: Self::DEFAULT_WAL_MAX,
         }
     }
 }
@@ -122,6 +135,8 @@ pub struct Stats {
     snapshots_written: AtomicU64,
     segments_deleted: AtomicU64,
     segments_parked: AtomicU64,
+    checkpoints: AtomicU64,
+    wal_replayed: AtomicU64,
     queue_len: AtomicU64,
 }
 
@@ -146,6 +161,10 @@ pub struct StatsSnapshot {
     pub segments_deleted: u64,
     /// Segments closed to stay within `FileOptions::max_open` (reopened on their next write).
     pub segments_parked: u64,
+    /// Checkpoints of the shared write-ahead log (`Fsync::Always`).
+    pub checkpoints: u64,
+    /// Records appended again from the write-ahead log at start (their segments had lost them).
+    pub wal_replayed: u64,
     /// Operations queued for the writer thread.
     pub queue_len: u64,
 }
@@ -169,6 +188,8 @@ impl Stats {
             snapshots_written: get(&self.snapshots_written),
             segments_deleted: get(&self.segments_deleted),
             segments_parked: get(&self.segments_parked),
+            checkpoints: get(&self.checkpoints),
+            wal_replayed: get(&self.wal_replayed),
             queue_len: get(&self.queue_len),
         }
     }
@@ -626,18 +647,7 @@ impl FileStore {
             Fsync::Batch => Some(Syncer::start(shared.clone())?),
             _ => None,
         };
-        let mut writer = Writer {
-            rooms_dir: rooms.clone(),
-            opts,
-            shared: shared.clone(),
-            rooms: HashMap::new(),
-            buf: Vec::new(),
-            dirty: Vec::new(),
-            last_sync: Instant::now(),
-            syncer,
-            rounds: 0,
-            opened: 0,
-        };
+        let mut writer = Writer::new(rooms.clone(), dir.join("wal"), opts, shared.clone(), syncer)?;
         let thread = std::thread::Builder::new()
             .name("ringsync-store".into())
             .spawn(move || writer.run())
@@ -969,6 +979,7 @@ struct Written {
 /// The writer thread's state.
 struct Writer {
     rooms_dir: PathBuf,
+    wal_dir: PathBuf,
     opts: FileOptions,
     shared: Arc<Shared>,
     rooms: HashMap<RoomId, RoomState>,
@@ -979,6 +990,8 @@ struct Writer {
     last_sync: Instant,
     /// `Fsync::Batch`'s background syncs.
     syncer: Option<Syncer>,
+    /// `Fsync::Always`'s shared write-ahead log (see [`wal`]).
+    wal: Option<wal::Wal>,
     /// Rounds so far (the clock of `RoomState::last_write`).
     rounds: u64,
     /// Segments opened since the last count (at least the number open).
@@ -1032,6 +1045,38 @@ impl Syncer {
 type Batch = Vec<(u64, Record)>;
 
 impl Writer {
+    /// The writer of a store whose directory holds `rooms_dir` and `wal_dir`: first replays
+    /// what an unclean stop left in the write-ahead log (before anything reads a room), then,
+    /// with `Fsync::Always`, starts the log's next file.
+    fn new(
+        rooms_dir: PathBuf,
+        wal_dir: PathBuf,
+        opts: FileOptions,
+        shared: Arc<Shared>,
+        syncer: Option<Syncer>,
+    ) -> Result<Writer, StoreError> {
+        let always = opts.fsync == Fsync::Always;
+        let mut writer = Writer {
+            rooms_dir,
+            wal_dir,
+            opts,
+            shared,
+            rooms: HashMap::new(),
+            buf: Vec::new(),
+            dirty: Vec::new(),
+            last_sync: Instant::now(),
+            syncer,
+            wal: None,
+            rounds: 0,
+            opened: 0,
+        };
+        let next_seq = writer.replay()?;
+        if always {
+            writer.wal = Some(wal::Wal::create(&writer.wal_dir, next_seq, &writer.shared.stats)?);
+        }
+        Ok(writer)
+    }
+
     fn run(&mut self) {
         // `always` waits for the disk each round: there the report after the fsync is on every
         // ack's path, and a writer that does not preempt would add to it.
@@ -1062,6 +1107,7 @@ impl Writer {
             }
             if stop {
                 self.sync_all();
+                self.rotate_wal();
                 return;
             }
         }
@@ -1096,6 +1142,7 @@ impl Writer {
                 Op::Flush { done } => {
                     self.commit(std::mem::take(&mut pending));
                     self.sync_all();
+                    self.rotate_wal();
                     let _ = done.send(());
                 }
                 Op::Close { room, done } => {
@@ -1108,21 +1155,180 @@ impl Writer {
                 }
                 Op::Delete { room, done } => {
                     drop(take_room(&mut pending, &room));
-                    self.rooms.remove(&room);
-                    self.dirty.retain(|r| *r != room);
-                    let dir = self.rooms_dir.join(dir_name(&room));
-                    let result = match fs::remove_dir_all(&dir) {
-                        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                            Err(StoreError::io(format!("cannot remove {}", dir.display()), &e))
-                        }
-                        _ => Ok(()),
-                    };
-                    let _ = done.send(result);
+                    let _ = done.send(self.delete_room(&room));
                 }
             }
         }
         self.commit(pending);
         self.cap_open_segments();
+        if self.wal.as_ref().is_some_and(|w| w.len() >= self.opts.wal_max) {
+            self.checkpoint();
+        }
+    }
+
+    /// Removes a room's files (its delete first made durable in the write-ahead log, so a
+    /// replay does not bring the room back).
+    fn delete_room(&mut self, room: &RoomId) -> Result<(), StoreError> {
+        if let Some(wal) = self.wal.as_mut() {
+            wal.add_delete(room.as_str())?;
+            wal.commit(&self.shared.stats)
+                .map_err(|e| StoreError::io(format!("cannot write {}", wal.path().display()), &e))?;
+        }
+        self.rooms.remove(room);
+        self.dirty.retain(|r| r != room);
+        let dir = self.rooms_dir.join(dir_name(room));
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(StoreError::io(format!("cannot remove {}", dir.display()), &e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Replays the write-ahead log files an unclean stop left (see [`wal`]): each room's
+    /// records its segments lack are appended again, deletes done again; then every room is
+    /// synced and the files go. The sequence number the next log file takes.
+    ///
+    /// # Errors
+    /// When the log directory cannot be listed or a log file read.
+    fn replay(&mut self) -> Result<u64, StoreError> {
+        let logs = wal::files(&self.wal_dir)?;
+        let next_seq = logs.last().map_or(1, |(seq, _)| seq + 1);
+        if logs.is_empty() {
+            return Ok(next_seq);
+        }
+        let started = Instant::now();
+        let (mut entries, mut records) = (0u64, 0u64);
+        for (_, path) in &logs {
+            let read = wal::read(path, |entry| match entry {
+                WalEntry::Records { room, epoch, frames } => {
+                    records += self.replay_records(&room, epoch, &frames)
+                }
+                WalEntry::Delete { room } => match RoomId::parse(&room) {
+                    Ok(room) => {
+                        if let Err(e) = self.delete_room(&room) {
+                            tracing::error!(room = %room, error = %e, "store: replaying a delete failed");
+                        }
+                    }
+                    Err(_) => tracing::warn!(room, "store: write-ahead log names no valid room; skipped"),
+                },
+            })?;
+            entries += read.entries;
+            if let Some(damage) = read.damage {
+                // A round whose write or sync never finished: none of it was reported written.
+                tracing::warn!(file = %path.display(), entries = read.entries, "store: write-ahead log ends early: {damage}");
+            }
+        }
+        self.sync_all();
+        Stats::add(&self.shared.stats.wal_replayed, records);
+        if self.shared.stats.fsync_failures.load(Ordering::Relaxed) == 0 {
+            for (_, path) in &logs {
+                if let Err(e) = fs::remove_file(path) {
+                    tracing::warn!(file = %path.display(), error = %e, "store: cannot delete a replayed write-ahead log");
+                }
+            }
+            let _ = sync_dir(&self.wal_dir);
+        }
+        tracing::info!(
+            files = logs.len(),
+            entries,
+            records,
+            ms = started.elapsed().as_millis() as u64,
+            "store: replayed the write-ahead log of an unclean stop"
+        );
+        Ok(next_seq)
+    }
+
+    /// One replayed [`WalEntry::Records`]: the records at or after the room's next revision go
+    /// to its segment. How many did.
+    fn replay_records(&mut self, room: &str, epoch: String, frames: &[u8]) -> u64 {
+        let Ok(room) = RoomId::parse(room) else {
+            tracing::warn!(room, "store: write-ahead log names no valid room; skipped");
+            return 0;
+        };
+        let stats = self.shared.clone();
+        let state = self.state(&room);
+        state.epoch = epoch;
+        if let Err(e) = ensure_files(&room, state, &stats.stats) {
+            tracing::error!(room = %room, error = %e, "store: cannot read the room's files to replay the write-ahead log");
+            return 0;
+        }
+        let next = state.files.as_ref().map_or(1, Files::next_rev);
+        let mut batch: Batch = Vec::new();
+        let mut offset = 0;
+        loop {
+            match codec::decode_frame::<Record>(frames, offset) {
+                Ok(Some((record, after))) => {
+                    if record.rev >= next {
+                        batch.push((0, record));
+                    }
+                    offset = after;
+                }
+                Ok(None) => break,
+                Err(d) => {
+                    tracing::warn!(room = %room, "store: write-ahead log entry damaged: {d}");
+                    break;
+                }
+            }
+        }
+        match batch.first() {
+            None => return 0,
+            Some((_, first)) if first.rev != next => {
+                tracing::error!(room = %room, rev = first.rev, expected = next, "store: the write-ahead log cannot fill the room's log (a gap); its entry is skipped");
+                return 0;
+            }
+            Some(_) => {}
+        }
+        let n = batch.len() as u64;
+        let (written, failures) = self.write_room(&room, batch);
+        for (_, rev, e) in &failures {
+            tracing::error!(room = %room, rev, error = %e, "store: replaying the write-ahead log failed");
+        }
+        if written.is_some() { n - failures.len().min(n as usize) as u64 } else { 0 }
+    }
+
+    /// `Fsync::Always`'s checkpoint: every segment written since the last one is synced (side
+    /// by side), then the write-ahead log starts a new file and the older ones go.
+    fn checkpoint(&mut self) {
+        let stats = self.shared.clone();
+        let rooms = std::mem::take(&mut self.dirty);
+        let files: Vec<Option<&File>> = rooms
+            .iter()
+            .map(|room| {
+                let state = self.rooms.get(room).filter(|s| s.dirty)?;
+                Some(&state.files.as_ref()?.seg.as_ref()?.file)
+            })
+            .collect();
+        let results = sync_side_by_side(&stats.stats, &files);
+        for (room, result) in rooms.iter().zip(results) {
+            let Some(state) = self.rooms.get_mut(room) else { continue };
+            state.dirty = false;
+            if let Some(Err(e)) = result {
+                // The log keeps these records (old files are kept once any fsync failed).
+                tracing::error!(room = %room, error = %e, "store: fsync failed at a checkpoint");
+                state.files = None;
+            }
+        }
+        self.rotate_wal();
+    }
+
+    /// Starts the write-ahead log's next file, deleting the older ones unless an fsync has
+    /// failed in this process (then they stay until the next start replays them). Call it only
+    /// once every segment written since the last rotation is synced.
+    fn rotate_wal(&mut self) {
+        let stats = &self.shared.stats;
+        let Some(wal) = self.wal.as_mut() else { return };
+        if wal.is_empty() {
+            return;
+        }
+        let delete_old = stats.fsync_failures.load(Ordering::Relaxed) == 0;
+        if !delete_old {
+            tracing::error!(file = %wal.path().display(), "store: an fsync failed earlier: the write-ahead log is kept for the next start to replay");
+        }
+        match wal.rotate(stats, delete_old) {
+            Ok(()) => Stats::add(&stats.checkpoints, 1),
+            Err(e) => tracing::error!(error = %e, "store: cannot start a new write-ahead log file"),
+        }
     }
 
     /// Keeps open segments within `max_open`: past it, the least recently written rooms'
@@ -1183,30 +1389,22 @@ impl Writer {
             let (written, failures) = self.write_room(&room, batch);
             reports.push((room, written, failures));
         }
-        // `always`: every room written this round is synced before any is reported, the rooms'
-        // fsyncs issued side by side (the filesystem's journal commits them together).
-        let mut synced: Vec<Option<io::Result<()>>> = if self.opts.fsync == Fsync::Always {
-            let files: Vec<Option<&File>> = reports
-                .iter()
-                .map(|(room, written, _)| {
-                    written.as_ref()?;
-                    let seg = self.rooms.get(room)?.files.as_ref()?.seg.as_ref()?;
-                    Some(&seg.file)
-                })
-                .collect();
-            sync_side_by_side(&self.shared.stats, &files)
-        } else {
-            Vec::new()
+        // `always`: the round's entries in the shared write-ahead log are written and synced
+        // (one fsync for every room) before any room is reported.
+        let synced: Result<(), (PathBuf, u64, io::Error)> = match self.wal.as_mut() {
+            Some(wal) if self.opts.fsync == Fsync::Always => {
+                let at = wal.len();
+                wal.commit(&self.shared.stats).map_err(|e| (wal.path().to_path_buf(), at, e))
+            }
+            _ => Ok(()),
         };
-        for (i, (room, written, mut failures)) in reports.into_iter().enumerate() {
+        for (room, written, mut failures) in reports {
             let Some(state) = self.rooms.get_mut(&room) else { continue };
             let mut done = None;
             if let Some(w) = written {
-                let result = synced.get_mut(i).and_then(Option::take).unwrap_or(Ok(()));
-                let synced = match state.files.as_ref().and_then(|f| f.seg.as_ref()) {
-                    Some(seg) => result.map_err(|e| (seg.path.clone(), seg.len, e)),
-                    None => result.map_err(|e| (state.dir.clone(), 0, e)),
-                };
+                let synced = synced
+                    .as_ref()
+                    .map_err(|(path, at, e)| (path, *at, io::Error::new(e.kind(), e.to_string())));
                 match synced {
                     Ok(()) => done = Some(w.last),
                     Err((path, at, e)) => {
@@ -1348,7 +1546,20 @@ impl Writer {
         files.last_rev = Some(last);
         Stats::add(&stats.appends_written, count);
         Stats::add(&stats.bytes_written, buf.len() as u64);
-        if fsync == Fsync::Batch && !state.dirty {
+        // `always` logs the same bytes in the shared write-ahead log, synced once for the round.
+        if let Some(wal) = self.wal.as_mut()
+            && let Err(e) = wal.add_records(room.as_str(), &state.epoch, buf)
+        {
+            Stats::add(&stats.write_failures, 1);
+            tracing::error!(room = %room, error = %e, "store: cannot log a round in the write-ahead log");
+            undo(state, &w);
+            let gens = w.gens;
+            fail_gens(state, &gens, &e, &mut failures);
+            return (None, failures);
+        }
+        // Segments written and not yet synced: `batch` syncs them every interval, `always` at
+        // the write-ahead log's next checkpoint.
+        if fsync != Fsync::Never && !state.dirty {
             state.dirty = true;
             self.dirty.push(room.clone());
         }
@@ -1641,7 +1852,8 @@ fn undo(state: &mut RoomState, w: &Written) {
     }
     match seg.file.set_len(w.old_len) {
         Ok(()) => {
-            files.seg = Some(Segment { next: w.gens.first().map_or(seg.next, |&(_, rev)| rev), ..seg });
+            let next = w.gens.first().map_or(seg.next, |&(_, rev)| rev);
+            files.seg = Some(Segment { next, len: w.old_len, ..seg });
         }
         Err(e) => {
             tracing::error!(file = %seg.path.display(), offset = w.old_len, error = %e, "store: cannot cut a failed write");
@@ -1701,6 +1913,79 @@ mod tests {
         assert_eq!(room_of_dir("a=b"), None);
         assert_eq!(parse_rev(&segment_name(42), "log-", ".rsl"), Some(42));
         assert_eq!(parse_rev("log-42.rsl", "log-", ".rsl"), None);
+    }
+
+    /// Reports of one room, for [`one_round_syncs_once_for_every_room`].
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<u64>>);
+    impl Journal for Seen {
+        fn written(&self, rev: u64) {
+            self.0.lock().push(rev);
+        }
+        fn failed(&self, _generation: u64, rev: u64, error: &StoreError) {
+            panic!("rev {rev} failed: {error}");
+        }
+    }
+
+    fn test_record(rev: u64) -> Record {
+        Record {
+            rev,
+            ts: rev,
+            author: 1,
+            session: None,
+            user: None,
+            client_req_id: Some(rev),
+            kind: 0,
+            reverts: None,
+            ops: format!(r#"[{{"op":"add","path":"/n","value":{rev}}}]"#),
+            inverse: "[]".into(),
+            touched: vec!["/n".into()],
+            list_touched: vec![],
+            meta: None,
+            idempotency: None,
+        }
+    }
+
+    #[test]
+    fn one_round_syncs_once_for_every_room() {
+        let tmp = tempfile::tempdir().unwrap();
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            stats: Stats::default(),
+        });
+        let opts = FileOptions { fsync: Fsync::Always, max_open: 0, ..FileOptions::default() };
+        let rooms_dir = tmp.path().join("rooms");
+        let mut writer = Writer::new(rooms_dir, tmp.path().join("wal"), opts, shared.clone(), None).unwrap();
+        let journals: Vec<Arc<Seen>> = (0..20).map(|_| Arc::new(Seen::default())).collect();
+        let room = |i: usize| RoomId::parse(&format!("r{i}")).unwrap();
+        let mut ops = Vec::new();
+        for (i, journal) in journals.iter().enumerate() {
+            let journal: Weak<dyn Journal> = Arc::downgrade(&(journal.clone() as Arc<dyn Journal>));
+            ops.push(Op::Open { room: room(i), epoch: "ep".into(), journal });
+        }
+        writer.round(ops);
+        for round in 0..3u64 {
+            let before = shared.stats.snapshot().fsyncs;
+            let mut ops = Vec::new();
+            for i in 0..journals.len() {
+                for rev in round * 2 + 1..=round * 2 + 2 {
+                    ops.push(Op::Append { room: room(i), generation: 0, record: test_record(rev) });
+                }
+            }
+            writer.round(ops);
+            assert_eq!(shared.stats.snapshot().fsyncs - before, 1, "round {round}: one fsync for 20 rooms");
+            for journal in &journals {
+                assert_eq!(journal.0.lock().last(), Some(&(round * 2 + 2)));
+            }
+        }
+        // The segments were not synced yet; a checkpoint syncs each once and starts a new log.
+        let before = shared.stats.snapshot().fsyncs;
+        writer.checkpoint();
+        let stats = shared.stats.snapshot();
+        assert_eq!(stats.checkpoints, 1);
+        assert_eq!(stats.fsyncs - before, 20 + 1, "20 segments and the new log file");
+        assert_eq!(wal::files(&tmp.path().join("wal")).unwrap().len(), 1, "the old log file went");
     }
 
     #[test]
