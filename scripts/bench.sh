@@ -7,6 +7,9 @@
 #   RUNS=1 DURATION=4 scripts/bench.sh  # quicker and noisier
 #   ONLY='fanout' scripts/bench.sh      # only the runs whose label matches (grep -E); the report then
 #                                       # holds only those: pair it with DOC=/tmp/x.md OUT=/tmp/x
+#                                       # (ONLY='fanout N|floor' keeps the fan-out shapes with their floor)
+#   FLOOR=0 scripts/bench.sh            # skip the floor runs (the fan-out shapes against
+#                                       # `ringsync-load floor-server`, the × floor table)
 #   CRITERION=0 scripts/bench.sh        # skip the criterion benches
 #   PROFILE=1 scripts/bench.sh          # also perf-record the server under fan-out load
 #   NOISE_MAX=0.1 RETRIES=2             # repeat a run when other processes took >10 % of a core
@@ -26,6 +29,7 @@ WARMUP=${WARMUP:-2}
 ONLY=${ONLY:-}
 CRITERION=${CRITERION:-1}
 PROFILE=${PROFILE:-0}
+FLOOR=${FLOOR:-1}
 NOISE_MAX=${NOISE_MAX:-0.1}
 RETRIES=${RETRIES:-2}
 OUT=${OUT:-target/bench}
@@ -102,9 +106,23 @@ start_server() {
     (RUST_LOG=warn TOKIO_WORKER_THREADS=1 pinned $SERVER_CORE "$SERVER" --listen 127.0.0.1:0 "${SERVER_FLAGS[@]}" "${store_flags[@]}" "$@" \
         > "$OUT/server.out" 2>> "$OUT/server.log") &
     SERVER_PID=$!
+    wait_listening
+}
+
+# start_floor: the fan-out floor (`ringsync-load floor-server`: one pre-built frame, one write per
+# reader socket, a current-thread runtime) in place of the server, pinned to the server's core.
+start_floor() {
+    : > "$OUT/server.out"
+    (pinned $SERVER_CORE "$LOAD" floor-server --listen 127.0.0.1:0 > "$OUT/server.out" 2>> "$OUT/server.log") &
+    SERVER_PID=$!
+    wait_listening
+}
+
+# Sets ADDR from the "… listening on http://ADDR" line of the server just started.
+wait_listening() {
     ADDR=""
     for _ in $(seq 200); do
-        ADDR=$(sed -n 's#^ringsync listening on http://##p' "$OUT/server.out")
+        ADDR=$(sed -n 's#^.*listening on http://##p' "$OUT/server.out")
         [ -n "$ADDR" ] && return 0
         sleep 0.05
     done
@@ -113,15 +131,16 @@ start_server() {
     exit 1
 }
 
-# run LABEL SCENARIO ARGS...: one run against a fresh server. A run during which other processes
-# used more than NOISE_MAX of a core (the machine is shared) is repeated, up to RETRIES times.
+# run LABEL SCENARIO ARGS...: one run against a fresh server (started by $STARTER, start_server
+# unless set). A run during which other processes used more than NOISE_MAX of a core (the machine
+# is shared) is repeated, up to RETRIES times.
 run() {
     local label=$1
     shift
     if [ -n "$ONLY" ] && ! grep -qE -- "$ONLY" <<< "$label"; then return 0; fi
     local attempt other
     for attempt in $(seq 0 "$RETRIES"); do
-        start_server
+        "${STARTER:-start_server}"
         printf '%-36s ' "$label"
         : > "$OUT/run.jsonl"
         if ! (pinned $LOAD_CORE "$LOAD" --addr "$ADDR" --server-pid "$SERVER_PID" --label "$label" \
@@ -165,14 +184,24 @@ run_ab() {
     fi
 }
 
+# run_floor LABEL SCENARIO ARGS...: the same run against a fresh floor server (once, also in A/B).
+run_floor() {
+    if [ "$FLOOR" = 1 ]; then STARTER=start_floor run "$@"; fi
+}
+
 START=$(date +%s)
 echo "==> load scenarios ($RUNS runs each, interleaved; ${DURATION}s windows after ${WARMUP}s warm-up)"
 for i in $(seq "$RUNS"); do
     echo "-- round $i"
+    # Each fan-out shape, then the same against the floor, so the pair shares the machine's state.
     run_ab "fanout N=1000 M=20" fanout --clients 1000 --rate 20
+    run_floor "floor N=1000 M=20" fanout --clients 1000 --rate 20
     run_ab "fanout N=1000 M=200" fanout --clients 1000 --rate 200
+    run_floor "floor N=1000 M=200" fanout --clients 1000 --rate 200
     run_ab "fanout N=1000 M=1000" fanout --clients 1000 --rate 1000
+    run_floor "floor N=1000 M=1000" fanout --clients 1000 --rate 1000
     run_ab "fanout N=5000 M=20" fanout --clients 5000 --rate 20
+    run_floor "floor N=5000 M=20" fanout --clients 5000 --rate 20
     run_ab "rooms 100x10 M=20" rooms --rooms 100 --clients 10 --rate 20
     run_ab "presence N=200 F=10" presence --clients 200 --hz 10
     run_ab "reconnect N=1000 M=20" reconnect --clients 1000 --rate 20
@@ -254,6 +283,8 @@ fi
     echo "target/release/ringsync-load idle --clients 10000"
     echo "target/release/ringsync-load overload --clients 300 --slow-share 0.2 --rate 1000 --payload 1000 --pause-ms 2000"
     echo "target/release/ringsync-load report target/bench/results.jsonl   # tables from JSON lines"
+    echo "taskset -c 0 target/release/ringsync-load floor-server --listen 127.0.0.1:8090 &   # the fan-out floor:"
+    echo "taskset -c 1 target/release/ringsync-load --addr 127.0.0.1:8090 --server-pid \$! --label 'floor N=1000 M=20' fanout --clients 1000 --rate 20"
     echo '```'
     echo
     echo "## Results"
@@ -266,10 +297,17 @@ readers; *p50/p99/max* is the time from the writer putting its timestamp into a 
 scanning it (both ends in the load generator, so it covers client → server, commit, fan-out and
 loopback; recorded only in the window). *Server CPU* is utime+stime of the server from
 `/proc/PID/stat` over the window, as a share of one core; *µs CPU/delivery* is that CPU time divided
-by the changes delivered (the issue's CPU/delivery). *Loadgen CPU* is the load generator's own share
-of its core: when it nears 100 %, latency includes the load generator's queueing, not just the
-server's. *connect+sync* is the time for all clients to connect, upgrade and receive `welcome` plus
-their first `snapshot`, with at most 128 attempts in flight. Reconnect: every reader drops its
+by the changes delivered (the issue's CPU/delivery). Rows labelled *floor …* ran against
+`ringsync-load floor-server` (pinned like the server) instead: a minimal server that writes one
+pre-built delta frame to every reader socket with one `write` each and does nothing else, the least
+any server spends per change delivered in its own frame. *Fan-out against the floor* divides each
+fan-out row's median *µs CPU/delivery* by the floor's for the same shape in the same rounds
+(*× floor*; under 1× when ringsync coalesces changes into fewer frames, which the floor never does;
+*n* is ringsync's runs / the floor's).
+*Loadgen CPU* is the load generator's own share of its core: when it nears 100 %, latency includes
+the load generator's queueing, not just the server's. *connect+sync* is the time for all clients to
+connect, upgrade and receive `welcome` plus their first `snapshot`, with at most 128 attempts in
+flight. Reconnect: every reader drops its
 socket at once (no close frame) and resumes with `?session&epoch&since`; *got delta* is the share
 brought up to date by a delta rather than a snapshot, *converge* the time until every reader holds
 the revision the writer had when they dropped. Idle: *KiB/connection* is the server's RSS growth

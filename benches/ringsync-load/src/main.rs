@@ -12,6 +12,12 @@
 //! prints a table, appends a JSON line to `--json FILE`, and `report FILE...` turns those lines
 //! into the Markdown tables of `docs/BENCHMARKS.md` (medians per label).
 //!
+//! `floor-server --listen ADDR` is not a scenario but a server: the fan-out floor, a minimal
+//! WebSocket server that writes one pre-built delta frame to every reader with one `write` per
+//! socket and does nothing else. `fanout` runs against it unchanged (`--addr` its address,
+//! `--server-pid` its pid), and `report` sets ringsync's CPU per delivery against the floor's for
+//! every fan-out shape measured against both (runs whose label starts with `floor`).
+//!
 //! Built to cost the server's core as little as possible from the other one: a current-thread
 //! runtime, one task per group of `--group-size` connections, a hand-rolled RFC 6455 client
 //! (`ws`), and frames scanned in place for the few fields that matter (`scan`) instead of parsed.
@@ -23,7 +29,7 @@
 //! This file is the command line and the dispatch. Module map: one file per scenario (`fanout`,
 //! which `rooms` reuses, `presence`, `reconnect`, `idle`, `overload`, `commit`, `fsync_rate`,
 //! `startup`), each owning its flags and
-//! its figures; `harness` (pools of groups, windows, the figures every run reports); `group`
+//! its figures; `floor` (the floor server); `harness` (pools of groups, windows, the figures every run reports); `group`
 //! (one task driving many connections), `conn` (one connection and what each server message does
 //! to the counters), `role` (what writers, movers and slow readers send), `ctx` (state and
 //! counters shared by the run); `ws` (RFC 6455 client), `scan` (fields found in frames without
@@ -34,6 +40,7 @@ mod commit;
 mod conn;
 mod ctx;
 mod fanout;
+mod floor;
 mod fsync_rate;
 mod group;
 mod harness;
@@ -147,6 +154,9 @@ enum Cmd {
     Startup(startup::Args),
     /// Markdown tables from JSON-lines result files (median per label).
     Report { files: Vec<PathBuf> },
+    /// Not a scenario: serve as the fan-out floor (one pre-built frame, one write per reader
+    /// socket; enough of protocol v1 for `fanout`) until killed, on a current-thread runtime.
+    FloorServer(floor::Args),
 }
 
 impl Cmd {
@@ -160,7 +170,7 @@ impl Cmd {
             Cmd::Presence(a) => a.clients,
             Cmd::Idle(a) => a.clients,
             Cmd::Commit(a) => a.writers,
-            Cmd::FsyncRate(_) | Cmd::Startup(_) | Cmd::Report { .. } => 0,
+            Cmd::FsyncRate(_) | Cmd::Startup(_) | Cmd::Report { .. } | Cmd::FloorServer(_) => 0,
         }
     }
 }
@@ -170,6 +180,9 @@ fn main() -> anyhow::Result<()> {
     if let Cmd::Report { files } = &cli.cmd {
         print!("{}", report::markdown(files)?);
         return Ok(());
+    }
+    if let Cmd::FloorServer(a) = &cli.cmd {
+        return floor::main(a);
     }
     check(&cli.opts, &cli.cmd)?;
     let o = &cli.opts;
@@ -216,6 +229,6 @@ async fn scenario(opts: Opts, cmd: Cmd) -> anyhow::Result<report::Run> {
         Cmd::Commit(a) => commit::run(&mut h, a).await,
         Cmd::FsyncRate(a) => fsync_rate::run(&mut h, a).await,
         Cmd::Startup(a) => startup::run(&mut h, a).await,
-        Cmd::Report { .. } => unreachable!("handled in main"),
+        Cmd::Report { .. } | Cmd::FloorServer(_) => unreachable!("handled in main"),
     }
 }

@@ -1,6 +1,8 @@
 //! Results: one JSON object per run (appended as a line to `--json FILE`), printed as a table,
 //! and the `report` subcommand, which turns JSON lines into Markdown tables with the median of
-//! the runs that share a label (and the min–max range where noise matters). A run's fields keep
+//! the runs that share a label (and the min–max range where noise matters), and for fan-out, each
+//! shape's server CPU per delivery against the floor's (`floor-server`, runs labelled `floor …`)
+//! from the same files. A run's fields keep
 //! the order they were inserted in (`serde_json`'s `preserve_order`); a figure that could not be
 //! measured is `null`, never left out.
 
@@ -259,8 +261,74 @@ fn tables(runs: &[Run]) -> String {
         if !mine.is_empty() {
             table(&mut out, title, &mine, cols);
         }
+        if title == "Fan-out" {
+            floor_table(&mut out, &mine);
+        }
     }
     out
+}
+
+/// Runs whose label starts with this were measured against `floor-server`, not ringsync.
+const FLOOR: &str = "floor";
+
+/// What makes two fan-out runs comparable.
+fn shape(r: &Run) -> [String; 5] {
+    ["scenario", "rooms", "clients", "rate", "payload"].map(|k| text(r, k))
+}
+
+/// For every ringsync fan-out label that has floor runs of the same shape: its median server CPU
+/// per delivery over the floor's (the ratio of the medians), with both latencies and CPU shares.
+fn floor_table(out: &mut String, runs: &[&Run]) {
+    let is_floor = |r: &&Run| text(r, "label").starts_with(FLOOR);
+    let mut labels: Vec<String> = Vec::new();
+    for r in runs.iter().filter(|r| !is_floor(r)) {
+        let l = text(r, "label");
+        if !labels.contains(&l) {
+            labels.push(l);
+        }
+    }
+    let med = |group: &[&Run], key: &str| {
+        let mut xs: Vec<f64> = group.iter().filter_map(|r| r.get(key)?.as_f64()).collect();
+        xs.sort_by(f64::total_cmp);
+        median(&xs)
+    };
+    let num = |x: Option<f64>| x.map_or_else(|| "–".into(), fmt_num);
+    let pct = |x: Option<f64>| x.map_or_else(|| "–".into(), |x| format!("{:.0} %", x * 100.0));
+    let mut rows = String::new();
+    for l in &labels {
+        let ours: Vec<&Run> = runs.iter().copied().filter(|r| text(r, "label") == *l).collect();
+        let want = shape(ours[0]);
+        let floor: Vec<&Run> = runs.iter().copied().filter(|r| is_floor(r) && shape(r) == want).collect();
+        let Some(f) = floor.first() else { continue };
+        let key = "server_cpu_us_per_delivery";
+        let (a, b) = (med(&ours, key), med(&floor, key));
+        let ratio = a.zip(b).filter(|(_, b)| *b > 0.0).map(|(a, b)| format!("{}×", fmt_num(a / b)));
+        let _ = writeln!(
+            rows,
+            "| {l} | {} | {} / {} | {} | {} | {} | {} | {} | {} | {} |",
+            text(f, "label"),
+            ours.len(),
+            floor.len(),
+            num(a),
+            num(b),
+            ratio.unwrap_or_else(|| "–".into()),
+            num(med(&ours, "lat_p99_ms")),
+            num(med(&floor, "lat_p99_ms")),
+            pct(med(&ours, "server_cpu_util")),
+            pct(med(&floor, "server_cpu_util")),
+        );
+    }
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "### Fan-out against the floor\n");
+    let _ = writeln!(
+        out,
+        "| run | floor run | n | µs CPU/delivery | floor µs CPU/delivery | × floor | p99 ms | floor p99 ms \
+         | server CPU | floor server CPU |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "{rows}");
 }
 
 /// Every run in the JSON-lines `files`, in order.
@@ -374,5 +442,27 @@ mod tests {
         assert_eq!(lines[4], "| a | 3 | 10,000 | – | 2.25 (1.50–3) | – | – | – | – | 14 | 0 |");
         assert_eq!(lines[5], "| b | 1 | 10,000 | – | 5 | – | – | – | – | 14 | 0 |");
         assert_eq!(lines[6..], [""], "a blank line after each table");
+    }
+
+    #[test]
+    fn fanout_against_the_floor_of_the_same_shape() {
+        let run = |label: &str, clients: u64, us: f64| -> Run {
+            let v = serde_json::json!({"scenario": "fanout", "label": label, "clients": clients,
+                "rooms": 1, "rate": 20.0, "payload": 100, "lat_p99_ms": 2.0,
+                "server_cpu_util": 0.5, "server_cpu_us_per_delivery": us});
+            v.as_object().expect("an object").clone()
+        };
+        let md = tables(&[
+            run("fanout N=10", 10, 9.0),
+            run("floor N=10", 10, 3.0),
+            run("fanout N=10", 10, 10.0),
+            run("floor N=10", 10, 5.0),
+            run("fanout N=10", 10, 11.0),
+            run("fanout N=20", 20, 8.0),
+        ]);
+        let rows: Vec<&str> = md.lines().skip_while(|l| !l.contains("against the floor")).collect();
+        assert_eq!(rows[4], "| fanout N=10 | floor N=10 | 3 / 2 | 10 | 4 | 2.50× | 2 | 2 | 50 % | 50 % |");
+        assert_eq!(rows[5], "", "N=20 has no floor run: no row");
+        assert!(md.contains("| floor N=10 | 2 |"), "floor runs are rows of the fan-out table too");
     }
 }

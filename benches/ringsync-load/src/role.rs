@@ -171,7 +171,7 @@ impl SlowReader {
 }
 
 /// A `change` message: one `add` of `{"ts":ts,"p":"xx…"}` (`filler` bytes of `x`) at `/t`.
-fn write_change(msg: &mut Vec<u8>, req_id: u64, ts: u64, filler: usize) {
+pub fn write_change(msg: &mut Vec<u8>, req_id: u64, ts: u64, filler: usize) {
     write!(msg, "{{\"type\":\"change\",\"clientReqId\":{req_id},\"mode\":\"overwrite\",\"ops\":")
         .expect("vec write");
     write_ops(msg, ts, filler);

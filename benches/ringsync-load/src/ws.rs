@@ -1,4 +1,5 @@
-//! A minimal WebSocket client: the HTTP/1.1 upgrade, frame parsing, and masked client frames.
+//! A minimal WebSocket client: the HTTP/1.1 upgrade, frame parsing, and masked client frames
+//! (plus the unmasked frame a server sends, for `floor`).
 //!
 //! Written against RFC 6455 directly rather than through a WebSocket library, so that thousands
 //! of connections cost one `TcpStream` each and no per-connection buffer until one is needed
@@ -88,6 +89,23 @@ pub fn encode_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// Appends one server frame (FIN set, unmasked) to `out`.
+pub fn encode_server_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    out.push(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => out.push(n as u8),
+        n if n <= 0xffff => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+}
+
 /// One server frame found at the start of a buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Frame<'a> {
@@ -156,19 +174,8 @@ mod tests {
     use super::*;
 
     fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mut v = vec![0x80 | opcode];
-        match payload.len() {
-            n if n < 126 => v.push(n as u8),
-            n if n <= 0xffff => {
-                v.push(126);
-                v.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                v.push(127);
-                v.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        v.extend_from_slice(payload);
+        let mut v = Vec::new();
+        encode_server_frame(&mut v, opcode, payload);
         v
     }
 
