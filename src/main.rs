@@ -107,6 +107,19 @@ fn check_data(dir: Option<String>) -> i32 {
         damaged += usize::from(!r.damage.is_empty());
     }
     println!("{} rooms, {damaged} damaged", reports.len());
+    match ringsync::store::file::check_wal(std::path::Path::new(&dir)) {
+        Ok(wal) if wal.entries > 0 || !wal.damage.is_empty() => {
+            println!(
+                "write-ahead log: {} entries in {} files ({} bytes) not yet checkpointed: the next start replays them into the rooms above",
+                wal.entries, wal.files, wal.bytes
+            );
+            for d in &wal.damage {
+                println!("  ends early (a round never acknowledged; ignored): {d}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("error: {e}"),
+    }
     i32::from(damaged > 0)
 }
 

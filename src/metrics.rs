@@ -33,6 +33,8 @@ pub const STORE_DAMAGED: &str = "ringsync_store_damaged_total";
 pub const STORE_SNAPSHOTS: &str = "ringsync_store_snapshots_total";
 pub const STORE_SEGMENTS_DELETED: &str = "ringsync_store_segments_deleted_total";
 pub const STORE_SEGMENTS_PARKED: &str = "ringsync_store_segments_parked_total";
+pub const STORE_CHECKPOINTS: &str = "ringsync_store_wal_checkpoints_total";
+pub const STORE_WAL_REPLAYED: &str = "ringsync_store_wal_replayed_total";
 pub const STORE_QUEUE: &str = "ringsync_store_queue_length";
 pub const CHANGES_COMMITTED: &str = "ringsync_changes_committed_total";
 pub const CHANGES_REJECTED: &str = "ringsync_changes_rejected_total";
@@ -362,6 +364,8 @@ fn initialise() {
         STORE_SNAPSHOTS,
         STORE_SEGMENTS_DELETED,
         STORE_SEGMENTS_PARKED,
+        STORE_CHECKPOINTS,
+        STORE_WAL_REPLAYED,
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -499,6 +503,14 @@ fn describe() {
         STORE_SEGMENTS_PARKED,
         "Log segments closed to keep the store's open files within its cap (reopened on their next write)"
     );
+    describe_counter!(
+        STORE_CHECKPOINTS,
+        "Checkpoints of the write-ahead log (--fsync always): segments synced, the log started afresh"
+    );
+    describe_counter!(
+        STORE_WAL_REPLAYED,
+        "Records appended again from the write-ahead log at start, after an unclean stop had lost them from their segments"
+    );
     describe_gauge!(STORE_QUEUE, "Records and snapshots waiting for the store's writer thread");
 }
 
@@ -513,5 +525,7 @@ pub fn publish_store(s: &crate::store::file::StatsSnapshot) {
     metrics::counter!(STORE_SNAPSHOTS).absolute(s.snapshots_written);
     metrics::counter!(STORE_SEGMENTS_DELETED).absolute(s.segments_deleted);
     metrics::counter!(STORE_SEGMENTS_PARKED).absolute(s.segments_parked);
+    metrics::counter!(STORE_CHECKPOINTS).absolute(s.checkpoints);
+    metrics::counter!(STORE_WAL_REPLAYED).absolute(s.wal_replayed);
     metrics::gauge!(STORE_QUEUE).set(s.queue_len as f64);
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 use ringsync::ids::RoomId;
 use ringsync::store::codec::{self, LOG_MAGIC, WAL_MAGIC, WalEntry};
-use ringsync::store::file::{FileOptions, FileStore, Fsync};
+use ringsync::store::file::{self, FileOptions, FileStore, Fsync};
 use ringsync::store::{Journal, Record, RoomLog, Store, StoreError};
 
 /// The highest revision reported written.
@@ -283,7 +283,13 @@ fn a_deleted_room_stays_deleted_and_a_torn_log_tail_is_cut() {
     let buf = fs::read(&seg).unwrap();
     fs::write(&seg, &buf[..frames(&buf)[2].1]).unwrap();
 
+    // The offline check sees what the next start will replay, and the torn end.
+    let report = file::check_wal(crashed.path()).unwrap();
+    // Room 1's rounds (one or more), its delete, room 2's rounds.
+    assert!(report.files == 1 && report.entries >= 3 && report.damage.len() == 1, "{report:?}");
+
     let back = FileStore::open_dir(crashed.path(), options(Fsync::Always, 1 << 30)).unwrap();
+    assert!(file::check_wal(crashed.path()).unwrap().entries == 0, "replayed and checkpointed");
     assert_eq!(back.load(&room(1), 0).unwrap(), None, "the delete was replayed after room 1's records");
     assert!(!crashed.path().join("rooms/game+1").exists());
     let loaded = back.load(&room(2), 0).unwrap().unwrap();

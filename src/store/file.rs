@@ -2,9 +2,9 @@
 //! records (in segments) and rkyv snapshots, written by one dedicated thread.
 //!
 //! Layout: `DIR/LOCK` (an OS lock held while the store lives, with the holder's pid in it),
-//! `DIR/wal/` (the write-ahead log, `always` only) and `DIR/rooms/<room>/` per room (see [`dir_name`]), holding `log-<first rev>.rsl` segments and
-//! `snap-<rev>.rss` snapshots (revisions as 20 digits, so names sort by revision). Formats are
-//! in [`super::codec`].
+//! `DIR/wal/` (the write-ahead log, `always` only) and `DIR/rooms/<room>/` per room (see
+//! [`dir_name`]), holding `log-<first rev>.rsl` segments and `snap-<rev>.rss` snapshots
+//! (revisions as 20 digits, so names sort by revision). Formats are in [`super::codec`].
 //!
 //! Threads: [`RoomLog::append`] and [`RoomLog::snapshot`] only push onto a queue. The writer
 //! thread (`ringsync-store`) takes the whole queue each round, writes each room's records of the
@@ -591,6 +591,36 @@ pub fn check(dir: &Path) -> Result<Vec<RoomReport>, StoreError> {
     }
     reports.sort_by(|a, b| a.room.cmp(&b.room));
     Ok(reports)
+}
+
+/// What [`check_wal`] found in a data directory's write-ahead log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WalReport {
+    pub files: usize,
+    /// Whole entries (rounds of one room, or deletes) not yet checkpointed.
+    pub entries: u64,
+    pub bytes: u64,
+    /// Where a file stops early (a round whose write never finished: replay ignores it).
+    pub damage: Vec<String>,
+}
+
+/// Reads a data directory's write-ahead log (`--fsync always`) without changing anything:
+/// what the next start will replay into the rooms' segments.
+///
+/// # Errors
+/// When the log directory cannot be listed or a file read.
+pub fn check_wal(dir: &Path) -> Result<WalReport, StoreError> {
+    let mut report = WalReport::default();
+    for (_, path) in wal::files(&dir.join("wal"))? {
+        report.files += 1;
+        report.bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let read = wal::read(&path, |_| {})?;
+        report.entries += read.entries;
+        if let Some(damage) = read.damage {
+            report.damage.push(format!("{}: {damage}", path.display()));
+        }
+    }
+    Ok(report)
 }
 
 /// Work for the writer thread.
