@@ -587,3 +587,42 @@ fn past_the_open_file_cap_segments_are_parked_and_reopened_not_multiplied() {
         assert!(loaded.damage.is_empty(), "{room}: {:?}", loaded.damage);
     }
 }
+
+#[test]
+fn history_pages_match_the_log_across_segments_and_stop_at_a_torn_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FileStore::open_dir(tmp.path(), options(Fsync::Never, 1000)).unwrap();
+    let (journal, log) = open(&store);
+    // Segments starting at 1, 101 and 201 (each snapshot rotates), every record retained.
+    for chunk in 0..2u64 {
+        append(&log, 0, chunk * 100 + 1..=chunk * 100 + 100);
+        log.snapshot(snapshot(chunk * 100 + 100));
+    }
+    append(&log, 0, 201..=250);
+    journal.wait_written(250);
+    store.flush();
+    for after in [0, 1, 57, 99, 100, 101, 150, 199, 200, 201, 248, 249, 250, 300] {
+        for limit in [1, 7, 100, 1000] {
+            let want: Vec<u64> = (after + 1..=250).take(limit).collect();
+            assert_eq!(
+                revs(&store.changes(&room(), after, limit).unwrap()),
+                want,
+                "after {after} limit {limit}"
+            );
+        }
+    }
+    // Half a record at the end (a write in progress): the whole ones before it are served.
+    let last = segment(tmp.path(), 201);
+    let mut bytes = std::fs::read(&last).unwrap();
+    let offsets = frame_offsets(&bytes);
+    let whole = bytes.clone();
+    bytes.extend_from_slice(&whole[offsets[3]..offsets[3] + 20]);
+    std::fs::write(&last, &bytes).unwrap();
+    assert_eq!(revs(&store.changes(&room(), 240, 100).unwrap()), range(241, 250));
+    // A flipped byte in a record that is returned ends the page before it.
+    let mut bytes = whole;
+    bytes[offsets[10] + 12] ^= 0xff;
+    std::fs::write(&last, &bytes).unwrap();
+    assert_eq!(revs(&store.changes(&room(), 205, 100).unwrap()), range(206, 210));
+    assert_eq!(revs(&store.changes(&room(), 150, 60).unwrap()), range(151, 210));
+}

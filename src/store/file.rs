@@ -815,26 +815,16 @@ impl Store for Arc<FileStore> {
         let start = listing.segments.iter().rposition(|&first| first <= after.saturating_add(1)).unwrap_or(0);
         for &first in &listing.segments[start..] {
             let path = dir.join(segment_name(first));
-            let buf = match fs::read(&path) {
-                Ok(buf) => buf,
+            let file = match File::open(&path) {
+                Ok(file) => file,
                 // Deleted since the listing (it held older records than what is left).
                 Err(e) if e.kind() == io::ErrorKind::NotFound && out.is_empty() => continue,
                 Err(e) => return Err(StoreError::io(format!("cannot read {}", path.display()), &e)),
             };
-            let Ok((_, mut offset)) = codec::decode_header(&buf, LOG_MAGIC) else { return Ok(out) };
-            // Whole frames only: a frame being written, or damage, ends what is served.
-            while let Ok(Some((record, next))) = codec::decode_frame::<Record>(&buf, offset) {
-                offset = next;
-                if record.rev <= after {
-                    continue;
-                }
-                if out.last().is_some_and(|last| last.rev.saturating_add(1) != record.rev) {
-                    return Ok(out);
-                }
-                out.push(record);
-                if out.len() >= limit {
-                    return Ok(out);
-                }
+            let whole = read_segment_after(file, first, after, limit, &mut out)
+                .map_err(|e| StoreError::io(format!("cannot read {}", path.display()), &e))?;
+            if !whole || out.len() >= limit {
+                return Ok(out);
             }
         }
         Ok(out)
@@ -861,6 +851,84 @@ impl Store for Arc<FileStore> {
 
     fn flush(&self) {
         self.call(|done| Op::Flush { done });
+    }
+}
+
+/// Appends to `out` the records of the segment `file` (whose first record is `first`) after
+/// revision `after`, until `out` holds `limit`: streamed, so a history page holds one page of
+/// records and a read buffer, not the segment. Frames before `after` are skipped by their length
+/// alone (a segment's records are consecutive, so the k-th is `first + k`); the ones returned are
+/// checked and decoded. `Ok(false)` when the segment ends early (a frame being written, damage,
+/// a revision out of place): what follows is not served.
+fn read_segment_after(
+    file: File,
+    first: u64,
+    after: u64,
+    limit: usize,
+    out: &mut Vec<Record>,
+) -> io::Result<bool> {
+    /// Reads one frame (length, CRC, payload) into `frame`: `false` at a clean end.
+    fn next(reader: &mut impl Read, frame: &mut Vec<u8>, keep: bool) -> io::Result<bool> {
+        let mut head = [0u8; codec::FRAME_OVERHEAD];
+        match reader.read_exact(&mut head[..1]) {
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+            r => r?,
+        }
+        reader.read_exact(&mut head[1..])?;
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if len > codec::MAX_FRAME {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "frame length over the limit"));
+        }
+        frame.clear();
+        if keep {
+            frame.extend_from_slice(&head);
+            frame.resize(codec::FRAME_OVERHEAD + len, 0);
+            reader.read_exact(&mut frame[codec::FRAME_OVERHEAD..])?;
+        } else if io::copy(&mut reader.take(len as u64), &mut io::sink())? < len as u64 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(true)
+    }
+    let ended_early = |e: io::Error| match e.kind() {
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData => Ok(false),
+        _ => Err(e),
+    };
+    let mut reader = io::BufReader::with_capacity(256 << 10, file);
+    let mut frame = Vec::new();
+    // The header: magic and version, then one frame.
+    let mut preamble = [0u8; 12];
+    if let Err(e) = reader.read_exact(&mut preamble) {
+        return ended_early(e);
+    }
+    match next(&mut reader, &mut frame, true) {
+        Ok(true) => {}
+        Ok(false) => return Ok(false),
+        Err(e) => return ended_early(e),
+    }
+    let mut header = preamble.to_vec();
+    header.extend_from_slice(&frame);
+    if codec::decode_header(&header, LOG_MAGIC).is_err() {
+        return Ok(false);
+    }
+    let mut rev = first;
+    loop {
+        let keep = rev > after;
+        match next(&mut reader, &mut frame, keep) {
+            Ok(true) => {}
+            Ok(false) => return Ok(true),
+            Err(e) => return ended_early(e),
+        }
+        if keep {
+            let Ok(Some((record, _))) = codec::decode_frame::<Record>(&frame, 0) else { return Ok(false) };
+            if record.rev != rev || out.last().is_some_and(|last| last.rev.saturating_add(1) != record.rev) {
+                return Ok(false);
+            }
+            out.push(record);
+            if out.len() >= limit {
+                return Ok(true);
+            }
+        }
+        rev = rev.saturating_add(1);
     }
 }
 
