@@ -197,7 +197,7 @@ pub async fn handle(
     };
     if matches!(route, Route::List) {
         return match method {
-            Method::GET => list(app, &req),
+            Method::GET => list(app, &req).await,
             _ => json_error(ErrorCode::MethodNotAllowed, "use GET"),
         };
     }
@@ -225,6 +225,17 @@ pub async fn handle(
 #[serde(rename_all = "camelCase")]
 struct RoomSummary {
     name: String,
+    /// In memory. A stored room that is not (never used since the start, or evicted while idle)
+    /// is listed with its name only: reading its files to say more would load it.
+    loaded: bool,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    live: Option<LiveSummary>,
+}
+
+/// What a room in memory tells about itself.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LiveSummary {
     epoch: String,
     rev: u64,
     /// Connected WebSockets.
@@ -246,18 +257,21 @@ fn summary(app: &App, room: &Room) -> RoomSummary {
     let (entries, capacity) = room.ring_occupancy();
     RoomSummary {
         name: room.id().to_string(),
-        epoch: room.epoch().to_string(),
-        rev: room.rev().0,
-        clients: app.rooms.clients(room.id()),
-        ring: Ring { entries, capacity },
-        state_bytes: room.state_bytes(),
-        history_bytes: room.history_bytes(),
+        loaded: true,
+        live: Some(LiveSummary {
+            epoch: room.epoch().to_string(),
+            rev: room.rev().0,
+            clients: app.rooms.clients(room.id()),
+            ring: Ring { entries, capacity },
+            state_bytes: room.state_bytes(),
+            history_bytes: room.history_bytes(),
+        }),
     }
 }
 
-/// `GET /v1/admin/rooms?after=NAME&limit=N`: rooms by name, after `after`, at most `limit`; `next`
-/// (the `after` of the next page) when more remain.
-fn list(app: &App, req: &Request<RequestBody>) -> Response<Body> {
+/// `GET /v1/admin/rooms?after=NAME&limit=N`: rooms in memory and on disk by name, after `after`,
+/// at most `limit`; `next` (the `after` of the next page) when more remain.
+async fn list(app: &App, req: &Request<RequestBody>) -> Response<Body> {
     let mut after = None;
     let mut limit = DEFAULT_LIMIT;
     for (k, v) in query_pairs(req) {
@@ -275,23 +289,46 @@ fn list(app: &App, req: &Request<RequestBody>) -> Response<Body> {
             _ => {}
         }
     }
-    let mut rooms: Vec<_> = app
+    // The page is the `limit` smallest names of both lists (one more tells whether more remain):
+    // those of rooms in memory, and those of stored rooms (listed on a blocking thread).
+    let mut live: Vec<_> = app
         .rooms
         .all()
         .into_iter()
         .filter(|r| after.as_deref().is_none_or(|a| r.id().as_str() > a))
         .collect();
-    // Only the page is sorted: the `limit` smallest names first.
-    if rooms.len() > limit {
-        rooms.select_nth_unstable_by(limit, |a, b| a.id().as_str().cmp(b.id().as_str()));
+    if live.len() > limit + 1 {
+        live.select_nth_unstable_by(limit + 1, |a, b| a.id().as_str().cmp(b.id().as_str()));
+        live.truncate(limit + 1);
     }
-    let more = rooms.len() > limit;
-    rooms.truncate(limit);
-    rooms.sort_unstable_by(|a, b| a.id().as_str().cmp(b.id().as_str()));
-    let page: Vec<RoomSummary> = rooms.iter().map(|r| summary(app, r)).collect();
+    let stored = match app.rooms.store().cloned() {
+        Some(store) => {
+            let after = after.clone();
+            match tokio::task::spawn_blocking(move || store.rooms_after(after.as_deref(), limit + 1)).await {
+                Ok(Ok(names)) => names,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "admin: cannot list stored rooms");
+                    return json_error(ErrorCode::Unavailable, &format!("cannot list stored rooms: {e}"));
+                }
+                Err(_) => return json_error(ErrorCode::Unavailable, "cannot list stored rooms"),
+            }
+        }
+        None => Vec::new(),
+    };
+    let mut page: Vec<RoomSummary> = live.iter().map(|r| summary(app, r)).collect();
+    let in_memory: std::collections::HashSet<&str> = live.iter().map(|r| r.id().as_str()).collect();
+    for name in stored {
+        if !in_memory.contains(name.as_str()) {
+            page.push(RoomSummary { name: name.to_string(), loaded: false, live: None });
+        }
+    }
+    page.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let next = if more { page.last().map(|r| r.name.clone()) } else { None };
     let mut body = json!({ "rooms": page });
-    if more && let Some(last) = rooms.last() {
-        body["next"] = last.id().as_str().into();
+    if let Some(next) = next {
+        body["next"] = next.into();
     }
     AdminAction::List.count();
     tracing::info!(action = "list", rooms = page.len(), "admin action");

@@ -520,3 +520,42 @@ async fn browser_pages_reach_the_admin_api_only_from_origins_listed_by_name() {
     let (s, _) = request(&server, "GET", "/v1/admin/rooms/csrf", &[evil], None).await;
     assert_eq!(s, 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_list_shows_stored_rooms_that_are_not_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_owned();
+    let mut first = start(config(&["--data-dir", &data])).await;
+    for n in ["b-stored", "d-stored", "f-stored"] {
+        let (s, _) = post_ops(&first, n, json!([{"op": "add", "path": "/v", "value": n}])).await;
+        assert_eq!(s, 200);
+    }
+    first.shutdown().await;
+    drop(first);
+    // After a restart nothing is in memory until used; two rooms are created or loaded now.
+    let server = start(config(&["--data-dir", &data])).await;
+    let (s, _) = post_ops(&server, "c-new", json!([{"op": "add", "path": "/v", "value": 1}])).await;
+    assert_eq!(s, 200);
+    let (s, room) = http(&server, "GET", "/v1/rooms/d-stored", None).await;
+    assert_eq!((s, &room["rev"]), (200, &json!(1)));
+    let (s, page) = http(&server, "GET", "/v1/admin/rooms", None).await;
+    assert_eq!(s, 200, "{page}");
+    let rooms = page["rooms"].as_array().unwrap();
+    let listed: Vec<(&str, bool)> =
+        rooms.iter().map(|r| (r["name"].as_str().unwrap(), r["loaded"].as_bool().unwrap())).collect();
+    assert_eq!(
+        listed,
+        [("b-stored", false), ("c-new", true), ("d-stored", true), ("f-stored", false)],
+        "{page}"
+    );
+    assert!(rooms[0].get("rev").is_none(), "a room not in memory is listed by name: {}", rooms[0]);
+    assert_eq!(rooms[2]["rev"], 1);
+    // Pages cross both lists: two at a time, every room once.
+    let (_, p1) = http(&server, "GET", "/v1/admin/rooms?limit=2", None).await;
+    assert_eq!(p1["next"], "c-new", "{p1}");
+    let (_, p2) = http(&server, "GET", "/v1/admin/rooms?limit=2&after=c-new", None).await;
+    let names: Vec<&str> =
+        p2["rooms"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["d-stored", "f-stored"], "{p2}");
+    assert!(p2.get("next").is_none(), "{p2}");
+}

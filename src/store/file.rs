@@ -834,6 +834,15 @@ impl Store for Arc<FileStore> {
         list(&self.room_dir(room)).ok().flatten().and_then(|l| l.segments.first().copied())
     }
 
+    fn rooms_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<RoomId>, StoreError> {
+        let entries = fs::read_dir(&self.rooms)
+            .map_err(|e| StoreError::io(format!("cannot list {}", self.rooms.display()), &e))?;
+        // A directory a room was deleted from mid-listing, or one whose name maps to no room,
+        // is skipped.
+        let names = entries.filter_map(|e| room_of_dir(e.ok()?.file_name().to_str()?));
+        Ok(super::smallest_after(names, after, limit))
+    }
+
     fn delete(&self, room: &RoomId) -> Result<(), StoreError> {
         self.shared.queue.lock().ops.retain(|op| match op {
             Op::Append { room: r, .. } | Op::AppendWith { room: r, .. } | Op::Snapshot { room: r, .. } => {

@@ -168,6 +168,11 @@ impl Store for Arc<MemoryStore> {
         self.rooms.lock().get(room).and_then(|s| s.records.first()).map(|r| r.rev)
     }
 
+    fn rooms_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<RoomId>, StoreError> {
+        let names: Vec<RoomId> = self.rooms.lock().keys().cloned().collect();
+        Ok(super::smallest_after(names.into_iter(), after, limit))
+    }
+
     fn delete(&self, room: &RoomId) -> Result<(), StoreError> {
         self.rooms.lock().remove(room);
         Ok(())

@@ -240,6 +240,13 @@ pub trait Store: Send + Sync {
     fn changes(&self, room: &RoomId, after: u64, limit: usize) -> Result<Vec<Record>, StoreError>;
     /// The oldest revision whose record is still stored (`None` when nothing is).
     fn oldest(&self, room: &RoomId) -> Option<u64>;
+    /// The `limit` smallest names (byte order) of stored rooms after `after`, sorted (the admin
+    /// list: rooms on disk that are not in memory). Reads the store: call it off the async
+    /// workers.
+    ///
+    /// # Errors
+    /// When the store cannot be listed.
+    fn rooms_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<RoomId>, StoreError>;
     /// Removes everything stored for the room (after what is queued for it is dropped).
     ///
     /// # Errors
@@ -249,4 +256,15 @@ pub trait Store: Send + Sync {
     fn close(&self, room: &RoomId);
     /// Writes and syncs everything queued so far (shutdown).
     fn flush(&self);
+}
+
+/// The `limit` smallest of `names` after `after`, sorted (for [`Store::rooms_after`]).
+pub fn smallest_after(names: impl Iterator<Item = RoomId>, after: Option<&str>, limit: usize) -> Vec<RoomId> {
+    let mut rooms: Vec<RoomId> = names.filter(|r| after.is_none_or(|a| r.as_str() > a)).collect();
+    if rooms.len() > limit {
+        rooms.select_nth_unstable_by(limit, |a, b| a.as_str().cmp(b.as_str()));
+        rooms.truncate(limit);
+    }
+    rooms.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+    rooms
 }
