@@ -626,3 +626,31 @@ fn history_pages_match_the_log_across_segments_and_stop_at_a_torn_tail() {
     assert_eq!(revs(&store.changes(&room(), 205, 100).unwrap()), range(206, 210));
     assert_eq!(revs(&store.changes(&room(), 150, 60).unwrap()), range(151, 210));
 }
+
+#[test]
+fn room_directories_named_before_capitals_were_escaped_are_renamed_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let upper = RoomId::parse("Game:One").unwrap();
+    {
+        let store = FileStore::open_dir(tmp.path(), options(Fsync::Never, 0)).unwrap();
+        let journal = Arc::new(TestJournal::default());
+        let weak: Weak<dyn Journal> = Arc::downgrade(&(journal.clone() as Arc<dyn Journal>));
+        let log = store.open(&upper, "ep-1", weak);
+        append(&log, 0, 1..=3);
+        journal.wait_written(3);
+        store.flush();
+    }
+    let rooms = tmp.path().join("rooms");
+    assert!(rooms.join("^game+^one").is_dir(), "capitals escaped");
+    // As an older version left it: the old name, no marker.
+    std::fs::rename(rooms.join("^game+^one"), rooms.join("Game+One")).unwrap();
+    std::fs::remove_file(rooms.join(".names-v2")).unwrap();
+    let reports = file::check(tmp.path()).unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!((reports[0].room.as_str(), reports[0].last_rev), ("Game:One", Some(3)), "{reports:?}");
+    let store = FileStore::open_dir(tmp.path(), options(Fsync::Never, 0)).unwrap();
+    assert!(rooms.join("^game+^one").is_dir() && !rooms.join("Game+One").exists());
+    assert_eq!(revs(&store.load(&upper, 0).unwrap().unwrap().records), range(1, 3));
+    assert!(rooms.join(".names-v2").exists());
+    assert!(file::check(tmp.path()).unwrap().iter().all(|r| r.damage.is_empty()));
+}

@@ -207,24 +207,86 @@ impl Stats {
     }
 }
 
-/// A room's directory name: the room id with `:` as `+` and a leading `.` as `=` (room ids
-/// hold neither `+` nor `=`, so the mapping reverses, and no name is `.` or `..`).
+/// A room's directory name: the room id with `:` as `+`, each capital letter as `^` and the
+/// letter in lower case, and a leading `.` as `=` (room ids hold none of `+`, `^` and `=`, so the
+/// mapping reverses, no name is `.` or `..`, and no two rooms' names differ only in case, which a
+/// case-insensitive filesystem such as macOS's or Windows's default would take for one).
 pub fn dir_name(room: &RoomId) -> String {
-    let name = room.as_str().replace(':', "+");
-    match name.strip_prefix('.') {
-        Some(rest) => format!("={rest}"),
-        None => name,
+    let mut name = String::with_capacity(room.as_str().len() + 4);
+    for (i, c) in room.as_str().chars().enumerate() {
+        match c {
+            '.' if i == 0 => name.push('='),
+            ':' => name.push('+'),
+            'A'..='Z' => {
+                name.push('^');
+                name.push(c.to_ascii_lowercase());
+            }
+            c => name.push(c),
+        }
     }
+    name
 }
 
 /// The room a directory name stands for (`None` for a name [`dir_name`] does not make).
 pub fn room_of_dir(name: &str) -> Option<RoomId> {
+    let mut id = String::with_capacity(name.len());
+    let mut chars = name.chars().enumerate();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '=' if i == 0 => id.push('.'),
+            '+' => id.push(':'),
+            '^' => id.push(chars.next()?.1.to_ascii_uppercase()),
+            c => id.push(c),
+        }
+    }
+    RoomId::parse(&id).ok().filter(|room| dir_name(room) == name)
+}
+
+/// The room a directory name made before capital letters were escaped (format 1) stands for.
+fn room_of_old_dir(name: &str) -> Option<RoomId> {
     let id = name.replace('+', ":");
     let id = match id.strip_prefix('=') {
         Some(rest) => format!(".{rest}"),
         None => id,
     };
-    RoomId::parse(&id).ok().filter(|room| dir_name(room) == name)
+    RoomId::parse(&id).ok()
+}
+
+/// Marks a rooms directory whose names all escape capital letters (see [`dir_name`]).
+const NAMES_V2: &str = ".names-v2";
+
+/// Renames, once per data directory, the room directories named before capital letters were
+/// escaped; later starts see the marker and skip the listing (start-up stays independent of the
+/// number of rooms).
+fn migrate_names(rooms: &Path) -> Result<(), StoreError> {
+    let marker = rooms.join(NAMES_V2);
+    if marker.exists() {
+        return Ok(());
+    }
+    let entries =
+        fs::read_dir(rooms).map_err(|e| StoreError::io(format!("cannot list {}", rooms.display()), &e))?;
+    let mut renamed = 0;
+    for entry in entries.flatten() {
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+        if !name.bytes().any(|b| b.is_ascii_uppercase()) {
+            continue;
+        }
+        let Some(room) = room_of_old_dir(&name) else { continue };
+        let to = rooms.join(dir_name(&room));
+        if to.exists() {
+            tracing::error!(dir = %entry.path().display(), "store: cannot rename a room directory to its new name: {} exists", to.display());
+            continue;
+        }
+        fs::rename(entry.path(), &to)
+            .map_err(|e| StoreError::io(format!("cannot rename {}", entry.path().display()), &e))?;
+        renamed += 1;
+    }
+    File::create(&marker).map_err(|e| StoreError::io(format!("cannot create {}", marker.display()), &e))?;
+    sync_dir(rooms).map_err(|e| StoreError::io(format!("cannot sync {}", rooms.display()), &e))?;
+    if renamed > 0 {
+        tracing::info!(renamed, "store: room directories renamed to escape capital letters");
+    }
+    Ok(())
 }
 
 fn segment_name(first: u64) -> String {
@@ -563,7 +625,13 @@ pub fn check(dir: &Path) -> Result<Vec<RoomReport>, StoreError> {
     for entry in entries {
         let entry = entry.map_err(|e| StoreError::io(format!("cannot list {}", rooms.display()), &e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(room) = room_of_dir(&name) else {
+        if name == NAMES_V2 {
+            continue;
+        }
+        // A directory not yet renamed (the server has not started on it since capitals were
+        // escaped) is read under its old name; the next start renames it.
+        let old_name = || (!rooms.join(NAMES_V2).exists()).then(|| room_of_old_dir(&name)).flatten();
+        let Some(room) = room_of_dir(&name).or_else(old_name) else {
             reports.push(RoomReport {
                 room: name.clone(),
                 epoch: String::new(),
@@ -668,6 +736,7 @@ impl FileStore {
         let rooms = dir.join("rooms");
         fs::create_dir_all(&rooms)
             .map_err(|e| StoreError::io(format!("cannot create {}", rooms.display()), &e))?;
+        migrate_names(&rooms)?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
@@ -2007,7 +2076,7 @@ mod tests {
 
     #[test]
     fn room_directory_names_reverse_and_stay_inside() {
-        for id in ["lobby", ".", "..", ".hidden", "a:b:c", ":x", "A-z_0.9", "..:.."] {
+        for id in ["lobby", ".", "..", ".hidden", "a:b:c", ":x", "A-z_0.9", "..:..", "Game:ONE", ".X"] {
             let room = RoomId::parse(id).unwrap();
             let name = dir_name(&room);
             assert!(
@@ -2018,6 +2087,15 @@ mod tests {
         }
         assert_eq!(room_of_dir("a:b"), None, "not a name dir_name makes");
         assert_eq!(room_of_dir("a=b"), None);
+        assert_eq!(room_of_dir("Game"), None, "capitals are escaped");
+        assert_eq!(room_of_dir("a^"), None);
+        // Rooms that differ only in case get names that differ in more than case.
+        let names: Vec<String> = ["Game", "game", "GAME", "gAmE", ".Lobby", ".lobby"]
+            .iter()
+            .map(|id| dir_name(&RoomId::parse(id).unwrap()).to_lowercase())
+            .collect();
+        let unique: std::collections::HashSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
         assert_eq!(parse_rev(&segment_name(42), "log-", ".rsl"), Some(42));
         assert_eq!(parse_rev("log-42.rsl", "log-", ".rsl"), None);
     }
