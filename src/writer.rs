@@ -30,8 +30,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketWrite};
+use futures_core::Stream as _;
 use rand::Rng;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::close::{CLOSE_GRACE, CloseReason};
@@ -57,6 +58,24 @@ impl<S: tokio::io::AsyncWrite + Unpin + Send> FrameSink for WebSocketWrite<S> {
     fn is_closed(&self) -> bool {
         WebSocketWrite::is_closed(self)
     }
+}
+
+/// Replies the reader may queue before it waits for the writer.
+pub const REPLY_QUEUE: usize = 32;
+
+/// The reader's end of its replies to the writer.
+pub type ReplySender = flume::Sender<Box<Outgoing>>;
+/// The writer's end of the reader's replies.
+pub type ReplyReceiver = flume::Receiver<Box<Outgoing>>;
+
+/// The channel from a connection's reader to its writer: at most [`REPLY_QUEUE`] replies wait,
+/// so a client that sends without reading is slowed down by TCP, never buffered without bound.
+/// flume's bounded channel allocates its queue on first use; tokio's would allocate a block of
+/// 32 slots and a cache-padded header (~800 bytes) for every connection, idle ones included.
+/// Replies are boxed to keep the queue's slots small (they are rare next to the frames the
+/// writer pulls).
+pub fn reply_channel() -> (ReplySender, ReplyReceiver) {
+    flume::bounded(REPLY_QUEUE)
 }
 
 /// What the reader asks the writer to send.
@@ -133,7 +152,7 @@ impl From<&Config> for WriterConfig {
 #[derive(Debug)]
 pub struct Signals {
     /// Replies from the reader.
-    pub replies: mpsc::Receiver<Box<Outgoing>>,
+    pub replies: ReplyReceiver,
     /// Fires, with the close reason, when another connection takes the session over (4001) or an
     /// operator closes this connection (admin API: 4009, 4010, 4011).
     pub kicked: oneshot::Receiver<CloseReason>,
@@ -186,7 +205,10 @@ impl<'a, S: FrameSink> Writer<'a, S> {
     /// Sends `welcome` and the first catch-up, then everything the room and the reader produce,
     /// until the connection ends; returns why (after writing its close frame when it can).
     pub async fn run(&mut self, from: ResumeFrom, resumed: bool, signals: Signals) -> CloseReason {
-        let Signals { replies: mut rx, mut kicked, mut shutdown, mut expiry } = signals;
+        let Signals { replies: rx, mut kicked, mut shutdown, mut expiry } = signals;
+        // One stream for the connection's life: its waker stays registered between wake-ups
+        // instead of being registered anew by every `select!`.
+        let mut replies = rx.stream();
         // The next token deadline: `expiring` to send, then the 4401 close.
         let mut warned = false;
         let mut revs = self.room.subscribe();
@@ -212,7 +234,7 @@ impl<'a, S: FrameSink> Writer<'a, S> {
             // and a fixed order would starve pings, presence and broadcasts behind it.
             let token_deadline = expiry.map(|e| if warned { e.close_at } else { e.warn_at });
             let step = tokio::select! {
-                out = rx.recv() => {
+                out = std::future::poll_fn(|cx| std::pin::Pin::new(&mut replies).poll_next(cx)) => {
                     if let Some(Outgoing::Refreshed { expiry: renewed, .. }) = out.as_deref() {
                         expiry = Some(*renewed);
                         warned = false;
@@ -266,7 +288,7 @@ impl<'a, S: FrameSink> Writer<'a, S> {
         if reason == CloseReason::Shutdown {
             // A write error here ends the connection all the same; the close below is skipped
             // when the socket is gone.
-            let _ = self.flush(&mut rx).await;
+            let _ = self.flush(&rx).await;
         }
         self.out.finish(reason).await;
         reason
@@ -282,7 +304,7 @@ impl<'a, S: FrameSink> Writer<'a, S> {
     /// Before the shutdown close: everything the room committed, then every reply the reader
     /// had queued (rejects among them), so no change this client sent is left unanswered by
     /// anything the server already decided.
-    async fn flush(&mut self, rx: &mut mpsc::Receiver<Box<Outgoing>>) -> WriteResult {
+    async fn flush(&mut self, rx: &ReplyReceiver) -> WriteResult {
         self.wake_up().await?;
         while let Ok(out) = rx.try_recv() {
             self.out.reply(Some(out)).await?;
@@ -455,13 +477,14 @@ impl<S: FrameSink> Outbox<S> {
 pub async fn run_echo<S: FrameSink>(
     ws: S,
     write_timeout: Duration,
-    mut replies: mpsc::Receiver<Box<Outgoing>>,
+    replies: ReplyReceiver,
     mut shutdown: watch::Receiver<bool>,
 ) -> CloseReason {
     let mut out = Outbox { ws, write_timeout };
+    let mut replies = replies.stream();
     let reason = loop {
         let step = tokio::select! {
-            r = replies.recv() => out.reply(r).await,
+            r = std::future::poll_fn(|cx| std::pin::Pin::new(&mut replies).poll_next(cx)) => out.reply(r).await,
             _ = shutdown.changed() => Err(CloseReason::Shutdown),
         };
         if let Err(reason) = step {
