@@ -98,6 +98,14 @@ pub struct Config {
     #[arg(long, env = "RINGSYNC_PRESENCE_INTERVAL", default_value = "50", value_parser = parse_millis)]
     pub presence_interval: Duration,
 
+    /// Most peers a room lists in presence (0 = all). Past it, further peers are counted, not
+    /// listed: `welcome` carries the listed peers and `presenceCount`, presence messages `count`,
+    /// and a peer is listed when a listed one leaves (docs/PROTOCOL.md, "Big rooms"). Listing
+    /// everyone makes a join storm quadratic: each joiner is sent every peer, and every peer each
+    /// joiner; 256 entries are a few KiB per `welcome`.
+    #[arg(long, env = "RINGSYNC_PRESENCE_PEERS", default_value_t = RoomConfig::DEFAULT.presence_peers)]
+    pub presence_peers: usize,
+
     /// Presence of a dropped connection is kept this long for a quick resume (seconds).
     #[arg(long, env = "RINGSYNC_PRESENCE_GRACE", default_value = "10", value_parser = parse_secs)]
     pub presence_grace: Duration,
@@ -484,6 +492,7 @@ impl Config {
             snapshot_every: self.snapshot_every,
             snapshot_bytes: self.snapshot_every_bytes,
             session_ttl_ms: self.session_ttl.as_millis() as u64,
+            presence_peers: self.presence_peers,
         }
     }
 }

@@ -316,8 +316,8 @@ impl<'a, S: FrameSink> Writer<'a, S> {
     async fn hello(&mut self, from: &ResumeFrom, resumed: bool) -> WriteResult {
         let room = self.room;
         self.broadcast_seq = room.broadcasts.seq();
-        let (presence_seq, peers_json) = room.presence.online_json();
-        self.presence_seq = presence_seq;
+        let presence = room.presence.welcome();
+        self.presence_seq = presence.seq;
         let delivery = self.session.catch_up(from.cursor(resumed), &mut self.changes);
         let Some(Delivery { frame, to, snapshot, last_req, .. }) = delivery else {
             unreachable!("a join or resume is always sent a frame")
@@ -336,7 +336,8 @@ impl<'a, S: FrameSink> Writer<'a, S> {
             rev: to,
             resumed,
             last_client_req_id: last_req,
-            presence_json: &peers_json,
+            presence_json: &presence.peers,
+            presence_count: presence.count,
             stacks: room.history_flags(UserKey::of(self.session.user.as_ref(), self.session.client).as_ref()),
         }
         .encode();
