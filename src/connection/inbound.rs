@@ -216,7 +216,8 @@ impl<'s> Inbound<'s> {
         // With automatic replies off, fastwebsockets never asks us to send anything.
         let mut no_auto_replies =
             |_: Frame<'_>| std::future::ready(Err::<(), _>(std::io::Error::other("no automatic replies")));
-        let mut frame = read.read_frame(&mut no_auto_replies).await?;
+        // Boxed while it runs, so the idle connection's future does not keep room for it.
+        let mut frame = Box::pin(read.read_frame(&mut no_auto_replies)).await?;
         let (masked, head_len) = head_of(&mut frame);
         let frame =
             RawFrame { fin: frame.fin, opcode: frame.opcode, masked, payload: into_bytes(frame.payload) };
