@@ -72,6 +72,9 @@ struct Peer {
     forgotten: bool,
     /// The `seq` of its last listed change (0: never listed).
     changed: u64,
+    /// While online and unlisted: the `seq` at which it started waiting to be listed (its key in
+    /// `PresenceInner::waiting`).
+    waiting_since: u64,
     /// `"c7":{...}` while listed, `"c7":null` after a listed peer left; encoded once per listed
     /// change. Empty for a peer never listed.
     entry: Bytes,
@@ -149,9 +152,10 @@ struct PresenceInner {
     present: usize,
     /// The online listed peers.
     listed: BTreeSet<ClientId>,
-    /// Online unlisted peers, in the order they joined: the next to be listed. May hold stale
-    /// ids (peers since gone or listed), skipped when met; compacted when mostly stale.
-    waiting: VecDeque<ClientId>,
+    /// Online unlisted peers with the `seq` at which they joined, oldest first: the next to be
+    /// listed. Entries whose peer has since left or been listed (its `waiting_since` differs) are
+    /// stale: skipped when met, and compacted away once they are most of the queue.
+    waiting: VecDeque<(u64, ClientId)>,
     /// The newest `seq` at which the room had unlisted peers, before or after that change.
     last_big: u64,
     /// Unlisted peers came or went since the last wake-up of the readers.
@@ -168,8 +172,8 @@ impl PresenceInner {
         let log = self.log.capacity() * size_of::<(u64, ClientId)>();
         let cached: usize = self.cached.iter().map(|(_, _, f)| Heap::block(f.len()).total()).sum();
         let welcome = self.welcome.as_ref().map_or(0, |(_, w)| Heap::block(w.len()).total());
-        let lists =
-            self.listed.len() * 2 * size_of::<ClientId>() + self.waiting.capacity() * size_of::<ClientId>();
+        let lists = self.listed.len() * 2 * size_of::<ClientId>()
+            + self.waiting.capacity() * size_of::<(u64, ClientId)>();
         peers + log + cached + welcome + lists + self.cached.capacity() * size_of::<(u64, u64, Bytes)>()
     }
 
@@ -225,9 +229,9 @@ impl PresenceInner {
     /// Lists the longest-waiting unlisted peer, if any and there is room under `cap`.
     fn promote(&mut self, cap: usize) {
         while self.listed.len() < cap
-            && let Some(next) = self.waiting.pop_front()
+            && let Some((since, next)) = self.waiting.pop_front()
         {
-            if self.peers.get(&next).is_some_and(|p| p.online && !p.listed) {
+            if self.peers.get(&next).is_some_and(|p| p.online && !p.listed && p.waiting_since == since) {
                 let was_over = self.over_cap();
                 self.peers.get_mut(&next).expect("checked").listed = true;
                 self.listed.insert(next);
@@ -236,13 +240,19 @@ impl PresenceInner {
         }
     }
 
-    /// Queues an unlisted peer, dropping stale ids once they are most of the queue.
-    fn wait(&mut self, client: ClientId) {
-        self.waiting.push_back(client);
+    /// Queues an unlisted peer that joined at `seq`, dropping stale entries once they are most
+    /// of the queue.
+    fn wait(&mut self, client: ClientId, seq: u64) {
+        if let Some(peer) = self.peers.get_mut(&client) {
+            peer.waiting_since = seq;
+        }
+        self.waiting.push_back((seq, client));
         let unlisted = self.present - self.listed.len();
         if self.waiting.len() > 2 * unlisted + 16 {
             let peers = &self.peers;
-            self.waiting.retain(|c| peers.get(c).is_some_and(|p| p.online && !p.listed));
+            self.waiting.retain(|(since, c)| {
+                peers.get(c).is_some_and(|p| p.online && !p.listed && p.waiting_since == *since)
+            });
             self.waiting.shrink_to(2 * self.waiting.len() + 16);
         }
     }
@@ -319,6 +329,7 @@ impl Presence {
             listed: false,
             forgotten: false,
             changed: 0,
+            waiting_since: 0,
             entry: Bytes::new(),
         });
         peer.online = true;
@@ -328,9 +339,10 @@ impl Presence {
             g.listed.insert(client);
             g.log_change(client, was_over)
         } else {
-            g.wait(client);
+            let seq = g.bump(was_over);
+            g.wait(client, seq);
             g.count_dirty = true;
-            g.bump(was_over)
+            seq
         };
         self.account(&g);
         drop(g);
@@ -708,6 +720,13 @@ mod tests {
         p.forget(ClientId(2));
         p.leave(ClientId(1));
         assert_eq!(welcome_json(&p), (json!({"c3": {}}), None), "c2 left while waiting: c3 is next");
+        // A waiting peer that leaves and comes back waits from its return.
+        p.join(ClientId(4));
+        p.join(ClientId(5));
+        p.leave(ClientId(4));
+        p.join(ClientId(4));
+        p.leave(ClientId(3));
+        assert_eq!(welcome_json(&p).0, json!({"c5": {}}), "c5 has waited longest");
         // Churn of unlisted peers does not grow the queue without bound.
         for round in 0..1000 {
             p.join(ClientId(100 + round));
