@@ -66,7 +66,7 @@ pub struct Config {
     /// their oldest changes and new rooms are refused (HTTP 503 / close 4008 `memory_full`); a
     /// change that does not fit is rejected with `memory_full`. Connections and sessions are not
     /// in it (bounded by --max-connections): 1 GiB of rooms plus 20,000 idle connections
-    /// (~15 KiB each) fits a 2 GiB server.
+    /// (~6 KiB each) fits a 2 GiB server.
     #[arg(long, env = "RINGSYNC_MAX_MEMORY", default_value_t = 1 << 30)]
     pub max_memory: usize,
 
@@ -120,14 +120,14 @@ pub struct Config {
     #[arg(long, env = "RINGSYNC_BROADCAST_BUFFER_BYTES", default_value_t = RoomConfig::DEFAULT.broadcast_bytes)]
     pub broadcast_buffer_bytes: usize,
 
-    /// Most simultaneous WebSocket connections (0 = unlimited). An idle connection costs ~15 KiB
-    /// of the process plus its kernel socket buffers: 20,000 are ~300 MiB besides --max-memory.
+    /// Most simultaneous WebSocket connections (0 = unlimited). An idle connection costs ~6 KiB
+    /// of the process plus its kernel socket buffers: 20,000 are ~120 MiB besides --max-memory.
     #[arg(long, env = "RINGSYNC_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
 
-    /// Most connections in one room (0 = unlimited). Every commit wakes each of them, and each
-    /// join is sent everyone's presence (up to --max-presence-bytes each), so 5,000 is the most
-    /// one room serves well on one core.
+    /// Most connections in one room (0 = unlimited). Every commit wakes each of them (each join
+    /// is sent at most --presence-peers peers' presence), so 5,000 is the most one room serves
+    /// well on one core.
     #[arg(long, env = "RINGSYNC_MAX_ROOM_CLIENTS", default_value_t = 5_000)]
     pub max_room_clients: usize,
 
