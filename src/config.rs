@@ -66,7 +66,7 @@ pub struct Config {
     /// their oldest changes and new rooms are refused (HTTP 503 / close 4008 `memory_full`); a
     /// change that does not fit is rejected with `memory_full`. Connections and sessions are not
     /// in it (bounded by --max-connections): 1 GiB of rooms plus 20,000 idle connections
-    /// (~15 KiB each) fits a 2 GiB server.
+    /// (~6 KiB each) fits a 2 GiB server.
     #[arg(long, env = "RINGSYNC_MAX_MEMORY", default_value_t = 1 << 30)]
     pub max_memory: usize,
 
@@ -98,6 +98,14 @@ pub struct Config {
     #[arg(long, env = "RINGSYNC_PRESENCE_INTERVAL", default_value = "50", value_parser = parse_millis)]
     pub presence_interval: Duration,
 
+    /// Most peers a room lists in presence (0 = all). Past it, further peers are counted, not
+    /// listed: `welcome` carries the listed peers and `presenceCount`, presence messages `count`,
+    /// and a peer is listed when a listed one leaves (docs/PROTOCOL.md, "Big rooms"). Listing
+    /// everyone makes a join storm quadratic: each joiner is sent every peer, and every peer each
+    /// joiner; 256 entries are a few KiB per `welcome`.
+    #[arg(long, env = "RINGSYNC_PRESENCE_PEERS", default_value_t = RoomConfig::DEFAULT.presence_peers)]
+    pub presence_peers: usize,
+
     /// Presence of a dropped connection is kept this long for a quick resume (seconds).
     #[arg(long, env = "RINGSYNC_PRESENCE_GRACE", default_value = "10", value_parser = parse_secs)]
     pub presence_grace: Duration,
@@ -112,14 +120,14 @@ pub struct Config {
     #[arg(long, env = "RINGSYNC_BROADCAST_BUFFER_BYTES", default_value_t = RoomConfig::DEFAULT.broadcast_bytes)]
     pub broadcast_buffer_bytes: usize,
 
-    /// Most simultaneous WebSocket connections (0 = unlimited). An idle connection costs ~15 KiB
-    /// of the process plus its kernel socket buffers: 20,000 are ~300 MiB besides --max-memory.
+    /// Most simultaneous WebSocket connections (0 = unlimited). An idle connection costs ~6 KiB
+    /// of the process plus its kernel socket buffers: 20,000 are ~120 MiB besides --max-memory.
     #[arg(long, env = "RINGSYNC_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
 
-    /// Most connections in one room (0 = unlimited). Every commit wakes each of them, and each
-    /// join is sent everyone's presence (up to --max-presence-bytes each), so 5,000 is the most
-    /// one room serves well on one core.
+    /// Most connections in one room (0 = unlimited). Every commit wakes each of them (each join
+    /// is sent at most --presence-peers peers' presence), so 5,000 is the most one room serves
+    /// well on one core.
     #[arg(long, env = "RINGSYNC_MAX_ROOM_CLIENTS", default_value_t = 5_000)]
     pub max_room_clients: usize,
 
@@ -484,6 +492,7 @@ impl Config {
             snapshot_every: self.snapshot_every,
             snapshot_bytes: self.snapshot_every_bytes,
             session_ttl_ms: self.session_ttl.as_millis() as u64,
+            presence_peers: self.presence_peers,
         }
     }
 }

@@ -17,15 +17,14 @@
 //! could not be sent) until the client's close.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, Role, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite};
+use fastwebsockets::{Frame, Role, WebSocket, WebSocketError, WebSocketWrite};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 use crate::app::{self, App};
 use crate::auth::{Identity, Permission};
@@ -41,15 +40,10 @@ use crate::writer::{self, Outgoing, Signals, TokenExpiry, Writer, WriterConfig};
 
 mod inbound;
 
-use inbound::{Inbound, Received};
+use inbound::{Inbound, Received, Socket};
 
-/// The socket's read side, after any bytes hyper had already read past the handshake.
-type ReadIo = tokio::io::Chain<std::io::Cursor<Bytes>, tokio::net::tcp::OwnedReadHalf>;
 /// The socket's write side.
 type WriteIo = tokio::net::tcp::OwnedWriteHalf;
-
-/// Replies queued per connection before the reader waits for the writer.
-const CONTROL_QUEUE: usize = 32;
 
 /// How the connection ended, as far as presence is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,16 +57,22 @@ pub(crate) enum End {
 }
 
 /// Takes the TCP stream back from hyper and splits it into owned halves, so reading and writing
-/// share no lock (`tokio::io::split` would put one on every read and write).
-fn into_halves(ws: WebSocket<TokioIo<Upgraded>>) -> Option<(WebSocketRead<ReadIo>, WebSocketWrite<WriteIo>)> {
+/// share no lock (`tokio::io::split` would put one on every read and write). The read half gets
+/// no fastwebsockets reader (and so no read buffer) until it has something to read: see
+/// `inbound`.
+fn into_halves(ws: WebSocket<TokioIo<Upgraded>>) -> Option<(Socket, WebSocketWrite<WriteIo>)> {
     let parts = ws.into_inner().into_inner().downcast::<TokioIo<TcpStream>>().ok()?;
     let (read, write) = parts.io.into_inner().into_split();
     // `read_buf` is a view into hyper's whole read buffer; keeping it would pin that buffer for
     // the connection's life. Copy out the (usually empty) rest instead.
     let early =
         if parts.read_buf.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(&parts.read_buf) };
-    let read = std::io::Cursor::new(early).chain(read);
-    Some(fastwebsockets::after_handshake_split(read, write, Role::Server))
+    let (_, mut write) = fastwebsockets::after_handshake_split(tokio::io::empty(), write, Role::Server);
+    // Every frame with a payload goes out as one `writev` of its header and payload, so the
+    // writer keeps no copy buffer (fastwebsockets would copy frames of up to 1 KiB into one it
+    // keeps for the connection's life).
+    write.set_writev_threshold(0);
+    Some((Socket::new(early, read), write))
 }
 
 /// Closes an upgraded WebSocket at once with `reason` (a limit the upgrade request hit), so
@@ -127,16 +127,23 @@ pub async fn serve(
     }
     let Attached { session, conn, resumed, kicked } = attached;
     room.presence.join_as(session.client, session.user.clone());
-    // Boxed messages keep the channel's first block (CONTROL_QUEUE slots, allocated up front)
-    // small: replies are rare next to the frames the writer pulls.
-    let (tx, rx) = mpsc::channel::<Box<Outgoing>>(CONTROL_QUEUE);
+    let (tx, rx) = writer::reply_channel();
     let expiry = identity.exp.map(|exp| TokenExpiry::new(exp, app.auth.leeway()));
     let signals = Signals { replies: rx, kicked, shutdown: app.shutdown_signal(), expiry };
     let permission = identity.permission(room.id()).unwrap_or(Permission::Read);
 
     let mut writer = Writer::new(write, WriterConfig::from(&app.config), &session);
-    let writer_fut = writer.run(from, resumed, signals);
-    let reader_fut = read_loop(Inbound::new(read, &app.config, tx), &app, &room, &session, conn, permission);
+    // Pinned where they are: moved into `side_by_side`, each would take its size twice in this
+    // task's future (the connection's largest allocation).
+    let writer_fut = std::pin::pin!(writer.run(from, resumed, signals));
+    let reader_fut = std::pin::pin!(read_loop(
+        Inbound::new(&read, &app.config, tx),
+        &app,
+        &room,
+        &session,
+        conn,
+        permission
+    ));
     let (end, reason) = side_by_side(reader_fut, writer_fut).await;
     let end = if reason == CloseReason::TakenOver { End::TakenOver } else { end };
     let label = if end == End::Clean { CloseReason::Normal.label() } else { reason.label() };
@@ -174,9 +181,11 @@ async fn serve_echo(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<App>) {
         tracing::error!("upgraded connection is not a TCP stream");
         return;
     };
-    let (tx, rx) = mpsc::channel::<Box<Outgoing>>(CONTROL_QUEUE);
-    let writer_fut = writer::run_echo(write, app.config.write_timeout, rx, app.shutdown_signal());
-    let (end, reason) = side_by_side(echo_loop(Inbound::new(read, &app.config, tx)), writer_fut).await;
+    let (tx, rx) = writer::reply_channel();
+    let writer_fut =
+        std::pin::pin!(writer::run_echo(write, app.config.write_timeout, rx, app.shutdown_signal()));
+    let reader_fut = std::pin::pin!(echo_loop(Inbound::new(&read, &app.config, tx)));
+    let (end, reason) = side_by_side(reader_fut, writer_fut).await;
     let label = if end == End::Clean { CloseReason::Normal.label() } else { reason.label() };
     metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => label).increment(1);
 }
@@ -185,19 +194,18 @@ async fn serve_echo(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<App>) {
 /// [`CLOSE_GRACE`] to finish its part of the close. Neither future is dropped before then, so
 /// the reader's `read_frame` is never cancelled mid-frame while the connection lives.
 async fn side_by_side(
-    reader: impl Future<Output = End>,
-    writer: impl Future<Output = CloseReason>,
+    mut reader: Pin<&mut impl Future<Output = End>>,
+    mut writer: Pin<&mut impl Future<Output = CloseReason>>,
 ) -> (End, CloseReason) {
-    tokio::pin!(reader, writer);
     tokio::select! {
-        end = &mut reader => {
+        end = reader.as_mut() => {
             // Let the writer send whatever close the reader queued.
-            let reason = tokio::time::timeout(CLOSE_GRACE, &mut writer).await.ok();
+            let reason = tokio::time::timeout(CLOSE_GRACE, writer).await.ok();
             (end, reason.unwrap_or(CloseReason::Gone))
         }
-        reason = &mut writer => {
+        reason = writer.as_mut() => {
             // Give the client a moment to answer our close frame.
-            let end = tokio::time::timeout(CLOSE_GRACE, &mut reader).await.unwrap_or(End::Abrupt);
+            let end = tokio::time::timeout(CLOSE_GRACE, reader).await.unwrap_or(End::Abrupt);
             (end, reason)
         }
     }
@@ -224,7 +232,7 @@ impl Drop for OpenGauge {
 /// The connection's rate limits are checked here, before anything is decoded or committed; past
 /// its error budget the connection is closed with 4429.
 async fn read_loop(
-    mut inbound: Inbound,
+    mut inbound: Inbound<'_>,
     app: &App,
     room: &Room,
     session: &Session,
@@ -265,7 +273,7 @@ async fn read_loop(
 }
 
 /// The echo endpoint's reader: every message back as it came.
-async fn echo_loop(mut inbound: Inbound) -> End {
+async fn echo_loop(mut inbound: Inbound<'_>) -> End {
     loop {
         let Received { binary, payload } = match inbound.next().await {
             Ok(message) => message,

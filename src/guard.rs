@@ -312,7 +312,9 @@ pub fn add_preflight(headers: &mut HeaderMap, origin: HeaderValue) {
 pub struct ConnLimits {
     /// The quotas of `changes`, `bytes` and `strikes`.
     quotas: [Option<Quota>; 3],
-    limiters: OnceLock<Limiters>,
+    /// Made at the connection's first message; boxed, so an idle connection's task holds one
+    /// pointer instead of three limiters.
+    limiters: OnceLock<Box<Limiters>>,
     over_budget: AtomicBool,
 }
 
@@ -343,7 +345,7 @@ impl ConnLimits {
     fn limiters(&self) -> &Limiters {
         self.limiters.get_or_init(|| {
             let [changes, bytes, strikes] = self.quotas.map(|q| q.map(RateLimiter::direct));
-            Limiters { changes, bytes, strikes }
+            Box::new(Limiters { changes, bytes, strikes })
         })
     }
 

@@ -21,7 +21,7 @@ impl fmt::Display for Rev {
 pub struct ClientReqId(pub u64);
 
 /// The public author id of a session (`c7`), or `http` for changes made through the HTTP API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ClientId(pub u64);
 
 impl ClientId {

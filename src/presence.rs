@@ -12,14 +12,27 @@
 //! so connections that were caught up share one frame: a join storm costs one frame per tick, not
 //! one per connection.
 //!
+//! **Big rooms.** At most `cap` present peers are *listed* (`--presence-peers`): shown in
+//! `welcome` and in presence messages. Past that, a joining peer is only counted; it is listed
+//! (a join, for everyone) when a listed peer leaves, oldest waiting first, so the listed peers are
+//! always `min(present, cap)` of them. An unlisted peer's joins, leaves and presence updates are
+//! not logged and wake nobody: they bump `seq` and mark the count for [`Presence::publish_count`],
+//! which the server calls about once a second. Whenever the room has unlisted peers, `welcome`
+//! carries the count (`presenceCount`), and so does every presence message whose range the room
+//! spent partly over the cap in (`count`; `last_big` is the newest `seq` at which it was, before or
+//! after the change), the last of them saying that the list is whole again. So a join storm costs
+//! O(cap) bytes per joiner and O(1) per peer per second, not O(present): the `welcome`'s list is
+//! built once per listed change and shared (`welcome`).
+//!
 //! What the lane holds (peers, their entries, the log, the cached frames) is charged to the
 //! memory budget after every change, under the lock.
 //!
 //! Locking: one `parking_lot::Mutex`, held only for map/log updates and reads, never across
 //! `.await`. Invariants: `seq` only grows, and each peer's `changed` is ≤ `seq`; `peers_heap` is
-//! the sum of [`Peer::heap`] over `peers`.
+//! the sum of [`Peer::heap`] over `peers`; `listed` holds exactly the online peers marked listed,
+//! and `listed.len() == min(present, cap)`; the log holds only listed peers' changes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::Write as _;
 use std::mem::size_of;
 use std::sync::Arc;
@@ -46,44 +59,74 @@ pub struct PresenceTooLarge {
 
 #[derive(Debug)]
 struct Peer {
-    data: Map<String, Value>,
+    /// Its presence object; `None` while empty (most peers never set one).
+    data: Option<Box<Map<String, Value>>>,
     /// The peer's user (a token's `sub`), put first in its entry as `"user"`; a client cannot
     /// set that key itself. `None` in open mode (the entry is then exactly its data).
     user: Option<Arc<str>>,
     online: bool,
-    changed: u64,
-    /// `"c7":{...}` (or `"c7":null` while offline), encoded once per change.
-    entry: Bytes,
-    /// The session ended: the entry stays (as `null`) only until its last change leaves the
-    /// log, so readers that have not caught up still see the leave.
+    /// Shown to others (only while online; see the module doc).
+    listed: bool,
+    /// The forgotten flag: the session ended, and the entry stays (as `null`) only until its last
+    /// change leaves the log, so readers that have not caught up still see the leave.
     forgotten: bool,
+    /// The `seq` of its last listed change (0: never listed).
+    changed: u64,
+    /// While online and unlisted: the `seq` at which it started waiting to be listed (its key in
+    /// `PresenceInner::waiting`).
+    waiting_since: u64,
+    /// `"c7":{...}` while listed, `"c7":null` after a listed peer left; encoded once per listed
+    /// change. Empty for a peer never listed.
+    entry: Bytes,
 }
 
 impl Peer {
     fn encode(&mut self, client: ClientId) {
         let mut b = Vec::with_capacity(16);
         write!(b, "\"{client}\":").expect("vec write");
-        if let (true, Some(user)) = (self.online, &self.user) {
+        let shown = self.online && self.listed;
+        let members = self.data.as_deref().into_iter().flatten();
+        if let (true, Some(user)) = (shown, &self.user) {
             b.extend_from_slice(b"{\"user\":");
             serde_json::to_writer(&mut b, &**user).expect("presence serialises");
-            for (k, v) in &self.data {
+            for (k, v) in members {
                 b.push(b',');
                 serde_json::to_writer(&mut b, k).expect("presence serialises");
                 b.push(b':');
                 serde_json::to_writer(&mut b, v).expect("presence serialises");
             }
             b.push(b'}');
-        } else if self.online {
-            serde_json::to_writer(&mut b, &self.data).expect("presence serialises");
+        } else if shown {
+            match self.data.as_deref() {
+                Some(data) => serde_json::to_writer(&mut b, data).expect("presence serialises"),
+                None => b.extend_from_slice(b"{}"),
+            }
         } else {
             b.extend_from_slice(b"null");
         }
-        self.entry = b.into();
+        // Exactly sized, so `Bytes` needs no second allocation to own it.
+        self.entry = Bytes::from(b.into_boxed_slice());
     }
 
     /// The heap this peer owns: its presence object and its encoded entry.
     fn heap(&self) -> usize {
-        (memory::object_heap(&self.data) + Heap::block(self.entry.len())).total()
+        let data = self
+            .data
+            .as_deref()
+            .map_or(0, |d| (memory::object_heap(d) + Heap::block(size_of::<Map<String, Value>>())).total());
+        data + if self.entry.is_empty() { 0 } else { Heap::block(self.entry.len()).total() }
+    }
+
+    /// Its presence object as a map (for the HTTP API), `user` first.
+    fn shown(&self) -> Map<String, Value> {
+        let mut data = Map::new();
+        if let Some(user) = &self.user {
+            data.insert("user".into(), Value::from(&**user));
+        }
+        if let Some(d) = self.data.as_deref() {
+            data.extend(d.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        data
     }
 }
 
@@ -94,13 +137,32 @@ const FRAME_CACHE: usize = 4;
 struct PresenceInner {
     seq: u64,
     peers: HashMap<ClientId, Peer>,
+    /// Listed peers' changes, oldest first.
     log: VecDeque<(u64, ClientId)>,
+    /// The `seq` of the newest change dropped from the log: a reader at or after it can be
+    /// caught up from the log (unlisted peers' changes have a `seq` but no log entry).
+    log_start: u64,
     /// Recent frames, keyed by the range `(since, to)` they cover.
     cached: VecDeque<(u64, u64, Bytes)>,
-    /// The current tick and the sequence its readers read up to.
-    tick: (u64, u64),
+    /// The current tick, the sequence its readers read up to, and the count of present peers then.
+    tick: (u64, u64, usize),
     /// What the peers own on the heap (see the invariant).
     peers_heap: usize,
+    /// Peers online, listed or not.
+    present: usize,
+    /// The online listed peers.
+    listed: BTreeSet<ClientId>,
+    /// Online unlisted peers with the `seq` at which they joined, oldest first: the next to be
+    /// listed. Entries whose peer has since left or been listed (its `waiting_since` differs) are
+    /// stale: skipped when met, and compacted away once they are most of the queue.
+    waiting: VecDeque<(u64, ClientId)>,
+    /// The newest `seq` at which the room had unlisted peers, before or after that change.
+    last_big: u64,
+    /// Unlisted peers came or went since the last wake-up of the readers.
+    count_dirty: bool,
+    /// The listed peers as one JSON object, for `welcome`, and the log's newest `seq` it is
+    /// current for.
+    welcome: Option<(u64, Bytes)>,
 }
 
 impl PresenceInner {
@@ -109,7 +171,10 @@ impl PresenceInner {
         let peers = self.peers.capacity() * (size_of::<(ClientId, Peer)>() + 1) + self.peers_heap;
         let log = self.log.capacity() * size_of::<(u64, ClientId)>();
         let cached: usize = self.cached.iter().map(|(_, _, f)| Heap::block(f.len()).total()).sum();
-        peers + log + cached + self.cached.capacity() * size_of::<(u64, u64, Bytes)>()
+        let welcome = self.welcome.as_ref().map_or(0, |(_, w)| Heap::block(w.len()).total());
+        let lists = self.listed.len() * 2 * size_of::<ClientId>()
+            + self.waiting.capacity() * size_of::<(u64, ClientId)>();
+        peers + log + cached + welcome + lists + self.cached.capacity() * size_of::<(u64, u64, Bytes)>()
     }
 
     /// Runs `f` on `client`'s peer entry (if any), keeping `peers_heap` true.
@@ -128,17 +193,80 @@ impl PresenceInner {
         }
     }
 
-    fn bump(&mut self, client: ClientId) -> u64 {
+    /// Whether some present peer is not listed.
+    fn over_cap(&self) -> bool {
+        self.present > self.listed.len()
+    }
+
+    /// Moves `seq` on for one change. `was_over` is [`Self::over_cap`] before it.
+    fn bump(&mut self, was_over: bool) -> u64 {
         self.seq += 1;
-        if self.log.len() == LOG_CAPACITY
-            && let Some((seq, old)) = self.log.pop_front()
-            && self.peers.get(&old).is_some_and(|p| p.forgotten && p.changed <= seq)
-        {
-            self.remove_peer(old);
+        if was_over || self.over_cap() {
+            self.last_big = self.seq;
         }
-        self.log.push_back((self.seq, client));
         self.seq
     }
+
+    /// Records a listed peer's change: a new `seq`, logged, and the peer's entry re-encoded.
+    fn log_change(&mut self, client: ClientId, was_over: bool) -> u64 {
+        let seq = self.bump(was_over);
+        if self.log.len() == LOG_CAPACITY
+            && let Some((old_seq, old)) = self.log.pop_front()
+        {
+            self.log_start = old_seq;
+            if self.peers.get(&old).is_some_and(|p| p.forgotten && p.changed <= old_seq) {
+                self.remove_peer(old);
+            }
+        }
+        self.log.push_back((seq, client));
+        self.edit_peer(client, |peer| {
+            peer.changed = seq;
+            peer.encode(client);
+        });
+        seq
+    }
+
+    /// Lists the longest-waiting unlisted peer, if any and there is room under `cap`.
+    fn promote(&mut self, cap: usize) {
+        while self.listed.len() < cap
+            && let Some((since, next)) = self.waiting.pop_front()
+        {
+            if self.peers.get(&next).is_some_and(|p| p.online && !p.listed && p.waiting_since == since) {
+                let was_over = self.over_cap();
+                self.peers.get_mut(&next).expect("checked").listed = true;
+                self.listed.insert(next);
+                self.log_change(next, was_over);
+            }
+        }
+    }
+
+    /// Queues an unlisted peer that joined at `seq`, dropping stale entries once they are most
+    /// of the queue.
+    fn wait(&mut self, client: ClientId, seq: u64) {
+        if let Some(peer) = self.peers.get_mut(&client) {
+            peer.waiting_since = seq;
+        }
+        self.waiting.push_back((seq, client));
+        let unlisted = self.present - self.listed.len();
+        if self.waiting.len() > 2 * unlisted + 16 {
+            let peers = &self.peers;
+            self.waiting.retain(|(since, c)| {
+                peers.get(c).is_some_and(|p| p.online && !p.listed && p.waiting_since == *since)
+            });
+            self.waiting.shrink_to(2 * self.waiting.len() + 16);
+        }
+    }
+}
+
+/// What `welcome` says of presence.
+#[derive(Debug, Clone)]
+pub struct WelcomePresence {
+    /// The presence sequence it is current for.
+    pub seq: u64,
+    /// The listed peers, as one JSON object.
+    pub peers: Bytes,
+    /// How many peers are present, when more than are listed.
+    pub count: Option<usize>,
 }
 
 /// The presence lane of one room.
@@ -146,6 +274,8 @@ impl PresenceInner {
 pub struct Presence {
     inner: Mutex<PresenceInner>,
     seq_tx: watch::Sender<u64>,
+    /// Most peers listed (`--presence-peers`; `usize::MAX` for no limit).
+    cap: usize,
     /// What the lane holds, in the memory budget.
     charge: Charge,
 }
@@ -157,16 +287,17 @@ impl Default for Presence {
 }
 
 impl Presence {
-    /// A lane outside any memory budget (tests, benches).
+    /// A lane that lists every peer, outside any memory budget (tests, benches).
     pub fn new() -> Self {
-        Self::with_budget(&Budget::unlimited())
+        Self::with_budget(&Budget::unlimited(), 0)
     }
 
-    /// A lane whose memory is charged to `budget`.
-    pub fn with_budget(budget: &Arc<Budget>) -> Self {
+    /// A lane whose memory is charged to `budget`, listing at most `cap` peers (0 = all).
+    pub fn with_budget(budget: &Arc<Budget>, cap: usize) -> Self {
         Presence {
             inner: Mutex::new(PresenceInner::default()),
             seq_tx: watch::channel(0).0,
+            cap: if cap == 0 { usize::MAX } else { cap },
             charge: Charge::new(budget, Kind::Held),
         }
     }
@@ -183,36 +314,46 @@ impl Presence {
     }
 
     /// [`Presence::join`] for a client acting as `user` (shown as `"user"` in its entry; kept
-    /// from its first join).
+    /// from its first join). Past the cap the client is only counted (see the module doc).
     pub fn join_as(&self, client: ClientId, user: Option<Arc<str>>) -> u64 {
         let mut g = self.inner.lock();
-        let seq = match g.peers.get(&client) {
-            Some(p) if p.online => g.seq,
-            _ => {
-                let seq = g.bump(client);
-                g.peers.entry(client).or_insert(Peer {
-                    data: Map::new(),
-                    user,
-                    online: true,
-                    changed: seq,
-                    entry: Bytes::new(),
-                    forgotten: false,
-                });
-                g.edit_peer(client, |peer| {
-                    peer.online = true;
-                    peer.changed = seq;
-                    peer.encode(client);
-                });
-                self.account(&g);
-                seq
-            }
+        if g.peers.get(&client).is_some_and(|p| p.online) {
+            return g.seq;
+        }
+        let was_over = g.over_cap();
+        let listed = g.listed.len() < self.cap;
+        let peer = g.peers.entry(client).or_insert(Peer {
+            data: None,
+            user,
+            online: false,
+            listed: false,
+            forgotten: false,
+            changed: 0,
+            waiting_since: 0,
+            entry: Bytes::new(),
+        });
+        peer.online = true;
+        peer.listed = listed;
+        g.present += 1;
+        let seq = if listed {
+            g.listed.insert(client);
+            g.log_change(client, was_over)
+        } else {
+            let seq = g.bump(was_over);
+            g.wait(client, seq);
+            g.count_dirty = true;
+            seq
         };
+        self.account(&g);
         drop(g);
-        self.notify(seq);
+        if listed {
+            self.notify(seq);
+        }
         seq
     }
 
-    /// Merges `patch` into `client`'s presence (a `null` member removes the key).
+    /// Merges `patch` into `client`'s presence (a `null` member removes the key). An unlisted
+    /// peer's presence is kept, and shown once it is listed.
     ///
     /// # Errors
     /// [`PresenceTooLarge`] when the merged object would exceed `limit` encoded bytes; nothing
@@ -225,7 +366,7 @@ impl Presence {
     ) -> Result<(), PresenceTooLarge> {
         let mut g = self.inner.lock();
         let Some(peer) = g.peers.get(&client) else { return Ok(()) };
-        let mut merged = peer.data.clone();
+        let mut merged = peer.data.as_deref().cloned().unwrap_or_default();
         for (k, v) in patch {
             if v.is_null() {
                 merged.remove(&k);
@@ -241,38 +382,44 @@ impl Presence {
         if size > limit {
             return Err(PresenceTooLarge { size, limit });
         }
-        let seq = g.bump(client);
-        let online = g
-            .edit_peer(client, |peer| {
-                peer.data = merged;
-                peer.changed = seq;
-                peer.encode(client);
-                peer.online
-            })
-            .expect("checked above");
+        let shown = peer.online && peer.listed;
+        g.edit_peer(client, |peer| peer.data = (!merged.is_empty()).then(|| Box::new(merged)));
+        let seq = shown.then(|| {
+            let was_over = g.over_cap();
+            g.log_change(client, was_over)
+        });
         self.account(&g);
         drop(g);
-        if online {
+        if let Some(seq) = seq {
             self.notify(seq);
         }
         Ok(())
     }
 
-    /// Marks `client` gone: peers see `null` once. Its data is kept for a later resume.
+    /// Marks `client` gone: peers see `null` once (if it was listed; the longest-waiting
+    /// unlisted peer is listed in its place). Its data is kept for a later resume.
     pub fn leave(&self, client: ClientId) {
         let mut g = self.inner.lock();
-        if !g.peers.get(&client).is_some_and(|p| p.online) {
-            return;
-        }
-        let seq = g.bump(client);
-        g.edit_peer(client, |peer| {
-            peer.online = false;
-            peer.changed = seq;
-            peer.encode(client);
-        });
+        let Some(peer) = g.peers.get_mut(&client).filter(|p| p.online) else { return };
+        let was_listed = std::mem::replace(&mut peer.listed, false);
+        peer.online = false;
+        let was_over = g.over_cap();
+        g.present -= 1;
+        let seq = if was_listed {
+            g.listed.remove(&client);
+            g.log_change(client, was_over);
+            g.promote(self.cap);
+            Some(g.seq)
+        } else {
+            g.count_dirty = true;
+            g.bump(was_over);
+            None
+        };
         self.account(&g);
         drop(g);
-        self.notify(seq);
+        if let Some(seq) = seq {
+            self.notify(seq);
+        }
     }
 
     /// Drops everything known of `client` (its session ended). Peers that have not caught up
@@ -284,12 +431,25 @@ impl Presence {
         if in_log {
             g.edit_peer(client, |p| {
                 p.forgotten = true;
-                p.data = Map::new();
+                p.data = None;
             });
         } else {
             g.remove_peer(client);
         }
         self.account(&g);
+    }
+
+    /// Wakes the readers when unlisted peers came or went since they were last woken, so the
+    /// count they are sent is at most this call's period old (the server calls it once a second).
+    /// Unlisted peers wake nobody themselves: in a join storm that would be O(N) wake-ups per join.
+    pub fn publish_count(&self) {
+        let mut g = self.inner.lock();
+        if !std::mem::take(&mut g.count_dirty) {
+            return;
+        }
+        let seq = g.seq;
+        drop(g);
+        self.notify(seq);
     }
 
     fn notify(&self, seq: u64) {
@@ -302,31 +462,37 @@ impl Presence {
         });
     }
 
-    /// Every present peer with its presence (for `welcome` and the HTTP API), and the sequence
+    /// Every present peer with its presence, listed or not (for the HTTP API), and the sequence
     /// it corresponds to.
     pub fn online(&self) -> (u64, Map<String, Value>) {
         let g = self.inner.lock();
-        let peers = g.peers.iter().filter(|(_, p)| p.online).map(|(c, p)| {
-            let mut data = Map::new();
-            if let Some(user) = &p.user {
-                data.insert("user".into(), Value::from(&**user));
-            }
-            data.extend(p.data.iter().map(|(k, v)| (k.clone(), v.clone())));
-            (c.to_string(), Value::Object(data))
-        });
+        let peers =
+            g.peers.iter().filter(|(_, p)| p.online).map(|(c, p)| (c.to_string(), Value::Object(p.shown())));
         (g.seq, peers.collect())
     }
 
-    /// Every present peer as an encoded JSON object (for `welcome`), and the sequence it
-    /// corresponds to. Built by concatenating the pre-encoded entries.
-    pub fn online_json(&self) -> (u64, Bytes) {
-        let g = self.inner.lock();
-        let entries = g.peers.values().filter(|p| p.online).map(|p| &p.entry[..]);
-        (g.seq, protocol::object_of(entries))
+    /// The listed peers for `welcome` and the sequence it is current for, with the count of
+    /// present peers when some are not listed. The list is built once per listed change and
+    /// shared by every `welcome` until the next one: a join storm past the cap builds it once.
+    pub fn welcome(&self) -> WelcomePresence {
+        let mut g = self.inner.lock();
+        let version = g.log.back().map_or(0, |(seq, _)| *seq);
+        let peers = match &g.welcome {
+            Some((v, peers)) if *v == version => peers.clone(),
+            _ => {
+                let entries = g.listed.iter().filter_map(|c| g.peers.get(c)).map(|p| &p.entry[..]);
+                let peers = protocol::object_of(entries);
+                g.welcome = Some((version, peers.clone()));
+                self.account(&g);
+                peers
+            }
+        };
+        WelcomePresence { seq: g.seq, peers, count: g.over_cap().then_some(g.present) }
     }
 
+    /// Peers present, listed or not.
     pub fn online_count(&self) -> usize {
-        self.inner.lock().peers.values().filter(|p| p.online).count()
+        self.inner.lock().present
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -338,13 +504,13 @@ impl Presence {
     /// the range for every reader that asks during that slot; `None` reads up to now.
     pub fn changes_since(&self, since: u64, tick: Option<u64>) -> Option<(u64, Bytes)> {
         let mut g = self.inner.lock();
-        let to = match tick {
+        let (to, present) = match tick {
             Some(t) if t > g.tick.0 => {
-                g.tick = (t, g.seq);
-                g.seq
+                g.tick = (t, g.seq, g.present);
+                (g.seq, g.present)
             }
-            Some(t) if t == g.tick.0 => g.tick.1,
-            _ => g.seq,
+            Some(t) if t == g.tick.0 => (g.tick.1, g.tick.2),
+            _ => (g.seq, g.present),
         };
         if since >= to {
             return None;
@@ -352,7 +518,7 @@ impl Presence {
         if let Some((_, _, frame)) = g.cached.iter().find(|(f, t, _)| (*f, *t) == (since, to)) {
             return Some((to, frame.clone()));
         }
-        let in_log = g.log.front().is_some_and(|(first, _)| *first <= since + 1);
+        let in_log = g.log_start <= since;
         let mut entries: Vec<&[u8]> = Vec::new();
         if in_log {
             // A peer's latest change is the log entry whose seq equals its `changed`: taking only
@@ -368,10 +534,12 @@ impl Presence {
         } else {
             entries.extend(g.peers.values().filter(|p| p.changed > since).map(|p| &p.entry[..]));
         }
-        if entries.is_empty() {
+        // The room was over the cap somewhere in the range (or after it): say how many are here.
+        let count = (g.last_big > since).then_some(present);
+        if entries.is_empty() && count.is_none() {
             return Some((to, Bytes::new()));
         }
-        let frame = protocol::presence_frame(&protocol::object_of(entries.into_iter()));
+        let frame = protocol::presence_frame(&protocol::object_of(entries.into_iter()), count);
         if g.cached.len() == FRAME_CACHE {
             g.cached.pop_front();
         }
@@ -402,7 +570,7 @@ mod tests {
         let (_, frame) = p.changes_since(0, None).unwrap();
         assert_eq!(peers(&frame), json!({"c1": {"user": "alice", "name": "A"}}));
         assert_eq!(p.online().1["c1"], json!({"user": "alice", "name": "A"}));
-        let (_, welcome) = p.online_json();
+        let welcome = p.welcome().peers;
         assert_eq!(
             serde_json::from_slice::<Value>(&welcome).unwrap(),
             json!({"c1": {"user": "alice", "name": "A"}})
@@ -430,7 +598,7 @@ mod tests {
         let (_, frame) = p.changes_since(to, None).unwrap();
         assert_eq!(peers(&frame), json!({"c2": null}));
         assert_eq!(p.online().1, obj(json!({"c1": {"x": 99}})));
-        assert_eq!(&p.online_json().1[..], br#"{"c1":{"x":99}}"#);
+        assert_eq!(&p.welcome().peers[..], br#"{"c1":{"x":99}}"#);
     }
 
     #[test]
@@ -475,7 +643,7 @@ mod tests {
     #[test]
     fn what_the_lane_holds_is_charged() {
         let budget = Budget::unlimited();
-        let p = Presence::with_budget(&budget);
+        let p = Presence::with_budget(&budget, 0);
         p.join(ClientId(1));
         let joined = budget.used();
         assert!(joined > 0);
@@ -485,5 +653,85 @@ mod tests {
         assert!(budget.used() < joined + 3000, "forgotten data is released");
         drop(p);
         assert_eq!(budget.used(), 0);
+    }
+
+    fn welcome_json(p: &Presence) -> (Value, Option<usize>) {
+        let w = p.welcome();
+        (serde_json::from_slice(&w.peers).unwrap(), w.count)
+    }
+
+    fn count(frame: &Bytes) -> Option<u64> {
+        serde_json::from_slice::<Value>(frame).unwrap().get("count").map(|c| c.as_u64().unwrap())
+    }
+
+    #[test]
+    fn past_the_cap_peers_are_counted_not_listed() {
+        let p = Presence::with_budget(&Budget::unlimited(), 2);
+        let s0 = p.welcome().seq;
+        for c in 1..=2 {
+            p.join(ClientId(c));
+        }
+        assert_eq!(welcome_json(&p), (json!({"c1": {}, "c2": {}}), None), "at the cap: everyone, no count");
+        let (s1, frame) = p.changes_since(s0, None).unwrap();
+        assert_eq!((peers(&frame), count(&frame)), (json!({"c1": {}, "c2": {}}), None));
+        let mut watch = p.subscribe();
+        watch.mark_unchanged();
+        p.join(ClientId(3));
+        p.update(ClientId(3), obj(json!({"x": 1})), 4096).unwrap();
+        assert!(!watch.has_changed().unwrap(), "an unlisted peer wakes nobody");
+        assert_eq!(welcome_json(&p), (json!({"c1": {}, "c2": {}}), Some(3)));
+        assert_eq!(p.online_count(), 3);
+        assert_eq!(p.online().1.len(), 3, "the HTTP API lists everyone");
+        p.publish_count();
+        assert!(watch.has_changed().unwrap(), "the count is published");
+        let (s2, frame) = p.changes_since(s1, None).unwrap();
+        assert_eq!((peers(&frame), count(&frame)), (json!({}), Some(3)), "only the count");
+        // A listed peer leaves: the waiting one is listed in its place, with its presence.
+        p.leave(ClientId(1));
+        assert_eq!(welcome_json(&p), (json!({"c2": {}, "c3": {"x": 1}}), None));
+        let (_, frame) = p.changes_since(s2, None).unwrap();
+        assert_eq!(peers(&frame), json!({"c1": null, "c3": {"x": 1}}));
+        assert_eq!(count(&frame), Some(2), "the last counted message: the list is whole again");
+        let (_, frame) = p.changes_since(s0, None).unwrap();
+        assert_eq!(peers(&frame), json!({"c1": null, "c2": {}, "c3": {"x": 1}}), "from the start");
+    }
+
+    #[test]
+    fn the_welcome_list_is_built_once_per_listed_change() {
+        let p = Presence::with_budget(&Budget::unlimited(), 1);
+        p.join(ClientId(1));
+        let first = p.welcome().peers;
+        for c in 2..50 {
+            p.join(ClientId(c));
+            assert_eq!(p.welcome().peers.as_ptr(), first.as_ptr(), "unlisted joins share it");
+        }
+        p.update(ClientId(1), obj(json!({"x": 1})), 4096).unwrap();
+        assert_ne!(p.welcome().peers.as_ptr(), first.as_ptr(), "a listed change rebuilds it");
+        assert_eq!(p.welcome().count, Some(49));
+    }
+
+    #[test]
+    fn unlisted_peers_that_left_are_not_listed_later() {
+        let p = Presence::with_budget(&Budget::unlimited(), 1);
+        p.join(ClientId(1));
+        p.join(ClientId(2));
+        p.join(ClientId(3));
+        p.leave(ClientId(2));
+        p.forget(ClientId(2));
+        p.leave(ClientId(1));
+        assert_eq!(welcome_json(&p), (json!({"c3": {}}), None), "c2 left while waiting: c3 is next");
+        // A waiting peer that leaves and comes back waits from its return.
+        p.join(ClientId(4));
+        p.join(ClientId(5));
+        p.leave(ClientId(4));
+        p.join(ClientId(4));
+        p.leave(ClientId(3));
+        assert_eq!(welcome_json(&p).0, json!({"c5": {}}), "c5 has waited longest");
+        // Churn of unlisted peers does not grow the queue without bound.
+        for round in 0..1000 {
+            p.join(ClientId(100 + round));
+            p.leave(ClientId(100 + round));
+        }
+        assert!(p.inner.lock().waiting.len() <= 20);
     }
 }

@@ -573,6 +573,8 @@ async fn sweep(app: Arc<App>) {
         }
         let (mut entries, mut capacity, mut full) = (0usize, 0usize, 0usize);
         for room in app.rooms.all() {
+            // Counts of peers that come and go unlisted, at most a second old (see `presence`).
+            room.presence.publish_count();
             let (len, cap) = room.ring_occupancy();
             entries += len;
             capacity += cap;

@@ -23,6 +23,11 @@
 //!
 //! The writer is generic over its [`FrameSink`], so its ordering, coalescing and close handling
 //! are tested with an in-memory sink (`tests/writer.rs`).
+//!
+//! Memory: every connection holds its writer's future for its life, so the writer keeps it
+//! small. Its deadlines (ping, presence tick, token expiry, shutdown close) share one timer, the
+//! rarer steps (hello, replies, broadcasts, timed work, rollback rejects) are boxed while they
+//! run, and so is the timer of a write that has to wait for the socket.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,8 +35,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketWrite};
+use futures_core::Stream as _;
 use rand::Rng;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::close::{CLOSE_GRACE, CloseReason};
@@ -57,6 +63,24 @@ impl<S: tokio::io::AsyncWrite + Unpin + Send> FrameSink for WebSocketWrite<S> {
     fn is_closed(&self) -> bool {
         WebSocketWrite::is_closed(self)
     }
+}
+
+/// Replies the reader may queue before it waits for the writer.
+pub const REPLY_QUEUE: usize = 32;
+
+/// The reader's end of its replies to the writer.
+pub type ReplySender = flume::Sender<Box<Outgoing>>;
+/// The writer's end of the reader's replies.
+pub type ReplyReceiver = flume::Receiver<Box<Outgoing>>;
+
+/// The channel from a connection's reader to its writer: at most [`REPLY_QUEUE`] replies wait,
+/// so a client that sends without reading is slowed down by TCP, never buffered without bound.
+/// flume's bounded channel allocates its queue on first use; tokio's would allocate a block of
+/// 32 slots and a cache-padded header (~800 bytes) for every connection, idle ones included.
+/// Replies are boxed to keep the queue's slots small (they are rare next to the frames the
+/// writer pulls).
+pub fn reply_channel() -> (ReplySender, ReplyReceiver) {
+    flume::bounded(REPLY_QUEUE)
 }
 
 /// What the reader asks the writer to send.
@@ -99,11 +123,22 @@ impl TokenExpiry {
     }
 }
 
-/// Sleeps until `at`; never resolves for `None` (and then costs nothing: no timer is armed).
-async fn until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+/// What a writer waits for besides messages, all on one timer.
+#[derive(Debug, Clone, Copy)]
+struct Deadlines {
+    /// The next server ping (every `--ping-interval`).
+    ping: Instant,
+    /// The presence tick to send at, while a presence change waits for it.
+    presence: Option<Instant>,
+    /// When to close for the shutdown, once the drain has begun.
+    close: Option<Instant>,
+    /// The token's next deadline: the `expiring` warning, then the 4401 close.
+    token: Option<Instant>,
+}
+
+impl Deadlines {
+    fn earliest(&self) -> Instant {
+        [self.presence, self.close, self.token].into_iter().flatten().fold(self.ping, Instant::min)
     }
 }
 
@@ -133,7 +168,7 @@ impl From<&Config> for WriterConfig {
 #[derive(Debug)]
 pub struct Signals {
     /// Replies from the reader.
-    pub replies: mpsc::Receiver<Box<Outgoing>>,
+    pub replies: ReplyReceiver,
     /// Fires, with the close reason, when another connection takes the session over (4001) or an
     /// operator closes this connection (admin API: 4009, 4010, 4011).
     pub kicked: oneshot::Receiver<CloseReason>,
@@ -186,7 +221,10 @@ impl<'a, S: FrameSink> Writer<'a, S> {
     /// Sends `welcome` and the first catch-up, then everything the room and the reader produce,
     /// until the connection ends; returns why (after writing its close frame when it can).
     pub async fn run(&mut self, from: ResumeFrom, resumed: bool, signals: Signals) -> CloseReason {
-        let Signals { replies: mut rx, mut kicked, mut shutdown, mut expiry } = signals;
+        let Signals { replies: rx, mut kicked, mut shutdown, mut expiry } = signals;
+        // One stream for the connection's life: its waker stays registered between wake-ups
+        // instead of being registered anew by every `select!`.
+        let mut replies = rx.stream();
         // The next token deadline: `expiring` to send, then the 4401 close.
         let mut warned = false;
         let mut revs = self.room.subscribe();
@@ -195,37 +233,41 @@ impl<'a, S: FrameSink> Writer<'a, S> {
         revs.mark_unchanged();
         presence.mark_unchanged();
         broadcasts.mark_unchanged();
-        if let Err(reason) = self.hello(&from, resumed).await {
+        // The rarer steps' futures are boxed: inline, the largest of them would size this future
+        // (which every connection holds for its life) however seldom it runs.
+        if let Err(reason) = Box::pin(self.hello(&from, resumed)).await {
             return reason;
         }
         let interval = self.config.presence_interval;
-        let mut next_presence = Instant::now();
-        let mut presence_pending = false;
-        let mut ping = tokio::time::interval(self.config.ping_interval);
-        ping.reset();
         let mut kick_gone = false;
-        // When to close for the shutdown (a drain that began before this connection subscribed
-        // counts too).
-        let mut close_at = shutdown.borrow_and_update().then(|| self.close_moment());
+        // Every deadline (ping, presence tick, token, shutdown close) shares one timer, armed for
+        // the earliest: an idle connection's task holds one `Sleep`, not four.
+        let mut due = Deadlines {
+            ping: Instant::now() + self.config.ping_interval,
+            presence: None,
+            // A drain that began before this connection subscribed counts too.
+            close: shutdown.borrow_and_update().then(|| self.close_moment()),
+            token: None,
+        };
+        let timer = tokio::time::sleep_until(due.ping);
+        tokio::pin!(timer);
         let result: WriteResult = loop {
+            // The next token deadline: `expiring` to send, then the 4401 close.
+            due.token = expiry.map(|e| if warned { e.close_at } else { e.warn_at });
+            let next = due.earliest();
+            if timer.deadline() != next {
+                timer.as_mut().reset(next);
+            }
             // Not `biased`: under a constant stream of commits the revision arm is always ready,
             // and a fixed order would starve pings, presence and broadcasts behind it.
-            let token_deadline = expiry.map(|e| if warned { e.close_at } else { e.warn_at });
             let step = tokio::select! {
-                out = rx.recv() => {
+                out = std::future::poll_fn(|cx| std::pin::Pin::new(&mut replies).poll_next(cx)) => {
                     if let Some(Outgoing::Refreshed { expiry: renewed, .. }) = out.as_deref() {
                         expiry = Some(*renewed);
                         warned = false;
                     }
-                    self.out.reply(out).await
+                    Box::pin(self.out.reply(out)).await
                 }
-                () = until(token_deadline), if token_deadline.is_some() => match expiry {
-                    Some(e) if !warned => {
-                        warned = true;
-                        self.out.send(&protocol::expiring_msg(e.exp), Kind::Control).await
-                    }
-                    _ => Err(CloseReason::Unauthorized),
-                },
                 // A kick sender dropped without sending is not a kick: stop listening.
                 r = &mut kicked, if !kick_gone => match r {
                     Ok(reason) => Err(reason),
@@ -235,28 +277,20 @@ impl<'a, S: FrameSink> Writer<'a, S> {
                     }
                 },
                 // Only the moment is chosen here: the writer keeps working until it comes.
-                _ = shutdown.changed(), if close_at.is_none() => {
-                    close_at = Some(self.close_moment());
+                _ = shutdown.changed(), if due.close.is_none() => {
+                    due.close = Some(self.close_moment());
                     Ok(())
-                }
-                () = tokio::time::sleep_until(close_at.unwrap_or_else(Instant::now)), if close_at.is_some() => {
-                    Err(CloseReason::Shutdown)
                 }
                 r = revs.changed() => match r {
                     Ok(()) => self.wake_up().await,
                     Err(_) => Err(CloseReason::Shutdown),
                 },
-                _ = broadcasts.changed() => self.send_broadcasts().await,
-                _ = presence.changed(), if !presence_pending => {
-                    presence_pending = true;
-                    next_presence = PresenceClock::next_boundary(interval);
+                _ = broadcasts.changed() => Box::pin(self.send_broadcasts()).await,
+                _ = presence.changed(), if due.presence.is_none() => {
+                    due.presence = Some(PresenceClock::next_boundary(interval));
                     Ok(())
                 }
-                _ = tokio::time::sleep_until(next_presence), if presence_pending => {
-                    presence_pending = false;
-                    self.send_presence(PresenceClock::tick(interval)).await
-                }
-                _ = ping.tick() => self.out.write(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))).await,
+                () = timer.as_mut() => Box::pin(self.on_time(&mut due, expiry, &mut warned)).await,
             };
             if let Err(reason) = step {
                 break Err(reason);
@@ -266,10 +300,42 @@ impl<'a, S: FrameSink> Writer<'a, S> {
         if reason == CloseReason::Shutdown {
             // A write error here ends the connection all the same; the close below is skipped
             // when the socket is gone.
-            let _ = self.flush(&mut rx).await;
+            let _ = self.flush(&rx).await;
         }
         self.out.finish(reason).await;
         reason
+    }
+
+    /// Does whatever has come due on the shared timer: the shutdown close, the token's warning or
+    /// close, the presence tick, the ping.
+    async fn on_time(
+        &mut self,
+        due: &mut Deadlines,
+        expiry: Option<TokenExpiry>,
+        warned: &mut bool,
+    ) -> WriteResult {
+        let now = Instant::now();
+        if due.close.is_some_and(|at| at <= now) {
+            return Err(CloseReason::Shutdown);
+        }
+        if let (Some(at), Some(e)) = (due.token, expiry)
+            && at <= now
+        {
+            if *warned {
+                return Err(CloseReason::Unauthorized);
+            }
+            *warned = true;
+            self.out.send(&protocol::expiring_msg(e.exp), Kind::Control).await?;
+        }
+        if due.presence.is_some_and(|at| at <= now) {
+            due.presence = None;
+            self.send_presence(PresenceClock::tick(self.config.presence_interval)).await?;
+        }
+        if due.ping <= now {
+            due.ping = now + self.config.ping_interval;
+            self.out.write(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))).await?;
+        }
+        Ok(())
     }
 
     /// A random moment within 80 % of the drain window, so clients do not all reconnect at the
@@ -282,7 +348,7 @@ impl<'a, S: FrameSink> Writer<'a, S> {
     /// Before the shutdown close: everything the room committed, then every reply the reader
     /// had queued (rejects among them), so no change this client sent is left unanswered by
     /// anything the server already decided.
-    async fn flush(&mut self, rx: &mut mpsc::Receiver<Box<Outgoing>>) -> WriteResult {
+    async fn flush(&mut self, rx: &ReplyReceiver) -> WriteResult {
         self.wake_up().await?;
         while let Ok(out) = rx.try_recv() {
             self.out.reply(Some(out)).await?;
@@ -294,8 +360,8 @@ impl<'a, S: FrameSink> Writer<'a, S> {
     async fn hello(&mut self, from: &ResumeFrom, resumed: bool) -> WriteResult {
         let room = self.room;
         self.broadcast_seq = room.broadcasts.seq();
-        let (presence_seq, peers_json) = room.presence.online_json();
-        self.presence_seq = presence_seq;
+        let presence = room.presence.welcome();
+        self.presence_seq = presence.seq;
         let delivery = self.session.catch_up(from.cursor(resumed), &mut self.changes);
         let Some(Delivery { frame, to, snapshot, last_req, .. }) = delivery else {
             unreachable!("a join or resume is always sent a frame")
@@ -314,7 +380,8 @@ impl<'a, S: FrameSink> Writer<'a, S> {
             rev: to,
             resumed,
             last_client_req_id: last_req,
-            presence_json: &peers_json,
+            presence_json: &presence.peers,
+            presence_count: presence.count,
             stacks: room.history_flags(UserKey::of(self.session.user.as_ref(), self.session.client).as_ref()),
         }
         .encode();
@@ -330,11 +397,8 @@ impl<'a, S: FrameSink> Writer<'a, S> {
     /// Sends everything after `last_sent` in one frame.
     async fn wake_up(&mut self) -> WriteResult {
         if self.room.rejection_seq() > self.rejections_seen {
-            // Changes of this client's that the store could not write were rolled back.
-            for r in self.room.rejections_for(self.session.client, &mut self.rejections_seen) {
-                crate::app::count_reject(&r.reject);
-                self.out.send(&protocol::reject_msg(r.client_req_id, &r.reject), Kind::Control).await?;
-            }
+            // Rare: boxed so this hot step's future stays small.
+            Box::pin(self.send_rollbacks()).await?;
         }
         let Some(d) = self.session.catch_up(Cursor::Holds(self.last_sent), &mut self.changes) else {
             return Ok(());
@@ -346,6 +410,16 @@ impl<'a, S: FrameSink> Writer<'a, S> {
             m::hot().delivery_lag.record(at.elapsed().as_secs_f64());
         }
         self.last_sent = d.to;
+        Ok(())
+    }
+
+    /// Rejects for this client's changes that the store could not write and that were rolled
+    /// back.
+    async fn send_rollbacks(&mut self) -> WriteResult {
+        for r in self.room.rejections_for(self.session.client, &mut self.rejections_seen) {
+            crate::app::count_reject(&r.reject);
+            self.out.send(&protocol::reject_msg(r.client_req_id, &r.reject), Kind::Control).await?;
+        }
         Ok(())
     }
 
@@ -436,7 +510,8 @@ impl<S: FrameSink> Outbox<S> {
         let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
         let result = match first {
             Poll::Ready(r) => r,
-            Poll::Pending => match tokio::time::timeout(write_timeout, fut).await {
+            // Boxed: only a write that waits needs the timer.
+            Poll::Pending => match Box::pin(tokio::time::timeout(write_timeout, fut)).await {
                 Ok(r) => r,
                 Err(_) => {
                     metrics::counter!(m::SLOW_CLIENT_CLOSES).increment(1);
@@ -455,13 +530,14 @@ impl<S: FrameSink> Outbox<S> {
 pub async fn run_echo<S: FrameSink>(
     ws: S,
     write_timeout: Duration,
-    mut replies: mpsc::Receiver<Box<Outgoing>>,
+    replies: ReplyReceiver,
     mut shutdown: watch::Receiver<bool>,
 ) -> CloseReason {
     let mut out = Outbox { ws, write_timeout };
+    let mut replies = replies.stream();
     let reason = loop {
         let step = tokio::select! {
-            r = replies.recv() => out.reply(r).await,
+            r = std::future::poll_fn(|cx| std::pin::Pin::new(&mut replies).poll_next(cx)) => out.reply(r).await,
             _ = shutdown.changed() => Err(CloseReason::Shutdown),
         };
         if let Err(reason) = step {

@@ -20,9 +20,9 @@ use ringsync::patch;
 use ringsync::protocol::{self, ErrorCode, Mode};
 use ringsync::room::{ChangeRequest, Room, RoomConfig};
 use ringsync::session::{ResumeFrom, Session, Sessions};
-use ringsync::writer::{FrameSink, Outgoing, Signals, Writer, WriterConfig};
+use ringsync::writer::{self, FrameSink, Outgoing, ReplySender, Signals, Writer, WriterConfig};
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Bound on every wait for something the writer should do promptly.
@@ -179,7 +179,7 @@ impl Tap {
 struct Conn {
     tap: Tap,
     session: Arc<Session>,
-    replies: mpsc::Sender<Box<Outgoing>>,
+    replies: ReplySender,
     /// Held so the writer's shutdown arm only fires when a test sends on it (a dropped sender
     /// would also wake it).
     shutdown: watch::Sender<bool>,
@@ -208,7 +208,7 @@ fn connect(room: &Arc<Room>, sessions: &Sessions, from: ResumeFrom, config: Writ
     let attached = sessions.attach(room, from.session.as_deref(), None).expect("under --max-sessions");
     room.presence.join(attached.session.client);
     let (sink, tap) = mem_sink();
-    let (replies, replies_rx) = mpsc::channel(8);
+    let (replies, replies_rx) = writer::reply_channel();
     let (shutdown, shutdown_rx) = watch::channel(false);
     let signals =
         Signals { replies: replies_rx, kicked: attached.kicked, shutdown: shutdown_rx, expiry: None };
@@ -241,7 +241,7 @@ impl Conn {
     }
 
     async fn reply(&self, out: Outgoing) {
-        self.replies.send(Box::new(out)).await.expect("writer running");
+        self.replies.send_async(Box::new(out)).await.expect("writer running");
     }
 }
 

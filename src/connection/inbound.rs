@@ -11,25 +11,45 @@
 //! fail-fast UTF-8). Every violation queues the close it deserves for the writer and ends the
 //! read side.
 //!
+//! An idle connection holds no read buffer. fastwebsockets' reader allocates an 8 KiB buffer
+//! when it is made and has no way to give it back, so [`Inbound`] makes one only when the socket
+//! has bytes to read, and drops it again (with its buffer) as soon as it has returned every byte
+//! it was handed: the [`Socket`] counts the bytes it hands over, [`Inbound`] the bytes of the
+//! frames it got back (header and payload), and a reader whose two counts agree holds nothing.
+//! (A client that encodes a length in more bytes than needed makes the second count fall short,
+//! which only keeps that connection's reader, and buffer, alive.)
+//!
 //! `read_frame` is not cancel-safe: [`Inbound::next`] is only ever awaited to completion (the
 //! connection's futures run side by side, never raced in a `select!` that drops the loser).
 
 use std::borrow::Cow;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketRead};
-use tokio::sync::mpsc;
+use bytes::{Buf as _, Bytes};
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead};
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::net::tcp::OwnedReadHalf;
 
-use super::{End, ReadIo};
+use super::End;
 use crate::close::{self, CloseReason};
 use crate::config::Config;
 use crate::metrics as m;
 use crate::reassembly::Reassembler;
-use crate::writer::Outgoing;
+use crate::writer::{Outgoing, ReplySender};
 
 /// Largest control frame payload (RFC 6455 §5.5).
 const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// A frame as fastwebsockets read it, owning its (unmasked) payload.
+struct RawFrame {
+    fin: bool,
+    opcode: OpCode,
+    masked: bool,
+    payload: Bytes,
+}
 
 /// A whole message from the client.
 pub(super) struct Received {
@@ -37,25 +57,90 @@ pub(super) struct Received {
     pub payload: Bytes,
 }
 
+/// The socket's read half, owned by the connection's task and lent to each short-lived
+/// fastwebsockets reader in turn (which cannot hand its stream back).
+pub(crate) struct Socket {
+    /// Locked only inside a `poll_read`, never across an `.await`.
+    inner: Mutex<SocketInner>,
+}
+
+struct SocketInner {
+    /// Bytes hyper had read past the handshake (usually none): read first.
+    early: Bytes,
+    read: OwnedReadHalf,
+    /// Bytes handed to fastwebsockets so far.
+    fed: u64,
+}
+
+impl Socket {
+    pub(crate) fn new(early: Bytes, read: OwnedReadHalf) -> Self {
+        Socket { inner: Mutex::new(SocketInner { early, read, fed: 0 }) }
+    }
+
+    /// Bytes handed to fastwebsockets so far.
+    fn fed(&self) -> u64 {
+        self.inner.lock().fed
+    }
+
+    /// Ready once there is something to read (or the socket has failed or closed).
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let g = self.inner.lock();
+        if !g.early.is_empty() {
+            return Poll::Ready(());
+        }
+        g.read.as_ref().poll_read_ready(cx).map(|_| ())
+    }
+}
+
+/// A borrowed [`Socket`] as fastwebsockets' stream.
+struct SocketRef<'s>(&'s Socket);
+
+impl AsyncRead for SocketRef<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let mut g = self.0.inner.lock();
+        let before = buf.filled().len();
+        let polled = if g.early.is_empty() {
+            Pin::new(&mut g.read).poll_read(cx, buf)
+        } else {
+            let n = g.early.len().min(buf.remaining());
+            buf.put_slice(&g.early[..n]);
+            g.early.advance(n);
+            Poll::Ready(Ok(()))
+        };
+        g.fed += (buf.filled().len() - before) as u64;
+        polled
+    }
+}
+
 /// A connection's read side: frames in, whole messages out. Control frames are answered here
 /// (pongs and close echoes go to the writer); every violation of the framing rules queues the
 /// close it deserves and ends the read side. Once the writer has gone (it sent our close frame),
 /// messages are read and dropped unprocessed while the client's close is awaited (RFC 6455
 /// §1.4): a change read then is never applied, since its ack could not be sent.
-pub(super) struct Inbound {
-    read: WebSocketRead<ReadIo>,
+pub(super) struct Inbound<'s> {
+    socket: &'s Socket,
+    /// fastwebsockets' reader, only while it may hold bytes not yet returned (see the module doc).
+    read: Option<WebSocketRead<SocketRef<'s>>>,
+    /// Bytes of the frames returned so far: header and payload.
+    consumed: u64,
+    /// fastwebsockets refuses a frame whose length is at least this.
+    max_frame: usize,
     messages: Reassembler,
     idle_timeout: Duration,
     replies: Replies,
 }
 
 /// The reader's way to the writer.
-struct Replies(mpsc::Sender<Box<Outgoing>>);
+struct Replies(ReplySender);
 
 impl Replies {
     /// Queues a reply for the writer; `Err` when the writer has gone.
     async fn send(&self, out: Outgoing) -> Result<(), ()> {
-        self.0.send(Box::new(out)).await.map_err(|_| ())
+        self.0.send_async(Box::new(out)).await.map_err(|_| ())
     }
 
     /// Queues the close `reason` deserves; the read side ends.
@@ -91,21 +176,56 @@ impl Replies {
     }
 }
 
-impl Inbound {
-    pub(super) fn new(
-        mut read: WebSocketRead<ReadIo>,
-        config: &Config,
-        replies: mpsc::Sender<Box<Outgoing>>,
-    ) -> Self {
-        // fastwebsockets refuses a frame whose length is >= this; we allow exactly the limit.
-        read.set_max_message_size(config.max_message_bytes as usize + 1);
-        // Its automatic pong and close echo would answer before the checks in `next` run (an
-        // unmasked ping ponged, a 126-byte close echoed); control frames are answered there.
-        read.set_auto_close(false);
-        read.set_auto_pong(false);
+impl<'s> Inbound<'s> {
+    pub(super) fn new(socket: &'s Socket, config: &Config, replies: ReplySender) -> Self {
         let max = config.max_message_bytes as usize;
-        let replies = Replies(replies);
-        Inbound { read, messages: Reassembler::new(max), idle_timeout: config.idle_timeout, replies }
+        Inbound {
+            socket,
+            read: None,
+            consumed: 0,
+            // We allow exactly the limit.
+            max_frame: max + 1,
+            messages: Reassembler::new(max),
+            idle_timeout: config.idle_timeout,
+            replies: Replies(replies),
+        }
+    }
+
+    /// The next frame: waits for the socket to be readable (holding no buffer meanwhile), then
+    /// reads through a fastwebsockets reader made for the occasion, which is dropped again once
+    /// it holds no byte we have not been given.
+    async fn read_frame(&mut self) -> Result<RawFrame, WebSocketError> {
+        if self.read.is_none() {
+            std::future::poll_fn(|cx| self.socket.poll_ready(cx)).await;
+        }
+        let max_frame = self.max_frame;
+        let read = self.read.get_or_insert_with(|| {
+            // The write half is a stand-in: this reader never writes.
+            let (mut read, _) = fastwebsockets::after_handshake_split(
+                SocketRef(self.socket),
+                tokio::io::sink(),
+                Role::Server,
+            );
+            read.set_max_message_size(max_frame);
+            // Its automatic pong and close echo would answer before the checks in `next` run (an
+            // unmasked ping ponged, a 126-byte close echoed); control frames are answered there.
+            read.set_auto_close(false);
+            read.set_auto_pong(false);
+            read
+        });
+        // With automatic replies off, fastwebsockets never asks us to send anything.
+        let mut no_auto_replies =
+            |_: Frame<'_>| std::future::ready(Err::<(), _>(std::io::Error::other("no automatic replies")));
+        // Boxed while it runs, so the idle connection's future does not keep room for it.
+        let mut frame = Box::pin(read.read_frame(&mut no_auto_replies)).await?;
+        let (masked, head_len) = head_of(&mut frame);
+        let frame =
+            RawFrame { fin: frame.fin, opcode: frame.opcode, masked, payload: into_bytes(frame.payload) };
+        self.consumed += (head_len + frame.payload.len()) as u64;
+        if self.consumed == self.socket.fed() {
+            self.read = None;
+        }
+        Ok(frame)
     }
 
     /// Queues a reply for the writer; `Err` when the writer has gone.
@@ -115,12 +235,8 @@ impl Inbound {
 
     /// The next whole message, or how the read side ended (its close already queued).
     pub(super) async fn next(&mut self) -> Result<Received, End> {
-        // With automatic replies off, fastwebsockets never asks us to send anything.
-        let mut no_auto_replies =
-            |_: Frame<'_>| std::future::ready(Err::<(), _>(std::io::Error::other("no automatic replies")));
         loop {
-            let read = tokio::time::timeout(self.idle_timeout, self.read.read_frame(&mut no_auto_replies));
-            let mut frame = match read.await {
+            let frame = match tokio::time::timeout(self.idle_timeout, self.read_frame()).await {
                 Err(_) => return Err(self.replies.fail(CloseReason::Idle).await),
                 Ok(Err(e)) => {
                     return Err(match e {
@@ -134,7 +250,7 @@ impl Inbound {
                 }
                 Ok(Ok(frame)) => frame,
             };
-            if !is_masked(&mut frame) {
+            if !frame.masked {
                 return Err(self.replies.fail(CloseReason::Protocol).await);
             }
             match frame.opcode {
@@ -154,12 +270,12 @@ impl Inbound {
                         Ok(Some((op, Cow::Owned(buf)))) => (op, Some(buf)),
                         Err(reason) => return Err(self.replies.fail(reason).await),
                     };
-                    if self.replies.0.is_closed() {
+                    if self.replies.0.is_disconnected() {
                         continue;
                     }
                     let payload = match done.1 {
                         Some(buf) => Bytes::from(buf),
-                        None => into_bytes(frame.payload),
+                        None => frame.payload,
                     };
                     metrics::counter!(m::BYTES_RECEIVED).increment(payload.len() as u64);
                     return Ok(Received { binary: done.0 == OpCode::Binary, payload });
@@ -169,13 +285,14 @@ impl Inbound {
     }
 }
 
-/// Whether the client masked the frame (RFC 6455 §5.1: it must). fastwebsockets keeps a frame's
-/// masking key private but writes it into the header it formats for the frame, mask bit and all
-/// (it unmasks the payload without forgetting the key).
-fn is_masked(frame: &mut Frame<'_>) -> bool {
+/// Whether the client masked the frame (RFC 6455 §5.1: it must), and the length of its header
+/// in the shortest encoding. fastwebsockets keeps a frame's masking key private but writes it
+/// into the header it formats for the frame, mask bit and all (it unmasks the payload without
+/// forgetting the key).
+fn head_of(frame: &mut Frame<'_>) -> (bool, usize) {
     let mut head = [0u8; 14];
-    frame.fmt_head(&mut head);
-    head[1] & 0x80 != 0
+    let len = frame.fmt_head(&mut head);
+    (head[1] & 0x80 != 0, len)
 }
 
 /// A frame's payload as `Bytes`, without a copy when fastwebsockets read it into its buffer.

@@ -182,6 +182,8 @@ pub struct Welcome<'a> {
     pub resumed: bool,
     pub last_client_req_id: ClientReqId,
     pub presence_json: &'a [u8],
+    /// How many peers are present, when the room lists fewer (`--presence-peers`).
+    pub presence_count: Option<usize>,
     /// Whether this connection's user can undo / redo in the room.
     pub stacks: Stacks,
 }
@@ -204,6 +206,9 @@ impl Welcome<'_> {
         )
         .expect("vec write");
         b.extend_from_slice(self.presence_json);
+        if let Some(count) = self.presence_count {
+            write!(b, ",\"presenceCount\":{count}").expect("vec write");
+        }
         b.push(b'}');
         b.into()
     }
@@ -256,11 +261,15 @@ pub fn pong_msg(t: &Value) -> Bytes {
     encode(&serde_json::json!({"type": "pong", "t": t}))
 }
 
-/// `{"type":"presence","peers":{..}}` around an already encoded peers object.
-pub fn presence_frame(peers_json: &[u8]) -> Bytes {
-    let mut b = Vec::with_capacity(30 + peers_json.len());
+/// `{"type":"presence","peers":{..}}` around an already encoded peers object, with `"count"` (the
+/// peers present) in a room that lists fewer than are present.
+pub fn presence_frame(peers_json: &[u8], count: Option<usize>) -> Bytes {
+    let mut b = Vec::with_capacity(50 + peers_json.len());
     b.extend_from_slice(br#"{"type":"presence","peers":"#);
     b.extend_from_slice(peers_json);
+    if let Some(count) = count {
+        write!(b, ",\"count\":{count}").expect("vec write");
+    }
     b.push(b'}');
     b.into()
 }

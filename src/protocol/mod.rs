@@ -552,6 +552,7 @@ mod tests {
             resumed: false,
             last_client_req_id: ClientReqId(0),
             presence_json: b"{}",
+            presence_count: None,
             stacks: Stacks { can_undo: false, can_redo: true },
         };
         assert_eq!(

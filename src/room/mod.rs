@@ -94,6 +94,8 @@ pub struct RoomConfig {
     /// How long a stored session's dedupe state and an `Idempotency-Key` are kept
     /// (`--session-ttl`, ms; 0 = forever).
     pub session_ttl_ms: u64,
+    /// Most peers presence lists; the others are counted (`--presence-peers`; 0 = all).
+    pub presence_peers: usize,
 }
 
 impl RoomConfig {
@@ -108,6 +110,7 @@ impl RoomConfig {
         snapshot_every: 10_000,
         snapshot_bytes: 8 << 20,
         session_ttl_ms: 0,
+        presence_peers: 256,
     };
 }
 
@@ -214,7 +217,7 @@ impl Room {
                 stacks: history::Stacks::default(),
             }),
             state_bytes: AtomicUsize::new(2),
-            presence: Presence::with_budget(budget),
+            presence: Presence::with_budget(budget, config.presence_peers),
             broadcasts: Broadcasts::new(config.broadcast_buffer, config.broadcast_bytes, budget),
             memory,
             retired: AtomicBool::new(false),

@@ -208,6 +208,7 @@ async fn serve_conn(rooms: Rc<Rooms>, stream: TcpStream, client: ClientId) {
             resumed: false,
             last_client_req_id: ClientReqId(0),
             presence_json: b"{}",
+            presence_count: None,
             stacks: protocol::Stacks::default(),
         };
         ws::encode_server_frame(&mut hello, OP_TEXT, &welcome.encode());

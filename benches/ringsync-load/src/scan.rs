@@ -178,6 +178,7 @@ mod tests {
             resumed: true,
             last_client_req_id: ClientReqId(0),
             presence_json: br#"{"c7":{}}"#,
+            presence_count: None,
             stacks: protocol::Stacks::default(),
         }
         .encode();
