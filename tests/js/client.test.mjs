@@ -295,6 +295,25 @@ describe("SyncCore", () => {
     assert.deepEqual(r.sent, [{ type: "presence", data: { a: 2, b: 3 } }]);
   });
 
+  test("presence in a big room: the count beside the listed peers, and the list whole again", () => {
+    const core = new SyncCore();
+    const w = collect(core.handle(welcome({ presence: { c2: {}, c3: {} }, presenceCount: 4711 })));
+    assert.equal(core.presenceCount, 4711, "listed or not, everyone is counted");
+    assert.deepEqual(w.events.find((e) => e[0] === "presence")[2].count, 4711);
+    // A count-only message (a counted peer came or went) still tells the app.
+    const c = collect(core.handle({ type: "presence", peers: {}, count: 4712 }));
+    assert.equal(core.presenceCount, 4712);
+    assert.deepEqual(c.events, [["presence", core.presence, { changed: [], count: 4712 }]]);
+    assert.deepEqual(collect(core.handle({ type: "presence", peers: {}, count: 4712 })).events, [], "no news, no event");
+    // The room shrank below the cap: a message without `count` means the list is whole.
+    collect(core.handle({ type: "presence", peers: { c3: null } }));
+    assert.equal(core.presenceCount, Object.keys(core.presence).length);
+    // A small room never sends a count: the count is the list's length.
+    const small = new SyncCore();
+    collect(small.handle(welcome({ presence: { c2: {} } })));
+    assert.equal(small.presenceCount, Object.keys(small.presence).length);
+  });
+
   test("broadcasts and drop notices are emitted", () => {
     const core = syncedCore();
     const log = collect(core.handle({ type: "broadcast", client: "c2", data: { kind: "ping" } }));

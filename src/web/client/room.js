@@ -119,9 +119,16 @@ export class Room {
   get rev() {
     return this.#core.rev;
   }
-  /** @returns {Record<string, Json>} presence of everyone in the room, this client included */
+  /**
+   * @returns {Record<string, Json>} presence of everyone in the room, this client included; in a
+   * room with more peers than the server lists (`--presence-peers`), of the listed ones
+   */
   get presence() {
     return this.#core.presence;
+  }
+  /** @returns {number} how many are in the room, this client included (listed or not) */
+  get presenceCount() {
+    return this.#core.presenceCount;
   }
   /** @returns {string|null} this client's public id, once welcomed */
   get client() {
@@ -284,7 +291,7 @@ export class Room {
   /**
    * Subscribes to an event:
    * - "state" (state, {source: "local"|"delta"|"snapshot"|"reject", rev, changes: ChangeInfo[]})
-   * - "presence" (peers, {changed: string[]})
+   * - "presence" (peers, {changed: string[], count}) (`count`: as `presenceCount`)
    * - "broadcast" (data, {client})
    * - "reject" ({clientReqId, code, message, rev?, conflicts?, ops, mode, kind})
    *   (`kind`: "change", or "undo"/"redo"/"revert" for those requests, whose promises reject too)

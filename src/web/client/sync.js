@@ -88,6 +88,8 @@ export class SyncCore {
     this.needResync = false;
     /** @type {Record<string, Json>} everyone present, including this client */
     this.presence = {};
+    /** Everyone present, this client included: more than `presence` lists in a big room. */
+    this.presenceCount = 0;
     /** @type {Record<string, Json>} this client's own presence, as it set it */
     this.ownPresence = {};
     /** @type {Record<string, Json>|null} own presence keys changed since last sent */
@@ -267,7 +269,10 @@ export class SyncCore {
     const peers = isObject(msg.presence) ? { ...msg.presence } : {};
     peers[this.client] = this.ownPresence;
     this.presence = peers;
-    out.push({ emit: "presence", args: [this.presence, { changed: Object.keys(peers) }] });
+    // A big room lists some peers and counts the rest (PROTOCOL.md, "Big rooms").
+    const listed = Object.keys(peers).length;
+    this.presenceCount = typeof msg.presenceCount === "number" ? Math.max(msg.presenceCount, listed) : listed;
+    out.push({ emit: "presence", args: [this.presence, { changed: Object.keys(peers), count: this.presenceCount }] });
     const p = this.takePresenceMessage();
     if (p) out.push({ send: p });
     out.push(...history);
@@ -390,7 +395,12 @@ export class SyncCore {
       changed.push(id);
     }
     this.presence = peers;
-    return changed.length ? [{ emit: "presence", args: [this.presence, { changed }] }] : [];
+    // `count` comes while the room has more peers than it lists; without it the list is whole.
+    const listed = Object.keys(peers).length;
+    const count = typeof msg.count === "number" ? Math.max(msg.count, listed) : listed;
+    if (!changed.length && count === this.presenceCount) return [];
+    this.presenceCount = count;
+    return [{ emit: "presence", args: [this.presence, { changed, count }] }];
   }
 
   /**
