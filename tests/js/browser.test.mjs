@@ -272,7 +272,10 @@ describe("demo page in headless Chromium", { skip: skip ?? false, timeout: 24000
       await drag(a, "e2", "e3");
       assert.equal(await pieceAt(a, "c3"), "wN", "offline moves show at once");
       assert.equal(await a.evaluate(() => window.room.pendingCount), 3);
-      assert.equal(await a.locator("#status").getAttribute("data-status"), "offline");
+      // Not live: "offline", or "connecting" while a retry is being refused by the cut proxy
+      // (the retries' timing depends on the backoff's jitter and the machine's load).
+      const shown = await a.locator("#status").getAttribute("data-status");
+      assert.ok(["offline", "connecting"].includes(shown), `status ${shown}`);
       assert.equal(await pieceAt(b, "c3"), null);
 
       // 3. The network comes back: A resumes, resends only what the server has not seen.
