@@ -29,6 +29,7 @@ use crate::ids::RoomId;
 use crate::metrics::AdminAction;
 use crate::protocol::ErrorCode;
 use crate::room::Room;
+use crate::store::smallest_after;
 
 /// Rooms per page of the list when `limit` is not given.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -291,16 +292,7 @@ async fn list(app: &App, req: &Request<RequestBody>) -> Response<Body> {
     }
     // The page is the `limit` smallest names of both lists (one more tells whether more remain):
     // those of rooms in memory, and those of stored rooms (listed on a blocking thread).
-    let mut live: Vec<_> = app
-        .rooms
-        .all()
-        .into_iter()
-        .filter(|r| after.as_deref().is_none_or(|a| r.id().as_str() > a))
-        .collect();
-    if live.len() > limit + 1 {
-        live.select_nth_unstable_by(limit + 1, |a, b| a.id().as_str().cmp(b.id().as_str()));
-        live.truncate(limit + 1);
-    }
+    let live = smallest_after(app.rooms.all().into_iter(), |r| r.id().as_str(), after.as_deref(), limit + 1);
     let stored = match app.rooms.store().cloned() {
         Some(store) => {
             let after = after.clone();

@@ -5,16 +5,18 @@
 //! queues at most a ring of records before the snapshot. (Memory itself is not measured here:
 //! `scripts/bench-durable.sh` measures the real server.)
 
+mod common;
+
 use std::path::Path;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
+use common::store::Written;
 use ringsync::ids::{Rev, RoomId};
 use ringsync::memory::Budget;
 use ringsync::room::{Restore, RoomConfig};
 use ringsync::store::file::{FileOptions, FileStore, Fsync};
-use ringsync::store::{Journal, Record, SnapshotData, Store, StoreError};
+use ringsync::store::{Journal, Record, SnapshotData, Store};
 use serde_json::json;
 
 /// Records in the log: about 400 bytes each on disk, so the log spans two segments.
@@ -46,33 +48,6 @@ fn record(rev: u64) -> Record {
         list_touched: vec![],
         meta: None,
         idempotency: None,
-    }
-}
-
-/// The newest revision the store reported written.
-#[derive(Default)]
-struct Written {
-    rev: Mutex<u64>,
-    cv: Condvar,
-}
-
-impl Journal for Written {
-    fn written(&self, rev: u64) {
-        *self.rev.lock() = rev;
-        self.cv.notify_all();
-    }
-    fn failed(&self, _generation: u64, rev: u64, error: &StoreError) {
-        panic!("record {rev} failed: {error}");
-    }
-}
-
-impl Written {
-    fn wait(&self, rev: u64) {
-        let mut at = self.rev.lock();
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while *at < rev {
-            assert!(!self.cv.wait_until(&mut at, deadline).timed_out(), "rev {rev} never written");
-        }
     }
 }
 

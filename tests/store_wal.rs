@@ -6,48 +6,18 @@
 //! (what the remaining log entries cover) is cut, zeroed or emptied the ways a filesystem can
 //! leave it, then a store opened on the copy must serve every record that was reported written.
 
+mod common;
+
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
+use common::store::Written;
 use ringsync::ids::RoomId;
 use ringsync::store::codec::{self, LOG_MAGIC, WAL_MAGIC, WalEntry};
 use ringsync::store::file::{self, FileOptions, FileStore, Fsync};
-use ringsync::store::{Journal, Record, RoomLog, Store, StoreError};
-
-/// The highest revision reported written.
-#[derive(Default)]
-struct Written {
-    rev: Mutex<u64>,
-    cv: Condvar,
-}
-
-impl Journal for Written {
-    fn written(&self, rev: u64) {
-        *self.rev.lock() = rev;
-        self.cv.notify_all();
-    }
-    fn failed(&self, generation: u64, rev: u64, error: &StoreError) {
-        panic!("generation {generation} rev {rev} failed: {error}");
-    }
-}
-
-impl Written {
-    fn wait(&self, rev: u64) {
-        let mut at = self.rev.lock();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while *at < rev {
-            assert!(
-                !self.cv.wait_until(&mut at, deadline).timed_out(),
-                "rev {rev} never written (at {})",
-                *at
-            );
-        }
-    }
-}
+use ringsync::store::{Journal, Record, RoomLog, Store};
 
 fn record(room: usize, rev: u64) -> Record {
     Record {

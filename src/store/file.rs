@@ -909,7 +909,7 @@ impl Store for Arc<FileStore> {
         // A directory a room was deleted from mid-listing, or one whose name maps to no room,
         // is skipped.
         let names = entries.filter_map(|e| room_of_dir(e.ok()?.file_name().to_str()?));
-        Ok(super::smallest_after(names, after, limit))
+        Ok(super::smallest_after(names, RoomId::as_str, after, limit))
     }
 
     fn delete(&self, room: &RoomId) -> Result<(), StoreError> {
@@ -1126,7 +1126,7 @@ fn sync_side_by_side(stats: &Stats, files: &[Option<&File>]) -> Vec<Option<io::R
     out
 }
 
-/// Most fsyncs one `always` round issues at once.
+/// Most segment fsyncs a write-ahead log checkpoint issues at once.
 const SYNC_THREADS: usize = 8;
 
 /// Writes `buf` at `offset`: one `pwrite` where the platform has it.
@@ -1422,10 +1422,10 @@ impl Writer {
             tracing::warn!(room, "store: write-ahead log names no valid room; skipped");
             return 0;
         };
-        let stats = self.shared.clone();
+        let shared = self.shared.clone();
         let state = self.state(&room);
         state.epoch = epoch;
-        if let Err(e) = ensure_files(&room, state, &stats.stats) {
+        if let Err(e) = ensure_files(&room, state, &shared.stats) {
             tracing::error!(room = %room, error = %e, "store: cannot read the room's files to replay the write-ahead log");
             return 0;
         }
@@ -1466,7 +1466,7 @@ impl Writer {
     /// `Fsync::Always`'s checkpoint: every segment written since the last one is synced (side
     /// by side), then the write-ahead log starts a new file and the older ones go.
     fn checkpoint(&mut self) {
-        let stats = self.shared.clone();
+        let shared = self.shared.clone();
         let rooms = std::mem::take(&mut self.dirty);
         let files: Vec<Option<&File>> = rooms
             .iter()
@@ -1475,7 +1475,7 @@ impl Writer {
                 Some(&state.files.as_ref()?.seg.as_ref()?.file)
             })
             .collect();
-        let results = sync_side_by_side(&stats.stats, &files);
+        let results = sync_side_by_side(&shared.stats, &files);
         for (room, result) in rooms.iter().zip(results) {
             let Some(state) = self.rooms.get_mut(room) else { continue };
             state.dirty = false;
@@ -1587,8 +1587,7 @@ impl Writer {
                         tracing::error!(room = %room, file = %path.display(), offset = at, error = %e, "store: fsync failed");
                         let error =
                             StoreError::io(format!("room {room}: cannot sync {}", path.display()), &e);
-                        undo(state, &w);
-                        fail_gens(state, &w.gens, &error, &mut failures);
+                        give_back(state, &w, &error, &mut failures);
                     }
                 }
             }
@@ -1711,9 +1710,7 @@ impl Writer {
             Stats::add(&stats.write_failures, 1);
             tracing::error!(room = %room, file = %seg.path.display(), offset = old_len, error = %e, "store: write failed");
             let error = StoreError::io(format!("room {room}: cannot write {}", seg.path.display()), &e);
-            undo(state, &w);
-            let gens = w.gens;
-            fail_gens(state, &gens, &error, &mut failures);
+            give_back(state, &w, &error, &mut failures);
             return (None, failures);
         }
         seg.len += buf.len() as u64;
@@ -1728,9 +1725,7 @@ impl Writer {
         {
             Stats::add(&stats.write_failures, 1);
             tracing::error!(room = %room, error = %e, "store: cannot log a round in the write-ahead log");
-            undo(state, &w);
-            let gens = w.gens;
-            fail_gens(state, &gens, &e, &mut failures);
+            give_back(state, &w, &e, &mut failures);
             return (None, failures);
         }
         // Segments written and not yet synced: `batch` syncs them every interval, `always` at
@@ -2037,6 +2032,17 @@ fn undo(state: &mut RoomState, w: &Written) {
             state.files = None;
         }
     }
+}
+
+/// A write (or its sync) that failed: taken back from the files and failed to its generations.
+fn give_back(
+    state: &mut RoomState,
+    w: &Written,
+    error: &StoreError,
+    failures: &mut Vec<(u64, u64, StoreError)>,
+) {
+    undo(state, w);
+    fail_gens(state, &w.gens, error, failures);
 }
 
 fn fail_gens(

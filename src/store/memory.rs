@@ -170,7 +170,7 @@ impl Store for Arc<MemoryStore> {
 
     fn rooms_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<RoomId>, StoreError> {
         let names: Vec<RoomId> = self.rooms.lock().keys().cloned().collect();
-        Ok(super::smallest_after(names.into_iter(), after, limit))
+        Ok(super::smallest_after(names.into_iter(), RoomId::as_str, after, limit))
     }
 
     fn delete(&self, room: &RoomId) -> Result<(), StoreError> {

@@ -258,13 +258,19 @@ pub trait Store: Send + Sync {
     fn flush(&self);
 }
 
-/// The `limit` smallest of `names` after `after`, sorted (for [`Store::rooms_after`]).
-pub fn smallest_after(names: impl Iterator<Item = RoomId>, after: Option<&str>, limit: usize) -> Vec<RoomId> {
-    let mut rooms: Vec<RoomId> = names.filter(|r| after.is_none_or(|a| r.as_str() > a)).collect();
-    if rooms.len() > limit {
-        rooms.select_nth_unstable_by(limit, |a, b| a.as_str().cmp(b.as_str()));
-        rooms.truncate(limit);
+/// The `limit` items with the smallest names (byte order) after `after`, sorted by name (for
+/// [`Store::rooms_after`] and the admin list's rooms in memory).
+pub fn smallest_after<T>(
+    items: impl Iterator<Item = T>,
+    name: impl Fn(&T) -> &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Vec<T> {
+    let mut page: Vec<T> = items.filter(|t| after.is_none_or(|a| name(t) > a)).collect();
+    if page.len() > limit {
+        page.select_nth_unstable_by(limit, |a, b| name(a).cmp(name(b)));
+        page.truncate(limit);
     }
-    rooms.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
-    rooms
+    page.sort_unstable_by(|a, b| name(a).cmp(name(b)));
+    page
 }

@@ -3,6 +3,8 @@
 //! stream as it reads it. Every wait is bounded.
 #![allow(dead_code)]
 
+pub mod store;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

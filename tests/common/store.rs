@@ -1,0 +1,38 @@
+//! Helpers for tests of the storage seam: a journal that remembers the newest revision written.
+
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use ringsync::store::{Journal, StoreError};
+
+/// The newest revision the store reported written; a failure panics (these tests expect none).
+#[derive(Default)]
+pub struct Written {
+    rev: Mutex<u64>,
+    cv: Condvar,
+}
+
+impl Journal for Written {
+    fn written(&self, rev: u64) {
+        *self.rev.lock() = rev;
+        self.cv.notify_all();
+    }
+    fn failed(&self, generation: u64, rev: u64, error: &StoreError) {
+        panic!("generation {generation} rev {rev} failed: {error}");
+    }
+}
+
+impl Written {
+    /// Waits (60 s at most) until `rev` is reported written.
+    pub fn wait(&self, rev: u64) {
+        let mut at = self.rev.lock();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while *at < rev {
+            assert!(
+                !self.cv.wait_until(&mut at, deadline).timed_out(),
+                "rev {rev} never written (at {})",
+                *at
+            );
+        }
+    }
+}
