@@ -109,7 +109,7 @@ fn catchup(c: &mut Criterion) {
             b.iter(|| {
                 let from = Rev(head.0 - k);
                 assert!(room.changes_after(from, &mut buf));
-                black_box(room::delta_for(&buf, from, head, ClientId(7)))
+                black_box(room::delta_for(&buf, from, head, Some(ClientId(7))))
             });
         });
     }

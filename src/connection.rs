@@ -36,7 +36,7 @@ use crate::protocol::{self, ClientMsg, ErrorCode, Reject};
 use crate::room::{ChangeRequest, Extras, Room};
 use crate::rooms::Lease;
 use crate::session::{AttachError, Attached, ResumeFrom, Session, SessionState};
-use crate::writer::{self, Outgoing, Signals, TokenExpiry, Writer, WriterConfig};
+use crate::writer::{self, Outgoing, Signals, Slot, SlotIo, TokenExpiry, Writer, WriterConfig};
 
 mod inbound;
 
@@ -59,27 +59,32 @@ pub(crate) enum End {
 /// Takes the TCP stream back from hyper and splits it into owned halves, so reading and writing
 /// share no lock (`tokio::io::split` would put one on every read and write). The read half gets
 /// no fastwebsockets reader (and so no read buffer) until it has something to read: see
-/// `inbound`.
-fn into_halves(ws: WebSocket<TokioIo<Upgraded>>) -> Option<(Socket, WebSocketWrite<WriteIo>)> {
+/// `inbound`. A room connection's write half goes to its [`Slot`], which the room's write pass
+/// writes through too.
+fn into_halves(ws: WebSocket<TokioIo<Upgraded>>) -> Option<(Socket, WriteIo)> {
     let parts = ws.into_inner().into_inner().downcast::<TokioIo<TcpStream>>().ok()?;
     let (read, write) = parts.io.into_inner().into_split();
     // `read_buf` is a view into hyper's whole read buffer; keeping it would pin that buffer for
     // the connection's life. Copy out the (usually empty) rest instead.
     let early =
         if parts.read_buf.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(&parts.read_buf) };
-    let (_, mut write) = fastwebsockets::after_handshake_split(tokio::io::empty(), write, Role::Server);
-    // Every frame with a payload goes out as one `writev` of its header and payload, so the
-    // writer keeps no copy buffer (fastwebsockets would copy frames of up to 1 KiB into one it
-    // keeps for the connection's life).
-    write.set_writev_threshold(0);
     Some((Socket::new(early, read), write))
+}
+
+/// The WebSocket write side over `io`. Every frame with a payload goes out as one `writev` of
+/// its header and payload, so the writer keeps no copy buffer (fastwebsockets would copy frames
+/// of up to 1 KiB into one it keeps for the connection's life).
+fn ws_write<S: tokio::io::AsyncWrite + Unpin>(io: S) -> WebSocketWrite<S> {
+    let (_, mut write) = fastwebsockets::after_handshake_split(tokio::io::empty(), io, Role::Server);
+    write.set_writev_threshold(0);
+    write
 }
 
 /// Closes an upgraded WebSocket at once with `reason` (a limit the upgrade request hit), so
 /// browser clients, which cannot see an HTTP status, learn why.
 pub async fn refuse(ws: WebSocket<TokioIo<Upgraded>>, reason: CloseReason) {
     match into_halves(ws) {
-        Some((_, write)) => close_now(write, reason).await,
+        Some((_, write)) => close_now(ws_write(write), reason).await,
         None => metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1),
     }
 }
@@ -113,9 +118,9 @@ pub async fn serve(
         // Over --max-sessions with every session connected: nothing can make room for this one.
         Err(AttachError::Full(_)) => {
             Refusal::MaxSessions.count();
-            return close_now(write, CloseReason::TooManySessions).await;
+            return close_now(ws_write(write), CloseReason::TooManySessions).await;
         }
-        Err(AttachError::OtherUser) => return close_now(write, CloseReason::OtherUser).await,
+        Err(AttachError::OtherUser) => return close_now(ws_write(write), CloseReason::OtherUser).await,
     };
     // An admin delete may have retired the room since this connection was admitted. The delete
     // retires the room before it closes the room's sessions, and this check follows the attach,
@@ -123,7 +128,7 @@ pub async fn serve(
     // in a room nobody sees.
     if room.is_retired() {
         app.sessions.kick(&attached.session, CloseReason::RoomDeleted, true);
-        return close_now(write, CloseReason::RoomDeleted).await;
+        return close_now(ws_write(write), CloseReason::RoomDeleted).await;
     }
     let Attached { session, conn, resumed, kicked } = attached;
     room.presence.join_as(session.client, session.user.clone());
@@ -132,7 +137,9 @@ pub async fn serve(
     let signals = Signals { replies: rx, kicked, shutdown: app.shutdown_signal(), expiry };
     let permission = identity.permission(room.id()).unwrap_or(Permission::Read);
 
-    let mut writer = Writer::new(write, WriterConfig::from(&app.config), &session);
+    let slot = Slot::new(session.clone(), Some(write));
+    let mut writer =
+        Writer::with_slot(ws_write(SlotIo(slot.clone())), WriterConfig::from(&app.config), &session, slot);
     // Pinned where they are: moved into `side_by_side`, each would take its size twice in this
     // task's future (the connection's largest allocation).
     let writer_fut = std::pin::pin!(writer.run(from, resumed, signals));
@@ -182,8 +189,12 @@ async fn serve_echo(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<App>) {
         return;
     };
     let (tx, rx) = writer::reply_channel();
-    let writer_fut =
-        std::pin::pin!(writer::run_echo(write, app.config.write_timeout, rx, app.shutdown_signal()));
+    let writer_fut = std::pin::pin!(writer::run_echo(
+        ws_write(write),
+        app.config.write_timeout,
+        rx,
+        app.shutdown_signal()
+    ));
     let reader_fut = std::pin::pin!(echo_loop(Inbound::new(&read, &app.config, tx)));
     let (end, reason) = side_by_side(reader_fut, writer_fut).await;
     let label = if end == End::Clean { CloseReason::Normal.label() } else { reason.label() };
@@ -428,6 +439,9 @@ fn handle_owned(
                 st.last_req = processed;
             }
             drop(st);
+            // The write pass (without a store; with one the store's thread runs it once the
+            // change is written): the frame goes straight to every caught-up connection.
+            room.deliver();
             result.err().map(|r| protocol::reject_msg(c.client_req_id, &r))
         }
         ClientMsg::Presence { data } => {

@@ -469,7 +469,9 @@ async fn post_change(
     };
     let mut written = room.subscribe();
     // A room deleted (admin API) after the look-up refuses the change with `gone` (410).
-    match app.commit(&room, req) {
+    let committed = app.commit(&room, req);
+    room.deliver();
+    match committed {
         Ok(change) => match settle(&room, &change, &mut written).await {
             Outcome::Written => json(StatusCode::OK, &change.http_response()),
             Outcome::Deleted => json_error(

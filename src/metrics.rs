@@ -46,6 +46,7 @@ pub const SNAPSHOTS_SENT: &str = "ringsync_snapshots_sent_total";
 pub const COMMIT_DURATION: &str = "ringsync_commit_duration_seconds";
 pub const DELIVERY_LAG: &str = "ringsync_delivery_lag_seconds";
 pub const CATCHUP_LAG: &str = "ringsync_catchup_lag_revisions";
+pub const WRITE_PASS: &str = "ringsync_write_pass_offers_total";
 pub const RING_ENTRIES: &str = "ringsync_ring_entries";
 pub const RING_CAPACITY: &str = "ringsync_ring_capacity_entries";
 pub const RING_FULL_ROOMS: &str = "ringsync_ring_full_rooms";
@@ -81,6 +82,25 @@ pub struct Hot {
     pub bytes: [Counter; 5],
     pub delivery_lag: Histogram,
     pub catchup_lag: Histogram,
+    /// The room's write pass's offers, indexed like [`PassOutcome`].
+    pub pass: [Counter; 3],
+}
+
+/// What became of one offer of the room's write pass: the `outcome` label of
+/// `ringsync_write_pass_offers_total`.
+#[derive(Debug, Clone, Copy)]
+pub enum PassOutcome {
+    /// Written whole by the pass: the connection's task was not woken.
+    Written = 0,
+    /// Partly written by the pass; the connection's task wrote the rest.
+    Partial = 1,
+    /// The connection's task was woken to catch up by itself (behind, busy, or its own change
+    /// frame needed).
+    Woken = 2,
+}
+
+impl PassOutcome {
+    pub const LABELS: [&'static str; 3] = ["written", "partial", "woken"];
 }
 
 /// Why a connection or request was refused: the `limit` label of
@@ -278,7 +298,13 @@ impl FrameKind {
 impl Hot {
     const fn noop() -> Self {
         const C: Counter = Counter::noop();
-        Hot { frames: [C; 5], bytes: [C; 5], delivery_lag: Histogram::noop(), catchup_lag: Histogram::noop() }
+        Hot {
+            frames: [C; 5],
+            bytes: [C; 5],
+            delivery_lag: Histogram::noop(),
+            catchup_lag: Histogram::noop(),
+            pass: [C; 3],
+        }
     }
 
     fn register() -> Self {
@@ -287,6 +313,7 @@ impl Hot {
             bytes: FrameKind::LABELS.map(|k| metrics::counter!(BYTES_SENT, "kind" => k)),
             delivery_lag: metrics::histogram!(DELIVERY_LAG),
             catchup_lag: metrics::histogram!(CATCHUP_LAG),
+            pass: PassOutcome::LABELS.map(|o| metrics::counter!(WRITE_PASS, "outcome" => o)),
         }
     }
 
@@ -389,6 +416,9 @@ fn initialise() {
     for outcome in ConnectOutcome::ALL {
         metrics::counter!(SESSION_CONNECTS, "outcome" => outcome.label()).increment(0);
     }
+    for outcome in PassOutcome::LABELS {
+        metrics::counter!(WRITE_PASS, "outcome" => outcome).increment(0);
+    }
     for code in ErrorCode::REJECTS.iter().copied() {
         metrics::counter!(CHANGES_REJECTED, "code" => code.as_str()).increment(0);
     }
@@ -447,6 +477,11 @@ fn describe() {
         "Time from commit to the frame carrying it being written"
     );
     describe_histogram!(CATCHUP_LAG, "Revisions a connection was behind when its writer caught it up");
+    describe_counter!(
+        WRITE_PASS,
+        "Deltas the room's write pass offered connections, by outcome: written whole by the pass, \
+         partly written (the connection's task wrote the rest), or woken (the task caught up itself)"
+    );
     describe_gauge!(RING_ENTRIES, "Changes held in all rooms' rings");
     describe_gauge!(RING_CAPACITY, "Total ring capacity over all rooms");
     describe_gauge!(RING_FULL_ROOMS, "Rooms whose ring is full (older changes need snapshots)");

@@ -2,8 +2,12 @@
 //! (`connection::refuse` writes the single close frame of a refused one).
 //!
 //! It executes what the room decides and moves bytes; it makes no decision of its own about what
-//! a client is sent. It remembers `last_sent` (the revision the client holds) and, when the room's
-//! revision moves, asks the session for the one frame that brings the client up to date
+//! a client is sent. Deltas mostly do not pass through it at all: the room's write pass
+//! ([`crate::room::fanout`]) writes each newly visible revision's frame straight to every
+//! caught-up connection's socket through its [`Slot`], without waking its task. The writer is
+//! woken only when the pass could not serve it (it was behind, busy writing, or the socket took a
+//! frame only in part); it then takes the socket from the pass, learns the revision the client
+//! holds, and asks the session for the one frame that brings the client up to date
 //! ([`Session::catch_up`]: a `delta`, or a `snapshot` once the ring has moved on). Presence and
 //! broadcasts are pulled the same way. A connection therefore holds O(1) memory however far
 //! behind it is. Replies from the reader (rejects, pongs, errors, close requests) arrive on a
@@ -47,6 +51,10 @@ use crate::metrics::{self as m, ConnectOutcome, FrameKind as Kind};
 use crate::protocol;
 use crate::room::{Change, Cursor, Room, UserKey};
 use crate::session::{Delivery, ResumeFrom, Session};
+
+mod slot;
+
+pub use slot::{Slot, SlotIo};
 
 /// Where a writer's frames go: a WebSocket's write half, or an in-memory sink in tests.
 pub trait FrameSink {
@@ -190,7 +198,12 @@ pub struct Writer<'a, S> {
     config: WriterConfig,
     room: &'a Room,
     session: &'a Session,
-    /// The revision the client holds.
+    /// The connection's place in the room's write pass: while the task does not own it, a pass
+    /// may write a delta itself and move the revision the client holds.
+    slot: Arc<Slot>,
+    /// Whether the task owns the socket (it does from the start until the first catch-up).
+    owned: bool,
+    /// The revision the client holds (while `owned`; otherwise the slot knows).
     last_sent: Rev,
     presence_seq: u64,
     broadcast_seq: u64,
@@ -203,13 +216,34 @@ pub struct Writer<'a, S> {
 /// Why the writer stopped on its own.
 type WriteResult = Result<(), CloseReason>;
 
+/// What woke the writer with something to write.
+enum Event {
+    /// A reply from the reader (`None`: the reader has gone).
+    Reply(Option<Box<Outgoing>>),
+    /// The room's write pass could not serve this connection: it catches up by itself.
+    Revisions,
+    Broadcasts,
+    /// The shared timer (ping, presence tick, token, shutdown close).
+    Timer,
+}
+
 impl<'a, S: FrameSink> Writer<'a, S> {
-    pub fn new(ws: S, config: WriterConfig, session: &'a Session) -> Self {
+    /// A writer whose deltas all go through its own task (no socket the pass could write to:
+    /// in-memory sinks).
+    pub fn new(ws: S, config: WriterConfig, session: &'a Arc<Session>) -> Self {
+        Self::with_slot(ws, config, session, Slot::new(session.clone(), None))
+    }
+
+    /// A writer sharing its socket with the room's write pass through `slot` (made by
+    /// [`Slot::new`] with the same socket's write half, and not released yet).
+    pub fn with_slot(ws: S, config: WriterConfig, session: &'a Session, slot: Arc<Slot>) -> Self {
         Writer {
             out: Outbox { ws, write_timeout: config.write_timeout },
             config,
             room: &session.room,
             session,
+            slot,
+            owned: true,
             last_sent: Rev(0),
             presence_seq: 0,
             broadcast_seq: 0,
@@ -227,17 +261,21 @@ impl<'a, S: FrameSink> Writer<'a, S> {
         let mut replies = rx.stream();
         // The next token deadline: `expiring` to send, then the 4401 close.
         let mut warned = false;
-        let mut revs = self.room.subscribe();
         let mut presence = self.room.presence.subscribe();
         let mut broadcasts = self.room.broadcasts.subscribe();
-        revs.mark_unchanged();
         presence.mark_unchanged();
         broadcasts.mark_unchanged();
+        // Registered before the first catch-up, so no revision falls between the two: a pass
+        // meanwhile finds the slot owned and wakes this task.
+        let slot = self.slot.clone();
+        let room = self.room;
+        let _listening = room.listen(slot.clone());
         // The rarer steps' futures are boxed: inline, the largest of them would size this future
         // (which every connection holds for its life) however seldom it runs.
         if let Err(reason) = Box::pin(self.hello(&from, resumed)).await {
             return reason;
         }
+        self.release();
         let interval = self.config.presence_interval;
         let mut kick_gone = false;
         // Every deadline (ping, presence tick, token, shutdown close) shares one timer, armed for
@@ -260,50 +298,78 @@ impl<'a, S: FrameSink> Writer<'a, S> {
             }
             // Not `biased`: under a constant stream of commits the revision arm is always ready,
             // and a fixed order would starve pings, presence and broadcasts behind it.
-            let step = tokio::select! {
+            let event = tokio::select! {
                 out = std::future::poll_fn(|cx| std::pin::Pin::new(&mut replies).poll_next(cx)) => {
                     if let Some(Outgoing::Refreshed { expiry: renewed, .. }) = out.as_deref() {
                         expiry = Some(*renewed);
                         warned = false;
                     }
-                    Box::pin(self.out.reply(out)).await
+                    Event::Reply(out)
                 }
                 // A kick sender dropped without sending is not a kick: stop listening.
                 r = &mut kicked, if !kick_gone => match r {
-                    Ok(reason) => Err(reason),
+                    Ok(reason) => break Err(reason),
                     Err(_) => {
                         kick_gone = true;
-                        Ok(())
+                        continue;
                     }
                 },
                 // Only the moment is chosen here: the writer keeps working until it comes.
                 _ = shutdown.changed(), if due.close.is_none() => {
                     due.close = Some(self.close_moment());
-                    Ok(())
+                    continue;
                 }
-                r = revs.changed() => match r {
-                    Ok(()) => self.wake_up().await,
-                    Err(_) => Err(CloseReason::Shutdown),
-                },
-                _ = broadcasts.changed() => Box::pin(self.send_broadcasts()).await,
+                () = slot.woken() => Event::Revisions,
+                _ = broadcasts.changed() => Event::Broadcasts,
                 _ = presence.changed(), if due.presence.is_none() => {
                     due.presence = Some(PresenceClock::next_boundary(interval));
-                    Ok(())
+                    continue;
                 }
-                () = timer.as_mut() => Box::pin(self.on_time(&mut due, expiry, &mut warned)).await,
+                () = timer.as_mut() => Event::Timer,
+            };
+            // Every write below is the task's own: it takes the socket from the passes first.
+            if let Err(reason) = self.claim().await {
+                break Err(reason);
+            }
+            let step = match event {
+                Event::Reply(out) => Box::pin(self.out.reply(out)).await,
+                Event::Revisions => self.wake_up().await,
+                Event::Broadcasts => Box::pin(self.send_broadcasts()).await,
+                Event::Timer => Box::pin(self.on_time(&mut due, expiry, &mut warned)).await,
             };
             if let Err(reason) = step {
                 break Err(reason);
             }
+            self.release();
         };
         let reason = result.err().unwrap_or(CloseReason::Protocol);
-        if reason == CloseReason::Shutdown {
+        // The socket stays the task's from here on: no pass writes after the close.
+        let claimed = self.claim().await;
+        if reason == CloseReason::Shutdown && claimed.is_ok() {
             // A write error here ends the connection all the same; the close below is skipped
             // when the socket is gone.
             let _ = self.flush(&rx).await;
         }
         self.out.finish(reason).await;
         reason
+    }
+
+    /// Takes the socket from the room's write pass (a no-op when the task owns it), and with it
+    /// the revision the client holds now.
+    async fn claim(&mut self) -> WriteResult {
+        if !self.owned {
+            self.last_sent = self.slot.claim(self.config.write_timeout).await?;
+            self.owned = true;
+        }
+        Ok(())
+    }
+
+    /// Hands the socket back to the room's write pass.
+    fn release(&mut self) {
+        if self.owned {
+            self.owned = false;
+            self.slot.release(self.last_sent);
+        }
     }
 
     /// Does whatever has come due on the shared timer: the shutdown close, the token's warning or

@@ -264,6 +264,8 @@ fn commit(room: &Room, author: ClientId, req: Option<u64>, n: u64) -> u64 {
             extras: Default::default(),
         })
         .expect("an overwrite commits");
+    // As the server's committers do once they hold no lock: the write pass.
+    room.deliver();
     change.rev.0
 }
 

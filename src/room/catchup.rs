@@ -102,7 +102,7 @@ impl Room {
         let to = scratch.last().map_or(from, |c| c.rev);
         let newest_committed_at = scratch.last().map(|c| c.committed_at);
         CatchUp::Delta {
-            frame: self.delta_frame(scratch, from, to, recipient),
+            frame: self.delta_frame(scratch, from, to, Some(recipient)),
             from,
             to,
             newest_committed_at,
@@ -113,13 +113,20 @@ impl Room {
         CatchUp::Snapshot(self.snapshot(), reason)
     }
 
-    /// The `delta` frame that brings `recipient` from `from` to `to` with `changes` (exactly the
-    /// changes `from+1 ..= to`), shared through the cache when it carries no ack for `recipient`.
-    fn delta_frame(&self, changes: &[Arc<Change>], from: Rev, to: Rev, recipient: ClientId) -> Bytes {
+    /// The `delta` frame that brings `recipient` (`None`: someone who authored none of them) from
+    /// `from` to `to` with `changes` (exactly the changes `from+1 ..= to`), shared through the
+    /// cache when it carries no ack for `recipient`.
+    pub(super) fn delta_frame(
+        &self,
+        changes: &[Arc<Change>],
+        from: Rev,
+        to: Rev,
+        recipient: Option<ClientId>,
+    ) -> Bytes {
+        let personal = changes.iter().any(|c| Some(c.author) == recipient && c.wire_ack.is_some());
         if changes.len() < 2 {
             return delta_for(changes, from, to, recipient);
         }
-        let personal = changes.iter().any(|c| c.author == recipient && c.wire_ack.is_some());
         if !personal
             && let Some((f, t, frame)) = &*self.coalesced.lock()
             && (*f, *t) == (from, to)
@@ -136,16 +143,20 @@ impl Room {
     }
 }
 
-/// The `delta` frame that brings `recipient` from `from` to `to` with `changes` (which must be
-/// exactly the changes `from+1 ..= to`). A single change to someone other than its author is the
+/// The `delta` frame that brings `recipient` (`None`: someone who authored none of them) from
+/// `from` to `to` with `changes` (which must be exactly the changes `from+1 ..= to`). A single change to someone other than its author is the
 /// frame the room encoded once at commit; otherwise the pre-encoded entries are concatenated
 /// (uncached: [`Room::catch_up`] shares multi-change frames; benches measure this directly).
-pub fn delta_for(changes: &[Arc<Change>], from: Rev, to: Rev, recipient: ClientId) -> Bytes {
+pub fn delta_for(changes: &[Arc<Change>], from: Rev, to: Rev, recipient: Option<ClientId>) -> Bytes {
     if let [only] = changes
-        && only.author != recipient
+        && Some(only.author) != recipient
     {
         return only.delta_frame.clone();
     }
     let size: usize = changes.iter().map(|c| c.wire.len() + 1).sum();
-    protocol::delta_frame(from, to, changes.iter().map(|c| c.entry_for(recipient)), size)
+    let entries = changes.iter().map(|c| match recipient {
+        Some(r) => c.entry_for(r),
+        None => &c.wire[..],
+    });
+    protocol::delta_frame(from, to, entries, size)
 }

@@ -326,12 +326,16 @@ impl Room {
         drop(guard);
         tracing::error!(room = %self.id, rev, durable, undone = undone.len(), %error, "store write failed: changes rolled back");
         self.rev_tx.send_modify(|_| {});
+        self.wake_listeners();
     }
 }
 
 impl Journal for Room {
+    /// Called with no lock held (the memory store used by tests holds the committer's), so the
+    /// write pass runs here, on the store's thread.
     fn written(&self, rev: u64) {
         self.written_up_to(rev);
+        self.deliver();
     }
 
     fn failed(&self, generation: u64, rev: u64, error: &StoreError) {

@@ -7,7 +7,8 @@
 //! [`change`] (what is submitted and what is kept), `conflict` (the `rev` and `paths` mode checks),
 //! [`history`] (undo and redo stacks, reverts and their conflict rule; time travel is
 //! [`Room::state_at`]),
-//! [`catchup`] (the one decision of what a reader is sent) and [`snapshot`] (the state encoded once
+//! [`catchup`] (the one decision of what a reader is sent), [`fanout`] (the write pass that offers
+//! each visible revision to every connection) and [`snapshot`] (the state encoded once
 //! per revision); a stored room's side is [`durable`] (its store's log and answers) and [`restore`]
 //! (rebuilding it as the store streams it back).
 //!
@@ -34,6 +35,7 @@ mod conflict;
 pub mod durable;
 #[cfg(test)]
 mod durable_tests;
+pub mod fanout;
 pub mod history;
 #[cfg(test)]
 mod history_tests;
@@ -55,6 +57,7 @@ use tokio::sync::watch;
 pub use catchup::{CatchUp, Cursor, SnapshotReason, delta_for};
 pub use change::{Change, ChangeRequest, Extras};
 pub use durable::{Outcome, Rejection};
+pub use fanout::{Listener, Listening, Offer};
 pub use history::UserKey;
 pub use restore::{Restore, RestoreError};
 pub use snapshot::Snapshot;
@@ -135,8 +138,13 @@ pub struct Room {
     inner: RwLock<Inner>,
     /// Mirror of the current revision for lock-free reads.
     rev: AtomicU64,
-    /// Wakes writers when the revision advances (holds the highest committed revision).
+    /// Wakes those who wait for a revision to become visible (HTTP requests; connections are
+    /// [`fanout`] listeners instead).
     rev_tx: watch::Sender<Rev>,
+    /// The connections' writers, offered each visible revision by the write pass ([`fanout`]).
+    listeners: fanout::Listeners,
+    /// The newest revision a write pass has taken on.
+    passed: AtomicU64,
     /// The newest snapshot (see [`snapshot`]).
     snapshot: Mutex<Option<Arc<Snapshot>>>,
     /// Serialises snapshot encoding, so a revision is never encoded twice.
@@ -230,6 +238,8 @@ impl Room {
             config,
             rev: AtomicU64::new(0),
             rev_tx,
+            listeners: Default::default(),
+            passed: AtomicU64::new(0),
             snapshot: Mutex::new(None),
             snapshot_encode: Mutex::new(()),
             coalesced: Mutex::new(None),
@@ -263,6 +273,8 @@ impl Room {
 
     /// Commits a change atomically, or explains why not. An undo, redo or `reverts` request
     /// (see [`Extras::kind`]) has its ops computed here, from the reverted change's inverse.
+    /// Once it holds no lock, the caller runs the write pass ([`Room::deliver`]) so the
+    /// connections get the change (with a store, the store's thread does it once it is written).
     ///
     /// # Errors
     /// A [`Reject`] with code `conflict`, `stale`, `invalid`, `test_failed`, `too_large`,
@@ -443,8 +455,10 @@ impl Room {
         change
     }
 
-    /// Wakes the writers: the revision advanced to `rev` (called after the write lock is
-    /// released). Concurrent commits may notify out of order: the highest revision is kept.
+    /// Wakes whoever waits on the revision watch: the revision advanced to `rev` (called after
+    /// the write lock is released). Concurrent commits may notify out of order: the highest
+    /// revision is kept. Connections learn of it from the write pass, [`Room::deliver`], which
+    /// the committer runs once it holds no lock.
     fn notify(&self, rev: Rev) {
         self.rev_tx.send_if_modified(|v| {
             let newer = rev > *v;
@@ -466,6 +480,7 @@ impl Room {
         drop(self.append_order.lock());
         // Whoever waits for a change to be written learns it will not be.
         self.rev_tx.send_modify(|_| {});
+        self.wake_listeners();
     }
 
     /// Whether [`Room::retire`] has run.

@@ -160,6 +160,7 @@ impl Restore {
         room.memory.history.set(g.ring.footprint());
         room.rev.store(head, Ordering::Release);
         room.durable.store(head, Ordering::Release);
+        room.passed.store(head, Ordering::Release);
         room.rev_tx.send_replace(Rev(head));
         *room.keep.get_mut() = keep;
         let mut damage = loaded.damage;

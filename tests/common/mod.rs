@@ -267,10 +267,23 @@ impl Client {
 
     /// [`Client::connect_query`] to any address (a spawned binary's).
     pub async fn connect_at(addr: SocketAddr, room: &str, query: &str) -> Client {
+        Self::connect_with(addr, room, query, None).await
+    }
+
+    /// [`Client::connect_at`] with the socket's receive buffer set to `recv_buffer` bytes (the
+    /// kernel's floor applies): the server's writes then fill its send buffer quickly.
+    pub async fn connect_with(addr: SocketAddr, room: &str, query: &str, recv_buffer: Option<u32>) -> Client {
         let url = format!("ws://{addr}/v1/rooms/{room}/ws{}{query}", if query.is_empty() { "" } else { "?" });
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(size) = recv_buffer {
+            socket.set_recv_buffer_size(size).unwrap();
+        }
+        let stream =
+            tokio::time::timeout(WAIT, socket.connect(addr)).await.expect("connect in time").unwrap();
+        let connect = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream));
+        let (ws, _) = tokio::time::timeout(WAIT, connect)
             .await
-            .expect("connect in time")
+            .expect("handshake in time")
             .expect("websocket connects");
         let mut c = Client {
             ws,

@@ -1,0 +1,164 @@
+//! The room's write pass (`src/room/fanout.rs`, `src/writer/slot.rs`) on the real binary: while
+//! several writers commit concurrently, readers that keep up are written to by the pass, and
+//! readers with tiny receive buffers that read in slow bursts make it write frames only in part
+//! (the connection's task then writes the rest) or leave them to the connection's task. Every
+//! reader's stream must stay gapless with each frame intact (the client checks each delta's
+//! `from` against what it holds and parses every frame), every ack must arrive once and in
+//! revision order, and everyone must end with the same state. The metrics must show that each
+//! of the pass's paths was taken, so the test cannot pass with the pass switched off. Run once
+//! with rooms in memory (the pass runs on the committing connection's task) and once with
+//! durable rooms (it runs on the store's writer thread).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, Spawned, WAIT, http_at, spawn_server};
+use serde_json::{Value, json};
+
+const WRITERS: u64 = 3;
+const CHANGES: u64 = 120;
+const READERS: usize = 16;
+const STALLED: usize = 4;
+
+/// A change of `n`'s size class: 200 B to 60 KB, so some frames are far bigger than a tiny
+/// receive buffer.
+fn ops(writer: u64, n: u64) -> Value {
+    let size = 200 + (n * 7919 % 31) as usize * 2000;
+    json!([{"op": "add", "path": format!("/w{writer}k{}", n % 16), "value": "x".repeat(size)},
+           {"op": "add", "path": format!("/n{writer}"), "value": n}])
+}
+
+async fn scrape(server: &Spawned) -> String {
+    let (status, body) = http_at(server.addr, "GET", "/metrics", None, "").await;
+    assert_eq!(status, 200);
+    body.as_str().expect("metrics are text").to_owned()
+}
+
+fn counter(text: &str, outcome: &str) -> u64 {
+    let prefix = format!("ringsync_write_pass_offers_total{{outcome=\"{outcome}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("{prefix} is exported")) as u64
+}
+
+async fn writers_and_stalled_readers(server: Spawned) {
+    let addr = server.addr;
+    let room = "pass";
+    let total = WRITERS * CHANGES;
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(READERS + STALLED + WRITERS as usize));
+    let mut readers = tokio::task::JoinSet::new();
+    for _ in 0..READERS {
+        let start = start.clone();
+        readers.spawn(async move {
+            let mut c = Client::connect_at(addr, room, "").await;
+            start.wait().await;
+            if tokio::time::timeout(WAIT / 2, c.sync_to(total)).await.is_err() {
+                panic!(
+                    "reader {} stuck at rev {} (deltas {} snapshots {})",
+                    c.client, c.rev, c.deltas, c.snapshots
+                );
+            }
+            c.state
+        });
+    }
+    for _ in 0..STALLED {
+        let start = start.clone();
+        readers.spawn(async move {
+            let mut c = Client::connect_with(addr, room, "", Some(4096)).await;
+            start.wait().await;
+            // Reads nothing for a while (well within --write-timeout), so the server finds its
+            // socket full with a frame half written, then in small bursts with pauses.
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            while c.rev < total {
+                for _ in 0..4 {
+                    if c.rev >= total {
+                        break;
+                    }
+                    if tokio::time::timeout(WAIT / 2, c.recv()).await.is_err() {
+                        panic!(
+                            "stalled reader {} stuck at rev {} (deltas {} snapshots {})",
+                            c.client, c.rev, c.deltas, c.snapshots
+                        );
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            c.state
+        });
+    }
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..WRITERS {
+        let start = start.clone();
+        writers.spawn(async move {
+            let mut c = Client::connect_at(addr, room, "").await;
+            start.wait().await;
+            for n in 0..CHANGES {
+                c.change("overwrite", ops(w, n)).await;
+                if n % 8 == 7 {
+                    // A bounded window: read what has come so far.
+                    while c.pending() > 4 {
+                        c.recv().await;
+                    }
+                }
+            }
+            c.sync_to(total).await;
+            assert_eq!(c.acks.len() as u64, CHANGES, "every change acked once");
+            assert!(c.acks.windows(2).all(|a| a[0].1 < a[1].1), "acks in revision order");
+            assert!(c.rejects.is_empty(), "overwrites are never rejected: {:?}", c.rejects);
+            // Read on until every writer is done (the last revision is `total`).
+            c.sync_to(total).await;
+            c.state
+        });
+    }
+    let bound = WAIT * 6;
+    let mut states = Vec::new();
+    while let Some(r) =
+        tokio::time::timeout(bound, writers.join_next()).await.expect("writers finish in time")
+    {
+        states.push(r.expect("a writer does not panic"));
+    }
+    while let Some(r) =
+        tokio::time::timeout(bound, readers.join_next()).await.expect("readers finish in time")
+    {
+        states.push(r.expect("a reader does not panic"));
+    }
+    assert_eq!(states.len(), READERS + STALLED + WRITERS as usize);
+    for s in &states {
+        assert_eq!(s, &states[0], "everyone converges on one state");
+    }
+    for w in 0..WRITERS {
+        assert_eq!(states[0][format!("n{w}")], CHANGES - 1);
+    }
+    let text = scrape(&server).await;
+    let (written, partial, woken) =
+        (counter(&text, "written"), counter(&text, "partial"), counter(&text, "woken"));
+    eprintln!("write pass offers: written={written} partial={partial} woken={woken}");
+    assert!(written > 0, "the pass wrote whole frames: written={written} partial={partial} woken={woken}");
+    assert!(partial > 0, "the pass met full sockets: written={written} partial={partial} woken={woken}");
+    assert!(woken > 0, "busy or behind connections caught up themselves: woken={woken}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pass_keeps_streams_gapless_with_concurrent_writers_and_full_sockets_in_memory() {
+    let server = spawn_server(&["--rate-changes", "0", "--rate-inbound-bytes", "0", "--memory-only"]);
+    writers_and_stalled_readers(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pass_keeps_streams_gapless_with_concurrent_writers_and_full_sockets_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_owned();
+    let server = spawn_server(&[
+        "--rate-changes",
+        "0",
+        "--rate-inbound-bytes",
+        "0",
+        "--data-dir",
+        &data,
+        "--fsync",
+        "batch",
+    ]);
+    writers_and_stalled_readers(server).await;
+}
