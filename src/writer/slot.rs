@@ -43,6 +43,9 @@ const SHIFT: u32 = 2;
 pub struct Slot {
     /// `None` for a writer without a socket (tests' in-memory sinks): every offer then wakes.
     io: Option<OwnedWriteHalf>,
+    /// The session's client, kept here: the pass reads it for every slot, and a hop through the
+    /// session would be a cache miss per slot.
+    client: ClientId,
     session: Arc<Session>,
     state: AtomicU64,
     /// Wakes the connection's task: a revision it has to catch up on by itself.
@@ -64,6 +67,7 @@ impl Slot {
     pub fn new(session: Arc<Session>, io: Option<OwnedWriteHalf>) -> Arc<Slot> {
         Arc::new(Slot {
             io,
+            client: session.client,
             session,
             state: AtomicU64::new(BUSY),
             wake: Notify::new(),
@@ -139,7 +143,7 @@ impl Slot {
 
 impl Listener for Slot {
     fn client(&self) -> ClientId {
-        self.session.client
+        self.client
     }
 
     fn offer(&self, offer: &Offer<'_>) {
