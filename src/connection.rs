@@ -19,6 +19,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, Role, WebSocket, WebSocketError, WebSocketWrite};
@@ -251,8 +252,24 @@ async fn read_loop(
     permission: Permission,
 ) -> End {
     let mut reader = Reader { app, room, session, conn, permission, limits: ConnLimits::new(&app.config) };
+    // Whatever this connection committed reaches the others even if the loop ends right after.
+    let _deliver = DeliverOnExit(room);
     loop {
-        let message = match inbound.next().await {
+        let next = {
+            let mut next = std::pin::pin!(inbound.next());
+            match std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await {
+                Poll::Ready(next) => next,
+                Poll::Pending => {
+                    // Nothing more at hand: the write pass takes everything committed so far
+                    // (without a store; with one the store's thread runs it once written). A
+                    // burst of changes read together thus goes out as one frame per connection,
+                    // and under load the pass coalesces by itself.
+                    room.deliver();
+                    next.await
+                }
+            }
+        };
+        let message = match next {
             Ok(message) => message,
             Err(end) => return end,
         };
@@ -273,6 +290,8 @@ async fn read_loop(
             }
         };
         if let Some(reply) = reply {
+            // The reply may wait for the writer (a full queue): what was committed must not.
+            room.deliver();
             // Fails only when the writer has gone; `next` then awaits the client's close.
             let _ = inbound.reply(reply).await;
         }
@@ -280,6 +299,15 @@ async fn read_loop(
             let _ = inbound.reply(Outgoing::Close(CloseReason::RateLimited)).await;
             return End::Abrupt;
         }
+    }
+}
+
+/// Runs the write pass when the read loop ends, for what it committed last.
+struct DeliverOnExit<'a>(&'a Room);
+
+impl Drop for DeliverOnExit<'_> {
+    fn drop(&mut self) {
+        self.0.deliver();
     }
 }
 
@@ -439,9 +467,8 @@ fn handle_owned(
                 st.last_req = processed;
             }
             drop(st);
-            // The write pass (without a store; with one the store's thread runs it once the
-            // change is written): the frame goes straight to every caught-up connection.
-            room.deliver();
+            // The write pass runs once the read loop has no further message at hand (see
+            // `read_loop`).
             result.err().map(|r| protocol::reject_msg(c.client_req_id, &r))
         }
         ClientMsg::Presence { data } => {
