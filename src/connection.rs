@@ -19,7 +19,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, Role, WebSocket, WebSocketError, WebSocketWrite};
@@ -144,6 +143,9 @@ pub async fn serve(
     // Pinned where they are: moved into `side_by_side`, each would take its size twice in this
     // task's future (the connection's largest allocation).
     let writer_fut = std::pin::pin!(writer.run(from, resumed, signals));
+    // Whenever the read side would wait, the write pass takes what this connection committed.
+    let mut read = read;
+    read.deliver_before_waiting(room.clone());
     let reader_fut = std::pin::pin!(read_loop(
         Inbound::new(&read, &app.config, tx),
         &app,
@@ -255,21 +257,7 @@ async fn read_loop(
     // Whatever this connection committed reaches the others even if the loop ends right after.
     let _deliver = DeliverOnExit(room);
     loop {
-        let next = {
-            let mut next = std::pin::pin!(inbound.next());
-            match std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await {
-                Poll::Ready(next) => next,
-                Poll::Pending => {
-                    // Nothing more at hand: the write pass takes everything committed so far
-                    // (without a store; with one the store's thread runs it once written). A
-                    // burst of changes read together thus goes out as one frame per connection,
-                    // and under load the pass coalesces by itself.
-                    room.deliver();
-                    next.await
-                }
-            }
-        };
-        let message = match next {
+        let message = match inbound.next().await {
             Ok(message) => message,
             Err(end) => return end,
         };
@@ -467,8 +455,7 @@ fn handle_owned(
                 st.last_req = processed;
             }
             drop(st);
-            // The write pass runs once the read loop has no further message at hand (see
-            // `read_loop`).
+            // The write pass runs once the socket has nothing more to read (see `inbound`).
             result.err().map(|r| protocol::reject_msg(c.client_req_id, &r))
         }
         ClientMsg::Presence { data } => {

@@ -54,7 +54,7 @@ use crate::session::{Delivery, ResumeFrom, Session};
 
 mod slot;
 
-pub use slot::{Slot, SlotIo};
+pub use slot::{Slot, SlotIo, Taken};
 
 /// Where a writer's frames go: a WebSocket's write half, or an in-memory sink in tests.
 pub trait FrameSink {
@@ -357,8 +357,23 @@ impl<'a, S: FrameSink> Writer<'a, S> {
     /// Takes the socket from the room's write pass (a no-op when the task owns it), and with it
     /// the revision the client holds now.
     async fn claim(&mut self) -> WriteResult {
-        if !self.owned {
-            self.last_sent = self.slot.claim(self.config.write_timeout).await?;
+        while !self.owned {
+            match self.slot.take() {
+                Taken::Idle(held) => self.last_sent = held,
+                Taken::Handed(held, rest) => {
+                    // Owned from here even if the rest fails: no pass writes after it.
+                    self.owned = true;
+                    if let Some(rest) = rest {
+                        // Boxed: rare, and its timer would size every connection's future.
+                        Box::pin(self.slot.write_rest(&rest, self.config.write_timeout)).await?;
+                    }
+                    self.last_sent = held;
+                }
+                Taken::PassWriting => {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+            }
             self.owned = true;
         }
         Ok(())

@@ -24,6 +24,7 @@
 
 use std::borrow::Cow;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -38,6 +39,7 @@ use crate::close::{self, CloseReason};
 use crate::config::Config;
 use crate::metrics as m;
 use crate::reassembly::Reassembler;
+use crate::room::Room;
 use crate::writer::{Outgoing, ReplySender};
 
 /// Largest control frame payload (RFC 6455 §5.5).
@@ -62,6 +64,9 @@ pub(super) struct Received {
 pub(crate) struct Socket {
     /// Locked only inside a `poll_read`, never across an `.await`.
     inner: Mutex<SocketInner>,
+    /// A room connection's room: its write pass runs whenever reading would wait, so changes
+    /// read together go out together (see [`Socket::deliver_before_waiting`]).
+    room: Option<Arc<Room>>,
 }
 
 struct SocketInner {
@@ -74,7 +79,22 @@ struct SocketInner {
 
 impl Socket {
     pub(crate) fn new(early: Bytes, read: OwnedReadHalf) -> Self {
-        Socket { inner: Mutex::new(SocketInner { early, read, fed: 0 }) }
+        Socket { inner: Mutex::new(SocketInner { early, read, fed: 0 }), room: None }
+    }
+
+    /// Runs `room`'s write pass ([`Room::deliver`]) whenever a read would wait: everything this
+    /// connection committed from the bytes at hand then goes out in one pass, so a burst of
+    /// changes is one frame per connection, and under load passes coalesce by themselves. It
+    /// runs outside the socket's lock.
+    pub(crate) fn deliver_before_waiting(&mut self, room: Arc<Room>) {
+        self.room = Some(room);
+    }
+
+    /// About to wait for the socket.
+    fn waiting(&self) {
+        if let Some(room) = &self.room {
+            room.deliver();
+        }
     }
 
     /// Bytes handed to fastwebsockets so far.
@@ -88,7 +108,12 @@ impl Socket {
         if !g.early.is_empty() {
             return Poll::Ready(());
         }
-        g.read.as_ref().poll_read_ready(cx).map(|_| ())
+        let polled = g.read.as_ref().poll_read_ready(cx).map(|_| ());
+        drop(g);
+        if polled.is_pending() {
+            self.waiting();
+        }
+        polled
     }
 }
 
@@ -112,6 +137,10 @@ impl AsyncRead for SocketRef<'_> {
             Poll::Ready(Ok(()))
         };
         g.fed += (buf.filled().len() - before) as u64;
+        drop(g);
+        if polled.is_pending() {
+            self.0.waiting();
+        }
         polled
     }
 }

@@ -54,6 +54,18 @@ pub struct Slot {
     leftover: Mutex<Option<Bytes>>,
 }
 
+/// What [`Slot::take`] found.
+#[derive(Debug)]
+pub enum Taken {
+    /// The socket is the task's; the client holds this revision.
+    Idle(Rev),
+    /// The socket is the task's; a pass wrote a frame only in part (this is its rest, to write
+    /// first) and the client holds this revision once it is written.
+    Handed(Rev, Option<Bytes>),
+    /// A pass is writing to the socket on another thread: try again in a moment.
+    PassWriting,
+}
+
 impl std::fmt::Debug for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = self.state.load(Ordering::Relaxed);
@@ -80,31 +92,25 @@ impl Slot {
         self.wake.notified()
     }
 
-    /// Takes the socket for the task (waiting out a pass that is writing on another thread) and
-    /// writes whatever a pass left of a frame. Returns the revision the client now holds. The
-    /// task calls it only while it does not own the socket.
-    ///
-    /// # Errors
-    /// As [`Slot::write_all`], for the rest of a frame.
-    pub async fn claim(&self, timeout: Duration) -> Result<Rev, CloseReason> {
+    /// Takes the socket for the task, if no pass is writing to it right now. The task calls it
+    /// only while it does not own the socket; on [`Taken::Handed`] it writes the rest of the
+    /// frame ([`Slot::write_rest`]) before anything else.
+    pub fn take(&self) -> Taken {
         loop {
             let s = self.state.load(Ordering::Acquire);
+            let held = Rev(s >> SHIFT);
             if s & HANDED != 0 {
-                // The pass that set it gave up ownership to this task.
+                // The pass that set it gave its ownership to this task.
                 let rest = self.leftover.lock().take();
-                if let Some(rest) = rest {
-                    self.write_all(&rest, timeout).await?;
-                }
                 self.state.fetch_and(!HANDED, Ordering::AcqRel);
-                return Ok(Rev(s >> SHIFT));
+                return Taken::Handed(held, rest);
             }
             if s & BUSY != 0 {
                 // A pass mid-`writev` on another thread: a microsecond.
-                tokio::task::yield_now().await;
-                continue;
+                return Taken::PassWriting;
             }
             if self.state.compare_exchange(s, s | BUSY, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                return Ok(Rev(s >> SHIFT));
+                return Taken::Idle(held);
             }
         }
     }
@@ -116,7 +122,10 @@ impl Slot {
 
     /// Writes all of `bytes` (raw: the rest of a frame), waiting at most `timeout` for the
     /// socket. Only the owner calls it.
-    async fn write_all(&self, mut bytes: &[u8], timeout: Duration) -> Result<(), CloseReason> {
+    ///
+    /// # Errors
+    /// `SlowClient` when the socket did not take it in time, `Gone` when the socket failed.
+    pub async fn write_rest(&self, mut bytes: &[u8], timeout: Duration) -> Result<(), CloseReason> {
         let Some(io) = &self.io else { return Ok(()) };
         let stream: &TcpStream = io.as_ref();
         let deadline = tokio::time::Instant::now() + timeout;
