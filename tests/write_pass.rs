@@ -54,7 +54,7 @@ async fn writers_and_stalled_readers(server: Spawned) {
         readers.spawn(async move {
             let mut c = Client::connect_at(addr, room, "").await;
             start.wait().await;
-            if tokio::time::timeout(WAIT / 2, c.sync_to(total)).await.is_err() {
+            if tokio::time::timeout(WAIT * 6, c.sync_to(total)).await.is_err() {
                 panic!(
                     "reader {} stuck at rev {} (deltas {} snapshots {})",
                     c.client, c.rev, c.deltas, c.snapshots
@@ -63,20 +63,23 @@ async fn writers_and_stalled_readers(server: Spawned) {
             c.state
         });
     }
+    let done = std::sync::Arc::new(tokio::sync::Notify::new());
     for _ in 0..STALLED {
         let start = start.clone();
+        let done = done.clone();
         readers.spawn(async move {
             let mut c = Client::connect_with(addr, room, "", Some(4096)).await;
             start.wait().await;
-            // Reads nothing for a while (well within --write-timeout), so the server finds its
-            // socket full with a frame half written, then in small bursts with pauses.
-            tokio::time::sleep(Duration::from_millis(700)).await;
+            // Reads nothing until the writers are done or 2 s have passed (within
+            // --write-timeout), so the server finds its socket full with a frame half written
+            // (megabytes against a 4 KiB buffer), then in small bursts with pauses.
+            let _ = tokio::time::timeout(Duration::from_secs(2), done.notified()).await;
             while c.rev < total {
                 for _ in 0..4 {
                     if c.rev >= total {
                         break;
                     }
-                    if tokio::time::timeout(WAIT / 2, c.recv()).await.is_err() {
+                    if tokio::time::timeout(WAIT, c.recv()).await.is_err() {
                         panic!(
                             "stalled reader {} stuck at rev {} (deltas {} snapshots {})",
                             c.client, c.rev, c.deltas, c.snapshots
@@ -117,7 +120,15 @@ async fn writers_and_stalled_readers(server: Spawned) {
     while let Some(r) =
         tokio::time::timeout(bound, writers.join_next()).await.expect("writers finish in time")
     {
-        states.push(r.expect("a writer does not panic"));
+        match r {
+            Ok(state) => states.push(state),
+            Err(e) => {
+                let (_, room) = http_at(addr, "GET", "/v1/admin/rooms/pass", None, "").await;
+                let text = scrape(&server).await;
+                let pass: Vec<&str> = text.lines().filter(|l| l.starts_with("ringsync_write_pass")).collect();
+                panic!("a writer failed: {e}\nroom: {room:#}\n{pass:#?}");
+            }
+        }
     }
     while let Some(r) =
         tokio::time::timeout(bound, readers.join_next()).await.expect("readers finish in time")
