@@ -1,6 +1,6 @@
 //! The room's write pass (`src/room/fanout.rs`, `src/writer/slot.rs`) on the real binary: while
 //! several writers commit concurrently, readers that keep up are written to by the pass, and
-//! readers with tiny receive buffers that read in slow bursts make it write frames only in part
+//! readers with small receive buffers that read in slow bursts make it write frames only in part
 //! (the connection's task then writes the rest) or leave them to the connection's task. Every
 //! reader's stream must stay gapless with each frame intact (the client checks each delta's
 //! `from` against what it holds and parses every frame), every ack must arrive once and in
@@ -21,7 +21,7 @@ const CHANGES: u64 = 120;
 const READERS: usize = 16;
 const STALLED: usize = 4;
 
-/// A change of `n`'s size class: 200 B to 60 KB, so some frames are far bigger than a tiny
+/// A change of `n`'s size class: 200 B to 60 KB, so some frames are bigger than a small
 /// receive buffer.
 fn ops(writer: u64, n: u64) -> Value {
     let size = 200 + (n * 7919 % 31) as usize * 2000;
@@ -54,13 +54,15 @@ async fn writers_and_stalled_readers(server: Spawned) {
         readers.spawn(async move {
             let mut c = Client::connect_at(addr, room, "").await;
             start.wait().await;
-            if tokio::time::timeout(WAIT * 6, c.sync_to(total)).await.is_err() {
-                panic!(
-                    "reader {} stuck at rev {} (deltas {} snapshots {})",
-                    c.client, c.rev, c.deltas, c.snapshots
-                );
+            while c.rev < total {
+                if tokio::time::timeout(WAIT / 2, c.recv()).await.is_err() {
+                    return Err(format!(
+                        "reader {} stuck at rev {} (deltas {} snapshots {})",
+                        c.client, c.rev, c.deltas, c.snapshots
+                    ));
+                }
             }
-            c.state
+            Ok(c.state)
         });
     }
     let done = std::sync::Arc::new(tokio::sync::Notify::new());
@@ -68,27 +70,31 @@ async fn writers_and_stalled_readers(server: Spawned) {
         let start = start.clone();
         let done = done.clone();
         readers.spawn(async move {
-            let mut c = Client::connect_with(addr, room, "", Some(4096)).await;
+            // 128 KiB, not smaller: a receive buffer below loopback's 64 KiB MSS makes the
+            // kernel hold back window updates, and the sender then waits for zero-window probes
+            // with exponential backoff (`ss -tio` shows `timer:(persist,…)`): stalls of seconds
+            // that are TCP's, not the server's. The writers' ~11 MB still fill it many times over.
+            let mut c = Client::connect_with(addr, room, "", Some(128 * 1024)).await;
             start.wait().await;
             // Reads nothing until the writers are done or 2 s have passed (within
-            // --write-timeout), so the server finds its socket full with a frame half written
-            // (megabytes against a 4 KiB buffer), then in small bursts with pauses.
+            // --write-timeout), so the server finds its socket full with a frame half written,
+            // then in small bursts with pauses.
             let _ = tokio::time::timeout(Duration::from_secs(2), done.notified()).await;
             while c.rev < total {
                 for _ in 0..4 {
                     if c.rev >= total {
                         break;
                     }
-                    if tokio::time::timeout(WAIT, c.recv()).await.is_err() {
-                        panic!(
+                    if tokio::time::timeout(WAIT / 2, c.recv()).await.is_err() {
+                        return Err(format!(
                             "stalled reader {} stuck at rev {} (deltas {} snapshots {})",
                             c.client, c.rev, c.deltas, c.snapshots
-                        );
+                        ));
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            c.state
+            Ok(c.state)
         });
     }
     let mut writers = tokio::task::JoinSet::new();
@@ -125,7 +131,15 @@ async fn writers_and_stalled_readers(server: Spawned) {
             Err(e) => {
                 let (_, room) = http_at(addr, "GET", "/v1/admin/rooms/pass", None, "").await;
                 let text = scrape(&server).await;
-                let pass: Vec<&str> = text.lines().filter(|l| l.starts_with("ringsync_write_pass")).collect();
+                let pass: Vec<&str> = text
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with("ringsync_write_pass")
+                            || l.contains("closed")
+                            || l.contains("slow")
+                            || l.contains("connections")
+                    })
+                    .collect();
                 panic!("a writer failed: {e}\nroom: {room:#}\n{pass:#?}");
             }
         }
@@ -133,7 +147,23 @@ async fn writers_and_stalled_readers(server: Spawned) {
     while let Some(r) =
         tokio::time::timeout(bound, readers.join_next()).await.expect("readers finish in time")
     {
-        states.push(r.expect("a reader does not panic"));
+        match r.expect("a reader does not panic") {
+            Ok(state) => states.push(state),
+            Err(e) => {
+                let (_, room) = http_at(addr, "GET", "/v1/admin/rooms/pass", None, "").await;
+                let text = scrape(&server).await;
+                let pass: Vec<&str> = text
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with("ringsync_write_pass")
+                            || l.contains("closed")
+                            || l.contains("slow")
+                            || l.contains("connections")
+                    })
+                    .collect();
+                panic!("{e}\nroom: {room:#}\n{pass:#?}");
+            }
+        }
     }
     assert_eq!(states.len(), READERS + STALLED + WRITERS as usize);
     for s in &states {
@@ -172,4 +202,34 @@ async fn the_pass_keeps_streams_gapless_with_concurrent_writers_and_full_sockets
         "batch",
     ]);
     writers_and_stalled_readers(server).await;
+}
+
+/// The pass runs whenever a connection's read would wait, so a burst read at once goes out as one
+/// frame. A client that never pauses never lets its read wait: its changes must still go out
+/// while it sends, at least once every 16 messages (`MESSAGES_PER_PASS` in src/connection.rs).
+/// 96 changes in one socket write reach the server as one read; a reader that stands idle must
+/// see them in several deltas, not one at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_pauses_does_not_hold_deliveries_back() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    const BURST: u64 = 96;
+    let server = spawn_server(&["--rate-changes", "0", "--rate-inbound-bytes", "0"]);
+    let mut reader = Client::connect_at(server.addr, "burst", "").await;
+    let mut writer = Client::connect_at(server.addr, "burst", "").await;
+    let before = reader.deltas;
+    for n in 0..BURST {
+        let change = json!({"type": "change", "clientReqId": n + 1, "mode": "overwrite",
+                            "ops": [{"op": "add", "path": format!("/k{}", n % 8), "value": n}]});
+        // Queued in the client's buffer: the flush below is one write.
+        writer.ws.feed(Message::text(change.to_string())).await.unwrap();
+    }
+    writer.ws.flush().await.unwrap();
+    tokio::time::timeout(WAIT, reader.sync_to(BURST)).await.expect("the reader gets every change");
+    let deltas = reader.deltas - before;
+    assert!(
+        deltas >= 2,
+        "{BURST} changes read at once went out in {deltas} delta(s): held back until the burst ended"
+    );
+    assert_eq!(reader.state["k0"], json!(88));
 }
