@@ -7,9 +7,13 @@
 #   RUNS=1 DURATION=4 scripts/bench.sh  # quicker and noisier
 #   ONLY='fanout' scripts/bench.sh      # only the runs whose label matches (grep -E); the report then
 #                                       # holds only those: pair it with DOC=/tmp/x.md OUT=/tmp/x
-#                                       # (ONLY='fanout N|floor' keeps the fan-out shapes with their floor)
+#                                       # (ONLY='fanout N|floor|redis' keeps the fan-out shapes with their
+#                                       # floor and Redis runs)
 #   FLOOR=0 scripts/bench.sh            # skip the floor runs (the fan-out shapes against
 #                                       # `ringsync-load floor-server`, the × floor table)
+#   REDIS=0 scripts/bench.sh            # skip the Redis runs (fan-out N=1000 and N=5000 at M=20 as
+#                                       # `redis-fanout` against a fresh redis-server pinned like the
+#                                       # server, the × redis table); skipped anyway without redis-server
 #   CRITERION=0 scripts/bench.sh        # skip the criterion benches
 #   PROFILE=1 scripts/bench.sh          # also perf-record the server under fan-out load
 #   NOISE_MAX=0.1 RETRIES=2             # repeat a run when other processes took >10 % of a core
@@ -30,6 +34,7 @@ ONLY=${ONLY:-}
 CRITERION=${CRITERION:-1}
 PROFILE=${PROFILE:-0}
 FLOOR=${FLOOR:-1}
+REDIS=${REDIS:-1}
 NOISE_MAX=${NOISE_MAX:-0.1}
 RETRIES=${RETRIES:-2}
 OUT=${OUT:-target/bench}
@@ -75,6 +80,11 @@ if [ "$STORE" = memory ]; then SERVER_FLAGS+=(--memory-only); fi
 # the newer ones).
 if [ -n "${BASELINE_FLAGS+set}" ]; then read -r -a BASE_FLAGS <<<"$BASELINE_FLAGS"; else BASE_FLAGS=("${SERVER_FLAGS[@]}"); fi
 
+if [ "$REDIS" = 1 ] && ! command -v redis-server >/dev/null; then
+    echo "note: redis-server is not on PATH; no Redis runs (apt-get install redis-server)" >&2
+    REDIS=0
+fi
+
 PIN=0
 if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then PIN=1; fi
 pinned() { # pinned CORE CMD... (execs, so the caller's $! is the command's pid)
@@ -116,6 +126,37 @@ start_floor() {
     (pinned $SERVER_CORE "$LOAD" floor-server --listen 127.0.0.1:0 > "$OUT/server.out" 2>> "$OUT/server.log") &
     SERVER_PID=$!
     wait_listening
+}
+
+# start_redis: a fresh redis-server in place of the server, pinned to the server's core, for
+# `redis-fanout`: no persistence, its working directory a new one under $OUT (DATA_DIR, so
+# stop_server removes it). redis-server cannot report a port the kernel picked (--port 0 turns TCP
+# off), so the port is a random one nothing answers on, tried again elsewhere if redis-server
+# still fails to bind it.
+start_redis() {
+    local port _
+    for _ in $(seq 20); do
+        port=$((20000 + RANDOM % 20000))
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then continue; fi
+        : > "$OUT/server.out"
+        DATA_DIR=$(mktemp -d "$OUT/redis.XXXXXX")
+        (cd "$DATA_DIR" && pinned $SERVER_CORE redis-server --bind 127.0.0.1 --port "$port" --save '' \
+            --appendonly no --daemonize no --logfile '' > "$OUT/server.out" 2>> "$OUT/server.log") &
+        SERVER_PID=$!
+        for _ in $(seq 100); do
+            if ! kill -0 "$SERVER_PID" 2>/dev/null; then break; fi
+            if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+                ADDR=127.0.0.1:$port
+                return 0
+            fi
+            sleep 0.05
+        done
+        cat "$OUT/server.out" >> "$OUT/server.log"
+        stop_server
+    done
+    echo "redis-server did not start; its log:" >&2
+    tail -n 20 "$OUT/server.log" >&2
+    exit 1
 }
 
 # Sets ADDR from the "… listening on http://ADDR" line of the server just started.
@@ -189,19 +230,28 @@ run_floor() {
     if [ "$FLOOR" = 1 ]; then STARTER=start_floor run "$@"; fi
 }
 
+# run_redis LABEL redis-fanout ARGS...: the same shape against a fresh redis-server (once, also in
+# A/B), when there is one.
+run_redis() {
+    if [ "$REDIS" = 1 ]; then STARTER=start_redis run "$@"; fi
+}
+
 START=$(date +%s)
 echo "==> load scenarios ($RUNS runs each, interleaved; ${DURATION}s windows after ${WARMUP}s warm-up)"
 for i in $(seq "$RUNS"); do
     echo "-- round $i"
-    # Each fan-out shape, then the same against the floor, so the pair shares the machine's state.
+    # Each fan-out shape, then the same against the floor (and two of them against Redis pub/sub),
+    # so the runs of one shape share the machine's state.
     run_ab "fanout N=1000 M=20" fanout --clients 1000 --rate 20
     run_floor "floor N=1000 M=20" fanout --clients 1000 --rate 20
+    run_redis "redis N=1000 M=20" redis-fanout --clients 1000 --rate 20
     run_ab "fanout N=1000 M=200" fanout --clients 1000 --rate 200
     run_floor "floor N=1000 M=200" fanout --clients 1000 --rate 200
     run_ab "fanout N=1000 M=1000" fanout --clients 1000 --rate 1000
     run_floor "floor N=1000 M=1000" fanout --clients 1000 --rate 1000
     run_ab "fanout N=5000 M=20" fanout --clients 5000 --rate 20
     run_floor "floor N=5000 M=20" fanout --clients 5000 --rate 20
+    run_redis "redis N=5000 M=20" redis-fanout --clients 5000 --rate 20
     run_ab "rooms 100x10 M=20" rooms --rooms 100 --clients 10 --rate 20
     run_ab "presence N=200 F=10" presence --clients 200 --hz 10
     run_ab "reconnect N=1000 M=20" reconnect --clients 1000 --rate 20
@@ -266,6 +316,10 @@ fi
     else
         echo "- Server and load generator unpinned (taskset or a second core missing)."
     fi
+    if [ "$REDIS" = 1 ]; then
+        echo "- Redis: $(redis-server --version | cut -d' ' -f1-3), \`redis-server --bind 127.0.0.1 --port PORT --save '' --appendonly no\`"
+        echo "  (otherwise its defaults) pinned like the server; a fresh process for every run."
+    fi
     echo "- \`ulimit -n\` $FDS. Runs: $RUNS per scenario, interleaved round-robin; ${DURATION}s measurement window after"
     echo "  a ${WARMUP}s warm-up. Figures are medians over the runs, (min–max) where shown."
     echo
@@ -285,6 +339,8 @@ fi
     echo "target/release/ringsync-load report target/bench/results.jsonl   # tables from JSON lines"
     echo "taskset -c 0 target/release/ringsync-load floor-server --listen 127.0.0.1:8090 &   # the fan-out floor:"
     echo "taskset -c 1 target/release/ringsync-load --addr 127.0.0.1:8090 --server-pid \$! --label 'floor N=1000 M=20' fanout --clients 1000 --rate 20"
+    echo "taskset -c 0 redis-server --port 6390 --save '' --appendonly no &                 # Redis pub/sub, the same shape:"
+    echo "taskset -c 1 target/release/ringsync-load --addr 127.0.0.1:6390 --server-pid \$! --label 'redis N=1000 M=20' redis-fanout --clients 1000 --rate 20"
     echo '```'
     echo
     echo "## Results"
@@ -303,7 +359,13 @@ pre-built delta frame to every reader socket with one `write` each and does noth
 any server spends per change delivered in its own frame. *Fan-out against the floor* divides each
 fan-out row's median *µs CPU/delivery* by the floor's for the same shape in the same rounds
 (*× floor*; under 1× when ringsync coalesces changes into fewer frames, which the floor never does;
-*n* is ringsync's runs / the floor's).
+*n* is ringsync's runs / the floor's). Rows labelled *redis …* ran `redis-fanout` against a fresh
+`redis-server` (pinned the same way, no persistence): N subscribers on one pub/sub channel, one
+publisher sending `PUBLISH` M times a second with a ~100-byte payload, every message its own frame;
+*Fan-out against Redis pub/sub* divides each fan-out row's median *µs CPU/delivery* by Redis's for
+the same shape (*× redis*). At 1,000 readers × 20/s a Redis message is about 147 bytes on the wire
+(RESP framing and the channel's name around the payload), a ringsync delta frame about 155; Redis
+keeps no history, sessions or document.
 *Loadgen CPU* is the load generator's own share of its core: when it nears 100 %, latency includes
 the load generator's queueing, not just the server's. *connect+sync* is the time for all clients to
 connect, upgrade and receive `welcome` plus their first `snapshot`, with at most 128 attempts in

@@ -7,8 +7,9 @@
 //! against rooms that already exist; writing starts only once every reader has synced.
 
 use anyhow::ensure;
+use hdrhistogram::Histogram;
 
-use crate::harness::{Harness, Pool, Stopped, Window};
+use crate::harness::{Harness, Pool, Window};
 use crate::report::{self, Run, latency, put};
 use crate::role::{self, Role};
 
@@ -62,14 +63,15 @@ pub async fn measure(h: &mut Harness, scenario: &str, s: &Shape) -> anyhow::Resu
     let w = h.write_and_measure().await;
     let stopped = h.stop().await;
     let mut r = h.base(scenario);
-    figures(&mut r, s, &w, &stopped);
+    figures(&mut r, s, &w, &stopped.lat);
     report::connect_figures(&mut r, connect, &stopped.sync, connecting.server_cpu_s);
     h.finish(&mut r, Some(&w));
     Ok(r)
 }
 
-/// What the readers received in the window, and what it cost the server.
-fn figures(r: &mut Run, s: &Shape, w: &Window, stopped: &Stopped) {
+/// What the readers received in the window (`lat`: their latencies in it), and what it cost the
+/// server. `redis-fanout` reports the same figures.
+pub fn figures(r: &mut Run, s: &Shape, w: &Window, lat: &Histogram<u64>) {
     let readers = s.rooms * s.clients;
     r.insert("clients".into(), readers.into());
     r.insert("rooms".into(), s.rooms.into());
@@ -82,7 +84,7 @@ fn figures(r: &mut Run, s: &Shape, w: &Window, stopped: &Stopped) {
     r.insert("frames_per_s".into(), (w.d.frames as f64 / w.secs).into());
     r.insert("changes_per_frame".into(), (delivered / w.d.deltas.max(1) as f64).into());
     r.insert("mb_per_s".into(), (w.d.bytes as f64 / w.secs / 1e6).into());
-    latency(r, "lat", &stopped.lat);
+    latency(r, "lat", lat);
     put(r, "server_cpu_us_per_delivery", w.server_cpu_s.map(|c| c * 1e6 / delivered.max(1.0)));
     r.insert("snapshots".into(), w.d.snapshots.into());
 }

@@ -18,6 +18,10 @@
 //! `--server-pid` its pid), and `report` sets ringsync's CPU per delivery against the floor's for
 //! every fan-out shape measured against both (runs whose label starts with `floor`).
 //!
+//! `redis-fanout` runs `fanout`'s shape against a Redis server the caller started (`--addr`,
+//! `--server-pid`): N subscribers on one pub/sub channel and one publisher at M messages/s, with
+//! `fanout`'s figures, so that ringsync's server CPU per delivery can be set against Redis's.
+//!
 //! Built to cost the server's core as little as possible from the other one: a current-thread
 //! runtime, one task per group of `--group-size` connections, a hand-rolled RFC 6455 client
 //! (`ws`), and frames scanned in place for the few fields that matter (`scan`) instead of parsed.
@@ -28,7 +32,7 @@
 //!
 //! This file is the command line and the dispatch. Module map: one file per scenario (`fanout`,
 //! which `rooms` reuses, `presence`, `reconnect`, `idle`, `overload`, `commit`, `fsync_rate`,
-//! `startup`), each owning its flags and
+//! `startup`, `redis`), each owning its flags and
 //! its figures; `floor` (the floor server); `harness` (pools of groups, windows, the figures every run reports); `group`
 //! (one task driving many connections), `conn` (one connection and what each server message does
 //! to the counters), `role` (what writers, movers and slow readers send), `ctx` (state and
@@ -50,6 +54,7 @@ mod overload;
 mod presence;
 mod procfs;
 mod reconnect;
+mod redis;
 mod report;
 mod role;
 mod rooms;
@@ -152,6 +157,9 @@ enum Cmd {
     /// Spawn the server command after `--` (on a data directory), time it to listening and, with
     /// --room, to the first `GET /v1/rooms/{room}` at --rev; then stop it with SIGTERM.
     Startup(startup::Args),
+    /// `fanout`'s shape against Redis pub/sub (`--addr` a redis-server's, `--server-pid` its pid):
+    /// N subscribers on one channel, one publisher sending M messages/s; the same figures.
+    RedisFanout(redis::Args),
     /// Markdown tables from JSON-lines result files (median per label).
     Report { files: Vec<PathBuf> },
     /// Not a scenario: serve as the fan-out floor (one pre-built frame, one write per reader
@@ -166,6 +174,7 @@ impl Cmd {
             Cmd::Fanout(a) => a.clients + 1,
             Cmd::Reconnect(a) => a.clients + 1,
             Cmd::Overload(a) => a.clients + 1,
+            Cmd::RedisFanout(a) => a.clients + 1,
             Cmd::Rooms(a) => a.rooms * (a.clients + 1),
             Cmd::Presence(a) => a.clients,
             Cmd::Idle(a) => a.clients,
@@ -229,6 +238,7 @@ async fn scenario(opts: Opts, cmd: Cmd) -> anyhow::Result<report::Run> {
         Cmd::Commit(a) => commit::run(&mut h, a).await,
         Cmd::FsyncRate(a) => fsync_rate::run(&mut h, a).await,
         Cmd::Startup(a) => startup::run(&mut h, a).await,
+        Cmd::RedisFanout(a) => redis::run(&mut h, a).await,
         Cmd::Report { .. } | Cmd::FloorServer(_) => unreachable!("handled in main"),
     }
 }

@@ -2,7 +2,7 @@
 //! and the `report` subcommand, which turns JSON lines into Markdown tables with the median of
 //! the runs that share a label (and the min–max range where noise matters), and for fan-out, each
 //! shape's server CPU per delivery against the floor's (`floor-server`, runs labelled `floor …`)
-//! from the same files. A run's fields keep
+//! and against Redis pub/sub's (`redis-fanout` runs) from the same files. A run's fields keep
 //! the order they were inserted in (`serde_json`'s `preserve_order`); a figure that could not be
 //! measured is `null`, never left out.
 
@@ -248,7 +248,7 @@ pub fn markdown(files: &[std::path::PathBuf]) -> anyhow::Result<String> {
 fn tables(runs: &[Run]) -> String {
     let mut out = String::new();
     for (title, kinds, cols) in [
-        ("Fan-out", &["fanout", "rooms"][..], FANOUT),
+        ("Fan-out", &["fanout", "rooms", REDIS][..], FANOUT),
         ("Presence", &["presence"][..], PRESENCE),
         ("Reconnect storm", &["reconnect"][..], RECONNECT),
         ("Idle connections", &["idle"][..], IDLE),
@@ -262,7 +262,8 @@ fn tables(runs: &[Run]) -> String {
             table(&mut out, title, &mine, cols);
         }
         if title == "Fan-out" {
-            floor_table(&mut out, &mine);
+            against(&mut out, &mine, &FLOOR_TABLE);
+            against(&mut out, &mine, &REDIS_TABLE);
         }
     }
     out
@@ -270,18 +271,52 @@ fn tables(runs: &[Run]) -> String {
 
 /// Runs whose label starts with this were measured against `floor-server`, not ringsync.
 const FLOOR: &str = "floor";
+/// The scenario of runs measured against Redis pub/sub (`redis-fanout`), not ringsync.
+const REDIS: &str = "redis-fanout";
 
 /// What makes two fan-out runs comparable.
 fn shape(r: &Run) -> [String; 5] {
     ["scenario", "rooms", "clients", "rate", "payload"].map(|k| text(r, k))
 }
 
-/// For every ringsync fan-out label that has floor runs of the same shape: its median server CPU
-/// per delivery over the floor's (the ratio of the medians), with both latencies and CPU shares.
-fn floor_table(out: &mut String, runs: &[&Run]) {
-    let is_floor = |r: &&Run| text(r, "label").starts_with(FLOOR);
+/// A table of ringsync's fan-out against another server's runs of the same shape.
+struct Against {
+    /// `### Fan-out against {title}`.
+    title: &'static str,
+    /// The other server in the column headers (`floor µs CPU/delivery`, `× floor`).
+    name: &'static str,
+    /// Which runs are the other server's.
+    is_other: fn(&Run) -> bool,
+    /// An other server's run's shape, as the ringsync run it compares with has it.
+    shape: fn(&Run) -> [String; 5],
+}
+
+const FLOOR_TABLE: Against =
+    Against { title: "the floor", name: "floor", is_other: |r| text(r, "label").starts_with(FLOOR), shape };
+
+const REDIS_TABLE: Against = Against {
+    title: "Redis pub/sub",
+    name: "redis",
+    is_other: |r| text(r, "scenario") == REDIS,
+    // One channel, N subscribers, M messages/s: `fanout`'s shape with one room.
+    shape: |r| {
+        let mut s = shape(r);
+        s[0] = "fanout".into();
+        s
+    },
+};
+
+/// Runs of neither the floor nor Redis: ringsync's.
+fn is_ringsync(r: &Run) -> bool {
+    !(FLOOR_TABLE.is_other)(r) && !(REDIS_TABLE.is_other)(r)
+}
+
+/// For every ringsync fan-out label that has the other server's runs of the same shape: its
+/// median server CPU per delivery over the other's (the ratio of the medians), with both
+/// latencies and CPU shares.
+fn against(out: &mut String, runs: &[&Run], t: &Against) {
     let mut labels: Vec<String> = Vec::new();
-    for r in runs.iter().filter(|r| !is_floor(r)) {
+    for r in runs.iter().filter(|r| is_ringsync(r)) {
         let l = text(r, "label");
         if !labels.contains(&l) {
             labels.push(l);
@@ -298,34 +333,36 @@ fn floor_table(out: &mut String, runs: &[&Run]) {
     for l in &labels {
         let ours: Vec<&Run> = runs.iter().copied().filter(|r| text(r, "label") == *l).collect();
         let want = shape(ours[0]);
-        let floor: Vec<&Run> = runs.iter().copied().filter(|r| is_floor(r) && shape(r) == want).collect();
-        let Some(f) = floor.first() else { continue };
+        let other: Vec<&Run> =
+            runs.iter().copied().filter(|r| (t.is_other)(r) && (t.shape)(r) == want).collect();
+        let Some(f) = other.first() else { continue };
         let key = "server_cpu_us_per_delivery";
-        let (a, b) = (med(&ours, key), med(&floor, key));
+        let (a, b) = (med(&ours, key), med(&other, key));
         let ratio = a.zip(b).filter(|(_, b)| *b > 0.0).map(|(a, b)| format!("{}×", fmt_num(a / b)));
         let _ = writeln!(
             rows,
             "| {l} | {} | {} / {} | {} | {} | {} | {} | {} | {} | {} |",
             text(f, "label"),
             ours.len(),
-            floor.len(),
+            other.len(),
             num(a),
             num(b),
             ratio.unwrap_or_else(|| "–".into()),
             num(med(&ours, "lat_p99_ms")),
-            num(med(&floor, "lat_p99_ms")),
+            num(med(&other, "lat_p99_ms")),
             pct(med(&ours, "server_cpu_util")),
-            pct(med(&floor, "server_cpu_util")),
+            pct(med(&other, "server_cpu_util")),
         );
     }
     if rows.is_empty() {
         return;
     }
-    let _ = writeln!(out, "### Fan-out against the floor\n");
+    let (title, n) = (t.title, t.name);
+    let _ = writeln!(out, "### Fan-out against {title}\n");
     let _ = writeln!(
         out,
-        "| run | floor run | n | µs CPU/delivery | floor µs CPU/delivery | × floor | p99 ms | floor p99 ms \
-         | server CPU | floor server CPU |"
+        "| run | {n} run | n | µs CPU/delivery | {n} µs CPU/delivery | × {n} | p99 ms | {n} p99 ms \
+         | server CPU | {n} server CPU |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
     let _ = writeln!(out, "{rows}");
@@ -464,5 +501,32 @@ mod tests {
         assert_eq!(rows[4], "| fanout N=10 | floor N=10 | 3 / 2 | 10 | 4 | 2.50× | 2 | 2 | 50 % | 50 % |");
         assert_eq!(rows[5], "", "N=20 has no floor run: no row");
         assert!(md.contains("| floor N=10 | 2 |"), "floor runs are rows of the fan-out table too");
+    }
+
+    #[test]
+    fn fanout_against_redis_of_the_same_shape() {
+        let run = |scenario: &str, label: &str, clients: u64, us: f64| -> Run {
+            let v = serde_json::json!({"scenario": scenario, "label": label, "clients": clients,
+                "rooms": 1, "rate": 20.0, "payload": 100, "lat_p99_ms": 2.0,
+                "server_cpu_util": 0.5, "server_cpu_us_per_delivery": us});
+            v.as_object().expect("an object").clone()
+        };
+        let md = tables(&[
+            run("fanout", "fanout N=10", 10, 9.0),
+            run("fanout", "floor N=10", 10, 3.0),
+            run("redis-fanout", "redis N=10", 10, 6.0),
+            run("redis-fanout", "redis N=20", 20, 6.0),
+        ]);
+        let floor: Vec<&str> = md.lines().skip_while(|l| !l.contains("against the floor")).collect();
+        assert_eq!(floor[4], "| fanout N=10 | floor N=10 | 1 / 1 | 9 | 3 | 3× | 2 | 2 | 50 % | 50 % |");
+        assert_eq!(floor[5], "", "redis runs are not compared with the floor");
+        let rows: Vec<&str> = md.lines().skip_while(|l| !l.contains("against Redis pub/sub")).collect();
+        assert!(
+            rows[2]
+                .starts_with("| run | redis run | n | µs CPU/delivery | redis µs CPU/delivery | × redis |")
+        );
+        assert_eq!(rows[4], "| fanout N=10 | redis N=10 | 1 / 1 | 9 | 6 | 1.50× | 2 | 2 | 50 % | 50 % |");
+        assert_eq!(rows[5], "", "redis N=20 has no ringsync run: no row");
+        assert!(md.contains("| redis N=10 | 1 |"), "redis runs are rows of the fan-out table too");
     }
 }
