@@ -140,8 +140,9 @@ start_redis() {
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then continue; fi
         : > "$OUT/server.out"
         DATA_DIR=$(mktemp -d "$OUT/redis.XXXXXX")
+        # Redirected outside the subshell: $OUT may be relative to where the script runs.
         (cd "$DATA_DIR" && pinned $SERVER_CORE redis-server --bind 127.0.0.1 --port "$port" --save '' \
-            --appendonly no --daemonize no --logfile '' > "$OUT/server.out" 2>> "$OUT/server.log") &
+            --appendonly no --daemonize no --logfile '') > "$OUT/server.out" 2>> "$OUT/server.log" &
         SERVER_PID=$!
         for _ in $(seq 100); do
             if ! kill -0 "$SERVER_PID" 2>/dev/null; then break; fi
@@ -253,6 +254,7 @@ for i in $(seq "$RUNS"); do
     run_floor "floor N=5000 M=20" fanout --clients 5000 --rate 20
     run_redis "redis N=5000 M=20" redis-fanout --clients 5000 --rate 20
     run_ab "rooms 100x10 M=20" rooms --rooms 100 --clients 10 --rate 20
+    run_floor "floor rooms 100x10 M=20" rooms --rooms 100 --clients 10 --rate 20
     run_ab "presence N=200 F=10" presence --clients 200 --hz 10
     run_ab "reconnect N=1000 M=20" reconnect --clients 1000 --rate 20
 done
