@@ -256,14 +256,7 @@ async fn read_loop(
     let mut reader = Reader { app, room, session, conn, permission, limits: ConnLimits::new(&app.config) };
     // Whatever this connection committed reaches the others even if the loop ends right after.
     let _deliver = DeliverOnExit(room);
-    let mut since_pass = 0;
     loop {
-        // A client that sends without pause never lets a read wait: its changes still go out.
-        since_pass += 1;
-        if since_pass > MESSAGES_PER_PASS {
-            room.deliver();
-            since_pass = 1;
-        }
         let message = match inbound.next().await {
             Ok(message) => message,
             Err(end) => return end,
@@ -284,6 +277,8 @@ async fn read_loop(
                 Err(Superseded) => return End::TakenOver,
             }
         };
+        // A client that sends without pause never lets a read wait: its changes still go out.
+        inbound.message_handled();
         if let Some(reply) = reply {
             // The reply may wait for the writer (a full queue): what was committed must not.
             room.deliver();
@@ -296,12 +291,6 @@ async fn read_loop(
         }
     }
 }
-
-/// Most messages a room connection's read side handles between two write passes. The pass runs
-/// whenever a read would wait ([`inbound::Socket::deliver_before_waiting`]), which coalesces a
-/// burst into one frame; a client that keeps its socket full would otherwise hold everyone's
-/// deliveries back until it paused.
-const MESSAGES_PER_PASS: u32 = 16;
 
 /// Runs the write pass when the read loop ends, for what it committed last.
 struct DeliverOnExit<'a>(&'a Room);

@@ -206,14 +206,14 @@ async fn the_pass_keeps_streams_gapless_with_concurrent_writers_and_full_sockets
 
 /// The pass runs whenever a connection's read would wait, so a burst read at once goes out as one
 /// frame. A client that never pauses never lets its read wait: its changes must still go out
-/// while it sends, at least once every 16 messages (`MESSAGES_PER_PASS` in src/connection.rs).
-/// 96 changes in one socket write reach the server as one read; a reader that stands idle must
+/// while it sends, at least once every 128 messages (`MESSAGES_PER_PASS` in src/connection/inbound.rs).
+/// 512 changes in one socket write reach the server as one read; a reader that stands idle must
 /// see them in several deltas, not one at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_pauses_does_not_hold_deliveries_back() {
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
-    const BURST: u64 = 96;
+    const BURST: u64 = 512;
     let server = spawn_server(&["--rate-changes", "0", "--rate-inbound-bytes", "0"]);
     let mut reader = Client::connect_at(server.addr, "burst", "").await;
     let mut writer = Client::connect_at(server.addr, "burst", "").await;
@@ -231,5 +231,5 @@ async fn a_client_that_never_pauses_does_not_hold_deliveries_back() {
         deltas >= 2,
         "{BURST} changes read at once went out in {deltas} delta(s): held back until the burst ended"
     );
-    assert_eq!(reader.state["k0"], json!(88));
+    assert_eq!(reader.state["k0"], json!(504));
 }

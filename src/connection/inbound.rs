@@ -25,6 +25,7 @@
 use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -67,7 +68,15 @@ pub(crate) struct Socket {
     /// A room connection's room: its write pass runs whenever reading would wait, so changes
     /// read together go out together (see [`Socket::deliver_before_waiting`]).
     room: Option<Arc<Room>>,
+    /// Messages read since the read last waited (or since the last pass it forced).
+    unpassed: AtomicU32,
 }
+
+/// Most messages a room connection reads without the write pass running. It runs whenever a read
+/// would wait, which coalesces a burst into one frame; a client that keeps its socket full would
+/// otherwise hold everyone's deliveries back until it paused. High enough that a saturated server's
+/// bursts still coalesce (16 doubled fan-out N=1000 M=1000's p99 by splitting them).
+const MESSAGES_PER_PASS: u32 = 128;
 
 struct SocketInner {
     /// Bytes hyper had read past the handshake (usually none): read first.
@@ -79,7 +88,11 @@ struct SocketInner {
 
 impl Socket {
     pub(crate) fn new(early: Bytes, read: OwnedReadHalf) -> Self {
-        Socket { inner: Mutex::new(SocketInner { early, read, fed: 0 }), room: None }
+        Socket {
+            inner: Mutex::new(SocketInner { early, read, fed: 0 }),
+            room: None,
+            unpassed: AtomicU32::new(0),
+        }
     }
 
     /// Runs `room`'s write pass ([`Room::deliver`]) whenever a read would wait: everything this
@@ -93,6 +106,18 @@ impl Socket {
     /// About to wait for the socket.
     fn waiting(&self) {
         if let Some(room) = &self.room {
+            self.unpassed.store(0, Ordering::Relaxed);
+            room.deliver();
+        }
+    }
+
+    /// A message was read and handled: after [`MESSAGES_PER_PASS`] of them without a wait, the
+    /// write pass runs anyway.
+    pub(crate) fn message_handled(&self) {
+        if let Some(room) = &self.room
+            && self.unpassed.fetch_add(1, Ordering::Relaxed) + 1 >= MESSAGES_PER_PASS
+        {
+            self.unpassed.store(0, Ordering::Relaxed);
             room.deliver();
         }
     }
@@ -255,6 +280,11 @@ impl<'s> Inbound<'s> {
             self.read = None;
         }
         Ok(frame)
+    }
+
+    /// A message was handled (see [`Socket::message_handled`]).
+    pub(super) fn message_handled(&self) {
+        self.socket.message_handled();
     }
 
     /// Queues a reply for the writer; `Err` when the writer has gone.

@@ -4,7 +4,7 @@
 //! Every connection registers one [`Listener`] for its life ([`Room::listen`]). When revisions
 //! become visible, whoever made them visible calls [`Room::deliver`] once it holds no lock:
 //! without a store, a committing connection's read side whenever its socket has nothing more to
-//! read (so a burst of changes is one pass, and passes coalesce under load), at least every 16
+//! read (so a burst of changes is one pass, and passes coalesce under load), at least every 128
 //! messages it reads (a client that never pauses holds nobody back) and when it ends, the HTTP
 //! API after its commit; with a store, the store's writer thread after each round. The pass only
 //! does what no pass did yet, so a redundant call costs two atomic loads. The pass builds the frame
