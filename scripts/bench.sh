@@ -3,7 +3,7 @@
 # server pinned to core 0 (one tokio worker) with the load generator on core 1, runs the criterion
 # micro-benches, and writes docs/BENCHMARKS.md (machine, commands, median tables).
 #
-#   scripts/bench.sh                    # everything, about 6 minutes on 2 cores
+#   scripts/bench.sh                    # everything, about 12 minutes on 2 cores
 #   RUNS=1 DURATION=4 scripts/bench.sh  # quicker and noisier
 #   ONLY='fanout' scripts/bench.sh      # only the runs whose label matches (grep -E); the report then
 #                                       # holds only those: pair it with DOC=/tmp/x.md OUT=/tmp/x

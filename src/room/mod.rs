@@ -36,6 +36,8 @@ pub mod durable;
 #[cfg(test)]
 mod durable_tests;
 pub mod fanout;
+#[cfg(test)]
+mod fanout_tests;
 pub mod history;
 #[cfg(test)]
 mod history_tests;
