@@ -223,7 +223,7 @@ fn concurrent_passes_leave_nobody_behind() {
                 s.spawn(move || {
                     for n in 0..300 {
                         commit(&room, author, n);
-                        if n % (author + 1) == 0 {
+                        if n.is_multiple_of(author + 1) {
                             room.deliver();
                         }
                     }
@@ -235,7 +235,7 @@ fn concurrent_passes_leave_nobody_behind() {
                 let mut i = 0usize;
                 while !task_done.load(std::sync::atomic::Ordering::Acquire) {
                     let m = &task_models[i % task_models.len()];
-                    m.seen.lock().busy = i % 7 == 0;
+                    m.seen.lock().busy = i.is_multiple_of(7);
                     m.task_step(&task_room);
                     i += 1;
                 }
