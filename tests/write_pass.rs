@@ -35,6 +35,23 @@ async fn scrape(server: &Spawned) -> String {
     body.as_str().expect("metrics are text").to_owned()
 }
 
+/// What a failure prints: the admin view of the room (each connection's lag) and the pass's and
+/// connections' metrics.
+async fn diagnostics(server: &Spawned) -> String {
+    let (_, room) = http_at(server.addr, "GET", "/v1/admin/rooms/pass", None, "").await;
+    let text = scrape(server).await;
+    let metrics: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("ringsync_write_pass")
+                || l.contains("closed")
+                || l.contains("slow")
+                || l.contains("connections")
+        })
+        .collect();
+    format!("room: {room:#}\n{metrics:#?}")
+}
+
 fn counter(text: &str, outcome: &str) -> u64 {
     let prefix = format!("ringsync_write_pass_offers_total{{outcome=\"{outcome}\"}} ");
     text.lines()
@@ -129,18 +146,7 @@ async fn writers_and_stalled_readers(server: Spawned) {
         match r {
             Ok(state) => states.push(state),
             Err(e) => {
-                let (_, room) = http_at(addr, "GET", "/v1/admin/rooms/pass", None, "").await;
-                let text = scrape(&server).await;
-                let pass: Vec<&str> = text
-                    .lines()
-                    .filter(|l| {
-                        l.starts_with("ringsync_write_pass")
-                            || l.contains("closed")
-                            || l.contains("slow")
-                            || l.contains("connections")
-                    })
-                    .collect();
-                panic!("a writer failed: {e}\nroom: {room:#}\n{pass:#?}");
+                panic!("a writer failed: {e}\n{}", diagnostics(&server).await);
             }
         }
     }
@@ -150,18 +156,7 @@ async fn writers_and_stalled_readers(server: Spawned) {
         match r.expect("a reader does not panic") {
             Ok(state) => states.push(state),
             Err(e) => {
-                let (_, room) = http_at(addr, "GET", "/v1/admin/rooms/pass", None, "").await;
-                let text = scrape(&server).await;
-                let pass: Vec<&str> = text
-                    .lines()
-                    .filter(|l| {
-                        l.starts_with("ringsync_write_pass")
-                            || l.contains("closed")
-                            || l.contains("slow")
-                            || l.contains("connections")
-                    })
-                    .collect();
-                panic!("{e}\nroom: {room:#}\n{pass:#?}");
+                panic!("{e}\n{}", diagnostics(&server).await);
             }
         }
     }
