@@ -237,13 +237,8 @@ impl Room {
         extras: &Extras,
         snapshot: Option<Value>,
     ) {
-        // The record is built on the store's thread: here only references move.
-        let (change_ref, session, idempotency) =
-            (change.clone(), extras.session.clone(), extras.idempotency.clone());
-        log.append_with(
-            generation,
-            Box::new(move || record_of(&change_ref, ops_json, session.as_deref(), idempotency)),
-        );
+        let record = record_of(change, ops_json, extras.session.as_deref(), extras.idempotency.clone());
+        log.append(generation, record);
         if let Some(state) = snapshot {
             log.snapshot(self.snapshot_data(change.rev.0, &state));
         }

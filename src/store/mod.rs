@@ -140,9 +140,6 @@ impl StoreError {
     }
 }
 
-/// Builds a committed change's record (see [`RoomLog::append_with`]).
-pub type MakeRecord = Box<dyn FnOnce() -> Record + Send>;
-
 /// How a room hears what became of its appends (implemented by the room; called on the store's
 /// thread, never under the room's lock). Order: `failed(_, rev)` comes only after `written` has
 /// covered `rev - 1` (everything stored before a failure is reported first), so a rollback
@@ -157,16 +154,11 @@ pub trait Journal: Send + Sync {
 
 /// One room's way into the store (from [`Store::open`]).
 pub trait RoomLog: Send + Sync {
-    /// Queues a committed change. Called under the room's write lock in revision order: it must
-    /// not block on I/O.
+    /// Queues a committed change. Called in revision order, on the committing thread, outside
+    /// the room's state lock: it must not block on I/O. A store may encode the record here (the
+    /// file store does: the change is still in this thread's cache, and its writer then handles
+    /// bytes only).
     fn append(&self, generation: u64, record: Record);
-    /// As [`append`](Self::append), with the record built by `make` on the store's side: the
-    /// committing thread only hands over what it needs (building and freeing a record's strings
-    /// is then off the async workers, and on the thread that writes it). By default it is built
-    /// at once.
-    fn append_with(&self, generation: u64, make: MakeRecord) {
-        self.append(generation, make());
-    }
     /// Queues a snapshot, written once every record up to its revision is.
     fn snapshot(&self, data: SnapshotData);
 }
