@@ -1284,7 +1284,7 @@ type Batch = Vec<(u64, Entry)>;
 /// A record for the writer: whole (replay, or one the committing thread could not encode) or
 /// already encoded ([`Op::Frame`], in the round's `frames`).
 enum Entry {
-    Record(Record),
+    Record(Box<Record>),
     Frame { rev: u64, at: std::ops::Range<usize> },
 }
 
@@ -1387,7 +1387,7 @@ impl Writer {
         for op in ops {
             match op {
                 Op::Append { room, generation, record } => {
-                    add(&mut pending, room, generation, Entry::Record(record))
+                    add(&mut pending, room, generation, Entry::Record(Box::new(record)))
                 }
                 Op::Frame { room, generation, rev, at } => {
                     add(&mut pending, room, generation, Entry::Frame { rev, at })
@@ -1524,7 +1524,7 @@ impl Writer {
             match codec::decode_frame::<Record>(frames, offset) {
                 Ok(Some((record, after))) => {
                     if record.rev >= next {
-                        batch.push((0, Entry::Record(record)));
+                        batch.push((0, Entry::Record(Box::new(record))));
                     }
                     offset = after;
                 }
