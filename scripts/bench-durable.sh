@@ -14,6 +14,10 @@
 #                                               # RUNS times alone), recovery, startup
 #   WINDOW=16 BIG_WINDOW=256                    # changes in flight per writer (a second row for
 #                                               # --fsync always with BIG_WINDOW; 0 = none)
+#   SHAPES='1x1 100x100' MODES='memory never batch always'
+#                                               # the commit runs' writers x rooms and store modes
+#                                               # (e.g. SHAPES=100x100 MODES='memory batch'
+#                                               # BIG_WINDOW=0 RUNS=7: one comparison, more runs)
 #   RECOVERY_CHANGES=1000000 STORED_ROOMS=10000
 #   DATA_PARENT=/some/disk                      # where the temporary data directories go
 #                                               # (default target/: the disk being measured)
@@ -28,6 +32,8 @@ WARMUP=${WARMUP:-2}
 ONLY=${ONLY:-}
 WINDOW=${WINDOW:-16}
 BIG_WINDOW=${BIG_WINDOW:-256}
+SHAPES=${SHAPES:-1x1 100x100}
+MODES=${MODES:-memory never batch always}
 RECOVERY_CHANGES=${RECOVERY_CHANGES:-1000000}
 STORED_ROOMS=${STORED_ROOMS:-10000}
 NOISE_MAX=${NOISE_MAX:-0.1}
@@ -210,9 +216,9 @@ if wanted commit; then
     for i in $(seq "$RUNS"); do
         echo "-- round $i"
         if wanted fsync-rate; then fsync_rate; fi
-        for shape in "1 1" "100 100"; do
-            read -r w r <<< "$shape"
-            for mode in memory never batch always; do
+        for shape in $SHAPES; do
+            w=${shape%x*} r=${shape#*x}
+            for mode in $MODES; do
                 commit_run "commit ${w}x${r} $mode K=$WINDOW" "$mode" --writers "$w" --rooms "$r" --window "$WINDOW"
             done
             if [ "$BIG_WINDOW" -gt 0 ]; then
