@@ -235,9 +235,9 @@ impl App {
         let started = Instant::now();
         let history = match req.extras.kind {
             ChangeKind::Plain => None,
-            ChangeKind::Undo => Some(m::HISTORY_KINDS[0]),
-            ChangeKind::Redo => Some(m::HISTORY_KINDS[1]),
-            ChangeKind::Reverts(_) => Some(m::HISTORY_KINDS[2]),
+            ChangeKind::Undo => Some(0),
+            ChangeKind::Redo => Some(1),
+            ChangeKind::Reverts(_) => Some(2),
         };
         let gate = self.commit_gate.read();
         let result = if self.is_draining() {
@@ -251,13 +251,14 @@ impl App {
         drop(gate);
         match &result {
             Ok(change) => {
-                metrics::histogram!(m::COMMIT_DURATION).record(started.elapsed().as_secs_f64());
-                metrics::counter!(m::CHANGES_COMMITTED).increment(1);
+                let hot = m::hot();
+                hot.commit_duration.record(started.elapsed().as_secs_f64());
+                hot.committed.increment(1);
                 if let Some(kind) = history {
-                    metrics::counter!(m::HISTORY_COMMITS, "kind" => kind).increment(1);
+                    hot.history[kind].increment(1);
                 }
                 for op in &change.ops {
-                    metrics::counter!(m::OPS_APPLIED, "op" => op.kind().as_str()).increment(1);
+                    hot.ops[op.kind() as usize].increment(1);
                 }
             }
             Err(r) => {

@@ -74,8 +74,9 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static HOT: OnceLock<Hot> = OnceLock::new();
 static NOOP: Hot = Hot::noop();
 
-/// Handles for the metrics touched once per frame per recipient, registered once after the
-/// recorder is installed, so the writer's hot path does no registry look-up.
+/// Handles for the metrics touched once per frame per recipient or once per commit, registered
+/// once after the recorder is installed, so the hot paths do no registry look-up (a look-up
+/// hashes the name and labels each time).
 pub struct Hot {
     /// Frames and bytes sent, indexed like [`FrameKind`].
     pub frames: [Counter; 5],
@@ -84,6 +85,12 @@ pub struct Hot {
     pub catchup_lag: Histogram,
     /// The room's write pass's offers, indexed like [`PassOutcome`].
     pub pass: [Counter; 3],
+    pub commit_duration: Histogram,
+    pub committed: Counter,
+    /// Undo, redo and revert commits, indexed like [`HISTORY_KINDS`].
+    pub history: [Counter; 3],
+    /// Ops applied, indexed like [`OpKind::ALL`](crate::patch::OpKind::ALL).
+    pub ops: [Counter; crate::patch::OpKind::ALL.len()],
 }
 
 /// What became of one offer of the room's write pass: the `outcome` label of
@@ -304,6 +311,10 @@ impl Hot {
             delivery_lag: Histogram::noop(),
             catchup_lag: Histogram::noop(),
             pass: [C; 3],
+            commit_duration: Histogram::noop(),
+            committed: C,
+            history: [C; 3],
+            ops: [C; crate::patch::OpKind::ALL.len()],
         }
     }
 
@@ -314,6 +325,10 @@ impl Hot {
             delivery_lag: metrics::histogram!(DELIVERY_LAG),
             catchup_lag: metrics::histogram!(CATCHUP_LAG),
             pass: PassOutcome::LABELS.map(|o| metrics::counter!(WRITE_PASS, "outcome" => o)),
+            commit_duration: metrics::histogram!(COMMIT_DURATION),
+            committed: metrics::counter!(CHANGES_COMMITTED),
+            history: HISTORY_KINDS.map(|k| metrics::counter!(HISTORY_COMMITS, "kind" => k)),
+            ops: crate::patch::OpKind::ALL.map(|op| metrics::counter!(OPS_APPLIED, "op" => op.as_str())),
         }
     }
 
@@ -563,4 +578,17 @@ pub fn publish_store(s: &crate::store::file::StatsSnapshot) {
     metrics::counter!(STORE_CHECKPOINTS).absolute(s.checkpoints);
     metrics::counter!(STORE_WAL_REPLAYED).absolute(s.wal_replayed);
     metrics::gauge!(STORE_QUEUE).set(s.queue_len as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::patch::OpKind;
+
+    #[test]
+    fn an_op_kind_indexes_its_own_handle() {
+        // `Hot::ops` is built from `OpKind::ALL` and indexed by `kind as usize`.
+        for (i, kind) in OpKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind as usize, i, "{}", kind.as_str());
+        }
+    }
 }
