@@ -233,6 +233,7 @@ impl App {
     /// unchanged.
     pub fn commit(&self, room: &Room, req: ChangeRequest) -> Result<Arc<Change>, Reject> {
         let started = Instant::now();
+        // An index into `m::HISTORY_KINDS` (and `m::hot().history`).
         let history = match req.extras.kind {
             ChangeKind::Plain => None,
             ChangeKind::Undo => Some(0),

@@ -700,10 +700,12 @@ enum Op {
         epoch: String,
         journal: Weak<dyn Journal>,
     },
+    /// A whole record: only one the committing thread could not encode, so the rare variant
+    /// pays the box and every other op stays small.
     Append {
         room: RoomId,
         generation: u64,
-        record: Record,
+        record: Box<Record>,
     },
     /// A record already encoded as a frame by the committing thread: `at` in the queue's bytes.
     Frame {
@@ -714,7 +716,7 @@ enum Op {
     },
     Snapshot {
         room: RoomId,
-        data: SnapshotData,
+        data: Box<SnapshotData>,
     },
     Flush {
         done: mpsc::SyncSender<()>,
@@ -893,7 +895,11 @@ impl RoomLog for Log {
                 Ok(()) => self.store.push_frame(&self.room, generation, record.rev, &frame),
                 // Not encodable (over the frame limit): the writer meets the same error and
                 // reports it in revision order.
-                Err(_) => self.store.push(Op::Append { room: self.room.clone(), generation, record }),
+                Err(_) => self.store.push(Op::Append {
+                    room: self.room.clone(),
+                    generation,
+                    record: Box::new(record),
+                }),
             }
             if frame.capacity() > 1 << 20 {
                 *frame = Vec::new();
@@ -902,7 +908,7 @@ impl RoomLog for Log {
     }
 
     fn snapshot(&self, data: SnapshotData) {
-        self.store.push(Op::Snapshot { room: self.room.clone(), data });
+        self.store.push(Op::Snapshot { room: self.room.clone(), data: Box::new(data) });
     }
 }
 
@@ -1387,7 +1393,7 @@ impl Writer {
         for op in ops {
             match op {
                 Op::Append { room, generation, record } => {
-                    add(&mut pending, room, generation, Entry::Record(Box::new(record)))
+                    add(&mut pending, room, generation, Entry::Record(record))
                 }
                 Op::Frame { room, generation, rev, at } => {
                     add(&mut pending, room, generation, Entry::Frame { rev, at })
@@ -2259,7 +2265,7 @@ mod tests {
             let mut ops = Vec::new();
             for i in 0..journals.len() {
                 for rev in round * 2 + 1..=round * 2 + 2 {
-                    ops.push(Op::Append { room: room(i), generation: 0, record: test_record(rev) });
+                    ops.push(Op::Append { room: room(i), generation: 0, record: Box::new(test_record(rev)) });
                 }
             }
             writer.round(ops);
