@@ -206,7 +206,12 @@ pub async fn handle(
         return json_error(ErrorCode::BadRoom, "room name must be 1-128 characters of A-Z a-z 0-9 . _ - :");
     };
     // A stored room not in memory is read on a blocking thread, not on this async worker.
-    app.load_stored(&id).await;
+    // One that cannot be loaded (unreadable, or owned by another node) can still be deleted.
+    if let Err(e) = app.load_stored(&id).await
+        && method != Method::DELETE
+    {
+        return json_error(e.code(), &e.to_string());
+    }
     match (route, method) {
         (Route::Room(_), Method::GET) => details(app, &id),
         (Route::Room(_), Method::DELETE) => delete(app, &id, peer),

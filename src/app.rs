@@ -32,6 +32,7 @@ use crate::room::{Change, ChangeRequest, Room};
 use crate::rooms::{NoNewRoom, Rooms};
 use crate::session::{SessionLimits, Sessions};
 use crate::store::file::{FileOptions, FileStore, Fsync};
+use crate::store::redis::{RedisOptions, RedisStore};
 
 /// Everything the request handlers share.
 pub struct App {
@@ -86,6 +87,15 @@ impl App {
         let mut rooms =
             Rooms::with_budget(config.room_config(), config.max_rooms, Budget::new(config.max_memory));
         let file_store = if config.memory_only {
+            None
+        } else if let Some(url) = &config.redis {
+            let options = RedisOptions {
+                url: url.clone(),
+                lease: config.owner_lease,
+                retain: config.retain_history.max(config.history as u64),
+            };
+            let store = RedisStore::connect(options).map_err(|e| format!("--redis: {e}"))?;
+            rooms = rooms.with_store(Arc::new(store));
             None
         } else {
             let options = FileOptions {
@@ -204,12 +214,19 @@ impl App {
 
     /// Reads a stored room that is not in memory on a blocking thread, so the async workers
     /// that then use it never wait on the disk (no-op when it is in memory, or memory only).
-    pub async fn load_stored(self: &Arc<Self>, id: &RoomId) {
+    ///
+    /// # Errors
+    /// [`NoNewRoom::Unreadable`] when the room is stored but cannot be loaded (or, on Redis,
+    /// another node owns it).
+    pub async fn load_stored(self: &Arc<Self>, id: &RoomId) -> Result<(), NoNewRoom> {
         if self.rooms.store().is_none() || self.rooms.is_loaded(id) {
-            return;
+            return Ok(());
         }
         let (app, id) = (self.clone(), id.clone());
-        let _ = tokio::task::spawn_blocking(move || app.rooms.get(&id)).await;
+        match tokio::task::spawn_blocking(move || app.rooms.try_get(&id)).await {
+            Ok(Err(e)) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Once a second: sheds history if memory is tight, and publishes the memory gauges.

@@ -284,6 +284,18 @@ pub struct Config {
     #[arg(long, env = "RINGSYNC_MEMORY_ONLY")]
     pub memory_only: bool,
 
+    /// Store rooms in Redis at this URL (`redis://HOST:PORT/DB`) instead of --data-dir: the first
+    /// step of cluster mode. A node owns a room through a lease in Redis (--owner-lease) and is
+    /// the only one that commits to it; every append is fenced by that lease (README "Running
+    /// on Redis").
+    #[arg(long, env = "RINGSYNC_REDIS_URL", conflicts_with = "memory_only")]
+    pub redis: Option<String>,
+
+    /// How long a room's ownership lease in Redis lasts without renewal (milliseconds); renewed
+    /// at a third of it. A room whose owner died is taken over by another node after at most this.
+    #[arg(long, env = "RINGSYNC_OWNER_LEASE", default_value = "2000", value_parser = parse_millis)]
+    pub owner_lease: Duration,
+
     /// When a change's record is fsynced: `always` (the ack waits for it, with group commit: an
     /// OS crash loses nothing acknowledged), `batch` (at most every --fsync-interval: an OS crash
     /// loses at most that window), `never` (the OS decides). Every mode writes the record before
@@ -419,6 +431,9 @@ impl Config {
             return Err(
                 "--max-body-bytes-in-flight must be 0 (unlimited) or at least --max-message-bytes".into()
             );
+        }
+        if self.owner_lease < Duration::from_millis(30) {
+            return Err("--owner-lease must be at least 30 ms".into());
         }
         if !self.memory_only && self.snapshot_every == 0 && self.snapshot_every_bytes == 0 {
             return Err("--snapshot-every and --snapshot-every-bytes cannot both be 0".into());

@@ -40,6 +40,8 @@ async fn serve() -> anyhow::Result<()> {
     let metrics_listen = config.metrics_listen;
     let storage = if config.memory_only {
         "memory only (--memory-only): rooms are lost when the server stops".to_string()
+    } else if config.redis.is_some() {
+        "rooms stored in Redis (--redis): one owner per room, by lease".to_string()
     } else {
         let fsync = format!("{:?}", config.fsync).to_lowercase();
         format!("rooms stored in {} (--fsync {fsync})", config.data_dir.display())

@@ -35,8 +35,10 @@ pub enum NoNewRoom {
     /// The memory budget is too full to admit another room.
     #[error("the server's memory (--max-memory) is too full for a new room; rooms in memory still work")]
     MemoryFull,
-    /// The room is stored but could not be read back.
-    #[error("the room's stored data cannot be read; it was not loaded (see the server's log)")]
+    /// The room is stored but could not be read back (or, on Redis, another node owns it).
+    #[error(
+        "the room's stored data cannot be read, or another node owns the room; it was not loaded (see the server's log)"
+    )]
     Unreadable,
 }
 
@@ -183,13 +185,24 @@ impl Rooms {
 
     /// The room if it is in memory or stored (loading it); never creates one.
     pub fn get(&self, id: &RoomId) -> Option<Arc<Room>> {
+        self.try_get(id).ok().flatten()
+    }
+
+    /// As [`Rooms::get`], telling a room that is stored but cannot be loaded (unreadable, or
+    /// owned by another node) from one that does not exist.
+    ///
+    /// # Errors
+    /// [`NoNewRoom::Unreadable`] when the store has the room but it cannot be loaded now.
+    pub fn try_get(&self, id: &RoomId) -> Result<Option<Arc<Room>>, NoNewRoom> {
         if let Some(h) = self.map.get(id) {
-            return Some(h.room.clone());
+            return Ok(Some(h.room.clone()));
         }
-        self.store.as_ref()?;
-        match self.load(id) {
-            Ok(Some(_)) => self.with_held(id, |h| h.room.clone()).ok(),
-            _ => None,
+        if self.store.is_none() {
+            return Ok(None);
+        }
+        match self.load(id)? {
+            Some(_) => self.with_held(id, |h| h.room.clone()).map(Some),
+            None => Ok(None),
         }
     }
 

@@ -434,8 +434,9 @@ async fn room_route(
     };
     match (req.method().clone(), tail) {
         (Method::GET, "ws") => {
+            // A room that cannot be loaded is refused when the connection is admitted.
             if fastwebsockets::upgrade::is_upgrade_request(&req) {
-                app.load_stored(&room_id).await;
+                let _ = app.load_stored(&room_id).await;
             }
             websocket(app, req, room_id)
         }
@@ -454,7 +455,9 @@ async fn room_route(
                 let message = "request bodies must be Content-Type: application/json";
                 return closing_if_body(json_error(ErrorCode::UnsupportedMediaType, message), true);
             }
-            app.load_stored(&room_id).await;
+            if let Err(e) = app.load_stored(&room_id).await {
+                return closing_if_body(json_error(e.code(), &e.to_string()), has_body);
+            }
             http_api::handle(&app, req, &room_id, tail).await
         }
     }

@@ -34,6 +34,7 @@
 pub mod codec;
 pub mod file;
 pub mod memory;
+pub mod redis;
 
 use std::sync::{Arc, Weak};
 

@@ -76,12 +76,12 @@ pub fn binary() -> std::process::Command {
 /// caller that wants the logs or a wrapper adjusts the command and passes it to
 /// [`Spawned::start`].
 ///
-/// Without `--data-dir` in `args` it runs `--memory-only`, so no test writes to the working
+/// Without `--data-dir` (or `--redis`) in `args` it runs `--memory-only`, so no test writes to the working
 /// directory; tests of durability pass a temporary `--data-dir`.
 pub fn server_command(args: &[&str]) -> std::process::Command {
     let mut cmd = binary();
     cmd.args(["--listen", "127.0.0.1:0"]).args(args).stderr(std::process::Stdio::null());
-    if !args.iter().any(|a| *a == "--data-dir" || *a == "--memory-only") {
+    if !args.iter().any(|a| matches!(*a, "--data-dir" | "--memory-only" | "--redis")) {
         cmd.arg("--memory-only");
     }
     cmd

@@ -1,0 +1,775 @@
+//! Rooms stored in Redis (`--redis URL`): the storage seam's second implementation and the
+//! first step of cluster mode (issue 15). Each room is a handful of keys sharing the hash tag
+//! `{room}` (so a Redis Cluster keeps them in one slot):
+//!
+//! - `ringsync:{room}:log`: a Stream with one entry per committed change, its id `REV-0` and its
+//!   field `r` the record framed as in a file log (CRC32C + rkyv, checked when read back: bytes
+//!   from Redis are not trusted either);
+//! - `ringsync:{room}:rev`: the revision of the newest entry (what the next append must follow);
+//! - `ringsync:{room}:snap`: the newest snapshot, framed as a snapshot file;
+//! - `ringsync:{room}:epoch`: the room's epoch, set when the room is opened;
+//! - `ringsync:{room}:owner`: the owner's lease: this node's token, with an expiry
+//!   (`--owner-lease`), renewed by the store's thread at a third of it.
+//!
+//! and `ringsync:rooms`, a sorted set of room names (the admin list).
+//!
+//! **One owner per room, fenced.** A node takes a room's lease before it loads the room (a room
+//! whose lease another node holds is not loaded: the caller gets an error). Every append is one
+//! Lua script per room and round that checks, atomically on the server, that the lease is still
+//! this node's and that the stored revision is the one the first record follows, then adds the
+//! entries with ids derived from their revisions: a node that lost its lease, or whose copy of
+//! the room is behind what is stored, has its append refused instead of forking the history.
+//! A refused or failed append is reported to the room's [`Journal`] as a failure (the room rolls
+//! back and rejects the changes `unavailable`); nothing is reported written before Redis
+//! answered, so the ack always follows the append.
+//!
+//! Appends never touch the network on the committing thread: records are encoded there, queued,
+//! and sent by the store's thread (`ringsync-redis`), one pipelined round trip per round for every
+//! room. Loads, history reads and deletes run on the caller's thread over a second connection
+//! (the callers already run them off the async workers).
+//!
+//! Not yet here (see issue 15): forwarding changes from a non-owner node to the owner and
+//! following the owner's stream, so a client of any node can use any room; handing a room's
+//! clients over when its lease is lost; presence and broadcasts across nodes.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use redis::Value;
+
+use super::{Journal, LoadSink, Loaded, Record, RoomLog, SnapshotData, Store, StoreError, codec};
+use crate::ids::RoomId;
+
+/// How a [`RedisStore`] is set up.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://host:port/db` (see the `redis` crate for the forms it takes).
+    pub url: String,
+    /// How long a room's lease lasts without renewal (`--owner-lease`).
+    pub lease: Duration,
+    /// Records kept before the newest snapshot (the ring refill and the history API).
+    pub retain: u64,
+}
+
+const ROOMS_KEY: &str = "ringsync:rooms";
+/// A round trip that takes longer than this fails (and the connection is made anew).
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a failed connection, the store's thread waits this long before trying again.
+const RETRY: Duration = Duration::from_millis(100);
+/// Entries read per `XRANGE` while loading.
+const PAGE: usize = 1024;
+
+/// Takes the lease when it is free or already this node's (then extends it).
+const ACQUIRE: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur == false then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+return 0";
+
+/// Extends a lease this node still holds; never takes one back.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+return 0";
+
+/// Gives a lease up if it is this node's.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
+return 0";
+
+/// KEYS: owner, epoch. ARGV: token, epoch.
+const OPEN: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+return 1";
+
+/// KEYS: owner, log, rev. ARGV: token, first rev, frames... Returns {0, last} when appended,
+/// {1, 0} when the lease is not this node's, {2, stored rev} when the first record does not
+/// follow what is stored.
+const APPEND: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {1, 0} end
+local stored = tonumber(redis.call('GET', KEYS[3]) or '0')
+local first = tonumber(ARGV[2])
+if stored ~= first - 1 then return {2, stored} end
+for i = 3, #ARGV do
+  redis.call('XADD', KEYS[2], string.format('%.0f-0', first + i - 3), 'r', ARGV[i])
+end
+local last = first + #ARGV - 3
+redis.call('SET', KEYS[3], string.format('%.0f', last))
+return {0, last}";
+
+/// KEYS: owner, snap, log. ARGV: token, snapshot bytes, lowest revision to keep in the log.
+const SNAPSHOT: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+if tonumber(ARGV[3]) > 1 then redis.call('XTRIM', KEYS[3], 'MINID', ARGV[3] .. '-0') end
+return 1";
+
+/// Cuts the log from a damaged entry on. KEYS: owner, log, rev. ARGV: token, first bad rev.
+const CUT: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local bad = tonumber(ARGV[2])
+local ids = redis.call('XRANGE', KEYS[2], string.format('%.0f-0', bad), '+')
+for _, e in ipairs(ids) do redis.call('XDEL', KEYS[2], e[1]) end
+redis.call('SET', KEYS[3], string.format('%.0f', bad - 1))
+if bad > 1 then redis.call('XSETID', KEYS[2], string.format('%.0f-0', bad - 1)) end
+return 1";
+
+fn key(room: &RoomId, what: &str) -> String {
+    format!("ringsync:{{{room}}}:{what}")
+}
+
+fn entry_id(rev: u64) -> String {
+    format!("{rev}-0")
+}
+
+fn redis_error(what: &str, e: &redis::RedisError) -> StoreError {
+    StoreError(format!("redis: {what}: {e}"))
+}
+
+/// What the store knows of a room it holds the lease of.
+#[derive(Default)]
+struct Owned {
+    journal: Option<Weak<dyn Journal>>,
+    /// Generation whose appends failed: its later records are dropped.
+    failed_gen: Option<u64>,
+    /// The lease was found lost (or the stored log moved on without this node).
+    lost: bool,
+}
+
+enum Op {
+    Open { room: RoomId, epoch: String },
+    Append { room: RoomId, generation: u64, rev: u64, frame: Result<Vec<u8>, StoreError> },
+    Snapshot { room: RoomId, rev: u64, bytes: Vec<u8> },
+    Barrier(mpsc::SyncSender<()>),
+}
+
+impl Op {
+    fn room(&self) -> Option<&RoomId> {
+        match self {
+            Op::Open { room, .. } | Op::Append { room, .. } | Op::Snapshot { room, .. } => Some(room),
+            Op::Barrier(_) => None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    ops: Vec<Op>,
+    stop: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    /// This process's lease token.
+    token: String,
+    owned: Mutex<HashMap<RoomId, Owned>>,
+    opts: RedisOptions,
+}
+
+/// Rooms in Redis; see the module doc.
+pub struct RedisStore {
+    shared: Arc<Shared>,
+    client: redis::Client,
+    /// The connection loads, reads and deletes use (the store's thread has its own).
+    reader: Mutex<Option<redis::Connection>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn connect(client: &redis::Client) -> Result<redis::Connection, StoreError> {
+    let con =
+        client.get_connection_with_timeout(IO_TIMEOUT).map_err(|e| redis_error("cannot connect", &e))?;
+    con.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| redis_error("cannot set a timeout", &e))?;
+    con.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| redis_error("cannot set a timeout", &e))?;
+    Ok(con)
+}
+
+impl RedisStore {
+    /// Connects (once, to check that Redis answers) and starts the store's thread.
+    ///
+    /// # Errors
+    /// When the URL is invalid or Redis does not answer a `PING`.
+    pub fn connect(opts: RedisOptions) -> Result<Arc<RedisStore>, StoreError> {
+        let client = redis::Client::open(opts.url.as_str()).map_err(|e| redis_error("bad URL", &e))?;
+        let mut con = connect(&client)?;
+        redis::cmd("PING").query::<String>(&mut con).map_err(|e| redis_error("PING", &e))?;
+        let token = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            token,
+            owned: Mutex::new(HashMap::new()),
+            opts,
+        });
+        let mut writer = Writer { shared: shared.clone(), client: client.clone(), con: None };
+        let thread = std::thread::Builder::new()
+            .name("ringsync-redis".into())
+            .spawn(move || writer.run())
+            .map_err(|e| StoreError::io("cannot start the store's thread", &e))?;
+        Ok(Arc::new(RedisStore {
+            shared,
+            client,
+            reader: Mutex::new(Some(con)),
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    /// This node's lease token (what `ringsync:{room}:owner` holds for the rooms it owns).
+    pub fn token(&self) -> &str {
+        &self.shared.token
+    }
+
+    /// Runs `f` on the reading connection, made anew if the last one failed.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&mut redis::Connection) -> Result<T, redis::RedisError>,
+        what: &str,
+    ) -> Result<T, StoreError> {
+        let mut slot = self.reader.lock();
+        if slot.is_none() {
+            *slot = Some(connect(&self.client)?);
+        }
+        let con = slot.as_mut().expect("connected above");
+        f(con).map_err(|e| {
+            *slot = None;
+            redis_error(what, &e)
+        })
+    }
+
+    fn push(&self, op: Op) {
+        self.shared.queue.lock().ops.push(op);
+        self.shared.wake.notify_one();
+    }
+
+    fn barrier(&self) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.push(Op::Barrier(tx));
+        let _ = rx.recv();
+    }
+
+    fn release(&self, room: &RoomId) {
+        self.shared.owned.lock().remove(room);
+        let token = self.shared.token.clone();
+        let _ = self.read(
+            |c| redis::cmd("EVAL").arg(RELEASE).arg(1).arg(key(room, "owner")).arg(token).query::<i64>(c),
+            "release",
+        );
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.shared.queue.lock().stop = true;
+        self.shared.wake.notify_one();
+        if let Some(thread) = self.thread.lock().take()
+            && thread.thread().id() != std::thread::current().id()
+        {
+            let _ = thread.join();
+        }
+        let rooms: Vec<RoomId> = self.shared.owned.lock().keys().cloned().collect();
+        for room in rooms {
+            self.release(&room);
+        }
+    }
+}
+
+/// A room's log as handed to the room.
+struct Log {
+    store: Arc<RedisStore>,
+    room: RoomId,
+}
+
+impl RoomLog for Log {
+    fn append(&self, generation: u64, record: Record) {
+        let mut frame = Vec::new();
+        let frame = codec::encode_record(&record, &mut frame).map(|()| frame);
+        self.store.push(Op::Append { room: self.room.clone(), generation, rev: record.rev, frame });
+    }
+
+    fn snapshot(&self, data: SnapshotData) {
+        let mut bytes = Vec::new();
+        match codec::encode_snapshot(self.room.as_str(), &data, &mut bytes) {
+            Ok(()) => self.store.push(Op::Snapshot { room: self.room.clone(), rev: data.rev, bytes }),
+            Err(e) => tracing::error!(room = %self.room, error = %e, "cannot encode a snapshot; skipped"),
+        }
+    }
+}
+
+/// One decoded log entry: its revision and its record (or why it is not one).
+fn decode_entry(entry: &Value) -> Result<Record, String> {
+    let Value::Array(parts) = entry else { return Err("not a stream entry".into()) };
+    let (Some(Value::BulkString(id)), Some(Value::Array(fields))) = (parts.first(), parts.get(1)) else {
+        return Err("not a stream entry".into());
+    };
+    let id = String::from_utf8_lossy(id);
+    let rev: u64 = id.split('-').next().and_then(|r| r.parse().ok()).ok_or(format!("entry id {id}"))?;
+    let frame = fields
+        .chunks(2)
+        .find_map(|kv| match kv {
+            [Value::BulkString(k), Value::BulkString(v)] if k == b"r" => Some(v),
+            _ => None,
+        })
+        .ok_or(format!("entry {id} has no record"))?;
+    match codec::decode_frame::<Record>(frame, 0) {
+        Ok(Some((record, end))) if end == frame.len() && record.rev == rev => Ok(record),
+        Ok(Some((record, _))) if record.rev != rev => Err(format!("entry {id} holds record {}", record.rev)),
+        Ok(_) => Err(format!("entry {id}: trailing bytes or empty")),
+        Err(e) => Err(format!("entry {id}: {e}")),
+    }
+}
+
+fn entries(reply: Value) -> Vec<Value> {
+    match reply {
+        Value::Array(items) => items,
+        _ => Vec::new(),
+    }
+}
+
+impl Store for Arc<RedisStore> {
+    /// Takes the room's lease first: a room another node owns is not loaded (an error).
+    fn load_with(
+        &self,
+        room: &RoomId,
+        keep: usize,
+        sink: &mut dyn LoadSink,
+    ) -> Result<Option<Loaded>, StoreError> {
+        let token = self.shared.token.clone();
+        let lease = self.shared.opts.lease.as_millis() as u64;
+        let owner = key(room, "owner");
+        let got = self.read(
+            |c| redis::cmd("EVAL").arg(ACQUIRE).arg(1).arg(&owner).arg(&token).arg(lease).query::<i64>(c),
+            "acquire a lease",
+        )?;
+        if got != 1 {
+            let holder: Option<String> = self.read(|c| redis::cmd("GET").arg(&owner).query(c), "GET")?;
+            let holder = holder.unwrap_or_else(|| "none".into());
+            return Err(StoreError(format!("room {room} is owned by another node (lease {holder})")));
+        }
+        self.shared.owned.lock().insert(room.clone(), Owned::default());
+        let epoch: Option<String> =
+            self.read(|c| redis::cmd("GET").arg(key(room, "epoch")).query(c), "GET epoch")?;
+        let Some(epoch) = epoch else { return Ok(None) };
+        let mut damage = Vec::new();
+        let snap: Option<Vec<u8>> =
+            self.read(|c| redis::cmd("GET").arg(key(room, "snap")).query(c), "GET")?;
+        let snapshot = snap.and_then(|bytes| match codec::decode_snapshot(&bytes) {
+            Ok((_, data)) => Some(data),
+            Err(e) => {
+                damage.push(format!("{}: {e}", key(room, "snap")));
+                None
+            }
+        });
+        sink.snapshot(snapshot.as_ref());
+        let mut next = snapshot.as_ref().map_or(1, |s| s.rev.saturating_sub(keep as u64) + 1);
+        'pages: loop {
+            let page = self.read(
+                |c| {
+                    redis::cmd("XRANGE")
+                        .arg(key(room, "log"))
+                        .arg(entry_id(next))
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(PAGE)
+                        .query::<Value>(c)
+                },
+                "XRANGE",
+            )?;
+            let page = entries(page);
+            let n = page.len();
+            for entry in &page {
+                match decode_entry(entry) {
+                    Ok(record) => {
+                        next = record.rev + 1;
+                        sink.record(record);
+                    }
+                    Err(e) => {
+                        damage.push(format!("{} at revision {next} or later: {e}", key(room, "log")));
+                        let cut = self.read(
+                            |c| {
+                                redis::cmd("EVAL")
+                                    .arg(CUT)
+                                    .arg(3)
+                                    .arg(&owner)
+                                    .arg(key(room, "log"))
+                                    .arg(key(room, "rev"))
+                                    .arg(&token)
+                                    .arg(next)
+                                    .query::<i64>(c)
+                            },
+                            "cut a damaged log",
+                        );
+                        if let Err(e) = cut {
+                            damage.push(format!("cannot cut it: {e}"));
+                        }
+                        break 'pages;
+                    }
+                }
+            }
+            if n < PAGE {
+                break;
+            }
+        }
+        Ok(Some(Loaded { epoch, snapshot, records: Vec::new(), damage }))
+    }
+
+    fn open(&self, room: &RoomId, epoch: &str, journal: Weak<dyn Journal>) -> Arc<dyn RoomLog> {
+        self.shared.owned.lock().entry(room.clone()).or_default().journal = Some(journal);
+        self.push(Op::Open { room: room.clone(), epoch: epoch.to_string() });
+        Arc::new(Log { store: self.clone(), room: room.clone() })
+    }
+
+    fn changes(&self, room: &RoomId, after: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
+        let page = self.read(
+            |c| {
+                redis::cmd("XRANGE")
+                    .arg(key(room, "log"))
+                    .arg(entry_id(after + 1))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit.max(1))
+                    .query::<Value>(c)
+            },
+            "XRANGE",
+        )?;
+        entries(page).iter().take(limit).map(|e| decode_entry(e).map_err(StoreError)).collect()
+    }
+
+    fn oldest(&self, room: &RoomId) -> Option<u64> {
+        let page = self
+            .read(
+                |c| redis::cmd("XRANGE").arg(key(room, "log")).arg("-").arg("+").arg("COUNT").arg(1).query(c),
+                "XRANGE",
+            )
+            .ok()?;
+        entries(page).first().and_then(|e| decode_entry(e).ok()).map(|r| r.rev)
+    }
+
+    fn rooms_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<RoomId>, StoreError> {
+        let from = after.map_or_else(|| "-".to_string(), |a| format!("({a}"));
+        let names: Vec<String> = self.read(
+            |c| {
+                redis::cmd("ZRANGEBYLEX")
+                    .arg(ROOMS_KEY)
+                    .arg(&from)
+                    .arg("+")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit)
+                    .query(c)
+            },
+            "ZRANGEBYLEX",
+        )?;
+        Ok(names.iter().filter_map(|n| RoomId::parse(n).ok()).collect())
+    }
+
+    /// Drops what is queued for the room, then its keys (whoever owns it).
+    fn delete(&self, room: &RoomId) -> Result<(), StoreError> {
+        self.shared.queue.lock().ops.retain(|op| op.room() != Some(room));
+        self.barrier();
+        self.shared.owned.lock().remove(room);
+        let keys: Vec<String> =
+            ["log", "rev", "snap", "epoch", "owner"].iter().map(|w| key(room, w)).collect();
+        self.read(
+            |c| {
+                redis::pipe()
+                    .cmd("DEL")
+                    .arg(&keys)
+                    .ignore()
+                    .cmd("ZREM")
+                    .arg(ROOMS_KEY)
+                    .arg(room.as_str())
+                    .ignore()
+                    .query::<()>(c)
+            },
+            "delete",
+        )
+    }
+
+    /// Writes what is queued, then gives the room's lease up (an evicted room may be taken by
+    /// any node).
+    fn close(&self, room: &RoomId) {
+        self.barrier();
+        self.release(room);
+    }
+
+    fn flush(&self) {
+        self.barrier();
+    }
+}
+
+/// The store's thread: sends each round's ops in one pipeline and renews the leases.
+struct Writer {
+    shared: Arc<Shared>,
+    client: redis::Client,
+    con: Option<redis::Connection>,
+}
+
+/// What one pipelined command's reply means.
+enum Expect {
+    Ignore,
+    Append { room: RoomId, generation: u64, first: u64 },
+}
+
+impl Writer {
+    fn run(&mut self) {
+        let renew_every = (self.shared.opts.lease / 3).max(Duration::from_millis(10));
+        let mut next_renewal = Instant::now() + renew_every;
+        loop {
+            let (ops, stop) = {
+                let mut queue = self.shared.queue.lock();
+                if queue.ops.is_empty() && !queue.stop {
+                    self.shared.wake.wait_until(&mut queue, next_renewal);
+                }
+                (std::mem::take(&mut queue.ops), queue.stop)
+            };
+            if !ops.is_empty() {
+                self.round(ops);
+            }
+            if Instant::now() >= next_renewal {
+                self.renew();
+                next_renewal = Instant::now() + renew_every;
+            }
+            if stop && self.shared.queue.lock().ops.is_empty() {
+                return;
+            }
+        }
+    }
+
+    fn connection(&mut self) -> Result<&mut redis::Connection, StoreError> {
+        if self.con.is_none() {
+            match connect(&self.client) {
+                Ok(con) => self.con = Some(con),
+                Err(e) => {
+                    std::thread::sleep(RETRY);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(self.con.as_mut().expect("connected above"))
+    }
+
+    fn journal(&self, room: &RoomId) -> Option<Arc<dyn Journal>> {
+        self.shared.owned.lock().get(room)?.journal.as_ref()?.upgrade()
+    }
+
+    /// Reports the failure of record `rev` of `generation` once (later records of that generation
+    /// are dropped).
+    fn fail(&self, room: &RoomId, generation: u64, rev: u64, error: &StoreError) {
+        let journal = {
+            let mut owned = self.shared.owned.lock();
+            let Some(o) = owned.get_mut(room) else { return };
+            if o.failed_gen == Some(generation) {
+                return;
+            }
+            o.failed_gen = Some(generation);
+            o.journal.as_ref().and_then(Weak::upgrade)
+        };
+        tracing::warn!(room = %room, rev, error = %error, "redis store: append failed");
+        if let Some(j) = journal {
+            j.failed(generation, rev, error);
+        }
+    }
+
+    fn round(&mut self, ops: Vec<Op>) {
+        let token = self.shared.token.clone();
+        let retain = self.shared.opts.retain;
+        let mut pipe = redis::pipe();
+        let mut expect = Vec::new();
+        let mut barriers = Vec::new();
+        let mut doomed: Vec<(RoomId, u64, u64, StoreError)> = Vec::new();
+        // Consecutive records of one room and generation become one script call.
+        let mut run: Option<(RoomId, u64, u64, Vec<Vec<u8>>)> = None;
+        let flush_run = |run: &mut Option<(RoomId, u64, u64, Vec<Vec<u8>>)>,
+                         pipe: &mut redis::Pipeline,
+                         expect: &mut Vec<Expect>| {
+            if let Some((room, generation, first, frames)) = run.take() {
+                let cmd = pipe
+                    .cmd("EVAL")
+                    .arg(APPEND)
+                    .arg(3)
+                    .arg(key(&room, "owner"))
+                    .arg(key(&room, "log"))
+                    .arg(key(&room, "rev"))
+                    .arg(&token)
+                    .arg(first);
+                for f in &frames {
+                    cmd.arg(f.as_slice());
+                }
+                expect.push(Expect::Append { room, generation, first });
+            }
+        };
+        for op in ops {
+            match op {
+                Op::Append { room, generation, rev, frame } => {
+                    let dropped =
+                        self.shared.owned.lock().get(&room).is_none_or(|o| o.failed_gen == Some(generation));
+                    if dropped || doomed.iter().any(|(r, g, _, _)| *r == room && *g == generation) {
+                        continue;
+                    }
+                    let frame = match frame {
+                        Ok(frame) => frame,
+                        Err(e) => {
+                            // Reported once what precedes it in this round is; the rest of its
+                            // generation is dropped.
+                            doomed.push((room, generation, rev, e));
+                            continue;
+                        }
+                    };
+                    match &mut run {
+                        Some((r, g, first, frames))
+                            if *r == room && *g == generation && *first + frames.len() as u64 == rev =>
+                        {
+                            frames.push(frame);
+                        }
+                        _ => {
+                            flush_run(&mut run, &mut pipe, &mut expect);
+                            run = Some((room, generation, rev, vec![frame]));
+                        }
+                    }
+                }
+                Op::Open { room, epoch } => {
+                    flush_run(&mut run, &mut pipe, &mut expect);
+                    pipe.cmd("EVAL")
+                        .arg(OPEN)
+                        .arg(2)
+                        .arg(key(&room, "owner"))
+                        .arg(key(&room, "epoch"))
+                        .arg(&token)
+                        .arg(epoch);
+                    pipe.cmd("ZADD").arg(ROOMS_KEY).arg(0).arg(room.as_str());
+                    expect.push(Expect::Ignore);
+                    expect.push(Expect::Ignore);
+                }
+                Op::Snapshot { room, rev, bytes } => {
+                    flush_run(&mut run, &mut pipe, &mut expect);
+                    let keep_from = rev.saturating_sub(retain).max(1);
+                    pipe.cmd("EVAL")
+                        .arg(SNAPSHOT)
+                        .arg(3)
+                        .arg(key(&room, "owner"))
+                        .arg(key(&room, "snap"))
+                        .arg(key(&room, "log"))
+                        .arg(&token)
+                        .arg(bytes)
+                        .arg(keep_from);
+                    expect.push(Expect::Ignore);
+                }
+                Op::Barrier(tx) => barriers.push(tx),
+            }
+        }
+        flush_run(&mut run, &mut pipe, &mut expect);
+        if !expect.is_empty() {
+            self.send(&pipe, expect);
+        }
+        for (room, generation, rev, e) in doomed {
+            self.fail(&room, generation, rev, &e);
+        }
+        for tx in barriers {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Writer {
+    /// Sends one round and reports each room's outcome to its journal.
+    fn send(&mut self, pipe: &redis::Pipeline, expect: Vec<Expect>) {
+        let replies = match self.connection() {
+            Ok(con) => pipe.query::<Vec<Value>>(con).map_err(|e| {
+                self.con = None;
+                redis_error("append", &e)
+            }),
+            Err(e) => Err(e),
+        };
+        let replies = match replies {
+            Ok(replies) if replies.len() == expect.len() => replies,
+            Ok(replies) => {
+                let e = StoreError(format!("redis: {} replies for {} commands", replies.len(), expect.len()));
+                self.con = None;
+                return self.fail_all(&expect, &e);
+            }
+            Err(e) => return self.fail_all(&expect, &e),
+        };
+        for (reply, what) in replies.into_iter().zip(expect) {
+            let Expect::Append { room, generation, first } = what else { continue };
+            let outcome = match &reply {
+                Value::Array(v) => match v.as_slice() {
+                    [Value::Int(0), Value::Int(last)] => Ok(*last as u64),
+                    [Value::Int(1), _] => Err(StoreError(format!(
+                        "room {room}: this node no longer holds its lease (another node may own it)"
+                    ))),
+                    [Value::Int(2), Value::Int(stored)] => Err(StoreError(format!(
+                        "room {room}: stored revision is {stored}, this node's copy expected {}",
+                        first - 1
+                    ))),
+                    _ => Err(StoreError(format!("redis: unexpected reply {reply:?}"))),
+                },
+                _ => Err(StoreError(format!("redis: unexpected reply {reply:?}"))),
+            };
+            match outcome {
+                Ok(last) => {
+                    if let Some(j) = self.journal(&room) {
+                        j.written(last);
+                    }
+                }
+                Err(e) => {
+                    if let Some(o) = self.shared.owned.lock().get_mut(&room) {
+                        o.lost = true;
+                    }
+                    self.fail(&room, generation, first, &e);
+                }
+            }
+        }
+    }
+
+    /// The round did not reach Redis (or its answer was lost): every append in it fails.
+    fn fail_all(&self, expect: &[Expect], error: &StoreError) {
+        tracing::warn!(error = %error, "redis store: a round failed");
+        for what in expect {
+            if let Expect::Append { room, generation, first } = what {
+                self.fail(room, *generation, *first, error);
+            }
+        }
+    }
+
+    /// Extends every lease this node holds; a lease found lost is marked (its appends are
+    /// refused by Redis from then on).
+    fn renew(&mut self) {
+        let rooms: Vec<RoomId> =
+            self.shared.owned.lock().iter().filter(|(_, o)| !o.lost).map(|(r, _)| r.clone()).collect();
+        if rooms.is_empty() {
+            return;
+        }
+        let lease = self.shared.opts.lease.as_millis() as u64;
+        let mut pipe = redis::pipe();
+        for room in &rooms {
+            pipe.cmd("EVAL").arg(RENEW).arg(1).arg(key(room, "owner")).arg(&self.shared.token).arg(lease);
+        }
+        let replies = match self.connection() {
+            Ok(con) => pipe.query::<Vec<i64>>(con),
+            Err(e) => {
+                tracing::warn!(error = %e, "redis store: cannot renew leases");
+                return;
+            }
+        };
+        match replies {
+            Ok(replies) => {
+                let mut owned = self.shared.owned.lock();
+                for (room, got) in rooms.iter().zip(replies) {
+                    if got != 1
+                        && let Some(o) = owned.get_mut(room)
+                    {
+                        tracing::warn!(room = %room, "redis store: lease lost; the room's changes are refused");
+                        o.lost = true;
+                    }
+                }
+            }
+            Err(e) => {
+                self.con = None;
+                tracing::warn!(error = %e, "redis store: cannot renew leases");
+            }
+        }
+    }
+}
