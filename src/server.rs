@@ -114,7 +114,7 @@ pub async fn run(
         let _ = flushing.await;
     }
     if let Some(store) = app.rooms.store().cloned() {
-        let _ = tokio::task::spawn_blocking(move || store.flush()).await;
+        let _ = tokio::task::spawn_blocking(move || store.shutdown()).await;
     }
     tracing::info!(remaining = app.active(), "shutdown complete");
     Ok(())

@@ -139,6 +139,9 @@ async fn a_restart_on_redis_keeps_state_rev_and_epoch_resumes_by_delta_and_dedup
     assert_eq!((before["rev"].as_u64(), before["state"]["n"].as_u64()), (Some(5), Some(5)), "{before}");
     stop(server).await;
     assert_eq!(redis.log_revs("game"), [1, 2, 3, 4, 5], "one stream entry per change, ids from revisions");
+    let owner: Option<String> =
+        redis::cmd("GET").arg("ringsync:{game}:owner").query(&mut redis.con()).unwrap();
+    assert_eq!(owner, None, "a clean shutdown gives its leases up");
 
     let server = node(&redis, &[]);
     let (_, after) = get(server.addr, "/v1/rooms/game").await;

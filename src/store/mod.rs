@@ -249,6 +249,12 @@ pub trait Store: Send + Sync {
     fn close(&self, room: &RoomId);
     /// Writes and syncs everything queued so far (shutdown).
     fn flush(&self);
+    /// The last call, at shutdown, once nothing commits any more: flushes, and gives up what
+    /// the store holds for this process (the Redis store: its rooms' leases, so another node
+    /// may take them at once instead of after the lease's expiry).
+    fn shutdown(&self) {
+        self.flush();
+    }
 }
 
 /// The `limit` items with the smallest names (byte order) after `after`, sorted by name (for

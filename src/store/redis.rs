@@ -498,6 +498,14 @@ impl Store for Arc<RedisStore> {
     fn flush(&self) {
         self.barrier();
     }
+
+    fn shutdown(&self) {
+        self.barrier();
+        let rooms: Vec<RoomId> = self.shared.owned.lock().keys().cloned().collect();
+        for room in rooms {
+            self.release(&room);
+        }
+    }
 }
 
 /// The store's thread: sends each round's ops in one pipeline and renews the leases.
