@@ -22,6 +22,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
 use crate::auth::Authenticator;
+use crate::close::CloseReason;
 use crate::config::{AdminToken, Config, FsyncMode};
 use crate::guard::Guard;
 use crate::ids::RoomId;
@@ -227,6 +228,23 @@ impl App {
             Ok(Err(e)) => Err(e),
             _ => Ok(()),
         }
+    }
+
+    /// Unloads the rooms whose ownership moved to another node (the store says which) and
+    /// closes their connections with 4013, so their clients reconnect to the owner. Returns
+    /// how many rooms were unloaded.
+    pub fn unload_moved(&self) -> usize {
+        let Some(store) = self.rooms.store() else { return 0 };
+        let mut unloaded = 0;
+        for id in store.take_moved() {
+            let Some(room) = self.rooms.unload(&id) else { continue };
+            let sessions = self.sessions.of_room(&room);
+            let closed =
+                sessions.iter().filter(|s| self.sessions.kick(s, CloseReason::RoomMoved, true)).count();
+            tracing::warn!(room = %id, closed, "room moved to another node: unloaded, connections closed (4013)");
+            unloaded += 1;
+        }
+        unloaded
     }
 
     /// Once a second: sheds history if memory is tight, and publishes the memory gauges.

@@ -57,13 +57,16 @@ pub enum CloseReason {
     RoomDeleted,
     /// 4012: the room is stored but its data cannot be read back (see the server's log).
     RoomUnreadable,
+    /// 4013: on Redis (`--redis`), this node no longer owns the room (its lease lapsed or another
+    /// node took it): reconnect, and the load balancer's node that owns it takes over.
+    RoomMoved,
     /// 4429: the client kept sending past its rate limits (more than `--rate-limit-strikes`
     /// rate-limited messages within `--rate-limit-window`).
     RateLimited,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 21] = [
+    pub const ALL: [CloseReason; 22] = [
         CloseReason::Normal,
         CloseReason::Idle,
         CloseReason::Shutdown,
@@ -84,6 +87,7 @@ impl CloseReason {
         CloseReason::RoomClosed,
         CloseReason::RoomDeleted,
         CloseReason::RoomUnreadable,
+        CloseReason::RoomMoved,
         CloseReason::RateLimited,
     ];
 
@@ -106,6 +110,7 @@ impl CloseReason {
             CloseReason::RoomClosed => 4010,
             CloseReason::RoomDeleted => 4011,
             CloseReason::RoomUnreadable => 4012,
+            CloseReason::RoomMoved => 4013,
             CloseReason::SlowClient | CloseReason::Gone => 1006,
             CloseReason::RateLimited => 4429,
         }
@@ -134,6 +139,7 @@ impl CloseReason {
             CloseReason::RoomClosed => "room closed by an operator",
             CloseReason::RoomDeleted => "room deleted by an operator",
             CloseReason::RoomUnreadable => "the room's stored data cannot be read",
+            CloseReason::RoomMoved => "this node no longer owns the room: reconnect",
             CloseReason::RateLimited => "rate limited: too many messages over the limit",
         }
     }
@@ -161,6 +167,7 @@ impl CloseReason {
             CloseReason::RoomClosed => "room_closed",
             CloseReason::RoomDeleted => "room_deleted",
             CloseReason::RoomUnreadable => "room_unreadable",
+            CloseReason::RoomMoved => "room_moved",
             CloseReason::RateLimited => "rate_limited",
         }
     }

@@ -324,6 +324,16 @@ impl Rooms {
         Ok(removed)
     }
 
+    /// Takes the room out of memory without touching what is stored (its ownership moved to
+    /// another node): it is retired (a handle still held elsewhere commits nothing more) and the
+    /// next use loads it from the store again. `None` when it is not in memory.
+    pub fn unload(&self, id: &RoomId) -> Option<Arc<Room>> {
+        let (_, held) = self.map.remove(id)?;
+        held.room.retire();
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        Some(held.room.clone())
+    }
+
     /// Live connections in the room (0 when it is not in memory).
     pub fn clients(&self, id: &RoomId) -> usize {
         self.map.get(id).map_or(0, |h| h.connections.load(Ordering::Acquire))

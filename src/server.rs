@@ -574,6 +574,7 @@ async fn sweep(app: Arc<App>) {
                 metrics::counter!(m::ROOMS_EVICTED).increment(dropped as u64);
             }
         }
+        app.unload_moved();
         let (mut entries, mut capacity, mut full) = (0usize, 0usize, 0usize);
         for room in app.rooms.all() {
             // Counts of peers that come and go unlisted, at most a second old (see `presence`).

@@ -23,32 +23,56 @@ use tokio_tungstenite::tungstenite::Message;
 /// An `XRANGE` entry: its id and its field-value pairs.
 type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 
-/// A `redis-server` of the test's own (no persistence), killed and reaped when dropped.
+/// A `redis-server` of the test's own, killed and reaped when dropped.
 struct Redis {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    args: Vec<String>,
+    dir: tempfile::TempDir,
 }
 
 impl Redis {
+    /// No persistence.
     fn start() -> Redis {
+        Redis::start_with(&["--save", "", "--appendonly", "no"])
+    }
+
+    fn start_with(args: &[&str]) -> Redis {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        let args: Vec<String> = args.iter().map(|a| (*a).to_string()).collect();
+        let child = Redis::spawn(port, &args, dir.path());
+        let redis = Redis { child, port, args, dir };
+        redis.wait_ready();
+        redis
+    }
+
+    fn spawn(port: u16, args: &[String], dir: &std::path::Path) -> Child {
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(args)
             .arg("--dir")
-            .arg(dir.path())
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server (scripts/test.sh installs Debian's redis-server)");
-        let redis = Redis { child, port, _dir: dir };
+            .expect("redis-server (scripts/test.sh installs Debian's redis-server)")
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + WAIT;
-        while !redis.answers() {
+        while !self.answers() {
             assert!(Instant::now() < deadline, "redis-server answers PING in time");
             std::thread::sleep(Duration::from_millis(20));
         }
-        redis
+    }
+
+    /// SIGKILL, then the same server again (same port, same directory).
+    fn crash_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = Redis::spawn(self.port, &self.args, self.dir.path());
+        self.wait_ready();
     }
 
     fn answers(&self) -> bool {
@@ -86,10 +110,74 @@ impl Drop for Redis {
 }
 
 fn node(redis: &Redis, flags: &[&str]) -> Spawned {
-    let url = redis.url();
-    let mut args = vec!["--redis", url.as_str()];
+    node_at(&redis.url(), flags)
+}
+
+fn node_at(url: &str, flags: &[&str]) -> Spawned {
+    let mut args = vec!["--redis", url];
     args.extend_from_slice(flags);
     Spawned::start(server_command(&args))
+}
+
+/// A TCP proxy in front of Redis that the test can cut (every connection dropped, new ones
+/// refused) and restore, on the same port.
+struct Proxy {
+    port: u16,
+    target: u16,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    async fn start(target: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut proxy = Proxy { port, target, task: None };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let target = self.target;
+        self.task = Some(tokio::spawn(async move {
+            // Owned here: aborting this task drops every connection.
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut down, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    async fn restore(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(l) => break l,
+                Err(e) => assert!(Instant::now() < deadline, "rebinding the proxy's port: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        self.serve(listener);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
 }
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
@@ -246,30 +334,114 @@ async fn one_owner_per_room_and_a_takeover_after_a_sigkill_keeps_every_acknowled
 }
 
 #[tokio::test]
-async fn a_node_whose_lease_was_taken_has_its_appends_fenced() {
+async fn a_node_whose_lease_was_taken_is_fenced_unloads_the_room_and_closes_its_clients_4013() {
     let redis = Redis::start();
     let a = node(&redis, &[]);
     for _ in 0..2 {
         assert_eq!(post(a.addr, "f", incr(1)).await.0, 200);
     }
+    let mut c = Client::connect_at(a.addr, "f", "").await;
+    c.sync_to(2).await;
     // As if A's lease had lapsed (a long pause) and another node had taken the room.
     let _: () =
         redis::cmd("SET").arg("ringsync:{f}:owner").arg("another-node").query(&mut redis.con()).unwrap();
 
-    let (status, body) = post(a.addr, "f", incr(1)).await;
-    assert_eq!((status, body["code"].as_str()), (503, Some("unavailable")), "{body}");
-    assert_eq!(redis.log_revs("f"), [1, 2], "nothing was appended past the fence");
-    let (_, room) = get(a.addr, "/v1/rooms/f").await;
-    assert_eq!(
-        (room["rev"].as_u64(), room["state"]["n"].as_u64()),
-        (Some(2), Some(2)),
-        "rolled back: {room}"
-    );
-    // A WebSocket writer is told the same, with the change's id.
-    let mut c = Client::connect_at(a.addr, "f", "").await;
     c.send(json!({"type": "change", "clientReqId": 1, "ops": incr(1)})).await;
     let m = c.recv().await;
     assert_eq!((m["type"].as_str(), m["code"].as_str()), (Some("reject"), Some("unavailable")), "{m}");
-    assert_eq!(redis.log_revs("f"), [1, 2]);
+    let (status, body) = post(a.addr, "f", incr(1)).await;
+    assert_eq!((status, body["code"].as_str()), (503, Some("unavailable")), "{body}");
+    assert_eq!(redis.log_revs("f"), [1, 2], "nothing was appended past the fence");
+    // A lets the room go: its clients are told to reconnect (to the owner), and A no longer
+    // serves it while the other node owns it.
+    assert_eq!(c.closed().await, 4013);
+    let (status, _) = get(a.addr, "/v1/rooms/f").await;
+    assert_eq!(status, 503);
+    // Once the other node gives the room up, A loads it again, as it was stored.
+    let _: () = redis::cmd("DEL").arg("ringsync:{f}:owner").query(&mut redis.con()).unwrap();
+    let (status, room) = get(a.addr, "/v1/rooms/f").await;
+    assert_eq!(
+        (status, room["rev"].as_u64(), room["state"]["n"].as_u64()),
+        (200, Some(2), Some(2)),
+        "{room}"
+    );
+    assert_eq!(post(a.addr, "f", incr(1)).await.0, 200);
+    assert_eq!(redis.log_revs("f"), [1, 2, 3]);
+    stop(a).await;
+}
+
+// Multi-threaded: the proxy's tasks must run while the test blocks (starting a node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_redis_stops_committing_and_another_takes_its_rooms_without_a_fork() {
+    let redis = Redis::start();
+    let mut proxy = Proxy::start(redis.port).await;
+    let a = node_at(&proxy.url(), &["--owner-lease", "500"]);
+    let b = node(&redis, &["--owner-lease", "500"]);
+    for _ in 0..3 {
+        assert_eq!(post(a.addr, "c", incr(1)).await.0, 200);
+    }
+    let mut client = Client::connect_at(a.addr, "c", "").await;
+    client.sync_to(3).await;
+
+    proxy.cut();
+    let (status, body) = post(a.addr, "c", incr(1)).await;
+    assert_eq!((status, body["code"].as_str()), (503, Some("unavailable")), "A stops committing: {body}");
+    let (_, room) = get(a.addr, "/v1/rooms/c").await;
+    assert_eq!(room["rev"], 3, "rolled back to what is stored: {room}");
+
+    // B takes the room over once A's lease lapses, and commits on.
+    let cut_at = Instant::now();
+    let room = loop {
+        let (status, room) = get(b.addr, "/v1/rooms/c").await;
+        if status == 200 {
+            break room;
+        }
+        assert!(cut_at.elapsed() < WAIT, "B takes the room over in time: {room}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((room["rev"].as_u64(), room["state"]["n"].as_u64()), (Some(3), Some(3)), "{room}");
+    let (status, body) = post(b.addr, "c", incr(10)).await;
+    assert_eq!((status, body["rev"].as_u64()), (200, Some(4)), "{body}");
+
+    // A gets Redis back: it finds its lease gone, lets the room go and tells its clients.
+    proxy.restore().await;
+    assert_eq!(client.closed().await, 4013);
+    let (status, _) = post(a.addr, "c", incr(1)).await;
+    assert_eq!(status, 503, "A does not take the room back from B");
+    assert_eq!(redis.log_revs("c"), [1, 2, 3, 4], "one history, no fork");
+    let (_, room) = get(b.addr, "/v1/rooms/c").await;
+    assert_eq!(room["state"]["n"], 13);
+    stop(b).await;
+}
+
+#[tokio::test]
+async fn nodes_carry_on_after_redis_restarts_and_nothing_acknowledged_is_lost() {
+    let mut redis = Redis::start_with(&["--appendonly", "yes", "--appendfsync", "always", "--save", ""]);
+    let a = node(&redis, &[]);
+    let mut acked = 0;
+    for _ in 0..3 {
+        assert_eq!(post(a.addr, "s", incr(1)).await.0, 200);
+        acked += 1;
+    }
+    redis.crash_and_restart();
+    // The first changes after the restart may meet the broken connection (rejected
+    // `unavailable`, for the client to resend); the node reconnects by itself.
+    let started = Instant::now();
+    let mut refused = 0;
+    while acked < 6 {
+        let (status, body) = post(a.addr, "s", incr(1)).await;
+        match status {
+            200 => acked += 1,
+            503 => refused += 1,
+            _ => panic!("{status} {body}"),
+        }
+        assert!(started.elapsed() < WAIT, "the node carries on after Redis restarts ({refused} refused)");
+        if status != 200 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let (_, room) = get(a.addr, "/v1/rooms/s").await;
+    assert_eq!((room["rev"].as_u64(), room["state"]["n"].as_u64()), (Some(acked), Some(acked)), "{room}");
+    assert_eq!(redis.log_revs("s"), (1..=acked).collect::<Vec<_>>());
     stop(a).await;
 }

@@ -255,6 +255,12 @@ pub trait Store: Send + Sync {
     fn shutdown(&self) {
         self.flush();
     }
+    /// Rooms this node may no longer serve since the last call: their ownership moved (the
+    /// Redis store: a lease lapsed or was taken, or the stored log moved on without this node).
+    /// The caller unloads them and closes their connections, so clients reconnect to the owner.
+    fn take_moved(&self) -> Vec<RoomId> {
+        Vec::new()
+    }
 }
 
 /// The `limit` items with the smallest names (byte order) after `after`, sorted by name (for

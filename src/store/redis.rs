@@ -167,7 +167,19 @@ struct Shared {
     /// This process's lease token.
     token: String,
     owned: Mutex<HashMap<RoomId, Owned>>,
+    /// Rooms found lost since [`Store::take_moved`] last took them.
+    moved: Mutex<Vec<RoomId>>,
     opts: RedisOptions,
+}
+
+impl Shared {
+    /// Marks the room lost (once) and queues it for [`Store::take_moved`].
+    fn lose(&self, room: &RoomId) {
+        let newly = self.owned.lock().get_mut(room).is_some_and(|o| !std::mem::replace(&mut o.lost, true));
+        if newly {
+            self.moved.lock().push(room.clone());
+        }
+    }
 }
 
 /// Rooms in Redis; see the module doc.
@@ -202,6 +214,7 @@ impl RedisStore {
             wake: Condvar::new(),
             token,
             owned: Mutex::new(HashMap::new()),
+            moved: Mutex::new(Vec::new()),
             opts,
         });
         let mut writer = Writer { shared: shared.clone(), client: client.clone(), con: None };
@@ -499,6 +512,15 @@ impl Store for Arc<RedisStore> {
         self.barrier();
     }
 
+    fn take_moved(&self) -> Vec<RoomId> {
+        let moved = std::mem::take(&mut *self.shared.moved.lock());
+        let mut owned = self.shared.owned.lock();
+        for room in &moved {
+            owned.remove(room);
+        }
+        moved
+    }
+
     fn shutdown(&self) {
         self.barrier();
         let rooms: Vec<RoomId> = self.shared.owned.lock().keys().cloned().collect();
@@ -702,19 +724,25 @@ impl Writer {
         };
         for (reply, what) in replies.into_iter().zip(expect) {
             let Expect::Append { room, generation, first } = what else { continue };
-            let outcome = match &reply {
+            let (outcome, moved) = match &reply {
                 Value::Array(v) => match v.as_slice() {
-                    [Value::Int(0), Value::Int(last)] => Ok(*last as u64),
-                    [Value::Int(1), _] => Err(StoreError(format!(
-                        "room {room}: this node no longer holds its lease (another node may own it)"
-                    ))),
-                    [Value::Int(2), Value::Int(stored)] => Err(StoreError(format!(
-                        "room {room}: stored revision is {stored}, this node's copy expected {}",
-                        first - 1
-                    ))),
-                    _ => Err(StoreError(format!("redis: unexpected reply {reply:?}"))),
+                    [Value::Int(0), Value::Int(last)] => (Ok(*last as u64), false),
+                    [Value::Int(1), _] => (
+                        Err(StoreError(format!(
+                            "room {room}: this node no longer holds its lease (another node may own it)"
+                        ))),
+                        true,
+                    ),
+                    [Value::Int(2), Value::Int(stored)] => (
+                        Err(StoreError(format!(
+                            "room {room}: stored revision is {stored}, this node's copy expected {}",
+                            first - 1
+                        ))),
+                        true,
+                    ),
+                    _ => (Err(StoreError(format!("redis: unexpected reply {reply:?}"))), false),
                 },
-                _ => Err(StoreError(format!("redis: unexpected reply {reply:?}"))),
+                _ => (Err(StoreError(format!("redis: unexpected reply {reply:?}"))), false),
             };
             match outcome {
                 Ok(last) => {
@@ -722,12 +750,11 @@ impl Writer {
                         j.written(last);
                     }
                 }
-                Err(e) => {
-                    if let Some(o) = self.shared.owned.lock().get_mut(&room) {
-                        o.lost = true;
-                    }
-                    self.fail(&room, generation, first, &e);
-                }
+                Err(e) => self.fail(&room, generation, first, &e),
+            }
+            // Fenced: the room is another node's now (or its log moved on without this node).
+            if moved {
+                self.shared.lose(&room);
             }
         }
     }
@@ -764,13 +791,10 @@ impl Writer {
         };
         match replies {
             Ok(replies) => {
-                let mut owned = self.shared.owned.lock();
                 for (room, got) in rooms.iter().zip(replies) {
-                    if got != 1
-                        && let Some(o) = owned.get_mut(room)
-                    {
-                        tracing::warn!(room = %room, "redis store: lease lost; the room's changes are refused");
-                        o.lost = true;
+                    if got != 1 {
+                        tracing::warn!(room = %room, "redis store: lease lost; the room is unloaded");
+                        self.shared.lose(room);
                     }
                 }
             }
