@@ -44,6 +44,8 @@ pub struct App {
     /// The data directory's store (`None` with `--memory-only`); the rooms hold it as their
     /// [`Store`](crate::store::Store), this handle is for its statistics and shutdown flush.
     pub file_store: Option<Arc<FileStore>>,
+    /// The Redis store (`--redis`), for its metrics.
+    pub redis_store: Option<Arc<RedisStore>>,
     pub sessions: Arc<Sessions>,
     pub metrics: PrometheusHandle,
     /// The admin API's secret (`--admin-token-file`), read once at start.
@@ -87,6 +89,7 @@ impl App {
         let admin_token = config.read_admin_token()?;
         let mut rooms =
             Rooms::with_budget(config.room_config(), config.max_rooms, Budget::new(config.max_memory));
+        let mut redis_store = None;
         let file_store = if config.memory_only {
             None
         } else if let Some(url) = &config.redis {
@@ -96,7 +99,8 @@ impl App {
                 retain: config.retain_history.max(config.history as u64),
             };
             let store = RedisStore::connect(options).map_err(|e| format!("--redis: {e}"))?;
-            rooms = rooms.with_store(Arc::new(store));
+            rooms = rooms.with_store(Arc::new(store.clone()));
+            redis_store = Some(store);
             None
         } else {
             let options = FileOptions {
@@ -119,6 +123,7 @@ impl App {
             auth,
             admin_token,
             file_store,
+            redis_store,
             rooms,
             sessions: Arc::new(Sessions::new(SessionLimits::from(&config))),
             metrics: m::install(),
@@ -257,6 +262,9 @@ impl App {
         metrics::counter!(m::HISTORY_SHED).absolute(budget.shed_total());
         if let Some(store) = &self.file_store {
             m::publish_store(&store.stats());
+        }
+        if let Some(store) = &self.redis_store {
+            m::publish_redis(&store.stats());
         }
     }
 

@@ -36,6 +36,12 @@ pub const STORE_SEGMENTS_PARKED: &str = "ringsync_store_segments_parked_total";
 pub const STORE_CHECKPOINTS: &str = "ringsync_store_wal_checkpoints_total";
 pub const STORE_WAL_REPLAYED: &str = "ringsync_store_wal_replayed_total";
 pub const STORE_QUEUE: &str = "ringsync_store_queue_length";
+pub const REDIS_ROOMS_OWNED: &str = "ringsync_redis_rooms_owned";
+pub const REDIS_APPENDS: &str = "ringsync_redis_appends_total";
+pub const REDIS_APPEND_FAILURES: &str = "ringsync_redis_append_failures_total";
+pub const REDIS_ROUNDS: &str = "ringsync_redis_rounds_total";
+pub const REDIS_RENEWALS: &str = "ringsync_redis_lease_renewals_total";
+pub const REDIS_LEASES_LOST: &str = "ringsync_redis_leases_lost_total";
 pub const CHANGES_COMMITTED: &str = "ringsync_changes_committed_total";
 pub const CHANGES_REJECTED: &str = "ringsync_changes_rejected_total";
 pub const OPS_APPLIED: &str = "ringsync_ops_applied_total";
@@ -408,9 +414,15 @@ fn initialise() {
         STORE_SEGMENTS_PARKED,
         STORE_CHECKPOINTS,
         STORE_WAL_REPLAYED,
+        REDIS_APPENDS,
+        REDIS_APPEND_FAILURES,
+        REDIS_ROUNDS,
+        REDIS_RENEWALS,
+        REDIS_LEASES_LOST,
     ] {
         metrics::counter!(name).increment(0);
     }
+    metrics::gauge!(REDIS_ROOMS_OWNED).set(0.0);
     metrics::gauge!(STORE_FSYNC_SECONDS).set(0.0);
     metrics::gauge!(STORE_QUEUE).set(0.0);
     for what in MemoryRefusal::ALL {
@@ -562,6 +574,18 @@ fn describe() {
         "Records appended again from the write-ahead log at start, after an unclean stop had lost them from their segments"
     );
     describe_gauge!(STORE_QUEUE, "Records and snapshots waiting for the store's writer thread");
+    describe_gauge!(REDIS_ROOMS_OWNED, "Rooms whose ownership lease this node holds in Redis (--redis)");
+    describe_counter!(REDIS_APPENDS, "Change records appended to the rooms' Redis streams (--redis)");
+    describe_counter!(
+        REDIS_APPEND_FAILURES,
+        "Change records Redis did not take (fenced by another node's lease, or Redis unreachable): rejected unavailable"
+    );
+    describe_counter!(REDIS_ROUNDS, "Pipelined rounds the Redis store's thread sent (--redis)");
+    describe_counter!(REDIS_RENEWALS, "Ownership leases renewed in Redis (--redis)");
+    describe_counter!(
+        REDIS_LEASES_LOST,
+        "Rooms this node lost to another node (lease lapsed or taken, or appends fenced): unloaded, clients closed with 4013"
+    );
 }
 
 /// Publishes the file store's statistics (the sweep calls it once a second).
@@ -578,6 +602,16 @@ pub fn publish_store(s: &crate::store::file::StatsSnapshot) {
     metrics::counter!(STORE_CHECKPOINTS).absolute(s.checkpoints);
     metrics::counter!(STORE_WAL_REPLAYED).absolute(s.wal_replayed);
     metrics::gauge!(STORE_QUEUE).set(s.queue_len as f64);
+}
+
+/// Publishes the Redis store's counters (called once a second by the sweep).
+pub fn publish_redis(s: &crate::store::redis::StatsSnapshot) {
+    metrics::gauge!(REDIS_ROOMS_OWNED).set(s.rooms_owned as f64);
+    metrics::counter!(REDIS_APPENDS).absolute(s.appends);
+    metrics::counter!(REDIS_APPEND_FAILURES).absolute(s.append_failures);
+    metrics::counter!(REDIS_ROUNDS).absolute(s.rounds);
+    metrics::counter!(REDIS_RENEWALS).absolute(s.renewals);
+    metrics::counter!(REDIS_LEASES_LOST).absolute(s.leases_lost);
 }
 
 #[cfg(test)]

@@ -189,6 +189,23 @@ async fn post(addr: SocketAddr, room: &str, ops: Value) -> (u16, Value) {
     http_at(addr, "POST", &format!("/v1/rooms/{room}/changes"), Some(&body), "").await
 }
 
+/// Polls `/metrics` (published once a second) until the sample `name` satisfies `ok`.
+async fn metric_until(addr: SocketAddr, name: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, m) = get(addr, "/metrics").await;
+        let value = m.as_str().unwrap_or_default().lines().find_map(|l| {
+            let (n, v) = l.split_once(' ')?;
+            (n == name).then(|| v.parse::<f64>().ok()).flatten()
+        });
+        if let Some(v) = value.filter(|v| ok(*v)) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{name} = {value:?} in time");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn stop(mut s: Spawned) {
     let pid = s.pid().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
@@ -330,6 +347,8 @@ async fn one_owner_per_room_and_a_takeover_after_a_sigkill_keeps_every_acknowled
     let (status, body) = post(b.addr, "r", incr(1)).await;
     assert_eq!((status, body["rev"].as_u64()), (200, Some(rev + 1)), "{body}");
     assert_eq!(redis.log_revs("r").last(), Some(&(rev + 1)));
+    metric_until(b.addr, "ringsync_redis_rooms_owned", |v| v == 1.0).await;
+    metric_until(b.addr, "ringsync_redis_lease_renewals_total", |v| v >= 1.0).await;
     stop(b).await;
 }
 
@@ -357,6 +376,10 @@ async fn a_node_whose_lease_was_taken_is_fenced_unloads_the_room_and_closes_its_
     assert_eq!(c.closed().await, 4013);
     let (status, _) = get(a.addr, "/v1/rooms/f").await;
     assert_eq!(status, 503);
+    metric_until(a.addr, "ringsync_redis_leases_lost_total", |v| v == 1.0).await;
+    metric_until(a.addr, "ringsync_redis_append_failures_total", |v| v >= 1.0).await;
+    metric_until(a.addr, "ringsync_redis_appends_total", |v| v == 2.0).await;
+    metric_until(a.addr, "ringsync_redis_rooms_owned", |v| v == 0.0).await;
     // Once the other node gives the room up, A loads it again, as it was stored.
     let _: () = redis::cmd("DEL").arg("ringsync:{f}:owner").query(&mut redis.con()).unwrap();
     let (status, room) = get(a.addr, "/v1/rooms/f").await;

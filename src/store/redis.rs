@@ -33,6 +33,7 @@
 //! clients over when its lease is lost; presence and broadcasts across nodes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -129,6 +130,27 @@ fn redis_error(what: &str, e: &redis::RedisError) -> StoreError {
     StoreError(format!("redis: {what}: {e}"))
 }
 
+/// Counters for `/metrics` (see [`RedisStore::stats`]).
+#[derive(Default)]
+struct Stats {
+    appends: AtomicU64,
+    append_failures: AtomicU64,
+    rounds: AtomicU64,
+    renewals: AtomicU64,
+    leases_lost: AtomicU64,
+}
+
+/// The Redis store's counters at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StatsSnapshot {
+    pub rooms_owned: u64,
+    pub appends: u64,
+    pub append_failures: u64,
+    pub rounds: u64,
+    pub renewals: u64,
+    pub leases_lost: u64,
+}
+
 /// What the store knows of a room it holds the lease of.
 #[derive(Default)]
 struct Owned {
@@ -170,6 +192,7 @@ struct Shared {
     /// Rooms found lost since [`Store::take_moved`] last took them.
     moved: Mutex<Vec<RoomId>>,
     opts: RedisOptions,
+    stats: Stats,
 }
 
 impl Shared {
@@ -177,6 +200,7 @@ impl Shared {
     fn lose(&self, room: &RoomId) {
         let newly = self.owned.lock().get_mut(room).is_some_and(|o| !std::mem::replace(&mut o.lost, true));
         if newly {
+            self.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
             self.moved.lock().push(room.clone());
         }
     }
@@ -216,6 +240,7 @@ impl RedisStore {
             owned: Mutex::new(HashMap::new()),
             moved: Mutex::new(Vec::new()),
             opts,
+            stats: Stats::default(),
         });
         let mut writer = Writer { shared: shared.clone(), client: client.clone(), con: None };
         let thread = std::thread::Builder::new()
@@ -228,6 +253,18 @@ impl RedisStore {
             reader: Mutex::new(Some(con)),
             thread: Mutex::new(Some(thread)),
         }))
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        let s = &self.shared.stats;
+        StatsSnapshot {
+            rooms_owned: self.shared.owned.lock().values().filter(|o| !o.lost).count() as u64,
+            appends: s.appends.load(Ordering::Relaxed),
+            append_failures: s.append_failures.load(Ordering::Relaxed),
+            rounds: s.rounds.load(Ordering::Relaxed),
+            renewals: s.renewals.load(Ordering::Relaxed),
+            leases_lost: s.leases_lost.load(Ordering::Relaxed),
+        }
     }
 
     /// This node's lease token (what `ringsync:{room}:owner` holds for the rooms it owns).
@@ -540,7 +577,7 @@ struct Writer {
 /// What one pipelined command's reply means.
 enum Expect {
     Ignore,
-    Append { room: RoomId, generation: u64, first: u64 },
+    Append { room: RoomId, generation: u64, first: u64, count: u64 },
 }
 
 impl Writer {
@@ -628,7 +665,8 @@ impl Writer {
                 for f in &frames {
                     cmd.arg(f.as_slice());
                 }
-                expect.push(Expect::Append { room, generation, first });
+                let count = frames.len() as u64;
+                expect.push(Expect::Append { room, generation, first, count });
             }
         };
         for op in ops {
@@ -695,6 +733,7 @@ impl Writer {
             self.send(&pipe, expect);
         }
         for (room, generation, rev, e) in doomed {
+            self.shared.stats.append_failures.fetch_add(1, Ordering::Relaxed);
             self.fail(&room, generation, rev, &e);
         }
         for tx in barriers {
@@ -706,6 +745,7 @@ impl Writer {
 impl Writer {
     /// Sends one round and reports each room's outcome to its journal.
     fn send(&mut self, pipe: &redis::Pipeline, expect: Vec<Expect>) {
+        self.shared.stats.rounds.fetch_add(1, Ordering::Relaxed);
         let replies = match self.connection() {
             Ok(con) => pipe.query::<Vec<Value>>(con).map_err(|e| {
                 self.con = None;
@@ -723,7 +763,7 @@ impl Writer {
             Err(e) => return self.fail_all(&expect, &e),
         };
         for (reply, what) in replies.into_iter().zip(expect) {
-            let Expect::Append { room, generation, first } = what else { continue };
+            let Expect::Append { room, generation, first, count } = what else { continue };
             let (outcome, moved) = match &reply {
                 Value::Array(v) => match v.as_slice() {
                     [Value::Int(0), Value::Int(last)] => (Ok(*last as u64), false),
@@ -746,11 +786,15 @@ impl Writer {
             };
             match outcome {
                 Ok(last) => {
+                    self.shared.stats.appends.fetch_add(count, Ordering::Relaxed);
                     if let Some(j) = self.journal(&room) {
                         j.written(last);
                     }
                 }
-                Err(e) => self.fail(&room, generation, first, &e),
+                Err(e) => {
+                    self.shared.stats.append_failures.fetch_add(count, Ordering::Relaxed);
+                    self.fail(&room, generation, first, &e);
+                }
             }
             // Fenced: the room is another node's now (or its log moved on without this node).
             if moved {
@@ -763,7 +807,8 @@ impl Writer {
     fn fail_all(&self, expect: &[Expect], error: &StoreError) {
         tracing::warn!(error = %error, "redis store: a round failed");
         for what in expect {
-            if let Expect::Append { room, generation, first } = what {
+            if let Expect::Append { room, generation, first, count } = what {
+                self.shared.stats.append_failures.fetch_add(*count, Ordering::Relaxed);
                 self.fail(room, *generation, *first, error);
             }
         }
@@ -792,7 +837,9 @@ impl Writer {
         match replies {
             Ok(replies) => {
                 for (room, got) in rooms.iter().zip(replies) {
-                    if got != 1 {
+                    if got == 1 {
+                        self.shared.stats.renewals.fetch_add(1, Ordering::Relaxed);
+                    } else {
                         tracing::warn!(room = %room, "redis store: lease lost; the room is unloaded");
                         self.shared.lose(room);
                     }
