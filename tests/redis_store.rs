@@ -468,3 +468,26 @@ async fn nodes_carry_on_after_redis_restarts_and_nothing_acknowledged_is_lost() 
     assert_eq!(redis.log_revs("s"), (1..=acked).collect::<Vec<_>>());
     stop(a).await;
 }
+
+#[tokio::test]
+async fn reading_rooms_that_do_not_exist_leaves_no_lease_behind() {
+    let redis = Redis::start();
+    let a = node(&redis, &["--owner-lease", "300"]);
+    for i in 0..20 {
+        let (status, room) = get(a.addr, &format!("/v1/rooms/ghost{i}")).await;
+        assert_eq!((status, room["rev"].as_u64()), (200, Some(0)), "{room}");
+    }
+    assert_eq!(post(a.addr, "real", incr(1)).await.0, 200);
+    let owners =
+        || -> Vec<String> { redis::cmd("KEYS").arg("ringsync:*:owner").query(&mut redis.con()).unwrap() };
+    let deadline = Instant::now() + WAIT;
+    // Given up (not merely expired: the leases are renewed until then) once a lease period old.
+    while owners().len() > 1 {
+        assert!(Instant::now() < deadline, "the look-ups' leases are given up: {:?}", owners());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(owners(), ["ringsync:{real}:owner"], "the room in use keeps its lease");
+    metric_until(a.addr, "ringsync_redis_rooms_owned", |v| v == 1.0).await;
+    stop(a).await;
+}

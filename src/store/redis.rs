@@ -159,6 +159,9 @@ struct Owned {
     failed_gen: Option<u64>,
     /// The lease was found lost (or the stored log moved on without this node).
     lost: bool,
+    /// When a load took the lease. A lease taken for a look-up that opened nothing (a read of
+    /// a room that does not exist) is given up once it is a lease period old.
+    loaded_at: Option<Instant>,
 }
 
 enum Op {
@@ -398,7 +401,8 @@ impl Store for Arc<RedisStore> {
             let holder = holder.unwrap_or_else(|| "none".into());
             return Err(StoreError(format!("room {room} is owned by another node (lease {holder})")));
         }
-        self.shared.owned.lock().insert(room.clone(), Owned::default());
+        // A racing loader of the same room may have opened it already: keep its journal.
+        self.shared.owned.lock().entry(room.clone()).or_default().loaded_at = Some(Instant::now());
         let epoch: Option<String> =
             self.read(|c| redis::cmd("GET").arg(key(room, "epoch")).query(c), "GET epoch")?;
         let Some(epoch) = epoch else { return Ok(None) };
@@ -816,16 +820,35 @@ impl Writer {
 
     /// Extends every lease this node holds; a lease found lost is marked (its appends are
     /// refused by Redis from then on).
+    ///
+    /// Leases taken by loads that opened no room (a look-up of a room that does not exist) are
+    /// given up here once they are a lease period old, so reads of random names leave nothing
+    /// behind in Redis or in the renewals.
     fn renew(&mut self) {
-        let rooms: Vec<RoomId> =
-            self.shared.owned.lock().iter().filter(|(_, o)| !o.lost).map(|(r, _)| r.clone()).collect();
-        if rooms.is_empty() {
+        let period = self.shared.opts.lease;
+        let (rooms, unused) = {
+            let mut owned = self.shared.owned.lock();
+            let unused: Vec<RoomId> = owned
+                .iter()
+                .filter(|(_, o)| o.journal.is_none() && o.loaded_at.is_some_and(|t| t.elapsed() > period))
+                .map(|(r, _)| r.clone())
+                .collect();
+            for room in &unused {
+                owned.remove(room);
+            }
+            let rooms: Vec<RoomId> = owned.iter().filter(|(_, o)| !o.lost).map(|(r, _)| r.clone()).collect();
+            (rooms, unused)
+        };
+        if rooms.is_empty() && unused.is_empty() {
             return;
         }
-        let lease = self.shared.opts.lease.as_millis() as u64;
+        let lease = period.as_millis() as u64;
         let mut pipe = redis::pipe();
         for room in &rooms {
             pipe.cmd("EVAL").arg(RENEW).arg(1).arg(key(room, "owner")).arg(&self.shared.token).arg(lease);
+        }
+        for room in &unused {
+            pipe.cmd("EVAL").arg(RELEASE).arg(1).arg(key(room, "owner")).arg(&self.shared.token).ignore();
         }
         let replies = match self.connection() {
             Ok(con) => pipe.query::<Vec<i64>>(con),
