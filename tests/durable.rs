@@ -12,8 +12,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Client, Spawned, WAIT, binary, http_at, server_command};
-use futures_util::{SinkExt, StreamExt};
+use common::{Client, Spawned, WAIT, binary, crash, http_at, next_json, server_command, stop};
+use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -47,19 +47,6 @@ async fn counted(addr: SocketAddr, name: &str) -> bool {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Stops the server cleanly (SIGTERM) and waits for it to exit.
-async fn stop(mut s: Spawned) {
-    let pid = s.pid().to_string();
-    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(s.wait_exit(Duration::from_secs(20)).await.success());
-}
-
-/// Kills the server with SIGKILL (no drain, no flush).
-fn crash(mut s: Spawned) {
-    s.child.kill().unwrap();
-    s.child.wait().unwrap();
 }
 
 fn incr(n: i64) -> Value {
@@ -248,16 +235,6 @@ impl Writer {
 fn seen_ids(room: &Value) -> BTreeSet<u64> {
     let state = room["state"].as_object().cloned().unwrap_or_default();
     state.keys().filter_map(|k| k.strip_prefix('s')?.parse().ok()).collect()
-}
-
-async fn next_json(ws: &mut common::Ws) -> Option<Value> {
-    loop {
-        match ws.next().await? {
-            Ok(Message::Text(t)) => return Some(serde_json::from_str(&t).unwrap()),
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => continue,
-        }
-    }
 }
 
 /// Kills the server with SIGKILL at random moments while a writer commits, 20 times; after every

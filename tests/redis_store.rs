@@ -15,10 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Client, Spawned, WAIT, http_at, server_command};
-use futures_util::StreamExt;
+use common::{Client, Spawned, WAIT, crash, http_at, next_json, server_command, stop};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
 
 /// An `XRANGE` entry: its id and its field-value pairs.
 type StreamEntry = (String, Vec<(String, Vec<u8>)>);
@@ -203,27 +201,6 @@ async fn metric_until(addr: SocketAddr, name: &str, ok: impl Fn(f64) -> bool) ->
         }
         assert!(Instant::now() < deadline, "{name} = {value:?} in time");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn stop(mut s: Spawned) {
-    let pid = s.pid().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(s.wait_exit(Duration::from_secs(20)).await.success());
-}
-
-fn crash(mut s: Spawned) {
-    s.child.kill().unwrap();
-    s.child.wait().unwrap();
-}
-
-async fn next_json(ws: &mut common::Ws) -> Option<Value> {
-    loop {
-        match tokio::time::timeout(WAIT, ws.next()).await.expect("a message in time")? {
-            Ok(Message::Text(t)) => return Some(serde_json::from_str(&t).unwrap()),
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => continue,
-        }
     }
 }
 

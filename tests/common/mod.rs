@@ -150,6 +150,30 @@ impl Drop for Spawned {
     }
 }
 
+/// Stops a spawned server cleanly (SIGTERM) and waits for it to exit successfully.
+pub async fn stop(mut s: Spawned) {
+    let pid = s.pid().to_string();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(s.wait_exit(Duration::from_secs(20)).await.success());
+}
+
+/// Kills a spawned server with SIGKILL (no drain, no flush).
+pub fn crash(mut s: Spawned) {
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+}
+
+/// The next text message as JSON (bounded wait); `None` when the socket closes.
+pub async fn next_json(ws: &mut Ws) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.expect("a message in time")? {
+            Ok(Message::Text(t)) => return Some(serde_json::from_str(&t).unwrap()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
 /// A config for tests: defaults with the given flags (`RINGSYNC_*` variables are not read).
 pub fn config(flags: &[&str]) -> Config {
     let mut args = vec!["--listen", "127.0.0.1:0", "--presence-interval", "0", "--shutdown-timeout", "1"];
