@@ -4,7 +4,8 @@
 //! a resend is applied once; with two nodes a room has one owner, the other refuses it until the
 //! owner is killed and then takes it over with the same epoch and every acknowledged change; a
 //! node whose lease another node took has its appends fenced (rejected `unavailable`, nothing
-//! written).
+//! written); at the seam, a damaged stream entry is cut and reported and a snapshot trims the
+//! stream to what `--retain-history` keeps.
 
 mod common;
 
@@ -12,10 +13,13 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use common::{Client, Spawned, WAIT, crash, http_at, next_json, server_command, stop};
+use ringsync::ids::RoomId;
+use ringsync::store::redis::{RedisOptions, RedisStore};
+use ringsync::store::{Journal, Store};
 use serde_json::{Value, json};
 
 /// An `XRANGE` entry: its id and its field-value pairs.
@@ -467,4 +471,131 @@ async fn reading_rooms_that_do_not_exist_leaves_no_lease_behind() {
     assert_eq!(owners(), ["ringsync:{real}:owner"], "the room in use keeps its lease");
     metric_until(a.addr, "ringsync_redis_rooms_owned", |v| v == 1.0).await;
     stop(a).await;
+}
+
+/// A record as a room would append it (revision `rev` of a counter).
+fn record(rev: u64) -> ringsync::store::Record {
+    ringsync::store::Record {
+        rev,
+        ts: 1_700_000_000_000 + rev,
+        author: 3,
+        session: Some("sess".into()),
+        user: None,
+        client_req_id: Some(rev),
+        kind: 0,
+        reverts: None,
+        ops: format!(r#"[{{"op":"replace","path":"/n","value":{rev}}}]"#),
+        inverse: format!(r#"[{{"op":"replace","path":"/n","value":{}}}]"#, rev - 1),
+        touched: vec!["/n".into()],
+        list_touched: vec![],
+        meta: None,
+        idempotency: None,
+    }
+}
+
+fn store(redis: &Redis) -> Arc<RedisStore> {
+    store_retaining(redis, 100)
+}
+
+fn store_retaining(redis: &Redis, retain: u64) -> Arc<RedisStore> {
+    let opts = RedisOptions { url: redis.url(), lease: Duration::from_secs(2), retain };
+    RedisStore::connect(opts).unwrap()
+}
+
+/// At the seam: a stream entry whose bytes were damaged in Redis is cut with everything after
+/// it (reported in `damage`), and the room's next appends continue from the last whole record.
+#[test]
+fn a_damaged_stream_entry_is_cut_and_reported_and_appends_continue_after_it() {
+    let redis = Redis::start();
+    let room = RoomId::parse("dmg").unwrap();
+    {
+        let s = store(&redis);
+        assert_eq!(s.load(&room, 100).unwrap(), None, "nothing stored yet");
+        let journal = Arc::new(common::store::Written::default());
+        let log = s.open(&room, "ep-1", Arc::downgrade(&journal) as Weak<dyn Journal>);
+        for rev in 1..=5 {
+            log.append(0, record(rev));
+        }
+        journal.wait(5);
+    }
+    assert_eq!(redis.log_revs("dmg"), [1, 2, 3, 4, 5]);
+    // Rewrite the stream with one byte of entry 3's record flipped (entries cannot be edited).
+    let mut con = redis.con();
+    let entries: Vec<StreamEntry> =
+        redis::cmd("XRANGE").arg("ringsync:{dmg}:log").arg("-").arg("+").query(&mut con).unwrap();
+    let _: () = redis::cmd("DEL").arg("ringsync:{dmg}:log").query(&mut con).unwrap();
+    for (id, fields) in entries {
+        let mut bytes = fields[0].1.clone();
+        if id == "3-0" {
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0x40;
+        }
+        let _: String = redis::cmd("XADD")
+            .arg("ringsync:{dmg}:log")
+            .arg(&id)
+            .arg("r")
+            .arg(bytes)
+            .query(&mut con)
+            .unwrap();
+    }
+
+    let s = store(&redis);
+    let loaded = s.load(&room, 100).unwrap().expect("stored");
+    assert_eq!(loaded.epoch, "ep-1");
+    assert_eq!(loaded.records.iter().map(|r| r.rev).collect::<Vec<_>>(), [1, 2], "cut at the damage");
+    assert_eq!(loaded.records[1], record(2), "what is kept reads back as written");
+    assert!(loaded.damage.iter().any(|d| d.contains("at revision 3")), "reported: {:?}", loaded.damage);
+    assert_eq!(redis.log_revs("dmg"), [1, 2], "the damaged entry and what followed it are gone");
+    let journal = Arc::new(common::store::Written::default());
+    let log = s.open(&room, "ep-1", Arc::downgrade(&journal) as Weak<dyn Journal>);
+    for rev in 3..=4 {
+        log.append(0, record(rev));
+    }
+    journal.wait(4);
+    assert_eq!(redis.log_revs("dmg"), [1, 2, 3, 4], "appends continue after the cut");
+    let history = s.changes(&room, 1, 10).unwrap();
+    assert_eq!(
+        history.iter().map(|r| r.rev).collect::<Vec<_>>(),
+        [2, 3, 4],
+        "the history API reads the stream"
+    );
+    assert_eq!(s.oldest(&room), Some(1));
+    assert_eq!(s.rooms_after(None, 10).unwrap(), [room.clone()]);
+    s.delete(&room).unwrap();
+    assert_eq!(redis.log_revs("dmg"), Vec::<u64>::new());
+    assert!(s.rooms_after(None, 10).unwrap().is_empty());
+}
+
+/// At the seam: a snapshot replaces the previous one and trims the stream to the records
+/// `retain` keeps before it; a load hands over the snapshot and the records it asks to keep.
+#[test]
+fn a_snapshot_trims_the_stream_to_what_is_retained() {
+    let redis = Redis::start();
+    let room = RoomId::parse("snap").unwrap();
+    {
+        let s = store_retaining(&redis, 2);
+        assert_eq!(s.load(&room, 100).unwrap(), None);
+        let journal = Arc::new(common::store::Written::default());
+        let log = s.open(&room, "ep-1", Arc::downgrade(&journal) as Weak<dyn Journal>);
+        for rev in 1..=10 {
+            log.append(0, record(rev));
+        }
+        let snap = |rev: u64| ringsync::store::SnapshotData {
+            epoch: "ep-1".into(),
+            rev,
+            ts: 1,
+            state: format!(r#"{{"n":{rev}}}"#),
+            sessions: vec![],
+            idempotency: vec![],
+            max_client: 3,
+        };
+        log.snapshot(snap(10));
+        log.append(0, record(11));
+        journal.wait(11);
+        s.flush();
+        assert_eq!(redis.log_revs("snap"), [9, 10, 11], "two kept before the snapshot, and what follows it");
+        let loaded = s.load(&room, 1).unwrap().expect("stored");
+        assert_eq!(loaded.snapshot, Some(snap(10)));
+        assert_eq!(loaded.records, [record(10), record(11)]);
+    }
 }

@@ -717,7 +717,7 @@ impl Writer {
                 }
                 Op::Snapshot { room, rev, bytes } => {
                     flush_run(&mut run, &mut pipe, &mut expect);
-                    let keep_from = rev.saturating_sub(retain).max(1);
+                    let keep_from = rev.saturating_sub(retain) + 1;
                     pipe.cmd("EVAL")
                         .arg(SNAPSHOT)
                         .arg(3)
