@@ -287,7 +287,7 @@ pub struct Config {
     /// Store rooms in Redis at this URL (`redis://HOST:PORT/DB`) instead of --data-dir: the first
     /// step of cluster mode. A node owns a room through a lease in Redis (--owner-lease) and is
     /// the only one that commits to it; every append is fenced by that lease (README "Running
-    /// on Redis").
+    /// a cluster").
     #[arg(long, env = "RINGSYNC_REDIS_URL", conflicts_with = "memory_only")]
     pub redis: Option<String>,
 

@@ -4,8 +4,11 @@
 //! a resend is applied once; with two nodes a room has one owner, the other refuses it until the
 //! owner is killed and then takes it over with the same epoch and every acknowledged change; a
 //! node whose lease another node took has its appends fenced (rejected `unavailable`, nothing
-//! written); at the seam, a damaged stream entry is cut and reported and a snapshot trims the
-//! stream to what `--retain-history` keeps.
+//! written) and it lets the room go (4013); a node cut off from Redis stops committing and
+//! another takes its rooms without a fork; Redis killed and restarted with AOF loses nothing
+//! acknowledged; look-ups of missing rooms leave no lease behind; a node refuses to start
+//! without Redis; at the seam, a damaged stream entry is cut and reported and a snapshot trims
+//! the stream to what `--retain-history` keeps.
 
 mod common;
 
@@ -560,7 +563,7 @@ fn a_damaged_stream_entry_is_cut_and_reported_and_appends_continue_after_it() {
         "the history API reads the stream"
     );
     assert_eq!(s.oldest(&room), Some(1));
-    assert_eq!(s.rooms_after(None, 10).unwrap(), [room.clone()]);
+    assert_eq!(s.rooms_after(None, 10).unwrap(), std::slice::from_ref(&room));
     s.delete(&room).unwrap();
     assert_eq!(redis.log_revs("dmg"), Vec::<u64>::new());
     assert!(s.rooms_after(None, 10).unwrap().is_empty());
@@ -598,4 +601,18 @@ fn a_snapshot_trims_the_stream_to_what_is_retained() {
         assert_eq!(loaded.snapshot, Some(snap(10)));
         assert_eq!(loaded.records, [record(10), record(11)]);
     }
+}
+
+#[test]
+fn a_node_refuses_to_start_when_redis_does_not_answer() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let out = common::binary()
+        .args(["--listen", "127.0.0.1:0", "--redis", &url])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--redis") && err.contains("cannot connect"), "{err}");
 }
