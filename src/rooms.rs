@@ -201,7 +201,8 @@ impl Rooms {
             return Ok(None);
         }
         match self.load(id)? {
-            Some(_) => self.with_held(id, |h| h.room.clone()).map(Some),
+            // Held as loaded (not read a second time).
+            Some(room) => self.hold(id, Some(room), |h| h.room.clone()).map(Some),
             None => Ok(None),
         }
     }
@@ -256,11 +257,20 @@ impl Rooms {
     /// Runs `f` on the room's entry (created if needed) under its shard lock, after marking it
     /// active.
     fn with_held<T>(&self, id: &RoomId, f: impl FnOnce(&Arc<Held>) -> T) -> Result<T, NoNewRoom> {
+        self.hold(id, None, f)
+    }
+
+    /// [`Rooms::with_held`], with the room already read from the store when `loaded` is given.
+    fn hold<T>(
+        &self,
+        id: &RoomId,
+        mut loaded: Option<Room>,
+        f: impl FnOnce(&Arc<Held>) -> T,
+    ) -> Result<T, NoNewRoom> {
         self.relieve();
         // A stored room is read before the shard is locked; a racing loader's copy is dropped
         // unused (only the one inserted gets a log).
-        let mut loaded = None;
-        if self.store.is_some() && !self.map.contains_key(id) {
+        if loaded.is_none() && self.store.is_some() && !self.map.contains_key(id) {
             loaded = self.load(id)?;
         }
         match self.map.entry(id.clone()) {

@@ -616,3 +616,19 @@ fn a_node_refuses_to_start_when_redis_does_not_answer() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--redis") && err.contains("cannot connect"), "{err}");
 }
+
+/// At the seam: the load that finds a room missing holds its lease, so the load that follows
+/// (the room being created right after the look-up, possibly on an async worker) is answered
+/// without a round trip to Redis.
+#[test]
+fn a_second_look_up_of_a_missing_room_needs_no_round_trip() {
+    let mut redis = Redis::start();
+    let s = store(&redis);
+    let room = RoomId::parse("new").unwrap();
+    assert_eq!(s.load(&room, 10).unwrap(), None);
+    redis.child.kill().unwrap();
+    redis.child.wait().unwrap();
+    assert_eq!(s.load(&room, 10).unwrap(), None, "answered from what the first load found");
+    let other = RoomId::parse("other").unwrap();
+    assert!(s.load(&other, 10).is_err(), "any other room needs Redis");
+}

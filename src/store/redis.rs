@@ -162,6 +162,9 @@ struct Owned {
     /// When a load took the lease. A lease taken for a look-up that opened nothing (a read of
     /// a room that does not exist) is given up once it is a lease period old.
     loaded_at: Option<Instant>,
+    /// The load found nothing stored. While the lease is held nobody else can store anything,
+    /// so the next load (the room being created right after the look-up) answers without Redis.
+    empty: bool,
 }
 
 enum Op {
@@ -389,6 +392,11 @@ impl Store for Arc<RedisStore> {
         keep: usize,
         sink: &mut dyn LoadSink,
     ) -> Result<Option<Loaded>, StoreError> {
+        let known_empty =
+            self.shared.owned.lock().get(room).is_some_and(|o| o.empty && !o.lost && o.journal.is_none());
+        if known_empty {
+            return Ok(None);
+        }
         let token = self.shared.token.clone();
         let lease = self.shared.opts.lease.as_millis() as u64;
         let owner = key(room, "owner");
@@ -405,7 +413,12 @@ impl Store for Arc<RedisStore> {
         self.shared.owned.lock().entry(room.clone()).or_default().loaded_at = Some(Instant::now());
         let epoch: Option<String> =
             self.read(|c| redis::cmd("GET").arg(key(room, "epoch")).query(c), "GET epoch")?;
-        let Some(epoch) = epoch else { return Ok(None) };
+        let Some(epoch) = epoch else {
+            if let Some(o) = self.shared.owned.lock().get_mut(room) {
+                o.empty = true;
+            }
+            return Ok(None);
+        };
         let mut damage = Vec::new();
         let snap: Option<Vec<u8>> =
             self.read(|c| redis::cmd("GET").arg(key(room, "snap")).query(c), "GET")?;
