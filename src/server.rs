@@ -434,11 +434,14 @@ async fn room_route(
     };
     match (req.method().clone(), tail) {
         (Method::GET, "ws") => {
-            // A room that cannot be loaded is refused when the connection is admitted.
-            if fastwebsockets::upgrade::is_upgrade_request(&req) {
-                let _ = app.load_stored(&room_id).await;
-            }
-            websocket(app, req, room_id)
+            // A room that cannot be loaded (unreadable, or another node's) is refused with 4012
+            // after the upgrade, without being looked up again on this async worker.
+            let loaded = if fastwebsockets::upgrade::is_upgrade_request(&req) {
+                app.load_stored(&room_id).await
+            } else {
+                Ok(())
+            };
+            websocket(app, req, room_id, loaded)
         }
         (_, "ws") => json_error(ErrorCode::MethodNotAllowed, "use GET with a WebSocket upgrade"),
         // Deleting a room (its stored data too) is the admin API's delete, with its checks.
@@ -463,7 +466,12 @@ async fn room_route(
     }
 }
 
-fn websocket(app: Arc<App>, mut req: Request<RequestBody>, room_id: RoomId) -> Response<Body> {
+fn websocket(
+    app: Arc<App>,
+    mut req: Request<RequestBody>,
+    room_id: RoomId,
+    loaded: Result<(), NoNewRoom>,
+) -> Response<Body> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return json_error(
             ErrorCode::UpgradeRequired,
@@ -512,6 +520,9 @@ fn websocket(app: Arc<App>, mut req: Request<RequestBody>, room_id: RoomId) -> R
     // A refused connection still upgrades and is closed with a code saying why (4005, 4006,
     // 4401, 4403): browsers cannot read an HTTP status from a failed WebSocket handshake.
     let admission = identity.and_then(|identity| {
+        if loaded.is_err() {
+            return Err(CloseReason::RoomUnreadable);
+        }
         let lease = app.rooms.admit(&room_id, app.config.max_room_clients).map_err(|refused| match refused {
             Refused::RoomFull => {
                 Refusal::MaxRoomClients.count();

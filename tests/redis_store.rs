@@ -276,6 +276,9 @@ async fn one_owner_per_room_and_a_takeover_after_a_sigkill_keeps_every_acknowled
     assert_eq!((status, body["code"].as_str()), (503, Some("unavailable")), "{body}");
     let (status, _) = get(b.addr, "/v1/rooms/r").await;
     assert_eq!(status, 503);
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/v1/rooms/r/ws", b.addr)).await.unwrap();
+    assert_eq!(common::close_code(&mut ws).await, 4012, "a WebSocket client of B is refused");
 
     // A writer keeps writing to A, one key per change, until A dies under it.
     let acked = Arc::new(parking_lot::Mutex::new(vec![0u64]));
