@@ -479,24 +479,8 @@ async fn reading_rooms_that_do_not_exist_leaves_no_lease_behind() {
     stop(a).await;
 }
 
-/// A record as a room would append it (revision `rev` of a counter).
 fn record(rev: u64) -> ringsync::store::Record {
-    ringsync::store::Record {
-        rev,
-        ts: 1_700_000_000_000 + rev,
-        author: 3,
-        session: Some("sess".into()),
-        user: None,
-        client_req_id: Some(rev),
-        kind: 0,
-        reverts: None,
-        ops: format!(r#"[{{"op":"replace","path":"/n","value":{rev}}}]"#),
-        inverse: format!(r#"[{{"op":"replace","path":"/n","value":{}}}]"#, rev - 1),
-        touched: vec!["/n".into()],
-        list_touched: vec![],
-        meta: None,
-        idempotency: None,
-    }
+    common::store::record(rev, 3, "sess")
 }
 
 fn store(redis: &Redis) -> Arc<RedisStore> {

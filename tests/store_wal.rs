@@ -20,22 +20,7 @@ use ringsync::store::file::{self, FileOptions, FileStore, Fsync};
 use ringsync::store::{Journal, Record, RoomLog, Store};
 
 fn record(room: usize, rev: u64) -> Record {
-    Record {
-        rev,
-        ts: 1_700_000_000_000 + rev,
-        author: room as u64,
-        session: Some(format!("s{room}")),
-        user: None,
-        client_req_id: Some(rev),
-        kind: 0,
-        reverts: None,
-        ops: format!(r#"[{{"op":"replace","path":"/n","value":{rev}}}]"#),
-        inverse: format!(r#"[{{"op":"replace","path":"/n","value":{}}}]"#, rev - 1),
-        touched: vec!["/n".into()],
-        list_touched: vec![],
-        meta: None,
-        idempotency: None,
-    }
+    common::store::record(rev, room as u64, &format!("s{room}"))
 }
 
 fn room(i: usize) -> RoomId {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
-use ringsync::store::{Journal, StoreError};
+use ringsync::store::{Journal, Record, StoreError};
 
 /// The newest revision the store reported written; a failure panics (these tests expect none).
 #[derive(Default)]
@@ -34,5 +34,26 @@ impl Written {
                 *at
             );
         }
+    }
+}
+
+/// A record as a room would append it: revision `rev` of a counter at `/n`, by `author` in
+/// `session`.
+pub fn record(rev: u64, author: u64, session: &str) -> Record {
+    Record {
+        rev,
+        ts: 1_700_000_000_000 + rev,
+        author,
+        session: Some(session.to_string()),
+        user: None,
+        client_req_id: Some(rev),
+        kind: 0,
+        reverts: None,
+        ops: format!(r#"[{{"op":"replace","path":"/n","value":{rev}}}]"#),
+        inverse: format!(r#"[{{"op":"replace","path":"/n","value":{}}}]"#, rev - 1),
+        touched: vec!["/n".into()],
+        list_touched: vec![],
+        meta: None,
+        idempotency: None,
     }
 }
