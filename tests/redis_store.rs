@@ -280,6 +280,13 @@ async fn one_owner_per_room_and_a_takeover_after_a_sigkill_keeps_every_acknowled
         tokio_tungstenite::connect_async(format!("ws://{}/v1/rooms/r/ws", b.addr)).await.unwrap();
     assert_eq!(common::close_code(&mut ws).await, 4012, "a WebSocket client of B is refused");
 
+    // A WebSocket client of A commits twice (its session's dedupe state is stored with them).
+    let mut w = Client::connect_at(a.addr, "r", "").await;
+    for _ in 0..2 {
+        w.change("overwrite", incr(1)).await;
+    }
+    w.sync_to(3).await;
+
     // A writer keeps writing to A, one key per change, until A dies under it.
     let acked = Arc::new(parking_lot::Mutex::new(vec![0u64]));
     let writer = {
@@ -319,20 +326,35 @@ async fn one_owner_per_room_and_a_takeover_after_a_sigkill_keeps_every_acknowled
         .as_object()
         .unwrap()
         .keys()
-        .map(|k| k.strip_prefix('k').unwrap().parse().unwrap())
+        .filter_map(|k| k.strip_prefix('k').map(|i| i.parse().unwrap()))
         .collect();
     assert!(
         acked.is_subset(&keys),
         "every acknowledged change survives: missing {:?}",
         acked.difference(&keys)
     );
+    assert_eq!(room["state"]["n"], 2, "the WebSocket client's changes survive");
     let rev = room["rev"].as_u64().unwrap();
-    assert_eq!(rev, keys.len() as u64, "one revision per change, none lost or doubled");
+    assert_eq!(rev, keys.len() as u64 + 2, "one revision per change, none lost or doubled");
+    // The WebSocket client resumes its session on B, and a resend of its last change is
+    // recognised there: applied once across the failover.
+    let query = format!("session={}&epoch={}&since={rev}", w.session, w.epoch);
+    let mut w2 = Client::connect_at(b.addr, "r", &query).await;
+    assert_eq!(
+        (w2.welcome["resumed"].as_bool(), w2.welcome["lastClientReqId"].as_u64()),
+        (Some(true), Some(2))
+    );
+    w2.send(json!({"type": "change", "clientReqId": 2, "ops": incr(1)})).await;
+    let m = w2.recv().await;
+    assert_eq!((m["type"].as_str(), m["code"].as_str()), (Some("error"), Some("duplicate")), "{m}");
+    drop(w2);
     assert_eq!(redis.log_revs("r"), (1..=rev).collect::<Vec<_>>(), "the stream is gapless");
 
     // And B commits on from there.
     let (status, body) = post(b.addr, "r", incr(1)).await;
     assert_eq!((status, body["rev"].as_u64()), (200, Some(rev + 1)), "{body}");
+    let (_, room) = get(b.addr, "/v1/rooms/r").await;
+    assert_eq!(room["state"]["n"], 3, "the resend was not applied; this change was");
     assert_eq!(redis.log_revs("r").last(), Some(&(rev + 1)));
     metric_until(b.addr, "ringsync_redis_rooms_owned", |v| v == 1.0).await;
     metric_until(b.addr, "ringsync_redis_lease_renewals_total", |v| v >= 1.0).await;
