@@ -60,6 +60,8 @@ const ROOMS_KEY: &str = "ringsync:rooms";
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// After a failed connection, the store's thread waits this long before trying again.
 const RETRY: Duration = Duration::from_millis(100);
+/// Idle reading connections kept (more are made while loads run side by side, then closed).
+const MAX_IDLE_READERS: usize = 8;
 /// Entries read per `XRANGE` while loading.
 const PAGE: usize = 1024;
 
@@ -217,7 +219,9 @@ pub struct RedisStore {
     shared: Arc<Shared>,
     client: redis::Client,
     /// The connection loads, reads and deletes use (the store's thread has its own).
-    reader: Mutex<Option<redis::Connection>>,
+    /// Idle connections for loads, reads and deletes (taken out for each call, so no lock is
+    /// held over a round trip and loads of different rooms run side by side).
+    readers: Mutex<Vec<redis::Connection>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -256,7 +260,7 @@ impl RedisStore {
         Ok(Arc::new(RedisStore {
             shared,
             client,
-            reader: Mutex::new(Some(con)),
+            readers: Mutex::new(vec![con]),
             thread: Mutex::new(Some(thread)),
         }))
     }
@@ -278,21 +282,28 @@ impl RedisStore {
         &self.shared.token
     }
 
-    /// Runs `f` on the reading connection, made anew if the last one failed.
+    /// Runs `f` on an idle reading connection, or a new one.
     fn read<T>(
         &self,
         f: impl FnOnce(&mut redis::Connection) -> Result<T, redis::RedisError>,
         what: &str,
     ) -> Result<T, StoreError> {
-        let mut slot = self.reader.lock();
-        if slot.is_none() {
-            *slot = Some(connect(&self.client)?);
+        let idle = self.readers.lock().pop();
+        let mut con = match idle {
+            Some(con) => con,
+            None => connect(&self.client)?,
+        };
+        match f(&mut con) {
+            Ok(value) => {
+                let mut idle = self.readers.lock();
+                if idle.len() < MAX_IDLE_READERS {
+                    idle.push(con);
+                }
+                Ok(value)
+            }
+            // The connection is dropped: the next call makes a new one.
+            Err(e) => Err(redis_error(what, &e)),
         }
-        let con = slot.as_mut().expect("connected above");
-        f(con).map_err(|e| {
-            *slot = None;
-            redis_error(what, &e)
-        })
     }
 
     fn push(&self, op: Op) {
