@@ -610,6 +610,13 @@ fn a_snapshot_trims_the_stream_to_what_is_retained() {
         assert_eq!(loaded.snapshot, Some(snap(10)));
         assert_eq!(loaded.records, [record(10), record(11)]);
     }
+    // A damaged snapshot over a trimmed log: the room cannot be rebuilt whole, so it is not
+    // loaded at all (rather than without its first changes).
+    let _: () =
+        redis::cmd("SETRANGE").arg("ringsync:{snap}:snap").arg(20).arg("XX").query(&mut redis.con()).unwrap();
+    let s = store_retaining(&redis, 2);
+    let err = s.load(&room, 1).unwrap_err();
+    assert!(err.0.contains("no readable snapshot"), "{err}");
 }
 
 #[test]

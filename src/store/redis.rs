@@ -459,6 +459,14 @@ impl Store for Arc<RedisStore> {
             let n = page.len();
             for entry in &page {
                 match decode_entry(entry) {
+                    // Without a snapshot the log must start at the beginning: a trimmed log under
+                    // a damaged snapshot would rebuild a room that lacks its first changes.
+                    Ok(record) if snapshot.is_none() && next == 1 && record.rev != 1 => {
+                        return Err(StoreError(format!(
+                            "room {room}: no readable snapshot, and the log starts at revision {}",
+                            record.rev
+                        )));
+                    }
                     Ok(record) => {
                         next = record.rev + 1;
                         sink.record(record);
