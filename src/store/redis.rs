@@ -594,11 +594,19 @@ impl Store for Arc<RedisStore> {
         moved
     }
 
+    /// Flushes, then gives up every lease in one pipelined round trip.
     fn shutdown(&self) {
         self.barrier();
-        let rooms: Vec<RoomId> = self.shared.owned.lock().keys().cloned().collect();
-        for room in rooms {
-            self.release(&room);
+        let rooms: Vec<RoomId> = self.shared.owned.lock().drain().map(|(room, _)| room).collect();
+        if rooms.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for room in &rooms {
+            pipe.cmd("EVAL").arg(RELEASE).arg(1).arg(key(room, "owner")).arg(&self.shared.token).ignore();
+        }
+        if let Err(e) = self.read(|c| pipe.query::<()>(c), "release the leases") {
+            tracing::warn!(error = %e, rooms = rooms.len(), "cannot give the leases up; they lapse by themselves");
         }
     }
 }
