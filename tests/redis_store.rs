@@ -648,3 +648,49 @@ fn a_second_look_up_of_a_missing_room_needs_no_round_trip() {
     let other = RoomId::parse("other").unwrap();
     assert!(s.load(&other, 10).is_err(), "any other room needs Redis");
 }
+
+/// What a room heard from the store, in order.
+#[derive(Default)]
+struct Heard(parking_lot::Mutex<Vec<String>>);
+
+impl Journal for Heard {
+    fn written(&self, rev: u64) {
+        self.0.lock().push(format!("written {rev}"));
+    }
+    fn failed(&self, generation: u64, rev: u64, _: &ringsync::store::StoreError) {
+        self.0.lock().push(format!("failed {generation}/{rev}"));
+    }
+}
+
+impl Heard {
+    fn until(&self, what: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.0.lock().iter().any(|e| e == what) {
+            assert!(Instant::now() < deadline, "{what} in time: {:?}", self.0.lock());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// At the seam: an append of a room whose lease was taken is refused and the room hears it,
+/// also after the store handed the room over to be unloaded (nothing is dropped unheard).
+#[test]
+fn a_fenced_append_is_reported_even_after_the_room_was_handed_over() {
+    let redis = Redis::start();
+    let s = store(&redis);
+    let room = RoomId::parse("fence").unwrap();
+    assert_eq!(s.load(&room, 10).unwrap(), None);
+    let heard = Arc::new(Heard::default());
+    let log = s.open(&room, "ep-1", Arc::downgrade(&heard) as Weak<dyn Journal>);
+    log.append(0, record(1));
+    heard.until("written 1");
+    let _: () =
+        redis::cmd("SET").arg("ringsync:{fence}:owner").arg("another-node").query(&mut redis.con()).unwrap();
+    log.append(0, record(2));
+    heard.until("failed 0/2");
+    assert_eq!(s.take_moved(), std::slice::from_ref(&room), "the room is handed over to be unloaded");
+    // A commit racing the unload: its record is refused in Redis and the room hears it.
+    log.append(1, record(2));
+    heard.until("failed 1/2");
+    assert_eq!(redis.log_revs("fence"), [1]);
+}

@@ -156,9 +156,8 @@ pub struct StatsSnapshot {
 /// What the store knows of a room it holds the lease of.
 #[derive(Default)]
 struct Owned {
+    /// Set when the room is opened (the room is in memory and appends).
     journal: Option<Weak<dyn Journal>>,
-    /// Generation whose appends failed: its later records are dropped.
-    failed_gen: Option<u64>,
     /// The lease was found lost (or the stored log moved on without this node).
     lost: bool,
     /// When a load took the lease. A lease taken for a look-up that opened nothing (a read of
@@ -170,9 +169,23 @@ struct Owned {
 }
 
 enum Op {
-    Open { room: RoomId, epoch: String },
-    Append { room: RoomId, generation: u64, rev: u64, frame: Result<Vec<u8>, StoreError> },
-    Snapshot { room: RoomId, rev: u64, bytes: Vec<u8> },
+    Open {
+        room: RoomId,
+        epoch: String,
+    },
+    Append {
+        room: RoomId,
+        generation: u64,
+        rev: u64,
+        frame: Result<Vec<u8>, StoreError>,
+        /// Where the outcome goes (carried, so a room that left the store's map still hears it).
+        journal: Weak<dyn Journal>,
+    },
+    Snapshot {
+        room: RoomId,
+        rev: u64,
+        bytes: Vec<u8>,
+    },
     Barrier(mpsc::SyncSender<()>),
 }
 
@@ -252,7 +265,8 @@ impl RedisStore {
             opts,
             stats: Stats::default(),
         });
-        let mut writer = Writer { shared: shared.clone(), client: client.clone(), con: None };
+        let mut writer =
+            Writer { shared: shared.clone(), client: client.clone(), con: None, failed: HashMap::new() };
         let thread = std::thread::Builder::new()
             .name("ringsync-redis".into())
             .spawn(move || writer.run())
@@ -347,13 +361,15 @@ impl Drop for RedisStore {
 struct Log {
     store: Arc<RedisStore>,
     room: RoomId,
+    journal: Weak<dyn Journal>,
 }
 
 impl RoomLog for Log {
     fn append(&self, generation: u64, record: Record) {
         let mut frame = Vec::new();
         let frame = codec::encode_record(&record, &mut frame).map(|()| frame);
-        self.store.push(Op::Append { room: self.room.clone(), generation, rev: record.rev, frame });
+        let journal = self.journal.clone();
+        self.store.push(Op::Append { room: self.room.clone(), generation, rev: record.rev, frame, journal });
     }
 
     fn snapshot(&self, data: SnapshotData) {
@@ -502,9 +518,9 @@ impl Store for Arc<RedisStore> {
     }
 
     fn open(&self, room: &RoomId, epoch: &str, journal: Weak<dyn Journal>) -> Arc<dyn RoomLog> {
-        self.shared.owned.lock().entry(room.clone()).or_default().journal = Some(journal);
+        self.shared.owned.lock().entry(room.clone()).or_default().journal = Some(journal.clone());
         self.push(Op::Open { room: room.clone(), epoch: epoch.to_string() });
-        Arc::new(Log { store: self.clone(), room: room.clone() })
+        Arc::new(Log { store: self.clone(), room: room.clone(), journal })
     }
 
     fn changes(&self, room: &RoomId, after: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
@@ -616,12 +632,27 @@ struct Writer {
     shared: Arc<Shared>,
     client: redis::Client,
     con: Option<redis::Connection>,
+    /// Per room, the generation whose appends failed: its later records are dropped (until the
+    /// room is opened again).
+    failed: HashMap<RoomId, u64>,
+}
+
+/// A record that could not be encoded: room, generation, revision, why, and its journal.
+type Doomed = (RoomId, u64, u64, StoreError, Weak<dyn Journal>);
+
+/// Consecutive records of one room and generation, sent as one script call.
+struct Run {
+    room: RoomId,
+    generation: u64,
+    first: u64,
+    frames: Vec<Vec<u8>>,
+    journal: Weak<dyn Journal>,
 }
 
 /// What one pipelined command's reply means.
 enum Expect {
     Ignore,
-    Append { room: RoomId, generation: u64, first: u64, count: u64 },
+    Append { room: RoomId, generation: u64, first: u64, count: u64, journal: Weak<dyn Journal> },
 }
 
 impl Writer {
@@ -662,24 +693,21 @@ impl Writer {
         Ok(self.con.as_mut().expect("connected above"))
     }
 
-    fn journal(&self, room: &RoomId) -> Option<Arc<dyn Journal>> {
-        self.shared.owned.lock().get(room)?.journal.as_ref()?.upgrade()
-    }
-
     /// Reports the failure of record `rev` of `generation` once (later records of that generation
     /// are dropped).
-    fn fail(&self, room: &RoomId, generation: u64, rev: u64, error: &StoreError) {
-        let journal = {
-            let mut owned = self.shared.owned.lock();
-            let Some(o) = owned.get_mut(room) else { return };
-            if o.failed_gen == Some(generation) {
-                return;
-            }
-            o.failed_gen = Some(generation);
-            o.journal.as_ref().and_then(Weak::upgrade)
-        };
+    fn fail(
+        &mut self,
+        room: &RoomId,
+        journal: &Weak<dyn Journal>,
+        generation: u64,
+        rev: u64,
+        error: &StoreError,
+    ) {
+        if self.failed.insert(room.clone(), generation) == Some(generation) {
+            return;
+        }
         tracing::warn!(room = %room, rev, error = %error, "redis store: append failed");
-        if let Some(j) = journal {
+        if let Some(j) = journal.upgrade() {
             j.failed(generation, rev, error);
         }
     }
@@ -690,13 +718,11 @@ impl Writer {
         let mut pipe = redis::pipe();
         let mut expect = Vec::new();
         let mut barriers = Vec::new();
-        let mut doomed: Vec<(RoomId, u64, u64, StoreError)> = Vec::new();
+        let mut doomed: Vec<Doomed> = Vec::new();
         // Consecutive records of one room and generation become one script call.
-        let mut run: Option<(RoomId, u64, u64, Vec<Vec<u8>>)> = None;
-        let flush_run = |run: &mut Option<(RoomId, u64, u64, Vec<Vec<u8>>)>,
-                         pipe: &mut redis::Pipeline,
-                         expect: &mut Vec<Expect>| {
-            if let Some((room, generation, first, frames)) = run.take() {
+        let mut run: Option<Run> = None;
+        let flush_run = |run: &mut Option<Run>, pipe: &mut redis::Pipeline, expect: &mut Vec<Expect>| {
+            if let Some(Run { room, generation, first, frames, journal }) = run.take() {
                 let cmd = pipe
                     .cmd("EVAL")
                     .arg(APPEND)
@@ -710,15 +736,14 @@ impl Writer {
                     cmd.arg(f.as_slice());
                 }
                 let count = frames.len() as u64;
-                expect.push(Expect::Append { room, generation, first, count });
+                expect.push(Expect::Append { room, generation, first, count, journal });
             }
         };
         for op in ops {
             match op {
-                Op::Append { room, generation, rev, frame } => {
-                    let dropped =
-                        self.shared.owned.lock().get(&room).is_none_or(|o| o.failed_gen == Some(generation));
-                    if dropped || doomed.iter().any(|(r, g, _, _)| *r == room && *g == generation) {
+                Op::Append { room, generation, rev, frame, journal } => {
+                    let dropped = self.failed.get(&room) == Some(&generation);
+                    if dropped || doomed.iter().any(|(r, g, ..)| *r == room && *g == generation) {
                         continue;
                     }
                     let frame = match frame {
@@ -726,23 +751,27 @@ impl Writer {
                         Err(e) => {
                             // Reported once what precedes it in this round is; the rest of its
                             // generation is dropped.
-                            doomed.push((room, generation, rev, e));
+                            doomed.push((room, generation, rev, e, journal));
                             continue;
                         }
                     };
                     match &mut run {
-                        Some((r, g, first, frames))
-                            if *r == room && *g == generation && *first + frames.len() as u64 == rev =>
+                        Some(r)
+                            if r.room == room
+                                && r.generation == generation
+                                && r.first + r.frames.len() as u64 == rev =>
                         {
-                            frames.push(frame);
+                            r.frames.push(frame);
                         }
                         _ => {
                             flush_run(&mut run, &mut pipe, &mut expect);
-                            run = Some((room, generation, rev, vec![frame]));
+                            run = Some(Run { room, generation, first: rev, frames: vec![frame], journal });
                         }
                     }
                 }
                 Op::Open { room, epoch } => {
+                    // A room opened anew (reloaded) starts its generations afresh.
+                    self.failed.remove(&room);
                     flush_run(&mut run, &mut pipe, &mut expect);
                     pipe.cmd("EVAL")
                         .arg(OPEN)
@@ -776,9 +805,9 @@ impl Writer {
         if !expect.is_empty() {
             self.send(&pipe, expect);
         }
-        for (room, generation, rev, e) in doomed {
+        for (room, generation, rev, e, journal) in doomed {
             self.shared.stats.append_failures.fetch_add(1, Ordering::Relaxed);
-            self.fail(&room, generation, rev, &e);
+            self.fail(&room, &journal, generation, rev, &e);
         }
         for tx in barriers {
             let _ = tx.send(());
@@ -807,7 +836,7 @@ impl Writer {
             Err(e) => return self.fail_all(&expect, &e),
         };
         for (reply, what) in replies.into_iter().zip(expect) {
-            let Expect::Append { room, generation, first, count } = what else { continue };
+            let Expect::Append { room, generation, first, count, journal } = what else { continue };
             let (outcome, moved) = match &reply {
                 Value::Array(v) => match v.as_slice() {
                     [Value::Int(0), Value::Int(last)] => (Ok(*last as u64), false),
@@ -831,13 +860,13 @@ impl Writer {
             match outcome {
                 Ok(last) => {
                     self.shared.stats.appends.fetch_add(count, Ordering::Relaxed);
-                    if let Some(j) = self.journal(&room) {
+                    if let Some(j) = journal.upgrade() {
                         j.written(last);
                     }
                 }
                 Err(e) => {
                     self.shared.stats.append_failures.fetch_add(count, Ordering::Relaxed);
-                    self.fail(&room, generation, first, &e);
+                    self.fail(&room, &journal, generation, first, &e);
                 }
             }
             // Fenced: the room is another node's now (or its log moved on without this node).
@@ -848,12 +877,12 @@ impl Writer {
     }
 
     /// The round did not reach Redis (or its answer was lost): every append in it fails.
-    fn fail_all(&self, expect: &[Expect], error: &StoreError) {
+    fn fail_all(&mut self, expect: &[Expect], error: &StoreError) {
         tracing::warn!(error = %error, "redis store: a round failed");
         for what in expect {
-            if let Expect::Append { room, generation, first, count } = what {
+            if let Expect::Append { room, generation, first, count, journal } = what {
                 self.shared.stats.append_failures.fetch_add(*count, Ordering::Relaxed);
-                self.fail(room, *generation, *first, error);
+                self.fail(room, journal, *generation, *first, error);
             }
         }
     }
