@@ -72,10 +72,17 @@ if cur == false then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1
 if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
 return 0";
 
-/// Extends a lease this node still holds; never takes one back.
+/// Extends the leases (KEYS) this node still holds; never takes one back. One 1 or 0 per key.
 const RENEW: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-return 0";
+local out = {}
+for i, k in ipairs(KEYS) do
+  if redis.call('GET', k) == ARGV[1] then redis.call('PEXPIRE', k, ARGV[2]) out[i] = 1 else out[i] = 0 end
+end
+return out";
+
+/// Leases renewed per script call (one call per room cost as much Redis CPU again as the
+/// renewal itself: 10,000 idle rooms took ~9 % of a Redis core).
+const RENEW_BATCH: usize = 256;
 
 /// Gives a lease up if it is this node's.
 const RELEASE: &str = r"
@@ -913,14 +920,18 @@ impl Writer {
         }
         let lease = period.as_millis() as u64;
         let mut pipe = redis::pipe();
-        for room in &rooms {
-            pipe.cmd("EVAL").arg(RENEW).arg(1).arg(key(room, "owner")).arg(&self.shared.token).arg(lease);
+        for batch in rooms.chunks(RENEW_BATCH) {
+            let cmd = pipe.cmd("EVAL").arg(RENEW).arg(batch.len());
+            for room in batch {
+                cmd.arg(key(room, "owner"));
+            }
+            cmd.arg(&self.shared.token).arg(lease);
         }
         for room in &unused {
             pipe.cmd("EVAL").arg(RELEASE).arg(1).arg(key(room, "owner")).arg(&self.shared.token).ignore();
         }
         let replies = match self.connection() {
-            Ok(con) => pipe.query::<Vec<i64>>(con),
+            Ok(con) => pipe.query::<Vec<Vec<i64>>>(con).map(|r| r.concat()),
             Err(e) => {
                 tracing::warn!(error = %e, "redis store: cannot renew leases");
                 return;
