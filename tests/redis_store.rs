@@ -592,15 +592,7 @@ fn a_snapshot_trims_the_stream_to_what_is_retained() {
         for rev in 1..=10 {
             log.append(0, record(rev));
         }
-        let snap = |rev: u64| ringsync::store::SnapshotData {
-            epoch: "ep-1".into(),
-            rev,
-            ts: 1,
-            state: format!(r#"{{"n":{rev}}}"#),
-            sessions: vec![],
-            idempotency: vec![],
-            max_client: 3,
-        };
+        let snap = common::store::snapshot;
         log.snapshot(snap(10));
         log.append(0, record(11));
         journal.wait(11);

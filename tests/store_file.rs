@@ -3,6 +3,8 @@
 //! damaged snapshot, rotation and retention, generations, fsync modes, the directory lock and the
 //! offline check.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -75,34 +77,11 @@ impl TestJournal {
 }
 
 fn record(rev: u64) -> Record {
-    Record {
-        rev,
-        ts: 1_700_000_000_000 + rev,
-        author: 3,
-        session: Some(format!("sess-{}", rev % 3)),
-        user: None,
-        client_req_id: Some(rev),
-        kind: 0,
-        reverts: None,
-        ops: format!(r#"[{{"op":"replace","path":"/n","value":{rev}}}]"#),
-        inverse: format!(r#"[{{"op":"replace","path":"/n","value":{}}}]"#, rev - 1),
-        touched: vec!["/n".into()],
-        list_touched: vec![],
-        meta: None,
-        idempotency: None,
-    }
+    common::store::record(rev, 3, &format!("sess-{}", rev % 3))
 }
 
 fn snapshot(rev: u64) -> SnapshotData {
-    SnapshotData {
-        epoch: "ep-1".into(),
-        rev,
-        ts: 1,
-        state: format!(r#"{{"n":{rev}}}"#),
-        sessions: vec![],
-        idempotency: vec![],
-        max_client: 3,
-    }
+    common::store::snapshot(rev)
 }
 
 fn options(fsync: Fsync, retain: u64) -> FileOptions {

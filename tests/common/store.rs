@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
-use ringsync::store::{Journal, Record, StoreError};
+use ringsync::store::{Journal, Record, SnapshotData, StoreError};
 
 /// The newest revision the store reported written; a failure panics (these tests expect none).
 #[derive(Default)]
@@ -55,5 +55,18 @@ pub fn record(rev: u64, author: u64, session: &str) -> Record {
         list_touched: vec![],
         meta: None,
         idempotency: None,
+    }
+}
+
+/// A snapshot of that counter at `rev` (epoch `ep-1`).
+pub fn snapshot(rev: u64) -> SnapshotData {
+    SnapshotData {
+        epoch: "ep-1".into(),
+        rev,
+        ts: 1,
+        state: format!(r#"{{"n":{rev}}}"#),
+        sessions: vec![],
+        idempotency: vec![],
+        max_client: 3,
     }
 }
