@@ -407,7 +407,7 @@ fn close(app: &App, id: &RoomId, peer: Option<SocketAddr>) -> Response<Body> {
     let Some(room) = app.rooms.get(id) else {
         return no_room(id);
     };
-    let closed = close_all(app, &room, CloseReason::RoomClosed, false);
+    let closed = app.close_connections(&room, CloseReason::RoomClosed, false);
     AdminAction::Close.count();
     tracing::info!(room = %id, action = "close", closed, peer = ?peer, "admin action");
     json(StatusCode::OK, &json!({"room": id.as_str(), "closed": closed}))
@@ -430,16 +430,10 @@ pub fn delete(app: &App, id: &RoomId, peer: Option<SocketAddr>) -> Response<Body
             return json_error(ErrorCode::Unavailable, &message);
         }
     };
-    let closed = close_all(app, &room, CloseReason::RoomDeleted, true);
+    let closed = app.close_connections(&room, CloseReason::RoomDeleted, true);
     AdminAction::Delete.count();
     tracing::info!(room = %id, action = "delete", closed, peer = ?peer, "admin action");
     json(StatusCode::OK, &json!({"room": id.as_str(), "deleted": true, "closed": closed}))
-}
-
-/// Closes every connection of `room` with `reason` (ending the sessions too with `end`); returns
-/// how many connections were told.
-fn close_all(app: &App, room: &std::sync::Arc<Room>, reason: CloseReason, end: bool) -> usize {
-    app.sessions.of_room(room).iter().filter(|s| app.sessions.kick(s, reason, end)).count()
 }
 
 fn no_room(id: &RoomId) -> Response<Body> {

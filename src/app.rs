@@ -235,6 +235,12 @@ impl App {
         }
     }
 
+    /// Closes every connection of `room` with `reason` (ending their sessions too with `end`);
+    /// returns how many connections were told.
+    pub fn close_connections(&self, room: &Arc<Room>, reason: CloseReason, end: bool) -> usize {
+        self.sessions.of_room(room).iter().filter(|s| self.sessions.kick(s, reason, end)).count()
+    }
+
     /// Unloads the rooms whose ownership moved to another node (the store says which) and
     /// closes their connections with 4013, so their clients reconnect to the owner. Returns
     /// how many rooms were unloaded.
@@ -243,9 +249,7 @@ impl App {
         let mut unloaded = 0;
         for id in store.take_moved() {
             let Some(room) = self.rooms.unload(&id) else { continue };
-            let sessions = self.sessions.of_room(&room);
-            let closed =
-                sessions.iter().filter(|s| self.sessions.kick(s, CloseReason::RoomMoved, true)).count();
+            let closed = self.close_connections(&room, CloseReason::RoomMoved, true);
             tracing::warn!(room = %id, closed, "room moved to another node: unloaded, connections closed (4013)");
             unloaded += 1;
         }

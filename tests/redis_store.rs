@@ -235,10 +235,7 @@ async fn a_restart_on_redis_keeps_state_rev_and_epoch_resumes_by_delta_and_dedup
     let server = node(&redis, &[]);
     let (_, after) = get(server.addr, "/v1/rooms/game").await;
     assert_eq!(after, before, "state, rev and epoch survive the restart");
-    let url =
-        format!("ws://{}/v1/rooms/game/ws?session={}&epoch={}&since=3", server.addr, a.session, a.epoch);
-    let (mut b, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let welcome = next_json(&mut b).await.unwrap();
+    let (mut b, welcome) = common::resume_raw(server.addr, "game", &a, 3).await;
     assert_eq!(welcome["resumed"], true, "{welcome}");
     assert_eq!((welcome["lastClientReqId"].as_u64(), welcome["rev"].as_u64()), (Some(5), Some(5)));
     let first = next_json(&mut b).await.unwrap();

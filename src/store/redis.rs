@@ -163,8 +163,8 @@ pub struct StatsSnapshot {
 /// What the store knows of a room it holds the lease of.
 #[derive(Default)]
 struct Owned {
-    /// Set when the room is opened (the room is in memory and appends).
-    journal: Option<Weak<dyn Journal>>,
+    /// The room was opened: it is in memory and appends (each append carries its journal).
+    opened: bool,
     /// The lease was found lost (or the stored log moved on without this node).
     lost: bool,
     /// When a load took the lease. A lease taken for a look-up that opened nothing (a read of
@@ -217,19 +217,16 @@ struct Shared {
     /// This process's lease token.
     token: String,
     owned: Mutex<HashMap<RoomId, Owned>>,
-    /// Rooms found lost since [`Store::take_moved`] last took them.
-    moved: Mutex<Vec<RoomId>>,
     opts: RedisOptions,
     stats: Stats,
 }
 
 impl Shared {
-    /// Marks the room lost (once) and queues it for [`Store::take_moved`].
+    /// Marks the room lost (counted once); [`Store::take_moved`] hands it over.
     fn lose(&self, room: &RoomId) {
         let newly = self.owned.lock().get_mut(room).is_some_and(|o| !std::mem::replace(&mut o.lost, true));
         if newly {
             self.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
-            self.moved.lock().push(room.clone());
         }
     }
 }
@@ -238,7 +235,6 @@ impl Shared {
 pub struct RedisStore {
     shared: Arc<Shared>,
     client: redis::Client,
-    /// The connection loads, reads and deletes use (the store's thread has its own).
     /// Idle connections for loads, reads and deletes (taken out for each call, so no lock is
     /// held over a round trip and loads of different rooms run side by side).
     readers: Mutex<Vec<redis::Connection>>,
@@ -268,7 +264,6 @@ impl RedisStore {
             wake: Condvar::new(),
             token,
             owned: Mutex::new(HashMap::new()),
-            moved: Mutex::new(Vec::new()),
             opts,
             stats: Stats::default(),
         });
@@ -296,11 +291,6 @@ impl RedisStore {
             renewals: s.renewals.load(Ordering::Relaxed),
             leases_lost: s.leases_lost.load(Ordering::Relaxed),
         }
-    }
-
-    /// This node's lease token (what `ringsync:{room}:owner` holds for the rooms it owns).
-    pub fn token(&self) -> &str {
-        &self.shared.token
     }
 
     /// Runs `f` on an idle reading connection, or a new one.
@@ -338,6 +328,21 @@ impl RedisStore {
         let _ = rx.recv();
     }
 
+    /// Gives up every lease this store holds, in one pipelined round trip.
+    fn release_all(&self) {
+        let rooms: Vec<RoomId> = self.shared.owned.lock().drain().map(|(room, _)| room).collect();
+        if rooms.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for room in &rooms {
+            pipe.cmd("EVAL").arg(RELEASE).arg(1).arg(key(room, "owner")).arg(&self.shared.token).ignore();
+        }
+        if let Err(e) = self.read(|c| pipe.query::<()>(c), "release the leases") {
+            tracing::warn!(error = %e, rooms = rooms.len(), "cannot give the leases up; they lapse by themselves");
+        }
+    }
+
     fn release(&self, room: &RoomId) {
         self.shared.owned.lock().remove(room);
         let token = self.shared.token.clone();
@@ -357,10 +362,7 @@ impl Drop for RedisStore {
         {
             let _ = thread.join();
         }
-        let rooms: Vec<RoomId> = self.shared.owned.lock().keys().cloned().collect();
-        for room in rooms {
-            self.release(&room);
-        }
+        self.release_all();
     }
 }
 
@@ -426,8 +428,7 @@ impl Store for Arc<RedisStore> {
         keep: usize,
         sink: &mut dyn LoadSink,
     ) -> Result<Option<Loaded>, StoreError> {
-        let known_empty =
-            self.shared.owned.lock().get(room).is_some_and(|o| o.empty && !o.lost && o.journal.is_none());
+        let known_empty = self.shared.owned.lock().get(room).is_some_and(|o| o.empty && !o.lost && !o.opened);
         if known_empty {
             return Ok(None);
         }
@@ -525,7 +526,7 @@ impl Store for Arc<RedisStore> {
     }
 
     fn open(&self, room: &RoomId, epoch: &str, journal: Weak<dyn Journal>) -> Arc<dyn RoomLog> {
-        self.shared.owned.lock().entry(room.clone()).or_default().journal = Some(journal.clone());
+        self.shared.owned.lock().entry(room.clone()).or_default().opened = true;
         self.push(Op::Open { room: room.clone(), epoch: epoch.to_string() });
         Arc::new(Log { store: self.clone(), room: room.clone(), journal })
     }
@@ -609,28 +610,18 @@ impl Store for Arc<RedisStore> {
     }
 
     fn take_moved(&self) -> Vec<RoomId> {
-        let moved = std::mem::take(&mut *self.shared.moved.lock());
         let mut owned = self.shared.owned.lock();
+        let moved: Vec<RoomId> = owned.iter().filter(|(_, o)| o.lost).map(|(r, _)| r.clone()).collect();
         for room in &moved {
             owned.remove(room);
         }
         moved
     }
 
-    /// Flushes, then gives up every lease in one pipelined round trip.
+    /// Flushes, then gives up every lease.
     fn shutdown(&self) {
         self.barrier();
-        let rooms: Vec<RoomId> = self.shared.owned.lock().drain().map(|(room, _)| room).collect();
-        if rooms.is_empty() {
-            return;
-        }
-        let mut pipe = redis::pipe();
-        for room in &rooms {
-            pipe.cmd("EVAL").arg(RELEASE).arg(1).arg(key(room, "owner")).arg(&self.shared.token).ignore();
-        }
-        if let Err(e) = self.read(|c| pipe.query::<()>(c), "release the leases") {
-            tracing::warn!(error = %e, rooms = rooms.len(), "cannot give the leases up; they lapse by themselves");
-        }
+        self.release_all();
     }
 }
 
@@ -656,10 +647,13 @@ struct Run {
     journal: Weak<dyn Journal>,
 }
 
-/// What one pipelined command's reply means.
-enum Expect {
-    Ignore,
-    Append { room: RoomId, generation: u64, first: u64, count: u64, journal: Weak<dyn Journal> },
+/// One script call of appended records in a round (every other command's reply is ignored).
+struct Sent {
+    room: RoomId,
+    generation: u64,
+    first: u64,
+    count: u64,
+    journal: Weak<dyn Journal>,
 }
 
 impl Writer {
@@ -723,12 +717,12 @@ impl Writer {
         let token = self.shared.token.clone();
         let retain = self.shared.opts.retain;
         let mut pipe = redis::pipe();
-        let mut expect = Vec::new();
+        let mut sent = Vec::new();
         let mut barriers = Vec::new();
         let mut doomed: Vec<Doomed> = Vec::new();
         // Consecutive records of one room and generation become one script call.
         let mut run: Option<Run> = None;
-        let flush_run = |run: &mut Option<Run>, pipe: &mut redis::Pipeline, expect: &mut Vec<Expect>| {
+        let flush_run = |run: &mut Option<Run>, pipe: &mut redis::Pipeline, sent: &mut Vec<Sent>| {
             if let Some(Run { room, generation, first, frames, journal }) = run.take() {
                 let cmd = pipe
                     .cmd("EVAL")
@@ -743,7 +737,7 @@ impl Writer {
                     cmd.arg(f.as_slice());
                 }
                 let count = frames.len() as u64;
-                expect.push(Expect::Append { room, generation, first, count, journal });
+                sent.push(Sent { room, generation, first, count, journal });
             }
         };
         for op in ops {
@@ -771,7 +765,7 @@ impl Writer {
                             r.frames.push(frame);
                         }
                         _ => {
-                            flush_run(&mut run, &mut pipe, &mut expect);
+                            flush_run(&mut run, &mut pipe, &mut sent);
                             run = Some(Run { room, generation, first: rev, frames: vec![frame], journal });
                         }
                     }
@@ -779,20 +773,19 @@ impl Writer {
                 Op::Open { room, epoch } => {
                     // A room opened anew (reloaded) starts its generations afresh.
                     self.failed.remove(&room);
-                    flush_run(&mut run, &mut pipe, &mut expect);
+                    flush_run(&mut run, &mut pipe, &mut sent);
                     pipe.cmd("EVAL")
                         .arg(OPEN)
                         .arg(2)
                         .arg(key(&room, "owner"))
                         .arg(key(&room, "epoch"))
                         .arg(&token)
-                        .arg(epoch);
-                    pipe.cmd("ZADD").arg(ROOMS_KEY).arg(0).arg(room.as_str());
-                    expect.push(Expect::Ignore);
-                    expect.push(Expect::Ignore);
+                        .arg(epoch)
+                        .ignore();
+                    pipe.cmd("ZADD").arg(ROOMS_KEY).arg(0).arg(room.as_str()).ignore();
                 }
                 Op::Snapshot { room, rev, bytes } => {
-                    flush_run(&mut run, &mut pipe, &mut expect);
+                    flush_run(&mut run, &mut pipe, &mut sent);
                     let keep_from = rev.saturating_sub(retain) + 1;
                     pipe.cmd("EVAL")
                         .arg(SNAPSHOT)
@@ -802,15 +795,15 @@ impl Writer {
                         .arg(key(&room, "log"))
                         .arg(&token)
                         .arg(bytes)
-                        .arg(keep_from);
-                    expect.push(Expect::Ignore);
+                        .arg(keep_from)
+                        .ignore();
                 }
                 Op::Barrier(tx) => barriers.push(tx),
             }
         }
-        flush_run(&mut run, &mut pipe, &mut expect);
-        if !expect.is_empty() {
-            self.send(&pipe, expect);
+        flush_run(&mut run, &mut pipe, &mut sent);
+        if !pipe.is_empty() {
+            self.send(&pipe, sent);
         }
         for (room, generation, rev, e, journal) in doomed {
             self.shared.stats.append_failures.fetch_add(1, Ordering::Relaxed);
@@ -824,7 +817,7 @@ impl Writer {
 
 impl Writer {
     /// Sends one round and reports each room's outcome to its journal.
-    fn send(&mut self, pipe: &redis::Pipeline, expect: Vec<Expect>) {
+    fn send(&mut self, pipe: &redis::Pipeline, sent: Vec<Sent>) {
         self.shared.stats.rounds.fetch_add(1, Ordering::Relaxed);
         let replies = match self.connection() {
             Ok(con) => pipe.query::<Vec<Value>>(con).map_err(|e| {
@@ -834,16 +827,15 @@ impl Writer {
             Err(e) => Err(e),
         };
         let replies = match replies {
-            Ok(replies) if replies.len() == expect.len() => replies,
+            Ok(replies) if replies.len() == sent.len() => replies,
             Ok(replies) => {
-                let e = StoreError(format!("redis: {} replies for {} commands", replies.len(), expect.len()));
+                let e = StoreError(format!("redis: {} replies for {} appends", replies.len(), sent.len()));
                 self.con = None;
-                return self.fail_all(&expect, &e);
+                return self.fail_all(&sent, &e);
             }
-            Err(e) => return self.fail_all(&expect, &e),
+            Err(e) => return self.fail_all(&sent, &e),
         };
-        for (reply, what) in replies.into_iter().zip(expect) {
-            let Expect::Append { room, generation, first, count, journal } = what else { continue };
+        for (reply, Sent { room, generation, first, count, journal }) in replies.into_iter().zip(sent) {
             let (outcome, moved) = match &reply {
                 Value::Array(v) => match v.as_slice() {
                     [Value::Int(0), Value::Int(last)] => (Ok(*last as u64), false),
@@ -884,13 +876,11 @@ impl Writer {
     }
 
     /// The round did not reach Redis (or its answer was lost): every append in it fails.
-    fn fail_all(&mut self, expect: &[Expect], error: &StoreError) {
+    fn fail_all(&mut self, sent: &[Sent], error: &StoreError) {
         tracing::warn!(error = %error, "redis store: a round failed");
-        for what in expect {
-            if let Expect::Append { room, generation, first, count, journal } = what {
-                self.shared.stats.append_failures.fetch_add(*count, Ordering::Relaxed);
-                self.fail(room, journal, *generation, *first, error);
-            }
+        for Sent { room, generation, first, count, journal } in sent {
+            self.shared.stats.append_failures.fetch_add(*count, Ordering::Relaxed);
+            self.fail(room, journal, *generation, *first, error);
         }
     }
 
@@ -906,7 +896,7 @@ impl Writer {
             let mut owned = self.shared.owned.lock();
             let unused: Vec<RoomId> = owned
                 .iter()
-                .filter(|(_, o)| o.journal.is_none() && o.loaded_at.is_some_and(|t| t.elapsed() > period))
+                .filter(|(_, o)| !o.opened && o.loaded_at.is_some_and(|t| t.elapsed() > period))
                 .map(|(r, _)| r.clone())
                 .collect();
             for room in &unused {

@@ -163,6 +163,16 @@ pub fn crash(mut s: Spawned) {
     s.child.wait().unwrap();
 }
 
+/// Resumes `client`'s session in `room` on a raw socket (`?session&epoch&since`), so the test
+/// reads the catch-up itself; returns the socket and the `welcome`.
+pub async fn resume_raw(addr: SocketAddr, room: &str, client: &Client, since: u64) -> (Ws, Value) {
+    let (s, e) = (&client.session, &client.epoch);
+    let url = format!("ws://{addr}/v1/rooms/{room}/ws?session={s}&epoch={e}&since={since}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let welcome = next_json(&mut ws).await.expect("welcome");
+    (ws, welcome)
+}
+
 /// The next text message as JSON (bounded wait); `None` when the socket closes.
 pub async fn next_json(ws: &mut Ws) -> Option<Value> {
     loop {
