@@ -33,7 +33,7 @@ use crate::room::{Change, ChangeRequest, Room};
 use crate::rooms::{NoNewRoom, Rooms};
 use crate::session::{SessionLimits, Sessions};
 use crate::store::file::{FileOptions, FileStore, Fsync};
-use crate::store::redis::{RedisOptions, RedisStore};
+use crate::store::redis::{Mail, RedisOptions, RedisStore};
 
 /// Everything the request handlers share.
 pub struct App {
@@ -119,13 +119,18 @@ impl App {
             rooms = rooms.with_store(Arc::new(store.clone()));
             Some(store)
         };
+        let limits = SessionLimits::from(&config);
+        let sessions = match &redis_store {
+            Some(store) => Sessions::for_node(limits, store.node()),
+            None => Sessions::new(limits),
+        };
         Ok(Arc::new(App {
             auth,
             admin_token,
             file_store,
             redis_store,
             rooms,
-            sessions: Arc::new(Sessions::new(SessionLimits::from(&config))),
+            sessions: Arc::new(sessions),
             metrics: m::install(),
             guard: Guard::new(&config),
             shutdown_tx: watch::channel(false).0,
@@ -270,6 +275,35 @@ impl App {
         if let Some(store) = &self.redis_store {
             m::publish_redis(&store.stats());
         }
+    }
+
+    /// A client's change over its WebSocket: committed here ([`App::commit`]), or, when this
+    /// node follows the room (cluster mode: another node owns it), forwarded to the owner, and
+    /// `Ok(None)`: its ack then arrives with its record from the owner's stream, or its reject
+    /// by mail, both through the connection's writer as on the owner (see [`crate::cluster`]).
+    ///
+    /// # Errors
+    /// As [`App::commit`]; `unavailable` when the room's owner is not known at the moment.
+    pub fn submit(&self, room: &Room, req: ChangeRequest) -> Result<Option<Arc<Change>>, Reject> {
+        let Some(store) = self.redis_store.as_ref().filter(|_| room.is_follower()) else {
+            return self.commit(room, req).map(Some);
+        };
+        let refused = |message: &str| {
+            let r = Reject::new(ErrorCode::Unavailable, message, room.rev().0);
+            count_reject(&r);
+            Err(r)
+        };
+        if self.is_draining() {
+            return refused("the server is shutting down; the change was not applied: send it again after reconnecting")
+                .map_err(|r| Reject { code: ErrorCode::Draining, ..r });
+        }
+        let Some(owner) = store.owner_node(room.id()) else {
+            return refused("the room's owner is changing; the change was not applied: send it again");
+        };
+        metrics::counter!(m::CLUSTER_FORWARDED).increment(1);
+        let mail = Mail::Change { room: room.id().to_string(), req: req.to_wire() };
+        store.send(owner, &mail);
+        Ok(None)
     }
 
     /// Commits a change to `room`, recording the outcome in the metrics. Every write, over a

@@ -36,6 +36,7 @@ pub mod app;
 pub mod auth;
 pub mod broadcast;
 pub mod close;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod guard;

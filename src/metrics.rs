@@ -42,6 +42,12 @@ pub const REDIS_APPEND_FAILURES: &str = "ringsync_redis_append_failures_total";
 pub const REDIS_ROUNDS: &str = "ringsync_redis_rounds_total";
 pub const REDIS_RENEWALS: &str = "ringsync_redis_lease_renewals_total";
 pub const REDIS_LEASES_LOST: &str = "ringsync_redis_leases_lost_total";
+pub const CLUSTER_FORWARDED: &str = "ringsync_cluster_forwarded_total";
+pub const CLUSTER_FORWARDS_RECEIVED: &str = "ringsync_cluster_forwards_received_total";
+pub const CLUSTER_FORWARD_REJECTS: &str = "ringsync_cluster_forward_rejects_total";
+pub const CLUSTER_ROOMS_FOLLOWED: &str = "ringsync_cluster_rooms_followed";
+pub const CLUSTER_RECORDS_FOLLOWED: &str = "ringsync_cluster_records_followed_total";
+pub const CLUSTER_FOLLOW_LAG: &str = "ringsync_cluster_follow_lag_seconds";
 pub const CHANGES_COMMITTED: &str = "ringsync_changes_committed_total";
 pub const CHANGES_REJECTED: &str = "ringsync_changes_rejected_total";
 pub const OPS_APPLIED: &str = "ringsync_ops_applied_total";
@@ -419,9 +425,15 @@ fn initialise() {
         REDIS_ROUNDS,
         REDIS_RENEWALS,
         REDIS_LEASES_LOST,
+        CLUSTER_FORWARDED,
+        CLUSTER_FORWARDS_RECEIVED,
+        CLUSTER_FORWARD_REJECTS,
+        CLUSTER_RECORDS_FOLLOWED,
     ] {
         metrics::counter!(name).increment(0);
     }
+    metrics::gauge!(CLUSTER_ROOMS_FOLLOWED).set(0.0);
+    metrics::gauge!(CLUSTER_FOLLOW_LAG).set(0.0);
     metrics::gauge!(REDIS_ROOMS_OWNED).set(0.0);
     metrics::gauge!(STORE_FSYNC_SECONDS).set(0.0);
     metrics::gauge!(STORE_QUEUE).set(0.0);
@@ -586,6 +598,21 @@ fn describe() {
         REDIS_LEASES_LOST,
         "Rooms this node lost to another node (lease lapsed or taken, or appends fenced): unloaded, clients closed with 4013"
     );
+    describe_counter!(CLUSTER_FORWARDED, "Changes this node's clients sent that it forwarded to the room's owner node (--redis)");
+    describe_counter!(
+        CLUSTER_FORWARDS_RECEIVED,
+        "Forwarded changes this node received as a room's owner (committed, or answered with a reject)"
+    );
+    describe_counter!(
+        CLUSTER_FORWARD_REJECTS,
+        "Rejects an owner node sent back for changes this node forwarded, delivered to their authors"
+    );
+    describe_gauge!(CLUSTER_ROOMS_FOLLOWED, "Rooms this node follows: another node owns them, this one serves its own clients");
+    describe_counter!(CLUSTER_RECORDS_FOLLOWED, "Records taken from the owners' streams into follower copies");
+    describe_gauge!(
+        CLUSTER_FOLLOW_LAG,
+        "Stream lag: seconds from the owner's commit to a follower copy taking the change (the newest one taken)"
+    );
 }
 
 /// Publishes the file store's statistics (the sweep calls it once a second).
@@ -612,6 +639,7 @@ pub fn publish_redis(s: &crate::store::redis::StatsSnapshot) {
     metrics::counter!(REDIS_ROUNDS).absolute(s.rounds);
     metrics::counter!(REDIS_RENEWALS).absolute(s.renewals);
     metrics::counter!(REDIS_LEASES_LOST).absolute(s.leases_lost);
+    metrics::gauge!(CLUSTER_ROOMS_FOLLOWED).set(s.rooms_followed as f64);
 }
 
 #[cfg(test)]

@@ -183,6 +183,11 @@ impl Rooms {
         self.map.contains_key(id)
     }
 
+    /// The room if it is in memory (never loads or creates one).
+    pub fn loaded(&self, id: &RoomId) -> Option<Arc<Room>> {
+        self.map.get(id).map(|h| h.room.clone())
+    }
+
     /// The room if it is in memory or stored (loading it); never creates one.
     pub fn get(&self, id: &RoomId) -> Option<Arc<Room>> {
         self.try_get(id).ok().flatten()
@@ -292,7 +297,8 @@ impl Rooms {
                     loaded
                         .unwrap_or_else(|| Room::with_budget(id.clone(), self.config.clone(), &self.budget)),
                 );
-                if let Some(store) = &self.store {
+                // A follower copy (another node owns the room) never appends.
+                if let Some(store) = self.store.as_ref().filter(|_| !room.is_follower()) {
                     let journal: std::sync::Weak<dyn Journal> = Arc::downgrade(&room) as _;
                     room.attach_log(store.open(id, room.epoch().as_str(), journal));
                 }

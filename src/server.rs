@@ -71,6 +71,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     tokio::spawn(sweep(app.clone()));
+    if let Err(e) = crate::cluster::start(&app) {
+        tracing::error!(error = %e, "cannot follow the cluster: rooms other nodes own are not served here");
+    }
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

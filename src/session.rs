@@ -236,6 +236,9 @@ pub struct Sessions {
     held: AtomicUsize,
     limits: SessionLimits,
     next_client: AtomicU64,
+    /// The first client id this node hands out, less one: 0 for a single node; in cluster mode
+    /// the node's number shifted into the high bits (see [`Sessions::for_node`]).
+    client_base: u64,
     next_conn: AtomicU64,
     next_idle: AtomicU64,
 }
@@ -255,9 +258,25 @@ impl Sessions {
             held: AtomicUsize::new(0),
             limits,
             next_client: AtomicU64::new(0),
+            client_base: 0,
             next_conn: AtomicU64::new(0),
             next_idle: AtomicU64::new(0),
         }
+    }
+
+    /// Sessions of cluster node `node` (its number from the cluster's store): its client ids
+    /// are `node << 32` plus a count, so no two nodes ever hand out the same one (a client id
+    /// names the author of a change on every node, and routes the owner's answer back to the
+    /// author's node). Below 2^53 for any node number below 2^21, so JavaScript holds them
+    /// exactly.
+    pub fn for_node(limits: SessionLimits, node: u64) -> Self {
+        let base = node << 32;
+        Sessions { next_client: AtomicU64::new(base), client_base: base, ..Sessions::new(limits) }
+    }
+
+    /// The node a client id was handed out by (see [`Sessions::for_node`]); 0 for a single node.
+    pub fn node_of(client: ClientId) -> u64 {
+        client.0 >> 32
     }
 
     /// Resumes the session named by `token` when it is live and belongs to `room`, else starts a
@@ -326,8 +345,11 @@ impl Sessions {
         stored: Option<crate::store::SessionRecord>,
     ) -> Result<Attached, SessionsFull> {
         self.reserve()?;
-        // Client ids a stored room has seen are never handed out again.
-        self.next_client.fetch_max(room.max_client(), Ordering::Relaxed);
+        // Client ids a stored room has seen are never handed out again (a cluster node's ids
+        // are its own: other nodes' ids in the room are not below its base).
+        if self.client_base == 0 {
+            self.next_client.fetch_max(room.max_client(), Ordering::Relaxed);
+        }
         let (client, token, last_req) = match stored {
             Some(s) => (ClientId(s.client), Arc::<str>::from(s.token), ClientReqId(s.last_req)),
             None => {

@@ -24,6 +24,8 @@ const LAYERS: &[&[&str]] = &[
     &["auth", "guard"],
     &["session"],
     &["app"],
+    // Cluster mode's handling of what the Redis store reads (it commits through the app).
+    &["cluster"],
     &["writer", "reassembly"],
     &["connection", "http_api"],
     // The admin API uses http_api's response and body helpers.

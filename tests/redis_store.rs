@@ -13,116 +13,19 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+
+
+use std::process::Stdio;
+
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use common::{Client, Spawned, WAIT, crash, http_at, next_json, server_command, stop};
+use common::redis::{Redis, StreamEntry, get, incr, metric_until, node, node_at, post};
+use common::{Client, WAIT, crash, next_json, stop};
 use ringsync::ids::RoomId;
 use ringsync::store::redis::{RedisOptions, RedisStore};
 use ringsync::store::{Journal, Store};
-use serde_json::{Value, json};
-
-/// An `XRANGE` entry: its id and its field-value pairs.
-type StreamEntry = (String, Vec<(String, Vec<u8>)>);
-
-/// A `redis-server` of the test's own, killed and reaped when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-    args: Vec<String>,
-    dir: tempfile::TempDir,
-}
-
-impl Redis {
-    /// No persistence.
-    fn start() -> Redis {
-        Redis::start_with(&["--save", "", "--appendonly", "no"])
-    }
-
-    fn start_with(args: &[&str]) -> Redis {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let args: Vec<String> = args.iter().map(|a| (*a).to_string()).collect();
-        let child = Redis::spawn(port, &args, dir.path());
-        let redis = Redis { child, port, args, dir };
-        redis.wait_ready();
-        redis
-    }
-
-    fn spawn(port: u16, args: &[String], dir: &std::path::Path) -> Child {
-        Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(args)
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/test.sh installs Debian's redis-server)")
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + WAIT;
-        while !self.answers() {
-            assert!(Instant::now() < deadline, "redis-server answers PING in time");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILL, then the same server again (same port, same directory).
-    fn crash_and_restart(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        self.child = Redis::spawn(self.port, &self.args, self.dir.path());
-        self.wait_ready();
-    }
-
-    fn answers(&self) -> bool {
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else { return false };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn con(&self) -> redis::Connection {
-        redis::Client::open(self.url()).unwrap().get_connection().unwrap()
-    }
-
-    /// The revisions of the room's stream entries, in stream order.
-    fn log_revs(&self, room: &str) -> Vec<u64> {
-        let ids: Vec<StreamEntry> = redis::cmd("XRANGE")
-            .arg(format!("ringsync:{{{room}}}:log"))
-            .arg("-")
-            .arg("+")
-            .query(&mut self.con())
-            .unwrap();
-        ids.iter().map(|(id, _)| id.strip_suffix("-0").unwrap().parse().unwrap()).collect()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn node(redis: &Redis, flags: &[&str]) -> Spawned {
-    node_at(&redis.url(), flags)
-}
-
-fn node_at(url: &str, flags: &[&str]) -> Spawned {
-    let mut args = vec!["--redis", url];
-    args.extend_from_slice(flags);
-    Spawned::start(server_command(&args))
-}
+use serde_json::json;
 
 /// A TCP proxy in front of Redis that the test can cut (every connection dropped, new ones
 /// refused) and restore, on the same port.
@@ -183,36 +86,6 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.cut();
     }
-}
-
-async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
-    http_at(addr, "GET", path, None, "").await
-}
-
-async fn post(addr: SocketAddr, room: &str, ops: Value) -> (u16, Value) {
-    let body = json!({"ops": ops}).to_string();
-    http_at(addr, "POST", &format!("/v1/rooms/{room}/changes"), Some(&body), "").await
-}
-
-/// Polls `/metrics` (published once a second) until the sample `name` satisfies `ok`.
-async fn metric_until(addr: SocketAddr, name: &str, ok: impl Fn(f64) -> bool) -> f64 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (_, m) = get(addr, "/metrics").await;
-        let value = m.as_str().unwrap_or_default().lines().find_map(|l| {
-            let (n, v) = l.split_once(' ')?;
-            (n == name).then(|| v.parse::<f64>().ok()).flatten()
-        });
-        if let Some(v) = value.filter(|v| ok(*v)) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{name} = {value:?} in time");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn incr(n: i64) -> Value {
-    json!([{"op": "incr", "path": "/n", "value": n}])
 }
 
 #[tokio::test]

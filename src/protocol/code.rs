@@ -107,6 +107,11 @@ impl ErrorCode {
     /// `ringsync_changes_rejected_total`).
     pub const REJECTS: &[ErrorCode] = Self::ALL.split_at(9).0;
 
+    /// The code named `name` (see [`ErrorCode::as_str`]).
+    pub fn parse(name: &str) -> Option<ErrorCode> {
+        Self::ALL.iter().copied().find(|c| c.as_str() == name)
+    }
+
     /// The stable name clients see.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -45,12 +45,22 @@ pub enum Mode {
 }
 
 impl Mode {
-    fn parse(s: &str) -> Option<Mode> {
+    /// The mode a `mode` field names.
+    pub fn parse(s: &str) -> Option<Mode> {
         match s {
             "overwrite" => Some(Mode::Overwrite),
             "rev" => Some(Mode::Rev),
             "paths" => Some(Mode::Paths),
             _ => None,
+        }
+    }
+
+    /// Its name in a `mode` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Overwrite => "overwrite",
+            Mode::Rev => "rev",
+            Mode::Paths => "paths",
         }
     }
 }

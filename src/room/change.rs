@@ -35,6 +35,70 @@ pub struct ChangeRequest {
     pub extras: Extras,
 }
 
+impl ChangeRequest {
+    /// The request as JSON, for a node that forwards it to the room's owner (cluster mode): every
+    /// field the owner needs to commit it as its author's (an HTTP `Idempotency-Key` is not
+    /// forwarded: HTTP writes are committed where the room is owned).
+    pub fn to_wire(&self) -> Value {
+        let (kind, reverts) = match self.extras.kind {
+            ChangeKind::Plain => (0, None),
+            ChangeKind::Undo => (1, None),
+            ChangeKind::Redo => (2, None),
+            ChangeKind::Reverts(r) => (3, Some(r.0)),
+        };
+        let ops: Value = serde_json::from_slice(&protocol::encode_ops(&self.ops)).expect("ops are JSON");
+        serde_json::json!({
+            "author": self.author.0,
+            "user": self.user.as_deref(),
+            "clientReqId": self.client_req_id.map(|c| c.0),
+            "baseRev": self.base_rev.map(|r| r.0),
+            "mode": self.mode.as_str(),
+            "ops": ops,
+            "kind": kind,
+            "reverts": reverts,
+            "meta": self.extras.meta,
+            "mayRevertAny": self.extras.may_revert_any,
+            "session": self.extras.session.as_deref(),
+        })
+    }
+
+    /// A request [`to_wire`](ChangeRequest::to_wire) wrote.
+    ///
+    /// # Errors
+    /// When `v` is not what `to_wire` writes.
+    pub fn from_wire(v: &Value) -> Result<ChangeRequest, String> {
+        let u64_of = |k: &str| v.get(k).and_then(Value::as_u64);
+        let str_of = |k: &str| v.get(k).and_then(Value::as_str).map(Arc::<str>::from);
+        let author = u64_of("author").ok_or("no author")?;
+        let mode = v.get("mode").and_then(Value::as_str).and_then(Mode::parse).ok_or("no mode")?;
+        let ops = crate::patch::parse_patch(v.get("ops").cloned().unwrap_or(Value::Null))
+            .map_err(|e| format!("ops: {e}"))?;
+        let kind = match (u64_of("kind"), u64_of("reverts")) {
+            (Some(0), _) => ChangeKind::Plain,
+            (Some(1), _) => ChangeKind::Undo,
+            (Some(2), _) => ChangeKind::Redo,
+            (Some(3), Some(r)) => ChangeKind::Reverts(Rev(r)),
+            _ => return Err("no kind".into()),
+        };
+        let meta = v.get("meta").filter(|m| !m.is_null()).cloned();
+        Ok(ChangeRequest {
+            author: ClientId(author),
+            user: str_of("user"),
+            client_req_id: u64_of("clientReqId").map(ClientReqId),
+            base_rev: u64_of("baseRev").map(Rev),
+            mode,
+            ops,
+            extras: Extras {
+                kind,
+                meta,
+                may_revert_any: v.get("mayRevertAny").and_then(Value::as_bool).unwrap_or(false),
+                session: str_of("session"),
+                idempotency: None,
+            },
+        })
+    }
+}
+
 /// The parts of a change request beyond plain ops (all absent by default).
 #[derive(Debug, Clone, Default)]
 pub struct Extras {

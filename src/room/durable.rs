@@ -55,6 +55,34 @@ pub(super) struct Keep {
     rejections: VecDeque<Rejection>,
 }
 
+impl Keep {
+    /// The dedupe state a stored record carries (a load replaying it, a follower taking it).
+    pub(super) fn note_record(&mut self, rec: &Record, change: &Change) {
+        self.max_client = self.max_client.max(rec.author);
+        if let (Some(token), Some(id)) = (&rec.session, rec.client_req_id) {
+            let s = SessionRecord {
+                token: token.clone(),
+                client: rec.author,
+                user: rec.user.clone(),
+                last_req: id,
+                seen_ms: rec.ts,
+            };
+            self.sessions.insert(token.as_str().into(), s);
+        }
+        if let Some(k) = &rec.idempotency {
+            let response = change.http_response().to_string();
+            let r = IdempotencyRecord {
+                key: k.key.clone(),
+                fingerprint: k.fingerprint,
+                rev: rec.rev,
+                response,
+                ts_ms: rec.ts,
+            };
+            self.idempotency.insert(k.key.clone(), r);
+        }
+    }
+}
+
 /// A change rolled back because the store could not write it.
 #[derive(Debug, Clone)]
 pub struct Rejection {
@@ -171,6 +199,17 @@ impl Room {
         let out = keep.rejections.iter().filter(|r| r.seq > *seen && r.author == author).cloned().collect();
         *seen = newest;
         out
+    }
+
+    /// Queues a reject for `author`'s change `id`, collected by its connection
+    /// ([`Room::rejections_for`]); the oldest are dropped past [`MAX_REJECTIONS`].
+    pub(super) fn push_rejection(&self, author: ClientId, client_req_id: ClientReqId, reject: Reject) {
+        let mut keep = self.keep.lock();
+        let seq = self.rejection_seq.fetch_add(1, Ordering::AcqRel) + 1;
+        keep.rejections.push_back(Rejection { seq, author, client_req_id, reject });
+        while keep.rejections.len() > MAX_REJECTIONS {
+            keep.rejections.pop_front();
+        }
     }
 
     /// Under the write lock, after a commit: refuses an `Idempotency-Key` already used.
@@ -302,22 +341,13 @@ impl Room {
         let message = format!(
             "the change could not be stored ({error}); it was not applied: send it again (revision {rev} failed)"
         );
+        drop(keep);
         for change in undone.iter().rev() {
             if let Some(id) = change.client_req_id {
-                let seq = self.rejection_seq.fetch_add(1, Ordering::AcqRel) + 1;
                 let reject = Reject::new(ErrorCode::Unavailable, message.clone(), durable);
-                keep.rejections.push_back(Rejection {
-                    seq,
-                    author: change.author,
-                    client_req_id: id,
-                    reject,
-                });
+                self.push_rejection(change.author, id, reject);
             }
         }
-        while keep.rejections.len() > MAX_REJECTIONS {
-            keep.rejections.pop_front();
-        }
-        drop(keep);
         drop(guard);
         tracing::error!(room = %self.id, rev, durable, undone = undone.len(), %error, "store write failed: changes rolled back");
         self.rev_tx.send_modify(|_| {});

@@ -38,6 +38,9 @@ mod durable_tests;
 pub mod fanout;
 #[cfg(test)]
 mod fanout_tests;
+pub mod follow;
+#[cfg(test)]
+mod follow_tests;
 pub mod history;
 #[cfg(test)]
 mod history_tests;
@@ -164,6 +167,8 @@ pub struct Room {
     memory: Charges,
     /// Set (under the write lock) once the room has left the registry: no commit after it.
     retired: AtomicBool,
+    /// A copy of a room another node owns (see [`follow`]): it never commits.
+    follower: AtomicBool,
     /// The store's log (`None`: memory only; see [`durable`]).
     log: OnceLock<Arc<dyn RoomLog>>,
     /// The highest revision the store has written: what is visible ([`Room::rev`]).
@@ -231,6 +236,7 @@ impl Room {
             broadcasts: Broadcasts::new(config.broadcast_buffer, config.broadcast_bytes, budget),
             memory,
             retired: AtomicBool::new(false),
+            follower: AtomicBool::new(false),
             log: OnceLock::new(),
             durable: AtomicU64::new(0),
             generation: AtomicU64::new(0),
@@ -401,6 +407,9 @@ impl Room {
     }
 
     fn check_retired(&self, cur: u64) -> Result<(), Reject> {
+        if self.is_follower() {
+            return Err(self.not_owner(cur));
+        }
         if self.retired.load(Ordering::Acquire) {
             return Err(Reject::new(
                 ErrorCode::Gone,

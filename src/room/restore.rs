@@ -29,7 +29,7 @@ use crate::ids::{ClientId, ClientReqId, Epoch, Rev, RoomId};
 use crate::memory::{self, Budget};
 use crate::patch::{self, Applied, Pointer};
 use crate::protocol::{ChangeKind, Mode};
-use crate::store::{IdempotencyRecord, LoadSink, Loaded, Record, SessionRecord, SnapshotData};
+use crate::store::{LoadSink, Loaded, Record, SnapshotData};
 
 /// Why a stored room could not be rebuilt.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -163,6 +163,9 @@ impl Restore {
         room.passed.store(head, Ordering::Release);
         room.rev_tx.send_replace(Rev(head));
         *room.keep.get_mut() = keep;
+        if loaded.owner.is_some() {
+            room.set_follower();
+        }
         let mut damage = loaded.damage;
         damage.append(&mut self.damage);
         Ok((room, damage))
@@ -280,36 +283,13 @@ impl Replay {
             Some(k) => g.stacks.record(k, req.extras.kind, rec.rev, floor, g.ring.capacity()),
             None => Default::default(),
         };
-        keep.max_client = keep.max_client.max(rec.author);
-        if let (Some(token), Some(id)) = (&rec.session, rec.client_req_id) {
-            keep.sessions.insert(
-                token.as_str().into(),
-                SessionRecord {
-                    token: token.clone(),
-                    client: rec.author,
-                    user: rec.user.clone(),
-                    last_req: id,
-                    seen_ms: ts,
-                },
-            );
-        }
         let ops_json = rec.ops.as_bytes();
         let mut applied = Applied::default();
         (applied.inverse, applied.touched, applied.list_touched) = (inverse, touched, list_touched);
         let reverts = rec.reverts.map(Rev);
         let done = Committed { ts, reverts, key, stacks };
         let (change, held) = Change::encode(Rev(rec.rev), req, ops_json, applied, done);
-        if let Some(k) = &rec.idempotency {
-            let response = change.http_response().to_string();
-            let r = IdempotencyRecord {
-                key: k.key.clone(),
-                fingerprint: k.fingerprint,
-                rev: rec.rev,
-                response,
-                ts_ms: ts,
-            };
-            keep.idempotency.insert(k.key.clone(), r);
-        }
+        keep.note_record(rec, &change);
         g.ring.push(rec.rev, change, held);
         match rec.rev.checked_add(1) {
             Some(next) => self.next = Some(next),

@@ -170,6 +170,7 @@ fn restore_streamed(
         snapshot: snapshot.cloned(),
         records: Vec::new(),
         damage: vec!["from the store".into()],
+        owner: None,
     };
     (restore.finish(loaded), peak)
 }
@@ -229,6 +230,7 @@ fn check_same(
         snapshot: snapshot.cloned(),
         records: collected(stream),
         damage: vec!["from the store".into()],
+        owner: None,
     };
     let reference = restore_collected(id(), config, loaded);
     let streamed = streamed.map(|(room, damage)| {

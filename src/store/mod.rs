@@ -128,6 +128,10 @@ pub struct Loaded {
     pub records: Vec<Record>,
     /// What was damaged and cut or skipped (file, offset, why), for the log and the metric.
     pub damage: Vec<String>,
+    /// The lease token of the node that owns the room, when it is not this one (cluster mode):
+    /// the room was read without its lease, to be followed, never committed to (see
+    /// [`crate::room::follow`]). `None` when this node may commit.
+    pub owner: Option<String>,
 }
 
 /// Why a store could not do something.

@@ -56,6 +56,12 @@ pub struct RedisOptions {
 }
 
 const ROOMS_KEY: &str = "ringsync:rooms";
+/// A counter: each node takes the next number at start (its mailbox and its client ids).
+const NODES_KEY: &str = "ringsync:nodes";
+/// Mail kept in a node's mailbox stream (older entries are trimmed as new ones arrive).
+const MAILBOX_LEN: usize = 10_000;
+/// Entries the follower reads per stream and call.
+const FOLLOW_COUNT: usize = 512;
 /// A round trip that takes longer than this fails (and the connection is made anew).
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// After a failed connection, the store's thread waits this long before trying again.
@@ -131,6 +137,16 @@ fn key(room: &RoomId, what: &str) -> String {
     format!("ringsync:{{{room}}}:{what}")
 }
 
+/// Node `node`'s mailbox: a Stream of what other nodes send it (see [`RedisStore::send`]).
+fn mailbox(node: u64) -> String {
+    format!("ringsync:node:{node}")
+}
+
+/// The node number a lease token starts with.
+fn node_of(token: &str) -> Option<u64> {
+    token.split('-').next()?.parse().ok()
+}
+
 fn entry_id(rev: u64) -> String {
     format!("{rev}-0")
 }
@@ -153,6 +169,7 @@ struct Stats {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StatsSnapshot {
     pub rooms_owned: u64,
+    pub rooms_followed: u64,
     pub appends: u64,
     pub append_failures: u64,
     pub rounds: u64,
@@ -175,7 +192,44 @@ struct Owned {
     empty: bool,
 }
 
+/// What the store knows of a room it follows (another node owns it: see
+/// [`crate::room::follow`]).
+struct Followed {
+    /// The owner's lease token when the room was loaded; another value (or none) means the
+    /// room moved.
+    owner: String,
+    /// The next revision to read from the room's stream.
+    next: u64,
+    /// The owner changed, or the copy could not follow: [`Store::take_moved`] hands it over.
+    moved: bool,
+}
+
+/// What one node sends another through its mailbox (JSON in the entry's field `m`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "t", rename_all = "lowercase")]
+pub enum Mail {
+    /// A client's change, forwarded by a node that follows the room to the node that owns it
+    /// (`req`: [`crate::room::ChangeRequest::to_wire`]).
+    Change { room: String, req: serde_json::Value },
+    /// The owner refused a forwarded change: sent back to the node its author is on.
+    Reject { room: String, author: u64, id: u64, code: String, message: String, rev: u64, conflicts: Vec<u64> },
+}
+
+/// What a follower copy's node does with what it reads (implemented by the shell).
+pub trait Follower: Send + Sync {
+    /// A record of a followed room, in revision order. `false` when the room can no longer
+    /// be followed here (not in memory any more, or its copy could not take the record): it is
+    /// then handed over by [`Store::take_moved`].
+    fn record(&self, room: &RoomId, record: &Record) -> bool;
+    /// A message another node sent this one ([`RedisStore::send`]).
+    fn mail(&self, mail: Mail);
+}
+
 enum Op {
+    Mail {
+        to: u64,
+        body: String,
+    },
     Open {
         room: RoomId,
         epoch: String,
@@ -200,7 +254,7 @@ impl Op {
     fn room(&self) -> Option<&RoomId> {
         match self {
             Op::Open { room, .. } | Op::Append { room, .. } | Op::Snapshot { room, .. } => Some(room),
-            Op::Barrier(_) => None,
+            Op::Barrier(_) | Op::Mail { .. } => None,
         }
     }
 }
@@ -214,9 +268,12 @@ struct Queue {
 struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
-    /// This process's lease token.
+    /// This process's lease token: its node number, process id and a random part.
     token: String,
+    /// This node's number (unique per start, from [`NODES_KEY`]).
+    node: u64,
     owned: Mutex<HashMap<RoomId, Owned>>,
+    followed: Mutex<HashMap<RoomId, Followed>>,
     opts: RedisOptions,
     stats: Stats,
 }
@@ -258,12 +315,15 @@ impl RedisStore {
         let client = redis::Client::open(opts.url.as_str()).map_err(|e| redis_error("bad URL", &e))?;
         let mut con = connect(&client)?;
         redis::cmd("PING").query::<String>(&mut con).map_err(|e| redis_error("PING", &e))?;
-        let token = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
+        let node: u64 = redis::cmd("INCR").arg(NODES_KEY).query(&mut con).map_err(|e| redis_error("INCR", &e))?;
+        let token = format!("{node}-{}-{:016x}", std::process::id(), rand::random::<u64>());
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             token,
+            node,
             owned: Mutex::new(HashMap::new()),
+            followed: Mutex::new(HashMap::new()),
             opts,
             stats: Stats::default(),
         });
@@ -281,10 +341,53 @@ impl RedisStore {
         }))
     }
 
+    /// This node's number: unique among the nodes sharing this Redis since it was created.
+    pub fn node(&self) -> u64 {
+        self.shared.node
+    }
+
+    /// The number of the node that owns `room`, when this node follows it.
+    pub fn owner_node(&self, room: &RoomId) -> Option<u64> {
+        self.shared.followed.lock().get(room).and_then(|f| node_of(&f.owner))
+    }
+
+    /// Rooms this node follows (another node owns them).
+    pub fn followed(&self) -> usize {
+        self.shared.followed.lock().len()
+    }
+
+    /// Queues `body` for node `to`'s mailbox. Sent by the store's thread in the same pipeline
+    /// as the appends, in order: an answer queued after a commit reaches Redis after its record.
+    pub fn send(&self, to: u64, mail: &Mail) {
+        let body = serde_json::to_string(mail).expect("mail serialises");
+        self.push(Op::Mail { to, body });
+    }
+
+    /// Starts following: the thread `ringsync-follow` reads this node's mailbox and the streams
+    /// of the rooms it follows, and hands what it reads to `sink`. Once per store.
+    ///
+    /// # Errors
+    /// When the thread cannot be started.
+    pub fn follow(&self, sink: Arc<dyn Follower>) -> Result<(), StoreError> {
+        let mut reader = Reader {
+            shared: self.shared.clone(),
+            client: self.client.clone(),
+            con: None,
+            sink,
+            mail_last: "0-0".into(),
+        };
+        std::thread::Builder::new()
+            .name("ringsync-follow".into())
+            .spawn(move || reader.run())
+            .map(drop)
+            .map_err(|e| StoreError::io("cannot start the follower's thread", &e))
+    }
+
     pub fn stats(&self) -> StatsSnapshot {
         let s = &self.shared.stats;
         StatsSnapshot {
             rooms_owned: self.shared.owned.lock().values().filter(|o| !o.lost).count() as u64,
+            rooms_followed: self.shared.followed.lock().len() as u64,
             appends: s.appends.load(Ordering::Relaxed),
             append_failures: s.append_failures.load(Ordering::Relaxed),
             rounds: s.rounds.load(Ordering::Relaxed),
@@ -420,40 +523,51 @@ fn entries(reply: Value) -> Vec<Value> {
     }
 }
 
-impl Store for Arc<RedisStore> {
-    /// Takes the room's lease first: a room another node owns is not loaded (an error).
-    fn load_with(
+/// What [`RedisStore::read_room`] read besides the records it streamed.
+struct Read {
+    epoch: String,
+    snapshot: Option<SnapshotData>,
+    damage: Vec<String>,
+    /// The revision after the last one read.
+    next: u64,
+}
+
+impl RedisStore {
+    /// Takes `room`'s lease, or names the node that holds it: `Ok(None)` when this node holds
+    /// it now, `Ok(Some(holder))` when another does.
+    fn acquire(&self, room: &RoomId) -> Result<Option<String>, StoreError> {
+        let token = self.shared.token.clone();
+        let lease = self.shared.opts.lease.as_millis() as u64;
+        let owner = key(room, "owner");
+        // The lease may lapse between the two calls: a few tries.
+        for _ in 0..3 {
+            let got = self.read(
+                |c| redis::cmd("EVAL").arg(ACQUIRE).arg(1).arg(&owner).arg(&token).arg(lease).query::<i64>(c),
+                "acquire a lease",
+            )?;
+            if got == 1 {
+                return Ok(None);
+            }
+            let holder: Option<String> = self.read(|c| redis::cmd("GET").arg(&owner).query(c), "GET")?;
+            if let Some(holder) = holder {
+                return Ok(Some(holder));
+            }
+        }
+        Err(StoreError(format!("room {room}: its lease is changing hands; try again")))
+    }
+
+    /// Streams the room's snapshot and log to `sink` (`cut`: this node owns the room and cuts
+    /// a damaged log; a follower refuses one instead). `None` when nothing is stored.
+    fn read_room(
         &self,
         room: &RoomId,
         keep: usize,
         sink: &mut dyn LoadSink,
-    ) -> Result<Option<Loaded>, StoreError> {
-        let known_empty = self.shared.owned.lock().get(room).is_some_and(|o| o.empty && !o.lost && !o.opened);
-        if known_empty {
-            return Ok(None);
-        }
-        let token = self.shared.token.clone();
-        let lease = self.shared.opts.lease.as_millis() as u64;
-        let owner = key(room, "owner");
-        let got = self.read(
-            |c| redis::cmd("EVAL").arg(ACQUIRE).arg(1).arg(&owner).arg(&token).arg(lease).query::<i64>(c),
-            "acquire a lease",
-        )?;
-        if got != 1 {
-            let holder: Option<String> = self.read(|c| redis::cmd("GET").arg(&owner).query(c), "GET")?;
-            let holder = holder.unwrap_or_else(|| "none".into());
-            return Err(StoreError(format!("room {room} is owned by another node (lease {holder})")));
-        }
-        // A racing loader of the same room may have opened it already: keep its journal.
-        self.shared.owned.lock().entry(room.clone()).or_default().loaded_at = Some(Instant::now());
+        cut: bool,
+    ) -> Result<Option<Read>, StoreError> {
         let epoch: Option<String> =
             self.read(|c| redis::cmd("GET").arg(key(room, "epoch")).query(c), "GET epoch")?;
-        let Some(epoch) = epoch else {
-            if let Some(o) = self.shared.owned.lock().get_mut(room) {
-                o.empty = true;
-            }
-            return Ok(None);
-        };
+        let Some(epoch) = epoch else { return Ok(None) };
         let mut damage = Vec::new();
         let snap: Option<Vec<u8>> =
             self.read(|c| redis::cmd("GET").arg(key(room, "snap")).query(c), "GET")?;
@@ -465,6 +579,7 @@ impl Store for Arc<RedisStore> {
             }
         });
         sink.snapshot(snapshot.as_ref());
+        let after_snapshot = snapshot.as_ref().map_or(1, |s| s.rev + 1);
         let mut next = snapshot.as_ref().map_or(1, |s| s.rev.saturating_sub(keep as u64) + 1);
         'pages: loop {
             let page = self.read(
@@ -495,17 +610,24 @@ impl Store for Arc<RedisStore> {
                         next = record.rev + 1;
                         sink.record(record);
                     }
+                    Err(e) if !cut => {
+                        return Err(StoreError(format!(
+                            "room {room}: {} at revision {next} or later: {e} (its owner cuts it when it loads it)",
+                            key(room, "log")
+                        )));
+                    }
                     Err(e) => {
                         damage.push(format!("{} at revision {next} or later: {e}", key(room, "log")));
+                        let token = &self.shared.token;
                         let cut = self.read(
                             |c| {
                                 redis::cmd("EVAL")
                                     .arg(CUT)
                                     .arg(3)
-                                    .arg(&owner)
+                                    .arg(key(room, "owner"))
                                     .arg(key(room, "log"))
                                     .arg(key(room, "rev"))
-                                    .arg(&token)
+                                    .arg(token)
                                     .arg(next)
                                     .query::<i64>(c)
                             },
@@ -522,7 +644,62 @@ impl Store for Arc<RedisStore> {
                 break;
             }
         }
-        Ok(Some(Loaded { epoch, snapshot, records: Vec::new(), damage }))
+        Ok(Some(Read { epoch, snapshot, damage, next: next.max(after_snapshot) }))
+    }
+
+    /// Wakes the follower's thread (a room was added to what it reads).
+    fn wake_follower(&self) {
+        let node = self.shared.node;
+        let _ = self.read(
+            |c| {
+                redis::cmd("XADD")
+                    .arg(mailbox(node))
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(MAILBOX_LEN)
+                    .arg("*")
+                    .arg("w")
+                    .arg(1)
+                    .query::<Value>(c)
+            },
+            "XADD",
+        );
+    }
+}
+
+impl Store for Arc<RedisStore> {
+    /// Takes the room's lease first. A room another node owns is read without it, as a
+    /// follower copy ([`Loaded::owner`]), and its stream is followed from then on.
+    fn load_with(
+        &self,
+        room: &RoomId,
+        keep: usize,
+        sink: &mut dyn LoadSink,
+    ) -> Result<Option<Loaded>, StoreError> {
+        let known_empty = self.shared.owned.lock().get(room).is_some_and(|o| o.empty && !o.lost && !o.opened);
+        if known_empty {
+            return Ok(None);
+        }
+        if let Some(holder) = self.acquire(room)? {
+            let Some(Read { epoch, snapshot, damage, next }) = self.read_room(room, keep, sink, false)? else {
+                return Err(StoreError(format!("room {room} is being created by another node; try again")));
+            };
+            let mut followed = self.shared.followed.lock();
+            let f = followed.entry(room.clone()).or_insert(Followed { owner: holder.clone(), next, moved: false });
+            f.next = f.next.min(next);
+            drop(followed);
+            self.wake_follower();
+            return Ok(Some(Loaded { epoch, snapshot, records: Vec::new(), damage, owner: Some(holder) }));
+        }
+        // A racing loader of the same room may have opened it already: keep its journal.
+        self.shared.owned.lock().entry(room.clone()).or_default().loaded_at = Some(Instant::now());
+        let Some(Read { epoch, snapshot, damage, .. }) = self.read_room(room, keep, sink, true)? else {
+            if let Some(o) = self.shared.owned.lock().get_mut(room) {
+                o.empty = true;
+            }
+            return Ok(None);
+        };
+        Ok(Some(Loaded { epoch, snapshot, records: Vec::new(), damage, owner: None }))
     }
 
     fn open(&self, room: &RoomId, epoch: &str, journal: Weak<dyn Journal>) -> Arc<dyn RoomLog> {
@@ -580,6 +757,7 @@ impl Store for Arc<RedisStore> {
         self.shared.queue.lock().ops.retain(|op| op.room() != Some(room));
         self.barrier();
         self.shared.owned.lock().remove(room);
+        self.shared.followed.lock().remove(room);
         let keys: Vec<String> =
             ["log", "rev", "snap", "epoch", "owner"].iter().map(|w| key(room, w)).collect();
         self.read(
@@ -601,6 +779,7 @@ impl Store for Arc<RedisStore> {
     /// Writes what is queued, then gives the room's lease up (an evicted room may be taken by
     /// any node).
     fn close(&self, room: &RoomId) {
+        self.shared.followed.lock().remove(room);
         self.barrier();
         self.release(room);
     }
@@ -609,11 +788,20 @@ impl Store for Arc<RedisStore> {
         self.barrier();
     }
 
+    /// Rooms whose lease this node lost, and rooms it followed whose owner changed (or whose
+    /// copy could not follow).
     fn take_moved(&self) -> Vec<RoomId> {
         let mut owned = self.shared.owned.lock();
-        let moved: Vec<RoomId> = owned.iter().filter(|(_, o)| o.lost).map(|(r, _)| r.clone()).collect();
+        let mut moved: Vec<RoomId> = owned.iter().filter(|(_, o)| o.lost).map(|(r, _)| r.clone()).collect();
         for room in &moved {
             owned.remove(room);
+        }
+        drop(owned);
+        let mut followed = self.shared.followed.lock();
+        let before = moved.len();
+        moved.extend(followed.iter().filter(|(_, f)| f.moved).map(|(r, _)| r.clone()));
+        for room in &moved[before..] {
+            followed.remove(room);
         }
         moved
     }
@@ -798,6 +986,17 @@ impl Writer {
                         .arg(keep_from)
                         .ignore();
                 }
+                Op::Mail { to, body } => {
+                    pipe.cmd("XADD")
+                        .arg(mailbox(to))
+                        .arg("MAXLEN")
+                        .arg("~")
+                        .arg(MAILBOX_LEN)
+                        .arg("*")
+                        .arg("m")
+                        .arg(body)
+                        .ignore();
+                }
                 Op::Barrier(tx) => barriers.push(tx),
             }
         }
@@ -944,4 +1143,169 @@ impl Writer {
             }
         }
     }
+}
+
+/// The follower's thread (`ringsync-follow`): reads this node's mailbox and the streams of the
+/// rooms it follows in one blocking `XREAD`, hands what it reads to the [`Follower`], and checks
+/// at a third of the lease that each followed room's owner is still the one it was loaded from.
+struct Reader {
+    shared: Arc<Shared>,
+    client: redis::Client,
+    con: Option<redis::Connection>,
+    sink: Arc<dyn Follower>,
+    /// The id of the newest mailbox entry read.
+    mail_last: String,
+}
+
+impl Reader {
+    fn run(&mut self) {
+        let period = (self.shared.opts.lease / 3).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let mut next_check = Instant::now() + period;
+        while !self.shared.queue.lock().stop {
+            if let Err(e) = self.read_once(period) {
+                tracing::warn!(error = %e, "redis follower: cannot read; retrying");
+                self.con = None;
+                std::thread::sleep(RETRY);
+            }
+            if Instant::now() >= next_check {
+                if let Err(e) = self.check_owners() {
+                    tracing::warn!(error = %e, "redis follower: cannot check owners");
+                    self.con = None;
+                }
+                next_check = Instant::now() + period;
+            }
+        }
+    }
+
+    fn connection(&mut self, block: Duration) -> Result<&mut redis::Connection, StoreError> {
+        if self.con.is_none() {
+            let con = connect(&self.client)?;
+            con.set_read_timeout(Some(IO_TIMEOUT + block)).map_err(|e| redis_error("cannot set a timeout", &e))?;
+            self.con = Some(con);
+        }
+        Ok(self.con.as_mut().expect("connected above"))
+    }
+
+    /// One `XREAD` (blocking up to `block`) and what it returned handed over.
+    fn read_once(&mut self, block: Duration) -> Result<(), StoreError> {
+        let rooms: Vec<(RoomId, u64)> =
+            self.shared.followed.lock().iter().filter(|(_, f)| !f.moved).map(|(r, f)| (r.clone(), f.next)).collect();
+        let inbox = mailbox(self.shared.node);
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT").arg(FOLLOW_COUNT).arg("BLOCK").arg(block.as_millis() as u64).arg("STREAMS").arg(&inbox);
+        let mut by_key: HashMap<String, RoomId> = HashMap::with_capacity(rooms.len());
+        for (room, _) in &rooms {
+            let k = key(room, "log");
+            cmd.arg(&k);
+            by_key.insert(k, room.clone());
+        }
+        cmd.arg(&self.mail_last);
+        for (_, next) in &rooms {
+            cmd.arg(format!("{}-0", next.saturating_sub(1)));
+        }
+        let reply = cmd.query::<Value>(self.connection(block)?).map_err(|e| redis_error("XREAD", &e))?;
+        for (name, items) in streams(reply) {
+            if name == inbox {
+                for item in &items {
+                    let Some((id, fields)) = entry_parts(item) else { continue };
+                    self.mail_last = id;
+                    match field(fields, b"m").map(serde_json::from_slice::<Mail>) {
+                        Some(Ok(mail)) => self.sink.mail(mail),
+                        Some(Err(e)) => tracing::warn!(error = %e, "redis follower: mail that does not parse; dropped"),
+                        // A wake-up (`w`).
+                        None => {}
+                    }
+                }
+                continue;
+            }
+            let Some(room) = by_key.get(&name) else { continue };
+            for item in &items {
+                let taken = match decode_entry(item) {
+                    Ok(record) => self.sink.record(room, &record).then_some(record.rev),
+                    Err(e) => {
+                        tracing::warn!(room = %room, error = %e, "redis follower: unreadable entry; the copy is dropped");
+                        None
+                    }
+                };
+                let mut followed = self.shared.followed.lock();
+                let Some(f) = followed.get_mut(room) else { break };
+                match taken {
+                    Some(rev) => f.next = f.next.max(rev + 1),
+                    None => {
+                        f.moved = true;
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks moved every followed room whose lease is no longer the one it was loaded under
+    /// (its owner died or gave it up: a node that loads it now takes it over).
+    fn check_owners(&mut self) -> Result<(), StoreError> {
+        let rooms: Vec<(RoomId, String)> =
+            self.shared.followed.lock().iter().filter(|(_, f)| !f.moved).map(|(r, f)| (r.clone(), f.owner.clone())).collect();
+        for batch in rooms.chunks(RENEW_BATCH) {
+            let keys: Vec<String> = batch.iter().map(|(r, _)| key(r, "owner")).collect();
+            let owners: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query(self.connection(Duration::ZERO)?)
+                .map_err(|e| redis_error("MGET", &e))?;
+            let mut followed = self.shared.followed.lock();
+            for ((room, was), now) in batch.iter().zip(owners) {
+                if now.as_deref() != Some(was.as_str())
+                    && let Some(f) = followed.get_mut(room)
+                {
+                    tracing::info!(room = %room, owner = ?now, "redis follower: the room's owner changed; the copy is dropped");
+                    f.moved = true;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An `XREAD` reply as (stream name, entries) pairs (RESP2 arrays or RESP3 maps).
+fn streams(reply: Value) -> Vec<(String, Vec<Value>)> {
+    let pairs: Vec<(Value, Value)> = match reply {
+        Value::Array(items) => items
+            .into_iter()
+            .filter_map(|item| match item {
+                Value::Array(mut kv) if kv.len() == 2 => {
+                    let v = kv.pop()?;
+                    Some((kv.pop()?, v))
+                }
+                _ => None,
+            })
+            .collect(),
+        Value::Map(kv) => kv,
+        _ => Vec::new(),
+    };
+    pairs
+        .into_iter()
+        .filter_map(|(k, v)| match k {
+            Value::BulkString(name) => Some((String::from_utf8_lossy(&name).into_owned(), entries(v))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A stream entry's id and field list.
+fn entry_parts(entry: &Value) -> Option<(String, &[Value])> {
+    let Value::Array(parts) = entry else { return None };
+    match (parts.first(), parts.get(1)) {
+        (Some(Value::BulkString(id)), Some(Value::Array(fields))) => {
+            Some((String::from_utf8_lossy(id).into_owned(), fields.as_slice()))
+        }
+        _ => None,
+    }
+}
+
+/// The value of field `name` in a stream entry's field list.
+fn field<'a>(fields: &'a [Value], name: &[u8]) -> Option<&'a [u8]> {
+    fields.chunks(2).find_map(|kv| match kv {
+        [Value::BulkString(k), Value::BulkString(v)] if k == name => Some(v.as_slice()),
+        _ => None,
+    })
 }

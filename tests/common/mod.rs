@@ -3,6 +3,7 @@
 //! stream as it reads it. Every wait is bounded.
 #![allow(dead_code)]
 
+pub mod redis;
 pub mod store;
 
 use std::net::SocketAddr;

@@ -1,0 +1,90 @@
+//! A room this node follows instead of owning (cluster mode: another node holds its lease). A
+//! follower copy never commits: [`Room::commit`] refuses it `unavailable`, and the shell forwards
+//! its clients' changes to the owner instead. It moves only by [`Room::follow`], which takes each
+//! record the owner stored, in revision order, exactly as a load replays it ([`super::restore`]):
+//! the ops are applied to the state, the change enters the ring with the owner's revision, commit
+//! time, author and `clientReqId` (so the author's ack rides in its delta on this node as on the
+//! owner), and the dedupe state it carries is kept (so a session resumes here with it). The
+//! owner's answer to a forwarded change that it refused comes back by
+//! [`Room::reject_forwarded`] and is delivered like a rollback's reject.
+//!
+//! Invariants: a follower's revisions are exactly the owner's stored ones, gapless; a record
+//! already held is ignored; a record that does not follow the head, or does not apply, is an
+//! error and the copy must be dropped (the caller unloads it, its clients reconnect and load it
+//! afresh). Everything a follower holds is visible: `durable` is its head.
+
+use std::sync::atomic::Ordering;
+
+use super::change::Committed;
+use super::{Change, Room, UserKey};
+use crate::ids::{ClientId, ClientReqId, Rev};
+use crate::memory;
+use crate::patch;
+use crate::protocol::{ErrorCode, Reject};
+use crate::store::Record;
+
+impl Room {
+    /// Makes this copy a follower (set before it is shared).
+    pub fn set_follower(&self) {
+        self.follower.store(true, Ordering::Release);
+    }
+
+    /// Whether this copy follows another node's (see the module doc).
+    pub fn is_follower(&self) -> bool {
+        self.follower.load(Ordering::Acquire)
+    }
+
+    /// Takes one record the owner stored. `Ok(true)` when it was applied (the caller then runs
+    /// the write pass, [`Room::deliver`]), `Ok(false)` when this copy already held it.
+    ///
+    /// # Errors
+    /// When the record does not follow the head (a gap: the stream was trimmed past this copy)
+    /// or does not decode or apply: this copy can no longer follow and must be dropped.
+    pub fn follow(&self, rec: &Record) -> Result<bool, String> {
+        let (req, inverse, touched, list_touched, ts) = super::restore::decode_record(rec)?;
+        let mut guard = self.inner.write();
+        let g = &mut *guard;
+        let head = g.ring.head();
+        if rec.rev <= head {
+            return Ok(false);
+        }
+        if rec.rev != head + 1 {
+            return Err(format!("the room's stream jumps from revision {head} to {}", rec.rev));
+        }
+        let mut applied = patch::apply(&mut g.state, &req.ops)
+            .map_err(|e| format!("record {} does not apply: {e}", rec.rev))?;
+        (applied.inverse, applied.touched, applied.list_touched) = (inverse, touched, list_touched);
+        let size = self.state_bytes.load(Ordering::Relaxed) as i64;
+        self.state_bytes.store((size + applied.size_delta).max(0) as usize, Ordering::Relaxed);
+        let key = UserKey::of(req.user.as_ref(), req.author);
+        let floor = g.ring.oldest_base() + u64::from(g.ring.len() == g.ring.capacity());
+        let stacks = match &key {
+            Some(k) => g.stacks.record(k, req.extras.kind, rec.rev, floor, g.ring.capacity()),
+            None => Default::default(),
+        };
+        let done = Committed { ts, reverts: rec.reverts.map(Rev), key, stacks };
+        let (change, held) = Change::encode(Rev(rec.rev), req, rec.ops.as_bytes(), applied, done);
+        let growth = memory::state_growth(&change.ops, &change.inverse, &g.state);
+        self.keep.lock().note_record(rec, &change);
+        g.ring.push(rec.rev, change, held);
+        self.account(g, growth);
+        self.rev.store(rec.rev, Ordering::Release);
+        self.durable.store(rec.rev, Ordering::Release);
+        drop(guard);
+        self.notify(Rev(rec.rev));
+        Ok(true)
+    }
+
+    /// The owner refused `author`'s forwarded change `id`: the author's connection on this node
+    /// is sent the reject (as a rollback's is: see [`Room::rejections_for`]).
+    pub fn reject_forwarded(&self, author: ClientId, id: ClientReqId, reject: Reject) {
+        self.push_rejection(author, id, reject);
+        self.wake_listeners();
+    }
+
+    /// The reject a follower gives a change it was asked to commit itself.
+    pub(super) fn not_owner(&self, cur: u64) -> Reject {
+        let message = "this node does not own the room (cluster mode): its changes are forwarded to the owner; send it again";
+        Reject::new(ErrorCode::Unavailable, message, cur)
+    }
+}
