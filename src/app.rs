@@ -294,8 +294,10 @@ impl App {
             Err(r)
         };
         if self.is_draining() {
-            return refused("the server is shutting down; the change was not applied: send it again after reconnecting")
-                .map_err(|r| Reject { code: ErrorCode::Draining, ..r });
+            return refused(
+                "the server is shutting down; the change was not applied: send it again after reconnecting",
+            )
+            .map_err(|r| Reject { code: ErrorCode::Draining, ..r });
         }
         let Some(owner) = store.owner_node(room.id()) else {
             return refused("the room's owner is changing; the change was not applied: send it again");

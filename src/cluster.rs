@@ -122,7 +122,8 @@ impl Cluster {
             .and_then(|id| app.rooms.loaded(&id))
             .filter(|r| !r.is_follower() && !r.is_retired());
         let Some(owned) = owned else {
-            let message = "the room's owner changed while the change was on its way: it was not applied; send it again";
+            let message =
+                "the room's owner changed while the change was on its way: it was not applied; send it again";
             return answer(Reject::new(ErrorCode::Unavailable, message, 0));
         };
         if let (Some(token), Some(id)) = (&req.extras.session, id)

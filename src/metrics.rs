@@ -598,7 +598,10 @@ fn describe() {
         REDIS_LEASES_LOST,
         "Rooms this node lost to another node (lease lapsed or taken, or appends fenced): unloaded, clients closed with 4013"
     );
-    describe_counter!(CLUSTER_FORWARDED, "Changes this node's clients sent that it forwarded to the room's owner node (--redis)");
+    describe_counter!(
+        CLUSTER_FORWARDED,
+        "Changes this node's clients sent that it forwarded to the room's owner node (--redis)"
+    );
     describe_counter!(
         CLUSTER_FORWARDS_RECEIVED,
         "Forwarded changes this node received as a room's owner (committed, or answered with a reject)"
@@ -607,8 +610,14 @@ fn describe() {
         CLUSTER_FORWARD_REJECTS,
         "Rejects an owner node sent back for changes this node forwarded, delivered to their authors"
     );
-    describe_gauge!(CLUSTER_ROOMS_FOLLOWED, "Rooms this node follows: another node owns them, this one serves its own clients");
-    describe_counter!(CLUSTER_RECORDS_FOLLOWED, "Records taken from the owners' streams into follower copies");
+    describe_gauge!(
+        CLUSTER_ROOMS_FOLLOWED,
+        "Rooms this node follows: another node owns them, this one serves its own clients"
+    );
+    describe_counter!(
+        CLUSTER_RECORDS_FOLLOWED,
+        "Records taken from the owners' streams into follower copies"
+    );
     describe_gauge!(
         CLUSTER_FOLLOW_LAG,
         "Stream lag: seconds from the owner's commit to a follower copy taking the change (the newest one taken)"

@@ -34,8 +34,11 @@ async fn clients_of_three_nodes_share_a_room_with_gapless_streams_and_every_ack_
         for (i, c) in clients.iter_mut().enumerate() {
             for k in 0..10 {
                 let key = format!("/c{i}_{}", round * 10 + k);
-                c.change("overwrite", json!([{"op": "add", "path": key, "value": i}, {"op": "incr", "path": "/n", "value": 1}]))
-                    .await;
+                c.change(
+                    "overwrite",
+                    json!([{"op": "add", "path": key, "value": i}, {"op": "incr", "path": "/n", "value": 1}]),
+                )
+                .await;
             }
         }
     }

@@ -1,8 +1,9 @@
 //! Rooms on Redis (`--redis`, the first step of cluster mode), end to end against the real
 //! binary and a `redis-server` each test starts itself, on a free port in a temporary directory,
 //! and stops by its PID: a restart keeps state, revision and epoch, a client resumes by delta and
-//! a resend is applied once; with two nodes a room has one owner, the other refuses it until the
-//! owner is killed and then takes it over with the same epoch and every acknowledged change; a
+//! a resend is applied once; with two nodes a room has one owner, the other only follows it
+//! (serving reads and WebSocket clients, never committing itself) until the owner is killed, then
+//! drops its copy and takes the room over with the same epoch and every acknowledged change; a
 //! node whose lease another node took has its appends fenced (rejected `unavailable`, nothing
 //! written) and it lets the room go (4013); a node cut off from Redis stops committing and
 //! another takes its rooms without a fork; Redis killed and restarted with AOF loses nothing
@@ -13,7 +14,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-
 
 use std::process::Stdio;
 
@@ -141,14 +141,14 @@ async fn one_owner_per_room_and_a_takeover_after_a_sigkill_keeps_every_acknowled
     let (status, _) = post(a.addr, "r", json!([{"op": "add", "path": "/k0", "value": 0}])).await;
     assert_eq!(status, 200);
 
-    // B does not load a room A owns: reads and writes are refused, nothing is forked.
+    // B follows the room A owns: it serves reads and WebSocket clients, never commits itself
+    // (HTTP writes go to the owner: refused here), nothing is forked.
     let (status, body) = post(b.addr, "r", incr(1)).await;
     assert_eq!((status, body["code"].as_str()), (503, Some("unavailable")), "{body}");
-    let (status, _) = get(b.addr, "/v1/rooms/r").await;
-    assert_eq!(status, 503);
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://{}/v1/rooms/r/ws", b.addr)).await.unwrap();
-    assert_eq!(common::close_code(&mut ws).await, 4012, "a WebSocket client of B is refused");
+    let (status, room) = get(b.addr, "/v1/rooms/r").await;
+    assert_eq!((status, room["rev"].as_u64()), (200, Some(1)), "{room}");
+    let mut on_b = Client::connect_at(b.addr, "r", "").await;
+    assert_eq!(on_b.rev, 1);
 
     // A WebSocket client of A commits twice (its session's dedupe state is stored with them).
     let mut w = Client::connect_at(a.addr, "r", "").await;
@@ -181,7 +181,9 @@ async fn one_owner_per_room_and_a_takeover_after_a_sigkill_keeps_every_acknowled
     let acked: BTreeSet<u64> = acked.lock().iter().copied().collect();
     assert!(acked.len() > 10, "the writer got going: {}", acked.len());
 
-    // B takes the room over once A's lease lapses: same epoch, every acknowledged change.
+    // B drops its follower copy once A's lease lapses, then takes the room over: same epoch,
+    // every acknowledged change.
+    assert_eq!(on_b.closed().await, 4013, "B's clients are told to reconnect");
     let room = loop {
         let (status, room) = get(b.addr, "/v1/rooms/r").await;
         if status == 200 {
@@ -250,17 +252,22 @@ async fn a_node_whose_lease_was_taken_is_fenced_unloads_the_room_and_closes_its_
     let (status, body) = post(a.addr, "f", incr(1)).await;
     assert_eq!((status, body["code"].as_str()), (503, Some("unavailable")), "{body}");
     assert_eq!(redis.log_revs("f"), [1, 2], "nothing was appended past the fence");
-    // A lets the room go: its clients are told to reconnect (to the owner), and A no longer
-    // serves it while the other node owns it.
+    // A lets the room go: its clients are told to reconnect, and A only follows it while the
+    // other node owns it (reads served, no commit).
     assert_eq!(c.closed().await, 4013);
-    let (status, _) = get(a.addr, "/v1/rooms/f").await;
-    assert_eq!(status, 503);
+    let (status, room) = get(a.addr, "/v1/rooms/f").await;
+    assert_eq!((status, room["rev"].as_u64()), (200, Some(2)), "{room}");
+    let mut follower = Client::connect_at(a.addr, "f", "").await;
+    let (status, body) = post(a.addr, "f", incr(1)).await;
+    assert_eq!((status, body["code"].as_str()), (503, Some("unavailable")), "{body}");
     metric_until(a.addr, "ringsync_redis_leases_lost_total", |v| v == 1.0).await;
     metric_until(a.addr, "ringsync_redis_append_failures_total", |v| v >= 1.0).await;
     metric_until(a.addr, "ringsync_redis_appends_total", |v| v == 2.0).await;
     metric_until(a.addr, "ringsync_redis_rooms_owned", |v| v == 0.0).await;
-    // Once the other node gives the room up, A loads it again, as it was stored.
+    // Once the other node gives the room up, A drops its copy and loads the room again, as it
+    // was stored, now as its owner.
     let _: () = redis::cmd("DEL").arg("ringsync:{f}:owner").query(&mut redis.con()).unwrap();
+    assert_eq!(follower.closed().await, 4013, "the copy is dropped once its owner is gone");
     let (status, room) = get(a.addr, "/v1/rooms/f").await;
     assert_eq!(
         (status, room["rev"].as_u64(), room["state"]["n"].as_u64()),
@@ -291,19 +298,19 @@ async fn a_node_cut_off_from_redis_stops_committing_and_another_takes_its_rooms_
     let (_, room) = get(a.addr, "/v1/rooms/c").await;
     assert_eq!(room["rev"], 3, "rolled back to what is stored: {room}");
 
-    // B takes the room over once A's lease lapses, and commits on.
+    // B takes the room over once A's lease lapses (a follower copy it loaded meanwhile is
+    // dropped when the lease goes), and commits on from what is stored.
     let cut_at = Instant::now();
-    let room = loop {
-        let (status, room) = get(b.addr, "/v1/rooms/c").await;
+    let body = loop {
+        let (status, body) = post(b.addr, "c", incr(10)).await;
         if status == 200 {
-            break room;
+            break body;
         }
-        assert!(cut_at.elapsed() < WAIT, "B takes the room over in time: {room}");
+        assert_eq!(body["code"], "unavailable", "{body}");
+        assert!(cut_at.elapsed() < WAIT, "B takes the room over in time: {body}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!((room["rev"].as_u64(), room["state"]["n"].as_u64()), (Some(3), Some(3)), "{room}");
-    let (status, body) = post(b.addr, "c", incr(10)).await;
-    assert_eq!((status, body["rev"].as_u64()), (200, Some(4)), "{body}");
+    assert_eq!(body["rev"].as_u64(), Some(4), "{body}");
 
     // A gets Redis back: it finds its lease gone, lets the room go and tells its clients.
     proxy.restore().await;

@@ -931,7 +931,13 @@ impl Store for Arc<FileStore> {
             tracing::warn!(room = %room, "store: {damage}");
         }
         let epoch = scan.epoch.unwrap_or_default();
-        Ok(Some(Loaded { epoch, snapshot: scan.snapshot, records: Vec::new(), damage: scan.damage, owner: None }))
+        Ok(Some(Loaded {
+            epoch,
+            snapshot: scan.snapshot,
+            records: Vec::new(),
+            damage: scan.damage,
+            owner: None,
+        }))
     }
 
     fn open(&self, room: &RoomId, epoch: &str, journal: Weak<dyn Journal>) -> Arc<dyn RoomLog> {

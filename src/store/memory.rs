@@ -147,7 +147,13 @@ impl Store for Arc<MemoryStore> {
         for record in s.records.iter().filter(|r| r.rev > from) {
             sink.record(record.clone());
         }
-        Ok(Some(Loaded { epoch: s.epoch.clone(), snapshot, records: Vec::new(), damage: Vec::new(), owner: None }))
+        Ok(Some(Loaded {
+            epoch: s.epoch.clone(),
+            snapshot,
+            records: Vec::new(),
+            damage: Vec::new(),
+            owner: None,
+        }))
     }
 
     fn open(&self, room: &RoomId, epoch: &str, journal: Weak<dyn Journal>) -> Arc<dyn RoomLog> {

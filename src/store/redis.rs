@@ -212,7 +212,15 @@ pub enum Mail {
     /// (`req`: [`crate::room::ChangeRequest::to_wire`]).
     Change { room: String, req: serde_json::Value },
     /// The owner refused a forwarded change: sent back to the node its author is on.
-    Reject { room: String, author: u64, id: u64, code: String, message: String, rev: u64, conflicts: Vec<u64> },
+    Reject {
+        room: String,
+        author: u64,
+        id: u64,
+        code: String,
+        message: String,
+        rev: u64,
+        conflicts: Vec<u64>,
+    },
 }
 
 /// What a follower copy's node does with what it reads (implemented by the shell).
@@ -315,7 +323,8 @@ impl RedisStore {
         let client = redis::Client::open(opts.url.as_str()).map_err(|e| redis_error("bad URL", &e))?;
         let mut con = connect(&client)?;
         redis::cmd("PING").query::<String>(&mut con).map_err(|e| redis_error("PING", &e))?;
-        let node: u64 = redis::cmd("INCR").arg(NODES_KEY).query(&mut con).map_err(|e| redis_error("INCR", &e))?;
+        let node: u64 =
+            redis::cmd("INCR").arg(NODES_KEY).query(&mut con).map_err(|e| redis_error("INCR", &e))?;
         let token = format!("{node}-{}-{:016x}", std::process::id(), rand::random::<u64>());
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
@@ -681,11 +690,16 @@ impl Store for Arc<RedisStore> {
             return Ok(None);
         }
         if let Some(holder) = self.acquire(room)? {
-            let Some(Read { epoch, snapshot, damage, next }) = self.read_room(room, keep, sink, false)? else {
+            let Some(Read { epoch, snapshot, damage, next }) = self.read_room(room, keep, sink, false)?
+            else {
                 return Err(StoreError(format!("room {room} is being created by another node; try again")));
             };
             let mut followed = self.shared.followed.lock();
-            let f = followed.entry(room.clone()).or_insert(Followed { owner: holder.clone(), next, moved: false });
+            let f = followed.entry(room.clone()).or_insert(Followed {
+                owner: holder.clone(),
+                next,
+                moved: false,
+            });
             f.next = f.next.min(next);
             drop(followed);
             self.wake_follower();
@@ -1180,7 +1194,8 @@ impl Reader {
     fn connection(&mut self, block: Duration) -> Result<&mut redis::Connection, StoreError> {
         if self.con.is_none() {
             let con = connect(&self.client)?;
-            con.set_read_timeout(Some(IO_TIMEOUT + block)).map_err(|e| redis_error("cannot set a timeout", &e))?;
+            con.set_read_timeout(Some(IO_TIMEOUT + block))
+                .map_err(|e| redis_error("cannot set a timeout", &e))?;
             self.con = Some(con);
         }
         Ok(self.con.as_mut().expect("connected above"))
@@ -1188,11 +1203,22 @@ impl Reader {
 
     /// One `XREAD` (blocking up to `block`) and what it returned handed over.
     fn read_once(&mut self, block: Duration) -> Result<(), StoreError> {
-        let rooms: Vec<(RoomId, u64)> =
-            self.shared.followed.lock().iter().filter(|(_, f)| !f.moved).map(|(r, f)| (r.clone(), f.next)).collect();
+        let rooms: Vec<(RoomId, u64)> = self
+            .shared
+            .followed
+            .lock()
+            .iter()
+            .filter(|(_, f)| !f.moved)
+            .map(|(r, f)| (r.clone(), f.next))
+            .collect();
         let inbox = mailbox(self.shared.node);
         let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT").arg(FOLLOW_COUNT).arg("BLOCK").arg(block.as_millis() as u64).arg("STREAMS").arg(&inbox);
+        cmd.arg("COUNT")
+            .arg(FOLLOW_COUNT)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&inbox);
         let mut by_key: HashMap<String, RoomId> = HashMap::with_capacity(rooms.len());
         for (room, _) in &rooms {
             let k = key(room, "log");
@@ -1211,7 +1237,9 @@ impl Reader {
                     self.mail_last = id;
                     match field(fields, b"m").map(serde_json::from_slice::<Mail>) {
                         Some(Ok(mail)) => self.sink.mail(mail),
-                        Some(Err(e)) => tracing::warn!(error = %e, "redis follower: mail that does not parse; dropped"),
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "redis follower: mail that does not parse; dropped")
+                        }
                         // A wake-up (`w`).
                         None => {}
                     }
@@ -1244,8 +1272,14 @@ impl Reader {
     /// Marks moved every followed room whose lease is no longer the one it was loaded under
     /// (its owner died or gave it up: a node that loads it now takes it over).
     fn check_owners(&mut self) -> Result<(), StoreError> {
-        let rooms: Vec<(RoomId, String)> =
-            self.shared.followed.lock().iter().filter(|(_, f)| !f.moved).map(|(r, f)| (r.clone(), f.owner.clone())).collect();
+        let rooms: Vec<(RoomId, String)> = self
+            .shared
+            .followed
+            .lock()
+            .iter()
+            .filter(|(_, f)| !f.moved)
+            .map(|(r, f)| (r.clone(), f.owner.clone()))
+            .collect();
         for batch in rooms.chunks(RENEW_BATCH) {
             let keys: Vec<String> = batch.iter().map(|(r, _)| key(r, "owner")).collect();
             let owners: Vec<Option<String>> = redis::cmd("MGET")

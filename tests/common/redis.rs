@@ -111,7 +111,6 @@ pub fn node_at(url: &str, flags: &[&str]) -> Spawned {
     Spawned::start(server_command(&args))
 }
 
-
 pub async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
     http_at(addr, "GET", path, None, "").await
 }
@@ -141,4 +140,3 @@ pub async fn metric_until(addr: SocketAddr, name: &str, ok: impl Fn(f64) -> bool
 pub fn incr(n: i64) -> Value {
     json!([{"op": "incr", "path": "/n", "value": n}])
 }
-

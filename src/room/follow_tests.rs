@@ -1,0 +1,121 @@
+//! A follower copy checked against its owner: it takes the owner's stored records into the same
+//! state, revisions, acks and dedupe state; it refuses to commit itself; a record it already
+//! holds is ignored and one after a gap is refused; a forwarded change's reject reaches its
+//! author only. The wire form of a forwarded request round-trips.
+
+use std::sync::{Arc, Weak};
+
+use serde_json::json;
+
+use super::*;
+use crate::ids::{ClientId, ClientReqId};
+use crate::store::memory::MemoryStore;
+use crate::store::{Journal, Store};
+
+fn id() -> RoomId {
+    RoomId::parse("followed").unwrap()
+}
+
+fn change(author: u64, req: u64, ops: serde_json::Value) -> ChangeRequest {
+    ChangeRequest {
+        author: ClientId(author),
+        user: Some("u".into()),
+        client_req_id: Some(ClientReqId(req)),
+        base_rev: Some(Rev(0)),
+        mode: protocol::Mode::Overwrite,
+        ops: patch::parse_patch(ops).unwrap(),
+        extras: Extras {
+            session: Some(format!("token-{author}").into()),
+            meta: Some(json!({"why": "test"})),
+            ..Extras::default()
+        },
+    }
+}
+
+/// An owner room on a memory store, and a follower copy of it as it was before any change.
+fn owner_and_follower() -> (Arc<MemoryStore>, Arc<Room>, Room) {
+    let store = MemoryStore::new();
+    let owner = Arc::new(Room::new(id(), RoomConfig::default()));
+    let journal: Weak<dyn Journal> = Arc::downgrade(&owner) as _;
+    owner.attach_log(store.open(owner.id(), owner.epoch().as_str(), journal));
+    let follower = Room::new(id(), RoomConfig::default());
+    follower.set_follower();
+    (store, owner, follower)
+}
+
+#[test]
+fn a_follower_takes_the_owners_records_into_the_same_room() {
+    let (store, owner, follower) = owner_and_follower();
+    owner.commit(change(7, 1, json!([{"op": "add", "path": "/a", "value": [1, 2]}]))).unwrap();
+    owner.commit(change(8, 1, json!([{"op": "add", "path": "/a/-", "value": 3}]))).unwrap();
+    owner.commit(change(7, 2, json!([{"op": "incr", "path": "/n", "value": 5}]))).unwrap();
+    let undo = ChangeRequest {
+        ops: Vec::new(),
+        extras: Extras { kind: protocol::ChangeKind::Undo, ..change(7, 3, json!([])).extras },
+        mode: protocol::Mode::Overwrite,
+        ..change(7, 3, json!([]))
+    };
+    owner.commit(undo).unwrap();
+    let records = store.records(owner.id());
+    assert_eq!(records.len(), 4);
+    for r in &records {
+        assert_eq!(follower.follow(r), Ok(true));
+    }
+    assert_eq!(follower.state(), owner.state());
+    assert_eq!(follower.rev(), Rev(4));
+    let mut mine = Vec::new();
+    let mut theirs = Vec::new();
+    assert!(follower.changes_after(Rev(0), &mut mine));
+    assert!(owner.changes_after(Rev(0), &mut theirs));
+    for (m, t) in mine.iter().zip(&theirs) {
+        assert_eq!((m.rev, m.author, m.client_req_id, m.ts), (t.rev, t.author, t.client_req_id, t.ts));
+        assert_eq!(m.delta_frame, t.delta_frame, "the same bytes go out on either node");
+        assert_eq!(m.wire_ack, t.wire_ack, "the author's ack too");
+    }
+    let s = follower.stored_session("token-7").expect("dedupe state follows");
+    assert_eq!((s.client, s.last_req), (7, 3));
+    assert_eq!(follower.max_client(), 8);
+    // Again, or an older one: ignored. After a gap: refused (the copy must be reloaded).
+    assert_eq!(follower.follow(&records[3]), Ok(false));
+    assert_eq!(follower.follow(&records[0]), Ok(false));
+    let mut later = records[3].clone();
+    later.rev = 6;
+    assert!(follower.follow(&later).unwrap_err().contains("jumps from revision 4 to 6"));
+    assert_eq!(follower.rev(), Rev(4));
+}
+
+#[test]
+fn a_follower_never_commits_and_hands_a_forwarded_reject_to_its_author_only() {
+    let (_, _, follower) = owner_and_follower();
+    let r = follower.commit(change(1, 1, json!([{"op": "add", "path": "/x", "value": 1}]))).unwrap_err();
+    assert_eq!(r.code, ErrorCode::Unavailable);
+    assert_eq!(follower.rev(), Rev(0));
+    assert_eq!(follower.state().1, json!({}));
+    let reject = Reject::new(ErrorCode::Conflict, "no", 0);
+    follower.reject_forwarded(ClientId(1), ClientReqId(4), reject.clone());
+    let got = follower.rejections_for(ClientId(1), &mut 0);
+    assert_eq!((got.len(), got[0].client_req_id, &got[0].reject), (1, ClientReqId(4), &reject));
+    assert!(follower.rejections_for(ClientId(2), &mut 0).is_empty());
+}
+
+#[test]
+fn a_forwarded_request_round_trips_through_its_wire_form() {
+    let mut req = change(1 << 32 | 9, 12, json!([{"op": "replace", "path": "/a", "value": {"b": [null]}}]));
+    req.extras.may_revert_any = true;
+    req.mode = protocol::Mode::Paths;
+    let back = ChangeRequest::from_wire(&req.to_wire()).unwrap();
+    assert_eq!(
+        (back.author, back.user.as_deref(), back.client_req_id, back.base_rev, back.mode),
+        (req.author, Some("u"), req.client_req_id, req.base_rev, req.mode)
+    );
+    assert_eq!(protocol::encode_ops(&back.ops), protocol::encode_ops(&req.ops));
+    assert_eq!((back.extras.meta, back.extras.may_revert_any), (req.extras.meta, true));
+    assert_eq!(back.extras.session.as_deref(), Some("token-4294967305"));
+    let revert = ChangeRequest {
+        extras: Extras { kind: protocol::ChangeKind::Reverts(Rev(3)), ..Extras::default() },
+        ..change(2, 1, json!([]))
+    };
+    let back = ChangeRequest::from_wire(&revert.to_wire()).unwrap();
+    assert_eq!((back.extras.kind, back.extras.session), (protocol::ChangeKind::Reverts(Rev(3)), None));
+    assert!(ChangeRequest::from_wire(&json!({"author": 1})).is_err());
+}
