@@ -288,19 +288,19 @@ impl App {
         let Some(store) = self.redis_store.as_ref().filter(|_| room.is_follower()) else {
             return self.commit(room, req).map(Some);
         };
-        let refused = |message: &str| {
-            let r = Reject::new(ErrorCode::Unavailable, message, room.rev().0);
+        let refused = |code: ErrorCode, message: &str| {
+            let r = Reject::new(code, message, room.rev().0);
             count_reject(&r);
             Err(r)
         };
         if self.is_draining() {
-            return refused(
-                "the server is shutting down; the change was not applied: send it again after reconnecting",
-            )
-            .map_err(|r| Reject { code: ErrorCode::Draining, ..r });
+            let message =
+                "the server is shutting down; the change was not applied: send it again after reconnecting";
+            return refused(ErrorCode::Draining, message);
         }
         let Some(owner) = store.owner_node(room.id()) else {
-            return refused("the room's owner is changing; the change was not applied: send it again");
+            let message = "the room's owner is changing; the change was not applied: send it again";
+            return refused(ErrorCode::Unavailable, message);
         };
         metrics::counter!(m::CLUSTER_FORWARDED).increment(1);
         let mail = Mail::Change { room: room.id().to_string(), req: req.to_wire() };

@@ -25,7 +25,8 @@
 //!   permissions) and [`guard`] (Origin checks, CORS, the JSON-only rule for HTTP bodies, rate
 //!   limits); then [`session`] (identity
 //!   across reconnects, dedupe, takeover, the resume point); [`app`] (shared state, limit guards,
-//!   the one commit path); [`writer`] (the only socket writer, generic over its sink) and
+//!   the one commit path); [`cluster`] (cluster mode on Redis: following the
+//!   rooms other nodes own, committing the changes forwarded to this one); [`writer`] (the only socket writer, generic over its sink) and
 //!   [`reassembly`]; [`connection`] (one WebSocket's read loop; each client message is handled in
 //!   `connection::handle_message`), [`http_api`] (HTTP endpoints for back-ends) and [`admin`]
 //!   (the operators' API: list, inspect, kick, close, delete; who may call it); [`server`]

@@ -1,5 +1,5 @@
-//! Rooms stored in Redis (`--redis URL`): the storage seam's second implementation and the
-//! first step of cluster mode (issue 15). Each room is a handful of keys sharing the hash tag
+//! Rooms stored in Redis (`--redis URL`): the storage seam's second implementation, and cluster
+//! mode's transport. Each room is a handful of keys sharing the hash tag
 //! `{room}` (so a Redis Cluster keeps them in one slot):
 //!
 //! - `ringsync:{room}:log`: a Stream with one entry per committed change, its id `REV-0` and its
@@ -13,24 +13,29 @@
 //!
 //! and `ringsync:rooms`, a sorted set of room names (the admin list).
 //!
-//! **One owner per room, fenced.** A node takes a room's lease before it loads the room (a room
-//! whose lease another node holds is not loaded: the caller gets an error). Every append is one
-//! Lua script per room and round that checks, atomically on the server, that the lease is still
-//! this node's and that the stored revision is the one the first record follows, then adds the
-//! entries with ids derived from their revisions: a node that lost its lease, or whose copy of
-//! the room is behind what is stored, has its append refused instead of forking the history.
-//! A refused or failed append is reported to the room's [`Journal`] as a failure (the room rolls
-//! back and rejects the changes `unavailable`); nothing is reported written before Redis
-//! answered, so the ack always follows the append.
+//! **One owner per room, fenced.** A node takes a room's lease before it loads the room. Every
+//! append is one Lua script per room and round that checks, atomically on the server, that the
+//! lease is still this node's and that the stored revision is the one the first record follows,
+//! then adds the entries with ids derived from their revisions: a node that lost its lease, or
+//! whose copy of the room is behind what is stored, has its append refused instead of forking
+//! the history. A refused or failed append is reported to the room's [`Journal`] as a failure
+//! (the room rolls back and rejects the changes `unavailable`); nothing is reported written
+//! before Redis answered, so the ack always follows the append.
+//!
+//! **Followers.** A room whose lease another node holds is read without it ([`Loaded::owner`]
+//! names the holder) and followed: the thread `ringsync-follow` reads, in one blocking `XREAD`,
+//! the streams of every followed room and this node's mailbox `ringsync:node:N` (N is the node's
+//! number, from `INCR ringsync:nodes`, and starts its lease token), and hands what it reads to
+//! the shell's [`Follower`]. Mail ([`Mail`]) carries forwarded changes to owners and rejects
+//! back; it is sent by the store's thread in the same pipeline as the appends, so an answer
+//! never overtakes the record it follows. At a third of the lease the follower checks each
+//! followed room's lease: another holder (or none) means the owner changed, and the room is
+//! handed over by [`Store::take_moved`] like a lost one.
 //!
 //! Appends never touch the network on the committing thread: records are encoded there, queued,
 //! and sent by the store's thread (`ringsync-redis`), one pipelined round trip per round for every
-//! room. Loads, history reads and deletes run on the caller's thread over a second connection
+//! room. Loads, history reads and deletes run on the caller's thread over a pool of connections
 //! (the callers already run them off the async workers).
-//!
-//! Not yet here (see issue 15): forwarding changes from a non-owner node to the owner and
-//! following the owner's stream, so a client of any node can use any room; handing a room's
-//! clients over when its lease is lost; presence and broadcasts across nodes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -504,19 +509,9 @@ impl RoomLog for Log {
 
 /// One decoded log entry: its revision and its record (or why it is not one).
 fn decode_entry(entry: &Value) -> Result<Record, String> {
-    let Value::Array(parts) = entry else { return Err("not a stream entry".into()) };
-    let (Some(Value::BulkString(id)), Some(Value::Array(fields))) = (parts.first(), parts.get(1)) else {
-        return Err("not a stream entry".into());
-    };
-    let id = String::from_utf8_lossy(id);
+    let (id, fields) = entry_parts(entry).ok_or("not a stream entry")?;
     let rev: u64 = id.split('-').next().and_then(|r| r.parse().ok()).ok_or(format!("entry id {id}"))?;
-    let frame = fields
-        .chunks(2)
-        .find_map(|kv| match kv {
-            [Value::BulkString(k), Value::BulkString(v)] if k == b"r" => Some(v),
-            _ => None,
-        })
-        .ok_or(format!("entry {id} has no record"))?;
+    let frame = field(fields, b"r").ok_or(format!("entry {id} has no record"))?;
     match codec::decode_frame::<Record>(frame, 0) {
         Ok(Some((record, end))) if end == frame.len() && record.rev == rev => Ok(record),
         Ok(Some((record, _))) if record.rev != rev => Err(format!("entry {id} holds record {}", record.rev)),

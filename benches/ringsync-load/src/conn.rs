@@ -93,7 +93,8 @@ pub async fn open(ctx: Arc<Ctx>, room: Arc<str>, role: Role, resume: Option<Resu
         Role::Slow(s) => s.rcvbuf,
         _ => None,
     };
-    match ws::connect(ctx.addr, &path, rcvbuf).await {
+    let addr = if matches!(role, Role::Writer(_)) { ctx.addr } else { ctx.reader_addr };
+    match ws::connect(addr, &path, rcvbuf).await {
         Ok((stream, leftover)) => {
             let conn = Conn {
                 stream: Some(stream),

@@ -22,6 +22,8 @@ pub fn histogram() -> Histogram<u64> {
 /// What the whole run shares: where to connect, the phase flags, and the counters.
 pub struct Ctx {
     pub addr: SocketAddr,
+    /// Where readers connect (`--reader-addr`; `addr` without it).
+    pub reader_addr: SocketAddr,
     /// Time zero for the `ts` values writers embed (µs since `base`).
     pub base: Instant,
     /// Latencies are recorded only while this is set (the measurement window).
@@ -44,9 +46,10 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(addr: SocketAddr, connect_concurrency: usize) -> Self {
+    pub fn new(addr: SocketAddr, reader_addr: Option<SocketAddr>, connect_concurrency: usize) -> Self {
         Ctx {
             addr,
+            reader_addr: reader_addr.unwrap_or(addr),
             base: Instant::now(),
             measuring: AtomicBool::new(false),
             writing: AtomicBool::new(false),

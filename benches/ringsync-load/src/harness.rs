@@ -89,7 +89,7 @@ pub struct Harness {
 // Connections.
 impl Harness {
     pub fn new(o: Opts) -> Self {
-        let ctx = Arc::new(Ctx::new(o.addr, o.connect_concurrency));
+        let ctx = Arc::new(Ctx::new(o.addr, o.reader_addr, o.connect_concurrency));
         let pools = vec![
             Groups { txs: Vec::new(), tick: None, added: 0 },
             Groups { txs: Vec::new(), tick: Some(Duration::from_millis(1)), added: 0 },
@@ -98,6 +98,17 @@ impl Harness {
         let pid = o.server_pid.map(|p| p.to_string());
         let tag = format!("{:08x}", rand::random::<u32>());
         Harness { o, ctx, pools, pid, tag }
+    }
+
+    /// The server's CPU time and RSS now, with every `--also-pid`'s added.
+    fn server_sample(&self) -> Option<procfs::Sample> {
+        let mut total = procfs::sample(self.pid.as_deref()?)?;
+        for pid in &self.o.also_pid {
+            let s = procfs::sample(&pid.to_string())?;
+            total.cpu_s += s.cpu_s;
+            total.rss_kb += s.rss_kb;
+        }
+        Some(total)
     }
 
     /// The name of this run's room `i`.
@@ -200,7 +211,7 @@ impl Harness {
         Edge {
             at: Instant::now(),
             c: self.ctx.c.snap(),
-            server: self.pid.as_deref().and_then(procfs::sample),
+            server: self.server_sample(),
             client_cpu: procfs::cpu_s("self"),
             machine_busy: procfs::machine_busy_s(),
         }

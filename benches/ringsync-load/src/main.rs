@@ -98,6 +98,14 @@ pub struct Opts {
     /// The server's process id, for its CPU time and RSS from /proc.
     #[arg(long, global = true)]
     pub server_pid: Option<u32>,
+    /// Readers connect here instead of `--addr` (cluster mode: the writers on one node, the
+    /// readers on another); loopback only.
+    #[arg(long, global = true)]
+    pub reader_addr: Option<SocketAddr>,
+    /// Another process whose CPU time and RSS count as the server's (cluster mode: the other
+    /// nodes and Redis); repeat for each.
+    #[arg(long, global = true)]
+    pub also_pid: Vec<u32>,
     /// Measurement window (seconds).
     #[arg(long, global = true, default_value_t = 10.0)]
     pub duration: f64,
@@ -212,6 +220,10 @@ fn main() -> anyhow::Result<()> {
 /// The limits every scenario shares: loopback only, bounded time and connections.
 fn check(o: &Opts, cmd: &Cmd) -> anyhow::Result<()> {
     ensure!(o.addr.ip().is_loopback(), "--addr must be a loopback address (this tool loads 127.0.0.1 only)");
+    ensure!(
+        o.reader_addr.is_none_or(|a| a.ip().is_loopback()),
+        "--reader-addr must be a loopback address (this tool loads 127.0.0.1 only)"
+    );
     ensure!(o.duration > 0.0 && o.duration <= MAX_DURATION, "--duration must be in (0, {MAX_DURATION}]");
     ensure!((0.0..=MAX_DURATION).contains(&o.warmup), "--warmup must be in [0, {MAX_DURATION}]");
     ensure!(o.group_size > 0 && o.threads > 0, "--group-size and --threads must be positive");
