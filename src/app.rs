@@ -303,6 +303,9 @@ impl App {
             return refused(ErrorCode::Unavailable, message);
         };
         metrics::counter!(m::CLUSTER_FORWARDED).increment(1);
+        if let Some(id) = req.client_req_id {
+            room.note_forwarded(req.author, id, owner);
+        }
         let mail = Mail::Change { room: room.id().to_string(), req: req.to_wire() };
         store.send(owner, &mail);
         Ok(None)

@@ -14,13 +14,20 @@
 //!
 //! Dedupe is the room's: the owner refuses a forwarded change whose session's `clientReqId` is
 //! not above the highest it stored for that session (records and snapshots carry it, so it
-//! holds across nodes and failovers). A follower whose room's owner changes (the owner died and
-//! its lease lapsed, or gave it up) drops its copy and closes its connections with 4013; its
-//! clients reconnect, resume by delta, and send again what was not acknowledged.
+//! holds across nodes and failovers).
+//!
+//! Failover: when the owner's lease lapses (it died, or was cut off from Redis), a follower's
+//! node takes the lease and its copy becomes the owner in place ([`Follower::promote`]); the
+//! other followers follow the new owner ([`Follower::owner_changed`]). Both first take every
+//! record the old owner stored, then reject `unavailable` what was forwarded to it and not
+//! stored (it never will be: its appends are fenced by the new lease), for the authors to send
+//! again. Clients of the surviving nodes stay connected and see a pause; clients of the dead
+//! node reconnect to any node and resume by delta. A copy that cannot follow (a gap, damage) is
+//! dropped and its clients closed with 4013.
 //!
 //! Invariants: a follower copy never commits; the owner commits a forwarded change at most once
-//! per session and `clientReqId`; every forwarded change is acknowledged (through the stream) or
-//! rejected (by mail, or by the 4013 close that makes the client send it again).
+//! per session and `clientReqId`; every forwarded change is answered once: acknowledged through
+//! the stream, or rejected (by mail, or when its owner changed before storing it).
 
 use std::sync::{Arc, Weak};
 
@@ -30,8 +37,8 @@ use crate::metrics as m;
 use crate::protocol::{ErrorCode, Reject};
 use crate::room::ChangeRequest;
 use crate::session::Sessions;
-use crate::store::Record;
 use crate::store::redis::{Follower, Mail, RedisStore};
+use crate::store::{Journal, Record, Store};
 
 /// The node's side of the cluster: handed to the Redis store's follower thread.
 pub struct Cluster {
@@ -71,6 +78,28 @@ impl Follower for Cluster {
                 tracing::warn!(room = %room, error = %e, "cannot follow the room's owner: the copy is dropped");
                 false
             }
+        }
+    }
+
+    fn promote(&self, room: &RoomId, was: Option<u64>) -> bool {
+        let Some(app) = self.app.upgrade() else { return false };
+        let Some(copy) = app.rooms.loaded(room).filter(|r| r.is_follower() && !r.is_retired()) else {
+            return false;
+        };
+        let journal: Weak<dyn Journal> = Arc::downgrade(&copy) as _;
+        copy.attach_log(self.store.open(room, copy.epoch().as_str(), journal));
+        copy.promote();
+        metrics::counter!(m::CLUSTER_TAKEOVERS).increment(1);
+        let rejected = copy.owner_gone(was);
+        tracing::warn!(room = %room, rev = copy.rev().0, rejected, "took the room over from its dead owner in place: its clients stay connected");
+        true
+    }
+
+    fn owner_changed(&self, room: &RoomId, was: Option<u64>) {
+        let Some(app) = self.app.upgrade() else { return };
+        if let Some(copy) = app.rooms.loaded(room) {
+            let rejected = copy.owner_gone(was);
+            tracing::info!(room = %room, rejected, "the room has a new owner: forwarding there");
         }
     }
 

@@ -48,6 +48,7 @@ pub const CLUSTER_FORWARD_REJECTS: &str = "ringsync_cluster_forward_rejects_tota
 pub const CLUSTER_ROOMS_FOLLOWED: &str = "ringsync_cluster_rooms_followed";
 pub const CLUSTER_RECORDS_FOLLOWED: &str = "ringsync_cluster_records_followed_total";
 pub const CLUSTER_FOLLOW_LAG: &str = "ringsync_cluster_follow_lag_seconds";
+pub const CLUSTER_TAKEOVERS: &str = "ringsync_cluster_takeovers_total";
 pub const CHANGES_COMMITTED: &str = "ringsync_changes_committed_total";
 pub const CHANGES_REJECTED: &str = "ringsync_changes_rejected_total";
 pub const OPS_APPLIED: &str = "ringsync_ops_applied_total";
@@ -429,6 +430,7 @@ fn initialise() {
         CLUSTER_FORWARDS_RECEIVED,
         CLUSTER_FORWARD_REJECTS,
         CLUSTER_RECORDS_FOLLOWED,
+        CLUSTER_TAKEOVERS,
     ] {
         metrics::counter!(name).increment(0);
     }

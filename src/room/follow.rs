@@ -8,10 +8,20 @@
 //! owner's answer to a forwarded change that it refused comes back by
 //! [`Room::reject_forwarded`] and is delivered like a rollback's reject.
 //!
+//!
+//! A follower remembers the changes it forwarded ([`Room::note_forwarded`]) until the owner's
+//! record acknowledges them or its reject comes back. When the owner changes
+//! ([`Room::owner_gone`], called once everything the old owner stored has been taken), the ones
+//! still open were never stored and never will be (the old owner's appends are fenced by the
+//! new lease): they are rejected `unavailable`, for their authors to send again. A follower whose
+//! node takes the lease over becomes the owner in place ([`Room::promote`]): its clients stay
+//! connected and see only a pause.
+//!
 //! Invariants: a follower's revisions are exactly the owner's stored ones, gapless; a record
 //! already held is ignored; a record that does not follow the head, or does not apply, is an
 //! error and the copy must be dropped (the caller unloads it, its clients reconnect and load it
-//! afresh). Everything a follower holds is visible: `durable` is its head.
+//! afresh). Everything a follower holds is visible: `durable` is its head. Every forwarded change
+//! is answered once: by its record, by the owner's reject, or by `owner_gone`.
 
 use std::sync::atomic::Ordering;
 
@@ -22,6 +32,15 @@ use crate::memory;
 use crate::patch;
 use crate::protocol::{ErrorCode, Reject};
 use crate::store::Record;
+
+/// A change a follower forwarded and the owner has not answered yet.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarded {
+    author: ClientId,
+    id: ClientReqId,
+    /// The node it was sent to.
+    owner: u64,
+}
 
 impl Room {
     /// Makes this copy a follower (set before it is shared).
@@ -66,6 +85,9 @@ impl Room {
         let (change, held) = Change::encode(Rev(rec.rev), req, rec.ops.as_bytes(), applied, done);
         let growth = memory::state_growth(&change.ops, &change.inverse, &g.state);
         self.keep.lock().note_record(rec, &change);
+        if let Some(id) = change.client_req_id {
+            self.forwarded.lock().retain(|f| !(f.author == change.author && f.id <= id));
+        }
         g.ring.push(rec.rev, change, held);
         self.account(g, growth);
         self.rev.store(rec.rev, Ordering::Release);
@@ -78,8 +100,47 @@ impl Room {
     /// The owner refused `author`'s forwarded change `id`: the author's connection on this node
     /// is sent the reject (as a rollback's is: see [`Room::rejections_for`]).
     pub fn reject_forwarded(&self, author: ClientId, id: ClientReqId, reject: Reject) {
+        self.forwarded.lock().retain(|f| !(f.author == author && f.id == id));
         self.push_rejection(author, id, reject);
         self.wake_listeners();
+    }
+
+    /// Notes that `author`'s change `id` was forwarded to node `owner`.
+    pub fn note_forwarded(&self, author: ClientId, id: ClientReqId, owner: u64) {
+        self.forwarded.lock().push(Forwarded { author, id, owner });
+    }
+
+    /// Forwarded changes not answered yet.
+    pub fn forwarded_open(&self) -> usize {
+        self.forwarded.lock().len()
+    }
+
+    /// Node `old` no longer owns the room, and every record it stored has been taken: the
+    /// changes forwarded to it and still open were not stored and never will be; each is
+    /// rejected `unavailable` (its author sends it again). Returns how many.
+    pub fn owner_gone(&self, old: Option<u64>) -> usize {
+        let open: Vec<Forwarded> = {
+            let mut forwarded = self.forwarded.lock();
+            let (gone, kept) = forwarded.drain(..).partition(|f| old.is_none_or(|o| o == f.owner));
+            *forwarded = kept;
+            gone
+        };
+        let message =
+            "the room's owner changed before it stored this change: it was not applied; send it again";
+        for f in &open {
+            self.push_rejection(f.author, f.id, Reject::new(ErrorCode::Unavailable, message, self.rev().0));
+        }
+        if !open.is_empty() {
+            self.wake_listeners();
+        }
+        open.len()
+    }
+
+    /// This node took the room's lease over: the copy, holding everything the old owner stored
+    /// and with its log attached ([`Room::attach_log`]) by the caller, commits from now on.
+    pub fn promote(&self) {
+        debug_assert!(self.is_stored(), "a promoted copy appends to the store");
+        self.follower.store(false, Ordering::Release);
     }
 
     /// The reject a follower gives a change it was asked to commit itself.

@@ -169,6 +169,8 @@ pub struct Room {
     retired: AtomicBool,
     /// A copy of a room another node owns (see [`follow`]): it never commits.
     follower: AtomicBool,
+    /// A follower's changes forwarded to the owner and not yet answered (see [`follow`]).
+    forwarded: Mutex<Vec<follow::Forwarded>>,
     /// The store's log (`None`: memory only; see [`durable`]).
     log: OnceLock<Arc<dyn RoomLog>>,
     /// The highest revision the store has written: what is visible ([`Room::rev`]).
@@ -237,6 +239,7 @@ impl Room {
             memory,
             retired: AtomicBool::new(false),
             follower: AtomicBool::new(false),
+            forwarded: Mutex::new(Vec::new()),
             log: OnceLock::new(),
             durable: AtomicU64::new(0),
             generation: AtomicU64::new(0),

@@ -236,6 +236,13 @@ pub trait Follower: Send + Sync {
     fn record(&self, room: &RoomId, record: &Record) -> bool;
     /// A message another node sent this one ([`RedisStore::send`]).
     fn mail(&self, mail: Mail);
+    /// This node took over the lease of a room it followed, and every record the old owner
+    /// (node `was`) stored has been handed over: the copy becomes the owner (it opens its log).
+    /// `false` when there is no copy to promote (the lease is then given up).
+    fn promote(&self, room: &RoomId, was: Option<u64>) -> bool;
+    /// Another node took over a followed room from node `was`, and every record `was` stored
+    /// has been handed over: what was forwarded to `was` and not answered never will be.
+    fn owner_changed(&self, room: &RoomId, was: Option<u64>);
 }
 
 enum Op {
@@ -1241,31 +1248,15 @@ impl Reader {
                 }
                 continue;
             }
-            let Some(room) = by_key.get(&name) else { continue };
-            for item in &items {
-                let taken = match decode_entry(item) {
-                    Ok(record) => self.sink.record(room, &record).then_some(record.rev),
-                    Err(e) => {
-                        tracing::warn!(room = %room, error = %e, "redis follower: unreadable entry; the copy is dropped");
-                        None
-                    }
-                };
-                let mut followed = self.shared.followed.lock();
-                let Some(f) = followed.get_mut(room) else { break };
-                match taken {
-                    Some(rev) => f.next = f.next.max(rev + 1),
-                    None => {
-                        f.moved = true;
-                        break;
-                    }
-                }
+            if let Some(room) = by_key.get(&name) {
+                self.take(room, &items);
             }
         }
         Ok(())
     }
 
-    /// Marks moved every followed room whose lease is no longer the one it was loaded under
-    /// (its owner died or gave it up: a node that loads it now takes it over).
+    /// Checks that each followed room's lease is still the one it was followed under. When it
+    /// is not, its owner changed: see [`Reader::owner_changed`].
     fn check_owners(&mut self) -> Result<(), StoreError> {
         let rooms: Vec<(RoomId, String)> = self
             .shared
@@ -1281,17 +1272,141 @@ impl Reader {
                 .arg(&keys)
                 .query(self.connection(Duration::ZERO)?)
                 .map_err(|e| redis_error("MGET", &e))?;
-            let mut followed = self.shared.followed.lock();
             for ((room, was), now) in batch.iter().zip(owners) {
-                if now.as_deref() != Some(was.as_str())
-                    && let Some(f) = followed.get_mut(room)
-                {
-                    tracing::info!(room = %room, owner = ?now, "redis follower: the room's owner changed; the copy is dropped");
-                    f.moved = true;
+                if now.as_deref() != Some(was.as_str()) {
+                    self.owner_changed(room, was, now)?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// The lease of followed `room` is no longer `was`. A lapsed lease (its owner died or let
+    /// it go) is taken by this node if it can: the copy, caught up with everything the old owner
+    /// stored (nothing more can be: its appends are fenced by the new lease), becomes the owner
+    /// in place. A lease another node holds is followed on: caught up likewise, then the copy
+    /// forwards to the new owner. Either way, what was forwarded to the old owner and not
+    /// stored is then answered (see [`Follower::owner_changed`]).
+    fn owner_changed(&mut self, room: &RoomId, was: &str, now: Option<String>) -> Result<(), StoreError> {
+        let token = self.shared.token.clone();
+        let old = node_of(was);
+        let now = match now {
+            Some(now) => now,
+            None => {
+                let lease = self.shared.opts.lease.as_millis() as u64;
+                let got: i64 = redis::cmd("EVAL")
+                    .arg(ACQUIRE)
+                    .arg(1)
+                    .arg(key(room, "owner"))
+                    .arg(&token)
+                    .arg(lease)
+                    .query(self.connection(Duration::ZERO)?)
+                    .map_err(|e| redis_error("acquire a lease", &e))?;
+                if got == 1 {
+                    return self.take_over(room, old);
+                }
+                let holder: Option<String> = redis::cmd("GET")
+                    .arg(key(room, "owner"))
+                    .query(self.connection(Duration::ZERO)?)
+                    .map_err(|e| redis_error("GET", &e))?;
+                // Lapsed again already: the next check tries again.
+                let Some(holder) = holder else { return Ok(()) };
+                holder
+            }
+        };
+        if now == token {
+            // Taken by a load on this node meanwhile: that copy is the owner; this one goes.
+            self.mark_moved(room);
+            return Ok(());
+        }
+        if !self.catch_up(room)? {
+            return Ok(());
+        }
+        tracing::info!(room = %room, owner = %now, "redis follower: the room has a new owner; following it");
+        if let Some(f) = self.shared.followed.lock().get_mut(room) {
+            f.owner = now;
+        }
+        self.sink.owner_changed(room, old);
+        Ok(())
+    }
+
+    /// This node holds the lease of followed `room` now: catches the copy up and promotes it.
+    fn take_over(&mut self, room: &RoomId, old: Option<u64>) -> Result<(), StoreError> {
+        let caught_up = self.catch_up(room);
+        let promoted = matches!(caught_up, Ok(true)) && {
+            self.shared.followed.lock().remove(room);
+            self.shared
+                .owned
+                .lock()
+                .insert(room.clone(), Owned { loaded_at: Some(Instant::now()), ..Owned::default() });
+            self.sink.promote(room, old)
+        };
+        if promoted {
+            tracing::info!(room = %room, "redis follower: the owner is gone; this node took the room over");
+            return caught_up.map(drop);
+        }
+        self.shared.owned.lock().remove(room);
+        self.mark_moved(room);
+        let _ = redis::cmd("EVAL")
+            .arg(RELEASE)
+            .arg(1)
+            .arg(key(room, "owner"))
+            .arg(&self.shared.token)
+            .query::<i64>(self.connection(Duration::ZERO)?);
+        caught_up.map(drop)
+    }
+
+    /// Hands the copy every record stored after the ones it took. `false` when the copy could
+    /// not take one (it is then marked moved).
+    fn catch_up(&mut self, room: &RoomId) -> Result<bool, StoreError> {
+        loop {
+            let Some(next) = self.shared.followed.lock().get(room).map(|f| f.next) else { return Ok(false) };
+            let page: Value = redis::cmd("XRANGE")
+                .arg(key(room, "log"))
+                .arg(entry_id(next))
+                .arg("+")
+                .arg("COUNT")
+                .arg(PAGE)
+                .query(self.connection(Duration::ZERO)?)
+                .map_err(|e| redis_error("XRANGE", &e))?;
+            let page = entries(page);
+            if !self.take(room, &page) {
+                return Ok(false);
+            }
+            if page.len() < PAGE {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Hands the copy of `room` these stream entries; `false` (the room marked moved) when it
+    /// could not take one.
+    fn take(&self, room: &RoomId, items: &[Value]) -> bool {
+        for item in items {
+            let taken = match decode_entry(item) {
+                Ok(record) => self.sink.record(room, &record).then_some(record.rev),
+                Err(e) => {
+                    tracing::warn!(room = %room, error = %e, "redis follower: unreadable entry; the copy is dropped");
+                    None
+                }
+            };
+            let mut followed = self.shared.followed.lock();
+            let Some(f) = followed.get_mut(room) else { return false };
+            match taken {
+                Some(rev) => f.next = f.next.max(rev + 1),
+                None => {
+                    f.moved = true;
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn mark_moved(&self, room: &RoomId) {
+        if let Some(f) = self.shared.followed.lock().get_mut(room) {
+            f.moved = true;
+        }
     }
 }
 

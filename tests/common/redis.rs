@@ -140,3 +140,16 @@ pub async fn metric_until(addr: SocketAddr, name: &str, ok: impl Fn(f64) -> bool
 pub fn incr(n: i64) -> Value {
     json!([{"op": "incr", "path": "/n", "value": n}])
 }
+
+/// The sample `name` of `/metrics` now (0 when absent).
+pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let (_, m) = get(addr, "/metrics").await;
+    m.as_str()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(' ')?;
+            (n == name).then(|| v.parse::<f64>().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
