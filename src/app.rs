@@ -35,6 +35,12 @@ use crate::session::{SessionLimits, Sessions};
 use crate::store::file::{FileOptions, FileStore, Fsync};
 use crate::store::redis::{Mail, RedisOptions, RedisStore};
 
+/// What a room is shown as a connection or request starts using it on this node (cluster mode
+/// relays its presence and broadcasts to the other nodes: see [`crate::cluster`]).
+pub trait RoomHook: Send + Sync {
+    fn attach(&self, room: &Arc<Room>);
+}
+
 /// Everything the request handlers share.
 pub struct App {
     pub config: Config,
@@ -46,6 +52,8 @@ pub struct App {
     pub file_store: Option<Arc<FileStore>>,
     /// The Redis store (`--redis`), for its metrics.
     pub redis_store: Option<Arc<RedisStore>>,
+    /// Set once in cluster mode (see [`App::attach_room`]).
+    room_hook: std::sync::OnceLock<Arc<dyn RoomHook>>,
     pub sessions: Arc<Sessions>,
     pub metrics: PrometheusHandle,
     /// The admin API's secret (`--admin-token-file`), read once at start.
@@ -129,6 +137,7 @@ impl App {
             admin_token,
             file_store,
             redis_store,
+            room_hook: std::sync::OnceLock::new(),
             rooms,
             sessions: Arc::new(sessions),
             metrics: m::install(),
@@ -274,6 +283,18 @@ impl App {
         }
         if let Some(store) = &self.redis_store {
             m::publish_redis(&store.stats());
+        }
+    }
+
+    /// Installs the hook [`App::attach_room`] calls (cluster mode; once).
+    pub fn set_room_hook(&self, hook: Arc<dyn RoomHook>) {
+        let _ = self.room_hook.set(hook);
+    }
+
+    /// A connection or request is about to use the room's presence or broadcasts on this node.
+    pub fn attach_room(&self, room: &Arc<Room>) {
+        if let Some(hook) = self.room_hook.get() {
+            hook.attach(room);
         }
     }
 

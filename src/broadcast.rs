@@ -20,7 +20,7 @@
 
 use std::collections::VecDeque;
 use std::mem::size_of;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -80,6 +80,20 @@ pub struct Broadcasts {
     max_bytes: usize,
     /// What the buffer holds, in the memory budget.
     charge: Charge,
+    /// Where this node's own broadcasts go besides this buffer (cluster mode: to the other
+    /// nodes with the room, which [`Broadcasts::send_remote`] them); set once.
+    relay: OnceLock<RelaySlot>,
+}
+
+/// What a room's own broadcasts are handed to (see [`Broadcasts::set_relay`]).
+pub type Relay = Box<dyn Fn(ClientId, &Value) + Send + Sync>;
+
+struct RelaySlot(Relay);
+
+impl std::fmt::Debug for RelaySlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Relay")
+    }
 }
 
 impl Broadcasts {
@@ -92,12 +106,28 @@ impl Broadcasts {
             capacity: capacity.max(1),
             max_bytes,
             charge: Charge::new(budget, Kind::Held),
+            relay: OnceLock::new(),
         }
+    }
+
+    /// Hands every later broadcast sent here to `relay` as well (cluster mode); one received
+    /// from another node ([`Broadcasts::send_remote`]) is not handed back. Once only: `false`
+    /// when a relay was set already.
+    pub fn set_relay(&self, relay: Relay) -> bool {
+        self.relay.set(RelaySlot(relay)).is_ok()
     }
 
     /// Queues a broadcast from `from` (encoded once for every recipient), or only counts it when
     /// nobody is subscribed to receive it.
     pub fn send(&self, from: ClientId, data: &Value) {
+        if let Some(relay) = self.relay.get() {
+            (relay.0)(from, data);
+        }
+        self.send_remote(from, data);
+    }
+
+    /// [`Broadcasts::send`] of a broadcast another node relayed (not relayed again).
+    pub fn send_remote(&self, from: ClientId, data: &Value) {
         let encoded = (self.tx.receiver_count() > 0).then(|| protocol::broadcast_msg(from, data));
         let mut b = self.inner.lock();
         b.seq += 1;
@@ -172,6 +202,20 @@ impl Broadcasts {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_relayed_broadcast_is_delivered_and_relayed_but_a_remote_one_only_delivered() {
+        let p = Broadcasts::new(8, 0, &Budget::unlimited());
+        let relayed = Arc::new(Mutex::new(Vec::new()));
+        let log = relayed.clone();
+        assert!(p.set_relay(Box::new(move |from, data| log.lock().push((from, data.clone())))));
+        let _rx = p.subscribe();
+        let mut cur = 0;
+        p.send(ClientId(1), &json!("mine"));
+        p.send_remote(ClientId(9), &json!("theirs"));
+        assert_eq!(p.after(&mut cur, ClientId(2)).frames.len(), 2, "both reach this node's clients");
+        assert_eq!(*relayed.lock(), [(ClientId(1), json!("mine"))], "only this node's own is relayed");
+    }
 
     #[test]
     fn broadcasts_drop_oldest_and_skip_own() {

@@ -12,6 +12,14 @@
 //!   so its ack arrives with its record, or answers [`Mail::Reject`] to the author's node, which
 //!   hands the reject to the author's connection ([`crate::room::Room::reject_forwarded`]).
 //!
+//! Presence and broadcasts cross nodes on the room's lane (Redis pub/sub, [`Lane`]): the
+//! lanes of a room in use here relay their own peers' changes and broadcasts
+//! ([`RoomHook::attach`]), and apply the other nodes' into the local lanes, where they are
+//! coalesced for this node's clients as local ones are. Each node calls the roll of its peers in
+//! every room it relays every [`ROLL_EVERY`] (and when another node says hello), so a node that
+//! missed a message converges, and a node not heard from for [`ROLL_LAPSE`] rolls (it died) has
+//! its peers forgotten.
+//!
 //! Dedupe is the room's: the owner refuses a forwarded change whose session's `clientReqId` is
 //! not above the highest it stored for that session (records and snapshots carry it, so it
 //! holds across nodes and failovers).
@@ -29,13 +37,18 @@
 //! per session and `clientReqId`; every forwarded change is answered once: acknowledged through
 //! the stream, or rejected (by mail, or when its owner changed before storing it).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
-use crate::app::App;
+use parking_lot::Mutex;
+
+use crate::app::{App, RoomHook};
 use crate::ids::{ClientId, ClientReqId, RoomId};
 use crate::metrics as m;
+use crate::presence::PeerEvent;
 use crate::protocol::{ErrorCode, Reject};
-use crate::room::ChangeRequest;
+use crate::room::{ChangeRequest, Room};
 use crate::session::Sessions;
 use crate::store::redis::{Follower, Mail, RedisStore};
 use crate::store::{Journal, Record, Store};
@@ -44,16 +57,136 @@ use crate::store::{Journal, Record, Store};
 pub struct Cluster {
     app: Weak<App>,
     store: Arc<RedisStore>,
+    node: u64,
+    /// The rooms whose lanes are relayed, with what the roll calls need.
+    lanes: Mutex<HashMap<RoomId, Lanes>>,
 }
 
-/// Starts following (cluster mode only; a no-op without `--redis`).
+/// A room's lanes across nodes.
+struct Lanes {
+    room: Weak<Room>,
+    /// When this node last called its own peers' roll in the room.
+    rolled: Instant,
+    /// When each other node was last heard from in the room.
+    heard: HashMap<u64, Instant>,
+}
+
+/// A node calls the roll of its own peers in each room this often; a node not heard from in a
+/// room for [`ROLL_LAPSE`] rolls has its peers forgotten there (it died, or left the room).
+const ROLL_EVERY: Duration = Duration::from_secs(5);
+const ROLL_LAPSE: u32 = 3;
+
+/// A message on a room's lane (Redis pub/sub): presence and broadcasts across nodes.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct LaneMsg {
+    /// The sending node.
+    n: u64,
+    #[serde(flatten)]
+    what: Lane,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "l", rename_all = "lowercase")]
+enum Lane {
+    /// A change of one of the sender's peers.
+    Peer { e: PeerEvent },
+    /// A broadcast sent on the sender's node.
+    Broadcast { from: u64, data: serde_json::Value },
+    /// Every present peer of the sender in the room (each [`ROLL_EVERY`], and on `hello`): the
+    /// receivers forget the sender's peers it does not name.
+    Roll { peers: Vec<PeerEvent> },
+    /// The sender started relaying the room: everyone answers with a roll call.
+    Hello,
+}
+
+/// Starts following (cluster mode only; `None` without `--redis`).
 ///
 /// # Errors
-/// When the follower's thread cannot be started.
-pub fn start(app: &Arc<App>) -> Result<(), String> {
-    let Some(store) = app.redis_store.clone() else { return Ok(()) };
-    let cluster = Arc::new(Cluster { app: Arc::downgrade(app), store: store.clone() });
-    store.follow(cluster).map_err(|e| e.to_string())
+/// When the follower's threads cannot be started.
+pub fn start(app: &Arc<App>) -> Result<Option<Arc<Cluster>>, String> {
+    let Some(store) = app.redis_store.clone() else { return Ok(None) };
+    let node = store.node();
+    let cluster = Arc::new(Cluster {
+        app: Arc::downgrade(app),
+        store: store.clone(),
+        node,
+        lanes: Mutex::new(HashMap::new()),
+    });
+    store.follow(cluster.clone()).map_err(|e| e.to_string())?;
+    let hook: Arc<dyn RoomHook> = cluster.clone();
+    app.set_room_hook(hook);
+    Ok(Some(cluster))
+}
+
+impl RoomHook for Cluster {
+    /// Relays the room's presence and broadcasts to the other nodes (once per room copy), and
+    /// asks them for their peers.
+    fn attach(&self, room: &Arc<Room>) {
+        let store = Arc::downgrade(&self.store);
+        let (id, node) = (room.id().clone(), self.node);
+        let relayed = room.presence.set_relay(Box::new(move |e| {
+            if let Some(store) = store.upgrade() {
+                publish(&store, &id, node, Lane::Peer { e });
+            }
+        }));
+        if !relayed {
+            return;
+        }
+        let store = Arc::downgrade(&self.store);
+        let id = room.id().clone();
+        room.broadcasts.set_relay(Box::new(move |from, data| {
+            if let Some(store) = store.upgrade() {
+                publish(&store, &id, node, Lane::Broadcast { from: from.0, data: data.clone() });
+            }
+        }));
+        let lanes = Lanes { room: Arc::downgrade(room), rolled: Instant::now(), heard: HashMap::new() };
+        self.lanes.lock().insert(room.id().clone(), lanes);
+        publish(&self.store, room.id(), node, Lane::Hello);
+    }
+}
+
+fn publish(store: &RedisStore, room: &RoomId, node: u64, what: Lane) {
+    let body = serde_json::to_string(&LaneMsg { n: node, what }).expect("lane messages serialise");
+    store.publish(room, body);
+}
+
+impl Cluster {
+    /// Once a second (the server's sweep): calls the roll of this node's peers in each relayed
+    /// room every [`ROLL_EVERY`], and forgets the peers of nodes not heard from for
+    /// [`ROLL_LAPSE`] rolls.
+    pub fn sweep(&self) {
+        let mut lanes = self.lanes.lock();
+        lanes.retain(|_, l| l.room.upgrade().is_some_and(|r| !r.is_retired()));
+        let mut due = Vec::new();
+        for (id, l) in lanes.iter_mut() {
+            let Some(room) = l.room.upgrade() else { continue };
+            if l.rolled.elapsed() >= ROLL_EVERY {
+                l.rolled = Instant::now();
+                due.push((id.clone(), room.clone()));
+            }
+            let lapsed: Vec<u64> = l
+                .heard
+                .iter()
+                .filter(|(_, t)| t.elapsed() >= ROLL_EVERY * ROLL_LAPSE)
+                .map(|(n, _)| *n)
+                .collect();
+            for n in lapsed {
+                l.heard.remove(&n);
+                let gone = room.presence.forget_where(|c| Sessions::node_of(c) == n);
+                tracing::info!(room = %id, node = n, gone, "a node's peers were not called for: forgotten");
+            }
+        }
+        drop(lanes);
+        for (id, room) in due {
+            self.roll(&id, &room);
+        }
+    }
+
+    fn roll(&self, id: &RoomId, room: &Room) {
+        let me = self.node;
+        let peers = room.presence.roll(|c| Sessions::node_of(c) == me);
+        publish(&self.store, id, me, Lane::Roll { peers });
+    }
 }
 
 impl Follower for Cluster {
@@ -100,6 +233,51 @@ impl Follower for Cluster {
         if let Some(copy) = app.rooms.loaded(room) {
             let rejected = copy.owner_gone(was);
             tracing::info!(room = %room, rejected, "the room has a new owner: forwarding there");
+        }
+    }
+
+    /// Asks the other nodes for their peers again (a hello at attach time may have been
+    /// published before this node heard the lane).
+    fn listening(&self, room: &RoomId) {
+        if self.lanes.lock().contains_key(room) {
+            publish(&self.store, room, self.node, Lane::Hello);
+        }
+    }
+
+    fn lane(&self, room: &RoomId, body: &[u8]) {
+        let msg: LaneMsg = match serde_json::from_slice(body) {
+            Ok(msg) => msg,
+            Err(e) => {
+                return tracing::warn!(room = %room, error = %e, "a lane message that does not parse; dropped");
+            }
+        };
+        if msg.n == self.node {
+            return;
+        }
+        let Some(copy) = self.app.upgrade().and_then(|app| app.rooms.loaded(room)) else { return };
+        if let Some(l) = self.lanes.lock().get_mut(room) {
+            l.heard.insert(msg.n, Instant::now());
+        }
+        let from = msg.n;
+        match msg.what {
+            Lane::Peer { e } => copy.presence.apply(e),
+            Lane::Broadcast { from, data } => copy.broadcasts.send_remote(ClientId(from), &data),
+            Lane::Roll { peers } => {
+                let named: HashSet<u64> = peers
+                    .iter()
+                    .map(|e| match e {
+                        PeerEvent::Join { client, .. }
+                        | PeerEvent::Data { client, .. }
+                        | PeerEvent::Leave { client }
+                        | PeerEvent::Forget { client } => *client,
+                    })
+                    .collect();
+                for e in peers {
+                    copy.presence.apply(e);
+                }
+                copy.presence.forget_where(|c| Sessions::node_of(c) == from && !named.contains(&c.0));
+            }
+            Lane::Hello => self.roll(room, &copy),
         }
     }
 

@@ -131,6 +131,7 @@ pub async fn serve(
         return close_now(ws_write(write), CloseReason::RoomDeleted).await;
     }
     let Attached { session, conn, resumed, kicked } = attached;
+    app.attach_room(&room);
     room.presence.join_as(session.client, session.user.clone());
     let (tx, rx) = writer::reply_channel();
     let expiry = identity.exp.map(|exp| TokenExpiry::new(exp, app.auth.leeway()));

@@ -570,6 +570,7 @@ fn post_broadcast(app: &App, id: &RoomId, body: Value) -> Response<Body> {
     // Broadcasting to a room nobody is in reaches nobody; it does not create the room.
     if let Some(room) = app.rooms.get(id) {
         metrics::counter!(crate::metrics::BROADCASTS).increment(1);
+        app.attach_room(&room);
         room.broadcasts.send(ClientId::HTTP, &data);
     }
     json(StatusCode::OK, &json!({"ok": true}))

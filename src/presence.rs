@@ -27,6 +27,12 @@
 //! What the lane holds (peers, their entries, the log, the cached frames) is charged to the
 //! memory budget after every change, under the lock.
 //!
+//! **Across nodes** (cluster mode): a lane with a relay ([`Presence::set_relay`]) hands each
+//! change of a peer to it as a [`PeerEvent`] (a join, a leave, a forget, or the peer's whole
+//! object after an update), and applies the other nodes' events ([`Presence::apply`]) as if its
+//! own peers had made them, without relaying them back; [`Presence::roll`] and
+//! [`Presence::forget_where`] serve the periodic roll calls that make nodes converge.
+//!
 //! Locking: one `parking_lot::Mutex`, held only for map/log updates and reads, never across
 //! `.await`. Invariants: `seq` only grows, and each peer's `changed` is ≤ `seq`; `peers_heap` is
 //! the sum of [`Peer::heap`] over `peers`; `listed` holds exactly the online peers marked listed,
@@ -35,7 +41,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::Write as _;
 use std::mem::size_of;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -278,7 +284,32 @@ pub struct Presence {
     cap: usize,
     /// What the lane holds, in the memory budget.
     charge: Charge,
+    /// Where this node's own peers' changes go besides this lane (cluster mode: to the other
+    /// nodes with the room, which [`Presence::apply`] them); set once.
+    relay: OnceLock<RelaySlot>,
 }
+
+struct RelaySlot(Relay);
+
+impl std::fmt::Debug for RelaySlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Relay")
+    }
+}
+
+/// A presence change as it crosses to another node (cluster mode). `Data` carries the peer's
+/// whole presence object, so a node that missed an earlier change still converges.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "p", rename_all = "lowercase")]
+pub enum PeerEvent {
+    Join { client: u64, user: Option<String> },
+    Data { client: u64, data: Map<String, Value> },
+    Leave { client: u64 },
+    Forget { client: u64 },
+}
+
+/// What a lane's own changes are handed to (see [`Presence::set_relay`]).
+pub type Relay = Box<dyn Fn(PeerEvent) + Send + Sync>;
 
 impl Default for Presence {
     fn default() -> Self {
@@ -299,7 +330,80 @@ impl Presence {
             seq_tx: watch::channel(0).0,
             cap: if cap == 0 { usize::MAX } else { cap },
             charge: Charge::new(budget, Kind::Held),
+            relay: OnceLock::new(),
         }
+    }
+
+    /// Hands every later change of this lane's peers to `relay` as well (cluster mode); a
+    /// change [`applied`](Presence::apply) from another node is not handed back. Once only:
+    /// `false` when a relay was set already.
+    pub fn set_relay(&self, relay: Relay) -> bool {
+        self.relay.set(RelaySlot(relay)).is_ok()
+    }
+
+    fn relay(&self, event: impl FnOnce() -> PeerEvent) {
+        if let Some(relay) = self.relay.get() {
+            (relay.0)(event());
+        }
+    }
+
+    /// A change of a peer on another node (cluster mode), applied as that node applied it.
+    pub fn apply(&self, event: PeerEvent) {
+        match event {
+            PeerEvent::Join { client, user } => {
+                self.join_peer(ClientId(client), user.map(Arc::from));
+            }
+            PeerEvent::Data { client, data } => {
+                let client = ClientId(client);
+                let same = self
+                    .inner
+                    .lock()
+                    .peers
+                    .get(&client)
+                    .map(|p| p.data.as_deref().cloned().unwrap_or_default());
+                if same.as_ref() == Some(&data) {
+                    return;
+                }
+                if same.is_none() {
+                    self.join_peer(client, None);
+                }
+                // Replaces the whole object: keys it no longer has are removed.
+                let mut patch: Map<String, Value> = same
+                    .unwrap_or_default()
+                    .keys()
+                    .filter(|k| !data.contains_key(*k))
+                    .map(|k| (k.clone(), Value::Null))
+                    .collect();
+                patch.extend(data);
+                let _ = self.merge(client, patch, usize::MAX);
+            }
+            PeerEvent::Leave { client } => {
+                self.leave_peer(ClientId(client));
+            }
+            PeerEvent::Forget { client } => self.forget_peer(ClientId(client)),
+        }
+    }
+
+    /// The present peers `mine` selects, as the events that rebuild them elsewhere: a join and
+    /// the presence object of each (cluster mode: a node's roll call of its own peers).
+    pub fn roll(&self, mine: impl Fn(ClientId) -> bool) -> Vec<PeerEvent> {
+        let g = self.inner.lock();
+        let mut out = Vec::new();
+        for (c, p) in g.peers.iter().filter(|(c, p)| p.online && mine(**c)) {
+            out.push(PeerEvent::Join { client: c.0, user: p.user.as_deref().map(str::to_string) });
+            out.push(PeerEvent::Data { client: c.0, data: p.data.as_deref().cloned().unwrap_or_default() });
+        }
+        out
+    }
+
+    /// Forgets every peer `which` selects (cluster mode: the peers of a node that went away, or
+    /// that its roll call no longer names); nothing is relayed. Returns how many.
+    pub fn forget_where(&self, which: impl Fn(ClientId) -> bool) -> usize {
+        let gone: Vec<ClientId> = self.inner.lock().peers.keys().copied().filter(|c| which(*c)).collect();
+        for c in &gone {
+            self.forget_peer(*c);
+        }
+        gone.len()
     }
 
     /// Charges what the lane holds now (called under the lock, after every change).
@@ -316,9 +420,19 @@ impl Presence {
     /// [`Presence::join`] for a client acting as `user` (shown as `"user"` in its entry; kept
     /// from its first join). Past the cap the client is only counted (see the module doc).
     pub fn join_as(&self, client: ClientId, user: Option<Arc<str>>) -> u64 {
+        let relayed = user.as_deref().map(str::to_string);
+        let (seq, joined) = self.join_peer(client, user);
+        if joined {
+            self.relay(|| PeerEvent::Join { client: client.0, user: relayed });
+        }
+        seq
+    }
+
+    /// [`Presence::join_as`] without the relay; also says whether the peer was not present.
+    fn join_peer(&self, client: ClientId, user: Option<Arc<str>>) -> (u64, bool) {
         let mut g = self.inner.lock();
         if g.peers.get(&client).is_some_and(|p| p.online) {
-            return g.seq;
+            return (g.seq, false);
         }
         let was_over = g.over_cap();
         let listed = g.listed.len() < self.cap;
@@ -349,7 +463,7 @@ impl Presence {
         if listed {
             self.notify(seq);
         }
-        seq
+        (seq, true)
     }
 
     /// Merges `patch` into `client`'s presence (a `null` member removes the key). An unlisted
@@ -364,8 +478,24 @@ impl Presence {
         patch: Map<String, Value>,
         limit: usize,
     ) -> Result<(), PresenceTooLarge> {
+        let merged = self.merge(client, patch, limit)?;
+        if let Some(data) = merged {
+            self.relay(|| PeerEvent::Data { client: client.0, data });
+        }
+        Ok(())
+    }
+
+    /// [`Presence::update`] without the relay; returns the merged object (`None` when the peer
+    /// is not known here).
+    fn merge(
+        &self,
+        client: ClientId,
+        patch: Map<String, Value>,
+        limit: usize,
+    ) -> Result<Option<Map<String, Value>>, PresenceTooLarge> {
+        let relayed = self.relay.get().is_some();
         let mut g = self.inner.lock();
-        let Some(peer) = g.peers.get(&client) else { return Ok(()) };
+        let Some(peer) = g.peers.get(&client) else { return Ok(None) };
         let mut merged = peer.data.as_deref().cloned().unwrap_or_default();
         for (k, v) in patch {
             if v.is_null() {
@@ -383,6 +513,7 @@ impl Presence {
             return Err(PresenceTooLarge { size, limit });
         }
         let shown = peer.online && peer.listed;
+        let out = relayed.then(|| merged.clone());
         g.edit_peer(client, |peer| peer.data = (!merged.is_empty()).then(|| Box::new(merged)));
         let seq = shown.then(|| {
             let was_over = g.over_cap();
@@ -393,14 +524,21 @@ impl Presence {
         if let Some(seq) = seq {
             self.notify(seq);
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Marks `client` gone: peers see `null` once (if it was listed; the longest-waiting
     /// unlisted peer is listed in its place). Its data is kept for a later resume.
     pub fn leave(&self, client: ClientId) {
+        if self.leave_peer(client) {
+            self.relay(|| PeerEvent::Leave { client: client.0 });
+        }
+    }
+
+    /// [`Presence::leave`] without the relay; `true` when the peer was present.
+    fn leave_peer(&self, client: ClientId) -> bool {
         let mut g = self.inner.lock();
-        let Some(peer) = g.peers.get_mut(&client).filter(|p| p.online) else { return };
+        let Some(peer) = g.peers.get_mut(&client).filter(|p| p.online) else { return false };
         let was_listed = std::mem::replace(&mut peer.listed, false);
         peer.online = false;
         let was_over = g.over_cap();
@@ -420,12 +558,22 @@ impl Presence {
         if let Some(seq) = seq {
             self.notify(seq);
         }
+        true
     }
 
     /// Drops everything known of `client` (its session ended). Peers that have not caught up
     /// still get its `null`: the entry lingers as a tombstone until the log moves past it.
     pub fn forget(&self, client: ClientId) {
-        self.leave(client);
+        let known = self.inner.lock().peers.contains_key(&client);
+        self.forget_peer(client);
+        if known {
+            self.relay(|| PeerEvent::Forget { client: client.0 });
+        }
+    }
+
+    /// [`Presence::forget`] without the relay.
+    fn forget_peer(&self, client: ClientId) {
+        self.leave_peer(client);
         let mut g = self.inner.lock();
         let in_log = g.log.iter().any(|(_, c)| *c == client);
         if in_log {
@@ -560,6 +708,58 @@ mod tests {
 
     fn peers(frame: &Bytes) -> Value {
         serde_json::from_slice::<Value>(frame).unwrap()["peers"].clone()
+    }
+
+    /// Two nodes' lanes wired to each other as cluster mode does: what one relays, the other
+    /// applies (and does not relay back).
+    #[test]
+    fn relayed_changes_converge_on_another_node_and_are_not_relayed_back() {
+        let (here, there) = (Presence::new(), Arc::new(Presence::new()));
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let (to, log) = (there.clone(), sent.clone());
+        assert!(here.set_relay(Box::new(move |e| {
+            log.lock().push(e.clone());
+            to.apply(e);
+        })));
+        let back = Arc::new(Mutex::new(0));
+        let count = back.clone();
+        there.set_relay(Box::new(move |_| *count.lock() += 1));
+        here.join_as(ClientId(1), Some("ann".into()));
+        here.update(ClientId(1), obj(json!({"x": 1, "tmp": true})), 4096).unwrap();
+        here.update(ClientId(1), obj(json!({"tmp": null})), 4096).unwrap();
+        assert_eq!(there.online().1, here.online().1);
+        assert_eq!(there.online().1["c1"], json!({"user": "ann", "x": 1}));
+        assert_eq!(*back.lock(), 0, "applied changes are not relayed again");
+        // Applying the same object again changes nothing (a roll call of unchanged peers).
+        let seq = there.online().0;
+        there.apply(PeerEvent::Data { client: 1, data: obj(json!({"x": 1})) });
+        assert_eq!(there.online().0, seq);
+        here.leave(ClientId(1));
+        assert!(there.online().1.is_empty());
+        here.forget(ClientId(1));
+        assert_eq!(
+            sent.lock().iter().map(|e| serde_json::to_value(e).unwrap()["p"].clone()).collect::<Vec<_>>(),
+            [json!("join"), json!("data"), json!("data"), json!("leave"), json!("forget")]
+        );
+    }
+
+    #[test]
+    fn a_roll_call_names_the_chosen_peers_and_forget_where_drops_a_nodes_peers() {
+        let p = Presence::new();
+        for c in [1u64, 2, (1 << 32) | 1] {
+            p.join(ClientId(c));
+        }
+        p.update(ClientId(2), obj(json!({"k": "v"})), 4096).unwrap();
+        let roll = p.roll(|c| c.0 >> 32 == 0);
+        assert_eq!(roll.len(), 4, "a join and the object of peers 1 and 2: {roll:?}");
+        assert!(roll.contains(&PeerEvent::Data { client: 2, data: obj(json!({"k": "v"})) }));
+        let other = Presence::new();
+        for e in roll {
+            other.apply(e);
+        }
+        assert_eq!(other.online().1.len(), 2);
+        assert_eq!(p.forget_where(|c| c.0 >> 32 == 1), 1);
+        assert_eq!(p.online().1.keys().cloned().collect::<Vec<_>>(), ["c1", "c2"]);
     }
 
     #[test]

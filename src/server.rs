@@ -70,10 +70,11 @@ pub async fn run(
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    tokio::spawn(sweep(app.clone()));
-    if let Err(e) = crate::cluster::start(&app) {
+    let cluster = crate::cluster::start(&app).unwrap_or_else(|e| {
         tracing::error!(error = %e, "cannot follow the cluster: rooms other nodes own are not served here");
-    }
+        None
+    });
+    tokio::spawn(sweep(app.clone(), cluster));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -569,8 +570,9 @@ fn websocket(
     resp.map(|_| Full::new(Bytes::new()))
 }
 
-/// Once a second: room gauges, ring occupancy, memory, and idle-room eviction.
-async fn sweep(app: Arc<App>) {
+/// Once a second: room gauges, ring occupancy, memory, idle-room eviction, and the cluster's
+/// roll calls of presence.
+async fn sweep(app: Arc<App>, cluster: Option<Arc<crate::cluster::Cluster>>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut shutdown = app.shutdown_signal();
     loop {
@@ -589,6 +591,9 @@ async fn sweep(app: Arc<App>) {
             }
         }
         app.unload_moved();
+        if let Some(cluster) = &cluster {
+            cluster.sweep();
+        }
         let (mut entries, mut capacity, mut full) = (0usize, 0usize, 0usize);
         for room in app.rooms.all() {
             // Counts of peers that come and go unlisted, at most a second old (see `presence`).

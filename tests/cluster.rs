@@ -166,3 +166,91 @@ async fn killing_the_owner_hands_the_room_to_a_follower_in_place_and_nothing_ack
     stop(b).await;
     stop(c).await;
 }
+
+fn merge(map: &mut serde_json::Map<String, serde_json::Value>, m: &serde_json::Value) {
+    for (k, v) in m["peers"].as_object().unwrap() {
+        if v.is_null() {
+            map.remove(k);
+        } else {
+            map.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+/// Reads until the presence map `c` holds (its welcome's, merged with every `presence` message
+/// since) satisfies `done`.
+async fn presence_until(
+    c: &mut Client,
+    map: &mut serde_json::Map<String, serde_json::Value>,
+    done: impl Fn(&serde_json::Map<String, serde_json::Value>) -> bool,
+) {
+    while !done(map) {
+        let m = c.recv().await;
+        if m["type"] == "presence" {
+            merge(map, &m);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_broadcasts_cross_nodes_and_a_dead_nodes_peers_are_forgotten() {
+    let redis = Redis::start();
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    let c = node(&redis, &[]);
+    assert_eq!(post(a.addr, "p", incr(1)).await.0, 200);
+    let mut on_a = Client::connect_at(a.addr, "p", "").await;
+    let mut on_b = Client::connect_at(b.addr, "p", "").await;
+    let mut maps = [
+        on_a.welcome["presence"].as_object().unwrap().clone(),
+        on_b.welcome["presence"].as_object().unwrap().clone(),
+    ];
+    // Updates from both sides reach the other node; the last value wins, a null removes a key.
+    for x in 0..5 {
+        on_a.send(json!({"type": "presence", "data": {"x": x, "tmp": 1}})).await;
+        on_b.send(json!({"type": "presence", "data": {"y": x}})).await;
+    }
+    on_a.send(json!({"type": "presence", "data": {"tmp": null}})).await;
+    let (ida, idb) = (on_a.client.clone(), on_b.client.clone());
+    let both = |m: &serde_json::Map<String, serde_json::Value>| {
+        m.get(&ida) == Some(&json!({"x": 4})) && m.get(&idb) == Some(&json!({"y": 4}))
+    };
+    presence_until(&mut on_a, &mut maps[0], both).await;
+    presence_until(&mut on_b, &mut maps[1], both).await;
+    // A client joining a third node later learns of both (the nodes answer its node's hello).
+    let mut on_c = Client::connect_at(c.addr, "p", "").await;
+    let mut map_c = on_c.welcome["presence"].as_object().unwrap().clone();
+    presence_until(&mut on_c, &mut map_c, both).await;
+    // Broadcasts reach every node's clients, not the sender.
+    on_b.send(json!({"type": "broadcast", "data": {"hello": "from b"}})).await;
+    for client in [&mut on_a, &mut on_c] {
+        let m = client.until("broadcast").await;
+        assert_eq!(
+            (m["client"].as_str(), &m["data"]),
+            (Some(idb.as_str()), &json!({"hello": "from b"})),
+            "{m}"
+        );
+    }
+    let (status, _) =
+        common::http_at(c.addr, "POST", "/v1/rooms/p/broadcast", Some(r#"{"data": 7}"#), "").await;
+    assert_eq!(status, 200);
+    assert_eq!(on_a.until("broadcast").await["data"], 7, "an HTTP broadcast on one node reaches the others");
+    // A node that dies without a word: its peers are forgotten elsewhere once it misses its roll
+    // calls (3 × 5 s).
+    crash(b);
+    let crashed = Instant::now();
+    let (idc, mut tick) = (on_c.client.clone(), 0);
+    // Each side keeps moving (so the test's reads never wait long) until both have dropped B's peer.
+    while maps[0].contains_key(&idb) || map_c.contains_key(&idb) {
+        assert!(crashed.elapsed() < Duration::from_secs(30), "B's peer forgotten in time");
+        tick += 1;
+        on_a.send(json!({"type": "presence", "data": {"x": tick}})).await;
+        on_c.send(json!({"type": "presence", "data": {"z": tick}})).await;
+        presence_until(&mut on_a, &mut maps[0], |m| m.get(&idc) == Some(&json!({"z": tick}))).await;
+        presence_until(&mut on_c, &mut map_c, |m| m.get(&ida) == Some(&json!({"x": tick}))).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("a dead node's peer forgotten {} ms after the SIGKILL", crashed.elapsed().as_millis());
+    stop(a).await;
+    stop(c).await;
+}

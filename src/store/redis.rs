@@ -243,9 +243,22 @@ pub trait Follower: Send + Sync {
     /// Another node took over a followed room from node `was`, and every record `was` stored
     /// has been handed over: what was forwarded to `was` and not answered never will be.
     fn owner_changed(&self, room: &RoomId, was: Option<u64>);
+    /// A message on the room's lane ([`RedisStore::publish`]), from any node (this one too).
+    fn lane(&self, room: &RoomId, body: &[u8]);
+    /// This node now hears the room's lane (what was published before, it missed).
+    fn listening(&self, room: &RoomId);
+}
+
+/// The pub/sub channel of a room's ephemeral lanes (presence and broadcasts).
+fn lane(room: &RoomId) -> String {
+    format!("ringsync:lane:{{{room}}}")
 }
 
 enum Op {
+    Publish {
+        room: RoomId,
+        body: String,
+    },
     Mail {
         to: u64,
         body: String,
@@ -274,7 +287,7 @@ impl Op {
     fn room(&self) -> Option<&RoomId> {
         match self {
             Op::Open { room, .. } | Op::Append { room, .. } | Op::Snapshot { room, .. } => Some(room),
-            Op::Barrier(_) | Op::Mail { .. } => None,
+            Op::Barrier(_) | Op::Mail { .. } | Op::Publish { .. } => None,
         }
     }
 }
@@ -384,12 +397,21 @@ impl RedisStore {
         self.push(Op::Mail { to, body });
     }
 
+    /// Publishes `body` on the room's lane (Redis pub/sub; sent by the store's thread), for every
+    /// node that has the room in memory.
+    pub fn publish(&self, room: &RoomId, body: String) {
+        self.push(Op::Publish { room: room.clone(), body });
+    }
+
     /// Starts following: the thread `ringsync-follow` reads this node's mailbox and the streams
-    /// of the rooms it follows, and hands what it reads to `sink`. Once per store.
+    /// of the rooms it follows, and hands what it reads to `sink`; the thread `ringsync-lanes`
+    /// subscribes to the lanes of every room this node owns or follows. Once per store.
     ///
     /// # Errors
     /// When the thread cannot be started.
     pub fn follow(&self, sink: Arc<dyn Follower>) -> Result<(), StoreError> {
+        let mut lanes =
+            Lanes { shared: self.shared.clone(), client: self.client.clone(), sink: sink.clone() };
         let mut reader = Reader {
             shared: self.shared.clone(),
             client: self.client.clone(),
@@ -400,8 +422,12 @@ impl RedisStore {
         std::thread::Builder::new()
             .name("ringsync-follow".into())
             .spawn(move || reader.run())
+            .map_err(|e| StoreError::io("cannot start the follower's thread", &e))?;
+        std::thread::Builder::new()
+            .name("ringsync-lanes".into())
+            .spawn(move || lanes.run())
             .map(drop)
-            .map_err(|e| StoreError::io("cannot start the follower's thread", &e))
+            .map_err(|e| StoreError::io("cannot start the lanes' thread", &e))
     }
 
     pub fn stats(&self) -> StatsSnapshot {
@@ -1013,6 +1039,9 @@ impl Writer {
                         .arg(body)
                         .ignore();
                 }
+                Op::Publish { room, body } => {
+                    pipe.cmd("PUBLISH").arg(lane(&room)).arg(body).ignore();
+                }
                 Op::Barrier(tx) => barriers.push(tx),
             }
         }
@@ -1407,6 +1436,83 @@ impl Reader {
         if let Some(f) = self.shared.followed.lock().get_mut(room) {
             f.moved = true;
         }
+    }
+}
+
+/// The lanes' thread (`ringsync-lanes`): one pub/sub connection subscribed to the lane of every
+/// room this node owns (opened) or follows, kept in step with them, handing each message to the
+/// [`Follower`].
+struct Lanes {
+    shared: Arc<Shared>,
+    client: redis::Client,
+    sink: Arc<dyn Follower>,
+}
+
+/// How long the lanes' thread waits for a message before it looks at the rooms again.
+const LANES_POLL: Duration = Duration::from_millis(50);
+
+impl Lanes {
+    fn run(&mut self) {
+        while !self.shared.queue.lock().stop {
+            if let Err(e) = self.session() {
+                tracing::warn!(error = %e, "redis lanes: connection lost; resubscribing");
+                std::thread::sleep(RETRY);
+            }
+        }
+    }
+
+    /// The rooms whose lanes this node listens to, by channel.
+    fn wanted(&self) -> HashMap<String, RoomId> {
+        let mut out: HashMap<String, RoomId> = HashMap::new();
+        for (room, o) in self.shared.owned.lock().iter() {
+            if o.opened && !o.lost {
+                out.insert(lane(room), room.clone());
+            }
+        }
+        for (room, f) in self.shared.followed.lock().iter() {
+            if !f.moved {
+                out.insert(lane(room), room.clone());
+            }
+        }
+        out
+    }
+
+    /// One connection's life: subscribes as rooms come and go, hands messages over.
+    fn session(&mut self) -> Result<(), StoreError> {
+        let mut con = connect(&self.client)?;
+        let mut pubsub = con.as_pubsub();
+        pubsub.set_read_timeout(Some(LANES_POLL)).map_err(|e| redis_error("cannot set a timeout", &e))?;
+        let mut subscribed: HashMap<String, RoomId> = HashMap::new();
+        let mut looked = None::<Instant>;
+        while !self.shared.queue.lock().stop {
+            if looked.is_none_or(|t| t.elapsed() >= LANES_POLL) {
+                looked = Some(Instant::now());
+                let wanted = self.wanted();
+                let add: Vec<&String> = wanted.keys().filter(|c| !subscribed.contains_key(*c)).collect();
+                let drop: Vec<String> =
+                    subscribed.keys().filter(|c| !wanted.contains_key(*c)).cloned().collect();
+                if !add.is_empty() {
+                    pubsub.subscribe(&add).map_err(|e| redis_error("SUBSCRIBE", &e))?;
+                    for channel in add {
+                        self.sink.listening(&wanted[channel]);
+                    }
+                }
+                if !drop.is_empty() {
+                    pubsub.unsubscribe(&drop).map_err(|e| redis_error("UNSUBSCRIBE", &e))?;
+                }
+                subscribed = wanted;
+            }
+            match pubsub.get_message() {
+                Ok(msg) => {
+                    if let Some(room) = subscribed.get(msg.get_channel_name()) {
+                        self.sink.lane(room, msg.get_payload_bytes());
+                    }
+                }
+                Err(e) if e.is_timeout() => {}
+                Err(e) => return Err(redis_error("pub/sub", &e)),
+            }
+        }
+        Ok(())
     }
 }
 
