@@ -29,7 +29,7 @@ use crate::ids::RoomId;
 use crate::memory::Budget;
 use crate::metrics as m;
 use crate::protocol::{ChangeKind, ErrorCode, Reject};
-use crate::room::{Change, ChangeRequest, Room};
+use crate::room::{self, Change, ChangeRequest, Room};
 use crate::rooms::{NoNewRoom, Rooms};
 use crate::session::{SessionLimits, Sessions};
 use crate::store::file::{FileOptions, FileStore, Fsync};
@@ -54,6 +54,8 @@ pub struct App {
     pub redis_store: Option<Arc<RedisStore>>,
     /// Set once in cluster mode (see [`App::attach_room`]).
     room_hook: std::sync::OnceLock<Arc<dyn RoomHook>>,
+    /// HTTP changes forwarded to owners so far (their ids, see [`App::forward_http`]).
+    http_forwards: std::sync::atomic::AtomicU64,
     pub sessions: Arc<Sessions>,
     pub metrics: PrometheusHandle,
     /// The admin API's secret (`--admin-token-file`), read once at start.
@@ -138,6 +140,7 @@ impl App {
             file_store,
             redis_store,
             room_hook: std::sync::OnceLock::new(),
+            http_forwards: std::sync::atomic::AtomicU64::new(0),
             rooms,
             sessions: Arc::new(sessions),
             metrics: m::install(),
@@ -299,16 +302,51 @@ impl App {
     }
 
     /// A client's change over its WebSocket: committed here ([`App::commit`]), or, when this
-    /// node follows the room (cluster mode: another node owns it), forwarded to the owner, and
-    /// `Ok(None)`: its ack then arrives with its record from the owner's stream, or its reject
-    /// by mail, both through the connection's writer as on the owner (see [`crate::cluster`]).
+    /// node follows the room (cluster mode: another node owns it), forwarded to the owner
+    /// ([`App::forward`]), and `Ok(None)`: its ack then arrives with its record from the owner's
+    /// stream, or its reject by mail, both through the connection's writer as on the owner (see
+    /// [`crate::cluster`]).
     ///
     /// # Errors
-    /// As [`App::commit`]; `unavailable` when the room's owner is not known at the moment.
+    /// As [`App::commit`] and [`App::forward`].
     pub fn submit(&self, room: &Room, req: ChangeRequest) -> Result<Option<Arc<Change>>, Reject> {
-        let Some(store) = self.redis_store.as_ref().filter(|_| room.is_follower()) else {
-            return self.commit(room, req).map(Some);
-        };
+        if room.is_follower() {
+            return self.forward(room, req, None).map(|()| None);
+        }
+        self.commit(room, req).map(Some)
+    }
+
+    /// An HTTP change to a room this node follows: forwarded to the owner under an id unique to
+    /// this node (its author stays the HTTP author), the receiver getting the change as
+    /// committed (once this node has taken its record) or the owner's reject.
+    ///
+    /// # Errors
+    /// As [`App::forward`].
+    pub fn forward_http(
+        &self,
+        room: &Room,
+        mut req: ChangeRequest,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Arc<Change>, Reject>>, Reject> {
+        let node = self.redis_store.as_ref().map_or(0, |s| s.node());
+        let n = self.http_forwards.fetch_add(1, Ordering::Relaxed) + 1;
+        req.client_req_id = Some(crate::ids::ClientReqId((node << 32) | (n & 0xffff_ffff)));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.forward(room, req, Some(tx))?;
+        Ok(rx)
+    }
+
+    /// Sends `req` to the owner of `room`, which this node follows; `reply` (an HTTP request's)
+    /// gets the answer, else the author's connection does.
+    ///
+    /// # Errors
+    /// `draining` once the server is shutting down; `unavailable` when the room's owner is not
+    /// known at the moment (it is changing hands).
+    pub fn forward(
+        &self,
+        room: &Room,
+        req: ChangeRequest,
+        reply: Option<room::follow::Reply>,
+    ) -> Result<(), Reject> {
         let refused = |code: ErrorCode, message: &str| {
             let r = Reject::new(code, message, room.rev().0);
             count_reject(&r);
@@ -319,17 +357,19 @@ impl App {
                 "the server is shutting down; the change was not applied: send it again after reconnecting";
             return refused(ErrorCode::Draining, message);
         }
-        let Some(owner) = store.owner_node(room.id()) else {
+        let Some((store, owner)) =
+            self.redis_store.as_ref().and_then(|s| s.owner_node(room.id()).map(|owner| (s, owner)))
+        else {
             let message = "the room's owner is changing; the change was not applied: send it again";
             return refused(ErrorCode::Unavailable, message);
         };
         metrics::counter!(m::CLUSTER_FORWARDED).increment(1);
         if let Some(id) = req.client_req_id {
-            room.note_forwarded(req.author, id, owner);
+            room.note_forwarded(req.author, id, owner, reply);
         }
         let mail = Mail::Change { room: room.id().to_string(), req: req.to_wire() };
         store.send(owner, &mail);
-        Ok(None)
+        Ok(())
     }
 
     /// Commits a change to `room`, recording the outcome in the metrics. Every write, over a

@@ -322,7 +322,9 @@ impl Cluster {
                 rev: reject.rev,
                 conflicts: reject.conflicts,
             };
-            self.store.send(Sessions::node_of(author), &mail);
+            // An HTTP change's author is no client: its id names the node that forwarded it.
+            let node = if author == ClientId::HTTP { id.0 >> 32 } else { Sessions::node_of(author) };
+            self.store.send(node, &mail);
         };
         let owned = RoomId::parse(room)
             .ok()

@@ -467,6 +467,9 @@ async fn post_change(
         ops,
         extras,
     };
+    if room.is_follower() {
+        return forward_change(app, &room, req, idempotency.as_ref()).await;
+    }
     let mut written = room.subscribe();
     // A room deleted (admin API) after the look-up refuses the change with `gone` (410).
     let committed = app.commit(&room, req);
@@ -487,6 +490,39 @@ async fn post_change(
             replay(&room, k).await.unwrap_or_else(|| unavailable(&room))
         }
         Err(r) => json(status_of(r.code), &r),
+    }
+}
+
+/// [`post_change`] in a room this node follows (cluster mode): the change goes to the owner,
+/// and the answer is the change as committed, once this node has taken its record, or the
+/// owner's reject.
+async fn forward_change(
+    app: &App,
+    room: &Arc<Room>,
+    req: ChangeRequest,
+    idempotency: Option<&IdempotencyKey>,
+) -> Response<Body> {
+    let answer = match app.forward_http(room, req) {
+        Ok(answer) => answer,
+        Err(r) => return json(status_of(r.code), &r),
+    };
+    match tokio::time::timeout(SETTLE_TIMEOUT, answer).await {
+        Ok(Ok(Ok(change))) => json(StatusCode::OK, &change.http_response()),
+        // The same key committed before (through any node): its answer.
+        Ok(Ok(Err(r))) if r.code == ErrorCode::Duplicate && idempotency.is_some() => {
+            let k = idempotency.expect("checked");
+            replay(room, k).await.unwrap_or_else(|| unavailable(room))
+        }
+        Ok(Ok(Err(r))) => json(status_of(r.code), &r),
+        // No answer in time, or the room's copy went away (it could not follow its owner).
+        Ok(Err(_)) | Err(_) => unavailable_saying(
+            room,
+            format!(
+                "the room's owner did not answer in time (within {} s); the change may still be applied: \
+                 retry with the same Idempotency-Key to learn its outcome, or read the room",
+                SETTLE_TIMEOUT.as_secs()
+            ),
+        ),
     }
 }
 

@@ -83,6 +83,23 @@ async fn clients_of_three_nodes_share_a_room_with_gapless_streams_and_every_ack_
     again.send(json!({"type": "change", "clientReqId": last, "ops": incr(1)})).await;
     let m = again.until("error").await;
     assert_eq!(m["code"], "duplicate", "{m}");
+    // HTTP writes through a follower are forwarded too, an Idempotency-Key holding across
+    // nodes: a retry through another node gets the first answer and is not applied again.
+    let rev = c.rev;
+    let body = json!({"ops": [{"op": "incr", "path": "/n", "value": 100}]}).to_string();
+    let key = "Idempotency-Key: cluster-1\r\n";
+    let (status, first) =
+        common::http_at(nodes[2].addr, "POST", "/v1/rooms/g/changes", Some(&body), key).await;
+    assert_eq!((status, first["rev"].as_u64()), (200, Some(rev + 1)), "{first}");
+    for n in [&nodes[1], &nodes[0]] {
+        let (status, again) = common::http_at(n.addr, "POST", "/v1/rooms/g/changes", Some(&body), key).await;
+        assert_eq!((status, &again), (200, &first), "the first answer, not a second change");
+    }
+    let (status, refused) =
+        post(nodes[1].addr, "g", json!([{"op": "test", "path": "/n", "value": -1}])).await;
+    assert_eq!((status, refused["code"].as_str()), (409, Some("test_failed")), "{refused}");
+    let (_, room) = get(nodes[1].addr, "/v1/rooms/g").await;
+    assert_eq!((room["rev"].as_u64(), &room["state"]["n"]), (Some(rev + 1), &json!(3 * EACH + 100)));
     for n in nodes {
         stop(n).await;
     }

@@ -2,8 +2,8 @@
 //! binary and a `redis-server` each test starts itself, on a free port in a temporary directory,
 //! and stops by its PID: a restart keeps state, revision and epoch, a client resumes by delta and
 //! a resend is applied once; with two nodes a room has one owner, the other only follows it
-//! (serving reads and WebSocket clients, never committing itself) until the owner is killed, then
-//! drops its copy and takes the room over with the same epoch and every acknowledged change; a
+//! (serving reads and clients, forwarding writes, never committing itself) until the owner is
+//! killed, then takes the room over in place with the same epoch and every acknowledged change; a
 //! node whose lease another node took has its appends fenced (rejected `unavailable`, nothing
 //! written) and it lets the room go (4013); a node cut off from Redis stops committing and
 //! another takes its rooms without a fork; Redis killed and restarted with AOF loses nothing
@@ -141,21 +141,25 @@ async fn one_owner_per_room_and_a_takeover_after_a_sigkill_keeps_every_acknowled
     let (status, _) = post(a.addr, "r", json!([{"op": "add", "path": "/k0", "value": 0}])).await;
     assert_eq!(status, 200);
 
-    // B follows the room A owns: it serves reads and WebSocket clients, never commits itself
-    // (HTTP writes go to the owner: refused here), nothing is forked.
+    // B follows the room A owns: it serves reads and WebSocket clients and forwards writes to
+    // A, never commits itself; nothing is forked.
     let (status, body) = post(b.addr, "r", incr(1)).await;
-    assert_eq!((status, body["code"].as_str()), (503, Some("unavailable")), "{body}");
+    assert_eq!((status, body["rev"].as_u64()), (200, Some(2)), "forwarded to A: {body}");
     let (status, room) = get(b.addr, "/v1/rooms/r").await;
-    assert_eq!((status, room["rev"].as_u64()), (200, Some(1)), "{room}");
+    assert_eq!(
+        (status, room["rev"].as_u64(), room["state"]["n"].as_u64()),
+        (200, Some(2), Some(1)),
+        "{room}"
+    );
     let mut on_b = Client::connect_at(b.addr, "r", "").await;
-    assert_eq!(on_b.rev, 1);
+    assert_eq!(on_b.rev, 2);
 
     // A WebSocket client of A commits twice (its session's dedupe state is stored with them).
     let mut w = Client::connect_at(a.addr, "r", "").await;
     for _ in 0..2 {
         w.change("overwrite", incr(1)).await;
     }
-    w.sync_to(3).await;
+    w.sync_to(4).await;
 
     // A writer keeps writing to A, one key per change, until A dies under it.
     let acked = Arc::new(parking_lot::Mutex::new(vec![0u64]));
@@ -181,9 +185,9 @@ async fn one_owner_per_room_and_a_takeover_after_a_sigkill_keeps_every_acknowled
     let acked: BTreeSet<u64> = acked.lock().iter().copied().collect();
     assert!(acked.len() > 10, "the writer got going: {}", acked.len());
 
-    // B drops its follower copy once A's lease lapses, then takes the room over: same epoch,
-    // every acknowledged change.
-    assert_eq!(on_b.closed().await, 4013, "B's clients are told to reconnect");
+    // B takes the room over in place once A's lease lapses (its clients stay connected): same
+    // epoch, every acknowledged change.
+    metric_until(b.addr, "ringsync_cluster_takeovers_total", |v| v == 1.0).await;
     let room = loop {
         let (status, room) = get(b.addr, "/v1/rooms/r").await;
         if status == 200 {
@@ -205,9 +209,9 @@ async fn one_owner_per_room_and_a_takeover_after_a_sigkill_keeps_every_acknowled
         "every acknowledged change survives: missing {:?}",
         acked.difference(&keys)
     );
-    assert_eq!(room["state"]["n"], 2, "the WebSocket client's changes survive");
+    assert_eq!(room["state"]["n"], 3, "the forwarded and the WebSocket client's changes survive");
     let rev = room["rev"].as_u64().unwrap();
-    assert_eq!(rev, keys.len() as u64 + 2, "one revision per change, none lost or doubled");
+    assert_eq!(rev, keys.len() as u64 + 3, "one revision per change, none lost or doubled");
     // The WebSocket client resumes its session on B, and a resend of its last change is
     // recognised there: applied once across the failover.
     let query = format!("session={}&epoch={}&since={rev}", w.session, w.epoch);
@@ -226,7 +230,7 @@ async fn one_owner_per_room_and_a_takeover_after_a_sigkill_keeps_every_acknowled
     let (status, body) = post(b.addr, "r", incr(1)).await;
     assert_eq!((status, body["rev"].as_u64()), (200, Some(rev + 1)), "{body}");
     let (_, room) = get(b.addr, "/v1/rooms/r").await;
-    assert_eq!(room["state"]["n"], 3, "the resend was not applied; this change was");
+    assert_eq!(room["state"]["n"], 4, "the resend was not applied; this change was");
     assert_eq!(redis.log_revs("r").last(), Some(&(rev + 1)));
     metric_until(b.addr, "ringsync_redis_rooms_owned", |v| v == 1.0).await;
     metric_until(b.addr, "ringsync_redis_lease_renewals_total", |v| v >= 1.0).await;
@@ -264,10 +268,10 @@ async fn a_node_whose_lease_was_taken_is_fenced_unloads_the_room_and_closes_its_
     metric_until(a.addr, "ringsync_redis_append_failures_total", |v| v >= 1.0).await;
     metric_until(a.addr, "ringsync_redis_appends_total", |v| v == 2.0).await;
     metric_until(a.addr, "ringsync_redis_rooms_owned", |v| v == 0.0).await;
-    // Once the other node gives the room up, A drops its copy and loads the room again, as it
-    // was stored, now as its owner.
+    // Once the other node gives the room up, A takes it over in place (the copy's client stays
+    // connected), as it was stored.
     let _: () = redis::cmd("DEL").arg("ringsync:{f}:owner").query(&mut redis.con()).unwrap();
-    assert_eq!(follower.closed().await, 4013, "the copy is dropped once its owner is gone");
+    metric_until(a.addr, "ringsync_cluster_takeovers_total", |v| v == 1.0).await;
     let (status, room) = get(a.addr, "/v1/rooms/f").await;
     assert_eq!(
         (status, room["rev"].as_u64(), room["state"]["n"].as_u64()),
@@ -276,6 +280,7 @@ async fn a_node_whose_lease_was_taken_is_fenced_unloads_the_room_and_closes_its_
     );
     assert_eq!(post(a.addr, "f", incr(1)).await.0, 200);
     assert_eq!(redis.log_revs("f"), [1, 2, 3]);
+    follower.sync_to(3).await;
     stop(a).await;
 }
 

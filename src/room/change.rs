@@ -37,8 +37,7 @@ pub struct ChangeRequest {
 
 impl ChangeRequest {
     /// The request as JSON, for a node that forwards it to the room's owner (cluster mode): every
-    /// field the owner needs to commit it as its author's (an HTTP `Idempotency-Key` is not
-    /// forwarded: HTTP writes are committed where the room is owned).
+    /// field the owner needs to commit it as its author's, an HTTP `Idempotency-Key` included.
     pub fn to_wire(&self) -> Value {
         let (kind, reverts) = match self.extras.kind {
             ChangeKind::Plain => (0, None),
@@ -59,6 +58,7 @@ impl ChangeRequest {
             "meta": self.extras.meta,
             "mayRevertAny": self.extras.may_revert_any,
             "session": self.extras.session.as_deref(),
+            "idempotency": self.extras.idempotency.as_ref().map(|k| serde_json::json!({"key": k.key, "fingerprint": k.fingerprint})),
         })
     }
 
@@ -93,7 +93,12 @@ impl ChangeRequest {
                 meta,
                 may_revert_any: v.get("mayRevertAny").and_then(Value::as_bool).unwrap_or(false),
                 session: str_of("session"),
-                idempotency: None,
+                idempotency: v.get("idempotency").and_then(|k| {
+                    Some(crate::store::IdempotencyKey {
+                        key: k.get("key")?.as_str()?.to_string(),
+                        fingerprint: k.get("fingerprint")?.as_u64()?,
+                    })
+                }),
             },
         })
     }

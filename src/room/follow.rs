@@ -23,6 +23,7 @@
 //! afresh). Everything a follower holds is visible: `durable` is its head. Every forwarded change
 //! is answered once: by its record, by the owner's reject, or by `owner_gone`.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::change::Committed;
@@ -34,12 +35,32 @@ use crate::protocol::{ErrorCode, Reject};
 use crate::store::Record;
 
 /// A change a follower forwarded and the owner has not answered yet.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Forwarded {
     author: ClientId,
     id: ClientReqId,
     /// The node it was sent to.
     owner: u64,
+    /// Who waits for the answer (an HTTP request; a connection hears it through its writer).
+    reply: Option<Reply>,
+}
+
+/// Where the answer to a forwarded change goes: the change as committed, or why not.
+pub type Reply = tokio::sync::oneshot::Sender<Result<Arc<Change>, Reject>>;
+
+impl Forwarded {
+    /// Whether `change` (by `author`, with `id`) answers this one. A session's ids grow, so its
+    /// change answers every earlier one too; an HTTP change (author 0, its id unique to the
+    /// forwarding node) answers only itself.
+    fn answered_by(&self, author: ClientId, id: ClientReqId) -> bool {
+        self.author == author && if author == ClientId::HTTP { self.id == id } else { self.id <= id }
+    }
+
+    fn answer(self, outcome: Result<Arc<Change>, Reject>) {
+        if let Some(reply) = self.reply {
+            let _ = reply.send(outcome);
+        }
+    }
 }
 
 impl Room {
@@ -85,29 +106,48 @@ impl Room {
         let (change, held) = Change::encode(Rev(rec.rev), req, rec.ops.as_bytes(), applied, done);
         let growth = memory::state_growth(&change.ops, &change.inverse, &g.state);
         self.keep.lock().note_record(rec, &change);
-        if let Some(id) = change.client_req_id {
-            self.forwarded.lock().retain(|f| !(f.author == change.author && f.id <= id));
-        }
-        g.ring.push(rec.rev, change, held);
+        let answered: Vec<Forwarded> = match change.client_req_id {
+            Some(id) => {
+                let mut forwarded = self.forwarded.lock();
+                let (done, open) = forwarded.drain(..).partition(|f| f.answered_by(change.author, id));
+                *forwarded = open;
+                done
+            }
+            None => Vec::new(),
+        };
+        g.ring.push(rec.rev, change.clone(), held);
         self.account(g, growth);
         self.rev.store(rec.rev, Ordering::Release);
         self.durable.store(rec.rev, Ordering::Release);
         drop(guard);
         self.notify(Rev(rec.rev));
+        for f in answered {
+            f.answer(Ok(change.clone()));
+        }
         Ok(true)
     }
 
     /// The owner refused `author`'s forwarded change `id`: the author's connection on this node
     /// is sent the reject (as a rollback's is: see [`Room::rejections_for`]).
     pub fn reject_forwarded(&self, author: ClientId, id: ClientReqId, reject: Reject) {
-        self.forwarded.lock().retain(|f| !(f.author == author && f.id == id));
-        self.push_rejection(author, id, reject);
-        self.wake_listeners();
+        let waiting = {
+            let mut forwarded = self.forwarded.lock();
+            let i = forwarded.iter().position(|f| f.author == author && f.id == id);
+            i.map(|i| forwarded.swap_remove(i))
+        };
+        match waiting {
+            Some(f) if f.reply.is_some() => f.answer(Err(reject)),
+            _ => {
+                self.push_rejection(author, id, reject);
+                self.wake_listeners();
+            }
+        }
     }
 
-    /// Notes that `author`'s change `id` was forwarded to node `owner`.
-    pub fn note_forwarded(&self, author: ClientId, id: ClientReqId, owner: u64) {
-        self.forwarded.lock().push(Forwarded { author, id, owner });
+    /// Notes that `author`'s change `id` was forwarded to node `owner`; `reply`, when given,
+    /// gets the answer (else the author's connection does, through its writer).
+    pub fn note_forwarded(&self, author: ClientId, id: ClientReqId, owner: u64, reply: Option<Reply>) {
+        self.forwarded.lock().push(Forwarded { author, id, owner, reply });
     }
 
     /// Forwarded changes not answered yet.
@@ -121,19 +161,26 @@ impl Room {
     pub fn owner_gone(&self, old: Option<u64>) -> usize {
         let open: Vec<Forwarded> = {
             let mut forwarded = self.forwarded.lock();
-            let (gone, kept) = forwarded.drain(..).partition(|f| old.is_none_or(|o| o == f.owner));
+            let (gone, kept): (Vec<_>, Vec<_>) =
+                forwarded.drain(..).partition(|f| old.is_none_or(|o| o == f.owner));
             *forwarded = kept;
             gone
         };
         let message =
             "the room's owner changed before it stored this change: it was not applied; send it again";
-        for f in &open {
-            self.push_rejection(f.author, f.id, Reject::new(ErrorCode::Unavailable, message, self.rev().0));
+        let n = open.len();
+        for f in open {
+            let reject = Reject::new(ErrorCode::Unavailable, message, self.rev().0);
+            if f.reply.is_some() {
+                f.answer(Err(reject));
+            } else {
+                self.push_rejection(f.author, f.id, reject);
+            }
         }
-        if !open.is_empty() {
+        if n > 0 {
             self.wake_listeners();
         }
-        open.len()
+        n
     }
 
     /// This node took the room's lease over: the copy, holding everything the old owner stored
