@@ -232,6 +232,9 @@ async fn one_owner_per_room_and_a_takeover_after_a_sigkill_keeps_every_acknowled
     let (_, room) = get(b.addr, "/v1/rooms/r").await;
     assert_eq!(room["state"]["n"], 4, "the resend was not applied; this change was");
     assert_eq!(redis.log_revs("r").last(), Some(&(rev + 1)));
+    // B's own client stayed connected through the takeover and holds it all.
+    on_b.sync_to(rev + 1).await;
+    assert_eq!(on_b.state["n"], 4);
     metric_until(b.addr, "ringsync_redis_rooms_owned", |v| v == 1.0).await;
     metric_until(b.addr, "ringsync_redis_lease_renewals_total", |v| v >= 1.0).await;
     stop(b).await;
