@@ -309,7 +309,7 @@ impl App {
     ///
     /// # Errors
     /// As [`App::commit`] and [`App::forward`].
-    pub fn submit(&self, room: &Room, req: ChangeRequest) -> Result<Option<Arc<Change>>, Reject> {
+    pub fn submit(&self, room: &Arc<Room>, req: ChangeRequest) -> Result<Option<Arc<Change>>, Reject> {
         if room.is_follower() {
             return self.forward(room, req, None).map(|()| None);
         }
@@ -324,7 +324,7 @@ impl App {
     /// As [`App::forward`].
     pub fn forward_http(
         &self,
-        room: &Room,
+        room: &Arc<Room>,
         mut req: ChangeRequest,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<Arc<Change>, Reject>>, Reject> {
         let node = self.redis_store.as_ref().map_or(0, |s| s.node());
@@ -343,7 +343,7 @@ impl App {
     /// known at the moment (it is changing hands).
     pub fn forward(
         &self,
-        room: &Room,
+        room: &Arc<Room>,
         req: ChangeRequest,
         reply: Option<room::follow::Reply>,
     ) -> Result<(), Reject> {
@@ -364,11 +364,24 @@ impl App {
             return refused(ErrorCode::Unavailable, message);
         };
         metrics::counter!(m::CLUSTER_FORWARDED).increment(1);
-        if let Some(id) = req.client_req_id {
+        let lost = req.client_req_id.map(|id| {
             room.note_forwarded(req.author, id, owner, reply);
-        }
+            // Redis was unreachable: the owner may never see it, and nobody would answer.
+            let (copy, author) = (Arc::downgrade(room), req.author);
+            Box::new(move || {
+                if let Some(copy) = copy.upgrade() {
+                    let message =
+                        "the change may not have reached the room's owner (Redis unreachable): send it again";
+                    copy.reject_forwarded(
+                        author,
+                        id,
+                        Reject::new(ErrorCode::Unavailable, message, copy.rev().0),
+                    );
+                }
+            }) as crate::store::redis::Lost
+        });
         let mail = Mail::Change { room: room.id().to_string(), req: req.to_wire() };
-        store.send(owner, &mail);
+        store.send(owner, &mail, lost);
         Ok(())
     }
 

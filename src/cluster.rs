@@ -33,6 +33,10 @@
 //! node reconnect to any node and resume by delta. A copy that cannot follow (a gap, damage) is
 //! dropped and its clients closed with 4013.
 //!
+//! A forwarded change nobody answers (a mail lost while Redis was unreachable, an owner that
+//! stalls without losing its lease) is rejected `unavailable` on the follower after
+//! [`FORWARD_TIMEOUT`]; the author's resend is applied once, by the owner's dedupe.
+//!
 //! Invariants: a follower copy never commits; the owner commits a forwarded change at most once
 //! per session and `clientReqId`; every forwarded change is answered once: acknowledged through
 //! the stream, or rejected (by mail, or when its owner changed before storing it).
@@ -74,6 +78,9 @@ struct Lanes {
 /// A node calls the roll of its own peers in each room this often; a node not heard from in a
 /// room for [`ROLL_LAPSE`] rolls has its peers forgotten there (it died, or left the room).
 const ROLL_EVERY: Duration = Duration::from_secs(5);
+/// A forwarded change the owner has not answered for this long (or three leases, if longer) is
+/// rejected `unavailable` on the follower, for its author to send again.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 const ROLL_LAPSE: u32 = 3;
 
 /// A message on a room's lane (Redis pub/sub): presence and broadcasts across nodes.
@@ -155,6 +162,15 @@ impl Cluster {
     /// room every [`ROLL_EVERY`], and forgets the peers of nodes not heard from for
     /// [`ROLL_LAPSE`] rolls.
     pub fn sweep(&self) {
+        if let Some(app) = self.app.upgrade() {
+            let wait = FORWARD_TIMEOUT.max(app.config.owner_lease * 3);
+            for room in app.rooms.all().into_iter().filter(|r| r.is_follower()) {
+                let expired = room.expire_forwarded(wait);
+                if expired > 0 {
+                    tracing::warn!(room = %room.id(), expired, "forwarded changes the owner did not answer: rejected unavailable");
+                }
+            }
+        }
         let mut lanes = self.lanes.lock();
         lanes.retain(|_, l| l.room.upgrade().is_some_and(|r| !r.is_retired()));
         let mut due = Vec::new();
@@ -324,7 +340,7 @@ impl Cluster {
             };
             // An HTTP change's author is no client: its id names the node that forwarded it.
             let node = if author == ClientId::HTTP { id.0 >> 32 } else { Sessions::node_of(author) };
-            self.store.send(node, &mail);
+            self.store.send(node, &mail, None);
         };
         let owned = RoomId::parse(room)
             .ok()

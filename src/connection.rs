@@ -452,7 +452,7 @@ fn handle_owned(
             };
             // The session lock is held across the commit so a snapshot never reports a
             // lastClientReqId its revision does not contain yet.
-            let result = app.submit(room, req);
+            let result = app.submit(&session.room, req);
             if matches!(&result, Err(r) if r.code == ErrorCode::Draining) {
                 // Not processed: the client sends it again after reconnecting, with this id.
                 st.last_req = processed;

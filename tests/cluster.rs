@@ -271,3 +271,41 @@ async fn presence_and_broadcasts_cross_nodes_and_a_dead_nodes_peers_are_forgotte
     stop(a).await;
     stop(c).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_and_follower_carry_on_after_redis_restarts_with_aof() {
+    let mut redis = Redis::start_with(&["--appendonly", "yes", "--appendfsync", "always", "--save", ""]);
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    assert_eq!(post(a.addr, "s", incr(1)).await.0, 200);
+    let mut on_a = Client::connect_at(a.addr, "s", "").await;
+    let mut on_b = Client::connect_at(b.addr, "s", "").await;
+    on_b.change("overwrite", incr(1)).await;
+    on_b.sync_to(2).await;
+    on_a.sync_to(2).await;
+    redis.crash_and_restart();
+    // Both nodes reconnect by themselves: the follower's writes reach the owner again (the
+    // first ones may meet a broken connection and be rejected `unavailable`, then sent again),
+    // and both clients converge.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut acked = 0;
+    while acked < 3 {
+        assert!(Instant::now() < deadline, "writes through the follower resume in time");
+        if write_one(&mut on_b, &format!("b{acked}")).await {
+            acked += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let rev = on_b.rev;
+    on_a.sync_to(rev).await;
+    assert_eq!(on_a.state, on_b.state);
+    assert_eq!(redis.log_revs("s"), (1..=rev).collect::<Vec<_>>(), "nothing acknowledged lost");
+    // Presence crosses again too (the lanes resubscribed).
+    on_a.send(json!({"type": "presence", "data": {"back": true}})).await;
+    let mut map = on_b.welcome["presence"].as_object().unwrap().clone();
+    let ida = on_a.client.clone();
+    presence_until(&mut on_b, &mut map, |m| m.get(&ida) == Some(&json!({"back": true}))).await;
+    stop(a).await;
+    stop(b).await;
+}

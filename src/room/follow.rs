@@ -25,6 +25,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use super::change::Committed;
 use super::{Change, Room, UserKey};
@@ -43,6 +44,8 @@ pub struct Forwarded {
     owner: u64,
     /// Who waits for the answer (an HTTP request; a connection hears it through its writer).
     reply: Option<Reply>,
+    /// When it was sent.
+    at: Instant,
 }
 
 /// Where the answer to a forwarded change goes: the change as committed, or why not.
@@ -147,7 +150,36 @@ impl Room {
     /// Notes that `author`'s change `id` was forwarded to node `owner`; `reply`, when given,
     /// gets the answer (else the author's connection does, through its writer).
     pub fn note_forwarded(&self, author: ClientId, id: ClientReqId, owner: u64, reply: Option<Reply>) {
-        self.forwarded.lock().push(Forwarded { author, id, owner, reply });
+        self.forwarded.lock().push(Forwarded { author, id, owner, reply, at: Instant::now() });
+    }
+
+    /// Rejects `unavailable` every forwarded change the owner has not answered for `wait` (a
+    /// mail lost on its way, an owner that stalls): its author sends it again, which the
+    /// owner's dedupe makes safe. Returns how many.
+    pub fn expire_forwarded(&self, wait: Duration) -> usize {
+        let stale: Vec<Forwarded> = {
+            let mut forwarded = self.forwarded.lock();
+            let (stale, open): (Vec<_>, Vec<_>) = forwarded.drain(..).partition(|f| f.at.elapsed() >= wait);
+            *forwarded = open;
+            stale
+        };
+        let n = stale.len();
+        let message = format!(
+            "the room's owner did not answer within {} s: send the change again (a change already applied is recognised)",
+            wait.as_secs()
+        );
+        for f in stale {
+            let reject = Reject::new(ErrorCode::Unavailable, message.clone(), self.rev().0);
+            if f.reply.is_some() {
+                f.answer(Err(reject));
+            } else {
+                self.push_rejection(f.author, f.id, reject);
+            }
+        }
+        if n > 0 {
+            self.wake_listeners();
+        }
+        n
     }
 
     /// Forwarded changes not answered yet.

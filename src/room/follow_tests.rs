@@ -119,3 +119,45 @@ fn a_forwarded_request_round_trips_through_its_wire_form() {
     assert_eq!((back.extras.kind, back.extras.session), (protocol::ChangeKind::Reverts(Rev(3)), None));
     assert!(ChangeRequest::from_wire(&json!({"author": 1})).is_err());
 }
+
+#[test]
+fn a_forwarded_change_is_answered_once_by_its_record_its_reject_its_owners_end_or_the_timeout() {
+    let (store, owner, follower) = owner_and_follower();
+    let waiter = |f: &Room, id: u64, node: u64| {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        f.note_forwarded(ClientId::HTTP, ClientReqId(id), node, Some(tx));
+        rx
+    };
+    // An HTTP change is answered by its own record only (ids are unique per node, not ordered
+    // across nodes).
+    let mut mine = waiter(&follower, 2 << 32 | 1, 1);
+    let mut other = waiter(&follower, 3 << 32 | 9, 1);
+    let http = |id: u64| ChangeRequest {
+        author: ClientId::HTTP,
+        user: None,
+        client_req_id: Some(ClientReqId(id)),
+        extras: Extras::default(),
+        ..change(0, 0, json!([{"op": "incr", "path": "/n", "value": 1}]))
+    };
+    owner.commit(http(3 << 32 | 9)).unwrap();
+    follower.follow(&store.records(owner.id())[0]).unwrap();
+    assert_eq!(other.try_recv().unwrap().unwrap().rev, Rev(1));
+    assert!(mine.try_recv().is_err(), "not answered by another node's change");
+    follower.reject_forwarded(
+        ClientId::HTTP,
+        ClientReqId(2 << 32 | 1),
+        Reject::new(ErrorCode::Conflict, "no", 1),
+    );
+    assert_eq!(mine.try_recv().unwrap().unwrap_err().code, ErrorCode::Conflict);
+    assert!(follower.rejections_for(ClientId::HTTP, &mut 0).is_empty(), "an HTTP answer goes to its request");
+    // A session's change is answered through its connection: by the owner's end...
+    follower.note_forwarded(ClientId(5), ClientReqId(1), 1, None);
+    follower.note_forwarded(ClientId(6), ClientReqId(1), 2, None);
+    assert_eq!(follower.owner_gone(Some(1)), 1, "only what went to the old owner");
+    assert_eq!(follower.rejections_for(ClientId(5), &mut 0)[0].reject.code, ErrorCode::Unavailable);
+    // ... or by the timeout.
+    assert_eq!(follower.expire_forwarded(std::time::Duration::from_secs(60)), 0);
+    assert_eq!(follower.expire_forwarded(std::time::Duration::ZERO), 1);
+    assert_eq!(follower.rejections_for(ClientId(6), &mut 0).len(), 1);
+    assert_eq!(follower.forwarded_open(), 0);
+}

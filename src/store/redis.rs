@@ -209,6 +209,9 @@ struct Followed {
     moved: bool,
 }
 
+/// What to do when a mail may not have been sent (see [`RedisStore::send`]).
+pub type Lost = Box<dyn FnOnce() + Send>;
+
 /// What one node sends another through its mailbox (JSON in the entry's field `m`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "t", rename_all = "lowercase")]
@@ -262,6 +265,8 @@ enum Op {
     Mail {
         to: u64,
         body: String,
+        /// Called when the round carrying it failed (the mail may not have reached Redis).
+        lost: Option<Lost>,
     },
     Open {
         room: RoomId,
@@ -392,9 +397,11 @@ impl RedisStore {
 
     /// Queues `body` for node `to`'s mailbox. Sent by the store's thread in the same pipeline
     /// as the appends, in order: an answer queued after a commit reaches Redis after its record.
-    pub fn send(&self, to: u64, mail: &Mail) {
+    /// `lost` is called if the round carrying it fails (Redis unreachable): the mail may not
+    /// have arrived, and nobody would answer it.
+    pub fn send(&self, to: u64, mail: &Mail, lost: Option<Lost>) {
         let body = serde_json::to_string(mail).expect("mail serialises");
-        self.push(Op::Mail { to, body });
+        self.push(Op::Mail { to, body, lost });
     }
 
     /// Publishes `body` on the room's lane (Redis pub/sub; sent by the store's thread), for every
@@ -949,6 +956,7 @@ impl Writer {
         let mut pipe = redis::pipe();
         let mut sent = Vec::new();
         let mut barriers = Vec::new();
+        let mut losts: Vec<Lost> = Vec::new();
         let mut doomed: Vec<Doomed> = Vec::new();
         // Consecutive records of one room and generation become one script call.
         let mut run: Option<Run> = None;
@@ -1028,7 +1036,8 @@ impl Writer {
                         .arg(keep_from)
                         .ignore();
                 }
-                Op::Mail { to, body } => {
+                Op::Mail { to, body, lost } => {
+                    losts.extend(lost);
                     pipe.cmd("XADD")
                         .arg(mailbox(to))
                         .arg("MAXLEN")
@@ -1046,8 +1055,10 @@ impl Writer {
             }
         }
         flush_run(&mut run, &mut pipe, &mut sent);
-        if !pipe.is_empty() {
-            self.send(&pipe, sent);
+        if !pipe.is_empty() && !self.send(&pipe, sent) {
+            for lost in losts {
+                lost();
+            }
         }
         for (room, generation, rev, e, journal) in doomed {
             self.shared.stats.append_failures.fetch_add(1, Ordering::Relaxed);
@@ -1060,8 +1071,9 @@ impl Writer {
 }
 
 impl Writer {
-    /// Sends one round and reports each room's outcome to its journal.
-    fn send(&mut self, pipe: &redis::Pipeline, sent: Vec<Sent>) {
+    /// Sends one round and reports each room's outcome to its journal; `false` when the round
+    /// failed as a whole (Redis unreachable, or its answer lost).
+    fn send(&mut self, pipe: &redis::Pipeline, sent: Vec<Sent>) -> bool {
         self.shared.stats.rounds.fetch_add(1, Ordering::Relaxed);
         let replies = match self.connection() {
             Ok(con) => pipe.query::<Vec<Value>>(con).map_err(|e| {
@@ -1075,9 +1087,13 @@ impl Writer {
             Ok(replies) => {
                 let e = StoreError(format!("redis: {} replies for {} appends", replies.len(), sent.len()));
                 self.con = None;
-                return self.fail_all(&sent, &e);
+                self.fail_all(&sent, &e);
+                return false;
             }
-            Err(e) => return self.fail_all(&sent, &e),
+            Err(e) => {
+                self.fail_all(&sent, &e);
+                return false;
+            }
         };
         for (reply, Sent { room, generation, first, count, journal }) in replies.into_iter().zip(sent) {
             let (outcome, moved) = match &reply {
@@ -1117,6 +1133,7 @@ impl Writer {
                 self.shared.lose(&room);
             }
         }
+        true
     }
 
     /// The round did not reach Redis (or its answer was lost): every append in it fails.
