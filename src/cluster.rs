@@ -60,7 +60,8 @@ use crate::store::{Journal, Record, Store};
 /// The node's side of the cluster: handed to the Redis store's follower thread.
 pub struct Cluster {
     app: Weak<App>,
-    store: Arc<RedisStore>,
+    /// Weak: the store's threads hold this value, and the store stops them when it drops.
+    store: Weak<RedisStore>,
     node: u64,
     /// The rooms whose lanes are relayed, with what the roll calls need.
     lanes: Mutex<HashMap<RoomId, Lanes>>,
@@ -78,10 +79,10 @@ struct Lanes {
 /// A node calls the roll of its own peers in each room this often; a node not heard from in a
 /// room for [`ROLL_LAPSE`] rolls has its peers forgotten there (it died, or left the room).
 const ROLL_EVERY: Duration = Duration::from_secs(5);
+const ROLL_LAPSE: u32 = 3;
 /// A forwarded change the owner has not answered for this long (or three leases, if longer) is
 /// rejected `unavailable` on the follower, for its author to send again.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
-const ROLL_LAPSE: u32 = 3;
 
 /// A message on a room's lane (Redis pub/sub): presence and broadcasts across nodes.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -115,7 +116,7 @@ pub fn start(app: &Arc<App>) -> Result<Option<Arc<Cluster>>, String> {
     let node = store.node();
     let cluster = Arc::new(Cluster {
         app: Arc::downgrade(app),
-        store: store.clone(),
+        store: Arc::downgrade(&store),
         node,
         lanes: Mutex::new(HashMap::new()),
     });
@@ -129,7 +130,7 @@ impl RoomHook for Cluster {
     /// Relays the room's presence and broadcasts to the other nodes (once per room copy), and
     /// asks them for their peers.
     fn attach(&self, room: &Arc<Room>) {
-        let store = Arc::downgrade(&self.store);
+        let store = self.store.clone();
         let (id, node) = (room.id().clone(), self.node);
         let relayed = room.presence.set_relay(Box::new(move |e| {
             if let Some(store) = store.upgrade() {
@@ -139,7 +140,7 @@ impl RoomHook for Cluster {
         if !relayed {
             return;
         }
-        let store = Arc::downgrade(&self.store);
+        let store = self.store.clone();
         let id = room.id().clone();
         room.broadcasts.set_relay(Box::new(move |from, data| {
             if let Some(store) = store.upgrade() {
@@ -148,7 +149,7 @@ impl RoomHook for Cluster {
         }));
         let lanes = Lanes { room: Arc::downgrade(room), rolled: Instant::now(), heard: HashMap::new() };
         self.lanes.lock().insert(room.id().clone(), lanes);
-        publish(&self.store, room.id(), node, Lane::Hello);
+        self.publish(room.id(), Lane::Hello);
     }
 }
 
@@ -198,10 +199,16 @@ impl Cluster {
         }
     }
 
+    fn publish(&self, room: &RoomId, what: Lane) {
+        if let Some(store) = self.store.upgrade() {
+            publish(&store, room, self.node, what);
+        }
+    }
+
     fn roll(&self, id: &RoomId, room: &Room) {
         let me = self.node;
         let peers = room.presence.roll(|c| Sessions::node_of(c) == me);
-        publish(&self.store, id, me, Lane::Roll { peers });
+        self.publish(id, Lane::Roll { peers });
     }
 }
 
@@ -236,7 +243,8 @@ impl Follower for Cluster {
             return false;
         };
         let journal: Weak<dyn Journal> = Arc::downgrade(&copy) as _;
-        copy.attach_log(self.store.open(room, copy.epoch().as_str(), journal));
+        let Some(store) = self.store.upgrade() else { return false };
+        copy.attach_log(store.open(room, copy.epoch().as_str(), journal));
         copy.promote();
         metrics::counter!(m::CLUSTER_TAKEOVERS).increment(1);
         let rejected = copy.owner_gone(was);
@@ -256,7 +264,7 @@ impl Follower for Cluster {
     /// published before this node heard the lane).
     fn listening(&self, room: &RoomId) {
         if self.lanes.lock().contains_key(room) {
-            publish(&self.store, room, self.node, Lane::Hello);
+            self.publish(room, Lane::Hello);
         }
     }
 
@@ -340,7 +348,9 @@ impl Cluster {
             };
             // An HTTP change's author is no client: its id names the node that forwarded it.
             let node = if author == ClientId::HTTP { id.0 >> 32 } else { Sessions::node_of(author) };
-            self.store.send(node, &mail, None);
+            if let Some(store) = self.store.upgrade() {
+                store.send(node, &mail, None);
+            }
         };
         let owned = RoomId::parse(room)
             .ok()

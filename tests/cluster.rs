@@ -121,10 +121,13 @@ async fn write_one(c: &mut Client, key: &str) -> bool {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_owner_hands_the_room_to_a_follower_in_place_and_nothing_acknowledged_is_lost() {
+/// Three nodes with `--owner-lease lease`; clients on the two followers write one change at a
+/// time each while the owner is SIGKILLed. Checks that the clients stay connected and converge,
+/// that every acknowledged change is kept once, the stream is gapless and one follower took the
+/// room over; returns the longest pause between two acks.
+async fn kill_the_owner_under_writers(lease: &str) -> Duration {
     let redis = Redis::start();
-    let lease = ["--owner-lease", "500"];
+    let lease = ["--owner-lease", lease];
     let a = node(&redis, &lease);
     let b = node(&redis, &lease);
     let c = node(&redis, &lease);
@@ -133,18 +136,13 @@ async fn killing_the_owner_hands_the_room_to_a_follower_in_place_and_nothing_ack
     let epoch = writers[0].epoch.clone();
     // Both followers' clients keep writing, one change at a time each, while the owner dies.
     let mut acked: Vec<String> = Vec::new();
-    let mut killed = None;
     let mut a = Some(a);
     let mut last_ack = Instant::now();
     let mut longest_pause = Duration::ZERO;
     let mut retried = 0;
-    for i in 0.. {
+    for i in 0..60 {
         if i == 20 {
             crash(a.take().unwrap());
-            killed = Some(Instant::now());
-        }
-        if i >= 60 {
-            break;
         }
         for (w, c) in writers.iter_mut().enumerate() {
             let key = format!("w{w}_{i}");
@@ -158,10 +156,10 @@ async fn killing_the_owner_hands_the_room_to_a_follower_in_place_and_nothing_ack
         }
     }
     eprintln!(
-        "owner killed: writes paused at most {} ms (lease 500 ms), {retried} sent again",
-        longest_pause.as_millis()
+        "owner killed: writes paused at most {} ms (lease {} ms), {retried} sent again",
+        longest_pause.as_millis(),
+        lease[1]
     );
-    assert!(killed.is_some());
     // The clients stayed connected (a close would have failed `recv`), and converged.
     let total = 1 + acked.len() as u64;
     for c in &mut writers {
@@ -182,6 +180,25 @@ async fn killing_the_owner_hands_the_room_to_a_follower_in_place_and_nothing_ack
     assert_eq!(takeovers, 1.0);
     stop(b).await;
     stop(c).await;
+    longest_pause
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_owner_hands_the_room_to_a_follower_in_place_and_nothing_acknowledged_is_lost() {
+    kill_the_owner_under_writers("500").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement for docs/BENCHMARKS.md, not a check"]
+async fn failover_figures() {
+    for lease in ["2000", "500"] {
+        let mut pauses: Vec<u128> = Vec::new();
+        for _ in 0..5 {
+            pauses.push(kill_the_owner_under_writers(lease).await.as_millis());
+        }
+        pauses.sort_unstable();
+        eprintln!("--owner-lease {lease}: longest pause per run, ms, sorted: {pauses:?}");
+    }
 }
 
 fn merge(map: &mut serde_json::Map<String, serde_json::Value>, m: &serde_json::Value) {
