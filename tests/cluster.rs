@@ -142,6 +142,8 @@ async fn kill_the_owner_under_writers(lease: &str) -> Duration {
     let mut retried = 0;
     for i in 0..60 {
         if i == 20 {
+            let ttl: i64 = redis::cmd("PTTL").arg("ringsync:{k}:owner").query(&mut redis.con()).unwrap();
+            eprintln!("lease left at the kill: {ttl} ms");
             crash(a.take().unwrap());
         }
         for (w, c) in writers.iter_mut().enumerate() {

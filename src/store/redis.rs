@@ -128,6 +128,12 @@ redis.call('SET', KEYS[2], ARGV[2])
 if tonumber(ARGV[3]) > 1 then redis.call('XTRIM', KEYS[3], 'MINID', ARGV[3] .. '-0') end
 return 1";
 
+/// Each lease (KEYS) with what is left of it: {holder or '', PTTL} per key.
+const OWNERS: &str = r"
+local out = {}
+for i, k in ipairs(KEYS) do out[i] = {redis.call('GET', k) or '', redis.call('PTTL', k)} end
+return out";
+
 /// Cuts the log from a damaged entry on. KEYS: owner, log, rev. ARGV: token, first bad rev.
 const CUT: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -207,6 +213,8 @@ struct Followed {
     next: u64,
     /// The owner changed, or the copy could not follow: [`Store::take_moved`] hands it over.
     moved: bool,
+    /// When to check the lease next: just after it would lapse unless renewed.
+    check_at: Instant,
 }
 
 /// What to do when a mail may not have been sent (see [`RedisStore::send`]).
@@ -734,6 +742,7 @@ impl Store for Arc<RedisStore> {
                 owner: holder.clone(),
                 next,
                 moved: false,
+                check_at: Instant::now(),
             });
             f.next = f.next.min(next);
             drop(followed);
@@ -1221,22 +1230,26 @@ struct Reader {
 
 impl Reader {
     fn run(&mut self) {
-        let period = (self.shared.opts.lease / 3).clamp(Duration::from_millis(10), Duration::from_secs(1));
-        let mut next_check = Instant::now() + period;
+        let period = self.period();
         while !self.shared.queue.lock().stop {
-            if let Err(e) = self.read_once(period) {
+            // Blocks until something arrives or the next lease check is due.
+            let due = self.shared.followed.lock().values().filter(|f| !f.moved).map(|f| f.check_at).min();
+            let block = due.map_or(period, |t| t.saturating_duration_since(Instant::now()).min(period));
+            if let Err(e) = self.read_once(block.max(Duration::from_millis(1))) {
                 tracing::warn!(error = %e, "redis follower: cannot read; retrying");
                 self.con = None;
                 std::thread::sleep(RETRY);
             }
-            if Instant::now() >= next_check {
-                if let Err(e) = self.check_owners() {
-                    tracing::warn!(error = %e, "redis follower: cannot check owners");
-                    self.con = None;
-                }
-                next_check = Instant::now() + period;
+            if let Err(e) = self.check_owners() {
+                tracing::warn!(error = %e, "redis follower: cannot check owners");
+                self.con = None;
             }
         }
+    }
+
+    /// The longest a followed room's lease goes unchecked (a third of the lease, at most 1 s).
+    fn period(&self) -> Duration {
+        (self.shared.opts.lease / 3).clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
 
     fn connection(&mut self, block: Duration) -> Result<&mut redis::Connection, StoreError> {
@@ -1301,26 +1314,39 @@ impl Reader {
         Ok(())
     }
 
-    /// Checks that each followed room's lease is still the one it was followed under. When it
-    /// is not, its owner changed: see [`Reader::owner_changed`].
+    /// Checks the leases of the followed rooms whose check is due: one still held by the owner
+    /// it was followed under is checked again just after it would lapse unless renewed (so a
+    /// dead owner is noticed within a few milliseconds of its lease's end, and a live one costs
+    /// a check per renewal); one that changed hands is handled by [`Reader::owner_changed`].
     fn check_owners(&mut self) -> Result<(), StoreError> {
+        let now = Instant::now();
         let rooms: Vec<(RoomId, String)> = self
             .shared
             .followed
             .lock()
             .iter()
-            .filter(|(_, f)| !f.moved)
+            .filter(|(_, f)| !f.moved && f.check_at <= now)
             .map(|(r, f)| (r.clone(), f.owner.clone()))
             .collect();
+        let period = self.period();
         for batch in rooms.chunks(RENEW_BATCH) {
-            let keys: Vec<String> = batch.iter().map(|(r, _)| key(r, "owner")).collect();
-            let owners: Vec<Option<String>> = redis::cmd("MGET")
-                .arg(&keys)
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(OWNERS).arg(batch.len());
+            for (room, _) in batch {
+                cmd.arg(key(room, "owner"));
+            }
+            let leases: Vec<(String, i64)> = cmd
                 .query(self.connection(Duration::ZERO)?)
-                .map_err(|e| redis_error("MGET", &e))?;
-            for ((room, was), now) in batch.iter().zip(owners) {
-                if now.as_deref() != Some(was.as_str()) {
-                    self.owner_changed(room, was, now)?;
+                .map_err(|e| redis_error("check the leases", &e))?;
+            for ((room, was), (holder, left_ms)) in batch.iter().zip(leases) {
+                if holder != *was {
+                    self.owner_changed(room, was, Some(holder).filter(|h| !h.is_empty()))?;
+                    continue;
+                }
+                // A lease without an expiry (set by hand) is checked every period.
+                let left = u64::try_from(left_ms).map_or(period, |ms| Duration::from_millis(ms + 2));
+                if let Some(f) = self.shared.followed.lock().get_mut(room) {
+                    f.check_at = Instant::now() + left.min(period);
                 }
             }
         }
