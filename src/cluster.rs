@@ -52,9 +52,10 @@ use crate::ids::{ClientId, ClientReqId, RoomId};
 use crate::metrics as m;
 use crate::presence::PeerEvent;
 use crate::protocol::{ErrorCode, Reject};
+use crate::room::follow::Followed;
 use crate::room::{ChangeRequest, Room};
 use crate::session::Sessions;
-use crate::store::redis::{Follower, Mail, RedisStore};
+use crate::store::redis::{Follower, Mail, RedisStore, Taken};
 use crate::store::{Journal, Record, Store};
 
 /// The node's side of the cluster: handed to the Redis store's follower thread.
@@ -213,26 +214,26 @@ impl Cluster {
 }
 
 impl Follower for Cluster {
-    fn record(&self, room: &RoomId, record: &Record) -> bool {
-        let Some(app) = self.app.upgrade() else { return false };
+    fn record(&self, room: &RoomId, record: &Record) -> Taken {
+        let Some(app) = self.app.upgrade() else { return Taken::Gone };
         let Some(copy) = app.rooms.loaded(room).filter(|r| r.is_follower() && !r.is_retired()) else {
-            return false;
+            return Taken::Gone;
         };
         match copy.follow(record) {
-            Ok(applied) => {
-                if applied {
-                    metrics::counter!(m::CLUSTER_RECORDS_FOLLOWED).increment(1);
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64);
-                    metrics::gauge!(m::CLUSTER_FOLLOW_LAG).set(now.saturating_sub(record.ts) as f64 / 1000.0);
-                    copy.deliver();
-                }
-                true
+            Ok(Followed::Applied) => {
+                metrics::counter!(m::CLUSTER_RECORDS_FOLLOWED).increment(1);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                metrics::gauge!(m::CLUSTER_FOLLOW_LAG).set(now.saturating_sub(record.ts) as f64 / 1000.0);
+                copy.deliver();
+                Taken::Yes
             }
+            Ok(Followed::Held) => Taken::Yes,
+            Ok(Followed::Gap { .. }) => Taken::Behind,
             Err(e) => {
                 tracing::warn!(room = %room, error = %e, "cannot follow the room's owner: the copy is dropped");
-                false
+                Taken::Gone
             }
         }
     }

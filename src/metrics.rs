@@ -49,6 +49,7 @@ pub const CLUSTER_ROOMS_FOLLOWED: &str = "ringsync_cluster_rooms_followed";
 pub const CLUSTER_RECORDS_FOLLOWED: &str = "ringsync_cluster_records_followed_total";
 pub const CLUSTER_FOLLOW_LAG: &str = "ringsync_cluster_follow_lag_seconds";
 pub const CLUSTER_TAKEOVERS: &str = "ringsync_cluster_takeovers_total";
+pub const CLUSTER_GAP_RECORDS: &str = "ringsync_cluster_gap_records_total";
 pub const CHANGES_COMMITTED: &str = "ringsync_changes_committed_total";
 pub const CHANGES_REJECTED: &str = "ringsync_changes_rejected_total";
 pub const OPS_APPLIED: &str = "ringsync_ops_applied_total";
@@ -431,6 +432,7 @@ fn initialise() {
         CLUSTER_FORWARD_REJECTS,
         CLUSTER_RECORDS_FOLLOWED,
         CLUSTER_TAKEOVERS,
+        CLUSTER_GAP_RECORDS,
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -651,6 +653,7 @@ pub fn publish_redis(s: &crate::store::redis::StatsSnapshot) {
     metrics::counter!(REDIS_RENEWALS).absolute(s.renewals);
     metrics::counter!(REDIS_LEASES_LOST).absolute(s.leases_lost);
     metrics::gauge!(CLUSTER_ROOMS_FOLLOWED).set(s.rooms_followed as f64);
+    metrics::counter!(CLUSTER_GAP_RECORDS).absolute(s.gap_records);
 }
 
 #[cfg(test)]

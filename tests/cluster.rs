@@ -328,3 +328,30 @@ async fn owner_and_follower_carry_on_after_redis_restarts_with_aof() {
     stop(a).await;
     stop(b).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_misses_its_feed_fills_the_gap_from_the_stream() {
+    let redis = Redis::start();
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    assert_eq!(post(a.addr, "gap", incr(1)).await.0, 200);
+    let mut on_b = Client::connect_at(b.addr, "gap", "").await;
+    let mut con = redis.con();
+    for round in 0..5 {
+        // Every pub/sub connection dropped (the followers' feeds among them), while the owner
+        // goes on committing; junk on the feed is ignored the same way.
+        let _: () =
+            redis::cmd("PUBLISH").arg("ringsync:feed:{gap}").arg("not a record").query(&mut con).unwrap();
+        let _: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query(&mut con).unwrap();
+        for _ in 0..5 {
+            assert_eq!(post(a.addr, "gap", incr(1)).await.0, 200);
+        }
+        let rev = 1 + 5 * (round + 1);
+        on_b.sync_to(rev).await;
+        assert_eq!(on_b.state["n"], rev, "gapless, nothing missed (checked as it reads)");
+    }
+    assert_eq!(on_b.snapshots, 1, "only the first frame was a snapshot: the gaps were filled by delta");
+    metric_until(b.addr, "ringsync_cluster_gap_records_total", |v| v >= 1.0).await;
+    stop(a).await;
+    stop(b).await;
+}

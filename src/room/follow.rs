@@ -18,9 +18,9 @@
 //! connected and see only a pause.
 //!
 //! Invariants: a follower's revisions are exactly the owner's stored ones, gapless; a record
-//! already held is ignored; a record that does not follow the head, or does not apply, is an
-//! error and the copy must be dropped (the caller unloads it, its clients reconnect and load it
-//! afresh). Everything a follower holds is visible: `durable` is its head. Every forwarded change
+//! already held is ignored, and one further on is not taken (the caller fills the gap from the
+//! stream first); a record that does not apply is an error and the copy must be dropped (the
+//! caller unloads it, its clients reconnect and load it afresh). Everything a follower holds is visible: `durable` is its head. Every forwarded change
 //! is answered once: by its record, by the owner's reject, or by `owner_gone`.
 
 use std::sync::Arc;
@@ -34,6 +34,18 @@ use crate::memory;
 use crate::patch;
 use crate::protocol::{ErrorCode, Reject};
 use crate::store::Record;
+
+/// What [`Room::follow`] did with a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Followed {
+    /// It was the next one: applied (the caller runs the write pass, [`Room::deliver`]).
+    Applied,
+    /// The copy held it already.
+    Held,
+    /// It is further on: the records after `head` must be taken first (the caller reads them
+    /// from the stream).
+    Gap { head: u64 },
+}
 
 /// A change a follower forwarded and the owner has not answered yet.
 #[derive(Debug)]
@@ -77,22 +89,22 @@ impl Room {
         self.follower.load(Ordering::Acquire)
     }
 
-    /// Takes one record the owner stored. `Ok(true)` when it was applied (the caller then runs
-    /// the write pass, [`Room::deliver`]), `Ok(false)` when this copy already held it.
+    /// Takes one record the owner stored, if it is the next one. Safe to call from several
+    /// threads with the same records: the room's lock orders them, and each is taken once.
     ///
     /// # Errors
-    /// When the record does not follow the head (a gap: the stream was trimmed past this copy)
-    /// or does not decode or apply: this copy can no longer follow and must be dropped.
-    pub fn follow(&self, rec: &Record) -> Result<bool, String> {
+    /// When the record does not decode or apply: this copy can no longer follow and must be
+    /// dropped.
+    pub fn follow(&self, rec: &Record) -> Result<Followed, String> {
         let (req, inverse, touched, list_touched, ts) = super::restore::decode_record(rec)?;
         let mut guard = self.inner.write();
         let g = &mut *guard;
         let head = g.ring.head();
         if rec.rev <= head {
-            return Ok(false);
+            return Ok(Followed::Held);
         }
         if rec.rev != head + 1 {
-            return Err(format!("the room's stream jumps from revision {head} to {}", rec.rev));
+            return Ok(Followed::Gap { head });
         }
         let mut applied = patch::apply(&mut g.state, &req.ops)
             .map_err(|e| format!("record {} does not apply: {e}", rec.rev))?;
@@ -127,7 +139,7 @@ impl Room {
         for f in answered {
             f.answer(Ok(change.clone()));
         }
-        Ok(true)
+        Ok(Followed::Applied)
     }
 
     /// The owner refused `author`'s forwarded change `id`: the author's connection on this node

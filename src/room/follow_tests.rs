@@ -7,6 +7,7 @@ use std::sync::{Arc, Weak};
 
 use serde_json::json;
 
+use super::follow::Followed;
 use super::*;
 use crate::ids::{ClientId, ClientReqId};
 use crate::store::memory::MemoryStore;
@@ -59,7 +60,7 @@ fn a_follower_takes_the_owners_records_into_the_same_room() {
     let records = store.records(owner.id());
     assert_eq!(records.len(), 4);
     for r in &records {
-        assert_eq!(follower.follow(r), Ok(true));
+        assert_eq!(follower.follow(r), Ok(Followed::Applied));
     }
     assert_eq!(follower.state(), owner.state());
     assert_eq!(follower.rev(), Rev(4));
@@ -76,12 +77,15 @@ fn a_follower_takes_the_owners_records_into_the_same_room() {
     assert_eq!((s.client, s.last_req), (7, 3));
     assert_eq!(follower.max_client(), 8);
     // Again, or an older one: ignored. After a gap: refused (the copy must be reloaded).
-    assert_eq!(follower.follow(&records[3]), Ok(false));
-    assert_eq!(follower.follow(&records[0]), Ok(false));
+    assert_eq!(follower.follow(&records[3]), Ok(Followed::Held));
+    assert_eq!(follower.follow(&records[0]), Ok(Followed::Held));
     let mut later = records[3].clone();
     later.rev = 6;
-    assert!(follower.follow(&later).unwrap_err().contains("jumps from revision 4 to 6"));
+    assert_eq!(follower.follow(&later), Ok(Followed::Gap { head: 4 }), "not taken: the gap is filled first");
     assert_eq!(follower.rev(), Rev(4));
+    let mut bad = records[3].clone();
+    (bad.rev, bad.ops) = (5, r#"[{"op":"remove","path":"/nothing"}]"#.into());
+    assert!(follower.follow(&bad).unwrap_err().contains("does not apply"));
 }
 
 #[test]
@@ -140,7 +144,7 @@ fn a_forwarded_change_is_answered_once_by_its_record_its_reject_its_owners_end_o
         ..change(0, 0, json!([{"op": "incr", "path": "/n", "value": 1}]))
     };
     owner.commit(http(3 << 32 | 9)).unwrap();
-    follower.follow(&store.records(owner.id())[0]).unwrap();
+    assert_eq!(follower.follow(&store.records(owner.id())[0]), Ok(Followed::Applied));
     assert_eq!(other.try_recv().unwrap().unwrap().rev, Rev(1));
     assert!(mine.try_recv().is_err(), "not answered by another node's change");
     follower.reject_forwarded(

@@ -23,14 +23,19 @@
 //! before Redis answered, so the ack always follows the append.
 //!
 //! **Followers.** A room whose lease another node holds is read without it ([`Loaded::owner`]
-//! names the holder) and followed: the thread `ringsync-follow` reads, in one blocking `XREAD`,
-//! the streams of every followed room and this node's mailbox `ringsync:node:N` (N is the node's
-//! number, from `INCR ringsync:nodes`, and starts its lease token), and hands what it reads to
-//! the shell's [`Follower`]. Mail ([`Mail`]) carries forwarded changes to owners and rejects
-//! back; it is sent by the store's thread in the same pipeline as the appends, so an answer
-//! never overtakes the record it follows. At a third of the lease the follower checks each
-//! followed room's lease: another holder (or none) means the owner changed, and the room is
-//! handed over by [`Store::take_moved`] like a lost one.
+//! names the holder) and followed. The append script publishes each record it stores on the
+//! room's feed channel (`ringsync:feed:{room}`, the same framed bytes), and the thread
+//! `ringsync-lanes` (one pub/sub connection for every followed room's feed and every room's
+//! lane) hands them to the shell's [`Follower`]; a record that reveals a gap (a message lost on
+//! a reconnect, or stored between the load and the subscription) is filled from the stream.
+//! The thread `ringsync-follow` reads this node's mailbox `ringsync:node:N` (N is the node's
+//! number, from `INCR ringsync:nodes`, and starts its lease token) with a blocking `XREAD`, and
+//! checks each followed room's lease just after it would lapse unless renewed, with its stored
+//! revision (a lost last message is caught up there). Mail ([`Mail`]) carries forwarded changes
+//! to owners and rejects back; it is sent by the store's thread in the same pipeline as the
+//! appends, so an answer never overtakes the record it follows. A lease with another holder (or
+//! none, then taken by this node if it can) means the owner changed: see
+//! [`Follower::promote`] and [`Follower::owner_changed`].
 //!
 //! Appends never touch the network on the committing thread: records are encoded there, queued,
 //! and sent by the store's thread (`ringsync-redis`), one pipelined round trip per round for every
@@ -106,9 +111,10 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2])
 return 1";
 
-/// KEYS: owner, log, rev. ARGV: token, first rev, frames... Returns {0, last} when appended,
-/// {1, 0} when the lease is not this node's, {2, stored rev} when the first record does not
-/// follow what is stored.
+/// KEYS: owner, log, rev, feed channel. ARGV: token, first rev, frames... Returns {0, last}
+/// when appended (each frame then published on the feed, for the followers), {1, 0} when the
+/// lease is not this node's, {2, stored rev} when the first record does not follow what is
+/// stored.
 const APPEND: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {1, 0} end
 local stored = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -117,6 +123,7 @@ if stored ~= first - 1 then return {2, stored} end
 for i = 3, #ARGV do
   redis.call('XADD', KEYS[2], string.format('%.0f-0', first + i - 3), 'r', ARGV[i])
 end
+for i = 3, #ARGV do redis.call('PUBLISH', KEYS[4], ARGV[i]) end
 local last = first + #ARGV - 3
 redis.call('SET', KEYS[3], string.format('%.0f', last))
 return {0, last}";
@@ -128,10 +135,13 @@ redis.call('SET', KEYS[2], ARGV[2])
 if tonumber(ARGV[3]) > 1 then redis.call('XTRIM', KEYS[3], 'MINID', ARGV[3] .. '-0') end
 return 1";
 
-/// Each lease (KEYS) with what is left of it: {holder or '', PTTL} per key.
+/// KEYS: each room's lease and stored revision, in pairs. Per room: {holder or '', PTTL of the
+/// lease, stored revision}.
 const OWNERS: &str = r"
 local out = {}
-for i, k in ipairs(KEYS) do out[i] = {redis.call('GET', k) or '', redis.call('PTTL', k)} end
+for i = 1, #KEYS, 2 do
+  out[#out + 1] = {redis.call('GET', KEYS[i]) or '', redis.call('PTTL', KEYS[i]), tonumber(redis.call('GET', KEYS[i + 1]) or '0')}
+end
 return out";
 
 /// Cuts the log from a damaged entry on. KEYS: owner, log, rev. ARGV: token, first bad rev.
@@ -174,6 +184,8 @@ struct Stats {
     rounds: AtomicU64,
     renewals: AtomicU64,
     leases_lost: AtomicU64,
+    /// Records followers read from the streams to fill gaps in their feeds.
+    gap_records: AtomicU64,
 }
 
 /// The Redis store's counters at one moment.
@@ -186,6 +198,7 @@ pub struct StatsSnapshot {
     pub rounds: u64,
     pub renewals: u64,
     pub leases_lost: u64,
+    pub gap_records: u64,
 }
 
 /// What the store knows of a room it holds the lease of.
@@ -239,12 +252,23 @@ pub enum Mail {
     },
 }
 
+/// What became of a record handed to a [`Follower`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Taken, or held already.
+    Yes,
+    /// Not taken: the copy lacks records before it (they are read from the stream).
+    Behind,
+    /// The room can no longer be followed here (not in memory any more, or its copy could not
+    /// take the record): it is handed over by [`Store::take_moved`].
+    Gone,
+}
+
 /// What a follower copy's node does with what it reads (implemented by the shell).
 pub trait Follower: Send + Sync {
-    /// A record of a followed room, in revision order. `false` when the room can no longer
-    /// be followed here (not in memory any more, or its copy could not take the record): it is
-    /// then handed over by [`Store::take_moved`].
-    fn record(&self, room: &RoomId, record: &Record) -> bool;
+    /// A record of a followed room (from its feed or its stream; possibly twice, possibly
+    /// after a gap). See [`Taken`].
+    fn record(&self, room: &RoomId, record: &Record) -> Taken;
     /// A message another node sent this one ([`RedisStore::send`]).
     fn mail(&self, mail: Mail);
     /// This node took over the lease of a room it followed, and every record the old owner
@@ -263,6 +287,12 @@ pub trait Follower: Send + Sync {
 /// The pub/sub channel of a room's ephemeral lanes (presence and broadcasts).
 fn lane(room: &RoomId) -> String {
     format!("ringsync:lane:{{{room}}}")
+}
+
+/// The pub/sub channel on which the append script publishes each stored record (framed as in
+/// the stream) for the followers: their fast path; the stream fills any gap.
+fn feed(room: &RoomId) -> String {
+    format!("ringsync:feed:{{{room}}}")
 }
 
 enum Op {
@@ -455,6 +485,7 @@ impl RedisStore {
             rounds: s.rounds.load(Ordering::Relaxed),
             renewals: s.renewals.load(Ordering::Relaxed),
             leases_lost: s.leases_lost.load(Ordering::Relaxed),
+            gap_records: s.gap_records.load(Ordering::Relaxed),
         }
     }
 
@@ -974,10 +1005,11 @@ impl Writer {
                 let cmd = pipe
                     .cmd("EVAL")
                     .arg(APPEND)
-                    .arg(3)
+                    .arg(4)
                     .arg(key(&room, "owner"))
                     .arg(key(&room, "log"))
                     .arg(key(&room, "rev"))
+                    .arg(feed(&room))
                     .arg(&token)
                     .arg(first);
                 for f in &frames {
@@ -1262,53 +1294,35 @@ impl Reader {
         Ok(self.con.as_mut().expect("connected above"))
     }
 
-    /// One `XREAD` (blocking up to `block`) and what it returned handed over.
+    /// One `XREAD` of this node's mailbox (blocking up to `block`), its mail handed over.
+    /// (Followed rooms' records come on their feeds, to the lanes' thread.)
     fn read_once(&mut self, block: Duration) -> Result<(), StoreError> {
-        let rooms: Vec<(RoomId, u64)> = self
-            .shared
-            .followed
-            .lock()
-            .iter()
-            .filter(|(_, f)| !f.moved)
-            .map(|(r, f)| (r.clone(), f.next))
-            .collect();
         let inbox = mailbox(self.shared.node);
-        let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT")
+        let reply = redis::cmd("XREAD")
+            .arg("COUNT")
             .arg(FOLLOW_COUNT)
             .arg("BLOCK")
             .arg(block.as_millis() as u64)
             .arg("STREAMS")
-            .arg(&inbox);
-        let mut by_key: HashMap<String, RoomId> = HashMap::with_capacity(rooms.len());
-        for (room, _) in &rooms {
-            let k = key(room, "log");
-            cmd.arg(&k);
-            by_key.insert(k, room.clone());
-        }
-        cmd.arg(&self.mail_last);
-        for (_, next) in &rooms {
-            cmd.arg(format!("{}-0", next.saturating_sub(1)));
-        }
-        let reply = cmd.query::<Value>(self.connection(block)?).map_err(|e| redis_error("XREAD", &e))?;
+            .arg(&inbox)
+            .arg(&self.mail_last)
+            .query::<Value>(self.connection(block)?)
+            .map_err(|e| redis_error("XREAD", &e))?;
         for (name, items) in streams(reply) {
-            if name == inbox {
-                for item in &items {
-                    let Some((id, fields)) = entry_parts(item) else { continue };
-                    self.mail_last = id;
-                    match field(fields, b"m").map(serde_json::from_slice::<Mail>) {
-                        Some(Ok(mail)) => self.sink.mail(mail),
-                        Some(Err(e)) => {
-                            tracing::warn!(error = %e, "redis follower: mail that does not parse; dropped")
-                        }
-                        // A wake-up (`w`).
-                        None => {}
-                    }
-                }
+            if name != inbox {
                 continue;
             }
-            if let Some(room) = by_key.get(&name) {
-                self.take(room, &items);
+            for item in &items {
+                let Some((id, fields)) = entry_parts(item) else { continue };
+                self.mail_last = id;
+                match field(fields, b"m").map(serde_json::from_slice::<Mail>) {
+                    Some(Ok(mail)) => self.sink.mail(mail),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "redis follower: mail that does not parse; dropped")
+                    }
+                    // A wake-up (`w`).
+                    None => {}
+                }
             }
         }
         Ok(())
@@ -1331,17 +1345,22 @@ impl Reader {
         let period = self.period();
         for batch in rooms.chunks(RENEW_BATCH) {
             let mut cmd = redis::cmd("EVAL");
-            cmd.arg(OWNERS).arg(batch.len());
+            cmd.arg(OWNERS).arg(batch.len() * 2);
             for (room, _) in batch {
-                cmd.arg(key(room, "owner"));
+                cmd.arg(key(room, "owner")).arg(key(room, "rev"));
             }
-            let leases: Vec<(String, i64)> = cmd
+            let leases: Vec<(String, i64, u64)> = cmd
                 .query(self.connection(Duration::ZERO)?)
                 .map_err(|e| redis_error("check the leases", &e))?;
-            for ((room, was), (holder, left_ms)) in batch.iter().zip(leases) {
+            for ((room, was), (holder, left_ms, stored)) in batch.iter().zip(leases) {
                 if holder != *was {
                     self.owner_changed(room, was, Some(holder).filter(|h| !h.is_empty()))?;
                     continue;
+                }
+                // A feed message lost (a reconnect) with nothing after it to reveal the gap.
+                let behind = self.shared.followed.lock().get(room).is_some_and(|f| f.next <= stored);
+                if behind {
+                    self.catch_up(room)?;
                 }
                 // A lease without an expiry (set by hand) is checked every period.
                 let left = u64::try_from(left_ms).map_or(period, |ms| Duration::from_millis(ms + 2));
@@ -1431,48 +1450,8 @@ impl Reader {
     /// Hands the copy every record stored after the ones it took. `false` when the copy could
     /// not take one (it is then marked moved).
     fn catch_up(&mut self, room: &RoomId) -> Result<bool, StoreError> {
-        loop {
-            let Some(next) = self.shared.followed.lock().get(room).map(|f| f.next) else { return Ok(false) };
-            let page: Value = redis::cmd("XRANGE")
-                .arg(key(room, "log"))
-                .arg(entry_id(next))
-                .arg("+")
-                .arg("COUNT")
-                .arg(PAGE)
-                .query(self.connection(Duration::ZERO)?)
-                .map_err(|e| redis_error("XRANGE", &e))?;
-            let page = entries(page);
-            if !self.take(room, &page) {
-                return Ok(false);
-            }
-            if page.len() < PAGE {
-                return Ok(true);
-            }
-        }
-    }
-
-    /// Hands the copy of `room` these stream entries; `false` (the room marked moved) when it
-    /// could not take one.
-    fn take(&self, room: &RoomId, items: &[Value]) -> bool {
-        for item in items {
-            let taken = match decode_entry(item) {
-                Ok(record) => self.sink.record(room, &record).then_some(record.rev),
-                Err(e) => {
-                    tracing::warn!(room = %room, error = %e, "redis follower: unreadable entry; the copy is dropped");
-                    None
-                }
-            };
-            let mut followed = self.shared.followed.lock();
-            let Some(f) = followed.get_mut(room) else { return false };
-            match taken {
-                Some(rev) => f.next = f.next.max(rev + 1),
-                None => {
-                    f.moved = true;
-                    return false;
-                }
-            }
-        }
-        true
+        let (shared, sink) = (self.shared.clone(), self.sink.clone());
+        catch_up(&shared, &*sink, self.connection(Duration::ZERO)?, room)
     }
 
     fn mark_moved(&self, room: &RoomId) {
@@ -1482,9 +1461,70 @@ impl Reader {
     }
 }
 
+/// Hands `record` of followed `room` to the follower, noting how far the copy got (or that it
+/// is gone: the room is then marked moved). A record it cannot take yet (a gap) is left for
+/// [`catch_up`].
+fn take_record(shared: &Shared, sink: &dyn Follower, room: &RoomId, record: &Record) -> Taken {
+    let taken = sink.record(room, record);
+    let mut followed = shared.followed.lock();
+    if let Some(f) = followed.get_mut(room) {
+        match taken {
+            Taken::Yes => f.next = f.next.max(record.rev + 1),
+            Taken::Behind => {}
+            Taken::Gone => f.moved = true,
+        }
+    }
+    taken
+}
+
+/// Hands the copy of `room` every record stored after the ones it took, from the stream (`con`
+/// a plain connection). `false` when the copy could not take one (it is then marked moved).
+fn catch_up(
+    shared: &Shared,
+    sink: &dyn Follower,
+    con: &mut redis::Connection,
+    room: &RoomId,
+) -> Result<bool, StoreError> {
+    let dropped = |why: &str| {
+        tracing::warn!(room = %room, why, "redis follower: the copy cannot follow; dropped");
+        if let Some(f) = shared.followed.lock().get_mut(room) {
+            f.moved = true;
+        }
+        Ok(false)
+    };
+    loop {
+        let Some(next) = shared.followed.lock().get(room).map(|f| f.next) else { return Ok(false) };
+        let page: Value = redis::cmd("XRANGE")
+            .arg(key(room, "log"))
+            .arg(entry_id(next))
+            .arg("+")
+            .arg("COUNT")
+            .arg(PAGE)
+            .query(con)
+            .map_err(|e| redis_error("XRANGE", &e))?;
+        let page = entries(page);
+        for item in &page {
+            let record = match decode_entry(item) {
+                Ok(record) => record,
+                Err(e) => return dropped(&format!("unreadable entry: {e}")),
+            };
+            shared.stats.gap_records.fetch_add(1, Ordering::Relaxed);
+            match take_record(shared, sink, room, &record) {
+                Taken::Yes => {}
+                Taken::Behind => return dropped("the stream no longer holds what the copy lacks"),
+                Taken::Gone => return Ok(false),
+            }
+        }
+        if page.len() < PAGE {
+            return Ok(true);
+        }
+    }
+}
+
 /// The lanes' thread (`ringsync-lanes`): one pub/sub connection subscribed to the lane of every
-/// room this node owns (opened) or follows, kept in step with them, handing each message to the
-/// [`Follower`].
+/// room this node owns (opened) or follows, and to the feed of every room it follows, kept in
+/// step with them. Lane messages go to the [`Follower`]; feed records are taken into the copies
+/// here, a gap filled from the stream over a second, plain connection.
 struct Lanes {
     shared: Arc<Shared>,
     client: redis::Client,
@@ -1504,17 +1544,19 @@ impl Lanes {
         }
     }
 
-    /// The rooms whose lanes this node listens to, by channel.
-    fn wanted(&self) -> HashMap<String, RoomId> {
-        let mut out: HashMap<String, RoomId> = HashMap::new();
+    /// The channels this node listens to: the lanes of the rooms it owns or follows, the feeds
+    /// of the rooms it follows.
+    fn wanted(&self) -> HashMap<String, Channel> {
+        let mut out: HashMap<String, Channel> = HashMap::new();
         for (room, o) in self.shared.owned.lock().iter() {
             if o.opened && !o.lost {
-                out.insert(lane(room), room.clone());
+                out.insert(lane(room), Channel::Lane(room.clone()));
             }
         }
         for (room, f) in self.shared.followed.lock().iter() {
             if !f.moved {
-                out.insert(lane(room), room.clone());
+                out.insert(lane(room), Channel::Lane(room.clone()));
+                out.insert(feed(room), Channel::Feed(room.clone()));
             }
         }
         out
@@ -1523,9 +1565,10 @@ impl Lanes {
     /// One connection's life: subscribes as rooms come and go, hands messages over.
     fn session(&mut self) -> Result<(), StoreError> {
         let mut con = connect(&self.client)?;
+        let mut plain = connect(&self.client)?;
         let mut pubsub = con.as_pubsub();
         pubsub.set_read_timeout(Some(LANES_POLL)).map_err(|e| redis_error("cannot set a timeout", &e))?;
-        let mut subscribed: HashMap<String, RoomId> = HashMap::new();
+        let mut subscribed: HashMap<String, Channel> = HashMap::new();
         let mut looked = None::<Instant>;
         while !self.shared.queue.lock().stop {
             if looked.is_none_or(|t| t.elapsed() >= LANES_POLL) {
@@ -1537,7 +1580,13 @@ impl Lanes {
                 if !add.is_empty() {
                     pubsub.subscribe(&add).map_err(|e| redis_error("SUBSCRIBE", &e))?;
                     for channel in add {
-                        self.sink.listening(&wanted[channel]);
+                        match &wanted[channel] {
+                            Channel::Lane(room) => self.sink.listening(room),
+                            // What was stored between the load and now came on no feed.
+                            Channel::Feed(room) => {
+                                catch_up(&self.shared, &*self.sink, &mut plain, room)?;
+                            }
+                        }
                     }
                 }
                 if !drop.is_empty() {
@@ -1545,18 +1594,38 @@ impl Lanes {
                 }
                 subscribed = wanted;
             }
-            match pubsub.get_message() {
-                Ok(msg) => {
-                    if let Some(room) = subscribed.get(msg.get_channel_name()) {
-                        self.sink.lane(room, msg.get_payload_bytes());
+            let msg = match pubsub.get_message() {
+                Ok(msg) => msg,
+                Err(e) if e.is_timeout() => continue,
+                Err(e) => return Err(redis_error("pub/sub", &e)),
+            };
+            match subscribed.get(msg.get_channel_name()) {
+                Some(Channel::Lane(room)) => self.sink.lane(room, msg.get_payload_bytes()),
+                Some(Channel::Feed(room)) => {
+                    let room = room.clone();
+                    let record = match codec::decode_frame::<Record>(msg.get_payload_bytes(), 0) {
+                        Ok(Some((record, _))) => record,
+                        // Damaged on the way: the stream has it whole.
+                        _ => {
+                            catch_up(&self.shared, &*self.sink, &mut plain, &room)?;
+                            continue;
+                        }
+                    };
+                    if take_record(&self.shared, &*self.sink, &room, &record) == Taken::Behind {
+                        catch_up(&self.shared, &*self.sink, &mut plain, &room)?;
                     }
                 }
-                Err(e) if e.is_timeout() => {}
-                Err(e) => return Err(redis_error("pub/sub", &e)),
+                None => {}
             }
         }
         Ok(())
     }
+}
+
+/// What a subscribed channel carries.
+enum Channel {
+    Lane(RoomId),
+    Feed(RoomId),
 }
 
 /// An `XREAD` reply as (stream name, entries) pairs (RESP2 arrays or RESP3 maps).
