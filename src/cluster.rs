@@ -3,8 +3,8 @@
 //!
 //! Each room has one owner, the node holding its lease in Redis ([`crate::store::redis`]); every
 //! other node that has clients in the room holds a follower copy ([`crate::room::follow`]):
-//! - the owner's records reach a follower through the room's Redis Stream, and are taken in
-//!   revision order ([`Follower::record`]); its write pass then sends each of its clients what it
+//! - the owner's records reach a follower on the room's feed (published by the append script;
+//!   the stream fills any gap), and are taken in revision order ([`Follower::record`]); its write pass then sends each of its clients what it
 //!   is missing, exactly as on the owner (acks ride in the author's delta, since the record names
 //!   the author's client id, unique across nodes: see [`crate::session::Sessions::for_node`]);
 //! - a follower's client's change is forwarded ([`crate::app::App::submit`]) to the owner's
