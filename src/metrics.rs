@@ -620,7 +620,15 @@ fn describe() {
     );
     describe_counter!(
         CLUSTER_RECORDS_FOLLOWED,
-        "Records taken from the owners' streams into follower copies"
+        "Records taken from the owners' feeds and streams into follower copies"
+    );
+    describe_counter!(
+        CLUSTER_GAP_RECORDS,
+        "Records followers read from the rooms' streams because their feed missed them (a reconnect, or right after a load)"
+    );
+    describe_counter!(
+        CLUSTER_TAKEOVERS,
+        "Rooms this node followed and took over in place when their owner's lease lapsed (clients stayed connected)"
     );
     describe_gauge!(
         CLUSTER_FOLLOW_LAG,
