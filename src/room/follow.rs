@@ -169,19 +169,25 @@ impl Room {
     /// mail lost on its way, an owner that stalls): its author sends it again, which the
     /// owner's dedupe makes safe. Returns how many.
     pub fn expire_forwarded(&self, wait: Duration) -> usize {
-        let stale: Vec<Forwarded> = {
-            let mut forwarded = self.forwarded.lock();
-            let (stale, open): (Vec<_>, Vec<_>) = forwarded.drain(..).partition(|f| f.at.elapsed() >= wait);
-            *forwarded = open;
-            stale
-        };
-        let n = stale.len();
         let message = format!(
             "the room's owner did not answer within {} s: send the change again (a change already applied is recognised)",
             wait.as_secs()
         );
-        for f in stale {
-            let reject = Reject::new(ErrorCode::Unavailable, message.clone(), self.rev().0);
+        self.reject_open(|f| f.at.elapsed() >= wait, &message)
+    }
+
+    /// Rejects `unavailable`, with `message`, every open forwarded change `which` selects: its
+    /// waiting request is answered, or its author's connection told. Returns how many.
+    fn reject_open(&self, which: impl Fn(&Forwarded) -> bool, message: &str) -> usize {
+        let chosen: Vec<Forwarded> = {
+            let mut forwarded = self.forwarded.lock();
+            let (chosen, open): (Vec<_>, Vec<_>) = forwarded.drain(..).partition(|f| which(f));
+            *forwarded = open;
+            chosen
+        };
+        let n = chosen.len();
+        for f in chosen {
+            let reject = Reject::new(ErrorCode::Unavailable, message, self.rev().0);
             if f.reply.is_some() {
                 f.answer(Err(reject));
             } else {
@@ -203,28 +209,9 @@ impl Room {
     /// changes forwarded to it and still open were not stored and never will be; each is
     /// rejected `unavailable` (its author sends it again). Returns how many.
     pub fn owner_gone(&self, old: Option<u64>) -> usize {
-        let open: Vec<Forwarded> = {
-            let mut forwarded = self.forwarded.lock();
-            let (gone, kept): (Vec<_>, Vec<_>) =
-                forwarded.drain(..).partition(|f| old.is_none_or(|o| o == f.owner));
-            *forwarded = kept;
-            gone
-        };
         let message =
             "the room's owner changed before it stored this change: it was not applied; send it again";
-        let n = open.len();
-        for f in open {
-            let reject = Reject::new(ErrorCode::Unavailable, message, self.rev().0);
-            if f.reply.is_some() {
-                f.answer(Err(reject));
-            } else {
-                self.push_rejection(f.author, f.id, reject);
-            }
-        }
-        if n > 0 {
-            self.wake_listeners();
-        }
-        n
+        self.reject_open(|f| old.is_none_or(|o| o == f.owner), message)
     }
 
     /// This node took the room's lease over: the copy, holding everything the old owner stored
