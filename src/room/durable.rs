@@ -147,12 +147,18 @@ impl Room {
     /// id is `processed`: its changes committed after `rev` (not yet written, so not in what the
     /// reader is sent) are not reported as processed, or the client would drop them as if the
     /// frame held them. Free when everything committed is visible.
+    /// On a follower copy, a change forwarded to the owner and not answered yet is in no frame
+    /// either: the id before the author's first one still open is the most it is told.
     pub fn processed_as_of(&self, author: ClientId, processed: ClientReqId, rev: Rev) -> ClientReqId {
+        let mut out = processed;
+        // Taken (and released) before the room's lock: `follow` takes them the other way round.
+        if let Some(first) = self.first_open_forward(author) {
+            out = out.min(ClientReqId(first.0.saturating_sub(1)));
+        }
         if self.head() <= rev.0 {
-            return processed;
+            return out;
         }
         let g = self.inner.read();
-        let mut out = processed;
         for c in g.ring.newest_first().take_while(|c| c.rev > rev) {
             if let Some(id) = c.client_req_id.filter(|_| c.author == author) {
                 out = out.min(ClientReqId(id.0.saturating_sub(1)));

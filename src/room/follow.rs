@@ -205,6 +205,11 @@ impl Room {
         self.forwarded.lock().len()
     }
 
+    /// The smallest id of `author`'s forwarded changes not answered yet.
+    pub(super) fn first_open_forward(&self, author: ClientId) -> Option<ClientReqId> {
+        self.forwarded.lock().iter().filter(|f| f.author == author).map(|f| f.id).min()
+    }
+
     /// Node `old` no longer owns the room, and every record it stored has been taken: the
     /// changes forwarded to it and still open were not stored and never will be; each is
     /// rejected `unavailable` (its author sends it again). Returns how many.

@@ -165,3 +165,22 @@ fn a_forwarded_change_is_answered_once_by_its_record_its_reject_its_owners_end_o
     assert_eq!(follower.rejections_for(ClientId(6), &mut 0).len(), 1);
     assert_eq!(follower.forwarded_open(), 0);
 }
+
+#[test]
+fn a_forwarded_change_not_answered_yet_is_not_reported_as_processed() {
+    let (store, owner, follower) = owner_and_follower();
+    follower.note_forwarded(ClientId(7), ClientReqId(1), 1, None);
+    follower.note_forwarded(ClientId(7), ClientReqId(2), 1, None);
+    // The session counts both as processed; a snapshot at the follower's head holds neither.
+    assert_eq!(follower.processed_as_of(ClientId(7), ClientReqId(2), Rev(0)), ClientReqId(0));
+    assert_eq!(
+        follower.processed_as_of(ClientId(8), ClientReqId(4), Rev(0)),
+        ClientReqId(4),
+        "others unaffected"
+    );
+    owner.commit(change(7, 1, json!([{"op": "add", "path": "/a", "value": 1}]))).unwrap();
+    assert_eq!(follower.follow(&store.records(owner.id())[0]), Ok(Followed::Applied));
+    assert_eq!(follower.processed_as_of(ClientId(7), ClientReqId(2), Rev(1)), ClientReqId(1));
+    follower.reject_forwarded(ClientId(7), ClientReqId(2), Reject::new(ErrorCode::Conflict, "no", 1));
+    assert_eq!(follower.processed_as_of(ClientId(7), ClientReqId(2), Rev(1)), ClientReqId(2));
+}
