@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::app::{App, RoomHook};
-use crate::ids::{ClientId, ClientReqId, RoomId};
+use crate::ids::{ClientId, ClientReqId, RoomId, now_ms};
 use crate::metrics as m;
 use crate::presence::PeerEvent;
 use crate::protocol::{ErrorCode, Reject};
@@ -215,17 +215,12 @@ impl Cluster {
 
 impl Follower for Cluster {
     fn record(&self, room: &RoomId, record: &Record) -> Taken {
-        let Some(app) = self.app.upgrade() else { return Taken::Gone };
-        let Some(copy) = app.rooms.loaded(room).filter(|r| r.is_follower() && !r.is_retired()) else {
-            return Taken::Gone;
-        };
+        let Some(copy) = self.copy(room) else { return Taken::Gone };
         match copy.follow(record) {
             Ok(Followed::Applied) => {
                 metrics::counter!(m::CLUSTER_RECORDS_FOLLOWED).increment(1);
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                metrics::gauge!(m::CLUSTER_FOLLOW_LAG).set(now.saturating_sub(record.ts) as f64 / 1000.0);
+                let lag = now_ms().saturating_sub(record.ts);
+                metrics::gauge!(m::CLUSTER_FOLLOW_LAG).set(lag as f64 / 1000.0);
                 copy.deliver();
                 Taken::Yes
             }
@@ -239,10 +234,7 @@ impl Follower for Cluster {
     }
 
     fn promote(&self, room: &RoomId, was: Option<u64>) -> bool {
-        let Some(app) = self.app.upgrade() else { return false };
-        let Some(copy) = app.rooms.loaded(room).filter(|r| r.is_follower() && !r.is_retired()) else {
-            return false;
-        };
+        let Some(copy) = self.copy(room) else { return false };
         let journal: Weak<dyn Journal> = Arc::downgrade(&copy) as _;
         let Some(store) = self.store.upgrade() else { return false };
         copy.attach_log(store.open(room, copy.epoch().as_str(), journal));
@@ -288,15 +280,7 @@ impl Follower for Cluster {
             Lane::Peer { e } => copy.presence.apply(e),
             Lane::Broadcast { from, data } => copy.broadcasts.send_remote(ClientId(from), &data),
             Lane::Roll { peers } => {
-                let named: HashSet<u64> = peers
-                    .iter()
-                    .map(|e| match e {
-                        PeerEvent::Join { client, .. }
-                        | PeerEvent::Data { client, .. }
-                        | PeerEvent::Leave { client }
-                        | PeerEvent::Forget { client } => *client,
-                    })
-                    .collect();
+                let named: HashSet<u64> = peers.iter().map(PeerEvent::client).collect();
                 for e in peers {
                     copy.presence.apply(e);
                 }
@@ -323,6 +307,12 @@ impl Follower for Cluster {
 }
 
 impl Cluster {
+    /// This node's live follower copy of `room`.
+    fn copy(&self, room: &RoomId) -> Option<Arc<Room>> {
+        let app = self.app.upgrade()?;
+        app.rooms.loaded(room).filter(|r| r.is_follower() && !r.is_retired())
+    }
+
     /// The owner's side of a forwarded change: committed as its author's, or answered with a
     /// reject sent back to the author's node.
     fn commit(&self, app: &App, room: &str, req: &serde_json::Value) {

@@ -59,6 +59,12 @@ impl fmt::Display for Epoch {
     }
 }
 
+/// Wall-clock time, ms since the Unix epoch (0 before it): commit times, session and room
+/// activity, stream lag.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// `bytes` random bytes from the thread-local CSPRNG, as lowercase hex.
 pub fn random_hex(bytes: usize) -> String {
     let mut rng = rand::rng();

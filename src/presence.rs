@@ -308,6 +308,18 @@ pub enum PeerEvent {
     Forget { client: u64 },
 }
 
+impl PeerEvent {
+    /// The peer it is about.
+    pub fn client(&self) -> u64 {
+        match self {
+            PeerEvent::Join { client, .. }
+            | PeerEvent::Data { client, .. }
+            | PeerEvent::Leave { client }
+            | PeerEvent::Forget { client } => *client,
+        }
+    }
+}
+
 /// What a lane's own changes are handed to (see [`Presence::set_relay`]).
 pub type Relay = Box<dyn Fn(PeerEvent) + Send + Sync>;
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
-use crate::ids::RoomId;
+use crate::ids::{RoomId, now_ms};
 use crate::memory::Budget;
 use crate::protocol::ErrorCode;
 use crate::room::{Restore, Room, RoomConfig};
@@ -402,14 +402,6 @@ impl Rooms {
     pub fn all(&self) -> Vec<Arc<Room>> {
         self.map.iter().map(|h| h.room.clone()).collect()
     }
-}
-
-/// Milliseconds since the Unix epoch.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

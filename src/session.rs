@@ -42,7 +42,7 @@ use tokio::task::AbortHandle;
 
 use crate::close::CloseReason;
 use crate::config::Config;
-use crate::ids::{ClientId, ClientReqId, Rev, random_hex};
+use crate::ids::{ClientId, ClientReqId, Rev, now_ms, random_hex};
 use crate::metrics as m;
 use crate::protocol;
 use crate::room::{CatchUp, Change, Cursor, Room, SnapshotReason};
@@ -547,14 +547,6 @@ impl Sessions {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
-}
-
-/// Milliseconds since the Unix epoch.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::redis::{Redis, get, incr, metric_until, node, post};
-use common::{Client, crash, stop};
+use common::{Client, crash, presence_until, stop, welcome_map};
 use serde_json::json;
 
 /// Changes each client sends.
@@ -203,31 +203,6 @@ async fn failover_figures() {
     }
 }
 
-fn merge(map: &mut serde_json::Map<String, serde_json::Value>, m: &serde_json::Value) {
-    for (k, v) in m["peers"].as_object().unwrap() {
-        if v.is_null() {
-            map.remove(k);
-        } else {
-            map.insert(k.clone(), v.clone());
-        }
-    }
-}
-
-/// Reads until the presence map `c` holds (its welcome's, merged with every `presence` message
-/// since) satisfies `done`.
-async fn presence_until(
-    c: &mut Client,
-    map: &mut serde_json::Map<String, serde_json::Value>,
-    done: impl Fn(&serde_json::Map<String, serde_json::Value>) -> bool,
-) {
-    while !done(map) {
-        let m = c.recv().await;
-        if m["type"] == "presence" {
-            merge(map, &m);
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_and_broadcasts_cross_nodes_and_a_dead_nodes_peers_are_forgotten() {
     let redis = Redis::start();
@@ -237,10 +212,7 @@ async fn presence_and_broadcasts_cross_nodes_and_a_dead_nodes_peers_are_forgotte
     assert_eq!(post(a.addr, "p", incr(1)).await.0, 200);
     let mut on_a = Client::connect_at(a.addr, "p", "").await;
     let mut on_b = Client::connect_at(b.addr, "p", "").await;
-    let mut maps = [
-        on_a.welcome["presence"].as_object().unwrap().clone(),
-        on_b.welcome["presence"].as_object().unwrap().clone(),
-    ];
+    let mut maps = [welcome_map(&on_a), welcome_map(&on_b)];
     // Updates from both sides reach the other node; the last value wins, a null removes a key.
     for x in 0..5 {
         on_a.send(json!({"type": "presence", "data": {"x": x, "tmp": 1}})).await;
@@ -255,7 +227,7 @@ async fn presence_and_broadcasts_cross_nodes_and_a_dead_nodes_peers_are_forgotte
     presence_until(&mut on_b, &mut maps[1], both).await;
     // A client joining a third node later learns of both (the nodes answer its node's hello).
     let mut on_c = Client::connect_at(c.addr, "p", "").await;
-    let mut map_c = on_c.welcome["presence"].as_object().unwrap().clone();
+    let mut map_c = welcome_map(&on_c);
     presence_until(&mut on_c, &mut map_c, both).await;
     // Broadcasts reach every node's clients, not the sender.
     on_b.send(json!({"type": "broadcast", "data": {"hello": "from b"}})).await;
@@ -322,7 +294,7 @@ async fn owner_and_follower_carry_on_after_redis_restarts_with_aof() {
     assert_eq!(redis.log_revs("s"), (1..=rev).collect::<Vec<_>>(), "nothing acknowledged lost");
     // Presence crosses again too (the lanes resubscribed).
     on_a.send(json!({"type": "presence", "data": {"back": true}})).await;
-    let mut map = on_b.welcome["presence"].as_object().unwrap().clone();
+    let mut map = welcome_map(&on_b);
     let ida = on_a.client.clone();
     presence_until(&mut on_b, &mut map, |m| m.get(&ida) == Some(&json!({"back": true}))).await;
     stop(a).await;

@@ -5,38 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, config, http, start};
+use common::{Client, config, http, merge, presence_until, start, welcome_map};
 use futures_util::SinkExt;
 use serde_json::{Map, Value, json};
-
-/// Applies a presence message to a local map, as a client would.
-fn merge(map: &mut Map<String, Value>, m: &Value) {
-    for (k, v) in m["peers"].as_object().unwrap() {
-        if v.is_null() {
-            map.remove(k);
-        } else {
-            map.insert(k.clone(), v.clone());
-        }
-    }
-}
-
-fn welcome_map(c: &Client) -> Map<String, Value> {
-    c.welcome["presence"].as_object().unwrap().clone()
-}
-
-/// Reads presence messages into `map` until `done(map)` holds.
-async fn presence_until(
-    c: &mut Client,
-    map: &mut Map<String, Value>,
-    done: impl Fn(&Map<String, Value>) -> bool,
-) {
-    while !done(map) {
-        let m = c.recv().await;
-        if m["type"] == "presence" {
-            merge(map, &m);
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_clients_agree_on_the_presence_map() {

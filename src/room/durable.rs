@@ -29,7 +29,7 @@ use serde_json::Value;
 
 use super::change::{ChangeRequest, Extras};
 use super::{Change, Inner, Room, history};
-use crate::ids::{ClientId, ClientReqId, Rev};
+use crate::ids::{ClientId, ClientReqId, Rev, now_ms};
 use crate::memory;
 use crate::patch::{self, Pointer};
 use crate::protocol::{ChangeKind, ErrorCode, Reject};
@@ -105,10 +105,6 @@ pub enum Outcome {
     Deleted,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Room {
     /// Connects the room to its store's log; from then on a change is visible only once written.
     pub fn attach_log(&self, log: Arc<dyn RoomLog>) {
@@ -151,8 +147,11 @@ impl Room {
     /// either: the id before the author's first one still open is the most it is told.
     pub fn processed_as_of(&self, author: ClientId, processed: ClientReqId, rev: Rev) -> ClientReqId {
         let mut out = processed;
-        // Taken (and released) before the room's lock: `follow` takes them the other way round.
-        if let Some(first) = self.first_open_forward(author) {
+        // Only a follower forwards; taken (and released) before the room's lock, which `follow`
+        // takes first.
+        if self.is_follower()
+            && let Some(first) = self.first_open_forward(author)
+        {
             out = out.min(ClientReqId(first.0.saturating_sub(1)));
         }
         if self.head() <= rev.0 {

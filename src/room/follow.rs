@@ -8,7 +8,6 @@
 //! owner's answer to a forwarded change that it refused comes back by
 //! [`Room::reject_forwarded`] and is delivered like a rollback's reject.
 //!
-//!
 //! A follower remembers the changes it forwarded ([`Room::note_forwarded`]) until the owner's
 //! record acknowledges them or its reject comes back. When the owner changes
 //! ([`Room::owner_gone`], called once everything the old owner stored has been taken), the ones
@@ -20,15 +19,15 @@
 //! Invariants: a follower's revisions are exactly the owner's stored ones, gapless; a record
 //! already held is ignored, and one further on is not taken (the caller fills the gap from the
 //! stream first); a record that does not apply is an error and the copy must be dropped (the
-//! caller unloads it, its clients reconnect and load it afresh). Everything a follower holds is visible: `durable` is its head. Every forwarded change
-//! is answered once: by its record, by the owner's reject, or by `owner_gone`.
+//! caller unloads it, its clients reconnect and load it afresh). Everything a follower holds is
+//! visible: `durable` is its head. Every forwarded change is answered once: by its record, by the
+//! owner's reject, by `owner_gone`, or by `expire_forwarded`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::change::Committed;
-use super::{Change, Room, UserKey};
+use super::{Change, Room};
 use crate::ids::{ClientId, ClientReqId, Rev};
 use crate::memory;
 use crate::patch;
@@ -96,7 +95,11 @@ impl Room {
     /// When the record does not decode or apply: this copy can no longer follow and must be
     /// dropped.
     pub fn follow(&self, rec: &Record) -> Result<Followed, String> {
-        let (req, inverse, touched, list_touched, ts) = super::restore::decode_record(rec)?;
+        // A record taken already (the feed and a catch-up may both bring it) is not decoded.
+        if rec.rev <= self.head() {
+            return Ok(Followed::Held);
+        }
+        let (req, inverse, touched, list_touched, _) = super::restore::decode_record(rec)?;
         let mut guard = self.inner.write();
         let g = &mut *guard;
         let head = g.ring.head();
@@ -111,14 +114,7 @@ impl Room {
         (applied.inverse, applied.touched, applied.list_touched) = (inverse, touched, list_touched);
         let size = self.state_bytes.load(Ordering::Relaxed) as i64;
         self.state_bytes.store((size + applied.size_delta).max(0) as usize, Ordering::Relaxed);
-        let key = UserKey::of(req.user.as_ref(), req.author);
-        let floor = g.ring.oldest_base() + u64::from(g.ring.len() == g.ring.capacity());
-        let stacks = match &key {
-            Some(k) => g.stacks.record(k, req.extras.kind, rec.rev, floor, g.ring.capacity()),
-            None => Default::default(),
-        };
-        let done = Committed { ts, reverts: rec.reverts.map(Rev), key, stacks };
-        let (change, held) = Change::encode(Rev(rec.rev), req, rec.ops.as_bytes(), applied, done);
+        let (change, held) = super::restore::entry_of(g, rec, req, applied);
         let growth = memory::state_growth(&change.ops, &change.inverse, &g.state);
         self.keep.lock().note_record(rec, &change);
         let answered: Vec<Forwarded> = match change.client_req_id {
@@ -201,7 +197,8 @@ impl Room {
     }
 
     /// Forwarded changes not answered yet.
-    pub fn forwarded_open(&self) -> usize {
+    #[cfg(test)]
+    pub(super) fn forwarded_open(&self) -> usize {
         self.forwarded.lock().len()
     }
 

@@ -457,10 +457,7 @@ impl Room {
             Some(k) => g.stacks.record(k, req.extras.kind, rev.0, floor, g.ring.capacity()),
             None => Default::default(),
         };
-        let ts = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let done = change::Committed { ts, reverts, key, stacks };
+        let done = change::Committed { ts: crate::ids::now_ms(), reverts, key, stacks };
         let (change, held) = Change::encode(rev, req, ops_json, applied, done);
         let growth = memory::state_growth(&change.ops, &change.inverse, &g.state);
         g.ring.push(rev.0, change.clone(), held);

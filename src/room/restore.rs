@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use super::change::{ChangeRequest, Committed, Extras};
 use super::durable::Keep;
-use super::{Change, Room, RoomConfig, UserKey, history};
+use super::{Change, Inner, Room, RoomConfig, UserKey, history};
 use crate::ids::{ClientId, ClientReqId, Epoch, Rev, RoomId};
 use crate::memory::{self, Budget};
 use crate::patch::{self, Applied, Pointer};
@@ -260,7 +260,7 @@ impl Replay {
             self.stopped = true;
             return;
         }
-        let (req, inverse, touched, list_touched, ts) = match decode_record(rec) {
+        let (req, inverse, touched, list_touched, _) = match decode_record(rec) {
             Ok(x) => x,
             Err(e) => {
                 damage.push(format!("room {id}: record {}: {e}; replay stops", rec.rev));
@@ -276,20 +276,10 @@ impl Replay {
             return;
         }
         let g = self.room.inner.get_mut();
-        let keep = &mut self.keep;
-        let key = UserKey::of(req.user.as_ref(), req.author);
-        let floor = g.ring.oldest_base() + u64::from(g.ring.len() == g.ring.capacity());
-        let stacks = match &key {
-            Some(k) => g.stacks.record(k, req.extras.kind, rec.rev, floor, g.ring.capacity()),
-            None => Default::default(),
-        };
-        let ops_json = rec.ops.as_bytes();
         let mut applied = Applied::default();
         (applied.inverse, applied.touched, applied.list_touched) = (inverse, touched, list_touched);
-        let reverts = rec.reverts.map(Rev);
-        let done = Committed { ts, reverts, key, stacks };
-        let (change, held) = Change::encode(Rev(rec.rev), req, ops_json, applied, done);
-        keep.note_record(rec, &change);
+        let (change, held) = entry_of(g, rec, req, applied);
+        self.keep.note_record(rec, &change);
         g.ring.push(rec.rev, change, held);
         match rec.rev.checked_add(1) {
             Some(next) => self.next = Some(next),
@@ -297,6 +287,25 @@ impl Replay {
             None => self.stopped = true,
         }
     }
+}
+
+/// The ring entry stored record `rec` becomes (its request `req` and what applying it gave),
+/// with its author's undo stacks brought up to it: how a load's replay and a follower take a
+/// record. `g`'s ring takes it next.
+pub(super) fn entry_of(
+    g: &mut Inner,
+    rec: &Record,
+    req: ChangeRequest,
+    applied: Applied,
+) -> (Arc<Change>, usize) {
+    let key = UserKey::of(req.user.as_ref(), req.author);
+    let floor = g.ring.oldest_base() + u64::from(g.ring.len() == g.ring.capacity());
+    let stacks = match &key {
+        Some(k) => g.stacks.record(k, req.extras.kind, rec.rev, floor, g.ring.capacity()),
+        None => Default::default(),
+    };
+    let done = Committed { ts: rec.ts, reverts: rec.reverts.map(Rev), key, stacks };
+    Change::encode(Rev(rec.rev), req, rec.ops.as_bytes(), applied, done)
 }
 
 type Decoded = (ChangeRequest, Vec<patch::Op>, Vec<Pointer>, Vec<Pointer>, u64);

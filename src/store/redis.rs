@@ -70,7 +70,7 @@ const ROOMS_KEY: &str = "ringsync:rooms";
 const NODES_KEY: &str = "ringsync:nodes";
 /// Mail kept in a node's mailbox stream (older entries are trimmed as new ones arrive).
 const MAILBOX_LEN: usize = 10_000;
-/// Entries the follower reads per stream and call.
+/// Mailbox entries the follower reads per call.
 const FOLLOW_COUNT: usize = 512;
 /// A round trip that takes longer than this fails (and the connection is made anew).
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -218,7 +218,7 @@ struct Owned {
 
 /// What the store knows of a room it follows (another node owns it: see
 /// [`crate::room::follow`]).
-struct Followed {
+struct FollowedRoom {
     /// The owner's lease token when the room was loaded; another value (or none) means the
     /// room moved.
     owner: String,
@@ -349,12 +349,20 @@ struct Shared {
     /// This node's number (unique per start, from [`NODES_KEY`]).
     node: u64,
     owned: Mutex<HashMap<RoomId, Owned>>,
-    followed: Mutex<HashMap<RoomId, Followed>>,
+    followed: Mutex<HashMap<RoomId, FollowedRoom>>,
     opts: RedisOptions,
     stats: Stats,
 }
 
 impl Shared {
+    /// Marks a followed room moved (its owner changed, or its copy cannot follow);
+    /// [`Store::take_moved`] hands it over.
+    fn mark_moved(&self, room: &RoomId) {
+        if let Some(f) = self.followed.lock().get_mut(room) {
+            f.moved = true;
+        }
+    }
+
     /// Marks the room lost (counted once); [`Store::take_moved`] hands it over.
     fn lose(&self, room: &RoomId) {
         let newly = self.owned.lock().get_mut(room).is_some_and(|o| !std::mem::replace(&mut o.lost, true));
@@ -769,7 +777,7 @@ impl Store for Arc<RedisStore> {
                 return Err(StoreError(format!("room {room} is being created by another node; try again")));
             };
             let mut followed = self.shared.followed.lock();
-            let f = followed.entry(room.clone()).or_insert(Followed {
+            let f = followed.entry(room.clone()).or_insert(FollowedRoom {
                 owner: holder.clone(),
                 next,
                 moved: false,
@@ -1407,7 +1415,7 @@ impl Reader {
         };
         if now == token {
             // Taken by a load on this node meanwhile: that copy is the owner; this one goes.
-            self.mark_moved(room);
+            self.shared.mark_moved(room);
             return Ok(());
         }
         if !self.catch_up(room)? {
@@ -1437,7 +1445,7 @@ impl Reader {
             return caught_up.map(drop);
         }
         self.shared.owned.lock().remove(room);
-        self.mark_moved(room);
+        self.shared.mark_moved(room);
         let _ = redis::cmd("EVAL")
             .arg(RELEASE)
             .arg(1)
@@ -1452,12 +1460,6 @@ impl Reader {
     fn catch_up(&mut self, room: &RoomId) -> Result<bool, StoreError> {
         let (shared, sink) = (self.shared.clone(), self.sink.clone());
         catch_up(&shared, &*sink, self.connection(Duration::ZERO)?, room)
-    }
-
-    fn mark_moved(&self, room: &RoomId) {
-        if let Some(f) = self.shared.followed.lock().get_mut(room) {
-            f.moved = true;
-        }
     }
 }
 
@@ -1487,9 +1489,7 @@ fn catch_up(
 ) -> Result<bool, StoreError> {
     let dropped = |why: &str| {
         tracing::warn!(room = %room, why, "redis follower: the copy cannot follow; dropped");
-        if let Some(f) = shared.followed.lock().get_mut(room) {
-            f.moved = true;
-        }
+        shared.mark_moved(room);
         Ok(false)
     };
     loop {

@@ -15,7 +15,7 @@ use ringsync::app::App;
 use ringsync::config::Config;
 use ringsync::patch;
 use ringsync::server;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -499,6 +499,35 @@ pub async fn close_code(ws: &mut Ws) -> u16 {
             Some(Ok(Message::Close(None))) => return 1005,
             Some(Ok(_)) => continue,
             Some(Err(_)) | None => return 1006,
+        }
+    }
+}
+
+/// Applies a presence message to a local map, as a client would.
+pub fn merge(map: &mut Map<String, Value>, m: &Value) {
+    for (k, v) in m["peers"].as_object().unwrap() {
+        if v.is_null() {
+            map.remove(k);
+        } else {
+            map.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+pub fn welcome_map(c: &Client) -> Map<String, Value> {
+    c.welcome["presence"].as_object().unwrap().clone()
+}
+
+/// Reads presence messages into `map` until `done(map)` holds.
+pub async fn presence_until(
+    c: &mut Client,
+    map: &mut Map<String, Value>,
+    done: impl Fn(&Map<String, Value>) -> bool,
+) {
+    while !done(map) {
+        let m = c.recv().await;
+        if m["type"] == "presence" {
+            merge(map, &m);
         }
     }
 }
