@@ -24,7 +24,7 @@ command -v promtool >/dev/null || apt_install prometheus
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3 python3-venv
 # Debian's Chromium drives the demo page in the browser tests.
 [ -x /usr/bin/chromium ] || apt_install chromium
-# tests/redis_store.rs starts its own redis-server (a free port, a temporary directory).
+# tests/redis_store.rs and tests/cluster.rs start their own redis-server (a free port, a temporary directory).
 command -v redis-server >/dev/null || apt_install redis-server
 [ -x /usr/bin/chromium ] || { echo "chromium did not install" >&2; exit 1; }
 # Pinned in tests/js/package-lock.json: the JSON Patch conformance suite and the browser driver.
