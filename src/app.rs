@@ -34,6 +34,7 @@ use crate::rooms::{NoNewRoom, Rooms};
 use crate::session::{SessionLimits, Sessions};
 use crate::store::file::{FileOptions, FileStore, Fsync};
 use crate::store::redis::{Mail, RedisOptions, RedisStore};
+use crate::writer::WriterConfig;
 
 /// What a room is shown as a connection or request starts using it on this node (cluster mode
 /// relays its presence and broadcasts to the other nodes: see [`crate::cluster`]).
@@ -44,6 +45,8 @@ pub trait RoomHook: Send + Sync {
 /// Everything the request handlers share.
 pub struct App {
     pub config: Config,
+    /// The connections' writers' part of `config`, which each writer borrows.
+    pub writer_config: WriterConfig,
     /// Verifies tokens (open mode without a `--jwt-*` key); built once at start.
     pub auth: Authenticator,
     pub rooms: Rooms,
@@ -152,6 +155,7 @@ impl App {
             websockets: AtomicUsize::new(0),
             http_connections: AtomicUsize::new(0),
             body_bytes: AtomicUsize::new(0),
+            writer_config: WriterConfig::from(&config),
             config,
         }))
     }
@@ -181,9 +185,9 @@ impl App {
     }
 
     /// Counts one open connection in [`App::active`] until the guard drops.
-    pub fn hold_active(&self) -> Active<'_> {
+    pub fn hold_active(self: &Arc<Self>) -> Active {
         self.active.fetch_add(1, Ordering::AcqRel);
-        Active(&self.active)
+        Active(self.clone())
     }
 
     /// A place under `--max-connections` (0 = unlimited), or `None` when the server is full.
@@ -438,12 +442,13 @@ pub fn count_reject(r: &Reject) {
     metrics::counter!(m::CHANGES_REJECTED, "code" => r.code.as_str()).increment(1);
 }
 
-/// One open connection in [`App::active`], while alive.
-pub struct Active<'a>(&'a AtomicUsize);
+/// One open connection in [`App::active`], while alive. Owned, so a WebSocket's count can move
+/// from the task that upgraded it to the task that serves it.
+pub struct Active(Arc<App>);
 
-impl Drop for Active<'_> {
+impl Drop for Active {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -19,6 +19,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, Role, WebSocket, WebSocketError, WebSocketWrite};
@@ -36,7 +37,7 @@ use crate::protocol::{self, ClientMsg, ErrorCode, Reject};
 use crate::room::{ChangeRequest, Extras, Room};
 use crate::rooms::Lease;
 use crate::session::{AttachError, Attached, ResumeFrom, Session, SessionState};
-use crate::writer::{self, Outgoing, Signals, Slot, SlotIo, TokenExpiry, Writer, WriterConfig};
+use crate::writer::{self, Outgoing, Signals, Slot, SlotIo, TokenExpiry, Writer};
 
 mod inbound;
 
@@ -98,69 +99,133 @@ async fn close_now(mut write: WebSocketWrite<WriteIo>, reason: CloseReason) {
 
 /// Serves an upgraded WebSocket until it closes. `lease` is its admission to the room;
 /// `identity` is who the request's token names (at least `read` in this room, checked by the
-/// caller; [`Identity::open`] in open mode).
-pub async fn serve(
+/// caller; [`Identity::open`] in open mode). `held` is what must stay held while the connection
+/// lives (its places under the connection limits, its count in [`App::active`]).
+///
+/// Once admitted, the connection runs in a task of its own ([`Open::run`]), which holds only
+/// what it needs: its future is the largest thing every idle connection keeps, and this task's
+/// (the upgrade, the admission, the refusals' close frames) would add to it for its whole life.
+pub async fn serve<H: Send + 'static>(
     ws: WebSocket<TokioIo<Upgraded>>,
     app: Arc<App>,
     lease: Lease,
     from: ResumeFrom,
     identity: Identity,
+    held: H,
 ) {
-    let room = lease.room().clone();
-    let _open = OpenGauge::new();
+    let gauge = OpenGauge::new();
     let Some((read, write)) = into_halves(ws) else {
         tracing::error!("upgraded connection is not a TCP stream");
         return;
     };
-    let user: Option<Arc<str>> = identity.user.as_deref().map(Arc::from);
-    let attached = match app.sessions.attach(&room, from.session.as_deref(), user.as_ref()) {
-        Ok(attached) => attached,
-        // Over --max-sessions with every session connected: nothing can make room for this one.
-        Err(AttachError::Full(_)) => {
-            Refusal::MaxSessions.count();
-            return close_now(ws_write(write), CloseReason::TooManySessions).await;
-        }
-        Err(AttachError::OtherUser) => return close_now(ws_write(write), CloseReason::OtherUser).await,
-    };
-    // An admin delete may have retired the room since this connection was admitted. The delete
-    // retires the room before it closes the room's sessions, and this check follows the attach,
-    // so a connection is either found by the delete or sees the room retired here: none is left
-    // in a room nobody sees.
-    if room.is_retired() {
-        app.sessions.kick(&attached.session, CloseReason::RoomDeleted, true);
-        return close_now(ws_write(write), CloseReason::RoomDeleted).await;
+    match Open::new(read, write, app, lease, from, identity) {
+        Ok(open) => drop(tokio::spawn(open.run(held, gauge))),
+        Err((write, reason)) => close_now(ws_write(write), reason).await,
     }
-    let Attached { session, conn, resumed, kicked } = attached;
-    app.attach_room(&room);
-    room.presence.join_as(session.client, session.user.clone());
-    let (tx, rx) = writer::reply_channel();
-    let expiry = identity.exp.map(|exp| TokenExpiry::new(exp, app.auth.leeway()));
-    let signals = Signals { replies: rx, kicked, shutdown: app.shutdown_signal(), expiry };
-    let permission = identity.permission(room.id()).unwrap_or(Permission::Read);
+}
 
-    let slot = Slot::new(session.clone(), Some(write));
-    let mut writer =
-        Writer::with_slot(ws_write(SlotIo(slot.clone())), WriterConfig::from(&app.config), &session, slot);
-    // Pinned where they are: moved into `side_by_side`, each would take its size twice in this
-    // task's future (the connection's largest allocation).
-    let writer_fut = std::pin::pin!(writer.run(from, resumed, signals));
-    // Whenever the read side would wait, the write pass takes what this connection committed.
-    let mut read = read;
-    read.deliver_before_waiting(room.clone());
-    let reader_fut = std::pin::pin!(read_loop(
-        Inbound::new(&read, &app.config, tx),
-        &app,
-        &room,
-        &session,
-        conn,
-        permission
-    ));
-    let (end, reason) = side_by_side(reader_fut, writer_fut).await;
-    let end = if reason == CloseReason::TakenOver { End::TakenOver } else { end };
-    let label = if end == End::Clean { CloseReason::Normal.label() } else { reason.label() };
-    metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => label).increment(1);
-    if end != End::TakenOver {
-        app.sessions.detach(&session, conn, end == End::Clean);
+/// An admitted connection, attached to its session and present in its room, before its reader
+/// and writer start.
+struct Open {
+    app: Arc<App>,
+    lease: Lease,
+    session: Arc<Session>,
+    /// This connection's number within its session.
+    conn: u64,
+    resumed: bool,
+    read: Socket,
+    write: WriteIo,
+    from: ResumeFrom,
+    signals: Signals,
+    replies: writer::ReplySender,
+    permission: Permission,
+}
+
+impl Open {
+    /// Attaches the session and joins the room's presence, or says why the connection must be
+    /// closed at once (with its write half, to send the close frame on).
+    fn new(
+        read: Socket,
+        write: WriteIo,
+        app: Arc<App>,
+        lease: Lease,
+        from: ResumeFrom,
+        identity: Identity,
+    ) -> Result<Open, (WriteIo, CloseReason)> {
+        let room = lease.room();
+        let user: Option<Arc<str>> = identity.user.as_deref().map(Arc::from);
+        let attached = match app.sessions.attach(room, from.session.as_deref(), user.as_ref()) {
+            Ok(attached) => attached,
+            // Over --max-sessions with every session connected: nothing can make room for this one.
+            Err(AttachError::Full(_)) => {
+                Refusal::MaxSessions.count();
+                return Err((write, CloseReason::TooManySessions));
+            }
+            Err(AttachError::OtherUser) => return Err((write, CloseReason::OtherUser)),
+        };
+        // An admin delete may have retired the room since this connection was admitted. The
+        // delete retires the room before it closes the room's sessions, and this check follows
+        // the attach, so a connection is either found by the delete or sees the room retired
+        // here: none is left in a room nobody sees.
+        if room.is_retired() {
+            app.sessions.kick(&attached.session, CloseReason::RoomDeleted, true);
+            return Err((write, CloseReason::RoomDeleted));
+        }
+        let Attached { session, conn, resumed, kicked } = attached;
+        app.attach_room(room);
+        room.presence.join_as(session.client, session.user.clone());
+        let (replies, rx) = writer::reply_channel();
+        let expiry = identity.exp.map(|exp| TokenExpiry::new(exp, app.auth.leeway()));
+        let signals = Signals { replies: rx, kicked, shutdown: app.shutdown_signal(), expiry };
+        let permission = identity.permission(room.id()).unwrap_or(Permission::Read);
+        Ok(Open { app, lease, session, conn, resumed, read, write, from, signals, replies, permission })
+    }
+
+    /// Runs the reader and the writer side by side until the connection ends, then leaves the
+    /// session (and so the room's presence). Not an `async fn`: one would keep `self` twice in
+    /// its future (as the argument and as the local it moves into); the block below uses its
+    /// fields in place.
+    fn run<H: Send + 'static>(self, held: H, gauge: OpenGauge) -> impl Future<Output = ()> + Send + 'static {
+        let mut open = self;
+        let slot = Slot::new(open.session.clone(), Some(open.write));
+        let from = Box::new(open.from);
+        // Whenever the read side would wait, the write pass takes what this connection committed.
+        open.read.deliver_before_waiting(open.lease.room().clone());
+        async move {
+            let _held = (&held, &gauge);
+            let room = open.lease.room();
+            let mut writer = Writer::with_slot(
+                ws_write(SlotIo(slot.clone())),
+                &open.app.writer_config,
+                &open.session,
+                slot,
+            )
+            .heard(&open.read.heard);
+            let writer_fut = std::pin::pin!(writer.run(from, open.resumed, &mut open.signals));
+            let mut reader = Reader {
+                app: &open.app,
+                room,
+                session: &open.session,
+                conn: open.conn,
+                permission: open.permission,
+                limits: ConnLimits::new(&open.app.config),
+            };
+            let mut inbound = Inbound::new(&open.read, &open.app.config, open.replies);
+            let reader_fut = std::pin::pin!(read_loop(&mut inbound, &mut reader));
+            let (end, reason) = side_by_side(reader_fut, writer_fut).await;
+            let end = match reason {
+                CloseReason::TakenOver => End::TakenOver,
+                // Closed by the writer for the idle timeout: whatever the client answers, it had
+                // gone quiet (a leave after the grace period, as for a drop).
+                CloseReason::Idle => End::Abrupt,
+                _ => end,
+            };
+            let label = if end == End::Clean { CloseReason::Normal.label() } else { reason.label() };
+            metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => label).increment(1);
+            if end != End::TakenOver {
+                open.app.sessions.detach(&open.session, open.conn, end == End::Clean);
+            }
+        }
     }
 }
 
@@ -199,7 +264,7 @@ async fn serve_echo(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<App>) {
         rx,
         app.shutdown_signal()
     ));
-    let reader_fut = std::pin::pin!(echo_loop(Inbound::new(&read, &app.config, tx)));
+    let reader_fut = std::pin::pin!(echo_loop(Inbound::new(&read, &app.config, tx), app.config.idle_timeout));
     let (end, reason) = side_by_side(reader_fut, writer_fut).await;
     let label = if end == End::Clean { CloseReason::Normal.label() } else { reason.label() };
     metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => label).increment(1);
@@ -207,7 +272,9 @@ async fn serve_echo(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<App>) {
 
 /// Runs a connection's reader and writer side by side; when one ends, the other gets
 /// [`CLOSE_GRACE`] to finish its part of the close. Neither future is dropped before then, so
-/// the reader's `read_frame` is never cancelled mid-frame while the connection lives.
+/// the reader's `read_frame` is never cancelled mid-frame while the connection lives. The grace
+/// timers are boxed: they run once per connection, and inline they would add to the future every
+/// connection holds for its life.
 async fn side_by_side(
     mut reader: Pin<&mut impl Future<Output = End>>,
     mut writer: Pin<&mut impl Future<Output = CloseReason>>,
@@ -215,12 +282,12 @@ async fn side_by_side(
     tokio::select! {
         end = reader.as_mut() => {
             // Let the writer send whatever close the reader queued.
-            let reason = tokio::time::timeout(CLOSE_GRACE, writer).await.ok();
+            let reason = Box::pin(tokio::time::timeout(CLOSE_GRACE, writer)).await.ok();
             (end, reason.unwrap_or(CloseReason::Gone))
         }
         reason = writer.as_mut() => {
             // Give the client a moment to answer our close frame.
-            let end = tokio::time::timeout(CLOSE_GRACE, reader).await.unwrap_or(End::Abrupt);
+            let end = Box::pin(tokio::time::timeout(CLOSE_GRACE, reader)).await.unwrap_or(End::Abrupt);
             (end, reason)
         }
     }
@@ -246,48 +313,49 @@ impl Drop for OpenGauge {
 /// `permission` is what the connection's token grants in this room (a `refresh` may change it).
 /// The connection's rate limits are checked here, before anything is decoded or committed; past
 /// its error budget the connection is closed with 4429.
-async fn read_loop(
-    mut inbound: Inbound<'_>,
-    app: &App,
-    room: &Room,
-    session: &Session,
-    conn: u64,
-    permission: Permission,
-) -> End {
-    let mut reader = Reader { app, room, session, conn, permission, limits: ConnLimits::new(&app.config) };
+/// Borrows its state: by value, an `async fn` keeps it twice in its future.
+async fn read_loop(inbound: &mut Inbound<'_>, reader: &mut Reader<'_>) -> End {
+    let room = reader.room;
     // Whatever this connection committed reaches the others even if the loop ends right after.
     let _deliver = DeliverOnExit(room);
     loop {
-        let message = match inbound.next().await {
-            Ok(message) => message,
-            Err(end) => return end,
+        // The message and its reply live in this block only, so the wait for the writer below
+        // keeps neither (an idle connection's future has room for what lives across a wait).
+        let sending = {
+            let message = match inbound.next().await {
+                Ok(message) => message,
+                Err(end) => return end,
+            };
+            let over_bytes = reader.limits.inbound(message.payload.len()).err();
+            let reply = if message.binary {
+                let code = ErrorCode::BadMessage;
+                metrics::counter!(m::DECODE_ERRORS, "code" => code.as_str()).increment(1);
+                Some(Outgoing::Text(protocol::error_msg(
+                    code,
+                    "binary frames are not supported; send JSON text",
+                    None,
+                )))
+            } else {
+                match handle_message(&message.payload, reader, over_bytes) {
+                    Ok(reply) => reply,
+                    // Taken over: this connection must not act for the session any more.
+                    Err(Superseded) => return End::TakenOver,
+                }
+            };
+            // A client that sends without pause never lets a read wait: its changes still go out.
+            inbound.message_handled();
+            reply.map(|reply| {
+                // The reply may wait for the writer (a full queue): what was committed must not.
+                room.deliver();
+                Box::pin(inbound.reply(reply))
+            })
         };
-        let over_bytes = reader.limits.inbound(message.payload.len()).err();
-        let reply = if message.binary {
-            let code = ErrorCode::BadMessage;
-            metrics::counter!(m::DECODE_ERRORS, "code" => code.as_str()).increment(1);
-            Some(Outgoing::Text(protocol::error_msg(
-                code,
-                "binary frames are not supported; send JSON text",
-                None,
-            )))
-        } else {
-            match handle_message(&message.payload, &mut reader, over_bytes) {
-                Ok(reply) => reply,
-                // Taken over: this connection must not act for the session any more.
-                Err(Superseded) => return End::TakenOver,
-            }
-        };
-        // A client that sends without pause never lets a read wait: its changes still go out.
-        inbound.message_handled();
-        if let Some(reply) = reply {
-            // The reply may wait for the writer (a full queue): what was committed must not.
-            room.deliver();
+        if let Some(sending) = sending {
             // Fails only when the writer has gone; `next` then awaits the client's close.
-            let _ = inbound.reply(reply).await;
+            let _ = sending.await;
         }
         if reader.limits.over_budget() {
-            let _ = inbound.reply(Outgoing::Close(CloseReason::RateLimited)).await;
+            let _ = Box::pin(inbound.reply(Outgoing::Close(CloseReason::RateLimited))).await;
             return End::Abrupt;
         }
     }
@@ -302,12 +370,14 @@ impl Drop for DeliverOnExit<'_> {
     }
 }
 
-/// The echo endpoint's reader: every message back as it came.
-async fn echo_loop(mut inbound: Inbound<'_>) -> End {
+/// The echo endpoint's reader: every message back as it came. It has no pings and no writer
+/// timer, so it keeps the idle timeout itself.
+async fn echo_loop(mut inbound: Inbound<'_>, idle_timeout: Duration) -> End {
     loop {
-        let Received { binary, payload } = match inbound.next().await {
-            Ok(message) => message,
-            Err(end) => return end,
+        let Received { binary, payload } = match tokio::time::timeout(idle_timeout, inbound.next()).await {
+            Ok(Ok(message)) => message,
+            Ok(Err(end)) => return end,
+            Err(_) => return inbound.idle().await,
         };
         let _ = inbound.reply(Outgoing::Echo { binary, payload }).await;
     }
@@ -325,7 +395,7 @@ struct Reader<'a> {
     conn: u64,
     /// What the token grants in this room; a `refresh` replaces it.
     permission: Permission,
-    limits: ConnLimits,
+    limits: ConnLimits<'a>,
 }
 
 /// Handles one text message from a client; returns the reply for the sender, if any.

@@ -309,11 +309,11 @@ pub fn add_preflight(headers: &mut HeaderMap, origin: HeaderValue) {
 /// limiter and costs a branch. The limiters are built at the connection's first message, so a
 /// connection that only listens (most of them) never pays for them; a fresh limiter starts with
 /// its whole burst, so building it later changes nothing a client can see.
-pub struct ConnLimits {
-    /// The quotas of `changes`, `bytes` and `strikes`.
-    quotas: [Option<Quota>; 3],
+pub struct ConnLimits<'a> {
+    /// Where the quotas come from, read when the limiters are made.
+    config: &'a Config,
     /// Made at the connection's first message; boxed, so an idle connection's task holds one
-    /// pointer instead of three limiters.
+    /// pointer instead of three limiters (and none of their quotas).
     limiters: OnceLock<Box<Limiters>>,
     over_budget: AtomicBool,
 }
@@ -324,27 +324,25 @@ struct Limiters {
     strikes: Option<DefaultDirectRateLimiter>,
 }
 
-impl ConnLimits {
-    pub fn new(config: &Config) -> ConnLimits {
-        let strikes = NonZeroU32::new(config.rate_limit_strikes).and_then(|n| {
-            // N strikes refill over the window: more than N within it empties the budget.
-            let period = config.rate_limit_window / n.get();
-            Quota::with_period(period.max(Duration::from_nanos(1))).map(|q| q.allow_burst(n))
-        });
-        ConnLimits {
-            quotas: [
-                quota(config.rate_changes, config.rate_changes_burst),
-                quota(config.rate_inbound_bytes, config.rate_inbound_bytes_burst),
-                strikes,
-            ],
-            limiters: OnceLock::new(),
-            over_budget: AtomicBool::new(false),
-        }
+impl<'a> ConnLimits<'a> {
+    pub fn new(config: &'a Config) -> ConnLimits<'a> {
+        ConnLimits { config, limiters: OnceLock::new(), over_budget: AtomicBool::new(false) }
     }
 
     fn limiters(&self) -> &Limiters {
         self.limiters.get_or_init(|| {
-            let [changes, bytes, strikes] = self.quotas.map(|q| q.map(RateLimiter::direct));
+            let config = self.config;
+            let strikes = NonZeroU32::new(config.rate_limit_strikes).and_then(|n| {
+                // N strikes refill over the window: more than N within it empties the budget.
+                let period = config.rate_limit_window / n.get();
+                Quota::with_period(period.max(Duration::from_nanos(1))).map(|q| q.allow_burst(n))
+            });
+            let quotas = [
+                quota(config.rate_changes, config.rate_changes_burst),
+                quota(config.rate_inbound_bytes, config.rate_inbound_bytes_burst),
+                strikes,
+            ];
+            let [changes, bytes, strikes] = quotas.map(|q| q.map(RateLimiter::direct));
             Box::new(Limiters { changes, bytes, strikes })
         })
     }

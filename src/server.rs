@@ -550,13 +550,12 @@ fn websocket(
         Err(e) => return json_error(ErrorCode::BadUpgrade, &e.to_string()),
     };
     tokio::spawn(async move {
-        let _slot = (slot, ip_slot);
-        let _active = app.hold_active();
+        let held = (slot, ip_slot, app.hold_active());
         match tokio::time::timeout(app.config.handshake_timeout, upgrade).await {
             Ok(Ok(ws)) => match admission {
                 Ok((lease, identity)) => {
                     metrics::counter!(m::CONNECTIONS_ACCEPTED).increment(1);
-                    connection::serve(ws, app.clone(), lease, from, identity).await;
+                    connection::serve(ws, app.clone(), lease, from, identity, held).await;
                 }
                 Err(reason) => connection::refuse(ws, reason).await,
             },

@@ -29,12 +29,15 @@
 //! are tested with an in-memory sink (`tests/writer.rs`).
 //!
 //! Memory: every connection holds its writer's future for its life, so the writer keeps it
-//! small. Its deadlines (ping, presence tick, token expiry, shutdown close) share one timer, the
-//! rarer steps (hello, replies, broadcasts, timed work, rollback rejects) are boxed while they
-//! run, and so is the timer of a write that has to wait for the socket.
+//! small. Its deadlines (ping, presence tick, token expiry, shutdown close, and the idle timeout
+//! on what the reader last [`Heard`]) share one timer, the rarer steps (hello, replies,
+//! broadcasts, catch-ups, timed work, rollback rejects, the final flush and close) are boxed while
+//! they run, and so is the timer of a write that has to wait for the socket. The async fns take
+//! what they keep by reference or boxed: an `async fn` holds a by-value argument twice.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -142,11 +145,42 @@ struct Deadlines {
     close: Option<Instant>,
     /// The token's next deadline: the `expiring` warning, then the 4401 close.
     token: Option<Instant>,
+    /// When the client will have sent nothing for `--idle-timeout` (with a [`Heard`]).
+    idle: Option<Instant>,
 }
 
 impl Deadlines {
     fn earliest(&self) -> Instant {
-        [self.presence, self.close, self.token].into_iter().flatten().fold(self.ping, Instant::min)
+        [self.presence, self.close, self.token, self.idle].into_iter().flatten().fold(self.ping, Instant::min)
+    }
+}
+
+/// When the client last sent a whole frame. The reader notes each one; the writer's shared timer
+/// closes the connection (1001, idle timeout) once nothing has come for `--idle-timeout`, so an
+/// idle connection holds one timer, not one per side.
+#[derive(Debug)]
+pub struct Heard {
+    /// The connection's start; `ms` counts from it.
+    start: Instant,
+    ms: AtomicU64,
+}
+
+impl Default for Heard {
+    fn default() -> Self {
+        Heard { start: Instant::now(), ms: AtomicU64::new(0) }
+    }
+}
+
+impl Heard {
+    /// A frame came in now.
+    pub fn note(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the last frame came in (the connection's start before any).
+    pub fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.ms.load(Ordering::Relaxed))
     }
 }
 
@@ -159,6 +193,8 @@ pub struct WriterConfig {
     pub write_timeout: Duration,
     /// On shutdown, the close comes at a random moment within 80 % of this.
     pub shutdown_timeout: Duration,
+    /// Close a connection whose client sent nothing for this long (see [`Writer::heard`]).
+    pub idle_timeout: Duration,
 }
 
 impl From<&Config> for WriterConfig {
@@ -168,6 +204,7 @@ impl From<&Config> for WriterConfig {
             ping_interval: c.ping_interval,
             write_timeout: c.write_timeout,
             shutdown_timeout: c.shutdown_timeout,
+            idle_timeout: c.idle_timeout,
         }
     }
 }
@@ -195,7 +232,8 @@ pub struct Outbox<S> {
 
 pub struct Writer<'a, S> {
     out: Outbox<S>,
-    config: WriterConfig,
+    /// Shared by every connection (the server's is in `App`).
+    config: &'a WriterConfig,
     room: &'a Room,
     session: &'a Session,
     /// The connection's place in the room's write pass: while the task does not own it, a pass
@@ -211,6 +249,8 @@ pub struct Writer<'a, S> {
     changes: Vec<Arc<Change>>,
     /// The newest rollback reject this connection has looked at (see `room::durable`).
     rejections_seen: u64,
+    /// What the reader heard last, for the idle timeout (none: no idle timeout here).
+    heard: Option<&'a Heard>,
 }
 
 /// Why the writer stopped on its own.
@@ -230,13 +270,13 @@ enum Event {
 impl<'a, S: FrameSink> Writer<'a, S> {
     /// A writer whose deltas all go through its own task (no socket the pass could write to:
     /// in-memory sinks).
-    pub fn new(ws: S, config: WriterConfig, session: &'a Arc<Session>) -> Self {
+    pub fn new(ws: S, config: &'a WriterConfig, session: &'a Arc<Session>) -> Self {
         Self::with_slot(ws, config, session, Slot::new(session.clone(), None))
     }
 
     /// A writer sharing its socket with the room's write pass through `slot` (made by
     /// [`Slot::new`] with the same socket's write half, and not released yet).
-    pub fn with_slot(ws: S, config: WriterConfig, session: &'a Session, slot: Arc<Slot>) -> Self {
+    pub fn with_slot(ws: S, config: &'a WriterConfig, session: &'a Session, slot: Arc<Slot>) -> Self {
         Writer {
             out: Outbox { ws, write_timeout: config.write_timeout },
             config,
@@ -249,13 +289,26 @@ impl<'a, S: FrameSink> Writer<'a, S> {
             broadcast_seq: 0,
             changes: Vec::new(),
             rejections_seen: session.room.rejection_seq(),
+            heard: None,
         }
+    }
+
+    /// Closes the connection (1001, idle timeout) once `heard` has heard nothing for
+    /// `idle_timeout`.
+    #[must_use]
+    pub fn heard(mut self, heard: &'a Heard) -> Self {
+        self.heard = Some(heard);
+        self
     }
 
     /// Sends `welcome` and the first catch-up, then everything the room and the reader produce,
     /// until the connection ends; returns why (after writing its close frame when it can).
-    pub async fn run(&mut self, from: ResumeFrom, resumed: bool, signals: Signals) -> CloseReason {
-        let Signals { replies: rx, mut kicked, mut shutdown, mut expiry } = signals;
+    ///
+    /// `signals` is borrowed and `from` boxed: an `async fn` keeps what it is given by value
+    /// twice in its future (as the argument and as the local it moves into), and every
+    /// connection holds this future for its life.
+    pub async fn run(&mut self, from: Box<ResumeFrom>, resumed: bool, signals: &mut Signals) -> CloseReason {
+        let Signals { replies: rx, kicked, shutdown, expiry } = signals;
         // One stream for the connection's life: its waker stays registered between wake-ups
         // instead of being registered anew by every `select!`.
         let mut replies = rx.stream();
@@ -275,8 +328,9 @@ impl<'a, S: FrameSink> Writer<'a, S> {
         if let Err(reason) = Box::pin(self.hello(&from, resumed)).await {
             return reason;
         }
+        // Boxed, and dropped once used: its strings would otherwise stay for the connection's life.
+        drop(from);
         self.release();
-        let interval = self.config.presence_interval;
         let mut kick_gone = false;
         // Every deadline (ping, presence tick, token, shutdown close) shares one timer, armed for
         // the earliest: an idle connection's task holds one `Sleep`, not four.
@@ -286,28 +340,33 @@ impl<'a, S: FrameSink> Writer<'a, S> {
             // A drain that began before this connection subscribed counts too.
             close: shutdown.borrow_and_update().then(|| self.close_moment()),
             token: None,
+            idle: None,
         };
         let timer = tokio::time::sleep_until(due.ping);
         tokio::pin!(timer);
         let result: WriteResult = loop {
             // The next token deadline: `expiring` to send, then the 4401 close.
             due.token = expiry.map(|e| if warned { e.close_at } else { e.warn_at });
-            let next = due.earliest();
-            if timer.deadline() != next {
-                timer.as_mut().reset(next);
+            due.idle = self.heard.map(|h| h.last() + self.config.idle_timeout);
+            {
+                // Scoped, as is the interval below: nothing but the `select!` lives across its wait.
+                let next = due.earliest();
+                if timer.deadline() != next {
+                    timer.as_mut().reset(next);
+                }
             }
             // Not `biased`: under a constant stream of commits the revision arm is always ready,
             // and a fixed order would starve pings, presence and broadcasts behind it.
             let event = tokio::select! {
                 out = std::future::poll_fn(|cx| std::pin::Pin::new(&mut replies).poll_next(cx)) => {
                     if let Some(Outgoing::Refreshed { expiry: renewed, .. }) = out.as_deref() {
-                        expiry = Some(*renewed);
+                        *expiry = Some(*renewed);
                         warned = false;
                     }
                     Event::Reply(out)
                 }
                 // A kick sender dropped without sending is not a kick: stop listening.
-                r = &mut kicked, if !kick_gone => match r {
+                r = &mut *kicked, if !kick_gone => match r {
                     Ok(reason) => break Err(reason),
                     Err(_) => {
                         kick_gone = true;
@@ -322,7 +381,7 @@ impl<'a, S: FrameSink> Writer<'a, S> {
                 () = slot.woken() => Event::Revisions,
                 _ = broadcasts.changed() => Event::Broadcasts,
                 _ = presence.changed(), if due.presence.is_none() => {
-                    due.presence = Some(PresenceClock::next_boundary(interval));
+                    due.presence = Some(PresenceClock::next_boundary(self.config.presence_interval));
                     continue;
                 }
                 () = timer.as_mut() => Event::Timer,
@@ -333,9 +392,11 @@ impl<'a, S: FrameSink> Writer<'a, S> {
             }
             let step = match event {
                 Event::Reply(out) => Box::pin(self.out.reply(out)).await,
-                Event::Revisions => self.wake_up().await,
+                // Boxed too: the room's write pass serves a caught-up connection, so this task
+                // catches up only when it fell behind or its socket would block.
+                Event::Revisions => Box::pin(self.wake_up()).await,
                 Event::Broadcasts => Box::pin(self.send_broadcasts()).await,
-                Event::Timer => Box::pin(self.on_time(&mut due, expiry, &mut warned)).await,
+                Event::Timer => Box::pin(self.on_time(&mut due, *expiry, &mut warned)).await,
             };
             if let Err(reason) = step {
                 break Err(reason);
@@ -348,9 +409,9 @@ impl<'a, S: FrameSink> Writer<'a, S> {
         if reason == CloseReason::Shutdown && claimed.is_ok() {
             // A write error here ends the connection all the same; the close below is skipped
             // when the socket is gone.
-            let _ = self.flush(&rx).await;
+            let _ = Box::pin(self.flush(rx)).await;
         }
-        self.out.finish(reason).await;
+        Box::pin(self.out.finish(reason)).await;
         reason
     }
 
@@ -398,6 +459,10 @@ impl<'a, S: FrameSink> Writer<'a, S> {
         let now = Instant::now();
         if due.close.is_some_and(|at| at <= now) {
             return Err(CloseReason::Shutdown);
+        }
+        // Read afresh: a frame may have come in since the deadline was set.
+        if self.heard.is_some_and(|h| h.last() + self.config.idle_timeout <= now) {
+            return Err(CloseReason::Idle);
         }
         if let (Some(at), Some(e)) = (due.token, expiry)
             && at <= now

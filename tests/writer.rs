@@ -20,7 +20,7 @@ use ringsync::patch;
 use ringsync::protocol::{self, ErrorCode, Mode};
 use ringsync::room::{ChangeRequest, Room, RoomConfig};
 use ringsync::session::{ResumeFrom, Session, Sessions};
-use ringsync::writer::{self, FrameSink, Outgoing, ReplySender, Signals, Writer, WriterConfig};
+use ringsync::writer::{self, FrameSink, Heard, Outgoing, ReplySender, Signals, Writer, WriterConfig};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -195,6 +195,7 @@ fn writer_config() -> WriterConfig {
         ping_interval: Duration::from_secs(3600),
         write_timeout: Duration::from_secs(60),
         shutdown_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(7200),
     }
 }
 
@@ -205,6 +206,17 @@ fn new_room(history: usize) -> Arc<Room> {
 /// Attaches a session as `connection::serve` does (presence join before the writer starts) and
 /// spawns its writer.
 fn connect(room: &Arc<Room>, sessions: &Sessions, from: ResumeFrom, config: WriterConfig) -> Conn {
+    connect_hearing(room, sessions, from, config, None)
+}
+
+/// [`connect`], with the writer keeping the idle timeout on what `heard` heard.
+fn connect_hearing(
+    room: &Arc<Room>,
+    sessions: &Sessions,
+    from: ResumeFrom,
+    config: WriterConfig,
+    heard: Option<Arc<Heard>>,
+) -> Conn {
     let attached = sessions.attach(room, from.session.as_deref(), None).expect("under --max-sessions");
     room.presence.join(attached.session.client);
     let (sink, tap) = mem_sink();
@@ -215,8 +227,11 @@ fn connect(room: &Arc<Room>, sessions: &Sessions, from: ResumeFrom, config: Writ
     let session = attached.session.clone();
     let resumed = attached.resumed;
     let task = tokio::spawn(async move {
-        let mut writer = Writer::new(sink, config, &session);
-        writer.run(from, resumed, signals).await
+        let (mut writer, mut signals) = (Writer::new(sink, &config, &session), signals);
+        if let Some(heard) = &heard {
+            writer = writer.heard(heard);
+        }
+        writer.run(Box::new(from), resumed, &mut signals).await
     });
     Conn { tap, session: attached.session, replies, shutdown, task, markers: 0, generation: attached.conn }
 }
@@ -590,6 +605,43 @@ async fn close_request_writes_its_code_and_ends() {
     let last = log.last().unwrap();
     assert_eq!(last.close_code(), Some(1001));
     assert_eq!(*last, Sent::Close([&1001u16.to_be_bytes()[..], b"idle timeout"].concat()));
+}
+
+/// The idle timeout is the writer's: a client heard within `--idle-timeout` stays, one silent
+/// for it is closed with 1001 "idle timeout" (paused clock: no timing assumption).
+#[tokio::test(start_paused = true)]
+async fn a_silent_client_is_closed_for_idleness_and_each_frame_heard_postpones_it() {
+    let room = new_room(64);
+    let sessions = Sessions::default();
+    let config = WriterConfig { idle_timeout: Duration::from_secs(5), ..writer_config() };
+    let heard = Arc::new(Heard::default());
+    let mut conn = connect_hearing(&room, &sessions, ResumeFrom::default(), config, Some(heard.clone()));
+    conn.hello().await;
+    // A frame every 2 s for 30 s: never 5 s of silence.
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        heard.note();
+    }
+    assert!(!conn.task.is_finished(), "closed although heard every 2 s: {:#?}", conn.tap.frames());
+    let silent_from = tokio::time::Instant::now();
+    assert_eq!(ended(&mut conn.task).await, CloseReason::Idle);
+    let silence = silent_from.elapsed();
+    assert!(silence >= Duration::from_secs(5), "closed after {silence:?} of silence");
+    assert!(silence < Duration::from_secs(6), "closed only after {silence:?} of silence");
+    let log = conn.tap.frames();
+    assert_eq!(*log.last().unwrap(), Sent::Close([&1001u16.to_be_bytes()[..], b"idle timeout"].concat()));
+}
+
+/// A writer without a [`Heard`] keeps no idle timeout (the echo endpoint keeps its own).
+#[tokio::test(start_paused = true)]
+async fn a_writer_that_hears_nothing_keeps_no_idle_timeout() {
+    let room = new_room(64);
+    let sessions = Sessions::default();
+    let config = WriterConfig { idle_timeout: Duration::from_secs(1), ..writer_config() };
+    let conn = connect(&room, &sessions, ResumeFrom::default(), config);
+    conn.hello().await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(!conn.task.is_finished(), "{:#?}", conn.tap.frames());
 }
 
 #[tokio::test]

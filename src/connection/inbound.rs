@@ -27,7 +27,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::{Buf as _, Bytes};
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead};
@@ -41,7 +40,7 @@ use crate::config::Config;
 use crate::metrics as m;
 use crate::reassembly::Reassembler;
 use crate::room::Room;
-use crate::writer::{Outgoing, ReplySender};
+use crate::writer::{Heard, Outgoing, ReplySender};
 
 /// Largest control frame payload (RFC 6455 §5.5).
 const MAX_CONTROL_PAYLOAD: usize = 125;
@@ -65,6 +64,9 @@ pub(super) struct Received {
 pub(crate) struct Socket {
     /// Locked only inside a `poll_read`, never across an `.await`.
     inner: Mutex<SocketInner>,
+    /// When the last whole frame came in: the idle timeout is the writer's (room connections)
+    /// or the echo loop's.
+    pub(crate) heard: Heard,
     /// A room connection's room: its write pass runs whenever reading would wait, so changes
     /// read together go out together (see [`Socket::deliver_before_waiting`]).
     room: Option<Arc<Room>>,
@@ -90,6 +92,7 @@ impl Socket {
     pub(crate) fn new(early: Bytes, read: OwnedReadHalf) -> Self {
         Socket {
             inner: Mutex::new(SocketInner { early, read, fed: 0 }),
+            heard: Heard::default(),
             room: None,
             unpassed: AtomicU32::new(0),
         }
@@ -178,13 +181,13 @@ impl AsyncRead for SocketRef<'_> {
 pub(super) struct Inbound<'s> {
     socket: &'s Socket,
     /// fastwebsockets' reader, only while it may hold bytes not yet returned (see the module doc).
-    read: Option<WebSocketRead<SocketRef<'s>>>,
+    /// Boxed: inline, an idle connection's task would keep room for it.
+    read: Option<Box<WebSocketRead<SocketRef<'s>>>>,
     /// Bytes of the frames returned so far: header and payload.
     consumed: u64,
     /// fastwebsockets refuses a frame whose length is at least this.
     max_frame: usize,
     messages: Reassembler,
-    idle_timeout: Duration,
     replies: Replies,
 }
 
@@ -240,7 +243,6 @@ impl<'s> Inbound<'s> {
             // We allow exactly the limit.
             max_frame: max + 1,
             messages: Reassembler::new(max),
-            idle_timeout: config.idle_timeout,
             replies: Replies(replies),
         }
     }
@@ -265,7 +267,7 @@ impl<'s> Inbound<'s> {
             // unmasked ping ponged, a 126-byte close echoed); control frames are answered there.
             read.set_auto_close(false);
             read.set_auto_pong(false);
-            read
+            Box::new(read)
         });
         // With automatic replies off, fastwebsockets never asks us to send anything.
         let mut no_auto_replies =
@@ -276,6 +278,7 @@ impl<'s> Inbound<'s> {
         let frame =
             RawFrame { fin: frame.fin, opcode: frame.opcode, masked, payload: into_bytes(frame.payload) };
         self.consumed += (head_len + frame.payload.len()) as u64;
+        self.socket.heard.note();
         if self.consumed == self.socket.fed() {
             self.read = None;
         }
@@ -292,34 +295,46 @@ impl<'s> Inbound<'s> {
         self.replies.send(out).await
     }
 
-    /// The next whole message, or how the read side ended (its close already queued).
+    /// The read side ends for the idle timeout: queues its close.
+    pub(super) async fn idle(&self) -> End {
+        Box::pin(self.replies.fail(CloseReason::Idle)).await
+    }
+
+    /// The next whole message, or how the read side ended (its close already queued). No idle
+    /// timeout here: a room connection's writer keeps it (see [`Heard`]), the echo loop its own.
+    ///
+    /// Every step that waits on the writer is boxed: they are rare (a ping's pong, a close), and
+    /// inline the largest would size the future an idle connection holds.
     pub(super) async fn next(&mut self) -> Result<Received, End> {
         loop {
-            let frame = match tokio::time::timeout(self.idle_timeout, self.read_frame()).await {
-                Err(_) => return Err(self.replies.fail(CloseReason::Idle).await),
-                Ok(Err(e)) => {
+            let frame = match self.read_frame().await {
+                Err(e) => {
                     return Err(match e {
-                        WebSocketError::FrameTooLarge => self.replies.fail(CloseReason::TooBig).await,
-                        WebSocketError::InvalidUTF8 => self.replies.fail(CloseReason::BadUtf8).await,
+                        WebSocketError::FrameTooLarge => {
+                            Box::pin(self.replies.fail(CloseReason::TooBig)).await
+                        }
+                        WebSocketError::InvalidUTF8 => {
+                            Box::pin(self.replies.fail(CloseReason::BadUtf8)).await
+                        }
                         WebSocketError::UnexpectedEOF
                         | WebSocketError::IoError(_)
                         | WebSocketError::SendError(_) => End::Abrupt,
-                        _ => self.replies.fail(CloseReason::Protocol).await,
+                        _ => Box::pin(self.replies.fail(CloseReason::Protocol)).await,
                     });
                 }
-                Ok(Ok(frame)) => frame,
+                Ok(frame) => frame,
             };
             if !frame.masked {
-                return Err(self.replies.fail(CloseReason::Protocol).await);
+                return Err(Box::pin(self.replies.fail(CloseReason::Protocol)).await);
             }
             match frame.opcode {
                 OpCode::Close | OpCode::Ping | OpCode::Pong if frame.payload.len() > MAX_CONTROL_PAYLOAD => {
-                    return Err(self.replies.fail(CloseReason::Protocol).await);
+                    return Err(Box::pin(self.replies.fail(CloseReason::Protocol)).await);
                 }
-                OpCode::Close => return Err(self.replies.close_frame(&frame.payload).await),
+                OpCode::Close => return Err(Box::pin(self.replies.close_frame(&frame.payload)).await),
                 OpCode::Ping => {
                     // Unanswerable once the writer has gone; the client's close is still awaited.
-                    let _ = self.replies.send(Outgoing::Pong(frame.payload.to_vec())).await;
+                    let _ = Box::pin(self.replies.send(Outgoing::Pong(frame.payload.to_vec()))).await;
                 }
                 OpCode::Pong => {}
                 OpCode::Text | OpCode::Binary | OpCode::Continuation => {
@@ -327,7 +342,7 @@ impl<'s> Inbound<'s> {
                         Ok(None) => continue,
                         Ok(Some((op, Cow::Borrowed(_)))) => (op, None),
                         Ok(Some((op, Cow::Owned(buf)))) => (op, Some(buf)),
-                        Err(reason) => return Err(self.replies.fail(reason).await),
+                        Err(reason) => return Err(Box::pin(self.replies.fail(reason)).await),
                     };
                     if self.replies.0.is_disconnected() {
                         continue;
