@@ -10,8 +10,11 @@
 //! (`--max-room-clients`) and the idle sweep's "is anyone using it" both run under the room's
 //! shard lock, so the sweep can never drop a room between its admission of a connection (or an
 //! HTTP write's look-up) and that use. An admin delete ([`Rooms::remove`]) retires the room and
-//! takes it out under the same shard lock, so a look-up gets either the old room (which then
-//! refuses commits) or a fresh one, never a retired room still in the map.
+//! leaves it in the map (or puts a retired stand-in there, for a room only on disk) until its
+//! stored data is deleted, then takes it out: a look-up gets the old room (which refuses commits
+//! with `gone`) or, once the delete is done, a fresh one, never a copy read from half-deleted
+//! files. A retired room is in the map only during a delete; a load that overlapped a delete is
+//! read again (`deletes` counts them).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -113,6 +116,8 @@ pub struct Rooms {
     store: Option<Arc<dyn Store>>,
     /// Damage found and cut while loading rooms, for the log and the metric.
     damaged: AtomicU64,
+    /// Deletes completed: a room read from the store while one ran is read again.
+    deletes: AtomicU64,
 }
 
 impl std::fmt::Debug for dyn Store {
@@ -138,6 +143,7 @@ impl Rooms {
             shedding: AtomicBool::new(false),
             store: None,
             damaged: AtomicU64::new(0),
+            deletes: AtomicU64::new(0),
         }
     }
 
@@ -205,11 +211,7 @@ impl Rooms {
         if self.store.is_none() {
             return Ok(None);
         }
-        match self.load(id)? {
-            // Held as loaded (not read a second time).
-            Some(room) => self.hold(id, Some(room), |h| h.room.clone()).map(Some),
-            None => Ok(None),
-        }
+        self.hold(id, false, |h| h.room.clone())
     }
 
     /// Reads a stored room back (no lock held: the disk is read before the map is touched),
@@ -262,82 +264,132 @@ impl Rooms {
     /// Runs `f` on the room's entry (created if needed) under its shard lock, after marking it
     /// active.
     fn with_held<T>(&self, id: &RoomId, f: impl FnOnce(&Arc<Held>) -> T) -> Result<T, NoNewRoom> {
-        self.hold(id, None, f)
+        Ok(self.hold(id, true, f)?.expect("created when absent"))
     }
 
-    /// [`Rooms::with_held`], with the room already read from the store when `loaded` is given.
+    /// [`Rooms::with_held`]; without `create`, `None` when the room is neither in memory nor
+    /// stored.
     fn hold<T>(
         &self,
         id: &RoomId,
-        mut loaded: Option<Room>,
+        create: bool,
         f: impl FnOnce(&Arc<Held>) -> T,
-    ) -> Result<T, NoNewRoom> {
+    ) -> Result<Option<T>, NoNewRoom> {
         self.relieve();
-        // A stored room is read before the shard is locked; a racing loader's copy is dropped
-        // unused (only the one inserted gets a log).
-        if loaded.is_none() && self.store.is_some() && !self.map.contains_key(id) {
-            loaded = self.load(id)?;
-        }
-        match self.map.entry(id.clone()) {
-            Entry::Occupied(e) => {
-                e.get().touch();
-                Ok(f(e.get()))
+        let f = std::cell::Cell::new(Some(f));
+        let run = |h: &Arc<Held>| (f.take().expect("runs once"))(h);
+        loop {
+            let deletes = self.deletes.load(Ordering::Acquire);
+            // A stored room is read before the shard is locked; a racing loader's copy is dropped
+            // unused (only the one inserted gets a log).
+            let mut loaded = None;
+            if self.store.is_some() && !self.map.contains_key(id) {
+                match self.load(id) {
+                    Ok(room) => loaded = room,
+                    // Read while a delete removed the files: look again (the retired room is in
+                    // the map until the delete is done, then nothing is stored).
+                    Err(_)
+                        if self.deletes.load(Ordering::Acquire) != deletes || self.map.contains_key(id) =>
+                    {
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            Entry::Vacant(e) => {
-                if !self.budget.admits_room() {
-                    return Err(NoNewRoom::MemoryFull);
+            match self.map.entry(id.clone()) {
+                Entry::Occupied(e) => {
+                    e.get().touch();
+                    return Ok(Some(run(e.get())));
                 }
-                let reserved = self.count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (self.max_rooms == 0 || n < self.max_rooms).then_some(n + 1)
-                });
-                if reserved.is_err() {
-                    return Err(NoNewRoom::TooManyRooms);
-                }
-                let room = Arc::new(
-                    loaded
-                        .unwrap_or_else(|| Room::with_budget(id.clone(), self.config.clone(), &self.budget)),
-                );
-                // A follower copy (another node owns the room) never appends.
-                if let Some(store) = self.store.as_ref().filter(|_| !room.is_follower()) {
-                    let journal: std::sync::Weak<dyn Journal> = Arc::downgrade(&room) as _;
-                    room.attach_log(store.open(id, room.epoch().as_str(), journal));
-                }
-                let held = Arc::new(Held {
-                    room,
-                    connections: AtomicUsize::new(0),
-                    last_active_ms: AtomicU64::new(now_ms()),
-                });
-                let out = f(&held);
-                e.insert(held);
-                Ok(out)
+                // Read before a delete finished: what it read is gone.
+                Entry::Vacant(_) if loaded.is_some() && self.deletes.load(Ordering::Acquire) != deletes => {}
+                Entry::Vacant(_) if loaded.is_none() && !create => return Ok(None),
+                Entry::Vacant(e) => return self.insert(e, id, loaded, run).map(Some),
             }
         }
     }
 
-    /// Removes the room (an admin delete): under its shard lock, it is retired ([`Room::retire`],
-    /// so a handle still held elsewhere can commit nothing more) and taken out of the map, so any
-    /// later look-up creates a fresh room (a new epoch). Connections still leased to it keep
-    /// their handle until they close. `None` when it is not in memory.
+    /// Puts a room (read from the store, or a new one) in the map's vacant entry `e`, running `f`
+    /// on it before the entry (and its shard lock) is let go.
+    fn insert<T>(
+        &self,
+        e: dashmap::mapref::entry::VacantEntry<'_, RoomId, Arc<Held>>,
+        id: &RoomId,
+        loaded: Option<Room>,
+        f: impl FnOnce(&Arc<Held>) -> T,
+    ) -> Result<T, NoNewRoom> {
+        if !self.budget.admits_room() {
+            return Err(NoNewRoom::MemoryFull);
+        }
+        let reserved = self.count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (self.max_rooms == 0 || n < self.max_rooms).then_some(n + 1)
+        });
+        if reserved.is_err() {
+            return Err(NoNewRoom::TooManyRooms);
+        }
+        let room = Arc::new(
+            loaded.unwrap_or_else(|| Room::with_budget(id.clone(), self.config.clone(), &self.budget)),
+        );
+        // A follower copy (another node owns the room) never appends.
+        if let Some(store) = self.store.as_ref().filter(|_| !room.is_follower()) {
+            let journal: std::sync::Weak<dyn Journal> = Arc::downgrade(&room) as _;
+            room.attach_log(store.open(id, room.epoch().as_str(), journal));
+        }
+        let held = Arc::new(Held {
+            room,
+            connections: AtomicUsize::new(0),
+            last_active_ms: AtomicU64::new(now_ms()),
+        });
+        let out = f(&held);
+        e.insert(held);
+        Ok(out)
+    }
+
+    /// Removes the room (an admin delete): it is retired ([`Room::retire`], so a handle held
+    /// anywhere commits nothing more: `gone`) and, once its stored data is deleted, taken out of
+    /// the map, so a later look-up creates a fresh room (a new epoch). Connections still leased
+    /// to it keep their handle until they close. `None` when it was not in memory.
     ///
-    /// With a store, the room's stored data is deleted too (after it left the map, so a later
-    /// look-up starts afresh); a room that is only on disk is deleted there.
+    /// While the store deletes, the retired room stays in the map (a room only on disk gets a
+    /// retired stand-in there): a look-up meanwhile is refused with `gone`, instead of reading
+    /// half-deleted files or creating a room whose files the delete would then remove.
     ///
     /// # Errors
-    /// When the store cannot delete the room's data (it stays out of memory meanwhile).
+    /// When the store cannot delete the room's data (the room leaves memory all the same).
     pub fn remove(&self, id: &RoomId) -> Result<Option<Arc<Room>>, crate::store::StoreError> {
-        let removed = match self.map.entry(id.clone()) {
+        let (room, in_memory) = match self.map.entry(id.clone()) {
             Entry::Occupied(e) => {
-                e.get().room.retire();
-                let held = e.remove();
-                self.count.fetch_sub(1, Ordering::AcqRel);
-                Some(held.room.clone())
+                e.get().room.retire_for_delete();
+                (Some(e.get().room.clone()), true)
             }
-            Entry::Vacant(_) => None,
+            Entry::Vacant(e) if self.store.is_some() => {
+                let stand_in = Room::with_budget(id.clone(), self.config.clone(), &self.budget);
+                stand_in.retire();
+                let held = Arc::new(Held {
+                    room: Arc::new(stand_in),
+                    connections: AtomicUsize::new(0),
+                    last_active_ms: AtomicU64::new(now_ms()),
+                });
+                let room = held.room.clone();
+                e.insert(held);
+                (Some(room), false)
+            }
+            Entry::Vacant(_) => (None, false),
         };
-        if let Some(store) = &self.store {
-            store.delete(id)?;
+        let deleted = self.store.as_ref().map_or(Ok(()), |store| store.delete(id));
+        if let Some(room) = &room {
+            room.deleted();
         }
-        Ok(removed)
+        // Counted before the room leaves the map: a load that overlapped the delete sees it.
+        self.deletes.fetch_add(1, Ordering::AcqRel);
+        if let Some(room) = &room
+            && self.map.remove_if(id, |_, h| Arc::ptr_eq(&h.room, room)).is_some()
+            && in_memory
+        {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+        }
+        deleted?;
+        Ok(room.filter(|_| in_memory))
     }
 
     /// Takes the room out of memory without touching what is stored (its ownership moved to
@@ -382,7 +434,8 @@ impl Rooms {
     fn evict(&self, mut idle: impl FnMut(&Held) -> bool) -> usize {
         let mut evicted = Vec::new();
         self.map.retain(|id, h| {
-            let drop = idle(h);
+            // A retired room in the map is being deleted: `remove` takes it out when done.
+            let drop = !h.room.is_retired() && idle(h);
             if drop {
                 h.room.retire();
                 evicted.push(id.clone());
@@ -445,6 +498,101 @@ mod tests {
         assert_ne!(fresh.epoch(), old.epoch());
         assert_eq!(fresh.rev().0, 0);
         assert!(rooms.remove(&id("b")).unwrap().is_none());
+    }
+
+    /// A store that runs `during` in the middle of a delete (after the room's data is gone from
+    /// the inner store, before the delete returns): what a look-up sees while a delete runs.
+    struct SlowDelete {
+        inner: Arc<crate::store::memory::MemoryStore>,
+        during: parking_lot::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    }
+
+    impl Store for SlowDelete {
+        fn load_with(
+            &self,
+            room: &RoomId,
+            keep: usize,
+            sink: &mut dyn crate::store::LoadSink,
+        ) -> Result<Option<crate::store::Loaded>, crate::store::StoreError> {
+            self.inner.load_with(room, keep, sink)
+        }
+        fn open(
+            &self,
+            room: &RoomId,
+            epoch: &str,
+            journal: std::sync::Weak<dyn Journal>,
+        ) -> Arc<dyn crate::store::RoomLog> {
+            self.inner.open(room, epoch, journal)
+        }
+        fn changes(
+            &self,
+            room: &RoomId,
+            after: u64,
+            limit: usize,
+        ) -> Result<Vec<crate::store::Record>, crate::store::StoreError> {
+            self.inner.changes(room, after, limit)
+        }
+        fn oldest(&self, room: &RoomId) -> Option<u64> {
+            self.inner.oldest(room)
+        }
+        fn rooms_after(
+            &self,
+            after: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<RoomId>, crate::store::StoreError> {
+            self.inner.rooms_after(after, limit)
+        }
+        fn delete(&self, room: &RoomId) -> Result<(), crate::store::StoreError> {
+            self.inner.delete(room)?;
+            if let Some(during) = self.during.lock().take() {
+                during();
+            }
+            Ok(())
+        }
+        fn close(&self, room: &RoomId) {
+            self.inner.close(room);
+        }
+        fn flush(&self) {
+            self.inner.flush();
+        }
+    }
+
+    /// While a delete runs, a look-up of the room (in memory, or only stored) gets a retired room
+    /// (its commits refused with `gone`), never a copy read from the half-deleted store or a
+    /// fresh room the delete would then wipe; once it is done, a fresh room.
+    #[test]
+    fn a_look_up_during_a_delete_gets_a_retired_room_and_a_fresh_one_after() {
+        for stored_only in [false, true] {
+            let store = Arc::new(SlowDelete {
+                inner: crate::store::memory::MemoryStore::new(),
+                during: parking_lot::Mutex::new(None),
+            });
+            let rooms = Arc::new(Rooms::new(RoomConfig::default(), 0).with_store(store.clone()));
+            let old = rooms.get_or_create(&id("a")).unwrap();
+            add(&old, "/x", 1.into()).unwrap();
+            if stored_only {
+                assert_eq!(rooms.evict_idle(Duration::ZERO), 1);
+                assert!(!rooms.is_loaded(&id("a")));
+            }
+            let seen = Arc::new(parking_lot::Mutex::new(None));
+            let (r, seen2) = (rooms.clone(), seen.clone());
+            *store.during.lock() = Some(Box::new(move || {
+                let during = r.get_or_create(&id("a")).expect("a look-up during the delete answers");
+                let refused = add(&during, "/y", 2.into()).unwrap_err().code;
+                // The sweep leaves a room being deleted alone.
+                let evicted = r.evict_idle(Duration::ZERO);
+                *seen2.lock() = Some((during.is_retired(), refused, evicted));
+            }));
+            let removed = rooms.remove(&id("a")).unwrap();
+            assert_eq!(removed.is_some(), !stored_only, "Some only for a room that was in memory");
+            assert_eq!(*seen.lock(), Some((true, ErrorCode::Gone, 0)), "stored_only={stored_only}");
+            assert!(rooms.get(&id("a")).is_none(), "nothing stored after the delete");
+            let fresh = rooms.get_or_create(&id("a")).unwrap();
+            assert!(!fresh.is_retired());
+            assert_ne!(fresh.epoch(), old.epoch());
+            assert_eq!(fresh.rev().0, 0);
+            assert_eq!(rooms.len(), 1, "the stand-in was never counted");
+        }
     }
 
     #[test]

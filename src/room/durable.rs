@@ -117,12 +117,19 @@ impl Room {
     }
 
     /// What became of `change` in the store.
+    ///
+    /// In a deleted room, a change committed before the delete is written (the store takes
+    /// what was queued before the delete first) or fails with the room: a failure then is the
+    /// delete's, not the disk's, so it went with the room. One not written when a retirement
+    /// other than a delete's is final went with the room too.
     pub fn outcome(&self, change: &Change) -> Outcome {
-        if change.rolled_back.load(Ordering::Acquire) {
-            Outcome::RolledBack
-        } else if self.rev() >= change.rev {
+        let rolled_back = change.rolled_back.load(Ordering::Acquire);
+        let retired = self.is_retired();
+        if !rolled_back && self.rev() >= change.rev {
             Outcome::Written
-        } else if self.is_retired() {
+        } else if rolled_back {
+            if retired { Outcome::Deleted } else { Outcome::RolledBack }
+        } else if retired && !self.deleting.load(Ordering::Acquire) {
             Outcome::Deleted
         } else {
             Outcome::Pending
@@ -343,18 +350,36 @@ impl Room {
         let mut keep = self.keep.lock();
         keep.since_snapshot = (0, 0);
         keep.idempotency.retain(|_, r| r.rev <= durable);
-        let message = format!(
-            "the change could not be stored ({error}); it was not applied: send it again (revision {rev} failed)"
-        );
+        // A deleted room's appends fail because it was deleted (see `outcome`): `gone`, not a
+        // disk fault.
+        let deleted = self.is_retired();
+        let (code, message) = if deleted {
+            (
+                ErrorCode::Gone,
+                "the room was deleted (admin API) before the change was stored; it went with the room"
+                    .to_string(),
+            )
+        } else {
+            (
+                ErrorCode::Unavailable,
+                format!(
+                    "the change could not be stored ({error}); it was not applied: send it again (revision {rev} failed)"
+                ),
+            )
+        };
         drop(keep);
         for change in undone.iter().rev() {
             if let Some(id) = change.client_req_id {
-                let reject = Reject::new(ErrorCode::Unavailable, message.clone(), durable);
+                let reject = Reject::new(code, message.clone(), durable);
                 self.push_rejection(change.author, id, reject);
             }
         }
         drop(guard);
-        tracing::error!(room = %self.id, rev, durable, undone = undone.len(), %error, "store write failed: changes rolled back");
+        if deleted {
+            tracing::debug!(room = %self.id, rev, durable, undone = undone.len(), "appends after the room's delete: rolled back");
+        } else {
+            tracing::error!(room = %self.id, rev, durable, undone = undone.len(), %error, "store write failed: changes rolled back");
+        }
         self.rev_tx.send_modify(|_| {});
         self.wake_listeners();
     }

@@ -167,6 +167,9 @@ pub struct Room {
     memory: Charges,
     /// Set (under the write lock) once the room has left the registry: no commit after it.
     retired: AtomicBool,
+    /// Retired by a delete whose store has not finished yet: a change committed before the
+    /// retirement may still be written (see `Room::outcome`).
+    deleting: AtomicBool,
     /// A copy of a room another node owns (see [`follow`]): it never commits.
     follower: AtomicBool,
     /// A follower's changes forwarded to the owner and not yet answered (see [`follow`]).
@@ -238,6 +241,7 @@ impl Room {
             broadcasts: Broadcasts::new(config.broadcast_buffer, config.broadcast_bytes, budget),
             memory,
             retired: AtomicBool::new(false),
+            deleting: AtomicBool::new(false),
             follower: AtomicBool::new(false),
             forwarded: Mutex::new(Vec::new()),
             log: OnceLock::new(),
@@ -492,6 +496,19 @@ impl Room {
         // Whoever waits for a change to be written learns it will not be.
         self.rev_tx.send_modify(|_| {});
         self.wake_listeners();
+    }
+
+    /// [`Room::retire`] for a delete: until [`Room::deleted`], a change committed before it is
+    /// still waited for (the store writes or fails what was queued before the delete).
+    pub fn retire_for_delete(&self) {
+        self.deleting.store(true, Ordering::Release);
+        self.retire();
+    }
+
+    /// The delete's store work is done: what was queued before it has been written or failed.
+    pub fn deleted(&self) {
+        self.deleting.store(false, Ordering::Release);
+        self.rev_tx.send_modify(|_| {});
     }
 
     /// Whether [`Room::retire`] has run.
