@@ -177,6 +177,10 @@ impl App {
         self.draining.store(true, Ordering::Release);
         drop(gate);
         self.shutdown_tx.send_replace(true);
+        // Room connections' writers look at the flag when they wake (see `writer::Signals`).
+        for room in self.rooms.all() {
+            room.wake_listeners();
+        }
     }
 
     /// Open HTTP connections plus WebSockets.

@@ -217,7 +217,9 @@ pub struct Signals {
     /// Fires, with the close reason, when another connection takes the session over (4001) or an
     /// operator closes this connection (admin API: 4009, 4010, 4011).
     pub kicked: oneshot::Receiver<CloseReason>,
-    /// Changes once, when the server starts shutting down.
+    /// Turns true once, when the server starts shutting down. The writer looks at it whenever it
+    /// wakes, so whoever sets it then wakes the room's listeners ([`Room::wake_listeners`]), as
+    /// `App::begin_drain` does.
     pub shutdown: watch::Receiver<bool>,
     /// When the connection's token expires (`None` without a token).
     pub expiry: Option<TokenExpiry>,
@@ -345,6 +347,12 @@ impl<'a, S: FrameSink> Writer<'a, S> {
         let timer = tokio::time::sleep_until(due.ping);
         tokio::pin!(timer);
         let result: WriteResult = loop {
+            // The drain wakes every room's listeners (`App::begin_drain`), so a wake-up is when to
+            // look: no `changed()` future waits on the flag (each connection would hold one).
+            // Only the moment is chosen here: the writer keeps working until it comes.
+            if due.close.is_none() && *shutdown.borrow() {
+                due.close = Some(self.close_moment());
+            }
             // The next token deadline: `expiring` to send, then the 4401 close.
             due.token = expiry.map(|e| if warned { e.close_at } else { e.warn_at });
             due.idle = self.heard.map(|h| h.last() + self.config.idle_timeout);
@@ -373,11 +381,6 @@ impl<'a, S: FrameSink> Writer<'a, S> {
                         continue;
                     }
                 },
-                // Only the moment is chosen here: the writer keeps working until it comes.
-                _ = shutdown.changed(), if due.close.is_none() => {
-                    due.close = Some(self.close_moment());
-                    continue;
-                }
                 () = slot.woken() => Event::Revisions,
                 _ = broadcasts.changed() => Event::Broadcasts,
                 _ = presence.changed(), if due.presence.is_none() => {

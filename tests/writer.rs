@@ -741,6 +741,8 @@ async fn shutdown_closes_with_1001_within_the_drain_window() {
     for c in &conns {
         c.shutdown.send_replace(true);
     }
+    // As `App::begin_drain` does: the writers look at the flag when woken.
+    room.wake_listeners();
     for c in &mut conns {
         let reason = tokio::time::timeout_at(started + shutdown_timeout, &mut c.task)
             .await
@@ -751,6 +753,25 @@ async fn shutdown_closes_with_1001_within_the_drain_window() {
         assert_eq!(close_frames(&log).len(), 1, "{log:#?}");
         assert_eq!(log.last().unwrap().close_code(), Some(1001));
     }
+}
+
+/// A connection that starts after the drain began closes within the window too (it looks at
+/// the flag before it waits, so it needs no wake-up).
+#[tokio::test]
+async fn a_connection_started_during_the_drain_closes_with_1001_too() {
+    let room = new_room(64);
+    let sessions = Sessions::default();
+    let shutdown_timeout = Duration::from_millis(300);
+    let config = WriterConfig { shutdown_timeout, ..writer_config() };
+    let mut conn = connect(&room, &sessions, ResumeFrom::default(), config);
+    conn.shutdown.send_replace(true);
+    let started = tokio::time::Instant::now();
+    conn.hello().await;
+    let reason = tokio::time::timeout_at(started + shutdown_timeout, &mut conn.task)
+        .await
+        .expect("closed within --shutdown-timeout")
+        .expect("the writer does not panic");
+    assert_eq!(reason, CloseReason::Shutdown);
 }
 
 // ---------------------------------------------------------------------------------------------
