@@ -20,7 +20,10 @@
 //! which only keeps that connection's reader, and buffer, alive.)
 //!
 //! `read_frame` is not cancel-safe: [`Inbound::next`] is only ever awaited to completion (the
-//! connection's futures run side by side, never raced in a `select!` that drops the loser).
+//! connection's futures run side by side, never raced in a `select!` that drops the loser). The
+//! one exception ends the read side: the echo endpoint's idle timeout drops a `next` that has
+//! waited `--idle-timeout`, and the connection closes (1001) without reading again. A room
+//! connection's idle timeout is the writer's, on what [`Heard`] noted.
 
 use std::borrow::Cow;
 use std::pin::Pin;
