@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use crate::auth::Authenticator;
 use crate::close::CloseReason;
-use crate::config::{AdminToken, Config, FsyncMode};
+use crate::config::{AdminToken, Config, FsyncMode, WriterConfig};
 use crate::guard::Guard;
 use crate::ids::RoomId;
 use crate::memory::Budget;
@@ -34,7 +34,6 @@ use crate::rooms::{NoNewRoom, Rooms};
 use crate::session::{SessionLimits, Sessions};
 use crate::store::file::{FileOptions, FileStore, Fsync};
 use crate::store::redis::{Mail, RedisOptions, RedisStore};
-use crate::writer::WriterConfig;
 
 /// What a room is shown as a connection or request starts using it on this node (cluster mode
 /// relays its presence and broadcasts to the other nodes: see [`crate::cluster`]).

@@ -529,6 +529,31 @@ impl std::fmt::Debug for AdminToken {
     }
 }
 
+/// A connection writer's timings, from `Config` (one in `App`, borrowed by every writer).
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Presence messages go out on a grid of this interval (0 = immediately).
+    pub presence_interval: Duration,
+    pub ping_interval: Duration,
+    pub write_timeout: Duration,
+    /// On shutdown, the close comes at a random moment within 80 % of this.
+    pub shutdown_timeout: Duration,
+    /// Close a connection whose client sent nothing for this long (see `writer::Writer::heard`).
+    pub idle_timeout: Duration,
+}
+
+impl From<&Config> for WriterConfig {
+    fn from(c: &Config) -> Self {
+        WriterConfig {
+            presence_interval: c.presence_interval,
+            ping_interval: c.ping_interval,
+            write_timeout: c.write_timeout,
+            shutdown_timeout: c.shutdown_timeout,
+            idle_timeout: c.idle_timeout,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

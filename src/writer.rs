@@ -48,7 +48,6 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::close::{CLOSE_GRACE, CloseReason};
-use crate::config::Config;
 use crate::ids::Rev;
 use crate::metrics::{self as m, ConnectOutcome, FrameKind as Kind};
 use crate::protocol;
@@ -184,30 +183,9 @@ impl Heard {
     }
 }
 
-/// The writer's timings (from `Config`).
-#[derive(Debug, Clone)]
-pub struct WriterConfig {
-    /// Presence messages go out on a grid of this interval (0 = immediately).
-    pub presence_interval: Duration,
-    pub ping_interval: Duration,
-    pub write_timeout: Duration,
-    /// On shutdown, the close comes at a random moment within 80 % of this.
-    pub shutdown_timeout: Duration,
-    /// Close a connection whose client sent nothing for this long (see [`Writer::heard`]).
-    pub idle_timeout: Duration,
-}
-
-impl From<&Config> for WriterConfig {
-    fn from(c: &Config) -> Self {
-        WriterConfig {
-            presence_interval: c.presence_interval,
-            ping_interval: c.ping_interval,
-            write_timeout: c.write_timeout,
-            shutdown_timeout: c.shutdown_timeout,
-            idle_timeout: c.idle_timeout,
-        }
-    }
-}
+/// The writer's timings: defined with `Config` (so `App` can hold the one every writer borrows
+/// without importing this module), used here.
+pub use crate::config::WriterConfig;
 
 /// What a writer is told from outside its connection.
 #[derive(Debug)]
