@@ -192,6 +192,7 @@ impl Open {
         // Whenever the read side would wait, the write pass takes what this connection committed.
         open.read.deliver_before_waiting(open.lease.room().clone());
         async move {
+            // Held (captured) until the connection ends.
             let _held = (&held, &gauge);
             let room = open.lease.room();
             let mut writer = Writer::with_slot(
@@ -347,7 +348,7 @@ async fn read_loop(inbound: &mut Inbound<'_>, reader: &mut Reader<'_>) -> End {
             reply.map(|reply| {
                 // The reply may wait for the writer (a full queue): what was committed must not.
                 room.deliver();
-                Box::pin(inbound.reply(reply))
+                inbound.reply(reply)
             })
         };
         if let Some(sending) = sending {
@@ -355,7 +356,7 @@ async fn read_loop(inbound: &mut Inbound<'_>, reader: &mut Reader<'_>) -> End {
             let _ = sending.await;
         }
         if reader.limits.over_budget() {
-            let _ = Box::pin(inbound.reply(Outgoing::Close(CloseReason::RateLimited))).await;
+            let _ = inbound.reply(Outgoing::Close(CloseReason::RateLimited)).await;
             return End::Abrupt;
         }
     }

@@ -276,8 +276,6 @@ impl Rooms {
         f: impl FnOnce(&Arc<Held>) -> T,
     ) -> Result<Option<T>, NoNewRoom> {
         self.relieve();
-        let f = std::cell::Cell::new(Some(f));
-        let run = |h: &Arc<Held>| (f.take().expect("runs once"))(h);
         loop {
             let deletes = self.deletes.load(Ordering::Acquire);
             // A stored room is read before the shard is locked; a racing loader's copy is dropped
@@ -299,12 +297,12 @@ impl Rooms {
             match self.map.entry(id.clone()) {
                 Entry::Occupied(e) => {
                     e.get().touch();
-                    return Ok(Some(run(e.get())));
+                    return Ok(Some(f(e.get())));
                 }
                 // Read before a delete finished: what it read is gone.
                 Entry::Vacant(_) if loaded.is_some() && self.deletes.load(Ordering::Acquire) != deletes => {}
                 Entry::Vacant(_) if loaded.is_none() && !create => return Ok(None),
-                Entry::Vacant(e) => return self.insert(e, id, loaded, run).map(Some),
+                Entry::Vacant(e) => return self.insert(e, id, loaded, f).map(Some),
             }
         }
     }

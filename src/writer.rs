@@ -312,8 +312,8 @@ impl<'a, S: FrameSink> Writer<'a, S> {
         drop(from);
         self.release();
         let mut kick_gone = false;
-        // Every deadline (ping, presence tick, token, shutdown close) shares one timer, armed for
-        // the earliest: an idle connection's task holds one `Sleep`, not four.
+        // Every deadline (ping, presence tick, token, shutdown close, idle timeout) shares one
+        // timer, armed for the earliest: an idle connection's task holds one `Sleep`, not five.
         let mut due = Deadlines {
             ping: Instant::now() + self.config.ping_interval,
             presence: None,
@@ -335,7 +335,7 @@ impl<'a, S: FrameSink> Writer<'a, S> {
             due.token = expiry.map(|e| if warned { e.close_at } else { e.warn_at });
             due.idle = self.heard.map(|h| h.last() + self.config.idle_timeout);
             {
-                // Scoped, as is the interval below: nothing but the `select!` lives across its wait.
+                // Scoped: nothing but the `select!` lives across its wait.
                 let next = due.earliest();
                 if timer.deadline() != next {
                     timer.as_mut().reset(next);

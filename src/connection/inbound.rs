@@ -26,6 +26,7 @@
 //! connection's idle timeout is the writer's, on what [`Heard`] noted.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -198,9 +199,11 @@ pub(super) struct Inbound<'s> {
 struct Replies(ReplySender);
 
 impl Replies {
-    /// Queues a reply for the writer; `Err` when the writer has gone.
-    async fn send(&self, out: Outgoing) -> Result<(), ()> {
-        self.0.send_async(Box::new(out)).await.map_err(|_| ())
+    /// Queues a reply for the writer; `Err` when the writer has gone. Every wait of the reader on
+    /// the writer comes through here, and it is boxed: those waits are rare (a reject, a pong, a
+    /// close), and inline the largest would size the future every idle connection holds.
+    fn send(&self, out: Outgoing) -> Pin<Box<dyn Future<Output = Result<(), ()>> + Send + '_>> {
+        Box::pin(async move { self.0.send_async(Box::new(out)).await.map_err(|_| ()) })
     }
 
     /// Queues the close `reason` deserves; the read side ends.
@@ -294,50 +297,43 @@ impl<'s> Inbound<'s> {
     }
 
     /// Queues a reply for the writer; `Err` when the writer has gone.
-    pub(super) async fn reply(&self, out: Outgoing) -> Result<(), ()> {
-        self.replies.send(out).await
+    pub(super) fn reply(&self, out: Outgoing) -> Pin<Box<dyn Future<Output = Result<(), ()>> + Send + '_>> {
+        self.replies.send(out)
     }
 
     /// The read side ends for the idle timeout: queues its close.
     pub(super) async fn idle(&self) -> End {
-        Box::pin(self.replies.fail(CloseReason::Idle)).await
+        self.replies.fail(CloseReason::Idle).await
     }
 
     /// The next whole message, or how the read side ended (its close already queued). No idle
     /// timeout here: a room connection's writer keeps it (see [`Heard`]), the echo loop its own.
-    ///
-    /// Every step that waits on the writer is boxed: they are rare (a ping's pong, a close), and
-    /// inline the largest would size the future an idle connection holds.
     pub(super) async fn next(&mut self) -> Result<Received, End> {
         loop {
             let frame = match self.read_frame().await {
                 Err(e) => {
                     return Err(match e {
-                        WebSocketError::FrameTooLarge => {
-                            Box::pin(self.replies.fail(CloseReason::TooBig)).await
-                        }
-                        WebSocketError::InvalidUTF8 => {
-                            Box::pin(self.replies.fail(CloseReason::BadUtf8)).await
-                        }
+                        WebSocketError::FrameTooLarge => self.replies.fail(CloseReason::TooBig).await,
+                        WebSocketError::InvalidUTF8 => self.replies.fail(CloseReason::BadUtf8).await,
                         WebSocketError::UnexpectedEOF
                         | WebSocketError::IoError(_)
                         | WebSocketError::SendError(_) => End::Abrupt,
-                        _ => Box::pin(self.replies.fail(CloseReason::Protocol)).await,
+                        _ => self.replies.fail(CloseReason::Protocol).await,
                     });
                 }
                 Ok(frame) => frame,
             };
             if !frame.masked {
-                return Err(Box::pin(self.replies.fail(CloseReason::Protocol)).await);
+                return Err(self.replies.fail(CloseReason::Protocol).await);
             }
             match frame.opcode {
                 OpCode::Close | OpCode::Ping | OpCode::Pong if frame.payload.len() > MAX_CONTROL_PAYLOAD => {
-                    return Err(Box::pin(self.replies.fail(CloseReason::Protocol)).await);
+                    return Err(self.replies.fail(CloseReason::Protocol).await);
                 }
-                OpCode::Close => return Err(Box::pin(self.replies.close_frame(&frame.payload)).await),
+                OpCode::Close => return Err(self.replies.close_frame(&frame.payload).await),
                 OpCode::Ping => {
                     // Unanswerable once the writer has gone; the client's close is still awaited.
-                    let _ = Box::pin(self.replies.send(Outgoing::Pong(frame.payload.to_vec()))).await;
+                    let _ = self.replies.send(Outgoing::Pong(frame.payload.to_vec())).await;
                 }
                 OpCode::Pong => {}
                 OpCode::Text | OpCode::Binary | OpCode::Continuation => {
@@ -345,7 +341,7 @@ impl<'s> Inbound<'s> {
                         Ok(None) => continue,
                         Ok(Some((op, Cow::Borrowed(_)))) => (op, None),
                         Ok(Some((op, Cow::Owned(buf)))) => (op, Some(buf)),
-                        Err(reason) => return Err(Box::pin(self.replies.fail(reason)).await),
+                        Err(reason) => return Err(self.replies.fail(reason).await),
                     };
                     if self.replies.0.is_disconnected() {
                         continue;
