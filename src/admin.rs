@@ -214,7 +214,7 @@ pub async fn handle(
     }
     match (route, method) {
         (Route::Room(_), Method::GET) => details(app, &id),
-        (Route::Room(_), Method::DELETE) => delete(app, &id, peer),
+        (Route::Room(_), Method::DELETE) => delete(app, &id, peer).await,
         (Route::Room(_), _) => json_error(ErrorCode::MethodNotAllowed, "use GET or DELETE"),
         (Route::Kick(_), Method::POST) => match http_api::read_json(app, req).await {
             Ok((body, _charge)) => kick(app, &id, &body, peer),
@@ -416,21 +416,31 @@ fn close(app: &App, id: &RoomId, peer: Option<SocketAddr>) -> Response<Body> {
 /// `DELETE /v1/admin/rooms/{room}`: the room leaves the registry (retired first, so nothing more
 /// commits to it), every connection closes with 4011 and every session of it ends; the next use
 /// of the name creates a fresh room with a new epoch.
-pub fn delete(app: &App, id: &RoomId, peer: Option<SocketAddr>) -> Response<Body> {
-    // A stored room not in memory is loaded first, so its sessions are found and ended too.
-    if app.rooms.get(id).is_none() {
-        return no_room(id);
-    }
-    let room = match app.rooms.remove(id) {
-        Ok(Some(room)) => room,
-        Ok(None) => return no_room(id),
-        Err(e) => {
+pub async fn delete(app: &Arc<App>, id: &RoomId, peer: Option<SocketAddr>) -> Response<Body> {
+    // The look-up may read the disk, and the store's delete waits for its writer thread (a log
+    // record and its sync, then the files' removal): both on a blocking thread, not on this
+    // async worker.
+    let (a, i) = (app.clone(), id.clone());
+    let removed = tokio::task::spawn_blocking(move || match a.rooms.try_get(&i) {
+        Ok(None) => Ok(None),
+        // A stored room that cannot be loaded now (its data unreadable, or no room for it in
+        // memory) is deleted all the same: that is how an operator clears data the server
+        // cannot read.
+        Ok(Some(_)) | Err(_) => a.rooms.remove(&i).map(Some),
+    })
+    .await;
+    let room = match removed {
+        Ok(Ok(Some(room))) => room,
+        Ok(Ok(None)) => return no_room(id),
+        Ok(Err(e)) => {
             tracing::error!(room = %id, error = %e, "cannot delete the room's stored data");
             let message = format!("the room left memory but its stored data could not be deleted: {e}");
             return json_error(ErrorCode::Unavailable, &message);
         }
+        Err(_) => return json_error(ErrorCode::Unavailable, "the delete did not finish; try again"),
     };
-    let closed = app.close_connections(&room, CloseReason::RoomDeleted, true);
+    // `None`: the room was only stored (and could not be loaded), so nobody was connected.
+    let closed = room.map_or(0, |room| app.close_connections(&room, CloseReason::RoomDeleted, true));
     AdminAction::Delete.count();
     tracing::info!(room = %id, action = "delete", closed, peer = ?peer, "admin action");
     json(StatusCode::OK, &json!({"room": id.as_str(), "deleted": true, "closed": closed}))

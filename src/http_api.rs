@@ -213,7 +213,7 @@ pub async fn handle(app: &App, req: Request<RequestBody>, id: &RoomId, tail: &st
         (Method::GET, "changes") => {
             let q = query_pairs(&req);
             let find = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-            get_changes(app, id, find("since"), find("limit"))
+            get_changes(app, id, find("since"), find("limit")).await
         }
         // The body's charge is held until the change is handled.
         (Method::POST, "changes") => {
@@ -341,7 +341,7 @@ pub const MAX_CHANGES_PAGE: usize = 10_000;
 /// `GET .../changes?since=N[&limit=K]`: the changes after N, oldest first, from the ring, or
 /// from the store when N is older than the ring; paged by `limit` (then `to` is where the next
 /// page starts). 410 only when they are gone from the ring and the store alike.
-fn get_changes(app: &App, id: &RoomId, since: Option<&str>, limit: Option<&str>) -> Response<Body> {
+async fn get_changes(app: &App, id: &RoomId, since: Option<&str>, limit: Option<&str>) -> Response<Body> {
     let Some(since) = since.and_then(|s| s.parse::<u64>().ok()) else {
         return json_error(ErrorCode::BadSince, "?since=REV (a revision number) is required");
     };
@@ -368,7 +368,7 @@ fn get_changes(app: &App, id: &RoomId, since: Option<&str>, limit: Option<&str>)
     let entries: Vec<Value> = if room.changes_after(Rev(since), &mut changes) {
         changes.iter().take(limit).map(|c| c.to_json()).collect()
     } else {
-        match stored_changes(app, id, since, head.0, limit) {
+        match stored_changes(app, id, since, head.0, limit).await {
             Ok(entries) => entries,
             Err(resp) => return *resp,
         }
@@ -380,8 +380,9 @@ fn get_changes(app: &App, id: &RoomId, since: Option<&str>, limit: Option<&str>)
     )
 }
 
-/// The changes after `since` (up to `head`) as the store holds them.
-fn stored_changes(
+/// The changes after `since` (up to `head`) as the store holds them, read on a blocking thread
+/// (a page of the log from disk, or a Redis round trip), not on this async worker.
+async fn stored_changes(
     app: &App,
     id: &RoomId,
     since: u64,
@@ -391,11 +392,20 @@ fn stored_changes(
     let gone = || {
         Box::new(json_error(ErrorCode::Gone, &format!("changes after {since} are no longer in the history")))
     };
-    let Some(store) = app.rooms.store() else { return Err(gone()) };
-    let records = store.changes(id, since, limit).map_err(|e| {
-        tracing::error!(room = %id, error = %e, "cannot read stored changes");
-        Box::new(json_error(ErrorCode::Unavailable, &format!("the stored history cannot be read: {e}")))
-    })?;
+    let Some(store) = app.rooms.store().cloned() else { return Err(gone()) };
+    let room = id.clone();
+    let read = tokio::task::spawn_blocking(move || store.changes(&room, since, limit)).await;
+    let records = match read {
+        Ok(Ok(records)) => records,
+        Ok(Err(e)) => {
+            tracing::error!(room = %id, error = %e, "cannot read stored changes");
+            let message = format!("the stored history cannot be read: {e}");
+            return Err(Box::new(json_error(ErrorCode::Unavailable, &message)));
+        }
+        Err(_) => {
+            return Err(Box::new(json_error(ErrorCode::Unavailable, "the stored history cannot be read")));
+        }
+    };
     if records.first().is_none_or(|r| r.rev != since + 1) {
         return Err(gone());
     }

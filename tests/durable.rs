@@ -502,3 +502,32 @@ async fn deleting_a_room_removes_its_stored_data() {
     assert_eq!(room["rev"], 0);
     stop(server).await;
 }
+
+#[tokio::test]
+async fn a_room_whose_files_cannot_be_read_answers_unavailable_and_can_still_be_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn(dir.path(), &[]);
+    assert_eq!(post(server.addr, "broken", incr(1), "").await.0, 200);
+    stop(server).await;
+    // A segment the server cannot read at all: a directory where the file was.
+    let segment = newest_segment(dir.path(), "broken");
+    std::fs::remove_file(&segment).unwrap();
+    std::fs::create_dir(&segment).unwrap();
+    let server = spawn(dir.path(), &[]);
+    let (status, body) = get(server.addr, "/v1/rooms/broken").await;
+    assert_eq!((status, body["code"].as_str()), (503, Some("unavailable")), "{body}");
+    // The operator's way out: the delete needs no readable data, and nobody was connected.
+    let (status, body) = http_at(server.addr, "DELETE", "/v1/rooms/broken", None, "").await;
+    assert_eq!(
+        (status, body["deleted"].as_bool(), body["closed"].as_u64()),
+        (200, Some(true), Some(0)),
+        "{body}"
+    );
+    assert!(!dir.path().join("rooms").join("broken").exists());
+    let (status, room) = get(server.addr, "/v1/rooms/broken").await;
+    assert_eq!((status, room["rev"].as_u64()), (200, Some(0)), "{room}");
+    // A room that never existed is still 404.
+    let (status, body) = http_at(server.addr, "DELETE", "/v1/rooms/never", None, "").await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")), "{body}");
+    stop(server).await;
+}
