@@ -38,6 +38,9 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "cargo doc (contributors' docs: private items, no broken links)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items --locked
+
 # RINGSYNC_* variables are the server's flags. Tests must not depend on the shell they run in, so
 # they run with hostile values set: a test that let one through would see a 1-entry ring, 64-byte
 # messages and an unbindable address.

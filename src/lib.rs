@@ -31,6 +31,11 @@
 //!   `connection::handle_message`), [`http_api`] (HTTP endpoints for back-ends) and [`admin`]
 //!   (the operators' API: list, inspect, kick, close, delete; who may call it); [`server`]
 //!   (accept loop, routing, drain, sweeps); `main.rs` last.
+//!
+//! These docs are for contributors: build them with `cargo doc --document-private-items`
+//! (`scripts/test.sh` does, with warnings as errors), which is why module docs may link to
+//! private items.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod admin;
 pub mod app;

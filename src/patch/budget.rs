@@ -14,7 +14,7 @@ use super::apply::Applied;
 use super::measure::json_size;
 use super::pointer::{Pointer, array_index, parent_ref};
 
-/// How large a patch may make things while it runs (see [`apply_within`]).
+/// How large a patch may make things while it runs (see [`super::apply_within`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {
     /// The document's encoded size (compact JSON bytes) before the patch.
@@ -84,7 +84,7 @@ impl Applied {
 }
 
 /// Works out what adding a value of `size` encoded bytes at `path` would do, without writing:
-/// the same checks [`add_at`] makes (so it fails exactly where `add_at` would), and the exact
+/// the same checks `apply::add_at` makes (so it fails exactly where `add_at` would), and the exact
 /// growth: the value, plus `"name":` and a comma for a new member or a comma for an array
 /// element, minus the value it overwrites.
 pub(super) fn plan_add(doc: &Value, path: &Pointer, size: usize, i: usize) -> Result<Plan, PatchError> {

@@ -1,7 +1,7 @@
 //! RFC 6902 JSON Patch (plus the `incr` extension and the id-addressed list ops `list_insert`,
 //! `list_move`, `list_remove`, `list_update`) over `serde_json::Value`.
 //!
-//! Pure and synchronous. [`apply`] is atomic: either every op applies, or the document is left
+//! Pure and synchronous. [`apply()`] is atomic: either every op applies, or the document is left
 //! exactly as it was (rolled back with the inverse ops collected so far; no whole-document clone).
 //! [`apply_within`] is the same under a [`Budget`]: no op may take the document's encoded size
 //! (or what the change keeps for undo) past a limit, checked before the op allocates anything.

@@ -1,7 +1,7 @@
 //! Protocol v1: the only place that decodes client messages and encodes server messages.
 //!
 //! Every message is a JSON object with a `"type"`. This file decodes what clients send, through
-//! [`json`] (strict JSON: no duplicate keys, exact integers, no negative zero); [`encode`] builds
+//! [`json`] (strict JSON: no duplicate keys, exact integers, no negative zero); [`encode`](mod@encode) builds
 //! what the server sends, and [`code`] is the catalogue of error codes shared by WebSocket rejects
 //! and errors and HTTP error bodies. Hot frames (`delta`, `snapshot`) are built by concatenating
 //! bytes that were encoded once per committed change or once per snapshot, so a change is never
