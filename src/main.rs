@@ -7,39 +7,9 @@ use ringsync::config::{Config, LogFormat};
 use ringsync::server;
 use tracing_subscriber::EnvFilter;
 
-/// The allocator: mimalloc, built without transparent huge pages (`no_thp`: an idle connection's
-/// few KiB are not rounded up to 2 MiB pages). Against glibc's malloc it cut the server's CPU per
-/// change and per connection and the memory per idle connection (docs/BENCHMARKS.md, "The
-/// allocator").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// `mi_option_purge_delay` in mimalloc's `mimalloc.h` (v3): milliseconds before freed memory
-/// goes back to the OS (1,000 by default in this version). Options are not exported as
-/// constants; [`tune_allocator`] checks the default before it sets it.
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Freed memory goes back to the OS at once: with the default delay a burst of large request
-/// bodies freed within it stayed resident (`tests/http_limits.rs`' stalled bodies peaked at
-/// 132-139 MiB against glibc's 107; 109 with no delay). An operator's `MIMALLOC_PURGE_DELAY`
-/// wins. Call it first in `main`, before any thread exists (`mi_option_set` is not thread-safe).
-fn tune_allocator() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return;
-    }
-    // SAFETY: reads and sets one of mimalloc's tunables, on the only thread there is yet. The
-    // default is checked first, so a mimalloc whose options are numbered differently is left
-    // alone rather than given a wrong setting.
-    unsafe {
-        if libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) == 1000 {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
-        }
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     // Before the runtime starts any thread (see the function's doc).
-    tune_allocator();
+    ringsync::memory::use_one_malloc_arena();
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve())
 }
 
