@@ -106,7 +106,10 @@ async fn clients_of_three_nodes_share_a_room_with_gapless_streams_and_every_ack_
 }
 
 /// Sends one change adding `key` and reads until it is answered: `true` when acknowledged,
-/// `false` when rejected (`unavailable` only: the owner changed while it was on its way).
+/// `false` when rejected (`unavailable` only: the owner changed while it was on its way, or its
+/// mail was lost while Redis was down). A lost mail is answered only when the follower gives up
+/// on it: after the forward timeout (10 s here) at the next sweep (once a second), so each wait
+/// allows more than that.
 async fn write_one(c: &mut Client, key: &str) -> bool {
     let id = c.change("overwrite", json!([{"op": "add", "path": format!("/{key}"), "value": 1}])).await;
     loop {
@@ -117,7 +120,7 @@ async fn write_one(c: &mut Client, key: &str) -> bool {
             assert_eq!(r["code"], "unavailable", "{r}");
             return false;
         }
-        c.recv().await;
+        c.recv_within(Duration::from_secs(20)).await;
     }
 }
 
@@ -278,7 +281,8 @@ async fn owner_and_follower_carry_on_after_redis_restarts_with_aof() {
     // Both nodes reconnect by themselves: the follower's writes reach the owner again (the
     // first ones may meet a broken connection and be rejected `unavailable`, then sent again),
     // and both clients converge.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // A write whose mail was lost in the crash is rejected only after the forward timeout.
+    let deadline = Instant::now() + Duration::from_secs(45);
     let mut acked = 0;
     while acked < 3 {
         assert!(Instant::now() < deadline, "writes through the follower resume in time");

@@ -397,8 +397,14 @@ impl Client {
 
     /// Next text message, whatever it is.
     pub async fn recv_raw(&mut self) -> Value {
+        self.recv_raw_within(WAIT).await
+    }
+
+    /// As [`Client::recv_raw`], waiting up to `within` (for answers the server may give late
+    /// by design, such as a forwarded change's `unavailable` after its timeout).
+    pub async fn recv_raw_within(&mut self, within: Duration) -> Value {
         loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next()).await.expect("a message in time");
+            let msg = tokio::time::timeout(within, self.ws.next()).await.expect("a message in time");
             match msg.expect("stream open").expect("no websocket error") {
                 Message::Text(t) => return serde_json::from_str(&t).expect("server sends JSON"),
                 Message::Close(f) => panic!("closed: {f:?}"),
@@ -409,7 +415,12 @@ impl Client {
 
     /// Next message, with deltas and snapshots applied to `state`.
     pub async fn recv(&mut self) -> Value {
-        let m = self.recv_raw().await;
+        self.recv_within(WAIT).await
+    }
+
+    /// As [`Client::recv`], waiting up to `within`.
+    pub async fn recv_within(&mut self, within: Duration) -> Value {
+        let m = self.recv_raw_within(within).await;
         self.absorb(&m);
         m
     }
