@@ -76,6 +76,11 @@ struct Held {
 }
 
 impl Held {
+    /// A room's entry, active now, with no connection yet.
+    fn new(room: Arc<Room>) -> Arc<Held> {
+        Arc::new(Held { room, connections: AtomicUsize::new(0), last_active_ms: AtomicU64::new(now_ms()) })
+    }
+
     fn touch(&self) {
         self.last_active_ms.store(now_ms(), Ordering::Relaxed);
     }
@@ -333,11 +338,7 @@ impl Rooms {
             let journal: std::sync::Weak<dyn Journal> = Arc::downgrade(&room) as _;
             room.attach_log(store.open(id, room.epoch().as_str(), journal));
         }
-        let held = Arc::new(Held {
-            room,
-            connections: AtomicUsize::new(0),
-            last_active_ms: AtomicU64::new(now_ms()),
-        });
+        let held = Held::new(room);
         let out = f(&held);
         e.insert(held);
         Ok(out)
@@ -361,16 +362,10 @@ impl Rooms {
                 (Some(e.get().room.clone()), true)
             }
             Entry::Vacant(e) if self.store.is_some() => {
-                let stand_in = Room::with_budget(id.clone(), self.config.clone(), &self.budget);
+                let stand_in = Arc::new(Room::with_budget(id.clone(), self.config.clone(), &self.budget));
                 stand_in.retire();
-                let held = Arc::new(Held {
-                    room: Arc::new(stand_in),
-                    connections: AtomicUsize::new(0),
-                    last_active_ms: AtomicU64::new(now_ms()),
-                });
-                let room = held.room.clone();
-                e.insert(held);
-                (Some(room), false)
+                e.insert(Held::new(stand_in.clone()));
+                (Some(stand_in), false)
             }
             Entry::Vacant(_) => (None, false),
         };

@@ -20,8 +20,9 @@
 //!
 //! Invariants: applying `Applied::inverse` to the new document yields the old one exactly; the
 //! growth each op is checked against is the growth it then records, so `size_delta` stays exact;
-//! no op can make the document nest deeper than [`MAX_DEPTH`](super::measure::MAX_DEPTH) (each op checks before it writes);
-//! `incr` on two integers is exact and overflow is an error, never a float.
+//! no op can make the document nest deeper than [`MAX_DEPTH`](super::measure::MAX_DEPTH) (each
+//! op checks before it writes); `incr` on two integers is exact and overflow is an error, never a
+//! float.
 
 use serde_json::Value;
 
